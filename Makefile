@@ -1,0 +1,30 @@
+# The two commands of the quick start: `make run` and `make test`.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTANCE := dev
+
+.PHONY: run test lint clean
+
+$(VENV)/installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(INSTANCE)/secmsg.toml: | $(VENV)/installed
+	$(VENV)/bin/secmsg init $(INSTANCE)
+
+## Set up, make a development instance if there is none, and run the daemon.
+run: $(VENV)/installed $(INSTANCE)/secmsg.toml
+	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml
+
+## Set up with the test extras, check the code with ruff, run the whole suite.
+test: $(VENV)/installed lint
+	$(PYTHON) -m pytest -q
+
+lint: $(VENV)/installed
+	$(VENV)/bin/ruff check secmsg twisted tests
+	$(VENV)/bin/ruff format --check secmsg twisted tests
+
+clean:
+	rm -rf $(VENV) *.egg-info _trial_temp .hypothesis

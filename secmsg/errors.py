@@ -1,0 +1,162 @@
+"""
+One hierarchy of errors for secmsg, rooted at L{SecmsgError}.
+
+Each error carries the structured detail that the place which reports it
+needs: a configuration error names its file, a refused certificate names its
+reason in the fixed words operators grep for, and a command error carries
+the reply code the protocol sends.  Turning them into log lines or protocol
+replies happens in one place each (L{secmsg.tap} and L{secmsg.protocol}).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class SecmsgError(Exception):
+    """
+    The root of every error secmsg raises on purpose.
+    """
+
+
+class ConfigurationError(SecmsgError):
+    """
+    A file the daemon needs is missing, unreadable or invalid.
+
+    @ivar source: the file (or option) at fault, as the operator named it.
+    @ivar problem: what is wrong with it, in words.
+    """
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class PolicyError(ConfigurationError):
+    """
+    The policy file is not a valid policy: unknown command, unknown role,
+    inheritance cycle, or a value of the wrong shape.
+    """
+
+
+class RefusalReason(enum.Enum):
+    """
+    Why a peer's certificate was refused, in the words the operator's log and
+    the client both use.  OpenSSL's numeric verification errors are mapped
+    onto these by L{secmsg.tls}.
+    """
+
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not yet valid"
+    UNKNOWN_CA = "unknown CA"
+    REVOKED = "revoked"
+    REVOCATION_UNKNOWN = "revocation status unknown"
+    WRONG_KEY_USAGE = "wrong key usage"
+    NO_CERTIFICATE = "no certificate"
+    BAD_IDENTITY = "identity not a name token"
+    REJECTED = "certificate rejected"
+    HANDSHAKE_FAILED = "handshake failed"
+
+
+class CertificateRefused(SecmsgError):
+    """
+    A peer certificate was refused during or after the TLS handshake.
+
+    @ivar reason: the category, one of L{RefusalReason}.
+    @ivar subject: the refused certificate's subject (RFC 4514), or C{""}
+        when the peer sent none.
+    @ivar detail: more words for the operator, or C{""}.
+    """
+
+    def __init__(
+        self, reason: RefusalReason, subject: str = "", detail: str = ""
+    ) -> None:
+        self.reason = reason
+        self.subject = subject
+        self.detail = detail
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """
+        The reason word followed by the detail, as one log-ready phrase.
+        """
+        if self.detail:
+            return f"{self.reason.value} ({self.detail})"
+        return self.reason.value
+
+
+class CommandError(SecmsgError):
+    """
+    A command that gets an error reply instead of being carried out.
+
+    @cvar code: the three-digit reply code.
+    @ivar text: the reply text after the code; it never contains message
+        text from a user.
+    """
+
+    code = 500
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class Malformed(CommandError):
+    """
+    The line is not valid UTF-8, contains control characters, or its
+    arguments do not match the command's usage.
+    """
+
+    code = 400
+
+
+class NotPermitted(CommandError):
+    """
+    The rule in force does not allow this identity to do this.
+
+    @ivar verb: the command that was denied.
+    @ivar identity: who was denied.
+    @ivar rule: the rule that denied, in words.
+    """
+
+    code = 403
+
+    def __init__(self, verb: str, identity: str, rule: str) -> None:
+        super().__init__(f"{verb} not permitted for {identity}: {rule}")
+        self.verb = verb
+        self.identity = identity
+        self.rule = rule
+
+
+class NotFound(CommandError):
+    """
+    No such user online, or no such room for this session.
+    """
+
+    code = 404
+
+
+class UnknownCommand(CommandError):
+    """
+    The verb is not one secmsg knows.
+    """
+
+    code = 405
+
+
+class LineTooLong(CommandError):
+    """
+    A line exceeded the maximum length; its remainder was discarded.
+    """
+
+    code = 413
+
+
+class ServerFault(CommandError):
+    """
+    The server could not carry out a valid command (for example, a RELOAD
+    whose new files are invalid).
+    """
+
+    code = 500

@@ -1,0 +1,155 @@
+"""
+The daemon's settings: command-line flags over a TOML file over defaults.
+
+Every option can be set in the file given with C{--config}; a flag given on
+the command line overrides it.  Paths in the file are relative to the file's
+own directory, so that an instance directory can be moved whole; paths on
+the command line are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from secmsg.errors import ConfigurationError
+from secmsg.identity import IdentityField
+from secmsg.wire import MAX_LINE_LENGTH
+
+OPTIONS = (
+    "port",
+    "interface",
+    "cert",
+    "key",
+    "ca",
+    "crl",
+    "policy",
+    "data-dir",
+    "identity",
+    "max-line-length",
+)
+"""Every setting, by the name it has both as a flag and in the file."""
+
+_PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir"}
+_REQUIRED = ("cert", "key", "ca", "policy", "data-dir")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Everything the daemon was told, checked and with defaults filled in.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None
+    policy: Path
+    data_dir: Path
+    port: int = 7443
+    interface: str = "127.0.0.1"
+    identity: IdentityField = IdentityField.CN
+    max_line_length: int = MAX_LINE_LENGTH
+
+
+def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
+    """
+    Merge the flags given (L{None} for one not given) over the config file.
+
+    @raise ConfigurationError: naming the file or flag at fault.
+    """
+    merged: dict[str, Any] = {}
+    if config is not None:
+        merged.update(_read_config(Path(config)))
+    for name, value in flags.items():
+        if value is not None:
+            merged[name] = Path(value) if name in _PATHS else value
+    for name in _REQUIRED:
+        if name not in merged:
+            raise ConfigurationError(
+                f"--{name}", f"not set; give --{name} or set {name} in the config file"
+            )
+    return Settings(
+        cert=merged["cert"],
+        key=merged["key"],
+        ca=merged["ca"],
+        crl=merged.get("crl"),
+        policy=merged["policy"],
+        data_dir=merged["data-dir"],
+        port=_integer(merged, "port", 7443, 0, 65535),
+        interface=str(merged.get("interface", "127.0.0.1")),
+        identity=_identity_field(merged.get("identity", "cn")),
+        max_line_length=_integer(
+            merged, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
+        ),
+    )
+
+
+def prepare_data_dir(path: Path) -> None:
+    """
+    Create the data directory (private to the daemon's user) if missing,
+    and check that the daemon can write in it.
+
+    @raise ConfigurationError: it cannot be created or written.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            str(path), f"cannot create: {error.strerror}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigurationError(str(path), "not writable by the daemon")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigurationError(str(path), f"cannot read: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigurationError(str(path), f"not valid TOML: {error}") from None
+    unknown = sorted(set(data) - set(OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            str(path),
+            f"unknown setting {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+        )
+    settings: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _PATHS:
+            if not isinstance(value, str):
+                raise ConfigurationError(str(path), f"{name} must be a path string")
+            settings[name] = path.parent / value
+        else:
+            settings[name] = value
+    return settings
+
+
+def _integer(
+    merged: Mapping[str, Any], name: str, default: int, low: int, high: int
+) -> int:
+    value = merged.get(name, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or not low <= number <= high:
+        raise ConfigurationError(
+            f"--{name}", f"{value!r} is not a whole number from {low} to {high}"
+        )
+    return number
+
+
+def _identity_field(value: Any) -> IdentityField:
+    try:
+        return IdentityField(value)
+    except ValueError:
+        choices = ", ".join(field.value for field in IdentityField)
+        raise ConfigurationError(
+            "--identity", f"{value!r} is not one of {choices}"
+        ) from None

@@ -1,0 +1,463 @@
+"""
+TLS for secmsg: the server context, the client-certificate verify callback,
+CRLs, and the client side's options.
+
+The server context is built here from PEM files with pyOpenSSL, never
+mutated once a connection has used it: a reload builds a new one and
+L{VerifyingServerTLS.use} swaps it in for the next handshake.  The verify
+callback is set per connection so that it can tell that connection's
+protocol (an L{IHandshakeObserver}) why a certificate was refused; it keeps
+OpenSSL's verdict and only ever adds refusals of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from OpenSSL import SSL
+from OpenSSL.crypto import (
+    X509,
+    X509Store,
+    X509StoreContext,
+    X509StoreContextError,
+    X509StoreFlags,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
+from secmsg.identity import describe_subject
+from secmsg.interfaces import IHandshakeObserver
+
+log = Logger()
+
+TLS12_CIPHERS = (
+    # Forward-secret AEAD suites only; TLS 1.3's suites are all of that kind.
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+_SERVER_OPTIONS = (
+    SSL.OP_NO_COMPRESSION
+    | SSL.OP_NO_RENEGOTIATION
+    | SSL.OP_CIPHER_SERVER_PREFERENCE
+    # No session tickets and no session cache: a resumed session would skip
+    # certificate verification, and with it the CRL a reload just loaded.
+    | SSL.OP_NO_TICKET
+)
+
+_VERIFY_MODE = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+_OPENSSL_REASONS = {
+    # X509_V_ERR_* codes from OpenSSL's x509_vfy.h, mapped to our words.
+    2: RefusalReason.UNKNOWN_CA,  # unable to get issuer certificate
+    3: RefusalReason.REVOCATION_UNKNOWN,  # unable to get CRL
+    7: RefusalReason.UNKNOWN_CA,  # certificate signature failure
+    9: RefusalReason.NOT_YET_VALID,
+    10: RefusalReason.EXPIRED,
+    11: RefusalReason.REVOCATION_UNKNOWN,  # CRL not yet valid
+    12: RefusalReason.REVOCATION_UNKNOWN,  # CRL has expired
+    18: RefusalReason.UNKNOWN_CA,  # depth zero self-signed certificate
+    19: RefusalReason.UNKNOWN_CA,  # self-signed certificate in chain
+    20: RefusalReason.UNKNOWN_CA,  # unable to get local issuer certificate
+    21: RefusalReason.UNKNOWN_CA,  # unable to verify the first certificate
+    23: RefusalReason.REVOKED,
+    24: RefusalReason.UNKNOWN_CA,  # invalid CA certificate
+    26: RefusalReason.WRONG_KEY_USAGE,  # unsupported certificate purpose
+    28: RefusalReason.WRONG_KEY_USAGE,  # certificate rejected for its purpose
+}
+
+_OPENSSL_DETAILS = {
+    3: "no CRL for its CA",
+    7: "signature does not verify",
+    11: "the CRL is not yet valid",
+    12: "the CRL is past its next update",
+    18: "self-signed",
+    26: "extended key usage lacks clientAuth",
+}
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def refusal_for_openssl_error(
+    error_number: int, depth: int, subject: str
+) -> CertificateRefused:
+    """
+    Turn OpenSSL's numeric verification error into our words.
+    """
+    reason = _OPENSSL_REASONS.get(error_number, RefusalReason.REJECTED)
+    details = []
+    if error_number in _OPENSSL_DETAILS:
+        details.append(_OPENSSL_DETAILS[error_number])
+    elif reason is RefusalReason.REJECTED:
+        details.append(f"OpenSSL verify error {error_number}")
+    if depth:
+        details.append(f"CA certificate at depth {depth}")
+    return CertificateRefused(reason, subject, "; ".join(details))
+
+
+def refusal_for_handshake_failure(failure: Failure) -> CertificateRefused:
+    """
+    Name a failed handshake that the verify callback did not refuse: no
+    certificate at all, or a failure before certificates were exchanged.
+    """
+    if isinstance(failure.value, SSL.Error):
+        reasons = [str(entry[2]) for entry in failure.value.args[0] if len(entry) == 3]
+        if "peer did not return a certificate" in reasons:
+            return CertificateRefused(RefusalReason.NO_CERTIFICATE)
+        detail = ", ".join(reasons) or "TLS error"
+    else:
+        detail = f"connection closed before the handshake completed ({failure.value})"
+    return CertificateRefused(RefusalReason.HANDSHAKE_FAILED, detail=detail)
+
+
+def _check_client_usage(certificate: x509.Certificate) -> None:
+    """
+    Refuse a leaf certificate whose extended key usage does not name
+    clientAuth.  OpenSSL refuses a list that lacks it, but accepts a
+    certificate with no extended key usage at all; we do not.
+    """
+    try:
+        usages = certificate.extensions.get_extension_for_oid(
+            ExtensionOID.EXTENDED_KEY_USAGE
+        ).value
+    except x509.ExtensionNotFound:
+        raise CertificateRefused(
+            RefusalReason.WRONG_KEY_USAGE,
+            describe_subject(certificate),
+            "no extended key usage; clientAuth is required",
+        ) from None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise CertificateRefused(
+            RefusalReason.WRONG_KEY_USAGE,
+            describe_subject(certificate),
+            "extended key usage lacks clientAuth",
+        )
+
+
+LeafCheck = Callable[[x509.Certificate], object]
+"""Called on a leaf certificate that chains; raises L{CertificateRefused}."""
+
+
+def _judge(
+    certificate: X509,
+    error_number: int,
+    depth: int,
+    preverify_ok: int,
+    leaf_check: LeafCheck,
+) -> CertificateRefused | None:
+    """
+    The verdict on one certificate of the peer's chain: OpenSSL's first, then
+    for the leaf our key usage and identity checks.
+    """
+    crypto_certificate = certificate.to_cryptography()
+    if not preverify_ok:
+        return refusal_for_openssl_error(
+            error_number, depth, describe_subject(crypto_certificate)
+        )
+    if depth == 0:
+        try:
+            _check_client_usage(crypto_certificate)
+            leaf_check(crypto_certificate)
+        except CertificateRefused as refusal:
+            return refusal
+    return None
+
+
+def _verify_callback(
+    observer: IHandshakeObserver | None, leaf_check: LeafCheck
+) -> Callable[[SSL.Connection, X509, int, int, int], bool]:
+    """
+    A verify callback for one connection, reporting refusals to C{observer}.
+
+    pyOpenSSL swallows exceptions raised in a verify callback and fails the
+    handshake without a word, so every exception is caught here, logged and
+    turned into a refusal.
+    """
+
+    def verify(
+        connection: SSL.Connection,
+        certificate: X509,
+        error_number: int,
+        depth: int,
+        preverify_ok: int,
+    ) -> bool:
+        try:
+            refusal = _judge(certificate, error_number, depth, preverify_ok, leaf_check)
+        except Exception:  # noqa: BLE001 -- see the docstring
+            log.failure("error in the certificate verify callback")
+            refusal = CertificateRefused(
+                RefusalReason.REJECTED, detail="internal error while verifying"
+            )
+        if refusal is None:
+            return True
+        if observer is not None:
+            observer.certificate_refused(refusal)
+        return False
+
+    return verify
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """
+    Where the server's TLS material lives.
+
+    @ivar cert: the server's certificate chain, leaf first (PEM).
+    @ivar key: the server's private key (PEM, unencrypted).
+    @ivar ca: the CAs trusted to sign client certificates (PEM bundle).
+    @ivar crl: the CRLs of those CAs (PEM), or L{None}.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """
+    The CAs and CRLs a server context trusts, kept apart from the context so
+    that a live session's certificate can be checked again after a reload.
+    """
+
+    cas: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+
+    def recheck(
+        self, chain: list[x509.Certificate], now: datetime
+    ) -> CertificateRefused | None:
+        """
+        Verify a chain (leaf first) again, as of C{now}: the refusal, or
+        L{None}.
+        """
+        store = X509Store()
+        store.set_time(now)
+        self.fill(store)
+        leaf, *others = (X509.from_cryptography(cert) for cert in chain)
+        try:
+            X509StoreContext(store, leaf, others).verify_certificate()
+        except X509StoreContextError as error:
+            code, depth = error.errors[0], error.errors[1]
+            return refusal_for_openssl_error(code, depth, describe_subject(chain[0]))
+        return None
+
+    def fill(self, store: X509Store) -> None:
+        """
+        Add these CAs and CRLs to C{store} and switch CRL checking on.
+        """
+        for ca in self.cas:
+            store.add_cert(X509.from_cryptography(ca))
+        for crl in self.crls:
+            store.add_crl(crl)
+        if self.crls:
+            store.set_flags(X509StoreFlags.CRL_CHECK)
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """
+    A freshly built server context and the trust it was built with.
+    """
+
+    context: SSL.Context
+    trust: TrustAnchors
+
+
+def load_server_tls(files: TLSFiles, now: datetime) -> ServerTLS:
+    """
+    Read and check every file, then build a new server context.
+
+    @param now: the time against which the server certificate's validity
+        is checked.
+    @raise ConfigurationError: naming the file and what is wrong with it.
+    """
+    chain = _load_certificates(files.cert, "certificate")
+    key = _load_private_key(files.key)
+    if _public_bytes(key.public_key()) != _public_bytes(chain[0].public_key()):
+        raise ConfigurationError(
+            str(files.key), f"key does not match the certificate in {files.cert}"
+        )
+    if chain[0].not_valid_after_utc < now:
+        raise ConfigurationError(
+            str(files.cert),
+            f"server certificate expired on {chain[0].not_valid_after_utc:%Y-%m-%d}",
+        )
+    cas = _load_certificates(files.ca, "CA certificate")
+    crls = _load_crls(files.crl, cas) if files.crl is not None else ()
+    trust = TrustAnchors(tuple(cas), tuple(crls))
+    return ServerTLS(_server_context(chain, key, trust), trust)
+
+
+def _server_context(
+    chain: list[x509.Certificate],
+    key: PrivateKeyTypes,
+    trust: TrustAnchors,
+) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(_SERVER_OPTIONS)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_session_id(b"secmsg")
+    context.set_cipher_list(TLS12_CIPHERS)
+    context.use_certificate(chain[0])
+    for intermediate in chain[1:]:
+        context.add_extra_chain_cert(intermediate)
+    context.use_privatekey(key)
+    context.check_privatekey()
+    trust.fill(context.get_cert_store())
+    for ca in trust.cas:
+        context.add_client_ca(ca)
+    context.set_verify(_VERIFY_MODE)
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class VerifyingServerTLS:
+    """
+    Creates each server-side TLS connection from the current context, with
+    a verify callback that reports to that connection's protocol.
+    """
+
+    def __init__(self, tls: ServerTLS, leaf_check: LeafCheck) -> None:
+        self._tls = tls
+        self._leaf_check = leaf_check
+
+    @property
+    def trust(self) -> TrustAnchors:
+        """
+        The trust anchors new handshakes are verified against.
+        """
+        return self._tls.trust
+
+    def use(self, tls: ServerTLS) -> None:
+        """
+        Verify every later handshake with C{tls}; connections made already
+        keep the context they were made with.
+        """
+        self._tls = tls
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        """
+        A new connection whose verify callback tells the wrapped protocol,
+        if it listens, why it refused a certificate.
+        """
+        connection = SSL.Connection(self._tls.context, None)
+        observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
+        connection.set_verify(
+            _VERIFY_MODE, _verify_callback(observer, self._leaf_check)
+        )
+        return connection
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(str(path), f"cannot read: {error.strerror}") from None
+
+
+def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
+    try:
+        certificates = x509.load_pem_x509_certificates(_read(path))
+    except ValueError:
+        raise ConfigurationError(str(path), f"no PEM {what} in it") from None
+    return certificates
+
+
+def _load_private_key(path: Path) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(_read(path), password=None)
+    except TypeError:
+        raise ConfigurationError(
+            str(path), "the key is encrypted; secmsg needs an unencrypted key"
+        ) from None
+    except (ValueError, serialization.UnsupportedAlgorithm):
+        raise ConfigurationError(str(path), "no PEM private key in it") from None
+
+
+def _load_crls(
+    path: Path, cas: list[x509.Certificate]
+) -> list[x509.CertificateRevocationList]:
+    blocks = _PEM_CRL.findall(_read(path))
+    if not blocks:
+        raise ConfigurationError(str(path), "no PEM CRL in it")
+    crls = []
+    for block in blocks:
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            raise ConfigurationError(str(path), "a CRL in it does not parse") from None
+        issuers = [ca for ca in cas if ca.subject == crl.issuer]
+        if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):
+            raise ConfigurationError(
+                str(path),
+                f"CRL of {crl.issuer.rfc4514_string()} is not signed by a CA "
+                "in the CA bundle",
+            )
+        crls.append(crl)
+    return crls
+
+
+def _public_bytes(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def client_tls_options(
+    server_name: str,
+    ca_pem: bytes,
+    certificate_pem: bytes,
+    key_pem: bytes,
+    tls_version: TLSVersion | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client options that present our certificate and verify the server's
+    chain against C{ca_pem} and its name (DNS name or IP address) with
+    service_identity.
+
+    @param tls_version: pin the protocol version, or L{None} to negotiate.
+    """
+    extra = {}
+    if tls_version is not None:
+        extra = {"raiseMinimumTo": tls_version, "lowerMaximumSecurityTo": tls_version}
+    return optionsForClientTLS(
+        server_name,
+        trustRoot=trustRootFromCertificates(
+            [Certificate.loadPEM(pem) for pem in _split_pem(ca_pem)]
+        ),
+        clientCertificate=PrivateCertificate.loadPEM(certificate_pem + key_pem),
+        extraCertificateOptions=extra,
+    )
+
+
+def _split_pem(bundle: bytes) -> list[bytes]:
+    return re.findall(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", bundle, re.DOTALL
+    )

@@ -1,0 +1,293 @@
+"""
+The line grammar of the secmsg protocol: framing, parsing and formatting.
+
+Everything here is a pure function of its input, with no I/O, so that tests
+can hammer it with arbitrary bytes.  The protocol module frames bytes with
+L{LineFramer}, decodes with L{decode_line}, splits with L{split_verb} and
+checks arguments with L{parse_arguments}; every reply and push it sends is
+built by L{reply}, L{listing} or L{push}.  docs/protocol.md describes the
+same grammar for people.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from secmsg.errors import LineTooLong, Malformed, UnknownCommand
+
+MAX_LINE_LENGTH = 4096
+"""Bytes a line may hold by default, its line ending excluded."""
+
+NAME_TOKEN = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+"""An identity: letters, digits and C{._@+-}, 1 to 64 characters."""
+
+ROOM_NAME = re.compile(r"#[a-z0-9._-]{1,64}")
+"""A room, after L{parse_arguments} has lower-cased it."""
+
+_FORBIDDEN = re.compile(
+    # C0 controls but TAB, DEL and C1 (hence every ANSI escape sequence),
+    # the line and paragraph separators some terminals honour, and the
+    # bidirectional overrides that let text display as something else.
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2066-\u2069]"
+)
+
+_VERB = re.compile(r"[A-Za-z]{1,32}")
+
+
+class _Overlong:
+    """
+    The type of L{OVERLONG}.
+    """
+
+    def __repr__(self) -> str:
+        return "OVERLONG"
+
+
+OVERLONG = _Overlong()
+"""What L{LineFramer.feed} yields in place of a line that was too long."""
+
+
+class LineFramer:
+    """
+    Split a byte stream into lines ending in LF (CRLF accepted).
+
+    A line longer than the limit is reported once, as L{OVERLONG}, and the
+    rest of it is discarded up to its line ending, so that the session stays
+    usable.  Memory held is bounded by the limit whatever the peer sends.
+    """
+
+    def __init__(self, max_length: int = MAX_LINE_LENGTH) -> None:
+        self.max_length = max_length
+        self._buffer = b""
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | _Overlong]:
+        """
+        Take more bytes; return the complete lines (without their line
+        endings) and L{OVERLONG} markers, in order.
+        """
+        frames: list[bytes | _Overlong] = []
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return frames
+            data = data[end + 1 :]
+            self._discarding = False
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = buffer[start:end]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            frames.append(OVERLONG if len(line) > self.max_length else line)
+            start = end + 1
+        rest = buffer[start:]
+        if len(rest) > self.max_length + 1 or (
+            len(rest) == self.max_length + 1 and not rest.endswith(b"\r")
+        ):
+            frames.append(OVERLONG)
+            self._discarding = True
+            rest = b""
+        self._buffer = rest
+        return frames
+
+
+def decode_line(raw: bytes) -> str:
+    """
+    Decode one framed line, refusing what must never be relayed.
+
+    @raise Malformed: the line is not UTF-8 or holds control characters.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("invalid UTF-8") from None
+    if _FORBIDDEN.search(text):
+        raise Malformed("control characters are not allowed")
+    return text
+
+
+def is_blank(text: str) -> bool:
+    """
+    Whether a decoded line holds nothing but spaces and tabs; such lines are
+    ignored rather than answered, as a telnet user's stray Enter deserves.
+    """
+    return not text.strip(" \t")
+
+
+def escape_controls(text: str) -> str:
+    """
+    Show untrusted text (a certificate subject, say) with every character
+    that L{decode_line} would refuse escaped as C{\\xNN} or C{\\uNNNN}, so
+    that it can go into a reply or a log line without driving a terminal.
+    """
+
+    def escaped(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _FORBIDDEN.sub(escaped, text)
+
+
+def push(*fields: str) -> bytes:
+    """
+    Format a line the server sends unasked: an upper-case word and fields.
+    """
+    return (" ".join(fields) + "\n").encode("utf-8")
+
+
+def reply(code: int, text: str) -> bytes:
+    """
+    Format a one-line reply.
+    """
+    return f"{code} {text}\n".encode()
+
+
+def listing(code: int, items: list[str], summary: str) -> bytes:
+    """
+    Format a multi-line reply: C{NNN-} before every item, C{NNN } before the
+    closing summary, so that a reader knows where the reply ends.
+    """
+    lines = [f"{code}-{item}\n" for item in items]
+    lines.append(f"{code} {summary}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def split_verb(text: str) -> tuple[str, str]:
+    """
+    Split a decoded line into its upper-cased verb and the rest.
+
+    @raise UnknownCommand: the verb is not one secmsg knows.
+    """
+    verb, _, rest = text.lstrip(" ").partition(" ")
+    upper = verb.upper()
+    if upper not in COMMANDS:
+        if _VERB.fullmatch(verb):
+            raise UnknownCommand(f"unknown command {upper}")
+        raise UnknownCommand("unknown command")
+    return upper, rest.lstrip(" ")
+
+
+def parse_arguments(verb: str, rest: str) -> tuple[str, ...]:
+    """
+    Check the arguments of a known verb against its usage.
+
+    @return: the arguments, room names lower-cased.
+    @raise Malformed: they do not match; the text gives the usage.
+    """
+    spec = COMMANDS[verb]
+    arguments = spec.parse(rest)
+    if arguments is None:
+        raise Malformed(f"usage: {spec.usage}")
+    return arguments
+
+
+def _nothing(rest: str) -> tuple[str, ...] | None:
+    return None if rest.strip(" \t") else ()
+
+
+def _words(rest: str, count: int) -> list[str]:
+    """
+    Up to C{count} space-separated words, then the remaining text as is.
+    """
+    parts: list[str] = []
+    while rest and len(parts) < count:
+        word, _, rest = rest.partition(" ")
+        parts.append(word)
+        rest = rest.lstrip(" ")
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def _room(word: str) -> str | None:
+    room = word.lower()
+    return room if ROOM_NAME.fullmatch(room) else None
+
+
+def _identity(word: str) -> str | None:
+    return word if NAME_TOKEN.fullmatch(word) else None
+
+
+def _one_room(rest: str) -> tuple[str, ...] | None:
+    parts = _words(rest, 1)
+    room = _room(parts[0]) if len(parts) == 1 else None
+    return (room,) if room else None
+
+
+def _optional_room(rest: str) -> tuple[str, ...] | None:
+    return () if not rest.strip(" \t") else _one_room(rest)
+
+
+def _room_and_text(rest: str) -> tuple[str, ...] | None:
+    parts = _words(rest, 1)
+    room = _room(parts[0]) if len(parts) == 2 else None
+    return (room, parts[1]) if room else None
+
+
+def _identity_and_text(rest: str) -> tuple[str, ...] | None:
+    parts = _words(rest, 1)
+    identity = _identity(parts[0]) if len(parts) == 2 else None
+    return (identity, parts[1]) if identity else None
+
+
+def _identity_and_optional_text(rest: str) -> tuple[str, ...] | None:
+    parts = _words(rest, 1)
+    identity = _identity(parts[0]) if parts else None
+    return (identity, *parts[1:]) if identity else None
+
+
+def _text(rest: str) -> tuple[str, ...] | None:
+    return (rest,) if rest.strip(" \t") else None
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """
+    One verb of the protocol: how it is written and what it does.
+    """
+
+    usage: str
+    summary: str
+    parse: Callable[[str], tuple[str, ...] | None]
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "HELP": CommandSpec("HELP", "list the commands you may use", _nothing),
+    "WHOAMI": CommandSpec(
+        "WHOAMI", "your identity, roles, commands and certificate", _nothing
+    ),
+    "WHO": CommandSpec("WHO [#room]", "who is online, or in a room", _optional_room),
+    "PING": CommandSpec("PING", "check that the server answers", _nothing),
+    "QUIT": CommandSpec("QUIT", "end the session", _nothing),
+    "MSG": CommandSpec(
+        "MSG <identity> <text>", "send a direct message", _identity_and_text
+    ),
+    "JOIN": CommandSpec("JOIN #room", "enter a room", _one_room),
+    "PART": CommandSpec("PART #room", "leave a room", _one_room),
+    "SAY": CommandSpec(
+        "SAY #room <text>", "speak in a room you are in", _room_and_text
+    ),
+    "ROOMS": CommandSpec("ROOMS", "list rooms and how many are in each", _nothing),
+    "KICK": CommandSpec(
+        "KICK <identity> [reason]",
+        "close every session of an identity",
+        _identity_and_optional_text,
+    ),
+    "BROADCAST": CommandSpec("BROADCAST <text>", "send a line to everyone", _text),
+    "RELOAD": CommandSpec("RELOAD", "re-read the policy, CA bundle and CRL", _nothing),
+}
+"""Every verb secmsg knows, in the order HELP lists them."""
+
+COMMAND_NAMES = frozenset(COMMANDS)
+"""The command names a policy may grant."""
+
+
+def line_too_long(max_length: int) -> LineTooLong:
+    """
+    The error for a line that L{LineFramer} reported as L{OVERLONG}.
+    """
+    return LineTooLong(f"line too long (at most {max_length} bytes)")

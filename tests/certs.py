@@ -1,0 +1,167 @@
+"""
+A throwaway PKI for the tests, made with cryptography alone, independent
+of secmsg.pki so that a fault there cannot hide one here.
+
+Validity windows are placed days or years away from the current time, so
+that no test depends on how long it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CLIENT_AUTH = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+SERVER_AUTH = (ExtendedKeyUsageOID.SERVER_AUTH,)
+
+
+def now() -> datetime:
+    """
+    The time certificates are made around; OpenSSL checks them against the
+    machine's clock during a real handshake, so they must be valid by it.
+    """
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """
+    A certificate, its key and the chain a peer presents (leaf first).
+    """
+
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return b"".join(
+            c.public_bytes(serialization.Encoding.PEM)
+            for c in (self.certificate, *self.chain)
+        )
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _name(common_name: str | None) -> x509.Name:
+    if common_name is None:
+        return x509.Name([])
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@dataclass
+class CertificateAuthority:
+    """
+    A test CA that signs whatever a test asks for, good or bad.
+    """
+
+    name: str = "secmsg test CA"
+    pair: Pair = field(init=False)
+    revoked: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = _name(self.name)
+        start = now() - timedelta(days=365)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        self.pair = Pair(certificate, key)
+
+    @property
+    def pem(self) -> bytes:
+        return self.pair.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        common_name: str | None,
+        *,
+        usages: tuple[x509.ObjectIdentifier, ...] | None = CLIENT_AUTH,
+        valid_from: timedelta = timedelta(days=-1),
+        valid_for: timedelta = timedelta(days=30),
+        names: list[x509.GeneralName] | None = None,
+    ) -> Pair:
+        """
+        A leaf certificate; C{valid_from} is relative to now, C{usages}
+        L{None} leaves the extended key usage out.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = now() + valid_from
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.pair.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + valid_for)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.pair.key.public_key()
+                ),
+                False,
+            )
+        )
+        if usages is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), False)
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
+        return Pair(builder.sign(self.pair.key, hashes.SHA256()), key)
+
+    def server(self) -> Pair:
+        return self.issue(
+            "localhost",
+            usages=SERVER_AUTH,
+            names=[x509.DNSName("localhost")],
+        )
+
+    def revoke(self, pair: Pair) -> None:
+        self.revoked.append(pair.certificate.serial_number)
+
+    def crl_pem(self, next_update: timedelta = timedelta(days=7)) -> bytes:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.pair.certificate.subject)
+            .last_update(now() - timedelta(hours=1))
+            .next_update(now() + next_update)
+        )
+        for serial in self.revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now() - timedelta(hours=1))
+                .build()
+            )
+        crl = builder.sign(self.pair.key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def self_signed(common_name: str) -> Pair:
+    """
+    A self-signed client certificate that looks like one of ours.
+    """
+    impostor = CertificateAuthority(common_name)
+    key, certificate = impostor.pair.key, impostor.pair.certificate
+    return Pair(certificate, key)
