@@ -257,9 +257,15 @@ class TrustAnchors:
         store = X509Store()
         store.set_time(now)
         self.fill(store)
-        leaf, *others = (X509.from_cryptography(cert) for cert in chain)
+        # A verified chain ends with the anchor it was verified against; only
+        # what lies between it and the leaf may help build the new chain.
+        leaf, intermediates = chain[0], chain[1:-1]
         try:
-            X509StoreContext(store, leaf, others).verify_certificate()
+            X509StoreContext(
+                store,
+                X509.from_cryptography(leaf),
+                [X509.from_cryptography(cert) for cert in intermediates],
+            ).verify_certificate()
         except X509StoreContextError as error:
             code, depth = error.errors[0], error.errors[1]
             return refusal_for_openssl_error(code, depth, describe_subject(chain[0]))

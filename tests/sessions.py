@@ -1,0 +1,105 @@
+"""
+Sessions of the secmsg protocol on in-memory string transports.
+
+Faster than a TLS handshake, for driving the protocol's framing, dispatch
+and routing with many inputs.  The transport hands the protocol a verified
+chain the way the TLS layer does after a handshake.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+
+from cryptography import x509
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from secmsg.auth import CertificateChecker, PolicyRealm
+from secmsg.commands import Commands
+from secmsg.hub import InProcessHub
+from secmsg.identity import IdentityRule
+from secmsg.policy import parse_policy
+from secmsg.protocol import SessionFactory, SessionProtocol
+from secmsg.reload import ReloadReport
+from tests.certs import CertificateAuthority
+from tests.harness import POLICY
+
+
+class VerifiedTransport(StringTransport):
+    """
+    A string transport that also answers C{getHandle().get_verified_chain}
+    as a TLS transport does once the handshake has completed.
+    """
+
+    def __init__(self, chain: list[x509.Certificate], port: int) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self._chain = chain
+
+    def getHandle(self) -> VerifiedTransport:
+        return self
+
+    def get_verified_chain(self, as_cryptography: bool) -> list[x509.Certificate]:
+        return self._chain
+
+
+class Session:
+    """
+    One connected session and what it has been sent.
+    """
+
+    def __init__(self, protocol: SessionProtocol, transport: VerifiedTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def send(self, data: bytes | str) -> list[str]:
+        """
+        Send raw bytes (or a line of text, LF added) and return the lines
+        received since the last call.
+        """
+        if isinstance(data, str):
+            data = f"{data}\n".encode()
+        self.protocol.dataReceived(data)
+        return self.take()
+
+    def take(self) -> list[str]:
+        output = self.transport.value()
+        self.transport.clear()
+        return output.decode("utf-8").splitlines()
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+
+class Network:
+    """
+    One hub and policy, and as many sessions on it as a test opens.
+    """
+
+    def __init__(
+        self, policy: str = POLICY, reload: Callable[[], ReloadReport] | None = None
+    ) -> None:
+        self.ca = CertificateAuthority()
+        self.hub = InProcessHub()
+        realm = PolicyRealm(parse_policy(tomllib.loads(policy), "test"), self.hub)
+        portal = Portal(realm, [CertificateChecker(IdentityRule())])
+        self.factory = SessionFactory(
+            portal, Commands(self.hub, reload or (lambda: ReloadReport()))
+        )
+        self._ports = iter(range(50000, 60000))
+
+    def connect(self, identity: str, early: bytes = b"") -> Session:
+        """
+        Open a session for C{identity}, past its greeting; C{early} is sent
+        before the handshake completes.
+        """
+        certificate = self.ca.issue(identity).certificate
+        transport = VerifiedTransport([certificate], next(self._ports))
+        protocol = self.factory.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        if early:
+            protocol.dataReceived(early)
+        protocol.handshakeCompleted()
+        return Session(protocol, transport)

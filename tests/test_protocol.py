@@ -1,0 +1,320 @@
+"""
+The line protocol: framing, replies, authorization and routing, driven on
+string transports.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import wire
+from secmsg.errors import ConfigurationError
+from secmsg.reload import ReloadReport
+from tests.harness import capture_log
+from tests.sessions import Network
+
+GREETING = "200 secmsg 0.1.0 ready; you are {} (roles: {})"
+
+
+class GreetingAndHelpTests(SynchronousTestCase):
+    def test_greeting_names_identity_and_roles(self) -> None:
+        """
+        The first line a session gets is the greeting.
+        """
+        session = Network().connect("alice")
+        self.assertEqual(session.take(), [GREETING.format("alice", "user")])
+
+    def test_help_lists_exactly_the_permitted_commands(self) -> None:
+        """
+        HELP lists every command of the avatar's set and nothing else, for
+        each role of the policy.
+        """
+        network = Network()
+        for identity in ("carol", "alice", "admin"):
+            session = network.connect(identity)
+            session.take()
+            lines = session.send("HELP")
+            listed = {line[4:].split()[0] for line in lines[:-1]}
+            self.assertEqual(listed, set(session.protocol.avatar.commands))
+            self.assertEqual(lines[-1], f"211 {len(listed)} commands")
+            self.assertTrue(all(line.startswith("211-") for line in lines[:-1]))
+
+    def test_whoami_lists_certificate_and_grant(self) -> None:
+        """
+        WHOAMI shows identity, roles, commands, subject and expiry.
+        """
+        session = Network().connect("alice")
+        session.take()
+        lines = session.send("WHOAMI")
+        self.assertEqual(lines[0], "211-identity alice")
+        self.assertEqual(lines[1], "211-roles user")
+        self.assertTrue(lines[2].startswith("211-commands HELP,WHOAMI,WHO,PING"))
+        self.assertEqual(lines[3], "211-subject CN=alice")
+        self.assertTrue(lines[5].startswith("211-expires 20"))
+        self.assertEqual(lines[-1], "211 you are alice")
+
+
+class RefusalTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.log = capture_log(self)
+        self.network = Network()
+        self.alice = self.network.connect("alice")
+        self.bob = self.network.connect("bob")
+        self.alice.take()
+        self.bob.take()
+
+    def test_command_outside_the_role_is_403_and_logged(self) -> None:
+        """
+        A command outside the avatar's set is refused with 403 naming the
+        verb, the identity and the rule, and the denial is logged.
+        """
+        self.assertEqual(
+            self.alice.send("KICK bob"),
+            ["403 KICK not permitted for alice: not granted by role user"],
+        )
+        self.assertEqual(self.bob.take(), [])
+        self.assertTrue(any("denied KICK to alice" in line for line in self.log))
+
+    def test_unknown_verb_is_405(self) -> None:
+        """
+        An unknown verb gets 405, echoed only when it is a plain word.
+        """
+        self.assertEqual(self.alice.send("FROB x"), ["405 unknown command FROB"])
+        self.assertEqual(self.alice.send("FR0B x"), ["405 unknown command"])
+
+    def test_malformed_arguments_are_400_with_usage(self) -> None:
+        """
+        Arguments that do not fit the usage get 400 with the usage.
+        """
+        self.assertEqual(
+            self.alice.send("MSG bob"), ["400 usage: MSG <identity> <text>"]
+        )
+        self.assertEqual(self.alice.send("JOIN ops"), ["400 usage: JOIN #room"])
+        self.assertEqual(self.alice.send("PING now"), ["400 usage: PING"])
+        self.assertEqual(
+            self.alice.send("MSG b@d!name hi"), ["400 usage: MSG <identity> <text>"]
+        )
+
+    def test_invalid_utf8_is_400(self) -> None:
+        """
+        A line that is not UTF-8 gets 400 and is not relayed.
+        """
+        self.assertEqual(self.alice.send(b"MSG bob caf\xe9\n"), ["400 invalid UTF-8"])
+        self.assertEqual(self.bob.take(), [])
+
+    def test_control_characters_are_400_and_never_relayed(self) -> None:
+        """
+        Text with an ANSI escape, a C1 control, DEL or a bidi override is
+        refused and never reaches the recipient.
+        """
+        for text in ("\x1b[2J", "\u009b31m", "a\x7fb", "\u202eevil", "bell\x07"):
+            reply = self.alice.send(f"MSG bob {text}".encode() + b"\n")
+            self.assertEqual(reply, ["400 control characters are not allowed"])
+        self.assertEqual(self.bob.take(), [])
+
+    def test_tab_is_allowed_in_text(self) -> None:
+        """
+        TAB is the one C0 character text may hold.
+        """
+        self.assertEqual(self.alice.send("MSG bob a\tb"), ["250 1"])
+        self.assertEqual(self.bob.take(), ["MSG 1 alice a\tb"])
+
+    def test_overlong_line_gets_one_413_and_session_stays_usable(self) -> None:
+        """
+        A line past the limit, even when it arrives in pieces, gets one 413;
+        its rest is discarded and the next line is answered.
+        """
+        replies = []
+        for _ in range(10):
+            replies += self.alice.send(b"x" * 1000)
+        replies += self.alice.send(b"tail\nPING\n")
+        self.assertEqual(
+            replies, ["413 line too long (at most 4096 bytes)", "200 PONG"]
+        )
+
+    def test_line_at_the_limit_is_accepted(self) -> None:
+        """
+        A line of exactly the limit, CRLF excluded, is a line like any other.
+        """
+        line = b"MSG bob " + b"y" * (wire.MAX_LINE_LENGTH - 8)
+        self.assertEqual(self.alice.send(line + b"\r\n"), ["250 1"])
+
+    def test_internal_error_is_500_and_session_survives(self) -> None:
+        """
+        A fault inside a handler gets 500, is logged, and the session goes on.
+        """
+
+        def broken() -> ReloadReport:
+            raise RuntimeError("boom")
+
+        network = Network(reload=broken)
+        admin = network.connect("admin")
+        admin.take()
+        self.assertEqual(admin.send("RELOAD"), ["500 internal error"])
+        self.assertEqual(admin.send("PING"), ["200 PONG"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_failed_reload_is_5xx_with_reason(self) -> None:
+        """
+        A reload whose files are bad says why, and the session goes on.
+        """
+
+        def bad() -> ReloadReport:
+            raise ConfigurationError("policy.toml", "inheritance cycle: a -> a")
+
+        admin = Network(reload=bad).connect("admin")
+        admin.take()
+        self.assertEqual(
+            admin.send("RELOAD"),
+            [
+                "500 reload failed, configuration unchanged: "
+                "policy.toml: inheritance cycle: a -> a"
+            ],
+        )
+
+
+class FramingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.alice = Network().connect("alice")
+        self.alice.take()
+
+    def test_pipelined_commands_answered_in_order(self) -> None:
+        """
+        Commands sent together get their replies in order, one each.
+        """
+        self.assertEqual(
+            self.alice.send(b"ping\r\nWHO\nPING\n"),
+            ["200 PONG", "211-alice", "211 1 online", "200 PONG"],
+        )
+
+    def test_blank_lines_are_ignored(self) -> None:
+        """
+        A blank line gets no reply.
+        """
+        self.assertEqual(self.alice.send(b"\n \r\n\t\nPING\n"), ["200 PONG"])
+
+    def test_quit_closes_after_reply(self) -> None:
+        """
+        QUIT gets 221 and the server closes; later lines are not answered.
+        """
+        self.assertEqual(self.alice.send(b"QUIT\nPING\n"), ["221 bye"])
+        self.assertTrue(self.alice.closed)
+
+    def test_early_bytes_are_answered_after_greeting(self) -> None:
+        """
+        Bytes that arrive before login are held and answered after it.
+        """
+        session = Network().connect("alice", early=b"PING\nWHO\n")
+        self.assertEqual(
+            session.take(),
+            [GREETING.format("alice", "user"), "200 PONG", "211-alice", "211 1 online"],
+        )
+
+    def test_too_many_early_bytes_drop_the_connection(self) -> None:
+        """
+        A peer that floods before its login completes is dropped, unanswered.
+        """
+        capture_log(self)
+        network = Network()
+        session = network.connect("alice", early=b"x" * 70000)
+        self.assertEqual(session.take(), [])
+        self.assertTrue(session.transport.disconnecting)
+
+
+class RoutingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.network = Network()
+        self.alice = self.network.connect("alice")
+        self.bob = self.network.connect("bob")
+        self.bob2 = self.network.connect("bob")
+        self.admin = self.network.connect("admin")
+        for session in (self.alice, self.bob, self.bob2, self.admin):
+            session.take()
+
+    def test_msg_reaches_every_session_of_the_recipient(self) -> None:
+        """
+        MSG is accepted with 250 and its id, and each of the recipient's
+        sessions gets it.
+        """
+        self.assertEqual(self.alice.send("MSG bob hello there"), ["250 1"])
+        self.assertEqual(self.bob.take(), ["MSG 1 alice hello there"])
+        self.assertEqual(self.bob2.take(), ["MSG 1 alice hello there"])
+        self.assertEqual(self.admin.take(), [])
+
+    def test_msg_to_offline_identity_is_404(self) -> None:
+        """
+        For now an offline recipient is 404.
+        """
+        self.assertEqual(self.alice.send("MSG carol hi"), ["404 carol is not online"])
+
+    def test_say_reaches_members_but_the_sender(self) -> None:
+        """
+        SAY goes to every member session but the sender's; membership is a
+        session's, so bob's second session hears nothing.
+        """
+        self.assertEqual(self.alice.send("JOIN #Ops"), ["200 joined #ops"])
+        self.assertEqual(self.bob.send("JOIN #ops"), ["200 joined #ops"])
+        self.assertEqual(self.alice.send("SAY #ops deploy at 5"), ["250 1"])
+        self.assertEqual(self.bob.take(), ["SAY 1 #ops alice deploy at 5"])
+        self.assertEqual(self.alice.take(), [])
+        self.assertEqual(self.bob2.take(), [])
+
+    def test_say_by_non_member_is_403(self) -> None:
+        """
+        A session that has not joined cannot speak in the room.
+        """
+        self.alice.send("JOIN #ops")
+        self.assertEqual(
+            self.bob.send("SAY #ops hi"),
+            ["403 SAY not permitted for bob: not a member of #ops"],
+        )
+        self.assertEqual(self.alice.take(), [])
+
+    def test_rooms_who_and_part(self) -> None:
+        """
+        ROOMS counts members, WHO #room lists them, PART leaves.
+        """
+        self.alice.send("JOIN #ops")
+        self.bob.send("JOIN #ops")
+        self.bob2.send("JOIN #ops")
+        self.bob.send("JOIN #dev")
+        self.assertEqual(
+            self.alice.send("ROOMS"), ["211-#dev 1", "211-#ops 2", "211 2 rooms"]
+        )
+        self.assertEqual(
+            self.alice.send("WHO #ops"), ["211-alice", "211-bob", "211 2 in #ops"]
+        )
+        self.assertEqual(self.bob.send("PART #dev"), ["200 left #dev"])
+        self.assertEqual(self.bob.send("PART #dev"), ["404 you are not in #dev"])
+        self.assertEqual(self.alice.send("WHO #dev"), ["404 no room #dev"])
+
+    def test_disconnect_leaves_rooms_and_presence(self) -> None:
+        """
+        A session that ends is no longer online nor in its rooms.
+        """
+        self.alice.send("JOIN #ops")
+        self.alice.protocol.connectionLost(None)
+        self.assertEqual(self.bob.send("WHO"), ["211-admin", "211-bob", "211 2 online"])
+        self.assertEqual(self.bob.send("ROOMS"), ["211 0 rooms"])
+
+    def test_kick_closes_every_session_of_the_identity(self) -> None:
+        """
+        KICK sends KICKED with who and why to each session and closes it.
+        """
+        self.assertEqual(
+            self.admin.send("KICK bob spamming"), ["200 kicked bob (2 sessions)"]
+        )
+        for session in (self.bob, self.bob2):
+            self.assertEqual(session.take(), ["KICKED admin spamming"])
+            self.assertTrue(session.closed)
+        self.assertEqual(self.admin.send("KICK carol"), ["404 carol is not online"])
+
+    def test_broadcast_reaches_everyone(self) -> None:
+        """
+        BROADCAST reaches every session, the sender's included (its copy
+        arrives before the 250 that confirms it).
+        """
+        line = "BROADCAST 1 admin maintenance at 6"
+        self.assertEqual(self.admin.send("BROADCAST maintenance at 6"), [line, "250 1"])
+        for session in (self.alice, self.bob, self.bob2):
+            self.assertEqual(session.take(), [line])

@@ -1,0 +1,213 @@
+"""
+The pure line grammar, hammered with hypothesis; and the protocol fed
+arbitrary byte streams.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import wire
+from secmsg.errors import Malformed, UnknownCommand
+from tests.sessions import Network
+
+SMALL = 64
+
+short_lines = st.lists(
+    st.binary(max_size=SMALL).map(lambda b: b.replace(b"\n", b"")), max_size=20
+)
+chunk_sizes = st.lists(st.integers(min_value=1, max_value=40), max_size=50)
+
+
+def chunked(stream: bytes, sizes: list[int]) -> list[bytes]:
+    """
+    Cut C{stream} into pieces of the given sizes, the rest in one piece.
+    """
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(stream[start : start + size])
+        start += size
+    pieces.append(stream[start:])
+    return pieces
+
+
+def strip_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class FramerTests(SynchronousTestCase):
+    @given(short_lines, chunk_sizes)
+    def test_lines_come_out_as_they_went_in(self, lines, sizes) -> None:
+        """
+        However the stream is cut, the framer yields exactly its lines,
+        one trailing CR removed from each.
+        """
+        framer = wire.LineFramer(SMALL)
+        stream = b"".join(line + b"\n" for line in lines)
+        frames = [f for piece in chunked(stream, sizes) for f in framer.feed(piece)]
+        self.assertEqual(frames, [strip_cr(line) for line in lines])
+
+    @given(short_lines, st.integers(min_value=SMALL + 2, max_value=500), chunk_sizes)
+    def test_overlong_line_is_one_marker(self, lines, length, sizes) -> None:
+        """
+        A line over the limit becomes exactly one OVERLONG, in its place,
+        and the lines around it are untouched.
+        """
+        framer = wire.LineFramer(SMALL)
+        half = len(lines) // 2
+        stream = b"".join(line + b"\n" for line in lines[:half])
+        stream += b"z" * length + b"\n"
+        stream += b"".join(line + b"\n" for line in lines[half:])
+        frames = [f for piece in chunked(stream, sizes) for f in framer.feed(piece)]
+        expected = [strip_cr(line) for line in lines]
+        expected.insert(half, wire.OVERLONG)
+        self.assertEqual(frames, expected)
+
+    def test_buffer_stays_bounded(self) -> None:
+        """
+        A peer that never sends a line ending cannot make the framer hold
+        more than the limit.
+        """
+        framer = wire.LineFramer(SMALL)
+        frames = []
+        for _ in range(1000):
+            frames += framer.feed(b"a" * 1000)
+        self.assertEqual(frames, [wire.OVERLONG])
+        self.assertLessEqual(len(framer._buffer), SMALL + 1)
+
+
+def is_refused_character(character: str) -> bool:
+    return (unicodedata.category(character) == "Cc" and character != "\t") or (
+        character in "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+        "\u2066\u2067\u2068\u2069"
+    )
+
+
+class TextTests(SynchronousTestCase):
+    @given(st.text())
+    def test_decode_refuses_exactly_the_control_characters(self, text) -> None:
+        """
+        A line is refused if and only if it holds a character a terminal
+        could act on.
+        """
+        refused = any(is_refused_character(c) for c in text)
+        try:
+            self.assertEqual(
+                wire.decode_line(text.encode("utf-8", "surrogatepass")), text
+            )
+            self.assertFalse(refused)
+        except Malformed:
+            self.assertTrue(refused or any(0xD800 <= ord(c) <= 0xDFFF for c in text))
+
+    @given(st.text())
+    def test_escaped_text_is_clean_and_clean_text_unchanged(self, text) -> None:
+        """
+        escape_controls leaves nothing a terminal could act on, and changes
+        nothing in text that was clean already.
+        """
+        escaped = wire.escape_controls(text)
+        self.assertFalse(any(is_refused_character(c) for c in escaped))
+        if not any(is_refused_character(c) for c in text):
+            self.assertEqual(escaped, text)
+
+
+class GrammarTests(SynchronousTestCase):
+    @given(st.text())
+    def test_parsing_raises_only_protocol_errors(self, text) -> None:
+        """
+        Any text splits into a known verb and arguments, or is refused with
+        a protocol error; nothing else escapes.
+        """
+        try:
+            verb, rest = wire.split_verb(text)
+            wire.parse_arguments(verb, rest)
+        except (Malformed, UnknownCommand):
+            pass
+
+    def test_arguments(self) -> None:
+        """
+        Each argument shape, accepted and refused.
+        """
+        parse = wire.parse_arguments
+        self.assertEqual(parse("MSG", "bob  hi  there "), ("bob", "hi  there "))
+        self.assertEqual(parse("KICK", "bob"), ("bob",))
+        self.assertEqual(parse("KICK", "bob go away"), ("bob", "go away"))
+        self.assertEqual(parse("WHO", ""), ())
+        self.assertEqual(parse("WHO", "#Ops"), ("#ops",))
+        self.assertEqual(parse("SAY", "#a b"), ("#a", "b"))
+        for verb, rest in [
+            ("SAY", "#a"),
+            ("JOIN", "#"),
+            ("JOIN", "#a #b"),
+            ("MSG", ""),
+        ]:
+            self.assertRaises(Malformed, parse, verb, rest)
+
+
+command_lines = st.sampled_from(
+    [
+        b"PING",
+        b"WHO",
+        b"HELP",
+        b"WHOAMI",
+        b"ROOMS",
+        b"JOIN #r",
+        b"PART #r",
+        b"SAY #r hi",
+        b"MSG alice hi",
+        b"MSG bob hi",
+        b"BROADCAST hi",
+        b"KICK alice",
+        b"QUIT",
+        b"RELOAD",
+        b"",
+        b" ",
+        b"\r",
+        b"x" * 5000,
+        b"\xff\xfe",
+        b"SAY #r \x1b[2J",
+    ]
+)
+any_line = st.one_of(
+    command_lines,
+    st.binary(max_size=80).map(lambda b: b.replace(b"\n", b"")),
+    st.text(max_size=40).map(lambda t: t.replace("\n", "").encode()),
+)
+
+EVERYTHING_BUT_QUIT_AND_KICK = """\
+default_roles = ["all"]
+[roles.all]
+commands = ["HELP", "WHOAMI", "WHO", "PING", "MSG", "JOIN", "PART", "SAY",
+            "ROOMS", "BROADCAST", "RELOAD"]
+"""
+
+
+def is_blank(line: bytes) -> bool:
+    return not strip_cr(line).strip(b" \t")
+
+
+class ArbitraryInputTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(any_line, max_size=30), chunk_sizes, st.binary(max_size=30))
+    def test_every_complete_line_gets_exactly_one_reply(self, lines, sizes, tail):
+        """
+        Whatever bytes arrive, in whatever pieces, the session never fails:
+        each complete non-blank line gets exactly one reply, in order, and
+        no reply is a server fault.  (QUIT and KICK are outside the role, so
+        they are answered with 403 rather than ending the session.)
+        """
+        session = Network(EVERYTHING_BUT_QUIT_AND_KICK).connect("alice")
+        session.take()
+        tail = tail.replace(b"\n", b"")[:SMALL]
+        stream = b"".join(line + b"\n" for line in lines) + tail
+        received = []
+        for piece in chunked(stream, sizes):
+            received += session.send(piece)
+        replies = [line for line in received if line[:3].isdigit() and line[3:4] == " "]
+        self.assertEqual(len(replies), len([x for x in lines if not is_blank(x)]))
+        self.assertFalse([r for r in replies if r.startswith("5")])
+        self.assertFalse(session.closed)
