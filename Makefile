@@ -18,9 +18,11 @@ $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml
 
-## Set up with the test extras, check the code with ruff, run the whole suite.
+## Set up with the test extras, check the code with ruff, run the whole suite
+## under pytest and again under trial, since both must find and pass it.
 test: $(VENV)/installed lint
 	$(PYTHON) -m pytest -q
+	$(PYTHON) -m twisted.trial --temp-directory=$$(mktemp -d)/trial tests
 
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check secmsg twisted tests

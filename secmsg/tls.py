@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
@@ -403,7 +404,7 @@ def _load_private_key(path: Path) -> PrivateKeyTypes:
         raise ConfigurationError(
             str(path), "the key is encrypted; secmsg needs an unencrypted key"
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise ConfigurationError(str(path), "no PEM private key in it") from None
 
 

@@ -1,0 +1,320 @@
+"""
+The real daemon, as README promises it: C{secmsg init}, then C{twistd -n
+secmsg} in its own process on a loopback port, spoken to with
+C{openssl s_client} and Python's ssl module.
+
+These are the slow tests (a few seconds each); everything they cover in
+depth is tested in memory elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.harness import temporary_directory
+
+BIN = Path(sys.executable).parent
+STARTUP_DEADLINE = 30.0
+"""Seconds a daemon may take to say it listens; a generous bound, not a timing."""
+
+
+def init_instance(testcase: SynchronousTestCase) -> Path:
+    """
+    Run C{secmsg init} into a fresh directory and return it.
+    """
+    directory = temporary_directory(testcase) / "instance"
+    result = subprocess.run(
+        [BIN / "secmsg", "init", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    testcase.assertEqual(result.returncode, 0, result.stderr)
+    return directory
+
+
+def twistd(directory: Path, *flags: str) -> list[str]:
+    return [
+        str(BIN / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        "secmsg",
+        "--config",
+        str(directory / "secmsg.toml"),
+        *flags,
+    ]
+
+
+class Daemon:
+    """
+    A daemon process on an ephemeral loopback port, stopped at cleanup.
+    """
+
+    def __init__(self, testcase: SynchronousTestCase, directory: Path) -> None:
+        self.directory = directory
+        self.log: list[str] = []
+        self._terminated = False
+        self.process = subprocess.Popen(
+            twistd(directory, "--port", "0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Unbuffered, so that select() sees every line not yet read.
+            bufsize=0,
+        )
+        testcase.addCleanup(self.stop)
+        line = self.wait_for("listening on 127.0.0.1:")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def wait_for(self, text: str) -> str:
+        """
+        Read the daemon's log until a line holds C{text}; fail past a
+        generous deadline rather than hang.
+        """
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        stream = self.process.stdout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            raw = stream.readline()
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.log.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"daemon never logged {text!r}; log: {self.log}")
+
+    def terminate(self) -> None:
+        """
+        Send SIGTERM once; a second one while twistd shuts down would make
+        it try to stop a reactor that is already stopping.
+        """
+        if not self._terminated and self.process.poll() is None:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        """
+        Stop the daemon if it runs, collect the rest of its log, and return
+        its exit status.
+        """
+        self.terminate()
+        if not self.process.stdout.closed:
+            with self.process.stdout as stream:
+                rest = stream.read().decode("utf-8", "replace")
+            self.log.extend(rest.splitlines())
+        return self.process.wait(timeout=STARTUP_DEADLINE)
+
+    def client(self, name: str) -> ssl.SSLSocket:
+        """
+        A TLS connection as C{name}, verifying the server as localhost.
+        """
+        context = ssl.create_default_context(cafile=self.directory / "ca.pem")
+        clients = self.directory / "clients"
+        context.load_cert_chain(clients / f"{name}.pem", clients / f"{name}.key")
+        raw = socket.create_connection(
+            ("127.0.0.1", self.port), timeout=STARTUP_DEADLINE
+        )
+        return context.wrap_socket(raw, server_hostname="localhost")
+
+    def s_client(self, *certificate: str, stdin: str) -> str:
+        """
+        The README's openssl s_client command line, fed C{stdin}.
+        """
+        result = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-quiet",
+                "-connect",
+                f"127.0.0.1:{self.port}",
+                *certificate,
+                "-CAfile",
+                str(self.directory / "ca.pem"),
+                "-verify_return_error",
+            ],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE,
+            check=False,
+        )
+        return result.stdout
+
+
+class DaemonTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is not installed")
+        self.directory = init_instance(self)
+        self.daemon = Daemon(self, self.directory)
+
+    def test_openssl_s_client_logs_in_as_readme_says(self) -> None:
+        """
+        The README's command line with alice's certificate gets the greeting
+        and answers.
+        """
+        clients = self.directory / "clients"
+        out = self.daemon.s_client(
+            "-cert",
+            str(clients / "alice.pem"),
+            "-key",
+            str(clients / "alice.key"),
+            stdin="PING\nQUIT\n",
+        )
+        self.assertEqual(
+            out.splitlines(),
+            [
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)",
+                "200 PONG",
+                "221 bye",
+            ],
+        )
+
+    def test_no_certificate_is_refused_and_logged(self) -> None:
+        """
+        s_client without a certificate gets no greeting, and the daemon logs
+        the refusal with its reason.
+        """
+        out = self.daemon.s_client(stdin="PING\n")
+        self.assertNotIn("secmsg", out)
+        line = self.daemon.wait_for("refused handshake")
+        self.assertIn("no certificate", line)
+
+    def test_users_talk_and_shutdown_says_closed(self) -> None:
+        """
+        alice's MSG reaches bob; at SIGTERM bob's session gets CLOSED with
+        the reason before the daemon exits cleanly.
+        """
+        bob, alice = self.daemon.client("bob"), self.daemon.client("alice")
+        # A socket's makefile holds the socket open until it is closed too.
+        with bob, alice, bob.makefile("rb") as bob_lines, alice.makefile("rb") as lines:
+            self.assertIn(b"you are bob", bob_lines.readline())
+            self.assertIn(b"you are alice", lines.readline())
+            alice.sendall(b"MSG bob hello bob\n")
+            self.assertEqual(lines.readline(), b"250 1\n")
+            self.assertEqual(bob_lines.readline(), b"MSG 1 alice hello bob\n")
+            self.daemon.terminate()
+            self.assertEqual(bob_lines.readline(), b"CLOSED server shutting down\n")
+            self.assertEqual(lines.readline(), b"CLOSED server shutting down\n")
+        # twistd ends itself with the signal it was stopped by.
+        self.assertEqual(self.daemon.stop(), -signal.SIGTERM)
+        self.assertIn("Server Shut Down.", self.daemon.log[-1])
+        self.assertFalse(
+            [line for line in self.daemon.log if "Traceback" in line],
+            "\n".join(self.daemon.log),
+        )
+
+
+class StartupRefusalTests(SynchronousTestCase):
+    """
+    A daemon that cannot start says why in one line, with no traceback.
+    """
+
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+
+    def assertRefusesToStart(self, words: str, *flags: str) -> None:
+        result = subprocess.run(
+            twistd(self.directory, "--port", "0", *flags),
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 1)
+        output = result.stdout + result.stderr
+        self.assertNotIn("Traceback", output)
+        # Before twistd starts logging the line goes to stderr; after, twistd
+        # logs what is written to stderr, so it is one log line on stdout.
+        refusals = [
+            line for line in output.splitlines() if "secmsg: cannot start: " in line
+        ]
+        self.assertEqual(len(refusals), 1, output)
+        self.assertIn(words, refusals[0])
+
+    def test_missing_key(self) -> None:
+        """
+        A key file that is not there is named, with the reason.
+        """
+        (self.directory / "server.key").unlink()
+        self.assertRefusesToStart("server.key: cannot read: No such file or directory")
+
+    def test_key_does_not_match_certificate(self) -> None:
+        """
+        A key that belongs to another certificate is refused.
+        """
+        self.assertRefusesToStart(
+            "key does not match the certificate",
+            "--key",
+            str(self.directory / "clients" / "alice.key"),
+        )
+
+    def test_bad_policy(self) -> None:
+        """
+        An invalid policy is refused with what is wrong in it.
+        """
+        (self.directory / "policy.toml").write_text('[roles.a]\ninherits = ["a"]\n')
+        self.assertRefusesToStart("policy.toml: inheritance cycle: a -> a")
+
+    def test_unknown_setting_in_config(self) -> None:
+        """
+        A misspelt setting in the config file is refused, not ignored.
+        """
+        config = self.directory / "secmsg.toml"
+        config.write_text(config.read_text() + 'crl-file = "x"\n')
+        self.assertRefusesToStart("unknown setting crl-file")
+
+    def test_port_in_use(self) -> None:
+        """
+        A port another process holds is named in the refusal.
+        """
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = str(holder.getsockname()[1])
+            self.assertRefusesToStart("cannot listen", "--port", port)
+
+
+class InitTests(SynchronousTestCase):
+    def test_private_keys_are_owner_only(self) -> None:
+        """
+        Every private key secmsg init writes is mode 0600.
+        """
+        directory = init_instance(self)
+        keys = sorted(directory.rglob("*.key"))
+        self.assertEqual(
+            [key.name for key in keys],
+            ["ca.key", "admin.key", "alice.key", "bob.key", "server.key"],
+        )
+        for key in keys:
+            self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600, key)
+
+    def test_init_refuses_to_overwrite(self) -> None:
+        """
+        A second init into the same directory changes nothing and says why.
+        """
+        directory = init_instance(self)
+        before = (directory / "ca.pem").read_bytes()
+        result = subprocess.run(
+            [BIN / "secmsg", "init", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("already exists; not overwritten", result.stderr)
+        self.assertEqual((directory / "ca.pem").read_bytes(), before)

@@ -1,0 +1,75 @@
+"""
+Every provider at a seam provides its interface, checked by zope.
+"""
+
+from __future__ import annotations
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from secmsg import wire
+from secmsg.auth import CertificateChecker, PolicyRealm, SessionAvatar
+from secmsg.commands import Commands
+from secmsg.hub import InProcessHub
+from secmsg.identity import IdentityRule
+from secmsg.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.reload import ReloadReport
+from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
+from tests.certs import now
+from tests.harness import Instance
+from tests.sessions import Network
+
+
+class SeamTests(SynchronousTestCase):
+    def test_hub(self) -> None:
+        """
+        The in-process hub provides IHub.
+        """
+        self.assertTrue(verifyObject(IHub, InProcessHub()))
+
+    def test_avatar(self) -> None:
+        """
+        The session avatar provides ISessionAvatar.
+        """
+        avatar = SessionAvatar("alice", ("user",), frozenset({"PING"}))
+        self.assertTrue(verifyObject(ISessionAvatar, avatar))
+
+    def test_protocol_is_peer_and_observer(self) -> None:
+        """
+        The session protocol is the hub's peer and the TLS layer's observer.
+        """
+        protocol = Network().connect("alice").protocol
+        self.assertTrue(verifyObject(IPeer, protocol))
+        self.assertTrue(verifyObject(IHandshakeObserver, protocol))
+
+    def test_cred_pieces(self) -> None:
+        """
+        The checker and the realm provide twisted.cred's interfaces.
+        """
+        self.assertTrue(
+            verifyObject(ICredentialsChecker, CertificateChecker(IdentityRule()))
+        )
+        network = Network()
+        realm = PolicyRealm(None, network.hub)
+        self.assertTrue(verifyObject(IRealm, realm))
+
+    def test_tls_connection_creator(self) -> None:
+        """
+        The daemon's TLS layer is a server connection creator.
+        """
+        settings = Instance(self).settings()
+        files = TLSFiles(settings.cert, settings.key, settings.ca, settings.crl)
+        creator = VerifyingServerTLS(
+            load_server_tls(files, now()), IdentityRule().identity_of
+        )
+        self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, creator))
+
+    def test_every_verb_has_a_handler(self) -> None:
+        """
+        The grammar and the handlers know the same verbs.
+        """
+        commands = Commands(InProcessHub(), ReloadReport)
+        self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

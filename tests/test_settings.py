@@ -1,0 +1,115 @@
+"""
+Settings: flags over the config file over defaults, and clear errors.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.errors import ConfigurationError
+from secmsg.identity import IdentityField
+from secmsg.settings import OPTIONS, load_settings, prepare_data_dir
+from tests.harness import temporary_directory
+
+CONFIG = """\
+port = 8000
+cert = "server.pem"
+key = "server.key"
+ca = "ca.pem"
+policy = "policy.toml"
+data-dir = "data"
+identity = "san-email"
+"""
+
+
+def no_flags(**given: str) -> dict[str, str | None]:
+    flags: dict[str, str | None] = dict.fromkeys(OPTIONS)
+    flags.update({name.replace("_", "-"): value for name, value in given.items()})
+    return flags
+
+
+class SettingsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        self.config = self.directory / "secmsg.toml"
+        self.config.write_text(CONFIG)
+
+    def test_file_paths_are_relative_to_the_file(self) -> None:
+        """
+        Paths in the config file are taken from its own directory.
+        """
+        settings = load_settings(no_flags(), str(self.config))
+        self.assertEqual(settings.cert, self.directory / "server.pem")
+        self.assertEqual(settings.data_dir, self.directory / "data")
+        self.assertEqual(settings.port, 8000)
+        self.assertEqual(settings.identity, IdentityField.SAN_EMAIL)
+        self.assertIsNone(settings.crl)
+        self.assertEqual(settings.interface, "127.0.0.1")
+
+    def test_flags_override_the_file(self) -> None:
+        """
+        A flag wins over the same setting in the file.
+        """
+        settings = load_settings(
+            no_flags(port="9000", cert="other.pem"), str(self.config)
+        )
+        self.assertEqual(settings.port, 9000)
+        self.assertEqual(settings.cert, Path("other.pem"))
+
+    def test_missing_required_setting(self) -> None:
+        """
+        A required setting given nowhere is named with how to give it.
+        """
+        error = self.assertRaises(ConfigurationError, load_settings, no_flags(), None)
+        self.assertEqual(
+            str(error), "--cert: not set; give --cert or set cert in the config file"
+        )
+
+    def test_bad_values(self) -> None:
+        """
+        A port out of range or an unknown identity field is refused.
+        """
+        for flags, words in [
+            (no_flags(port="70000"), "--port: '70000' is not a whole number"),
+            (no_flags(port="http"), "--port: 'http' is not a whole number"),
+            (no_flags(identity="dn"), "--identity: 'dn' is not one of cn, san-email"),
+        ]:
+            error = self.assertRaises(
+                ConfigurationError, load_settings, flags, str(self.config)
+            )
+            self.assertIn(words, str(error))
+
+    def test_unknown_setting_and_bad_toml(self) -> None:
+        """
+        A misspelt setting and a file that is not TOML are both refused.
+        """
+        self.config.write_text(CONFIG + "prot = 1\n")
+        error = self.assertRaises(
+            ConfigurationError, load_settings, no_flags(), str(self.config)
+        )
+        self.assertIn("unknown setting prot", str(error))
+        self.config.write_text("port = \n")
+        error = self.assertRaises(
+            ConfigurationError, load_settings, no_flags(), str(self.config)
+        )
+        self.assertIn("not valid TOML", str(error))
+
+    def test_data_dir_is_created_private(self) -> None:
+        """
+        A missing data directory is created, readable by its owner only.
+        """
+        data = self.directory / "state" / "data"
+        prepare_data_dir(data)
+        self.assertEqual(stat.S_IMODE(data.stat().st_mode), 0o700)
+
+    def test_data_dir_that_is_a_file(self) -> None:
+        """
+        A data directory path that is a file is refused.
+        """
+        path = self.directory / "file"
+        path.write_text("")
+        error = self.assertRaises(ConfigurationError, prepare_data_dir, path)
+        self.assertIn("cannot create", str(error))
