@@ -95,7 +95,7 @@ class SessionAvatar:
             raise NotPermitted(
                 verb,
                 self.identity,
-                f"not granted by role {', '.join(self.roles)}",
+                f"not granted by {_roles_phrase(self.roles)}",
             )
 
     def regrant(self, roles: tuple[str, ...], commands: frozenset[str]) -> None:
@@ -104,6 +104,11 @@ class SessionAvatar:
         """
         self.roles = roles
         self.commands = commands
+
+
+def _roles_phrase(roles: tuple[str, ...]) -> str:
+    noun = "role" if len(roles) == 1 else "roles"
+    return f"{noun} {', '.join(roles)}"
 
 
 @implementer(IRealm)

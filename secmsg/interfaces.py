@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+from secmsg.errors import CertificateRefused
+
 
 class ISessionAvatar(Interface):
     """
@@ -145,8 +147,7 @@ class IHandshakeObserver(Interface):
     refusal is logged once, with the peer address, when the connection ends.
     """
 
-    def certificate_refused(refusal: Exception) -> None:
+    def certificate_refused(refusal: CertificateRefused) -> None:
         """
-        The verify callback refused the certificate with this
-        L{secmsg.errors.CertificateRefused}.
+        The verify callback refused the certificate, for this reason.
         """

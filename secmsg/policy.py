@@ -11,13 +11,16 @@ gets.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secmsg.errors import PolicyError
 from secmsg.wire import COMMAND_NAMES, NAME_TOKEN
+
+_Fail = Callable[[str], PolicyError]
+"""Makes the error for a problem found in the policy being parsed."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def parse_policy(data: Mapping[str, Any], source: str) -> Policy:
 def _closure(
     role: str,
     declared: Mapping[str, tuple[frozenset[str], tuple[str, ...]]],
-    fail: Any,
+    fail: _Fail,
 ) -> frozenset[str]:
     """
     Every command C{role} grants through inheritance, refusing cycles.
@@ -152,27 +155,27 @@ def _check_roles_exist(
     names: tuple[str, ...] | list[str],
     declared: Mapping[str, Any],
     where: str,
-    fail: Any,
+    fail: _Fail,
 ) -> None:
     unknown = [name for name in names if name not in declared]
     if unknown:
         raise fail(f"{where} names unknown role {', '.join(unknown)}")
 
 
-def _table(value: Any, where: str, fail: Any) -> Mapping[str, Any]:
+def _table(value: Any, where: str, fail: _Fail) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise fail(f"{where} must be a table")
     return value
 
 
-def _names(value: Any, where: str, fail: Any) -> list[str]:
+def _names(value: Any, where: str, fail: _Fail) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise fail(f"{where} must be a list of strings")
     return value
 
 
 def _only_keys(
-    table: Mapping[str, Any], allowed: set[str], where: str, fail: Any
+    table: Mapping[str, Any], allowed: set[str], where: str, fail: _Fail
 ) -> None:
     unexpected = sorted(set(table) - allowed)
     if unexpected:

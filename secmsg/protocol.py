@@ -68,6 +68,7 @@ class SessionProtocol(Protocol):
         self._logout = None
         self._finishing = False
         self._closing = False
+        self._lost = False
         self.avatar: ISessionAvatar | None = None
         self.certificate: x509.Certificate | None = None
         self.certificate_chain: list[x509.Certificate] = []
@@ -76,8 +77,8 @@ class SessionProtocol(Protocol):
         self._peer = describe_address(self.transport.getPeer())
         self.factory.session_started(self)
 
-    def certificate_refused(self, refusal: Exception) -> None:
-        if self._refusal is None and isinstance(refusal, CertificateRefused):
+    def certificate_refused(self, refusal: CertificateRefused) -> None:
+        if self._refusal is None:
             self._refusal = refusal
 
     def handshakeCompleted(self) -> None:
@@ -85,6 +86,8 @@ class SessionProtocol(Protocol):
         The peer's chain verified: log it in with its certificate.
         """
         self._handshake_done = True
+        if self._closing:
+            return
         self.certificate_chain = self.transport.getHandle().get_verified_chain(
             as_cryptography=True
         )
@@ -96,9 +99,11 @@ class SessionProtocol(Protocol):
 
     def _logged_in(self, result: tuple[object, ISessionAvatar, object]) -> None:
         _, avatar, logout = result
-        self.avatar, self._logout = avatar, logout
-        if self._closing:
+        if self._lost:
+            # The peer left while the login was under way.
+            logout()
             return
+        self.avatar, self._logout = avatar, logout
         log.info(
             "login {identity} (roles: {roles}) from {peer}, certificate serial "
             "{serial:x}",
@@ -132,6 +137,8 @@ class SessionProtocol(Protocol):
         self.close(f"login refused: {reason}")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         if self.avatar is not None:
             self._receive(data)
             return
@@ -224,7 +231,7 @@ class SessionProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._closing = True
+        self._closing = self._lost = True
         if self._logout is not None:
             self._logout()
             log.info(

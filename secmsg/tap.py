@@ -28,7 +28,7 @@ from secmsg.identity import IdentityRule
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
 from secmsg.service import SecmsgService
-from secmsg.settings import Settings, load_settings, prepare_data_dir
+from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
 from secmsg.tls import TLSFiles, VerifyingServerTLS
 
 LISTEN_BACKLOG = 511
@@ -75,7 +75,7 @@ def makeService(options: Options) -> IService:
 
     try:
         settings = load_settings(
-            {name: options[name] for name in options if name != "config"},
+            {name: options[name] for name in OPTIONS},
             options["config"],
         )
         return assemble(settings, reactor)

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Callable
 
 from cryptography import x509
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -79,12 +80,15 @@ class Network:
     """
 
     def __init__(
-        self, policy: str = POLICY, reload: Callable[[], ReloadReport] | None = None
+        self,
+        policy: str = POLICY,
+        reload: Callable[[], ReloadReport] | None = None,
+        checker: ICredentialsChecker | None = None,
     ) -> None:
         self.ca = CertificateAuthority()
         self.hub = InProcessHub()
         realm = PolicyRealm(parse_policy(tomllib.loads(policy), "test"), self.hub)
-        portal = Portal(realm, [CertificateChecker(IdentityRule())])
+        portal = Portal(realm, [checker or CertificateChecker(IdentityRule())])
         self.factory = SessionFactory(
             portal, Commands(self.hub, reload or (lambda: ReloadReport()))
         )

@@ -5,9 +5,15 @@ string transports.
 
 from __future__ import annotations
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from secmsg import wire
+from secmsg.auth import ICertificateCredential
 from secmsg.errors import ConfigurationError
 from secmsg.reload import ReloadReport
 from tests.harness import capture_log
@@ -221,6 +227,48 @@ class FramingTests(SynchronousTestCase):
         self.assertTrue(session.transport.disconnecting)
 
 
+@implementer(ICredentialsChecker)
+class PendingChecker:
+    """
+    A checker whose answer the test gives when it chooses, as a checker
+    that looks identities up elsewhere would.
+    """
+
+    credentialInterfaces = (ICertificateCredential,)
+
+    def __init__(self) -> None:
+        self.pending: Deferred[str] = Deferred()
+
+    def requestAvatarId(self, credentials: ICertificateCredential) -> Deferred[str]:
+        return self.pending
+
+
+class SlowLoginTests(SynchronousTestCase):
+    def test_lines_wait_for_a_slow_login(self) -> None:
+        """
+        Lines that arrive while the login is under way get no answer until
+        the greeting, then their replies in order.
+        """
+        checker = PendingChecker()
+        session = Network(checker=checker).connect("alice")
+        self.assertEqual(session.send("PING"), [])
+        checker.pending.callback("alice")
+        self.assertEqual(session.take(), [GREETING.format("alice", "user"), "200 PONG"])
+
+    def test_peer_gone_before_login_completes_is_not_left_online(self) -> None:
+        """
+        A login that completes after its connection ended is logged out at
+        once, leaving no ghost session in the hub.
+        """
+        checker = PendingChecker()
+        network = Network(checker=checker)
+        session = network.connect("alice")
+        session.protocol.connectionLost(Failure(ConnectionDone()))
+        checker.pending.callback("alice")
+        self.assertEqual(network.hub.sessions(), [])
+        self.assertEqual(session.take(), [])
+
+
 class RoutingTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.network = Network()
@@ -293,7 +341,7 @@ class RoutingTests(SynchronousTestCase):
         A session that ends is no longer online nor in its rooms.
         """
         self.alice.send("JOIN #ops")
-        self.alice.protocol.connectionLost(None)
+        self.alice.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.bob.send("WHO"), ["211-admin", "211-bob", "211 2 online"])
         self.assertEqual(self.bob.send("ROOMS"), ["211 0 rooms"])
 
