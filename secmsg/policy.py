@@ -10,13 +10,13 @@ gets.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secmsg.errors import PolicyError
+from secmsg.files import read_toml
 from secmsg.wire import COMMAND_NAMES, NAME_TOKEN
 
 _Fail = Callable[[str], PolicyError]
@@ -71,13 +71,7 @@ def load_policy(path: Path) -> Policy:
 
     @raise PolicyError: naming the file and what is wrong with it.
     """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise PolicyError(str(path), f"cannot read: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise PolicyError(str(path), f"not valid TOML: {error}") from None
-    return parse_policy(data, str(path))
+    return parse_policy(read_toml(path, PolicyError), str(path))
 
 
 def parse_policy(data: Mapping[str, Any], source: str) -> Policy:

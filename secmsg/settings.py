@@ -10,13 +10,13 @@ the command line are relative to the working directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secmsg.errors import ConfigurationError
+from secmsg.files import read_toml
 from secmsg.identity import IdentityField
 from secmsg.wire import MAX_LINE_LENGTH
 
@@ -107,12 +107,7 @@ def prepare_data_dir(path: Path) -> None:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigurationError(str(path), f"cannot read: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigurationError(str(path), f"not valid TOML: {error}") from None
+    data = read_toml(path)
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:
         raise ConfigurationError(

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
+from secmsg.files import read_bytes
 from secmsg.identity import describe_subject
 from secmsg.interfaces import IHandshakeObserver
 
@@ -382,16 +383,9 @@ class VerifyingServerTLS:
         return connection
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise ConfigurationError(str(path), f"cannot read: {error.strerror}") from None
-
-
 def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
     try:
-        certificates = x509.load_pem_x509_certificates(_read(path))
+        certificates = x509.load_pem_x509_certificates(read_bytes(path))
     except ValueError:
         raise ConfigurationError(str(path), f"no PEM {what} in it") from None
     return certificates
@@ -399,7 +393,7 @@ def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
 
 def _load_private_key(path: Path) -> PrivateKeyTypes:
     try:
-        return serialization.load_pem_private_key(_read(path), password=None)
+        return serialization.load_pem_private_key(read_bytes(path), password=None)
     except TypeError:
         raise ConfigurationError(
             str(path), "the key is encrypted; secmsg needs an unencrypted key"
@@ -411,7 +405,7 @@ def _load_private_key(path: Path) -> PrivateKeyTypes:
 def _load_crls(
     path: Path, cas: list[x509.Certificate]
 ) -> list[x509.CertificateRevocationList]:
-    blocks = _PEM_CRL.findall(_read(path))
+    blocks = _PEM_CRL.findall(read_bytes(path))
     if not blocks:
         raise ConfigurationError(str(path), "no PEM CRL in it")
     crls = []
