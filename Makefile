@@ -22,11 +22,11 @@ run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 ## under pytest and again under trial, since both must find and pass it.
 test: $(VENV)/installed lint
 	$(PYTHON) -m pytest -q
-	$(PYTHON) -m twisted.trial --temp-directory=$$(mktemp -d)/trial tests
+	$(PYTHON) -m twisted.trial tests
 
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check secmsg twisted tests
 	$(VENV)/bin/ruff format --check secmsg twisted tests
 
 clean:
-	rm -rf $(VENV) *.egg-info _trial_temp .hypothesis
+	rm -rf $(VENV) *.egg-info build _trial_temp .hypothesis

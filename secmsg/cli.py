@@ -10,6 +10,7 @@ from pathlib import Path
 
 from twisted.python import usage
 
+from secmsg import __version__
 from secmsg.errors import ConfigurationError
 from secmsg.pki import DEVELOPMENT_USERS, create_instance
 
@@ -34,6 +35,13 @@ class Options(usage.Options):
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Print secmsg's version and exit.
+        """
+        print(f"secmsg {__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         if self.subCommand is None:

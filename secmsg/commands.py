@@ -136,12 +136,13 @@ class Commands:
         if not count:
             raise NotFound(f"{identity} is not online")
         log.info(
-            "{by} kicked {identity} ({count} sessions)",
+            "{by} kicked {identity} from {count} session(s)",
             by=by,
             identity=identity,
             count=count,
         )
-        return wire.reply(200, f"kicked {identity} ({count} sessions)")
+        sessions = "1 session" if count == 1 else f"{count} sessions"
+        return wire.reply(200, f"kicked {identity} ({sessions})")
 
     def broadcast(self, session: Session, text: str) -> bytes:
         message_id = self._hub.broadcast(session.avatar.identity, text)

@@ -63,11 +63,14 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
     @raise ConfigurationError: naming the file or flag at fault.
     """
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if config is not None:
         merged.update(_read_config(Path(config)))
+        origins.update(dict.fromkeys(merged, config))
     for name, value in flags.items():
         if value is not None:
             merged[name] = Path(value) if name in _PATHS else value
+            origins[name] = f"--{name}"
     for name in _REQUIRED:
         if name not in merged:
             raise ConfigurationError(
@@ -80,11 +83,11 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         crl=merged.get("crl"),
         policy=merged["policy"],
         data_dir=merged["data-dir"],
-        port=_integer(merged, "port", 7443, 0, 65535),
+        port=_integer(merged, origins, "port", 7443, 0, 65535),
         interface=str(merged.get("interface", "127.0.0.1")),
-        identity=_identity_field(merged.get("identity", "cn")),
+        identity=_identity_field(merged, origins),
         max_line_length=_integer(
-            merged, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
+            merged, origins, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
         ),
     )
 
@@ -125,8 +128,22 @@ def _read_config(path: Path) -> dict[str, Any]:
     return settings
 
 
+def _origin(origins: Mapping[str, str], name: str) -> str:
+    """
+    Where a setting came from, as the operator wrote it: the flag, or the
+    key in the config file.
+    """
+    origin = origins.get(name, f"--{name}")
+    return origin if origin.startswith("--") else f"{origin}: {name}"
+
+
 def _integer(
-    merged: Mapping[str, Any], name: str, default: int, low: int, high: int
+    merged: Mapping[str, Any],
+    origins: Mapping[str, str],
+    name: str,
+    default: int,
+    low: int,
+    high: int,
 ) -> int:
     value = merged.get(name, default)
     try:
@@ -135,16 +152,20 @@ def _integer(
         number = None
     if number is None or isinstance(value, bool) or not low <= number <= high:
         raise ConfigurationError(
-            f"--{name}", f"{value!r} is not a whole number from {low} to {high}"
+            _origin(origins, name),
+            f"{value!r} is not a whole number from {low} to {high}",
         )
     return number
 
 
-def _identity_field(value: Any) -> IdentityField:
+def _identity_field(
+    merged: Mapping[str, Any], origins: Mapping[str, str]
+) -> IdentityField:
+    value = merged.get("identity", IdentityField.CN.value)
     try:
         return IdentityField(value)
     except ValueError:
         choices = ", ".join(field.value for field in IdentityField)
         raise ConfigurationError(
-            "--identity", f"{value!r} is not one of {choices}"
+            _origin(origins, "identity"), f"{value!r} is not one of {choices}"
         ) from None

@@ -116,7 +116,11 @@ class Daemon:
             with self.process.stdout as stream:
                 rest = stream.read().decode("utf-8", "replace")
             self.log.extend(rest.splitlines())
-        return self.process.wait(timeout=STARTUP_DEADLINE)
+        try:
+            return self.process.wait(timeout=STARTUP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
 
     def client(self, name: str) -> ssl.SSLSocket:
         """

@@ -82,6 +82,20 @@ class SettingsTests(SynchronousTestCase):
             )
             self.assertIn(words, str(error))
 
+    def test_bad_value_in_file_names_the_file(self) -> None:
+        """
+        A bad value from the config file is reported against the file and
+        key, not against a flag the operator never gave.
+        """
+        self.config.write_text(CONFIG.replace("port = 8000", 'port = "8000x"'))
+        error = self.assertRaises(
+            ConfigurationError, load_settings, no_flags(), str(self.config)
+        )
+        self.assertEqual(
+            str(error),
+            f"{self.config}: port: '8000x' is not a whole number from 0 to 65535",
+        )
+
     def test_unknown_setting_and_bad_toml(self) -> None:
         """
         A misspelt setting and a file that is not TOML are both refused.
