@@ -188,6 +188,36 @@ class DaemonTests(SynchronousTestCase):
             ],
         )
 
+    def test_old_protocols_and_weak_ciphers_refused(self) -> None:
+        """
+        TLS 1.1 is refused, and so are TLS 1.2 suites without forward
+        secrecy or without AEAD; a forward-secret AEAD suite gets in.
+        """
+        clients = self.directory / "clients"
+        alice = [
+            "-cert",
+            str(clients / "alice.pem"),
+            "-key",
+            str(clients / "alice.key"),
+        ]
+        for flags, reason in [
+            (["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], "unsupported protocol"),
+            (["-tls1_2", "-cipher", "AES128-GCM-SHA256"], "no shared cipher"),
+            (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"], "no shared cipher"),
+        ]:
+            self.assertNotIn(
+                "secmsg", self.daemon.s_client(*alice, *flags, stdin="PING\n")
+            )
+            self.assertIn(reason, self.daemon.wait_for("refused handshake"))
+        out = self.daemon.s_client(
+            *alice,
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            stdin="PING\nQUIT\n",
+        )
+        self.assertIn("200 PONG", out)
+
     def test_no_certificate_is_refused_and_logged(self) -> None:
         """
         s_client without a certificate gets no greeting, and the daemon logs
