@@ -117,7 +117,12 @@ class Reloader:
             refusal = new.tls.trust.recheck(peer.certificate_chain, now)
             grant = new.policy.grant_for(avatar.identity)
             if refusal is not None:
-                reason = refusal.describe()
+                reason = refusal.reason.value
+                log.info(
+                    "closing {identity}: {refusal}",
+                    identity=avatar.identity,
+                    refusal=refusal.describe(),
+                )
             elif grant is None:
                 reason = "refused by the new policy"
             else:

@@ -113,7 +113,7 @@ def build_daemon(settings: Settings, clock: IReactorTime) -> Daemon:
     live = load_live_configuration(files, datetime.fromtimestamp(clock.seconds(), UTC))
     rule = IdentityRule(settings.identity)
     hub = InProcessHub()
-    tls = VerifyingServerTLS(live.tls, rule.identity_of)
+    tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)

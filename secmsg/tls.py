@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
@@ -34,6 +35,7 @@ from OpenSSL.crypto import (
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IReactorTime,
 )
 from twisted.internet.ssl import (
     Certificate,
@@ -72,32 +74,30 @@ _SERVER_OPTIONS = (
 
 _VERIFY_MODE = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
+# OpenSSL's verification error numbers differ between its versions (an
+# invalid CA is 24 in OpenSSL 3.0 and 79 in 4.0), so they are looked up by
+# name in the OpenSSL that pyOpenSSL is linked against.
+_OPENSSL = Binding.lib
 _OPENSSL_REASONS = {
-    # X509_V_ERR_* codes from OpenSSL's x509_vfy.h, mapped to our words.
-    2: RefusalReason.UNKNOWN_CA,  # unable to get issuer certificate
-    3: RefusalReason.REVOCATION_UNKNOWN,  # unable to get CRL
-    7: RefusalReason.UNKNOWN_CA,  # certificate signature failure
-    9: RefusalReason.NOT_YET_VALID,
-    10: RefusalReason.EXPIRED,
-    11: RefusalReason.REVOCATION_UNKNOWN,  # CRL not yet valid
-    12: RefusalReason.REVOCATION_UNKNOWN,  # CRL has expired
-    18: RefusalReason.UNKNOWN_CA,  # depth zero self-signed certificate
-    19: RefusalReason.UNKNOWN_CA,  # self-signed certificate in chain
-    20: RefusalReason.UNKNOWN_CA,  # unable to get local issuer certificate
-    21: RefusalReason.UNKNOWN_CA,  # unable to verify the first certificate
-    23: RefusalReason.REVOKED,
-    24: RefusalReason.UNKNOWN_CA,  # invalid CA certificate
-    26: RefusalReason.WRONG_KEY_USAGE,  # unsupported certificate purpose
-    28: RefusalReason.WRONG_KEY_USAGE,  # certificate rejected for its purpose
-}
-
-_OPENSSL_DETAILS = {
-    3: "no CRL for its CA",
-    7: "signature does not verify",
-    11: "the CRL is not yet valid",
-    12: "the CRL is past its next update",
-    18: "self-signed",
-    26: "extended key usage lacks clientAuth",
+    getattr(_OPENSSL, f"X509_V_ERR_{name}"): reason
+    for name, reason in [
+        ("UNABLE_TO_GET_ISSUER_CERT", RefusalReason.UNKNOWN_CA),
+        ("UNABLE_TO_GET_ISSUER_CERT_LOCALLY", RefusalReason.UNKNOWN_CA),
+        ("UNABLE_TO_VERIFY_LEAF_SIGNATURE", RefusalReason.UNKNOWN_CA),
+        ("CERT_SIGNATURE_FAILURE", RefusalReason.UNKNOWN_CA),
+        ("DEPTH_ZERO_SELF_SIGNED_CERT", RefusalReason.UNKNOWN_CA),
+        ("SELF_SIGNED_CERT_IN_CHAIN", RefusalReason.UNKNOWN_CA),
+        ("INVALID_CA", RefusalReason.UNKNOWN_CA),
+        ("CERT_UNTRUSTED", RefusalReason.UNKNOWN_CA),
+        ("CERT_NOT_YET_VALID", RefusalReason.NOT_YET_VALID),
+        ("CERT_HAS_EXPIRED", RefusalReason.EXPIRED),
+        ("CERT_REVOKED", RefusalReason.REVOKED),
+        ("UNABLE_TO_GET_CRL", RefusalReason.REVOCATION_UNKNOWN),
+        ("CRL_NOT_YET_VALID", RefusalReason.REVOCATION_UNKNOWN),
+        ("CRL_HAS_EXPIRED", RefusalReason.REVOCATION_UNKNOWN),
+        ("INVALID_PURPOSE", RefusalReason.WRONG_KEY_USAGE),
+        ("CERT_REJECTED", RefusalReason.WRONG_KEY_USAGE),
+    ]
 }
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
@@ -110,11 +110,8 @@ def refusal_for_openssl_error(
     Turn OpenSSL's numeric verification error into our words.
     """
     reason = _OPENSSL_REASONS.get(error_number, RefusalReason.REJECTED)
-    details = []
-    if error_number in _OPENSSL_DETAILS:
-        details.append(_OPENSSL_DETAILS[error_number])
-    elif reason is RefusalReason.REJECTED:
-        details.append(f"OpenSSL verify error {error_number}")
+    words = Binding.ffi.string(_OPENSSL.X509_verify_cert_error_string(error_number))
+    details = [words.decode("ascii", "replace")]
     if depth:
         details.append(f"CA certificate at depth {depth}")
     return CertificateRefused(reason, subject, "; ".join(details))
@@ -138,8 +135,9 @@ def refusal_for_handshake_failure(failure: Failure) -> CertificateRefused:
 def _check_client_usage(certificate: x509.Certificate) -> None:
     """
     Refuse a leaf certificate whose extended key usage does not name
-    clientAuth.  OpenSSL refuses a list that lacks it, but accepts a
-    certificate with no extended key usage at all; we do not.
+    clientAuth (OpenSSL refuses a list that lacks it, but accepts a
+    certificate with no extended key usage at all; we do not), or that is
+    itself a CA.
     """
     try:
         usages = certificate.extensions.get_extension_for_oid(
@@ -157,49 +155,66 @@ def _check_client_usage(certificate: x509.Certificate) -> None:
             describe_subject(certificate),
             "extended key usage lacks clientAuth",
         )
+    if _may_sign_certificates(certificate):
+        # A client certificate that is also a CA could mint certificates
+        # for any identity wherever its issuer's path length allows it.
+        raise CertificateRefused(
+            RefusalReason.WRONG_KEY_USAGE,
+            describe_subject(certificate),
+            "a CA certificate is not a client certificate",
+        )
+
+
+def _may_sign_certificates(certificate: x509.Certificate) -> bool:
+    extensions = certificate.extensions
+    try:
+        if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        return extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return False
 
 
 LeafCheck = Callable[[x509.Certificate], object]
 """Called on a leaf certificate that chains; raises L{CertificateRefused}."""
 
-
-def _judge(
-    certificate: X509,
-    error_number: int,
-    depth: int,
-    preverify_ok: int,
-    leaf_check: LeafCheck,
-) -> CertificateRefused | None:
-    """
-    The verdict on one certificate of the peer's chain: OpenSSL's first, then
-    for the leaf our key usage and identity checks.
-    """
-    crypto_certificate = certificate.to_cryptography()
-    if not preverify_ok:
-        return refusal_for_openssl_error(
-            error_number, depth, describe_subject(crypto_certificate)
-        )
-    if depth == 0:
-        try:
-            _check_client_usage(crypto_certificate)
-            leaf_check(crypto_certificate)
-        except CertificateRefused as refusal:
-            return refusal
-    return None
+StaleCheck = Callable[[list[x509.Certificate]], CertificateRefused | None]
+"""Checks a verified chain (leaf first) against trust loaded after the
+connection's context was built; returns the refusal, or L{None}."""
 
 
-def _verify_callback(
-    observer: IHandshakeObserver | None, leaf_check: LeafCheck
-) -> Callable[[SSL.Connection, X509, int, int, int], bool]:
+class _PeerVerifier:
     """
-    A verify callback for one connection, reporting refusals to C{observer}.
+    The verify callback of one connection.
+
+    OpenSSL calls it once per certificate of the peer's chain, the trust
+    anchor first and the leaf last, with its own verdict.  The verifier
+    keeps that verdict, adds its own checks on the leaf, and once the whole
+    chain is seen lets C{stale_check} judge it against a configuration
+    reloaded while this handshake was under way.  It reports a refusal to
+    C{observer} and stops at the first one.
 
     pyOpenSSL swallows exceptions raised in a verify callback and fails the
     handshake without a word, so every exception is caught here, logged and
     turned into a refusal.
     """
 
-    def verify(
+    def __init__(
+        self,
+        observer: IHandshakeObserver | None,
+        leaf_check: LeafCheck,
+        stale_check: StaleCheck,
+    ) -> None:
+        self._observer = observer
+        self._leaf_check = leaf_check
+        self._stale_check = stale_check
+        self._chain: dict[int, x509.Certificate] = {}
+
+    def __call__(
+        self,
         connection: SSL.Connection,
         certificate: X509,
         error_number: int,
@@ -207,19 +222,35 @@ def _verify_callback(
         preverify_ok: int,
     ) -> bool:
         try:
-            refusal = _judge(certificate, error_number, depth, preverify_ok, leaf_check)
-        except Exception:  # noqa: BLE001 -- see the docstring
+            refusal = self._judge(certificate, error_number, depth, preverify_ok)
+        except Exception:  # noqa: BLE001 -- see the class docstring
             log.failure("error in the certificate verify callback")
             refusal = CertificateRefused(
                 RefusalReason.REJECTED, detail="internal error while verifying"
             )
         if refusal is None:
             return True
-        if observer is not None:
-            observer.certificate_refused(refusal)
+        if self._observer is not None:
+            self._observer.certificate_refused(refusal)
         return False
 
-    return verify
+    def _judge(
+        self, certificate: X509, error_number: int, depth: int, preverify_ok: int
+    ) -> CertificateRefused | None:
+        crypto_certificate = certificate.to_cryptography()
+        if not preverify_ok:
+            return refusal_for_openssl_error(
+                error_number, depth, describe_subject(crypto_certificate)
+            )
+        self._chain[depth] = crypto_certificate
+        if depth:
+            return None
+        try:
+            _check_client_usage(crypto_certificate)
+            self._leaf_check(crypto_certificate)
+        except CertificateRefused as refusal:
+            return refusal
+        return self._stale_check([self._chain[d] for d in sorted(self._chain)])
 
 
 @dataclass(frozen=True)
@@ -282,7 +313,9 @@ class TrustAnchors:
         for crl in self.crls:
             store.add_crl(crl)
         if self.crls:
-            store.set_flags(X509StoreFlags.CRL_CHECK)
+            # Every certificate of the chain, intermediate CAs included, is
+            # checked; so every CA below the root needs a CRL from its issuer.
+            store.set_flags(X509StoreFlags.CRL_CHECK | X509StoreFlags.CRL_CHECK_ALL)
 
 
 @dataclass(frozen=True)
@@ -350,9 +383,12 @@ class VerifyingServerTLS:
     a verify callback that reports to that connection's protocol.
     """
 
-    def __init__(self, tls: ServerTLS, leaf_check: LeafCheck) -> None:
+    def __init__(
+        self, tls: ServerTLS, leaf_check: LeafCheck, clock: IReactorTime
+    ) -> None:
         self._tls = tls
         self._leaf_check = leaf_check
+        self._clock = clock
 
     @property
     def trust(self) -> TrustAnchors:
@@ -373,12 +409,22 @@ class VerifyingServerTLS:
     ) -> SSL.Connection:
         """
         A new connection whose verify callback tells the wrapped protocol,
-        if it listens, why it refused a certificate.
+        if it listens, why it refused a certificate.  A handshake that
+        began before a reload and ends after it is judged by the reloaded
+        CAs and CRLs too, so that no connection slips through that window.
         """
-        connection = SSL.Connection(self._tls.context, None)
+        built_with = self._tls
+        connection = SSL.Connection(built_with.context, None)
+
+        def stale_check(chain: list[x509.Certificate]) -> CertificateRefused | None:
+            if self._tls is built_with:
+                return None
+            now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+            return self._tls.trust.recheck(chain, now)
+
         observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
         connection.set_verify(
-            _VERIFY_MODE, _verify_callback(observer, self._leaf_check)
+            _VERIFY_MODE, _PeerVerifier(observer, self._leaf_check, stale_check)
         )
         return connection
 

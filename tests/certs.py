@@ -67,17 +67,20 @@ class CertificateAuthority:
     """
 
     name: str = "secmsg test CA"
+    parent: CertificateAuthority | None = None
     pair: Pair = field(init=False)
     revoked: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = _name(self.name)
+        issuer_name = self.parent.pair.certificate.subject if self.parent else subject
+        issuer_key = self.parent.pair.key if self.parent else key
         start = now() - timedelta(days=365)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(subject)
+            .issuer_name(issuer_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
@@ -86,7 +89,7 @@ class CertificateAuthority:
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
             )
-            .sign(key, hashes.SHA256())
+            .sign(issuer_key, hashes.SHA256())
         )
         self.pair = Pair(certificate, key)
 
@@ -102,10 +105,12 @@ class CertificateAuthority:
         valid_from: timedelta = timedelta(days=-1),
         valid_for: timedelta = timedelta(days=30),
         names: list[x509.GeneralName] | None = None,
+        ca: bool = False,
     ) -> Pair:
         """
-        A leaf certificate; C{valid_from} is relative to now, C{usages}
-        L{None} leaves the extended key usage out.
+        A leaf certificate (or, with C{ca}, one that claims to be a CA);
+        C{valid_from} is relative to now, C{usages} L{None} leaves the
+        extended key usage out.  Its chain holds this CA's own chain.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         start = now() + valid_from
@@ -128,7 +133,28 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), False)
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
-        return Pair(builder.sign(self.pair.key, hashes.SHA256()), key)
+        if ca:
+            builder = builder.add_extension(
+                x509.BasicConstraints(ca=True, path_length=None), True
+            )
+        certificate = builder.sign(self.pair.key, hashes.SHA256())
+        return Pair(certificate, key, self.chain)
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """
+        What a peer presents after its leaf: this CA and the CAs above it,
+        when this CA is an intermediate; nothing for a root.
+        """
+        if self.parent is None:
+            return ()
+        return (self.pair.certificate, *self.parent.chain)
+
+    def intermediate(self, name: str) -> CertificateAuthority:
+        """
+        A CA below this one.
+        """
+        return CertificateAuthority(name, parent=self)
 
     def server(self) -> Pair:
         return self.issue(

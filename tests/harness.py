@@ -158,10 +158,11 @@ class Instance:
         pair: Pair | None,
         tls_version: TLSVersion | None = None,
         early: tuple[bytes, ...] = (),
+        complete: bool = True,
     ) -> LineClient:
         """
-        Connect a client presenting C{pair} (or no certificate) and run the
-        handshake and greeting to completion.
+        Connect a client presenting C{pair} (or no certificate) and, unless
+        C{complete} is false, run the handshake and greeting to completion.
         """
         if pair is None:
             extra = {}
@@ -198,7 +199,8 @@ class Instance:
             clock=self.clock,
         )
         self._pumps.append(pump)
-        self.flush()
+        if complete:
+            self.flush()
         return client
 
     def flush(self) -> None:

@@ -30,6 +30,15 @@ class HandshakeTests:
         self.instance = Instance(self)
         self.ca = self.instance.ca
 
+    def trust_intermediate(self) -> CertificateAuthority:
+        """
+        An intermediate CA below the test CA, added to the CA bundle (where
+        the CRLs it signs can be checked against it).
+        """
+        intermediate = self.ca.intermediate("secmsg issuing CA")
+        self.instance.write("ca.pem", self.ca.pem + intermediate.pem)
+        return intermediate
+
     def assertRefused(self, pair, reason: str) -> None:
         """
         The client gets no greeting and not a byte of application data, and
@@ -140,6 +149,60 @@ class HandshakeTests:
         clientAuth must be named.
         """
         self.assertRefused(self.ca.issue("alice", usages=None), "wrong key usage")
+
+    def test_ca_certificate_as_client_refused(self) -> None:
+        """
+        A certificate that claims to be a CA is no client certificate, even
+        with clientAuth: it could sign certificates for anyone.
+        """
+        self.assertRefused(self.ca.issue("alice", ca=True), "wrong key usage")
+
+    def test_chain_through_intermediate_accepted(self) -> None:
+        """
+        A leaf under an intermediate CA gets in when both the root's CRL and
+        the intermediate's are configured and neither revokes.
+        """
+        intermediate = self.trust_intermediate()
+        self.instance.write("crl.pem", self.ca.crl_pem() + intermediate.crl_pem())
+        self.instance.daemon.reloader.reload()
+        client = self.instance.connect(intermediate.issue("alice"), self.tls_version)
+        self.assertTrue(client.greeted)
+
+    def test_revoked_intermediate_refused(self) -> None:
+        """
+        A leaf under an intermediate CA that the root has revoked is refused,
+        though the leaf itself is on no CRL.
+        """
+        intermediate = self.trust_intermediate()
+        self.ca.revoked.append(intermediate.pair.certificate.serial_number)
+        self.instance.write("crl.pem", self.ca.crl_pem() + intermediate.crl_pem())
+        self.instance.daemon.reloader.reload()
+        self.assertRefused(intermediate.issue("alice"), "revoked")
+
+    def test_intermediate_without_crl_refused(self) -> None:
+        """
+        Revocation is checked for every CA of the chain: an intermediate
+        whose own CRL is missing leaves its leaves' status unknown.
+        """
+        intermediate = self.trust_intermediate()
+        self.instance.daemon.reloader.reload()
+        self.assertRefused(intermediate.issue("alice"), "revocation status unknown")
+
+    def test_handshake_spanning_a_reload_is_judged_by_the_new_crl(self) -> None:
+        """
+        A connection accepted before a RELOAD that revokes its certificate,
+        whose handshake completes after it, is refused all the same.
+        """
+        pair = self.ca.issue("bob")
+        client = self.instance.connect(pair, self.tls_version, complete=False)
+        self.ca.revoke(pair)
+        self.instance.write("crl.pem", self.ca.crl_pem())
+        self.instance.daemon.reloader.reload()
+        self.instance.flush()
+        self.assertFalse(client.greeted)
+        refusals = [line for line in self.log if "refused handshake" in line]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertIn(": revoked", refusals[0])
 
     def test_identity_not_a_name_token_refused(self) -> None:
         """

@@ -7,6 +7,7 @@ from __future__ import annotations
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -63,7 +64,7 @@ class SeamTests(SynchronousTestCase):
         settings = Instance(self).settings()
         files = TLSFiles(settings.cert, settings.key, settings.ca, settings.crl)
         creator = VerifyingServerTLS(
-            load_server_tls(files, now()), IdentityRule().identity_of
+            load_server_tls(files, now()), IdentityRule().identity_of, Clock()
         )
         self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, creator))
 
