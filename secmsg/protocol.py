@@ -12,11 +12,19 @@ to a bound, and answered after the greeting.
 
 from __future__ import annotations
 
+from collections import deque
+
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +43,13 @@ log = Logger()
 EARLY_DATA_LIMIT = 65536
 """Bytes a peer may send before its login completes; past it, it is dropped."""
 
+BACKLOG_LIMIT = 1 << 20
+"""Bytes of messages pushed to a peer that has stopped reading before it is
+dropped: a reader that never reads must not make the daemon hold its mail."""
+
+CLOSE_GRACE = 10.0
+"""Seconds a closing session gets to take its last line before it is cut."""
+
 
 def describe_address(address: IAddress) -> str:
     """
@@ -44,10 +59,17 @@ def describe_address(address: IAddress) -> str:
     return f"{host}:{port}" if host is not None else str(address)
 
 
-@implementer(IHandshakeListener, IHandshakeObserver, IPeer)
+@implementer(IHandshakeListener, IHandshakeObserver, IPeer, IPushProducer)
 class SessionProtocol(Protocol):
     """
     One client session: handshake, login, then commands and pushes.
+
+    Once logged in the session is a streaming producer for its transport:
+    when the peer stops reading and its unsent replies fill the transport's
+    buffer, the session stops reading the peer's commands (and answering
+    those it has read) until the buffer drains, so that a client cannot make
+    the daemon hold unbounded replies.  Messages from others are still
+    pushed, up to L{BACKLOG_LIMIT}.
 
     @ivar avatar: the L{ISessionAvatar} once logged in, else L{None}.
     @ivar certificate: the verified leaf certificate, once the handshake
@@ -56,11 +78,21 @@ class SessionProtocol(Protocol):
     """
 
     def __init__(
-        self, portal: Portal, commands: Commands, max_line_length: int
+        self,
+        portal: Portal,
+        commands: Commands,
+        clock: IReactorTime,
+        max_line_length: int,
     ) -> None:
         self._portal = portal
         self._commands = commands
+        self._clock = clock
         self._framer = wire.LineFramer(max_line_length)
+        self._frames: deque[bytes | object] = deque()
+        self._paused = False
+        self._producing = False
+        self._backlog = 0
+        self._cutoff: IDelayedCall | None = None
         self._early = bytearray()
         self._peer = "?"
         self._refusal: CertificateRefused | None = None
@@ -119,6 +151,8 @@ class SessionProtocol(Protocol):
                 f"(roles: {','.join(avatar.roles)})",
             )
         )
+        self.transport.registerProducer(self, True)
+        self._producing = True
         early, self._early = bytes(self._early), bytearray()
         self._receive(early)
 
@@ -153,10 +187,35 @@ class SessionProtocol(Protocol):
             self.transport.abortConnection()
 
     def _receive(self, data: bytes) -> None:
-        for frame in self._framer.feed(data):
-            if self._closing:
-                return
-            self._answer(frame)
+        self._frames.extend(self._framer.feed(data))
+        self._answer_waiting()
+
+    def _answer_waiting(self) -> None:
+        while self._frames and not self._paused and not self._closing:
+            self._answer(self._frames.popleft())
+
+    def pauseProducing(self) -> None:
+        """
+        The peer is not reading: stop reading and answering its commands.
+        """
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        The peer has caught up: answer what was read, then read on.
+        """
+        self._paused = False
+        self._backlog = 0
+        self._answer_waiting()
+        if not self._paused and not self._closing:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away; connectionLost follows.
+        """
+        self._closing = True
 
     def _answer(self, frame: bytes | object) -> None:
         """
@@ -206,8 +265,23 @@ class SessionProtocol(Protocol):
         self._finishing = True
 
     def push(self, line: bytes) -> None:
-        if not self._closing:
-            self.transport.write(line)
+        if self._closing:
+            return
+        if self._paused:
+            self._backlog += len(line)
+            if self._backlog > BACKLOG_LIMIT:
+                log.warn(
+                    "dropped {identity} from {peer}: it stopped reading, and more "
+                    "than {limit} bytes of messages were waiting for it",
+                    identity=self.avatar.identity,
+                    peer=self._peer,
+                    limit=BACKLOG_LIMIT,
+                )
+                self._closing = True
+                self._leave_hub()
+                self.transport.abortConnection()
+                return
+        self.transport.write(line)
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
@@ -227,18 +301,38 @@ class SessionProtocol(Protocol):
         self._end()
 
     def _end(self) -> None:
+        """
+        Close after what was written: leave the hub at once, so that nothing
+        more is routed here, and cut the connection if the peer does not
+        take its last lines within L{CLOSE_GRACE}.
+        """
         self._closing = True
+        self._leave_hub()
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        self._cutoff = self._clock.callLater(
+            CLOSE_GRACE, self.transport.abortConnection
+        )
+
+    def _leave_hub(self) -> None:
+        if self._logout is None:
+            return
+        logout, self._logout = self._logout, None
+        logout()
+        log.info(
+            "logout {identity} from {peer}",
+            identity=self.avatar.identity,
+            peer=self._peer,
+        )
 
     def connectionLost(self, reason: Failure) -> None:
         self._closing = self._lost = True
-        if self._logout is not None:
-            self._logout()
-            log.info(
-                "logout {identity} from {peer}",
-                identity=self.avatar.identity,
-                peer=self._peer,
-            )
+        if self._cutoff is not None and self._cutoff.active():
+            self._cutoff.cancel()
+        if self.avatar is not None:
+            self._leave_hub()
         elif not self._handshake_done:
             refusal = self._refusal or refusal_for_handshake_failure(reason)
             log.info(
@@ -256,20 +350,26 @@ class SessionFactory(Factory):
     and one set of command handlers.
     """
 
+    noisy = False
+
     def __init__(
         self,
         portal: Portal,
         commands: Commands,
+        clock: IReactorTime,
         max_line_length: int = wire.MAX_LINE_LENGTH,
     ) -> None:
         self._portal = portal
         self._commands = commands
+        self._clock = clock
         self._max_line_length = max_line_length
         self._sessions: set[SessionProtocol] = set()
         self._waiting: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress) -> SessionProtocol:
-        protocol = SessionProtocol(self._portal, self._commands, self._max_line_length)
+        protocol = SessionProtocol(
+            self._portal, self._commands, self._clock, self._max_line_length
+        )
         protocol.factory = self
         return protocol
 

@@ -118,7 +118,7 @@ def build_daemon(settings: Settings, clock: IReactorTime) -> Daemon:
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
     sessions = SessionFactory(
-        portal, Commands(hub, reloader.reload), settings.max_line_length
+        portal, Commands(hub, reloader.reload), clock, settings.max_line_length
     )
     return Daemon(TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader)
 

@@ -15,6 +15,7 @@ from cryptography import x509
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from secmsg.auth import CertificateChecker, PolicyRealm
@@ -89,8 +90,9 @@ class Network:
         self.hub = InProcessHub()
         realm = PolicyRealm(parse_policy(tomllib.loads(policy), "test"), self.hub)
         portal = Portal(realm, [checker or CertificateChecker(IdentityRule())])
+        self.clock = Clock()
         self.factory = SessionFactory(
-            portal, Commands(self.hub, reload or (lambda: ReloadReport()))
+            portal, Commands(self.hub, reload or (lambda: ReloadReport())), self.clock
         )
         self._ports = iter(range(50000, 60000))
 

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from secmsg import wire
 from secmsg.auth import ICertificateCredential
 from secmsg.errors import ConfigurationError
+from secmsg.protocol import CLOSE_GRACE
 from secmsg.reload import ReloadReport
 from tests.harness import capture_log
 from tests.sessions import Network
@@ -366,3 +367,61 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(self.admin.send("BROADCAST maintenance at 6"), [line, "250 1"])
         for session in (self.alice, self.bob, self.bob2):
             self.assertEqual(session.take(), [line])
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    A peer that stops reading cannot make the daemon hold unbounded output.
+    """
+
+    def setUp(self) -> None:
+        self.log = capture_log(self)
+        self.network = Network()
+        self.alice = self.network.connect("alice")
+        self.bob = self.network.connect("bob")
+        self.alice.take()
+        self.bob.take()
+
+    def test_paused_session_reads_and_answers_nothing_until_resumed(self) -> None:
+        """
+        When the transport says the peer's output is full, the session stops
+        reading it and answers nothing more until the output drains; then it
+        answers what it had read, in order, and reads on.
+        """
+        self.assertIs(self.alice.transport.producer, self.alice.protocol)
+        self.alice.protocol.pauseProducing()
+        self.assertEqual(self.alice.transport.producerState, "paused")
+        self.assertEqual(self.alice.send(b"PING\nWHO\n"), [])
+        self.alice.protocol.resumeProducing()
+        self.assertEqual(
+            self.alice.take(), ["200 PONG", "211-alice", "211-bob", "211 2 online"]
+        )
+        self.assertEqual(self.alice.transport.producerState, "producing")
+
+    def test_reader_that_never_reads_is_dropped(self) -> None:
+        """
+        Messages to a session whose output stays full are held up to a
+        bound; past it the session is dropped, logged, and no longer online.
+        """
+        self.bob.protocol.pauseProducing()
+        text = "x" * 4000
+        replies = [self.alice.send(f"MSG bob {text}")[0] for _ in range(300)]
+        self.assertIn("404 bob is not online", replies)
+        self.assertTrue(self.bob.transport.disconnected)
+        self.assertLess(len(self.bob.transport.value()), 2 * 1024 * 1024)
+        self.assertTrue(any("dropped bob" in line for line in self.log))
+
+    def test_closing_session_leaves_at_once_and_is_cut_after_grace(self) -> None:
+        """
+        A kicked session is offline the moment it is kicked, whether or not
+        its peer reads its last line; a peer that never lets go is cut off
+        after the grace period.
+        """
+        admin = self.network.connect("admin")
+        admin.take()
+        admin.send("KICK bob bye")
+        self.assertEqual(admin.send("WHO"), ["211-admin", "211-alice", "211 2 online"])
+        self.assertEqual(self.bob.take(), ["KICKED admin bye"])
+        self.assertFalse(self.bob.transport.disconnected)
+        self.network.clock.advance(CLOSE_GRACE)
+        self.assertTrue(self.bob.transport.disconnected)
