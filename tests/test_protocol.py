@@ -61,7 +61,11 @@ class GreetingAndHelpTests(SynchronousTestCase):
         self.assertEqual(lines[-1], "211 you are alice")
 
 
-class RefusalTests(SynchronousTestCase):
+class AliceAndBob(SynchronousTestCase):
+    """
+    alice and bob logged in with their greetings read, the log captured.
+    """
+
     def setUp(self) -> None:
         self.log = capture_log(self)
         self.network = Network()
@@ -70,6 +74,8 @@ class RefusalTests(SynchronousTestCase):
         self.alice.take()
         self.bob.take()
 
+
+class RefusalTests(AliceAndBob):
     def test_command_outside_the_role_is_403_and_logged(self) -> None:
         """
         A command outside the avatar's set is refused with 403 naming the
@@ -369,18 +375,10 @@ class RoutingTests(SynchronousTestCase):
             self.assertEqual(session.take(), [line])
 
 
-class BackpressureTests(SynchronousTestCase):
+class BackpressureTests(AliceAndBob):
     """
     A peer that stops reading cannot make the daemon hold unbounded output.
     """
-
-    def setUp(self) -> None:
-        self.log = capture_log(self)
-        self.network = Network()
-        self.alice = self.network.connect("alice")
-        self.bob = self.network.connect("bob")
-        self.alice.take()
-        self.bob.take()
 
     def test_paused_session_reads_and_answers_nothing_until_resumed(self) -> None:
         """
