@@ -29,8 +29,8 @@ class SecmsgService(Service):
     Listens on one endpoint with the TLS-wrapped session factory.
 
     A port that cannot be bound stops the daemon before the reactor runs,
-    with one line on standard error, rather than leaving a daemon that
-    serves nothing.
+    with one line (which twistd, logging by then, writes to its log) and
+    exit status 1, rather than leaving a daemon that serves nothing.
     """
 
     def __init__(
