@@ -183,8 +183,7 @@ class SessionProtocol(Protocol):
                 peer=self._peer,
                 limit=EARLY_DATA_LIMIT,
             )
-            self._closing = True
-            self.transport.abortConnection()
+            self._drop()
 
     def _receive(self, data: bytes) -> None:
         self._frames.extend(self._framer.feed(data))
@@ -277,9 +276,7 @@ class SessionProtocol(Protocol):
                     peer=self._peer,
                     limit=BACKLOG_LIMIT,
                 )
-                self._closing = True
-                self._leave_hub()
-                self.transport.abortConnection()
+                self._drop()
                 return
         self.transport.write(line)
 
@@ -294,8 +291,7 @@ class SessionProtocol(Protocol):
             return
         if not self._handshake_done:
             # Not authenticated: nothing may be sent, so just hang up.
-            self._closing = True
-            self.transport.abortConnection()
+            self._drop()
             return
         self.transport.write(line)
         self._end()
@@ -311,10 +307,20 @@ class SessionProtocol(Protocol):
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        # Armed first: a transport may report the loss from loseConnection
+        # itself, and connectionLost must find the timer to cancel it.
         self._cutoff = self._clock.callLater(
             CLOSE_GRACE, self.transport.abortConnection
         )
+        self.transport.loseConnection()
+
+    def _drop(self) -> None:
+        """
+        Hang up at once, with no last line: leave the hub and abort.
+        """
+        self._closing = True
+        self._leave_hub()
+        self.transport.abortConnection()
 
     def _leave_hub(self) -> None:
         if self._logout is None:
