@@ -12,7 +12,7 @@ other session's command set follows the new policy at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +21,13 @@ from twisted.logger import Logger
 from secmsg.auth import PolicyRealm
 from secmsg.interfaces import IHub
 from secmsg.policy import Policy, load_policy
-from secmsg.tls import ServerTLS, TLSFiles, VerifyingServerTLS, load_server_tls
+from secmsg.tls import (
+    ServerTLS,
+    TLSFiles,
+    VerifyingServerTLS,
+    clock_time,
+    load_server_tls,
+)
 
 log = Logger()
 
@@ -107,7 +113,7 @@ class Reloader:
         @raise secmsg.errors.ConfigurationError: a file is missing or
             invalid; the old configuration stays in force, whole.
         """
-        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        now = clock_time(self._clock)
         new = load_live_configuration(self._files, now)
         self._tls.use(new.tls)
         self._realm.policy = new.policy

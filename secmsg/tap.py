@@ -10,7 +10,6 @@ line naming the file and the problem, before anything listens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import IService
@@ -29,7 +28,7 @@ from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
 from secmsg.service import SecmsgService
 from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
-from secmsg.tls import TLSFiles, VerifyingServerTLS
+from secmsg.tls import TLSFiles, VerifyingServerTLS, clock_time
 
 LISTEN_BACKLOG = 511
 """Pending connections the kernel holds; Twisted's default of 50 overflows
@@ -110,7 +109,7 @@ def build_daemon(settings: Settings, clock: IReactorTime) -> Daemon:
         TLSFiles(settings.cert, settings.key, settings.ca, settings.crl),
         settings.policy,
     )
-    live = load_live_configuration(files, datetime.fromtimestamp(clock.seconds(), UTC))
+    live = load_live_configuration(files, clock_time(clock))
     rule = IdentityRule(settings.identity)
     hub = InProcessHub()
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)

@@ -253,6 +253,13 @@ class _PeerVerifier:
         return self._stale_check([self._chain[d] for d in sorted(self._chain)])
 
 
+def clock_time(clock: IReactorTime) -> datetime:
+    """
+    The clock's time as an aware datetime, for certificate validity checks.
+    """
+    return datetime.fromtimestamp(clock.seconds(), UTC)
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """
@@ -419,8 +426,7 @@ class VerifyingServerTLS:
         def stale_check(chain: list[x509.Certificate]) -> CertificateRefused | None:
             if self._tls is built_with:
                 return None
-            now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            return self._tls.trust.recheck(chain, now)
+            return self._tls.trust.recheck(chain, clock_time(self._clock))
 
         observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
         connection.set_verify(
