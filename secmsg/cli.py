@@ -1,5 +1,9 @@
 """
-The C{secmsg} command: C{secmsg init DIR} makes a development instance.
+The C{secmsg} command: C{init} makes a development instance, C{pki} runs
+the operator's CA, C{connect} and C{send} talk to a daemon.
+
+This is the client side's composition root, as L{secmsg.tap} is the
+daemon's: it reads the options and hands each piece what it needs.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from secmsg import __version__
-from secmsg.errors import ConfigurationError
-from secmsg.pki import DEVELOPMENT_USERS, create_instance
+from secmsg import __version__, pki_command
+from secmsg.command_line import CommandOptions
+from secmsg.errors import AuthorityError, ConfigurationError
+from secmsg.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
 
 
-class InitOptions(usage.Options):
+class InitOptions(CommandOptions):
     """
     secmsg init DIR
     """
@@ -26,14 +31,15 @@ class InitOptions(usage.Options):
         self["directory"] = Path(directory)
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """
     secmsg COMMAND [options]
     """
 
-    synopsis = "secmsg COMMAND [options]"
+    synopsis = "init|pki|connect|send ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
+        ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
     ]
 
     def opt_version(self) -> None:
@@ -56,20 +62,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as error:
-        print(f"{options}\nsecmsg: {error}", file=sys.stderr)
+        print(f"{_innermost(options)}\nsecmsg: {error}", file=sys.stderr)
         return 2
+    now = datetime.now(UTC)
     try:
-        config = create_instance(options.subOptions["directory"], datetime.now(UTC))
-    except (ConfigurationError, OSError) as error:
+        if options.subCommand == "init":
+            lines = _init(options.subOptions["directory"], now)
+        else:
+            lines = pki_command.run(options.subOptions, now)
+    except (AuthorityError, ConfigurationError) as error:
         print(f"secmsg: {error}", file=sys.stderr)
         return 1
-    directory = config.parent
-    print(f"made a development instance in {directory}")
-    print(f"  run it:   twistd -n secmsg --config {config}")
-    user = next(iter(DEVELOPMENT_USERS))
-    print(
-        f"  log in:   openssl s_client -quiet -connect 127.0.0.1:7443 "
-        f"-cert {directory}/clients/{user}.pem -key {directory}/clients/{user}.key "
-        f"-CAfile {directory}/ca.pem -verify_return_error"
-    )
+    print("\n".join(lines))
     return 0
+
+
+def _innermost(options: usage.Options) -> usage.Options:
+    """
+    The options of the deepest subcommand given, whose usage is the one
+    that helps after a mistake.
+    """
+    while getattr(options, "subOptions", None) is not None:
+        options = options.subOptions
+    return options
+
+
+def _init(directory: Path, now: datetime) -> list[str]:
+    config = create_instance(directory, now)
+    user = next(iter(DEVELOPMENT_USERS))
+    return [
+        f"made a development instance in {directory}",
+        f"  run it:   twistd -n secmsg --config {config}",
+        f"  log in:   secmsg connect {SERVER_NAME} --instance {directory} --as {user}",
+    ]

@@ -40,6 +40,14 @@ class PolicyError(ConfigurationError):
     """
 
 
+class AuthorityError(SecmsgError):
+    """
+    A C{secmsg pki} request that cannot be carried out as asked: a name that
+    is not usable, a file that would be overwritten, a certificate that
+    would outlive its CA, nothing to revoke.  Nothing has been changed.
+    """
+
+
 class RefusalReason(enum.Enum):
     """
     Why a peer's certificate was refused, in the words the operator's log and

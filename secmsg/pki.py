@@ -1,29 +1,38 @@
 """
-Certificates for secmsg, made with cryptography: a CA, server and client
-certificates, CRLs, and the development instance C{secmsg init} writes.
+Certificates for secmsg, made with cryptography: CAs, server and client
+certificates, and CRLs.  Pure functions of their arguments and the time
+given; what is written where is L{secmsg.authority}'s business.
 
-Keys are ECDSA P-256.  Private keys are written with mode 0600 from the
-moment the file exists, and no existing file is ever overwritten.
+Keys are ECDSA P-256 unless RSA is asked for; every signature is SHA-256.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secmsg.errors import ConfigurationError
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
-CRL_DAYS = 365
+CRL_DAYS = 30
+
+RSA_SIZES = (3072, 4096)
+"""RSA moduli we make; smaller ones fall short of 128-bit security."""
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+_BACKDATE = timedelta(minutes=5)
+"""How far before now a certificate starts, for peers whose clocks lag."""
 
 
 @dataclass(frozen=True)
@@ -33,17 +42,69 @@ class Issued:
     """
 
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: PrivateKey
 
 
-def create_ca(common_name: str, now: datetime, days: int = CA_DAYS) -> Issued:
+@dataclass(frozen=True)
+class Names:
     """
-    A self-signed CA that may sign leaf certificates and CRLs, nothing more.
+    The subject alternative names of a leaf certificate.
+
+    @ivar dns: DNS names and IP addresses (given as text) of a server.
+    @ivar emails: e-mail addresses (RFC 822 names).
+    @ivar uris: URIs.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    dns: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+
+    def general_names(self) -> list[x509.GeneralName]:
+        return [
+            *(_host_name(name) for name in self.dns),
+            *(x509.RFC822Name(email) for email in self.emails),
+            *(x509.UniformResourceIdentifier(uri) for uri in self.uris),
+        ]
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """
+    One revoked certificate as a CRL lists it.
+    """
+
+    serial: int
+    date: datetime
+    reason: x509.ReasonFlags
+
+
+def new_private_key(rsa_bits: int | None = None) -> PrivateKey:
+    """
+    An ECDSA P-256 key, or an RSA key of C{rsa_bits} (one of L{RSA_SIZES}).
+
+    @raise ValueError: C{rsa_bits} is not one of L{RSA_SIZES}.
+    """
+    if rsa_bits is None:
+        return ec.generate_private_key(ec.SECP256R1())
+    if rsa_bits not in RSA_SIZES:
+        sizes = " or ".join(str(size) for size in RSA_SIZES)
+        raise ValueError(f"RSA keys are {sizes} bits, not {rsa_bits}")
+    return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+
+
+def create_ca(
+    subject: x509.Name,
+    now: datetime,
+    days: int = CA_DAYS,
+    key: PrivateKey | None = None,
+) -> Issued:
+    """
+    A self-signed CA that may sign leaf certificates and CRLs, nothing more:
+    its path length of 0 forbids it to sign other CAs.
+    """
+    key = key or new_private_key()
     certificate = (
-        _builder(name, name, key.public_key(), now, days)
+        _builder(subject, subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
         .sign(key, hashes.SHA256())
@@ -57,19 +118,18 @@ def issue(
     now: datetime,
     days: int = LEAF_DAYS,
     *,
-    server_names: tuple[str, ...] = (),
+    server: bool = False,
+    names: Names = Names(),
+    key: PrivateKey | None = None,
 ) -> Issued:
     """
-    A leaf certificate signed by C{ca}: for a client (clientAuth) unless
-    C{server_names} are given, in which case for a server (serverAuth) with
-    those DNS names and IP addresses.
+    A leaf certificate signed by C{ca}: for a client (clientAuth) or, with
+    C{server}, for a server (serverAuth).
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or new_private_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     usage = (
-        ExtendedKeyUsageOID.SERVER_AUTH
-        if server_names
-        else ExtendedKeyUsageOID.CLIENT_AUTH
+        ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     )
     builder = (
         _builder(subject, ca.certificate.subject, key.public_key(), now, days)
@@ -81,74 +141,108 @@ def issue(
             critical=False,
         )
     )
-    if server_names:
+    general_names = names.general_names()
+    if general_names:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([_general_name(n) for n in server_names]),
-            critical=False,
+            x509.SubjectAlternativeName(general_names), critical=False
         )
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
 def sign_crl(
-    ca: Issued, now: datetime, revoked: tuple[int, ...] = (), days: int = CRL_DAYS
+    ca: Issued,
+    now: datetime,
+    number: int,
+    revoked: Sequence[Revocation] = (),
+    days: int = CRL_DAYS,
 ) -> x509.CertificateRevocationList:
     """
-    A CRL of C{ca} revoking the given serial numbers, valid for C{days}.
+    A CRL of C{ca} listing C{revoked}, valid for C{days}.
+
+    @param number: the CRL number, which must grow with every CRL a CA
+        signs so that a relying party can tell the newer of two.
     """
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
         .last_update(now)
         .next_update(now + timedelta(days=days))
-    )
-    for serial in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(now)
-            .build()
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
         )
+    )
+    for revocation in revoked:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(revocation.serial)
+            .revocation_date(revocation.date)
+        )
+        if revocation.reason is not x509.ReasonFlags.unspecified:
+            entry = entry.add_extension(
+                x509.CRLReason(revocation.reason), critical=False
+            )
+        builder = builder.add_revoked_certificate(entry.build())
     return builder.sign(ca.key, hashes.SHA256())
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def pem(*objects: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     """
-    Write an unencrypted PEM key, readable by its owner only.
+    Certificates or CRLs as one PEM bundle.
     """
-    pem = key.private_bytes(
+    return b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects)
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    """
+    A private key as unencrypted PKCS#8 PEM, for a file only its owner reads.
+    """
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new(path, pem, 0o600)
 
 
-def write_public(
-    path: Path, *objects: x509.Certificate | x509.CertificateRevocationList
-) -> None:
+def install_file(path: Path, data: bytes, *, private: bool, replace: bool) -> None:
     """
-    Write certificates or CRLs as PEM.
+    Put C{data} at C{path} in one step, so that a reader (the daemon reading
+    a CRL at a reload, say) sees the old file or the new one, never half.
+
+    A private file has mode 0600 from the moment it exists.
+
+    @param replace: whether an existing file may be replaced.
+    @raise ConfigurationError: C{path} exists and C{replace} is false, or
+        it cannot be written.
     """
-    _write_new(
-        path,
-        b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects),
-        0o644,
-    )
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        descriptor = os.open(
+            staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644
+        )
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(staging, path)
+        else:
+            os.link(staging, path)
     except FileExistsError:
         raise ConfigurationError(str(path), "already exists; not overwritten") from None
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
+    except OSError as failure:
+        raise ConfigurationError(
+            str(path), f"cannot write: {failure.strerror}"
+        ) from None
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def _builder(
     subject: x509.Name,
     issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     now: datetime,
     days: int,
 ) -> x509.CertificateBuilder:
@@ -158,7 +252,7 @@ def _builder(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
@@ -180,81 +274,8 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def _host_name(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
-
-
-DEVELOPMENT_USERS = {"admin": ["admin"], "alice": ["user"], "bob": ["user"]}
-
-DEVELOPMENT_POLICY = """\
-# Who may do what.  A verified identity not listed under [identities]
-# gets default_roles; an empty list refuses it.
-default_roles = ["guest"]
-
-[roles.guest]
-commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
-
-[roles.user]
-inherits = ["guest"]
-commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS"]
-
-[roles.admin]
-inherits = ["user"]
-commands = ["KICK", "BROADCAST", "RELOAD"]
-
-[identities]
-{identities}
-"""
-
-DEVELOPMENT_CONFIG = """\
-# A secmsg development instance made by `secmsg init`.
-# Run it with: twistd -n secmsg --config {config}
-# Paths are relative to this file's directory.
-port = 7443
-interface = "127.0.0.1"
-cert = "server.pem"
-key = "server.key"
-ca = "ca.pem"
-crl = "crl.pem"
-policy = "policy.toml"
-data-dir = "data"
-"""
-
-
-def create_instance(directory: Path, now: datetime) -> Path:
-    """
-    Write a ready-to-run development instance into C{directory}: a CA, its
-    CRL, a server certificate for localhost, 127.0.0.1 and ::1, client
-    certificates for the L{DEVELOPMENT_USERS}, a policy and a config file.
-
-    @return: the config file.
-    @raise ConfigurationError: the directory already holds an instance.
-    """
-    config = directory / "secmsg.toml"
-    if config.exists():
-        raise ConfigurationError(str(config), "already exists; not overwritten")
-    clients = directory / "clients"
-    clients.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca = create_ca("secmsg development CA", now)
-    write_public(directory / "ca.pem", ca.certificate)
-    write_private_key(directory / "ca.key", ca.key)
-    write_public(directory / "crl.pem", sign_crl(ca, now))
-    server = issue(ca, "localhost", now, server_names=("localhost", "127.0.0.1", "::1"))
-    write_public(directory / "server.pem", server.certificate)
-    write_private_key(directory / "server.key", server.key)
-    for user in DEVELOPMENT_USERS:
-        client = issue(ca, user, now)
-        write_public(clients / f"{user}.pem", client.certificate)
-        write_private_key(clients / f"{user}.key", client.key)
-    identities = "\n".join(
-        f"{user} = {roles!r}".replace("'", '"')
-        for user, roles in DEVELOPMENT_USERS.items()
-    )
-    (directory / "policy.toml").write_text(
-        DEVELOPMENT_POLICY.format(identities=identities)
-    )
-    config.write_text(DEVELOPMENT_CONFIG.format(config=config))
-    return config

@@ -284,8 +284,10 @@ class StartupRefusalTests(SynchronousTestCase):
         """
         A key file that is not there is named, with the reason.
         """
-        (self.directory / "server.key").unlink()
-        self.assertRefusesToStart("server.key: cannot read: No such file or directory")
+        (self.directory / "servers" / "localhost.key").unlink()
+        self.assertRefusesToStart(
+            "localhost.key: cannot read: No such file or directory"
+        )
 
     def test_key_does_not_match_certificate(self) -> None:
         """
@@ -332,7 +334,7 @@ class InitTests(SynchronousTestCase):
         keys = sorted(directory.rglob("*.key"))
         self.assertEqual(
             [key.name for key in keys],
-            ["ca.key", "admin.key", "alice.key", "bob.key", "server.key"],
+            ["ca.key", "admin.key", "alice.key", "bob.key", "localhost.key"],
         )
         for key in keys:
             self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600, key)

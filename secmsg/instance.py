@@ -1,0 +1,93 @@
+"""
+The development instance C{secmsg init} writes: a CA directory as
+C{secmsg pki} keeps it, with a server certificate for this machine, client
+certificates for a few users, a policy and a config file, ready to run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from secmsg import pki
+from secmsg.authority import Request, create_authority
+from secmsg.errors import AuthorityError
+
+DEVELOPMENT_USERS = {"admin": ["admin"], "alice": ["user"], "bob": ["user"]}
+
+SERVER_NAME = "localhost"
+SERVER_NAMES = pki.Names(dns=("localhost", "127.0.0.1", "::1"))
+
+DEVELOPMENT_CRL_DAYS = 365
+"""A development instance's CRL outlives the usual month, so that one left
+alone for a while still starts: the daemon refuses everyone once its CRL is
+past its next update."""
+
+DEVELOPMENT_POLICY = """\
+# Who may do what.  A verified identity, that is anyone holding a
+# certificate from this instance's CA, gets default_roles unless it is
+# listed under [identities]; an empty default_roles refuses the unlisted.
+default_roles = ["user"]
+
+[roles.guest]
+commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
+
+[roles.user]
+inherits = ["guest"]
+commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS"]
+
+[roles.admin]
+inherits = ["user"]
+commands = ["KICK", "BROADCAST", "RELOAD"]
+
+[identities]
+{identities}
+"""
+
+DEVELOPMENT_CONFIG = """\
+# A secmsg development instance made by `secmsg init`.
+# Run it with: twistd -n secmsg --config {config}
+# Paths are relative to this file's directory.
+port = 7443
+interface = "127.0.0.1"
+cert = "servers/{server}.pem"
+key = "servers/{server}.key"
+ca = "ca.pem"
+crl = "crl.pem"
+policy = "policy.toml"
+data-dir = "data"
+"""
+
+
+def create_instance(directory: Path, now: datetime) -> Path:
+    """
+    Write a ready-to-run development instance into C{directory}: a CA and
+    its CRL, a server certificate for localhost, 127.0.0.1 and ::1, client
+    certificates for the L{DEVELOPMENT_USERS}, a policy and a config file.
+
+    @return: the config file.
+    @raise AuthorityError: the directory already holds an instance or a CA.
+    """
+    config = directory / "secmsg.toml"
+    if config.exists():
+        raise AuthorityError(f"{config} already exists; not overwritten")
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "secmsg development CA")]
+    )
+    authority = create_authority(directory, subject, now)
+    authority.issue(Request(SERVER_NAME, server=True, names=SERVER_NAMES), now)
+    for user in DEVELOPMENT_USERS:
+        authority.issue(Request(user), now)
+    authority.sign_crl(now, DEVELOPMENT_CRL_DAYS)
+    identities = "\n".join(
+        f"{user} = {roles!r}".replace("'", '"')
+        for user, roles in DEVELOPMENT_USERS.items()
+    )
+    (directory / "policy.toml").write_text(
+        DEVELOPMENT_POLICY.format(identities=identities)
+    )
+    config.write_text(DEVELOPMENT_CONFIG.format(config=config, server=SERVER_NAME))
+    return config

@@ -1,0 +1,329 @@
+"""
+C{secmsg pki}: the CA directory, its certificates, CRLs and inventory, and
+the command line that drives it.  Certificates it makes are checked with
+cryptography's own path validation, not with secmsg's code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import cli, pki
+from secmsg.authority import Request, create_authority, open_authority
+from secmsg.errors import AuthorityError, ConfigurationError
+from tests.harness import temporary_directory
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SUBJECT = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def load_crl(directory: Path) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl((directory / "crl.pem").read_bytes())
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class AuthorityTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self) / "ca"
+        create_authority(self.directory, SUBJECT, NOW)
+
+    def issue(self, request: Request, now: datetime = NOW) -> x509.Certificate:
+        with open_authority(self.directory) as authority:
+            _, certificate, _ = authority.issue(request, now)
+        return load(certificate)
+
+    def verify_client(self, certificate: x509.Certificate) -> None:
+        store = verification.Store([load(self.directory / "ca.pem")])
+        verifier = (
+            verification.PolicyBuilder()
+            .store(store)
+            .time(NOW + timedelta(hours=1))
+            # secmsg names clients by their CN, so a client certificate needs
+            # no subject alternative name, which the Web PKI's rules demand.
+            .extension_policies(
+                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                ee_policy=verification.ExtensionPolicy.permit_all(),
+            )
+            .build_client_verifier()
+        )
+        verifier.verify(certificate, [])
+
+    def test_ca_key_is_owner_only_and_crl_is_empty(self) -> None:
+        """
+        The CA key is 0600 in a 0700 directory, and the first CRL lists
+        nothing and carries CRL number 1.
+        """
+        self.assertEqual(mode(self.directory / "ca.key"), 0o600)
+        self.assertEqual(mode(self.directory), 0o700)
+        crl = load_crl(self.directory)
+        self.assertEqual(len(crl), 0)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber)
+        self.assertEqual(number.value.crl_number, 1)
+        ca = load(self.directory / "ca.pem")
+        self.assertTrue(crl.is_signature_valid(ca.public_key()))
+        self.assertIsInstance(ca.public_key(), ec.EllipticCurvePublicKey)
+
+    def test_existing_ca_is_not_overwritten(self) -> None:
+        """
+        A second CA in the same directory is refused and changes nothing.
+        """
+        before = (self.directory / "ca.key").read_bytes()
+        with self.assertRaises(AuthorityError) as caught:
+            create_authority(self.directory, SUBJECT, NOW)
+        self.assertIn("ca.pem already exists; not overwritten", str(caught.exception))
+        self.assertEqual((self.directory / "ca.key").read_bytes(), before)
+
+    def test_client_certificate_verifies_for_client_auth(self) -> None:
+        """
+        A client certificate chains to the CA under cryptography's own
+        client verifier, names clientAuth only, and its key is 0600.
+        """
+        certificate = self.issue(Request("alice"))
+        self.verify_client(certificate)
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        self.assertEqual(list(usage.value), [ExtendedKeyUsageOID.CLIENT_AUTH])
+        self.assertEqual(mode(self.directory / "clients" / "alice.key"), 0o600)
+
+    def test_server_certificate_has_server_auth_and_names(self) -> None:
+        """
+        A server certificate names serverAuth and carries its DNS names and
+        IP addresses; without any it is made for its own name.
+        """
+        names = pki.Names(dns=("chat.example", "192.0.2.1"))
+        certificate = self.issue(Request("chat", server=True, names=names))
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        self.assertEqual(list(usage.value), [ExtendedKeyUsageOID.SERVER_AUTH])
+        san = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["chat.example"])
+        self.assertEqual(
+            [str(a) for a in san.get_values_for_type(x509.IPAddress)], ["192.0.2.1"]
+        )
+        plain = self.issue(Request("relay.example", server=True))
+        san = plain.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(san.value.get_values_for_type(x509.DNSName), ["relay.example"])
+
+    def test_san_email_and_uri(self) -> None:
+        """
+        --san-email and --san-uri end up in the subject alternative name.
+        """
+        names = pki.Names(emails=("alice@example.org",), uris=("urn:example:alice",))
+        certificate = self.issue(Request("alice", names=names))
+        san = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+        self.assertEqual(
+            san.get_values_for_type(x509.RFC822Name), ["alice@example.org"]
+        )
+        self.assertEqual(
+            san.get_values_for_type(x509.UniformResourceIdentifier),
+            ["urn:example:alice"],
+        )
+
+    def test_rsa_keys_on_request(self) -> None:
+        """
+        --rsa 3072 makes an RSA key; a weaker size is refused.
+        """
+        certificate = self.issue(Request("bob", rsa_bits=3072))
+        self.assertIsInstance(certificate.public_key(), rsa.RSAPublicKey)
+        self.assertEqual(certificate.public_key().key_size, 3072)
+        with self.assertRaises(ValueError):
+            self.issue(Request("carol", rsa_bits=1024))
+
+    def test_existing_files_need_force(self) -> None:
+        """
+        Issuing to a name that has files refuses and keeps them; --force
+        replaces them.
+        """
+        first = self.issue(Request("alice"))
+        with self.assertRaises(AuthorityError) as caught:
+            self.issue(Request("alice"))
+        self.assertIn("--force", str(caught.exception))
+        self.assertEqual(load(self.directory / "clients" / "alice.pem"), first)
+        second = self.issue(Request("alice", replace=True))
+        self.assertNotEqual(first.serial_number, second.serial_number)
+
+    def test_bad_requests_change_nothing(self) -> None:
+        """
+        Names that would escape the directory or are not name tokens, bad
+        server names and addresses, and validity past the CA's are refused
+        before anything is written.
+        """
+        for request, words in [
+            (Request("../evil"), "not a usable name"),
+            (Request(".hidden"), "not a usable name"),
+            (Request("a b"), "not a usable name"),
+            (Request("s", server=True, names=pki.Names(dns=("a b",))), "DNS name"),
+            (Request("e", names=pki.Names(emails=("no-at-sign",))), "e-mail"),
+            (Request("u", names=pki.Names(uris=("no scheme",))), "URI"),
+            (Request("old", days=pki.CA_DAYS + 1), "outlive the CA"),
+        ]:
+            with self.assertRaises(AuthorityError) as caught:
+                self.issue(request)
+            self.assertIn(words, str(caught.exception))
+        inventory = (self.directory / "inventory.json").read_text()
+        with open_authority(self.directory) as authority:
+            self.assertEqual([r.kind for r in authority.inventory.records], ["ca"])
+        self.assertFalse((self.directory / "clients").exists(), inventory)
+
+    def test_revoke_by_name_and_by_serial(self) -> None:
+        """
+        Revoking by name or by serial lists the certificate on a fresh CRL,
+        with its reason and a larger CRL number.
+        """
+        alice = self.issue(Request("alice"))
+        bob = self.issue(Request("bob"))
+        with open_authority(self.directory) as authority:
+            authority.revoke("alice", "key-compromise", NOW)
+        crl = load_crl(self.directory)
+        entry = crl.get_revoked_certificate_by_serial_number(alice.serial_number)
+        self.assertIsNotNone(entry)
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason)
+        self.assertEqual(reason.value.reason, x509.ReasonFlags.key_compromise)
+        self.assertIsNone(
+            crl.get_revoked_certificate_by_serial_number(bob.serial_number)
+        )
+        with open_authority(self.directory) as authority:
+            authority.revoke(f"{bob.serial_number:X}", "superseded", NOW)
+        crl = load_crl(self.directory)
+        self.assertEqual(len(crl), 2)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber)
+        self.assertEqual(number.value.crl_number, 3)
+
+    def test_revoking_nothing_is_an_error(self) -> None:
+        """
+        An unknown name, an already revoked one and an unknown reason are
+        refused, and the CRL stays as it was.
+        """
+        self.issue(Request("alice"))
+        with open_authority(self.directory) as authority:
+            authority.revoke("alice", "unspecified", NOW)
+        before = (self.directory / "crl.pem").read_bytes()
+        for which, reason in [
+            ("alice", "unspecified"),
+            ("zed", "unspecified"),
+            ("ca", "unspecified"),
+            ("bob", "because"),
+        ]:
+            with (
+                self.assertRaises(AuthorityError),
+                open_authority(self.directory) as authority,
+            ):
+                authority.revoke(which, reason, NOW)
+        self.assertEqual((self.directory / "crl.pem").read_bytes(), before)
+
+    def test_damaged_inventory_is_named(self) -> None:
+        """
+        An inventory that is not one is reported against its file.
+        """
+        (self.directory / "inventory.json").write_text("[]")
+        with (
+            self.assertRaises(ConfigurationError) as caught,
+            open_authority(self.directory),
+        ):
+            pass
+        self.assertIn("inventory.json: not a secmsg inventory", str(caught.exception))
+
+    def test_no_ca_says_how_to_make_one(self) -> None:
+        """
+        A directory without a CA is refused with the command that makes one.
+        """
+        empty = temporary_directory(self)
+        with self.assertRaises(AuthorityError) as caught, open_authority(empty):
+            pass
+        self.assertIn("secmsg pki init", str(caught.exception))
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    C{secmsg pki} as the operator types it.
+    """
+
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self) / "ca"
+
+    def secmsg(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        status = cli.main(list(argv))
+        return status, out.getvalue(), err.getvalue()
+
+    def test_round_trip(self) -> None:
+        """
+        init, issue (options after the name), revoke, crl and list work on
+        --dir given before or after the subcommand.
+        """
+        d = str(self.directory)
+        self.assertEqual(self.secmsg("pki", "init", d, "--org", "Example")[0], 0)
+        status, out, _ = self.secmsg(
+            "pki", "--dir", d, "issue", "alice", "--days", "30"
+        )
+        self.assertEqual(status, 0, out)
+        self.assertIn("issued a client certificate for alice", out)
+        status, out, _ = self.secmsg(
+            "pki", "issue", "chat", "--server", "--dns", "chat.example", "--dir", d
+        )
+        self.assertEqual(status, 0, out)
+        status, out, _ = self.secmsg("pki", "revoke", "alice", "--dir", d)
+        self.assertIn("revoked client certificate", out)
+        self.assertIn("SIGHUP", out)
+        status, out, _ = self.secmsg("pki", "crl", "--dir", d, "--days", "7")
+        self.assertIn("CRL number 3", out)
+        status, out, _ = self.secmsg("pki", "list", "--dir", d)
+        rows = [line.split() for line in out.splitlines()]
+        self.assertEqual(rows[0], ["NAME", "SERIAL", "KIND", "EXPIRES", "REVOKED"])
+        self.assertEqual([row[0] for row in rows[1:]], ["ca", "alice", "chat"])
+        self.assertEqual(rows[2][-1], "unspecified")
+        self.assertEqual(rows[3][-1], "-")
+
+    def test_mistakes_exit_non_zero_with_one_line(self) -> None:
+        """
+        A refused request exits 1 with one line on stderr; a usage mistake
+        exits 2 with the usage of the subcommand at fault.
+        """
+        d = str(self.directory)
+        self.secmsg("pki", "init", d)
+        status, out, err = self.secmsg("pki", "init", d)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(len(err.splitlines()), 1)
+        status, _, err = self.secmsg("pki", "--dir", d, "issue", "alice", "--ip", "::1")
+        self.assertEqual(status, 2)
+        self.assertIn("Usage: secmsg pki issue NAME", err)
+        self.assertIn("--dns and --ip are for --server certificates", err)
+        status, _, err = self.secmsg("pki", "--dir", d, "issue", "x", "--rsa", "2048")
+        self.assertEqual(status, 1)
+        self.assertIn("RSA keys are 3072 or 4096 bits, not 2048", err)
+
+    def test_no_private_key_is_printed(self) -> None:
+        """
+        Nothing the commands print holds key material.
+        """
+        d = str(self.directory)
+        outputs = [
+            self.secmsg("pki", "init", d),
+            self.secmsg("pki", "--dir", d, "issue", "alice"),
+            self.secmsg("pki", "--dir", d, "list"),
+        ]
+        for _, out, err in outputs:
+            self.assertNotIn("PRIVATE KEY", out + err)
+            self.assertNotIn("BEGIN", out + err)
