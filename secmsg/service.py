@@ -1,8 +1,14 @@
 """
-The daemon's service: listen, and close every session on the way out.
+The daemon's service: listen, reload on SIGHUP, and close every session on
+the way out.
 """
 
 from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -16,7 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmsg import __version__
+from secmsg.errors import ConfigurationError
 from secmsg.protocol import SessionFactory, describe_address
+from secmsg.reload import ReloadReport
 
 log = Logger()
 
@@ -31,6 +39,10 @@ class SecmsgService(Service):
     A port that cannot be bound stops the daemon before the reactor runs,
     with one line (which twistd, logging by then, writes to its log) and
     exit status 1, rather than leaving a daemon that serves nothing.
+
+    SIGHUP does what an admin's RELOAD does, so that an operator can apply
+    a fresh CRL (C{secmsg pki revoke alice && kill -HUP PID}) without a
+    certificate of their own.
     """
 
     def __init__(
@@ -38,13 +50,20 @@ class SecmsgService(Service):
         endpoint: IStreamServerEndpoint,
         factory: Factory,
         sessions: SessionFactory,
-        clock: IReactorTime,
+        reactor: Any,
+        reload: Callable[[], ReloadReport],
     ) -> None:
+        """
+        @param reactor: provides L{IReactorTime} and
+            L{twisted.internet.interfaces.IReactorFromThreads}.
+        """
         self._endpoint = endpoint
         self._factory = factory
         self._sessions = sessions
-        self._clock = clock
+        self._reactor: IReactorTime = reactor
+        self._reload = reload
         self._port: IListeningPort | None = None
+        self._previous_hangup: Any = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -55,6 +74,28 @@ class SecmsgService(Service):
         if failures:
             raise SystemExit(
                 f"secmsg: cannot start: cannot listen: {failures[0].getErrorMessage()}"
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signal_number: int, frame: FrameType | None) -> None:
+        # A signal handler may run between any two bytecodes of the reactor's
+        # own work, so the reload itself waits for the reactor's next turn.
+        self._reactor.callFromThread(self.reload_on_signal)
+
+    def reload_on_signal(self) -> None:
+        """
+        Reload as RELOAD does; a failure is logged and changes nothing.
+        """
+        log.info("SIGHUP: reloading")
+        try:
+            self._reload()
+        except ConfigurationError as error:
+            log.error(
+                "reload on SIGHUP failed, configuration unchanged: {error}",
+                error=str(error),
             )
 
     def _listening(self, port: IListeningPort) -> None:
@@ -71,9 +112,11 @@ class SecmsgService(Service):
         and wait a little for those lines to leave.
         """
         super().stopService()
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
         stopped = defer.maybeDeferred(self._port.stopListening) if self._port else None
         closed = self._sessions.close_all("server shutting down")
-        closed.addTimeout(SHUTDOWN_GRACE, self._clock)
+        closed.addTimeout(SHUTDOWN_GRACE, self._reactor)
         closed.addErrback(lambda failure: failure.trap(defer.TimeoutError))
         waits = [closed] if stopped is None else [stopped, closed]
         return defer.gatherResults(waits).addCallback(lambda _: None)

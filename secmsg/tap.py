@@ -89,7 +89,7 @@ class Daemon:
 
     @ivar factory: the TLS-wrapped factory to listen with.
     @ivar sessions: the session factory inside it, which can close them all.
-    @ivar reloader: what RELOAD (and later SIGHUP) calls.
+    @ivar reloader: what RELOAD and SIGHUP call.
     """
 
     factory: TLSMemoryBIOFactory
@@ -136,4 +136,6 @@ def assemble(settings: Settings, reactor: Any) -> SecmsgService:
     endpoint = endpoint_type(
         reactor, settings.port, backlog=LISTEN_BACKLOG, interface=settings.interface
     )
-    return SecmsgService(endpoint, daemon.factory, daemon.sessions, reactor)
+    return SecmsgService(
+        endpoint, daemon.factory, daemon.sessions, reactor, daemon.reloader.reload
+    )
