@@ -14,7 +14,7 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from secmsg import __version__, pki_command
+from secmsg import client_command, pki_command
 from secmsg.command_line import CommandOptions
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
@@ -40,14 +40,9 @@ class Options(CommandOptions):
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
+        ["connect", None, client_command.ConnectOptions, "Talk to a secmsg daemon."],
+        ["send", None, client_command.SendOptions, "Send one message and exit."],
     ]
-
-    def opt_version(self) -> None:
-        """
-        Print secmsg's version and exit.
-        """
-        print(f"secmsg {__version__}")
-        raise SystemExit(0)
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -64,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except usage.UsageError as error:
         print(f"{_innermost(options)}\nsecmsg: {error}", file=sys.stderr)
         return 2
+    if options.subCommand in ("connect", "send"):
+        return _talk(options.subCommand, options.subOptions)
     now = datetime.now(UTC)
     try:
         if options.subCommand == "init":
@@ -95,3 +92,14 @@ def _init(directory: Path, now: datetime) -> list[str]:
         f"  run it:   twistd -n secmsg --config {config}",
         f"  log in:   secmsg connect {SERVER_NAME} --instance {directory} --as {user}",
     ]
+
+
+def _talk(command: str, options: client_command.ConnectionOptions) -> int:
+    if command == "send":
+        return client_command.run_client(
+            options, lambda _, session: client_command.run_send(session, options)
+        )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    return client_command.run_client(
+        options, client_command.connect_talk(sys.stdout, interactive)
+    )

@@ -11,6 +11,8 @@ import getopt
 
 from twisted.python import usage
 
+from secmsg import __version__
+
 
 class CommandOptions(usage.Options):
     """
@@ -19,6 +21,13 @@ class CommandOptions(usage.Options):
     """
 
     synopsis = "[options]"
+
+    def opt_version(self) -> None:
+        """
+        Print secmsg's version and exit.
+        """
+        print(f"secmsg {__version__}")
+        raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """

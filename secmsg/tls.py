@@ -1,6 +1,6 @@
 """
-TLS for secmsg: the server context, the client-certificate verify callback,
-CRLs, and the client side's options.
+TLS for the secmsg daemon: the server context, the client-certificate
+verify callback and CRLs.  The client's side is L{secmsg.client_tls}.
 
 The server context is built here from PEM files with pyOpenSSL, never
 mutated once a connection has used it: a reload builds a new one and
@@ -33,16 +33,8 @@ from OpenSSL.crypto import (
     X509StoreFlags,
 )
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IReactorTime,
-)
-from twisted.internet.ssl import (
-    Certificate,
-    PrivateCertificate,
-    TLSVersion,
-    optionsForClientTLS,
-    trustRootFromCertificates,
 )
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -480,37 +472,4 @@ def _load_crls(
 def _public_bytes(key: object) -> bytes:
     return key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def client_tls_options(
-    server_name: str,
-    ca_pem: bytes,
-    certificate_pem: bytes,
-    key_pem: bytes,
-    tls_version: TLSVersion | None = None,
-) -> IOpenSSLClientConnectionCreator:
-    """
-    Client options that present our certificate and verify the server's
-    chain against C{ca_pem} and its name (DNS name or IP address) with
-    service_identity.
-
-    @param tls_version: pin the protocol version, or L{None} to negotiate.
-    """
-    extra = {}
-    if tls_version is not None:
-        extra = {"raiseMinimumTo": tls_version, "lowerMaximumSecurityTo": tls_version}
-    return optionsForClientTLS(
-        server_name,
-        trustRoot=trustRootFromCertificates(
-            [Certificate.loadPEM(pem) for pem in _split_pem(ca_pem)]
-        ),
-        clientCertificate=PrivateCertificate.loadPEM(certificate_pem + key_pem),
-        extraCertificateOptions=extra,
-    )
-
-
-def _split_pem(bundle: bytes) -> list[bytes]:
-    return re.findall(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", bundle, re.DOTALL
     )

@@ -291,3 +291,54 @@ def line_too_long(max_length: int) -> LineTooLong:
     The error for a line that L{LineFramer} reported as L{OVERLONG}.
     """
     return LineTooLong(f"line too long (at most {max_length} bytes)")
+
+
+@dataclass(frozen=True)
+class ReplyLine:
+    """
+    One line of a server reply, as a client reads it.
+
+    @ivar final: whether it ends the reply (C{NNN text}, not C{NNN-text}).
+    """
+
+    code: int
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class PushLine:
+    """
+    A line the server sent unasked, split into its fields: C{MSG} id, sender
+    and text; C{SAY} id, room, sender and text; C{BROADCAST} id, sender and
+    text; C{KICKED} kicker and reason; C{CLOSED} reason.  A line of no kind
+    the client knows has C{kind} C{""} and the whole line as its field.
+    """
+
+    kind: str
+    fields: tuple[str, ...]
+
+
+PUSH_WORDS = {"MSG": 2, "SAY": 3, "BROADCAST": 2, "KICKED": 1, "CLOSED": 0}
+"""How many single-word fields each push has before its free text."""
+
+_REPLY = re.compile(r"([0-9]{3})([ -])(.*)", re.DOTALL)
+
+
+def parse_server_line(text: str) -> ReplyLine | PushLine:
+    """
+    Tell a reply line from a push and split it.  Never fails: a client must
+    be able to show whatever a server sends.
+    """
+    if match := _REPLY.fullmatch(text):
+        code, separator, rest = match.groups()
+        return ReplyLine(int(code), rest, separator == " ")
+    kind, _, rest = text.partition(" ")
+    words = PUSH_WORDS.get(kind)
+    if words is not None:
+        fields = _words(rest.lstrip(" "), words)
+        if len(fields) == words:
+            fields.append("")
+        if len(fields) == words + 1:
+            return PushLine(kind, tuple(fields))
+    return PushLine("", (text,))

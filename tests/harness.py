@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -24,9 +25,9 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.client_tls import client_tls_options
 from secmsg.settings import Settings
 from secmsg.tap import Daemon, build_daemon
-from secmsg.tls import client_tls_options
 from tests.certs import CertificateAuthority, Pair, now
 
 POLICY = """\
@@ -185,6 +186,18 @@ class Instance:
                 tls_version,
             )
         client = LineClient(early)
+        self.connect_protocol(client, options)
+        if complete:
+            self.flush()
+        return client
+
+    def connect_protocol(
+        self, client: Protocol, options: IOpenSSLClientConnectionCreator
+    ) -> None:
+        """
+        Connect any client protocol over TLS with the given options; bytes
+        move when L{flush} is called.
+        """
         client_factory = TLSMemoryBIOFactory(
             options, True, Factory.forProtocol(lambda: client), self.clock
         )
@@ -199,9 +212,6 @@ class Instance:
             clock=self.clock,
         )
         self._pumps.append(pump)
-        if complete:
-            self.flush()
-        return client
 
     def flush(self) -> None:
         """

@@ -1,0 +1,101 @@
+"""
+The interactive terminal of C{secmsg connect}, on prompt_toolkit.
+
+prompt_toolkit keeps the input line usable while messages arrive: anything
+printed while a prompt is open goes above it.  It runs on asyncio's loop,
+which is why C{secmsg connect} runs Twisted on the asyncio reactor.  What
+is printed comes from L{secmsg.display}, escaped; what the user types is
+sent as a command line, and C{/quit} or Ctrl-D leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.patch_stdout import patch_stdout
+from twisted.internet import defer
+
+from secmsg.client import ClientProtocol, ExitStatus, Greeting, SessionEnded
+from secmsg.display import help_commands, show_push, show_reply
+from secmsg.wire import PushLine, escape_controls
+
+QUIT_WORDS = ("/quit",)
+
+T = TypeVar("T")
+
+
+async def run_console(
+    session: ClientProtocol, greeting: Greeting, now: Callable[[], datetime]
+) -> ExitStatus:
+    """
+    Talk to the server until the user leaves or the session ends.
+
+    @param now: the local time, to stamp what arrives.
+    @return: how the session ended, for the exit status.
+    """
+    loop = asyncio.get_running_loop()
+    print(escape_controls(greeting.text))
+    announced: list[PushLine] = []
+
+    def shown(push: PushLine) -> None:
+        if push.kind in ("KICKED", "CLOSED"):
+            announced.append(push)
+        print(show_push(push, now()))
+
+    session.listen(shown)
+    commands = help_commands(await _wait(session.command(b"HELP"), loop))
+    prompt: PromptSession[str] = PromptSession(
+        completer=WordCompleter([*commands, *QUIT_WORDS], ignore_case=True),
+        complete_while_typing=False,
+    )
+    print("commands: " + " ".join(commands) + "; /quit or Ctrl-D to leave")
+    session.ended.addCallback(lambda ending: _leave_prompt(prompt, ending))
+    with patch_stdout(raw=True):
+        while not session.ended.called:
+            try:
+                line = await prompt.prompt_async(f"{greeting.identity}> ")
+            except EOFError:
+                line = QUIT_WORDS[0]
+            except KeyboardInterrupt:
+                continue
+            if session.ended.called:
+                break
+            await _one_command(session, line, loop)
+    ending = await _wait(session.ended, loop)
+    if ending.status is not ExitStatus.OK and not announced:
+        print(escape_controls(ending.words))
+    return ending.status
+
+
+async def _one_command(
+    session: ClientProtocol, line: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    if not line.strip(" \t"):
+        return
+    if line.strip().lower() in QUIT_WORDS:
+        line = "QUIT"
+    try:
+        replies = await _wait(session.command(line.encode("utf-8")), loop)
+    except SessionEnded:
+        return
+    for shown in show_reply(replies):
+        print(shown)
+
+
+def _leave_prompt(prompt: PromptSession[str], ending: SessionEnded) -> SessionEnded:
+    """
+    End an open prompt when the session ends under it (KICKED, CLOSED, a
+    lost connection), so that the user is told at once, not at next Enter.
+    """
+    if prompt.app.is_running:
+        prompt.app.exit(result="")
+    return ending
+
+
+async def _wait(deferred: defer.Deferred[T], loop: asyncio.AbstractEventLoop) -> T:
+    return await deferred.asFuture(loop)

@@ -1,0 +1,296 @@
+"""
+The client's side of the protocol over real TLS in memory: what it makes of
+greetings, replies, pushes and every way a session ends, and how it shows
+what it receives.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.ssl import TLSVersion
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import wire
+from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
+from secmsg.client_command import SendOptions, parse_address
+from secmsg.client_tls import client_tls_options
+from secmsg.display import help_commands, show_push, show_reply
+from tests.certs import SERVER_AUTH, CertificateAuthority, Pair, self_signed
+from tests.harness import Instance
+
+WHEN = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
+
+
+class ClientSessionTests(SynchronousTestCase):
+    """
+    L{ClientProtocol} against the real daemon, in memory.
+    """
+
+    def setUp(self) -> None:
+        self.instance = Instance(self)
+        self.alice = self.instance.ca.issue("alice")
+
+    def client(
+        self,
+        pair: Pair,
+        tls_version: TLSVersion | None = None,
+        server_name: str = "localhost",
+        ca_pem: bytes | None = None,
+    ) -> ClientProtocol:
+        session = ClientProtocol(self.instance.clock, server_name)
+        options = client_tls_options(
+            server_name,
+            ca_pem or self.instance.ca.pem,
+            pair.certificate_pem,
+            pair.key_pem,
+            tls_version,
+        )
+        self.instance.connect_protocol(session, options)
+        self.instance.flush()
+        return session
+
+    def ending(self, session: ClientProtocol) -> SessionEnded:
+        return self.successResultOf(session.ended)
+
+    def test_greeting_replies_and_pushes(self) -> None:
+        """
+        The greeting names us; a multi-line reply arrives whole, matched to
+        its command; a message from another session is a push.
+        """
+        session = self.client(self.alice)
+        self.assertEqual(self.successResultOf(session.greeted).identity, "alice")
+        who = session.command(b"WHO")
+        ping = session.command(b"PING")
+        bob = self.client(self.instance.ca.issue("bob"))
+        bob.command(b"MSG alice hi there")
+        self.instance.flush()
+        self.assertEqual(
+            [line.text for line in self.successResultOf(who)], ["alice", "1 online"]
+        )
+        self.assertEqual(self.successResultOf(ping)[-1].text, "PONG")
+        # The push arrived before anyone listened; it waited for a listener.
+        pushes: list[wire.PushLine] = []
+        session.listen(pushes.append)
+        self.assertEqual(pushes, [wire.PushLine("MSG", ("1", "bob", "hi there"))])
+        bob.command(b"MSG alice again")
+        self.instance.flush()
+        self.assertEqual(pushes[-1], wire.PushLine("MSG", ("2", "bob", "again")))
+
+    def test_quit_ends_ok(self) -> None:
+        """
+        QUIT answered with 221 and the server's close is a normal ending.
+        """
+        session = self.client(self.alice)
+        session.command(b"QUIT")
+        self.instance.flush()
+        self.assertEqual(self.ending(session).status, ExitStatus.OK)
+
+    def test_kicked_is_reported_in_words(self) -> None:
+        """
+        A KICK ends the session with who kicked and why.
+        """
+        session = self.client(self.alice)
+        admin = self.client(self.instance.ca.issue("admin"))
+        admin.command(b"KICK alice enough")
+        self.instance.flush()
+        ending = self.ending(session)
+        self.assertEqual(ending.status, ExitStatus.FAILED)
+        self.assertEqual(ending.words, "kicked by admin: enough")
+
+    def test_revocation_at_reload_is_reported(self) -> None:
+        """
+        A session closed because its certificate was revoked at a reload
+        ends with the refused-certificate status and the reason.
+        """
+        session = self.client(self.alice)
+        self.instance.ca.revoke(self.alice)
+        self.instance.write("crl.pem", self.instance.ca.crl_pem())
+        self.instance.daemon.reloader.reload()
+        self.instance.flush()
+        ending = self.ending(session)
+        self.assertEqual(ending.status, ExitStatus.CERTIFICATE_REFUSED)
+        self.assertEqual(ending.words, "the server closed the session: revoked")
+
+    def test_shutdown_is_reported(self) -> None:
+        """
+        The daemon shutting down ends the session with its reason, and a
+        command still waiting fails with the same ending.
+        """
+        session = self.client(self.alice)
+        waiting = session.command(b"PING")
+        self.instance.daemon.sessions.close_all("server shutting down")
+        self.instance.flush()
+        ending = self.ending(session)
+        self.assertEqual(
+            ending.words, "the server closed the session: server shutting down"
+        )
+        self.assertIs(self.failureResultOf(waiting, SessionEnded).value, ending)
+
+    def assertRefused(self, pair: Pair, words: str) -> None:
+        for version in (TLSVersion.TLSv1_2, TLSVersion.TLSv1_3):
+            session = self.client(pair, version)
+            failure = self.failureResultOf(session.greeted, SessionEnded)
+            self.assertEqual(failure.value.status, ExitStatus.CERTIFICATE_REFUSED)
+            self.assertEqual(
+                failure.value.words, f"the server refused our certificate: {words}"
+            )
+            self.assertIs(self.ending(session), failure.value)
+
+    def test_revoked_certificate_refused_in_words_under_tls12_and_tls13(self) -> None:
+        """
+        The server's alert is turned into its reason, under TLS 1.3 too,
+        where it arrives after our side of the handshake has finished.
+        """
+        carol = self.instance.ca.issue("carol")
+        self.instance.ca.revoke(carol)
+        self.instance.write("crl.pem", self.instance.ca.crl_pem())
+        self.instance.daemon.reloader.reload()
+        self.assertRefused(carol, "revoked")
+
+    def test_other_refusals_in_words(self) -> None:
+        """
+        Expired, unknown CA and wrong key usage each have their words.
+        """
+        ca = self.instance.ca
+        expired = ca.issue(
+            "dave", valid_from=timedelta(days=-30), valid_for=timedelta(days=1)
+        )
+        self.assertRefused(expired, "expired or not yet valid")
+        self.assertRefused(self_signed("eve"), "unknown CA")
+        self.assertRefused(ca.issue("frank", usages=SERVER_AUTH), "wrong key usage")
+
+    def test_server_name_mismatch_refused_by_client(self) -> None:
+        """
+        A server whose certificate is not for the name we dialled is never
+        talked to; we say which name did not match.
+        """
+        session = self.client(self.alice, server_name="chat.example")
+        failure = self.failureResultOf(session.greeted, SessionEnded)
+        self.assertEqual(failure.value.status, ExitStatus.CONNECTION)
+        self.assertIn("not valid for chat.example", failure.value.words)
+
+    def test_server_from_unknown_ca_refused_by_client(self) -> None:
+        """
+        A server whose certificate our CA file did not sign is refused.
+        """
+        other = CertificateAuthority("another CA")
+        session = self.client(self.alice, ca_pem=other.pem)
+        failure = self.failureResultOf(session.greeted, SessionEnded)
+        self.assertEqual(failure.value.status, ExitStatus.CONNECTION)
+        self.assertIn("not signed by a CA we trust", failure.value.words)
+
+    def test_silent_server_times_out(self) -> None:
+        """
+        No greeting within the timeout ends the attempt with words; the
+        clock, not the wall, decides.
+        """
+        session = ClientProtocol(self.instance.clock, "localhost", timeout=5)
+        transport = _AbortRecorder()
+        session.makeConnection(transport)
+        self.instance.clock.advance(5)
+        self.assertTrue(transport.aborted)
+        session.connectionLost()
+        failure = self.failureResultOf(session.greeted, SessionEnded)
+        self.assertEqual(failure.value.status, ExitStatus.CONNECTION)
+        self.assertIn("no greeting", failure.value.words)
+
+
+class _AbortRecorder:
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class DisplayTests(SynchronousTestCase):
+    def test_pushes_show_who_where_and_when(self) -> None:
+        """
+        Each push reads as a sentence with its local time.
+        """
+        self.assertEqual(
+            show_push(wire.PushLine("MSG", ("7", "bob", "hi")), WHEN),
+            "[09:30:05] bob to you: hi",
+        )
+        self.assertEqual(
+            show_push(wire.PushLine("SAY", ("8", "#ops", "bob", "hi")), WHEN),
+            "[09:30:05] #ops <bob> hi",
+        )
+        self.assertEqual(
+            show_push(wire.PushLine("KICKED", ("admin", "")), WHEN),
+            "[09:30:05] kicked by admin: no reason",
+        )
+
+    def test_escape_sequences_are_shown_escaped(self) -> None:
+        """
+        A hostile server's escape sequences, bidi overrides and line
+        separators reach the screen as visible escapes.
+        """
+        line = wire.parse_server_line("MSG 1 eve\x1b[2J \x1b]0;owned\x07\u202e\u2028x")
+        shown = show_push(line, WHEN)
+        self.assertEqual(
+            shown, "[09:30:05] eve\\x1b[2J to you: \\x1b]0;owned\\x07\\u202e\\u2028x"
+        )
+        self.assertEqual(
+            show_reply([wire.ReplyLine(500, "\x9b31m", True)]), ["error 500: \\x9b31m"]
+        )
+
+    @given(st.text())
+    def test_nothing_shown_can_drive_a_terminal(self, text: str) -> None:
+        """
+        Whatever the server sends, what is shown holds no character that
+        the protocol itself forbids.
+        """
+        line = wire.parse_server_line(text)
+        if isinstance(line, wire.PushLine):
+            shown = [show_push(line, WHEN)]
+        else:
+            shown = show_reply([line])
+        for item in shown:
+            wire.decode_line(item.encode("utf-8", "surrogatepass"))
+
+    def test_help_reply_gives_completions(self) -> None:
+        """
+        The commands HELP lists are what the prompt completes.
+        """
+        lines = [
+            wire.ReplyLine(211, "HELP                       list", False),
+            wire.ReplyLine(211, "MSG <identity> <text>      send", False),
+            wire.ReplyLine(211, "2 commands", True),
+        ]
+        self.assertEqual(help_commands(lines), ["HELP", "MSG"])
+
+
+class CommandLineTests(SynchronousTestCase):
+    def test_addresses(self) -> None:
+        """
+        HOST, HOST:PORT, [v6]:PORT and a bare v6 address all parse; junk
+        does not.
+        """
+        self.assertEqual(parse_address("localhost"), ("localhost", 7443))
+        self.assertEqual(parse_address("127.0.0.1:8000"), ("127.0.0.1", 8000))
+        self.assertEqual(parse_address("[::1]:8000"), ("::1", 8000))
+        self.assertEqual(parse_address("::1"), ("::1", 7443))
+        for bad in ("host:", "host:x", "host:70000", ":7443", "[::1]:"):
+            with self.assertRaises(usage.UsageError):
+                parse_address(bad)
+
+    def test_send_refuses_text_that_would_inject_a_command(self) -> None:
+        """
+        A newline in the text would send a second command: refused before
+        connecting, as are a bad recipient and a bad room.
+        """
+        base = ["localhost", "--instance", "dev", "--as", "alice"]
+        for extra, words in [
+            (["--to", "bob", "hi\nQUIT"], "control characters"),
+            (["--to", "bad name", "hi"], "not an identity"),
+            (["--room", "ops", "hi"], "not a room"),
+            (["--to", "bob", "--room", "#ops", "hi"], "one of --to"),
+            (["--to", "bob"], "give the text"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                SendOptions().parseOptions(base + extra)
+            self.assertIn(words, str(caught.exception))

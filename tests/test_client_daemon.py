@@ -1,0 +1,277 @@
+"""
+C{secmsg connect}, C{secmsg send} and C{secmsg pki} as processes against a
+real daemon on a loopback port, as the README promises them: the scripted
+mode, every exit status of send, the PKI round trip with revocation and
+SIGHUP, and the terminal client through a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pexpect
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.harness import temporary_directory
+from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
+
+
+def secmsg(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """
+    Run the secmsg command to its end, with a generous bound.
+    """
+    return subprocess.run(
+        [str(BIN / "secmsg"), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_DEADLINE,
+        check=False,
+    )
+
+
+class ClientAgainstDaemonTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+        d = str(self.directory)
+        for name in ("carol", "guest1"):
+            self.assertEqual(secmsg("pki", "--dir", d, "issue", name).returncode, 0)
+        self.assertEqual(secmsg("pki", "--dir", d, "revoke", "carol").returncode, 0)
+        policy = self.directory / "policy.toml"
+        policy.write_text(policy.read_text() + 'guest1 = ["guest"]\n')
+        self.daemon = Daemon(self, self.directory)
+        self.address = f"localhost:{self.daemon.port}"
+
+    def as_user(self, name: str) -> list[str]:
+        return ["--instance", str(self.directory), "--as", name]
+
+    def test_scripted_connect_answers_every_line_then_exits(self) -> None:
+        """
+        Lines from standard input are sent, every server line is written to
+        standard output, blank lines get nothing, and the client exits 0
+        once the last command is answered.
+        """
+        result = secmsg(
+            "connect", self.address, *self.as_user("alice"), stdin="PING\n\nWHO\n"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            result.stdout.splitlines(),
+            [
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)",
+                "200 PONG",
+                "211-alice",
+                "211 1 online",
+            ],
+        )
+
+    def test_send_exit_statuses(self) -> None:
+        """
+        send exits 0 on delivery and with a status of its own for no such
+        recipient, not permitted, a refused certificate and no connection;
+        every failure says why on standard error.
+        """
+        bob = self.daemon.client("bob")
+        with bob, bob.makefile("rb") as lines:
+            self.assertIn(b"you are bob", lines.readline())
+            sent = secmsg(
+                "send", self.address, *self.as_user("alice"), "--to", "bob", "hi bob"
+            )
+            self.assertEqual((sent.returncode, sent.stderr), (0, ""))
+            self.assertEqual(lines.readline(), b"MSG 1 alice hi bob\n")
+        cases = [
+            (self.as_user("alice"), ["--to", "zed"], 6, "404 zed is not online"),
+            (self.as_user("guest1"), ["--to", "bob"], 5, "403 MSG not permitted"),
+            (
+                self.as_user("carol"),
+                ["--to", "bob"],
+                4,
+                "refused our certificate: revoked",
+            ),
+        ]
+        for user, target, status, words in cases:
+            result = secmsg("send", self.address, *user, *target, "hello")
+            self.assertEqual(result.returncode, status, result.stderr)
+            self.assertIn(words, result.stderr)
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+            result = secmsg(
+                "send", f"127.0.0.1:{port}", *self.as_user("alice"), "--to", "bob", "x"
+            )
+        self.assertEqual(result.returncode, 3)
+        self.assertIn("cannot connect to 127.0.0.1", result.stderr)
+
+    def test_client_refuses_wrong_server_name_and_unknown_ca(self) -> None:
+        """
+        The client verifies the server: a name its certificate does not
+        carry, or a CA we did not give, ends the attempt with exit 3.
+        """
+        other = temporary_directory(self) / "other"
+        secmsg("pki", "init", str(other))
+        for extra, words in [
+            (["--server-name", "chat.example"], "not valid for chat.example"),
+            (["--ca", str(other / "ca.pem")], "not signed by a CA we trust"),
+        ]:
+            result = secmsg(
+                "connect", self.address, *self.as_user("alice"), *extra, stdin="PING\n"
+            )
+            self.assertEqual(result.returncode, 3, result.stderr)
+            self.assertIn(words, result.stderr)
+            self.assertEqual(result.stdout, "")
+
+    def test_pki_round_trip_with_revocation_and_sighup(self) -> None:
+        """
+        A newly issued identity logs in; once revoked and the daemon sent
+        SIGHUP, its open session is closed and it cannot log in again.
+        """
+        d = str(self.directory)
+        self.assertEqual(secmsg("pki", "--dir", d, "issue", "dave").returncode, 0)
+        whoami = secmsg("connect", self.address, *self.as_user("dave"), stdin="PING\n")
+        self.assertIn("you are dave", whoami.stdout)
+        dave = self.daemon.client("dave")
+        with dave, dave.makefile("rb") as lines:
+            self.assertIn(b"you are dave", lines.readline())
+            self.assertEqual(secmsg("pki", "--dir", d, "revoke", "dave").returncode, 0)
+            os.kill(self.daemon.process.pid, signal.SIGHUP)
+            self.assertEqual(lines.readline(), b"CLOSED revoked\n")
+        self.daemon.wait_for("closed dave (revoked)")
+        again = secmsg("send", self.address, *self.as_user("dave"), "--to", "bob", "x")
+        self.assertEqual(again.returncode, 4)
+        self.assertIn("the server refused our certificate: revoked", again.stderr)
+
+    def test_terminal_client(self) -> None:
+        """
+        On a terminal: a prompt, messages shown above it with who and when,
+        completion of the commands HELP lists, /quit to leave with 0.
+        """
+        console = self.console("bob")
+        console.expect("bob>")
+        sent = secmsg(
+            "send", self.address, *self.as_user("alice"), "--to", "bob", "hello"
+        )
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        console.expect(r"\] alice to you: hello")
+        console.send("PI\t")
+        console.expect("PING")
+        console.send("\r")
+        console.expect("PONG")
+        console.send("/quit\r")
+        console.expect(pexpect.EOF)
+        console.close()
+        self.assertEqual(console.exitstatus, 0)
+
+    def test_terminal_client_reports_kick(self) -> None:
+        """
+        A KICK arriving while the prompt waits is shown in words at once,
+        and the client exits non-zero.
+        """
+        console = self.console("bob")
+        console.expect("bob>")
+        kick = secmsg(
+            "connect", self.address, *self.as_user("admin"), stdin="KICK bob bye now\n"
+        )
+        self.assertIn("200 kicked bob", kick.stdout)
+        console.expect("kicked by admin: bye now")
+        console.expect(pexpect.EOF)
+        console.close()
+        self.assertEqual(console.exitstatus, 1)
+
+    def console(self, name: str) -> pexpect.spawn:
+        console = pexpect.spawn(
+            str(BIN / "secmsg"),
+            ["connect", self.address, *self.as_user(name)],
+            encoding="utf-8",
+            timeout=STARTUP_DEADLINE,
+            dimensions=(24, 100),
+            # No cursor position requests: the pseudo-terminal never answers.
+            env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
+        )
+        self.addCleanup(console.close, force=True)
+        return console
+
+
+class HostileServer:
+    """
+    A TLS server with the instance's server certificate that greets, sends
+    escape sequences in a push and a reply, and hangs up: what a hostile or
+    broken server could do to a client's terminal.
+    """
+
+    LINES = (
+        b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
+        b"MSG 1 eve \x1b]0;owned\x07\x1b[2Jcleared \xe2\x80\xae reversed\n"
+    )
+
+    def __init__(self, testcase: SynchronousTestCase, directory: Path) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        servers = directory / "servers"
+        context.load_cert_chain(servers / "localhost.pem", servers / "localhost.key")
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(STARTUP_DEADLINE)
+        self.port = listener.getsockname()[1]
+        self._listener = context.wrap_socket(listener, server_side=True)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        testcase.addCleanup(self._thread.join, STARTUP_DEADLINE)
+        testcase.addCleanup(self._listener.close)
+
+    def _serve(self) -> None:
+        try:
+            connection, _ = self._listener.accept()
+        except OSError:
+            return
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(self.LINES)
+            lines.readline()
+            # U+009B (CSI) as UTF-8, and the raw 8-bit CSI byte, which is
+            # not UTF-8 at all.
+            connection.sendall(b"200 \x1b[31mPONG\xc2\x9b1m \x9b1m\n")
+
+
+class HostileServerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+        self.server = HostileServer(self, self.directory)
+        self.address = f"localhost:{self.server.port}"
+        self.user = ["--instance", str(self.directory), "--as", "alice"]
+
+    def test_scripted_output_is_escaped(self) -> None:
+        """
+        Escape sequences, C1 controls and bidi overrides from the server
+        are written as visible escapes, never as themselves.
+        """
+        result = secmsg("connect", self.address, *self.user, stdin="PING\n")
+        self.assertEqual(
+            result.stdout.splitlines()[1:],
+            [
+                "MSG 1 eve \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e reversed",
+                "200 \\x1b[31mPONG\\x9b1m \ufffd1m",
+            ],
+        )
+
+    def test_terminal_output_is_escaped(self) -> None:
+        """
+        The terminal client shows the same push escaped: the title is not
+        set and the screen is not cleared.
+        """
+        console = pexpect.spawn(
+            str(BIN / "secmsg"),
+            ["connect", self.address, *self.user],
+            encoding="utf-8",
+            timeout=STARTUP_DEADLINE,
+            env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
+        )
+        self.addCleanup(console.close, force=True)
+        console.expect_exact("eve to you: \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e")
+        seen = console.before + console.after
+        console.expect(pexpect.EOF)
+        seen += console.before
+        self.assertNotIn("\x1b]0;owned", seen)
+        self.assertNotIn("\u202e", seen)
