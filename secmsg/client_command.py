@@ -11,8 +11,10 @@ says by its exit status (L{ExitStatus}) how that went.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ from secmsg import wire
 from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
 from secmsg.client_tls import client_tls_options
 from secmsg.command_line import CommandOptions
+from secmsg.console import run_console
 from secmsg.errors import ConfigurationError, Malformed
 from secmsg.files import read_bytes
 
@@ -277,7 +280,9 @@ async def run_send(session: ClientProtocol, options: SendOptions) -> ExitStatus:
         replies = await session.command(b"MSG " + recipient + b" " + text)
     if replies[-1].code != 250:
         return _refused(replies[-1])
-    await session.command(b"QUIT")
+    # The message is accepted; however the goodbye goes, that stays true.
+    with suppress(SessionEnded):
+        await session.command(b"QUIT")
     return ExitStatus.OK
 
 
@@ -288,10 +293,7 @@ def _refused(reply: wire.ReplyLine) -> ExitStatus:
     )
 
 
-def run_client(
-    options: ConnectionOptions,
-    talk: Talk,
-) -> int:
+def run_client(options: ConnectionOptions, talk: Talk) -> int:
     """
     Run the asyncio reactor until C{talk} is done with the session; report
     why it ended on standard error, and return the exit status.
@@ -345,17 +347,10 @@ def connect_talk(out: TextIO, interactive: bool) -> Talk:
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
             return await run_scripted(session, stdio.StandardIO, out)
-        from secmsg.console import run_console
-
         greeting = await session.greeted
-        return await defer.Deferred.fromFuture(
-            _ensure_future(run_console(session, greeting, lambda: local_now(reactor)))
-        )
+        console = run_console(session, greeting, lambda: local_now(reactor))
+        # The console awaits prompt_toolkit's asyncio futures, so it runs as
+        # an asyncio task, not as a Twisted coroutine.
+        return await defer.Deferred.fromFuture(asyncio.ensure_future(console))
 
     return talk
-
-
-def _ensure_future(coroutine: Coroutine[Any, Any, ExitStatus]) -> Any:
-    import asyncio
-
-    return asyncio.ensure_future(coroutine)
