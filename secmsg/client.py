@@ -34,6 +34,10 @@ MAX_SERVER_LINE = 1024 * 1024
 """The longest server line kept; a longer one is shown as a notice, so that
 no server can make the client hold unbounded memory."""
 
+MAX_REPLY_LINES = 100_000
+"""Lines one reply may hold; a server sending more is hostile or broken,
+and the client hangs up rather than hold them all."""
+
 UNCLAIMED_PUSHES = 1000
 """Pushes kept for a listener that has not started yet; older ones go."""
 
@@ -226,7 +230,13 @@ class ClientProtocol(Protocol):
             return
         answered, lines = self._pending[0]
         lines.append(line)
-        if line.final:
+        if len(lines) > MAX_REPLY_LINES:
+            self._announced = SessionEnded(
+                ExitStatus.FAILED,
+                f"the server sent a reply of over {MAX_REPLY_LINES} lines",
+            )
+            self.transport.abortConnection()
+        elif line.final:
             self._pending.popleft()
             if line.code == 221:
                 self._quit_answered = True

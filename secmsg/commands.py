@@ -13,12 +13,23 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cryptography import x509
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from secmsg import wire
-from secmsg.errors import ConfigurationError, NotFound, ServerFault
+from secmsg.delivery import Delivery
+from secmsg.errors import (
+    ConfigurationError,
+    NotFound,
+    NotPermitted,
+    NotStored,
+    ServerFault,
+    StoreError,
+)
 from secmsg.identity import describe_subject
-from secmsg.interfaces import IHub, ISessionAvatar
+from secmsg.interfaces import IHub, IMessageStore, ISessionAvatar
+from secmsg.messages import Kind, Stored
 from secmsg.reload import ReloadReport
 
 log = Logger()
@@ -39,7 +50,14 @@ class Session(Protocol):
         """
 
 
-Handler = Callable[..., bytes]
+Reply = bytes | defer.Deferred[bytes]
+"""A command's reply, at once or once the store has answered."""
+
+Handler = Callable[..., Reply]
+
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 200
+"""Messages HISTORY gives when not told, and at most."""
 
 
 class Commands:
@@ -47,9 +65,19 @@ class Commands:
     The handlers of every verb, sharing one hub and one reload.
     """
 
-    def __init__(self, hub: IHub, reload: Callable[[], ReloadReport]) -> None:
+    def __init__(
+        self,
+        hub: IHub,
+        store: IMessageStore,
+        delivery: Delivery,
+        reload: Callable[[], ReloadReport],
+        history_max: int = HISTORY_MAX,
+    ) -> None:
         self._hub = hub
+        self._store = store
+        self._delivery = delivery
         self._reload = reload
+        self._history_max = history_max
         self._handlers: dict[str, Handler] = {
             "HELP": self.help,
             "WHOAMI": self.whoami,
@@ -64,15 +92,25 @@ class Commands:
             "KICK": self.kick,
             "BROADCAST": self.broadcast,
             "RELOAD": self.reload,
+            "ACK": self.ack,
+            "HISTORY": self.history,
         }
 
-    def run(self, session: Session, verb: str, arguments: tuple[str, ...]) -> bytes:
+    def run(self, session: Session, verb: str, arguments: tuple[str, ...]) -> Reply:
         """
         Carry out an allowed, well-formed command.
 
+        @return: the reply, or a Deferred of it for a command that waits for
+            the store; a Deferred fails with the CommandError to reply with.
         @raise secmsg.errors.CommandError: it could not be carried out.
         """
         return self._handlers[verb](session, *arguments)
+
+    def logged_in(self, session: Session) -> defer.Deferred[None]:
+        """
+        A session has been greeted: send it what waited for it.
+        """
+        return self._delivery.catch_up(session, session.avatar.identity)
 
     def help(self, session: Session) -> bytes:
         allowed = session.avatar.commands
@@ -108,9 +146,14 @@ class Commands:
         session.finish()
         return wire.reply(221, "bye")
 
-    def msg(self, session: Session, recipient: str, text: str) -> bytes:
-        message_id = self._hub.send_direct(session.avatar.identity, recipient, text)
-        return wire.reply(250, message_id)
+    def msg(self, session: Session, recipient: str, text: str) -> Reply:
+        if not self._delivery.is_known(recipient):
+            raise NotFound(f"no such identity {recipient}")
+        return self._accepted(
+            self._delivery.send(
+                Kind.DIRECT, session, session.avatar.identity, recipient, text
+            )
+        )
 
     def join(self, session: Session, room: str) -> bytes:
         if self._hub.join(session, room):
@@ -121,9 +164,13 @@ class Commands:
         self._hub.part(session, room)
         return wire.reply(200, f"left {room}")
 
-    def say(self, session: Session, room: str, text: str) -> bytes:
-        message_id = self._hub.say(session, session.avatar.identity, room, text)
-        return wire.reply(250, message_id)
+    def say(self, session: Session, room: str, text: str) -> Reply:
+        identity = session.avatar.identity
+        if not self._hub.in_room(session, room):
+            raise NotPermitted("SAY", identity, f"not a member of {room}")
+        return self._accepted(
+            self._delivery.send(Kind.ROOM, session, identity, room, text)
+        )
 
     def rooms(self, session: Session) -> bytes:
         rooms = self._hub.rooms()
@@ -144,9 +191,55 @@ class Commands:
         sessions = "1 session" if count == 1 else f"{count} sessions"
         return wire.reply(200, f"kicked {identity} ({sessions})")
 
-    def broadcast(self, session: Session, text: str) -> bytes:
-        message_id = self._hub.broadcast(session.avatar.identity, text)
-        return wire.reply(250, message_id)
+    def broadcast(self, session: Session, text: str) -> Reply:
+        return self._accepted(
+            self._delivery.send(
+                Kind.BROADCAST, session, session.avatar.identity, "", text
+            )
+        )
+
+    def ack(self, session: Session, *words: str) -> Reply:
+        up_to = words[0] == "UPTO"
+        acknowledged = self._store.acknowledge(
+            session.avatar.identity, int(words[-1]), up_to
+        )
+        acknowledged.addCallback(lambda count: wire.reply(200, f"acknowledged {count}"))
+        return self._stored(acknowledged)
+
+    def history(self, session: Session, target: str, count: str = "") -> Reply:
+        identity = session.avatar.identity
+        limit = min(int(count or HISTORY_DEFAULT), self._history_max)
+        if target.startswith("#"):
+            if not self._hub.in_room(session, target):
+                raise NotPermitted("HISTORY", identity, f"not a member of {target}")
+            found = self._store.room_history(target, limit)
+        else:
+            found = self._store.conversation(identity, target, limit)
+        found.addCallback(
+            lambda messages: wire.listing(
+                211,
+                [" ".join(wire.message_fields(m)) for m in messages],
+                f"{len(messages)} messages",
+            )
+        )
+        return self._stored(found)
+
+    def _accepted(self, sent: defer.Deferred[Stored]) -> defer.Deferred[bytes]:
+        sent.addCallback(lambda message: wire.reply(250, str(message.id)))
+        return self._stored(sent)
+
+    def _stored(self, result: defer.Deferred[bytes]) -> defer.Deferred[bytes]:
+        """
+        Turn a store that failed (a full disk, say) into a 503 for the
+        client: it must never take a failure for a 250.
+        """
+
+        def refused(failure: Failure) -> None:
+            failure.trap(StoreError)
+            log.error("message store failed: {error}", error=failure.getErrorMessage())
+            raise NotStored(f"not done, the message store failed: {failure.value}")
+
+        return result.addErrback(refused)
 
     def reload(self, session: Session) -> bytes:
         try:

@@ -21,7 +21,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
 
 from secmsg.client import ClientProtocol, ExitStatus, Greeting, SessionEnded
-from secmsg.display import help_commands, show_push, show_reply
+from secmsg.display import acknowledgeable, help_commands, show_push, show_reply
 from secmsg.wire import PushLine, escape_controls
 
 QUIT_WORDS = ("/quit",)
@@ -42,13 +42,19 @@ async def run_console(
     print(escape_controls(greeting.text))
     announced: list[PushLine] = []
 
+    acknowledger = _Acknowledger(session)
+
     def shown(push: PushLine) -> None:
         if push.kind in ("KICKED", "CLOSED"):
             announced.append(push)
         print(show_push(push, now()))
+        message_id = acknowledgeable(push)
+        if message_id is not None:
+            acknowledger.shown(message_id)
 
     session.listen(shown)
     commands = help_commands(await _wait(session.command(b"HELP"), loop))
+    acknowledger.decide("ACK" in commands)
     prompt: PromptSession[str] = PromptSession(
         completer=WordCompleter([*commands, *QUIT_WORDS], ignore_case=True),
         complete_while_typing=False,
@@ -85,6 +91,38 @@ async def _one_command(
         return
     for shown in show_reply(replies):
         print(shown)
+
+
+class _Acknowledger:
+    """
+    Says ACK for each message once it has been shown, so that a person at a
+    terminal never has to: the server keeps a message until then, and sends
+    it again at the next login if the session ends first.  Messages shown
+    before HELP has said whether ACK is allowed wait for that answer.
+    """
+
+    def __init__(self, session: ClientProtocol) -> None:
+        self._session = session
+        self._allowed: bool | None = None
+        self._waiting: list[str] = []
+
+    def shown(self, message_id: str) -> None:
+        if self._allowed is None:
+            self._waiting.append(message_id)
+        elif self._allowed:
+            self._acknowledge(message_id)
+
+    def decide(self, allowed: bool) -> None:
+        self._allowed = allowed
+        waiting, self._waiting = self._waiting, []
+        if allowed:
+            for message_id in waiting:
+                self._acknowledge(message_id)
+
+    def _acknowledge(self, message_id: str) -> None:
+        self._session.command(b"ACK " + message_id.encode()).addErrback(
+            lambda failure: failure.trap(SessionEnded)
+        )
 
 
 def _leave_prompt(prompt: PromptSession[str], ending: SessionEnded) -> SessionEnded:

@@ -9,26 +9,30 @@ shown here can move the cursor, change colours or retitle the terminal.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from secmsg.wire import PushLine, ReplyLine, escape_controls
 
 
-def show_push(push: PushLine, when: datetime) -> str:
+def show_push(push: PushLine, arrived: datetime) -> str:
     """
-    One line for a push, stamped with the local time it arrived.
+    One line for a push, stamped with the local time of the message (or,
+    for a notice, of its arrival); a message sent on an earlier day shows
+    its date, and a repeat says so.
     """
     fields = [escape_controls(field) for field in push.fields]
-    stamp = f"[{when:%H:%M:%S}]"
-    if push.kind == "MSG":
-        _, sender, text = fields
-        return f"{stamp} {sender} to you: {text}"
-    if push.kind == "SAY":
-        _, room, sender, text = fields
-        return f"{stamp} {room} <{sender}> {text}"
-    if push.kind == "BROADCAST":
-        _, sender, text = fields
-        return f"{stamp} {sender} to everyone: {text}"
+    if push.kind in ("MSG", "SAY", "BROADCAST"):
+        stamp = _stamp(push.fields[1], arrived)
+        again = " (again)" if push.redelivery else ""
+        if push.kind == "MSG":
+            _, _, sender, text = fields
+            return f"{stamp} {sender} to you: {text}{again}"
+        if push.kind == "SAY":
+            _, _, room, sender, text = fields
+            return f"{stamp} {room} <{sender}> {text}{again}"
+        _, _, sender, text = fields
+        return f"{stamp} {sender} to everyone: {text}{again}"
+    stamp = f"[{arrived:%H:%M:%S}]"
     if push.kind == "KICKED":
         by, reason = fields
         return f"{stamp} kicked by {by}: {reason or 'no reason'}"
@@ -36,6 +40,27 @@ def show_push(push: PushLine, when: datetime) -> str:
         (reason,) = fields
         return f"{stamp} the server closed the session: {reason}"
     return f"{stamp} {fields[0]}"
+
+
+def _stamp(sent: str, arrived: datetime) -> str:
+    try:
+        moment = datetime.strptime(sent, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return f"[{arrived:%H:%M:%S}]"
+    local = moment.astimezone(arrived.tzinfo)
+    if local.date() == arrived.date():
+        return f"[{local:%H:%M:%S}]"
+    return f"[{local:%Y-%m-%d %H:%M:%S}]"
+
+
+def acknowledgeable(push: PushLine) -> str | None:
+    """
+    The id of a message push, for the ACK that says it was shown, or
+    L{None} for a notice.
+    """
+    if push.kind in ("MSG", "SAY", "BROADCAST") and push.fields[0].isdigit():
+        return push.fields[0]
+    return None
 
 
 def show_reply(lines: list[ReplyLine]) -> list[str]:

@@ -48,6 +48,13 @@ class AuthorityError(SecmsgError):
     """
 
 
+class StoreError(SecmsgError):
+    """
+    The message store could not do what it was asked: the disk is full,
+    the database failed.  Nothing was committed.
+    """
+
+
 class RefusalReason(enum.Enum):
     """
     Why a peer's certificate was refused, in the words the operator's log and
@@ -159,6 +166,15 @@ class LineTooLong(CommandError):
     """
 
     code = 413
+
+
+class NotStored(CommandError):
+    """
+    A message or an acknowledgement could not be committed (a full disk,
+    a failing database); nothing was sent, and the client may try again.
+    """
+
+    code = 503
 
 
 class ServerFault(CommandError):

@@ -2,34 +2,31 @@
 The in-process hub: sessions, rooms and delivery inside one daemon.
 
 Room membership belongs to a session, as in IRC: a person with two sessions
-can be in a room with one and not the other.  Each delivered line is
-formatted once and the same bytes pushed to every recipient.
+can be in a room with one and not the other.  The hub delivers messages the
+store has already accepted; each is formatted once and the same bytes
+pushed to every session that gets it.
 """
 
 from __future__ import annotations
 
-import itertools
-
 from zope.interface import implementer
 
 from secmsg import wire
-from secmsg.errors import NotFound, NotPermitted
+from secmsg.errors import NotFound
 from secmsg.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.messages import Kind, Stored
 
 
 @implementer(IHub)
 class InProcessHub:
     """
     Routing for one daemon, held in memory.
-
-    Message ids count up from 1 for the life of the process.
     """
 
     def __init__(self) -> None:
         self._avatars: dict[IPeer, ISessionAvatar] = {}
         self._by_identity: dict[str, list[IPeer]] = {}
         self._rooms: dict[str, dict[IPeer, str]] = {}
-        self._ids = itertools.count(1)
 
     def attach(self, avatar: ISessionAvatar, peer: IPeer) -> None:
         self._avatars[peer] = avatar
@@ -74,33 +71,29 @@ class InProcessHub:
             raise NotFound(f"you are not in {room}")
         self._leave(peer, room)
 
-    def send_direct(self, sender: str, recipient: str, text: str) -> str:
-        peers = self._by_identity.get(recipient)
-        if not peers:
-            raise NotFound(f"{recipient} is not online")
-        message_id = self._next_id()
-        line = wire.push("MSG", message_id, sender, text)
-        for peer in list(peers):
-            peer.push(line)
-        return message_id
+    def in_room(self, peer: IPeer, room: str) -> bool:
+        return peer in self._rooms.get(room, {})
 
-    def say(self, peer: IPeer, sender: str, room: str, text: str) -> str:
-        members = self._rooms.get(room, {})
-        if peer not in members:
-            raise NotPermitted("SAY", sender, f"not a member of {room}")
-        message_id = self._next_id()
-        line = wire.push("SAY", message_id, room, sender, text)
-        for member in list(members):
-            if member is not peer:
-                member.push(line)
-        return message_id
+    def room_identities(self, room: str) -> set[str]:
+        return set(self._rooms.get(room, {}).values())
 
-    def broadcast(self, sender: str, text: str) -> str:
-        message_id = self._next_id()
-        line = wire.push("BROADCAST", message_id, sender, text)
-        for peer in list(self._avatars):
-            peer.push(line)
-        return message_id
+    def is_online(self, identity: str) -> bool:
+        return identity in self._by_identity
+
+    def deliver(self, message: Stored, exclude: IPeer | None = None) -> set[str]:
+        if message.kind is Kind.DIRECT:
+            peers = list(self._by_identity.get(message.target, ()))
+        elif message.kind is Kind.ROOM:
+            peers = list(self._rooms.get(message.target, {}))
+        else:
+            peers = list(self._avatars)
+        line = wire.message_push(message)
+        # Names first: a push may drop a peer that stopped reading, and with
+        # it the peer's entry here.
+        recipients = [(p, self._avatars[p].identity) for p in peers if p is not exclude]
+        for peer, _ in recipients:
+            peer.push(line, message.id)
+        return {identity for _, identity in recipients}
 
     def kick(self, identity: str, by: str, reason: str) -> int:
         peers = list(self._by_identity.get(identity, ()))
@@ -113,6 +106,3 @@ class InProcessHub:
         del members[peer]
         if not members:
             del self._rooms[room]
-
-    def _next_id(self) -> str:
-        return str(next(self._ids))

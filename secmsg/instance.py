@@ -33,11 +33,11 @@ DEVELOPMENT_POLICY = """\
 default_roles = ["user"]
 
 [roles.guest]
-commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
+commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"]
 
 [roles.user]
 inherits = ["guest"]
-commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS"]
+commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]

@@ -9,6 +9,10 @@ it with C{verifyObject}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
@@ -48,10 +52,25 @@ class IPeer(Interface):
         "The peer's verified chain as pyOpenSSL X509 objects, leaf first."
     )
 
-    def push(line: bytes) -> None:
+    def push(line: bytes, message_id: int | None = None) -> None:
         """
         Send a formatted line the peer did not ask for (a message, a
         notice).  Does nothing once the session is closing.
+
+        @param message_id: the id of the stored message the line delivers,
+            so that a session catching up at login can tell it has it.
+        """
+
+    def hold() -> None:
+        """
+        Keep pushed messages back until L{release}: the session is about to
+        be sent what waited for it, which must come first.
+        """
+
+    def release(waiting: Sequence[tuple[int, bytes]]) -> None:
+        """
+        Send the C{(id, line)} messages that waited, then those held back
+        that were not among them, and push as usual from then on.
         """
 
     def close(reason: str) -> None:
@@ -112,32 +131,109 @@ class IHub(Interface):
         @raise secmsg.errors.NotFound: it was not in the room.
         """
 
-    def send_direct(sender: str, recipient: str, text: str) -> str:
+    def in_room(peer: IPeer, room: str) -> bool:
         """
-        Deliver a direct message to every session of C{recipient}.
-
-        @return: the message id.
-        @raise secmsg.errors.NotFound: the recipient has no session.
+        Whether a session is in a room.
         """
 
-    def say(peer: IPeer, sender: str, room: str, text: str) -> str:
+    def room_identities(room: str) -> set[str]:
         """
-        Deliver a line to every session in C{room} but the sender's.
-
-        @return: the message id.
-        @raise secmsg.errors.NotPermitted: the session is not in the room.
+        The identities with a session in C{room}.
         """
 
-    def broadcast(sender: str, text: str) -> str:
+    def is_online(identity: str) -> bool:
         """
-        Deliver a line to every session.
+        Whether C{identity} has a session.
+        """
 
-        @return: the message id.
+    def deliver(message: Any, exclude: IPeer | None = None) -> set[str]:
+        """
+        Push a stored L{secmsg.messages.Stored} message to the sessions it
+        is for: the recipient's, the room's members', or every one, but
+        C{exclude}.
+
+        @return: the identities whose sessions it was pushed to.
         """
 
     def kick(identity: str, by: str, reason: str) -> int:
         """
         Kick every session of C{identity}; return how many there were.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    Where accepted messages are kept until their recipients have them, and
+    for history.  Every method answers with a Deferred, since a durable
+    store works off the reactor's thread; a write fires only once it is
+    committed, and fails with L{secmsg.errors.StoreError} if it could not
+    be.  Two providers: SQLite in the data directory, and memory for tests.
+    """
+
+    def accept(draft: Any, recipients: Sequence[str]) -> Deferred:
+        """
+        Store a L{secmsg.messages.Draft} with a mailbox entry for each of
+        C{recipients}; fire with the L{secmsg.messages.Stored} message.
+        """
+
+    def pending(identity: str) -> Deferred:
+        """
+        Fire with the L{secmsg.messages.Pending} messages of C{identity}'s
+        mailbox that it has not acknowledged, oldest first.
+        """
+
+    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred:
+        """
+        Note that each C{(identity, message id)} was pushed to a session of
+        that identity, so that a later delivery of it is marked as a repeat.
+        """
+
+    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred:
+        """
+        Mark one message of C{identity}'s mailbox, or with C{up_to} every
+        one up to and including it, as received; fire with how many were
+        not acknowledged before.
+
+        @raise secmsg.errors.NotFound: (as the Deferred's failure) the
+            message is not in C{identity}'s mailbox.
+        """
+
+    def room_history(room: str, limit: int) -> Deferred:
+        """
+        Fire with the newest C{limit} messages said in C{room}, oldest first.
+        """
+
+    def conversation(identity: str, other: str, limit: int) -> Deferred:
+        """
+        Fire with the newest C{limit} direct messages between two
+        identities, either way, oldest first.
+        """
+
+    def remember(identity: str, when: Any) -> Deferred:
+        """
+        Note that C{identity} logged in, so that messages to it are kept
+        while it is offline.
+        """
+
+    def knows(identity: str) -> bool:
+        """
+        Whether C{identity} has ever logged in; answered from memory.
+        """
+
+    def identities() -> frozenset[str]:
+        """
+        Every identity that has ever logged in; answered from memory.
+        """
+
+    def purge(now: Any, retention: Any) -> Deferred:
+        """
+        Remove what L{secmsg.messages.Retention} no longer keeps; fire with
+        how many messages went.
+        """
+
+    def close() -> Deferred:
+        """
+        Finish what was submitted and release the store.
         """
 
 

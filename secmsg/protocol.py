@@ -13,6 +13,8 @@ to a bound, and answered after the greeting.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
@@ -47,8 +49,24 @@ BACKLOG_LIMIT = 1 << 20
 """Bytes of messages pushed to a peer that has stopped reading before it is
 dropped: a reader that never reads must not make the daemon hold its mail."""
 
+PIPELINE_DEPTH = 64
+"""Commands of one session in progress at once: a client may send many
+without waiting, and the daemon stops reading it while this many wait for
+the store."""
+
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
+
+
+@dataclass
+class _Reply:
+    """
+    A reply's place in a session's order: its bytes once ready, and whether
+    the session ends after it (QUIT).
+    """
+
+    finishes: bool
+    data: bytes | None = None
 
 
 def describe_address(address: IAddress) -> str:
@@ -98,6 +116,10 @@ class SessionProtocol(Protocol):
         self._refusal: CertificateRefused | None = None
         self._handshake_done = False
         self._logout = None
+        self._replies: deque[_Reply] = deque()
+        self._answering = False
+        self._throttled = False
+        self._held: list[tuple[int, bytes]] | None = None
         self._finishing = False
         self._closing = False
         self._lost = False
@@ -153,6 +175,7 @@ class SessionProtocol(Protocol):
         )
         self.transport.registerProducer(self, True)
         self._producing = True
+        self._commands.logged_in(self)
         early, self._early = bytes(self._early), bytearray()
         self._receive(early)
 
@@ -190,8 +213,42 @@ class SessionProtocol(Protocol):
         self._answer_waiting()
 
     def _answer_waiting(self) -> None:
-        while self._frames and not self._paused and not self._closing:
-            self._answer(self._frames.popleft())
+        """
+        Answer the lines read, in order, while the peer reads its replies
+        and its pipeline of unanswered commands has room.
+        """
+        if self._answering:
+            # A reply settled while a line was being answered; the loop
+            # below goes on by itself.
+            return
+        self._answering = True
+        try:
+            while (
+                self._frames
+                and not self._paused
+                and not self._closing
+                and not self._finishing
+                and len(self._replies) < PIPELINE_DEPTH
+            ):
+                self._answer(self._frames.popleft())
+        finally:
+            self._answering = False
+        self._throttle()
+
+    def _throttle(self) -> None:
+        """
+        Stop reading the peer while its pipeline is full, so that a client
+        cannot queue unbounded work behind a slow store; read on once it
+        drains.
+        """
+        full = len(self._replies) >= PIPELINE_DEPTH
+        if full and not self._throttled:
+            self._throttled = True
+            self.transport.pauseProducing()
+        elif not full and self._throttled:
+            self._throttled = False
+            if not self._paused and not self._closing:
+                self.transport.resumeProducing()
 
     def pauseProducing(self) -> None:
         """
@@ -207,7 +264,7 @@ class SessionProtocol(Protocol):
         self._paused = False
         self._backlog = 0
         self._answer_waiting()
-        if not self._paused and not self._closing:
+        if not self._paused and not self._closing and not self._throttled:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -218,7 +275,8 @@ class SessionProtocol(Protocol):
 
     def _answer(self, frame: bytes | object) -> None:
         """
-        Write the one reply a framed line gets (a blank line gets none).
+        Queue the one reply a framed line gets (a blank line gets none); it
+        is written once it and every reply before it are ready.
         """
         verb = "?"
         try:
@@ -230,17 +288,39 @@ class SessionProtocol(Protocol):
             verb, rest = wire.split_verb(text)
             self.avatar.authorize(verb)
             response = self._commands.run(self, verb, wire.parse_arguments(verb, rest))
-        except CommandError as error:
-            self._log_refusal(verb, error)
-            response = wire.reply(error.code, error.text)
         except Exception:  # noqa: BLE001 -- one bad command must not end the daemon
-            log.failure("internal error answering {verb}", verb=verb)
-            response = wire.reply(500, "internal error")
-        if self._closing:
-            return
-        self.transport.write(response)
-        if self._finishing:
-            self._end()
+            response = self._failed(Failure(), verb)
+        entry = _Reply(finishes=self._finishing)
+        self._replies.append(entry)
+        if isinstance(response, defer.Deferred):
+            response.addErrback(self._failed, verb)
+            response.addCallback(self._settle, entry)
+        else:
+            self._settle(response, entry)
+
+    def _failed(self, failure: Failure, verb: str) -> bytes:
+        """
+        The reply to a command that failed: its error's, or 500 for a fault
+        of ours, which is logged.
+        """
+        if isinstance(failure.value, CommandError):
+            self._log_refusal(verb, failure.value)
+            return wire.reply(failure.value.code, failure.value.text)
+        log.failure("internal error answering {verb}", failure, verb=verb)
+        return wire.reply(500, "internal error")
+
+    def _settle(self, response: bytes, entry: _Reply) -> None:
+        entry.data = response
+        while self._replies and self._replies[0].data is not None:
+            ready = self._replies.popleft()
+            if self._closing:
+                self._replies.clear()
+                return
+            self.transport.write(ready.data)
+            if ready.finishes:
+                self._end()
+                return
+        self._answer_waiting()
 
     def _log_refusal(self, verb: str, error: CommandError) -> None:
         identity = self.avatar.identity
@@ -263,7 +343,26 @@ class SessionProtocol(Protocol):
     def finish(self) -> None:
         self._finishing = True
 
-    def push(self, line: bytes) -> None:
+    def push(self, line: bytes, message_id: int | None = None) -> None:
+        if self._held is not None and message_id is not None:
+            self._held.append((message_id, line))
+            return
+        self._push_now(line)
+
+    def hold(self) -> None:
+        self._held = []
+
+    def release(self, waiting: Sequence[tuple[int, bytes]]) -> None:
+        sent = set()
+        for message_id, line in waiting:
+            self._push_now(line)
+            sent.add(message_id)
+        held, self._held = self._held or [], None
+        for message_id, line in held:
+            if message_id not in sent:
+                self._push_now(line)
+
+    def _push_now(self, line: bytes) -> None:
         if self._closing:
             return
         if self._paused:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import (
@@ -23,8 +24,11 @@ from twisted.python.failure import Failure
 
 from secmsg import __version__
 from secmsg.errors import ConfigurationError
+from secmsg.interfaces import IMessageStore
+from secmsg.messages import Retention
 from secmsg.protocol import SessionFactory, describe_address
 from secmsg.reload import ReloadReport
+from secmsg.tls import clock_time
 
 log = Logger()
 
@@ -52,6 +56,7 @@ class SecmsgService(Service):
         sessions: SessionFactory,
         reactor: Any,
         reload: Callable[[], ReloadReport],
+        store: IMessageStore,
     ) -> None:
         """
         @param reactor: provides L{IReactorTime} and
@@ -62,6 +67,7 @@ class SecmsgService(Service):
         self._sessions = sessions
         self._reactor: IReactorTime = reactor
         self._reload = reload
+        self._store = store
         self._port: IListeningPort | None = None
         self._previous_hangup: Any = None
 
@@ -118,5 +124,41 @@ class SecmsgService(Service):
         closed = self._sessions.close_all("server shutting down")
         closed.addTimeout(SHUTDOWN_GRACE, self._reactor)
         closed.addErrback(lambda failure: failure.trap(defer.TimeoutError))
+        # The store closes last: what the sessions sent before they closed
+        # is committed first.
+        closed.addCallback(lambda _: self._store.close())
         waits = [closed] if stopped is None else [stopped, closed]
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+PURGE_INTERVAL = 3600.0
+"""Seconds between two purges of what retention no longer keeps."""
+
+
+class RetentionService(TimerService):
+    """
+    Purges the store at startup and every L{PURGE_INTERVAL} after.
+    """
+
+    def __init__(
+        self, store: IMessageStore, clock: IReactorTime, retention: Retention
+    ) -> None:
+        super().__init__(PURGE_INTERVAL, self.purge)
+        self.clock = clock
+        self._store = store
+        self._retention = retention
+
+    def purge(self) -> defer.Deferred[None]:
+        """
+        Remove what is past its age or count; log what went, or why not.
+        """
+        purged = self._store.purge(clock_time(self.clock), self._retention)
+        purged.addCallbacks(self._purged, self._purge_failed)
+        return purged
+
+    def _purged(self, count: int) -> None:
+        if count:
+            log.info("retention: removed {count} old message(s)", count=count)
+
+    def _purge_failed(self, failure: Failure) -> None:
+        log.error("retention: purge failed: {error}", error=failure.getErrorMessage())

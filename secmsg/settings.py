@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from secmsg.commands import HISTORY_MAX
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.identity import IdentityField
+from secmsg.messages import Retention
 from secmsg.wire import MAX_LINE_LENGTH
 
 OPTIONS = (
@@ -31,6 +34,10 @@ OPTIONS = (
     "data-dir",
     "identity",
     "max-line-length",
+    "retention-days",
+    "room-max",
+    "mailbox-max",
+    "history-max",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -54,6 +61,8 @@ class Settings:
     interface: str = "127.0.0.1"
     identity: IdentityField = IdentityField.CN
     max_line_length: int = MAX_LINE_LENGTH
+    retention: Retention = field(default_factory=Retention)
+    history_max: int = HISTORY_MAX
 
 
 def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
@@ -89,6 +98,14 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         max_line_length=_integer(
             merged, origins, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
         ),
+        retention=Retention(
+            max_age=timedelta(
+                days=_integer(merged, origins, "retention-days", 30, 1, 36500)
+            ),
+            room_max=_integer(merged, origins, "room-max", 1000, 1, 10**9),
+            mailbox_max=_integer(merged, origins, "mailbox-max", 1000, 1, 10**9),
+        ),
+        history_max=_integer(merged, origins, "history-max", HISTORY_MAX, 1, 10000),
     )
 
 

@@ -10,9 +10,10 @@ line naming the file and the problem, before anything listens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
@@ -21,13 +22,18 @@ from twisted.python import usage
 
 from secmsg.auth import CertificateChecker, PolicyRealm
 from secmsg.commands import Commands
+from secmsg.delivery import Delivery
 from secmsg.errors import ConfigurationError
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
+from secmsg.interfaces import IMessageStore
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
-from secmsg.service import SecmsgService
+from secmsg.service import RetentionService, SecmsgService
 from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
+from secmsg.store.database import DATABASE_NAME, open_database
+from secmsg.store.sqlite import SQLiteStore, known_identities
+from secmsg.store.worker import ThreadWorker
 from secmsg.tls import TLSFiles, VerifyingServerTLS, clock_time
 
 LISTEN_BACKLOG = 511
@@ -63,6 +69,15 @@ class Options(usage.Options):
             None,
             "Bytes a protocol line may hold. [default: 4096]",
         ],
+        ["retention-days", None, None, "Days messages are kept. [default: 30]"],
+        ["room-max", None, None, "Messages kept per room. [default: 1000]"],
+        [
+            "mailbox-max",
+            None,
+            None,
+            "Direct messages kept per recipient. [default: 1000]",
+        ],
+        ["history-max", None, None, "Most messages HISTORY gives. [default: 200]"],
     ]
 
 
@@ -97,14 +112,16 @@ class Daemon:
     reloader: Reloader
 
 
-def build_daemon(settings: Settings, clock: IReactorTime) -> Daemon:
+def build_daemon(
+    settings: Settings, clock: IReactorTime, store: IMessageStore
+) -> Daemon:
     """
     Load the configuration and wire the daemon's pieces together.
 
     @param clock: the time source for certificate checks and TLS writes.
+    @param store: where messages are kept until their recipients have them.
     @raise ConfigurationError: a file is missing or invalid.
     """
-    prepare_data_dir(settings.data_dir)
     files = ReloadableFiles(
         TLSFiles(settings.cert, settings.key, settings.ca, settings.crl),
         settings.policy,
@@ -116,26 +133,53 @@ def build_daemon(settings: Settings, clock: IReactorTime) -> Daemon:
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
-    sessions = SessionFactory(
-        portal, Commands(hub, reloader.reload), clock, settings.max_line_length
-    )
+    delivery = Delivery(hub, store, clock, lambda: realm.policy.identities)
+    commands = Commands(hub, store, delivery, reloader.reload, settings.history_max)
+    sessions = SessionFactory(portal, commands, clock, settings.max_line_length)
     return Daemon(TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader)
 
 
-def assemble(settings: Settings, reactor: Any) -> SecmsgService:
+def open_store(data_dir: Path, reactor: Any) -> SQLiteStore:
     """
-    The daemon as a service listening on the configured address.
+    The daemon's message store: SQLite in the data directory, worked on
+    its own thread.
 
-    @param reactor: provides TCP listening and the clock.
+    @raise ConfigurationError: the database cannot be used.
+    """
+    connection = open_database(data_dir / DATABASE_NAME)
+    known = known_identities(connection)
+    return SQLiteStore(ThreadWorker(connection, reactor.callFromThread), known)
+
+
+def assemble(settings: Settings, reactor: Any) -> MultiService:
+    """
+    The daemon as a service listening on the configured address, with its
+    message store and the retention that trims it.
+
+    @param reactor: provides TCP listening, threads and the clock.
     @raise ConfigurationError: a file is missing or invalid.
     """
-    daemon = build_daemon(settings, reactor)
+    prepare_data_dir(settings.data_dir)
+    store = open_store(settings.data_dir, reactor)
+    try:
+        daemon = build_daemon(settings, reactor, store)
+    except ConfigurationError:
+        store.close()
+        raise
     endpoint_type = (
         TCP6ServerEndpoint if ":" in settings.interface else TCP4ServerEndpoint
     )
     endpoint = endpoint_type(
         reactor, settings.port, backlog=LISTEN_BACKLOG, interface=settings.interface
     )
-    return SecmsgService(
-        endpoint, daemon.factory, daemon.sessions, reactor, daemon.reloader.reload
-    )
+    service = MultiService()
+    SecmsgService(
+        endpoint,
+        daemon.factory,
+        daemon.sessions,
+        reactor,
+        daemon.reloader.reload,
+        store,
+    ).setServiceParent(service)
+    RetentionService(store, reactor, settings.retention).setServiceParent(service)
+    return service

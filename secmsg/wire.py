@@ -14,8 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from secmsg.errors import LineTooLong, Malformed, UnknownCommand
+from secmsg.messages import Kind, Stored
 
 MAX_LINE_LENGTH = 4096
 """Bytes a line may hold by default, its line ending excluded."""
@@ -35,6 +37,8 @@ _FORBIDDEN = re.compile(
 )
 
 _VERB = re.compile(r"[A-Za-z]{1,32}")
+_MESSAGE_ID = re.compile(r"[1-9][0-9]{0,17}")
+_COUNT = re.compile(r"[1-9][0-9]{0,5}")
 
 
 class _Overlong:
@@ -137,6 +141,33 @@ def push(*fields: str) -> bytes:
     Format a line the server sends unasked: an upper-case word and fields.
     """
     return (" ".join(fields) + "\n").encode("utf-8")
+
+
+def format_time(moment: datetime) -> str:
+    """
+    A message's time as the protocol writes it: UTC, to the second.
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def message_fields(message: Stored) -> list[str]:
+    """
+    The fields of a stored message after its verb: id and time, the room of
+    a room message, the sender, the text.
+    """
+    fields = [str(message.id), format_time(message.created)]
+    if message.kind is Kind.ROOM:
+        fields.append(message.target)
+    return [*fields, message.sender, message.text]
+
+
+def message_push(message: Stored, redelivery: bool = False) -> bytes:
+    """
+    Format the push that delivers a stored message; a repeat of one pushed
+    before starts with C{REDELIVERED}, so that a client can drop it by id.
+    """
+    words = ["REDELIVERED"] if redelivery else []
+    return push(*words, message.kind.value, *message_fields(message))
 
 
 def reply(code: int, text: str) -> bytes:
@@ -244,6 +275,25 @@ def _text(rest: str) -> tuple[str, ...] | None:
     return (rest,) if rest.strip(" \t") else None
 
 
+def _acknowledgement(rest: str) -> tuple[str, ...] | None:
+    parts = rest.split()
+    if len(parts) == 2 and parts[0].upper() == "UPTO":
+        parts = ["UPTO", parts[1]]
+    if len(parts) not in (1, 2) or not _MESSAGE_ID.fullmatch(parts[-1]):
+        return None
+    return tuple(parts)
+
+
+def _history(rest: str) -> tuple[str, ...] | None:
+    parts = rest.split()
+    if not 1 <= len(parts) <= 2:
+        return None
+    target = _room(parts[0]) if parts[0].startswith("#") else _identity(parts[0])
+    if target is None or (len(parts) == 2 and not _COUNT.fullmatch(parts[1])):
+        return None
+    return (target, *parts[1:])
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     """
@@ -279,6 +329,16 @@ COMMANDS: dict[str, CommandSpec] = {
     ),
     "BROADCAST": CommandSpec("BROADCAST <text>", "send a line to everyone", _text),
     "RELOAD": CommandSpec("RELOAD", "re-read the policy, CA bundle and CRL", _nothing),
+    "ACK": CommandSpec(
+        "ACK [UPTO] <id>",
+        "confirm you have a message (UPTO: and every one before it)",
+        _acknowledgement,
+    ),
+    "HISTORY": CommandSpec(
+        "HISTORY #room|<identity> [n]",
+        "the last n messages of a room, or between you and someone",
+        _history,
+    ),
 }
 """Every verb secmsg knows, in the order HELP lists them."""
 
@@ -309,17 +369,21 @@ class ReplyLine:
 @dataclass(frozen=True)
 class PushLine:
     """
-    A line the server sent unasked, split into its fields: C{MSG} id, sender
-    and text; C{SAY} id, room, sender and text; C{BROADCAST} id, sender and
-    text; C{KICKED} kicker and reason; C{CLOSED} reason.  A line of no kind
-    the client knows has C{kind} C{""} and the whole line as its field.
+    A line the server sent unasked, split into its fields: C{MSG} id, time,
+    sender and text; C{SAY} id, time, room, sender and text; C{BROADCAST}
+    id, time, sender and text; C{KICKED} kicker and reason; C{CLOSED}
+    reason.  A line of no kind the client knows has C{kind} C{""} and the
+    whole line as its field.
+
+    @ivar redelivery: the message was pushed before (C{REDELIVERED} prefix).
     """
 
     kind: str
     fields: tuple[str, ...]
+    redelivery: bool = False
 
 
-PUSH_WORDS = {"MSG": 2, "SAY": 3, "BROADCAST": 2, "KICKED": 1, "CLOSED": 0}
+PUSH_WORDS = {"MSG": 3, "SAY": 4, "BROADCAST": 3, "KICKED": 1, "CLOSED": 0}
 """How many single-word fields each push has before its free text."""
 
 _REPLY = re.compile(r"([0-9]{3})([ -])(.*)", re.DOTALL)
@@ -334,11 +398,14 @@ def parse_server_line(text: str) -> ReplyLine | PushLine:
         code, separator, rest = match.groups()
         return ReplyLine(int(code), rest, separator == " ")
     kind, _, rest = text.partition(" ")
+    redelivery = kind == "REDELIVERED"
+    if redelivery:
+        kind, _, rest = rest.partition(" ")
     words = PUSH_WORDS.get(kind)
     if words is not None:
         fields = _words(rest.lstrip(" "), words)
         if len(fields) == words:
             fields.append("")
         if len(fields) == words + 1:
-            return PushLine(kind, tuple(fields))
+            return PushLine(kind, tuple(fields), redelivery)
     return PushLine("", (text,))

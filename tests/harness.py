@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.client_tls import client_tls_options
 from secmsg.settings import Settings
+from secmsg.store.memory import MemoryStore
 from secmsg.tap import Daemon, build_daemon
 from tests.certs import CertificateAuthority, Pair, now
 
@@ -34,11 +35,11 @@ POLICY = """\
 default_roles = ["guest"]
 
 [roles.guest]
-commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
+commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"]
 
 [roles.user]
 inherits = ["guest"]
-commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS"]
+commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]
@@ -134,7 +135,8 @@ class Instance:
         self.write("policy.toml", policy.encode())
         self.clock = Clock()
         self.clock.advance(now().timestamp())
-        self.daemon: Daemon = build_daemon(self.settings(), self.clock)
+        self.store = MemoryStore()
+        self.daemon: Daemon = build_daemon(self.settings(), self.clock, self.store)
         self._pumps: list[IOPump] = []
         self._ports = iter(range(40000, 50000))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from cryptography import x509
 from twisted.cred.checkers import ICredentialsChecker
@@ -20,13 +21,22 @@ from twisted.internet.testing import StringTransport
 
 from secmsg.auth import CertificateChecker, PolicyRealm
 from secmsg.commands import Commands
+from secmsg.delivery import Delivery
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
+from secmsg.interfaces import IMessageStore
 from secmsg.policy import parse_policy
 from secmsg.protocol import SessionFactory, SessionProtocol
 from secmsg.reload import ReloadReport
+from secmsg.store.memory import MemoryStore
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY
+
+MOMENT = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
+"""The clock's time in these sessions: messages sent now carry it."""
+
+STAMP = "2026-06-01T09:30:05Z"
+"""L{MOMENT} as the protocol writes it."""
 
 
 class VerifiedTransport(StringTransport):
@@ -85,15 +95,22 @@ class Network:
         policy: str = POLICY,
         reload: Callable[[], ReloadReport] | None = None,
         checker: ICredentialsChecker | None = None,
+        store: IMessageStore | None = None,
     ) -> None:
         self.ca = CertificateAuthority()
         self.hub = InProcessHub()
+        self.store = store or MemoryStore()
         realm = PolicyRealm(parse_policy(tomllib.loads(policy), "test"), self.hub)
         portal = Portal(realm, [checker or CertificateChecker(IdentityRule())])
         self.clock = Clock()
-        self.factory = SessionFactory(
-            portal, Commands(self.hub, reload or (lambda: ReloadReport())), self.clock
+        self.clock.advance(MOMENT.timestamp())
+        delivery = Delivery(
+            self.hub, self.store, self.clock, lambda: realm.policy.identities
         )
+        commands = Commands(
+            self.hub, self.store, delivery, reload or (lambda: ReloadReport())
+        )
+        self.factory = SessionFactory(portal, commands, self.clock)
         self._ports = iter(range(50000, 60000))
 
     def connect(self, identity: str, early: bytes = b"") -> Session:

@@ -19,10 +19,12 @@ from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
 from secmsg.client_command import SendOptions, parse_address
 from secmsg.client_tls import client_tls_options
 from secmsg.display import help_commands, show_push, show_reply
+from secmsg.tls import clock_time
 from tests.certs import SERVER_AUTH, CertificateAuthority, Pair, self_signed
 from tests.harness import Instance
 
 WHEN = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
+SENT = "2026-06-01T09:29:00Z"
 
 
 class ClientSessionTests(SynchronousTestCase):
@@ -75,10 +77,11 @@ class ClientSessionTests(SynchronousTestCase):
         # The push arrived before anyone listened; it waited for a listener.
         pushes: list[wire.PushLine] = []
         session.listen(pushes.append)
-        self.assertEqual(pushes, [wire.PushLine("MSG", ("1", "bob", "hi there"))])
+        sent = wire.format_time(clock_time(self.instance.clock))
+        self.assertEqual(pushes, [wire.PushLine("MSG", ("1", sent, "bob", "hi there"))])
         bob.command(b"MSG alice again")
         self.instance.flush()
-        self.assertEqual(pushes[-1], wire.PushLine("MSG", ("2", "bob", "again")))
+        self.assertEqual(pushes[-1], wire.PushLine("MSG", ("2", sent, "bob", "again")))
 
     def test_quit_ends_ok(self) -> None:
         """
@@ -209,15 +212,26 @@ class _AbortRecorder:
 class DisplayTests(SynchronousTestCase):
     def test_pushes_show_who_where_and_when(self) -> None:
         """
-        Each push reads as a sentence with its local time.
+        Each push reads as a sentence with the time it was sent (and its
+        date if not today), a repeat says so; a notice has the time it
+        arrived.
         """
         self.assertEqual(
-            show_push(wire.PushLine("MSG", ("7", "bob", "hi")), WHEN),
-            "[09:30:05] bob to you: hi",
+            show_push(wire.parse_server_line(f"MSG 7 {SENT} bob hi"), WHEN),
+            "[09:29:00] bob to you: hi",
         )
         self.assertEqual(
-            show_push(wire.PushLine("SAY", ("8", "#ops", "bob", "hi")), WHEN),
-            "[09:30:05] #ops <bob> hi",
+            show_push(
+                wire.parse_server_line(f"REDELIVERED SAY 8 {SENT} #ops bob hi"), WHEN
+            ),
+            "[09:29:00] #ops <bob> hi (again)",
+        )
+        self.assertEqual(
+            show_push(
+                wire.parse_server_line("BROADCAST 9 2026-05-30T23:00:00Z admin up"),
+                WHEN,
+            ),
+            "[2026-05-30 23:00:00] admin to everyone: up",
         )
         self.assertEqual(
             show_push(wire.PushLine("KICKED", ("admin", "")), WHEN),
@@ -229,10 +243,13 @@ class DisplayTests(SynchronousTestCase):
         A hostile server's escape sequences, bidi overrides and line
         separators reach the screen as visible escapes.
         """
-        line = wire.parse_server_line("MSG 1 eve\x1b[2J \x1b]0;owned\x07\u202e\u2028x")
+        line = wire.parse_server_line(
+            "MSG 1 \x1b[1m eve\x1b[2J \x1b]0;owned\x07\u202e\u2028x"
+        )
         shown = show_push(line, WHEN)
         self.assertEqual(
-            shown, "[09:30:05] eve\\x1b[2J to you: \\x1b]0;owned\\x07\\u202e\\u2028x"
+            shown,
+            "[09:30:05] eve\\x1b[2J to you: \\x1b]0;owned\\x07\\u202e\\u2028x",
         )
         self.assertEqual(
             show_reply([wire.ReplyLine(500, "\x9b31m", True)]), ["error 500: \\x9b31m"]

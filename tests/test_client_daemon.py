@@ -84,9 +84,9 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
                 "send", self.address, *self.as_user("alice"), "--to", "bob", "hi bob"
             )
             self.assertEqual((sent.returncode, sent.stderr), (0, ""))
-            self.assertEqual(lines.readline(), b"MSG 1 alice hi bob\n")
+            self.assertRegex(lines.readline(), rb"^MSG 1 \S+Z alice hi bob\n$")
         cases = [
-            (self.as_user("alice"), ["--to", "zed"], 6, "404 zed is not online"),
+            (self.as_user("alice"), ["--to", "zed"], 6, "404 no such identity zed"),
             (self.as_user("guest1"), ["--to", "bob"], 5, "403 MSG not permitted"),
             (
                 self.as_user("carol"),
@@ -206,7 +206,8 @@ class HostileServer:
 
     LINES = (
         b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
-        b"MSG 1 eve \x1b]0;owned\x07\x1b[2Jcleared \xe2\x80\xae reversed\n"
+        b"MSG 1 2026-06-01T09:29:00Z eve "
+        b"\x1b]0;owned\x07\x1b[2Jcleared \xe2\x80\xae reversed\n"
     )
 
     def __init__(self, testcase: SynchronousTestCase, directory: Path) -> None:
@@ -251,7 +252,8 @@ class HostileServerTests(SynchronousTestCase):
         self.assertEqual(
             result.stdout.splitlines()[1:],
             [
-                "MSG 1 eve \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e reversed",
+                "MSG 1 2026-06-01T09:29:00Z eve "
+                "\\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e reversed",
                 "200 \\x1b[31mPONG\\x9b1m \ufffd1m",
             ],
         )

@@ -240,7 +240,10 @@ class DaemonTests(SynchronousTestCase):
             self.assertIn(b"you are alice", lines.readline())
             alice.sendall(b"MSG bob hello bob\n")
             self.assertEqual(lines.readline(), b"250 1\n")
-            self.assertEqual(bob_lines.readline(), b"MSG 1 alice hello bob\n")
+            self.assertRegex(
+                bob_lines.readline(),
+                rb"^MSG 1 \d{4}-\d\d-\d\dT[\d:]{8}Z alice hello bob\n$",
+            )
             self.daemon.terminate()
             self.assertEqual(bob_lines.readline(), b"CLOSED server shutting down\n")
             self.assertEqual(lines.readline(), b"CLOSED server shutting down\n")

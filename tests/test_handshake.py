@@ -273,6 +273,7 @@ class PolicyLoginTests(SynchronousTestCase):
         instance.daemon = build_daemon(
             dataclasses.replace(instance.settings(), identity=IdentityField.SAN_EMAIL),
             instance.clock,
+            instance.store,
         )
         client = instance.connect(pair)
         self.assertEqual(

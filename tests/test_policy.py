@@ -36,7 +36,8 @@ class GrantTests(SynchronousTestCase):
         grant = parse(POLICY).grant_for("zoe")
         self.assertEqual(grant.roles, ("guest",))
         self.assertEqual(
-            grant.commands, frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT"})
+            grant.commands,
+            frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"}),
         )
 
     def test_empty_default_roles_refuse_unlisted(self) -> None:

@@ -14,10 +14,12 @@ from zope.interface.verify import verifyObject
 from secmsg import wire
 from secmsg.auth import CertificateChecker, PolicyRealm, SessionAvatar
 from secmsg.commands import Commands
+from secmsg.delivery import Delivery
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
 from secmsg.reload import ReloadReport
+from secmsg.store.memory import MemoryStore
 from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
 from tests.certs import now
 from tests.harness import Instance
@@ -72,5 +74,7 @@ class SeamTests(SynchronousTestCase):
         """
         The grammar and the handlers know the same verbs.
         """
-        commands = Commands(InProcessHub(), ReloadReport)
+        hub, store = InProcessHub(), MemoryStore()
+        delivery = Delivery(hub, store, Clock(), frozenset)
+        commands = Commands(hub, store, delivery, ReloadReport)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

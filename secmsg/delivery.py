@@ -1,0 +1,145 @@
+"""
+What happens to a message between its sender and its recipients: stored
+first, pushed after, and kept until acknowledged.
+
+A message is committed to the store before anyone is told of it: only
+then does the sender get its 250 and the online recipients their push.
+Each recipient has a mailbox entry until it acknowledges the message, so
+that an identity that was offline, or whose session ended before it said
+ACK, gets it at its next login, ahead of anything newer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from secmsg import wire
+from secmsg.interfaces import IHub, IMessageStore, IPeer
+from secmsg.messages import Draft, Kind, Pending, Stored
+from secmsg.tls import clock_time
+
+log = Logger()
+
+
+class Delivery:
+    """
+    Sends accepted messages through the store and the hub, and catches a
+    session up at login.
+
+    @param listed: the identities the policy names, which are known even
+        before they first log in.
+    """
+
+    def __init__(
+        self,
+        hub: IHub,
+        store: IMessageStore,
+        clock: IReactorTime,
+        listed: Callable[[], Collection[str]],
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._clock = clock
+        self._listed = listed
+
+    def is_known(self, identity: str) -> bool:
+        """
+        Whether messages to C{identity} are kept while it is offline: it is
+        named by the policy, has logged in before, or is online now.
+        """
+        return (
+            identity in self._listed()
+            or self._store.knows(identity)
+            or self._hub.is_online(identity)
+        )
+
+    def send(
+        self, kind: Kind, sender: IPeer, identity: str, target: str, text: str
+    ) -> defer.Deferred[Stored]:
+        """
+        Store a message with an entry for each recipient, then push it.
+
+        @param sender: the sending session, which a room message skips.
+        @return: fires with the stored message once it is committed.
+        """
+        recipients = self._recipients(kind, identity, target)
+        draft = Draft(kind, identity, target, text, clock_time(self._clock))
+        accepted = self._store.accept(draft, sorted(recipients))
+        accepted.addCallback(self._push, sender, recipients)
+        return accepted
+
+    def _recipients(self, kind: Kind, identity: str, target: str) -> set[str]:
+        if kind is Kind.DIRECT:
+            return {target}
+        if kind is Kind.ROOM:
+            everyone = self._hub.room_identities(target)
+        else:
+            everyone = {
+                *self._listed(),
+                *self._store.identities(),
+                *self._hub.online(),
+            }
+        return everyone - {identity}
+
+    def _push(self, message: Stored, sender: IPeer, recipients: set[str]) -> Stored:
+        exclude = sender if message.kind is Kind.ROOM else None
+        reached = self._hub.deliver(message, exclude) & recipients
+        if reached:
+            self._note_delivered([(identity, message.id) for identity in reached])
+        return message
+
+    def catch_up(self, peer: IPeer, identity: str) -> defer.Deferred[None]:
+        """
+        Send a session that has just logged in what waits in its mailbox,
+        oldest first and before anything pushed meanwhile; note that the
+        identity is known from now on.
+        """
+        self._store.remember(identity, clock_time(self._clock)).addErrback(
+            self._log_failure, "remember", identity
+        )
+        peer.hold()
+        waiting = self._store.pending(identity)
+        waiting.addCallbacks(
+            self._release,
+            self._catch_up_failed,
+            callbackArgs=(peer, identity),
+            errbackArgs=(peer, identity),
+        )
+        return waiting
+
+    def _release(self, pending: list[Pending], peer: IPeer, identity: str) -> None:
+        peer.release(
+            [
+                (p.message.id, wire.message_push(p.message, p.redelivery))
+                for p in pending
+            ]
+        )
+        if pending:
+            log.info(
+                "delivered {count} waiting message(s) to {identity}",
+                count=len(pending),
+                identity=identity,
+            )
+            self._note_delivered([(identity, p.message.id) for p in pending])
+
+    def _catch_up_failed(self, failure: Failure, peer: IPeer, identity: str) -> None:
+        peer.release([])
+        self._log_failure(failure, "read the mailbox of", identity)
+
+    def _note_delivered(self, deliveries: list[tuple[str, int]]) -> None:
+        self._store.delivered(deliveries).addErrback(
+            self._log_failure, "note deliveries to", f"{len(deliveries)} recipient(s)"
+        )
+
+    def _log_failure(self, failure: Failure, doing: str, whom: str) -> None:
+        log.error(
+            "message store: could not {doing} {whom}: {error}",
+            doing=doing,
+            whom=whom,
+            error=failure.getErrorMessage(),
+        )

@@ -1,0 +1,105 @@
+"""
+What a message is once accepted, as the store keeps it and the hub and the
+protocol hand it on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+
+class Kind(enum.Enum):
+    """
+    The three kinds of message, named by the verb that sends them.
+    """
+
+    DIRECT = "MSG"
+    ROOM = "SAY"
+    BROADCAST = "BROADCAST"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """
+    A message a sender has sent and the daemon has not yet stored.
+
+    @ivar target: the recipient of a direct message, the room of a room
+        message, C{""} for a broadcast.
+    """
+
+    kind: Kind
+    sender: str
+    target: str
+    text: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Stored:
+    """
+    A message as stored: its draft and the id the store gave it.  Ids are
+    unique and grow in the order messages are accepted, across restarts.
+    """
+
+    id: int
+    kind: Kind
+    sender: str
+    target: str
+    text: str
+    created: datetime
+
+    @classmethod
+    def of(cls, message_id: int, draft: Draft) -> Stored:
+        return cls(
+            message_id,
+            draft.kind,
+            draft.sender,
+            draft.target,
+            draft.text,
+            draft.created,
+        )
+
+
+@dataclass(frozen=True)
+class Pending:
+    """
+    A message waiting in an identity's mailbox, and whether it was pushed
+    to one of its sessions before (so that this delivery is a repeat).
+    """
+
+    message: Stored
+    redelivery: bool
+
+
+@dataclass(frozen=True)
+class Retention:
+    """
+    How long and how much the store keeps.
+
+    @ivar max_age: messages older than this go, acknowledged or not.
+    @ivar room_max: the newest this many messages of each room stay.
+    @ivar mailbox_max: the newest this many direct messages to each
+        identity stay.  Count limits never remove a message someone has not
+        acknowledged yet.
+    """
+
+    max_age: timedelta = timedelta(days=30)
+    room_max: int = 1000
+    mailbox_max: int = 1000
+
+
+def to_microseconds(moment: datetime) -> int:
+    """
+    A time as the store keeps it: whole microseconds since the epoch, UTC.
+    """
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_microseconds(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

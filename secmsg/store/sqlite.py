@@ -1,0 +1,232 @@
+"""
+The message store in SQLite, in the daemon's data directory.
+
+Every method turns into a job for the store's worker
+(L{secmsg.store.worker}), which runs it off the reactor's thread and fires
+its Deferred once the transaction that holds it has committed.  The
+identities that have logged in are also kept in memory, so that the
+protocol can ask whether an identity is known without waiting.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from secmsg.errors import NotFound
+from secmsg.interfaces import IMessageStore
+from secmsg.messages import (
+    Draft,
+    Kind,
+    Pending,
+    Retention,
+    Stored,
+    from_microseconds,
+    to_microseconds,
+)
+from secmsg.store.worker import Job
+
+_PENDING = """
+SELECT m.id, m.kind, m.sender, m.target, m.body, m.created, b.delivered
+FROM mailbox b JOIN messages m ON m.id = b.message_id
+WHERE b.recipient = ? AND b.acknowledged = 0 ORDER BY m.id
+"""
+
+_ACKNOWLEDGE_ONE = """
+UPDATE mailbox SET acknowledged = 1, delivered = 1
+WHERE recipient = ? AND acknowledged = 0 AND message_id = ?
+"""
+
+_ACKNOWLEDGE_UP_TO = """
+UPDATE mailbox SET acknowledged = 1, delivered = 1
+WHERE recipient = ? AND acknowledged = 0 AND message_id <= ?
+"""
+
+_ROOM_HISTORY = """
+SELECT id, kind, sender, target, body, created FROM messages
+WHERE kind = 'SAY' AND target = ? ORDER BY id DESC LIMIT ?
+"""
+
+_CONVERSATION = """
+SELECT id, kind, sender, target, body, created FROM messages
+WHERE kind = 'MSG' AND ((sender = ? AND target = ?) OR (sender = ? AND target = ?))
+ORDER BY id DESC LIMIT ?
+"""
+
+
+class Worker(Protocol):
+    """
+    What runs the store's jobs: L{secmsg.store.worker.ThreadWorker} in the
+    daemon, L{secmsg.store.worker.ImmediateWorker} in tests.
+    """
+
+    def submit(self, job: Job) -> defer.Deferred[Any]: ...
+
+    def stop(self) -> None: ...
+
+
+@implementer(IMessageStore)
+class SQLiteStore:
+    """
+    Messages and mailboxes in one SQLite database, through one worker.
+    """
+
+    def __init__(self, worker: Worker, known: set[str]) -> None:
+        """
+        @param known: the identities that have logged in, as
+            L{known_identities} read them at startup.
+        """
+        self._worker = worker
+        self._known = known
+
+    def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
+        def job(connection: sqlite3.Connection) -> Stored:
+            cursor = connection.execute(
+                "INSERT INTO messages (kind, sender, target, body, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    draft.kind.value,
+                    draft.sender,
+                    draft.target,
+                    draft.text,
+                    to_microseconds(draft.created),
+                ),
+            )
+            message_id = cursor.lastrowid
+            connection.executemany(
+                "INSERT INTO mailbox (recipient, message_id) VALUES (?, ?)",
+                [(recipient, message_id) for recipient in recipients],
+            )
+            return Stored.of(message_id, draft)
+
+        return self._worker.submit(job)
+
+    def pending(self, identity: str) -> defer.Deferred[list[Pending]]:
+        def job(connection: sqlite3.Connection) -> list[Pending]:
+            rows = connection.execute(_PENDING, (identity,))
+            return [Pending(_stored(row[:-1]), bool(row[-1])) for row in rows]
+
+        return self._worker.submit(job)
+
+    def delivered(self, deliveries: Sequence[tuple[str, int]]) -> defer.Deferred[None]:
+        def job(connection: sqlite3.Connection) -> None:
+            connection.executemany(
+                "UPDATE mailbox SET delivered = 1"
+                " WHERE recipient = ? AND message_id = ?",
+                deliveries,
+            )
+
+        return self._worker.submit(job)
+
+    def acknowledge(
+        self, identity: str, message_id: int, up_to: bool
+    ) -> defer.Deferred[int]:
+        def job(connection: sqlite3.Connection) -> int:
+            if not up_to:
+                exists = connection.execute(
+                    "SELECT 1 FROM mailbox WHERE recipient = ? AND message_id = ?",
+                    (identity, message_id),
+                ).fetchone()
+                if exists is None:
+                    raise NotFound(f"no message {message_id} for {identity}")
+            statement = _ACKNOWLEDGE_UP_TO if up_to else _ACKNOWLEDGE_ONE
+            return connection.execute(statement, (identity, message_id)).rowcount
+
+        return self._worker.submit(job)
+
+    def room_history(self, room: str, limit: int) -> defer.Deferred[list[Stored]]:
+        return self._newest(_ROOM_HISTORY, (room, limit))
+
+    def conversation(
+        self, identity: str, other: str, limit: int
+    ) -> defer.Deferred[list[Stored]]:
+        return self._newest(_CONVERSATION, (identity, other, other, identity, limit))
+
+    def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
+        if identity in self._known:
+            return defer.succeed(None)
+        self._known.add(identity)
+
+        def job(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT OR IGNORE INTO identities (name, first_seen) VALUES (?, ?)",
+                (identity, to_microseconds(when)),
+            )
+
+        return self._worker.submit(job)
+
+    def knows(self, identity: str) -> bool:
+        return identity in self._known
+
+    def identities(self) -> frozenset[str]:
+        return frozenset(self._known)
+
+    def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
+        def job(connection: sqlite3.Connection) -> int:
+            oldest = to_microseconds(now - retention.max_age)
+            removed = connection.execute(
+                "DELETE FROM messages WHERE created < ?", (oldest,)
+            ).rowcount
+            for kind, keep in (
+                (Kind.ROOM, retention.room_max),
+                (Kind.DIRECT, retention.mailbox_max),
+            ):
+                removed += connection.execute(
+                    _PURGE_BEYOND_COUNT, (kind.value, keep)
+                ).rowcount
+            return removed
+
+        return self._worker.submit(job)
+
+    def close(self) -> defer.Deferred[None]:
+        self._worker.stop()
+        return defer.succeed(None)
+
+    def _newest(
+        self, query: str, parameters: tuple[str | int, ...]
+    ) -> defer.Deferred[list[Stored]]:
+        """
+        Run a query for the newest messages (newest first, as LIMIT needs)
+        and give them oldest first.
+        """
+
+        def job(connection: sqlite3.Connection) -> list[Stored]:
+            rows = connection.execute(query, parameters).fetchall()
+            return [_stored(row) for row in reversed(rows)]
+
+        return self._worker.submit(job)
+
+
+_PURGE_BEYOND_COUNT = """
+DELETE FROM messages WHERE id IN (
+    SELECT id FROM (
+        SELECT id, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS newer
+        FROM messages WHERE kind = ?
+    )
+    WHERE newer > ?
+    AND NOT EXISTS (
+        SELECT 1 FROM mailbox WHERE message_id = id AND acknowledged = 0
+    )
+)
+"""
+"""Messages of a kind beyond the newest N of their room or recipient, but
+none that someone has yet to acknowledge."""
+
+
+def known_identities(connection: sqlite3.Connection) -> set[str]:
+    """
+    The identities that have logged in, read once at startup.
+    """
+    return {name for (name,) in connection.execute("SELECT name FROM identities")}
+
+
+def _stored(row: Sequence[Any]) -> Stored:
+    message_id, kind, sender, target, body, created = row
+    return Stored(
+        message_id, Kind(kind), sender, target, body, from_microseconds(created)
+    )

@@ -1,0 +1,171 @@
+"""
+The one thread that talks to SQLite, and the group commit that lets
+durability keep up with load.
+
+The reactor hands the worker jobs (functions of a connection) and gets a
+Deferred for each.  The worker takes every job waiting, runs them in one
+transaction, each inside a savepoint of its own so that one job's failure
+does not undo the others, commits once, and only then fires the Deferreds
+back on the reactor's thread.  Under load, many messages share one commit
+(one fsync); when idle, a job is committed alone at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from secmsg.errors import StoreError
+
+BATCH_LIMIT = 512
+"""Jobs one transaction takes at most, so that a burst still commits often."""
+
+Job = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class _Submitted:
+    job: Job
+    done: defer.Deferred[Any] = field(default_factory=defer.Deferred)
+
+
+_STOP = object()
+
+
+class _TransactionLost(Exception):
+    """
+    A job failed and took its whole transaction with it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.__cause__)
+
+
+def run_batch(
+    connection: sqlite3.Connection, jobs: list[Job]
+) -> list[tuple[Any, Exception | None]]:
+    """
+    Run jobs in one transaction and commit it.
+
+    @return: each job's result or the error it raised; if the commit fails
+        (a full disk, say) every job gets a L{StoreError}, since nothing of
+        theirs was kept.
+    """
+    outcomes: list[tuple[Any, Exception | None]] = []
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            outcomes.append(_run_one(connection, job))
+        connection.execute("COMMIT")
+    except (sqlite3.Error, _TransactionLost) as error:
+        with suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        failure = StoreError(f"not stored: {error}")
+        return [(None, failure)] * len(jobs)
+    return outcomes
+
+
+def _run_one(connection: sqlite3.Connection, job: Job) -> tuple[Any, Exception | None]:
+    connection.execute("SAVEPOINT job")
+    try:
+        result = job(connection)
+    except Exception as error:  # one job's fault stays its own
+        if not connection.in_transaction:
+            # SQLite undid the whole transaction (a full disk does that), so
+            # the jobs before this one were lost with it.
+            raise _TransactionLost(error) from error
+        connection.execute("ROLLBACK TO job")
+        connection.execute("RELEASE job")
+        if isinstance(error, sqlite3.Error):
+            error = StoreError(f"not stored: {error}")
+        return None, error
+    connection.execute("RELEASE job")
+    return result, None
+
+
+class ThreadWorker:
+    """
+    Runs jobs on a dedicated thread that owns the connection.
+
+    @param call_from_thread: the reactor's C{callFromThread}, to fire the
+        Deferreds on the reactor's thread.
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        call_from_thread: Callable[..., None],
+        batch_limit: int = BATCH_LIMIT,
+    ) -> None:
+        self._connection = connection
+        self._call_from_thread = call_from_thread
+        self._batch_limit = batch_limit
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name="secmsg-store", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, job: Job) -> defer.Deferred[Any]:
+        """
+        Queue a job; fire with its result once its transaction committed.
+        """
+        submitted = _Submitted(job)
+        self._jobs.put(submitted)
+        return submitted.done
+
+    def stop(self) -> None:
+        """
+        Finish every job submitted, close the connection and end the
+        thread; return once it has ended.
+        """
+        self._jobs.put(_STOP)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._jobs.get()]
+            while len(batch) < self._batch_limit and not self._jobs.empty():
+                batch.append(self._jobs.get())
+            if _STOP in batch:
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                outcomes = run_batch(self._connection, [s.job for s in batch])
+                for submitted, (result, error) in zip(batch, outcomes, strict=True):
+                    self._call_from_thread(_fire, submitted.done, result, error)
+        self._connection.close()
+
+
+class ImmediateWorker:
+    """
+    Runs each job at once on the caller's thread, in a transaction of its
+    own: the SQLite store without a thread, for tests.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def submit(self, job: Job) -> defer.Deferred[Any]:
+        done: defer.Deferred[Any] = defer.Deferred()
+        ((result, error),) = run_batch(self._connection, [job])
+        _fire(done, result, error)
+        return done
+
+    def stop(self) -> None:
+        self._connection.close()
+
+
+def _fire(done: defer.Deferred[Any], result: Any, error: Exception | None) -> None:
+    if error is None:
+        done.callback(result)
+    else:
+        done.errback(error)

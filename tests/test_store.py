@@ -1,0 +1,365 @@
+"""
+The message store: one behaviour, checked against both providers (memory,
+and SQLite without its thread); then what only SQLite has: the schema and
+its upgrade, refusals at open, the worker thread's group commit, and a
+full disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from secmsg.errors import ConfigurationError, NotFound, StoreError
+from secmsg.interfaces import IMessageStore
+from secmsg.messages import Draft, Kind, Retention
+from secmsg.store.database import CURRENT_VERSION, open_database, schema
+from secmsg.store.memory import MemoryStore
+from secmsg.store.sqlite import SQLiteStore, known_identities
+from secmsg.store.worker import ImmediateWorker, ThreadWorker, run_batch
+from tests.harness import temporary_directory
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def direct(sender: str, recipient: str, text: str, when: datetime = NOW) -> Draft:
+    return Draft(Kind.DIRECT, sender, recipient, text, when)
+
+
+def said(sender: str, room: str, text: str, when: datetime = NOW) -> Draft:
+    return Draft(Kind.ROOM, sender, room, text, when)
+
+
+class StoreBehaviour:
+    """
+    What every IMessageStore does; mixed into a test case per provider.
+    """
+
+    store: IMessageStore
+
+    def result(self, deferred: defer.Deferred):  # type: ignore[no-untyped-def]
+        return self.successResultOf(deferred)  # type: ignore[attr-defined]
+
+    def accept(self, draft: Draft, *recipients: str) -> int:
+        return self.result(self.store.accept(draft, recipients)).id
+
+    def test_provides_the_interface(self) -> None:
+        """
+        The provider declares and implements IMessageStore.
+        """
+        self.assertTrue(verifyObject(IMessageStore, self.store))  # type: ignore[attr-defined]
+
+    def test_ids_are_unique_and_grow(self) -> None:
+        """
+        Each accepted message gets a larger id than the one before.
+        """
+        ids = [self.accept(direct("alice", "bob", f"m{n}"), "bob") for n in range(5)]
+        self.assertEqual(ids, sorted(set(ids)))  # type: ignore[attr-defined]
+
+    def test_pending_in_order_until_acknowledged(self) -> None:
+        """
+        A mailbox gives its unacknowledged messages oldest first; an ACK
+        takes one out, ACK up to an id takes every one up to it.
+        """
+        first = self.accept(direct("alice", "bob", "one"), "bob")
+        self.accept(direct("carol", "dave", "not bob's"), "dave")
+        second = self.accept(direct("alice", "bob", "two"), "bob")
+        third = self.accept(direct("carol", "bob", "three"), "bob")
+        pending = self.result(self.store.pending("bob"))
+        self.assertEqual([p.message.text for p in pending], ["one", "two", "three"])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(self.store.acknowledge("bob", second, False)), 1)  # type: ignore[attr-defined]
+        self.assertEqual(
+            [p.message.id for p in self.result(self.store.pending("bob"))],
+            [first, third],
+        )  # type: ignore[attr-defined]
+        self.assertEqual(self.result(self.store.acknowledge("bob", third, True)), 2)  # type: ignore[attr-defined]
+        self.assertEqual(self.result(self.store.pending("bob")), [])  # type: ignore[attr-defined]
+
+    def test_acknowledging_is_idempotent_and_private(self) -> None:
+        """
+        Acknowledging again is harmless; acknowledging another identity's
+        message, or one that does not exist, is NotFound.
+        """
+        message = self.accept(direct("alice", "bob", "hi"), "bob")
+        self.result(self.store.acknowledge("bob", message, False))
+        self.assertEqual(self.result(self.store.acknowledge("bob", message, False)), 0)  # type: ignore[attr-defined]
+        for identity, message_id in (("carol", message), ("bob", message + 100)):
+            self.failureResultOf(  # type: ignore[attr-defined]
+                self.store.acknowledge(identity, message_id, False), NotFound
+            )
+
+    def test_redelivery_is_marked(self) -> None:
+        """
+        A message pushed once and not acknowledged comes back marked as a
+        repeat; one never pushed does not.
+        """
+        shown = self.accept(direct("alice", "bob", "shown"), "bob")
+        self.accept(direct("alice", "bob", "queued"), "bob")
+        self.result(self.store.delivered([("bob", shown)]))
+        pending = self.result(self.store.pending("bob"))
+        self.assertEqual([p.redelivery for p in pending], [True, False])  # type: ignore[attr-defined]
+
+    def test_room_history_and_conversation(self) -> None:
+        """
+        History gives the newest N of a room, or of the direct messages
+        between two identities either way, oldest first.
+        """
+        for n in range(4):
+            self.accept(said("alice", "#ops", f"ops {n}"), "bob")
+        self.accept(said("alice", "#dev", "dev"), "bob")
+        self.accept(direct("alice", "bob", "to bob"), "bob")
+        self.accept(direct("bob", "alice", "to alice"), "alice")
+        self.accept(direct("alice", "carol", "to carol"), "carol")
+        room = self.result(self.store.room_history("#ops", 2))
+        self.assertEqual([m.text for m in room], ["ops 2", "ops 3"])  # type: ignore[attr-defined]
+        talk = self.result(self.store.conversation("bob", "alice", 10))
+        self.assertEqual([m.text for m in talk], ["to bob", "to alice"])  # type: ignore[attr-defined]
+        self.assertEqual(talk[0].created, NOW)  # type: ignore[attr-defined]
+
+    def test_known_identities(self) -> None:
+        """
+        An identity is known once it has logged in.
+        """
+        self.assertFalse(self.store.knows("alice"))  # type: ignore[attr-defined]
+        self.result(self.store.remember("alice", NOW))
+        self.assertTrue(self.store.knows("alice"))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.identities(), {"alice"})  # type: ignore[attr-defined]
+
+    def test_retention_by_age_and_count(self) -> None:
+        """
+        Past the maximum age everything goes; past the count only what
+        everyone has acknowledged.
+        """
+        old = NOW - timedelta(days=40)
+        self.accept(direct("alice", "bob", "ancient"), "bob")
+        self.result(self.store.purge(NOW, Retention(max_age=timedelta(days=30))))
+        self.assertEqual(len(self.result(self.store.pending("bob"))), 1)  # type: ignore[attr-defined]
+        self.accept(direct("alice", "bob", "old", old), "bob")
+        acked = [self.accept(said("alice", "#ops", f"{n}"), "bob") for n in range(3)]
+        unacked = self.accept(said("alice", "#ops", "unread"), "carol")
+        self.accept(said("alice", "#ops", "newest"), "bob")
+        for message_id in acked:
+            self.result(self.store.acknowledge("bob", message_id, False))
+        retention = Retention(max_age=timedelta(days=30), room_max=1)
+        self.assertEqual(self.result(self.store.purge(NOW, retention)), 4)  # type: ignore[attr-defined]
+        texts = [m.text for m in self.result(self.store.room_history("#ops", 10))]
+        self.assertEqual(texts, ["unread", "newest"])  # type: ignore[attr-defined]
+        self.assertNotIn(
+            "old", [p.message.text for p in self.result(self.store.pending("bob"))]
+        )  # type: ignore[attr-defined]
+        self.assertEqual(
+            [p.message.id for p in self.result(self.store.pending("carol"))], [unacked]
+        )  # type: ignore[attr-defined]
+
+
+class MemoryStoreTests(StoreBehaviour, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+
+
+class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = temporary_directory(self) / "secmsg.db"
+        connection = open_database(self.path)
+        self.store = SQLiteStore(
+            ImmediateWorker(connection), known_identities(connection)
+        )
+        self.addCleanup(self.store.close)
+
+    def test_known_identities_survive_a_restart(self) -> None:
+        """
+        The identities that logged in are read back when the store opens.
+        """
+        self.result(self.store.remember("alice", NOW))
+        self.store.close()
+        connection = open_database(self.path)
+        self.store = SQLiteStore(
+            ImmediateWorker(connection), known_identities(connection)
+        )
+        self.assertTrue(self.store.knows("alice"))
+
+    def test_database_is_private(self) -> None:
+        """
+        The database holds message bodies: it is readable by its owner only.
+        """
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+
+def structure(path: Path) -> dict[str, object]:
+    """
+    A database's tables and indexes, column by column, as SQLite reports
+    them: two databases with equal structures behave alike, however their
+    CREATE statements were written.
+    """
+    connection = sqlite3.connect(path)
+    try:
+        shape: dict[str, object] = {}
+        for kind, name in connection.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        ):
+            if kind == "table":
+                shape[name] = connection.execute(
+                    f"PRAGMA table_info({name})"
+                ).fetchall()
+            else:
+                shape[name] = connection.execute(
+                    f"PRAGMA index_info({name})"
+                ).fetchall()
+        shape["version"] = connection.execute("SELECT version FROM version").fetchall()
+        return shape
+    finally:
+        connection.close()
+
+
+class DatabaseTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        self.path = self.directory / "secmsg.db"
+
+    def make_version_1(self) -> None:
+        connection = sqlite3.connect(self.path)
+        connection.executescript(schema("v1.sql"))
+        connection.execute(
+            "INSERT INTO messages (kind, sender, target, body, created)"
+            " VALUES ('MSG', 'alice', 'bob', 'kept', 0)"
+        )
+        connection.execute(
+            "INSERT INTO mailbox (recipient, message_id) VALUES ('bob', 1)"
+        )
+        connection.commit()
+        connection.close()
+
+    def test_upgrade_from_version_1_matches_a_new_database(self) -> None:
+        """
+        A version-1 database is backed up, then upgraded in place to the
+        same structure a new one has, keeping its messages.
+        """
+        self.make_version_1()
+        open_database(self.path).close()
+        fresh = self.directory / "fresh.db"
+        open_database(fresh).close()
+        self.assertEqual(structure(self.path), structure(fresh))
+        backup = self.directory / "secmsg.db.v1.backup"
+        self.assertEqual(structure(backup)["version"], [(1,)])
+        connection = open_database(self.path)
+        store = SQLiteStore(ImmediateWorker(connection), set())
+        pending = self.successResultOf(store.pending("bob"))
+        store.close()
+        self.assertEqual(
+            [(p.message.text, p.redelivery) for p in pending], [("kept", False)]
+        )
+
+    def test_refusals_at_open(self) -> None:
+        """
+        A corrupt file, a database of a newer version, one another daemon
+        holds, and one in an unwritable place each refuse with words.
+        """
+        self.path.write_bytes(b"this is no database" * 100)
+        with self.assertRaises(ConfigurationError) as caught:
+            open_database(self.path)
+        self.assertIn("not a usable database", str(caught.exception))
+        self.path.unlink()
+        newer = open_database(self.path)
+        newer.execute("UPDATE version SET version = ?", (CURRENT_VERSION + 1,))
+        newer.close()
+        with self.assertRaises(ConfigurationError) as caught:
+            open_database(self.path)
+        self.assertIn("newer than this daemon", str(caught.exception))
+        self.path.unlink()
+        holder = open_database(self.path)
+        self.addCleanup(holder.close)
+        with self.assertRaises(ConfigurationError) as caught:
+            open_database(self.path)
+        self.assertIn("another secmsg daemon", str(caught.exception))
+
+    def test_unwritable_directory_refuses(self) -> None:
+        """
+        A data directory the daemon cannot write is refused at open.
+        """
+        if os.geteuid() == 0:
+            # root writes anywhere; make the directory a file instead.
+            blocked = self.directory / "not-a-directory"
+            blocked.write_text("")
+            path = blocked / "secmsg.db"
+        else:
+            self.directory.chmod(0o500)
+            self.addCleanup(self.directory.chmod, 0o700)
+            path = self.path
+        with self.assertRaises(ConfigurationError) as caught:
+            open_database(path)
+        self.assertIn(str(path), str(caught.exception))
+
+
+class WorkerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = temporary_directory(self) / "secmsg.db"
+
+    def test_one_failing_job_does_not_undo_the_others(self) -> None:
+        """
+        A job that fails is rolled back alone; the others in its batch
+        commit.
+        """
+        connection = open_database(self.path)
+        self.addCleanup(connection.close)
+
+        def insert(text: str):  # type: ignore[no-untyped-def]
+            return lambda c: (
+                c.execute("INSERT INTO identities VALUES (?, 0)", (text,)).rowcount
+            )
+
+        def fail(c: sqlite3.Connection) -> None:
+            insert("doomed")(c)
+            raise NotFound("no such thing")
+
+        outcomes = run_batch(connection, [insert("a"), fail, insert("b")])
+        self.assertEqual([error is None for _, error in outcomes], [True, False, True])
+        self.assertIsInstance(outcomes[1][1], NotFound)
+        self.assertEqual(known_identities(connection), {"a", "b"})
+
+    def test_full_disk_fails_every_job_of_the_batch(self) -> None:
+        """
+        When the commit cannot be written (the database may not grow), every
+        job of the batch fails with StoreError: none was kept.
+        """
+        connection = open_database(self.path)
+        self.addCleanup(connection.close)
+        (pages,) = connection.execute("PRAGMA page_count").fetchone()
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+        big = "x" * 100_000
+        store = SQLiteStore(ImmediateWorker(connection), set())
+        failure = self.failureResultOf(
+            store.accept(direct("alice", "bob", big), ["bob"]), StoreError
+        )
+        self.assertIn("full", failure.getErrorMessage())
+        connection.execute("PRAGMA max_page_count = 1073741823")
+        self.successResultOf(store.accept(direct("alice", "bob", "small"), ["bob"]))
+
+    def test_thread_worker_commits_in_batches_and_fires_in_order(self) -> None:
+        """
+        Jobs submitted together are committed together on the worker's
+        thread; their Deferreds fire on the caller's side, in order.
+        """
+        connection = open_database(self.path)
+        fired: list[tuple] = []
+        worker = ThreadWorker(connection, lambda f, *a: fired.append((f, a)))
+        store = SQLiteStore(worker, set())
+        accepted = [
+            store.accept(direct("alice", "bob", f"m{n}"), ["bob"]) for n in range(200)
+        ]
+        worker.stop()
+        for function, arguments in fired:
+            function(*arguments)
+        ids = [self.successResultOf(d).id for d in accepted]
+        self.assertEqual(ids, list(range(1, 201)))
+        reopened = open_database(self.path)
+        self.addCleanup(reopened.close)
+        (count,) = reopened.execute("SELECT COUNT(*) FROM mailbox").fetchone()
+        self.assertEqual(count, 200)
