@@ -15,6 +15,7 @@ at once cannot lose a revocation and the daemon never reads half a CRL.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -37,6 +38,9 @@ from secmsg.wire import NAME_TOKEN
 
 INVENTORY_VERSION = 1
 
+CA_FILES = ("ca.pem", "ca.key", "inventory.json")
+"""The files that make a directory a CA's."""
+
 REVOCATION_REASONS = {
     "unspecified": x509.ReasonFlags.unspecified,
     "key-compromise": x509.ReasonFlags.key_compromise,
@@ -50,7 +54,8 @@ REVOCATION_REASONS = {
 certificateHold is left out because secmsg's revocations are final."""
 
 _DNS_NAME = re.compile(
-    r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    # No wildcards: a secmsg server certificate names the hosts it serves.
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
@@ -87,12 +92,14 @@ class Record:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
         revoked = data["revoked"]
+        if data["reason"] not in REVOCATION_REASONS:
+            raise ValueError(f"unknown reason {data['reason']!r}")
         return cls(
-            name=data["name"],
+            name=str(data["name"]),
             serial=int(data["serial"], 16),
-            kind=data["kind"],
-            not_after=datetime.fromisoformat(data["not_after"]),
-            revoked=datetime.fromisoformat(revoked) if revoked else None,
+            kind=str(data["kind"]),
+            not_after=_aware(data["not_after"]),
+            revoked=_aware(revoked) if revoked else None,
             reason=data["reason"],
         )
 
@@ -122,9 +129,12 @@ class Inventory:
                 raise ConfigurationError(
                     str(path), f"inventory version {document['version']!r} unknown"
                 )
+            number = document["crl_number"]
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise TypeError("crl_number is not a number")
             return cls(
                 [Record.from_json(entry) for entry in document["certificates"]],
-                document["crl_number"],
+                number,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as failure:
             raise ConfigurationError(
@@ -177,18 +187,11 @@ class CertificateAuthority:
         @raise ConfigurationError: its files exist and may not be replaced.
         """
         _check_file_name(request.name)
-        if request.days < 1:
-            raise AuthorityError(f"--days must be at least 1, not {request.days}")
+        check_rsa_bits(request.rsa_bits)
         names = _checked_names(request)
-        expires = now + timedelta(days=request.days)
-        if expires > self.ca.certificate.not_valid_after_utc:
-            raise AuthorityError(
-                f"--days {request.days} would outlive the CA, which expires "
-                f"{self.ca.certificate.not_valid_after_utc:%Y-%m-%d}"
-            )
+        self._check_lifetime("--days", now, request.days)
         kind = "server" if request.server else "client"
         folder = self.directory / f"{kind}s"
-        folder.mkdir(mode=0o700, exist_ok=True)
         certificate_path = folder / f"{request.name}.pem"
         key_path = folder / f"{request.name}.key"
         if not request.replace:
@@ -197,6 +200,7 @@ class CertificateAuthority:
                     raise AuthorityError(
                         f"{path} already exists; not overwritten (--force replaces it)"
                     )
+        folder.mkdir(mode=0o700, exist_ok=True)
         issued = pki.issue(
             self.ca,
             request.name,
@@ -214,12 +218,8 @@ class CertificateAuthority:
         )
         self.inventory.records.append(record)
         self._save_inventory()
-        pki.install_file(
-            key_path, pki.private_pem(issued.key), private=True, replace=True
-        )
-        pki.install_file(
-            certificate_path, pki.pem(issued.certificate), private=False, replace=True
-        )
+        pki.install_file(key_path, pki.private_pem(issued.key), private=True)
+        pki.install_file(certificate_path, pki.pem(issued.certificate), private=False)
         return record, certificate_path, key_path
 
     def revoke(self, name_or_serial: str, reason: str, now: datetime) -> list[Record]:
@@ -233,16 +233,25 @@ class CertificateAuthority:
             raise AuthorityError(
                 f"unknown reason {reason!r}; one of: {', '.join(REVOCATION_REASONS)}"
             )
-        matches = self._unrevoked(name_or_serial)
-        if not matches:
+        matches = self._matching(name_or_serial)
+        unrevoked = [r for r in matches if r.revoked is None]
+        if not unrevoked:
+            already = "is already revoked" if matches else "is not in the inventory"
             raise AuthorityError(
-                f"no unrevoked certificate named or numbered {name_or_serial!r}"
+                f"nothing to revoke: {name_or_serial!r} {already} "
+                "(secmsg pki list shows what is)"
             )
-        for record in matches:
+        for record in unrevoked:
             record.revoked = now
             record.reason = reason
-        self.sign_crl(now)
-        return matches
+        try:
+            self.sign_crl(now)
+        except ConfigurationError as error:
+            raise AuthorityError(
+                f"the revocation is in the inventory but the CRL was not written "
+                f"({error}); write it with: secmsg pki --dir {self.directory} crl"
+            ) from None
+        return unrevoked
 
     def sign_crl(
         self, now: datetime, days: int = pki.CRL_DAYS
@@ -251,7 +260,10 @@ class CertificateAuthority:
         Sign and write a CRL of every revocation, with the next CRL number.
         The inventory is saved first, so that a crash between the two leaves
         a CRL that C{secmsg pki crl} can sign again.
+
+        @raise AuthorityError: the CRL would outlive the CA.
         """
+        self._check_lifetime("the CRL's --days", now, days)
         self.inventory.crl_number += 1
         self._save_inventory()
         revoked = [
@@ -260,25 +272,33 @@ class CertificateAuthority:
             if r.revoked is not None
         ]
         crl = pki.sign_crl(self.ca, now, self.inventory.crl_number, revoked, days)
-        pki.install_file(self.crl_path, pki.pem(crl), private=False, replace=True)
+        pki.install_file(self.crl_path, pki.pem(crl), private=False)
         return crl
 
-    def _unrevoked(self, name_or_serial: str) -> list[Record]:
-        unrevoked = [
-            r for r in self.inventory.records if r.revoked is None and r.kind != "ca"
-        ]
-        by_name = [r for r in unrevoked if r.name == name_or_serial]
+    def _check_lifetime(self, what: str, now: datetime, days: int) -> None:
+        expires = self.ca.certificate.not_valid_after_utc
+        if days < 1:
+            raise AuthorityError(f"{what} must be at least 1, not {days}")
+        if now + timedelta(days=days) > expires:
+            raise AuthorityError(
+                f"{what} {days} would outlive the CA, which expires {expires:%Y-%m-%d}"
+            )
+
+    def _matching(self, name_or_serial: str) -> list[Record]:
+        """
+        The certificates issued to a name or, failing that, the one with a
+        serial; never the CA's own.
+        """
+        issued = [r for r in self.inventory.records if r.kind != "ca"]
+        by_name = [r for r in issued if r.name == name_or_serial]
         if by_name:
             return by_name
         serial = _parse_serial(name_or_serial)
-        return [r for r in unrevoked if r.serial == serial]
+        return [r for r in issued if r.serial == serial]
 
     def _save_inventory(self) -> None:
         pki.install_file(
-            self.directory / "inventory.json",
-            self.inventory.to_json(),
-            private=False,
-            replace=True,
+            self.directory / "inventory.json", self.inventory.to_json(), private=False
         )
 
 
@@ -294,12 +314,16 @@ def create_authority(
     """
     Make a CA in C{directory} (created 0700 if missing) with an empty CRL.
 
-    @raise AuthorityError: the directory holds a CA and C{replace} is false.
+    @raise AuthorityError: the directory holds a CA and C{replace} is false,
+        or the request is invalid.
     """
+    check_rsa_bits(rsa_bits)
+    if days < 1:
+        raise AuthorityError(f"--days must be at least 1, not {days}")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _locked(directory):
         if not replace:
-            for name in ("ca.pem", "ca.key", "inventory.json"):
+            for name in CA_FILES:
                 if (directory / name).exists():
                     raise AuthorityError(
                         f"{directory / name} already exists; not overwritten "
@@ -307,12 +331,8 @@ def create_authority(
                         "issued stops being trusted)"
                     )
         ca = pki.create_ca(subject, now, days, pki.new_private_key(rsa_bits))
-        pki.install_file(
-            directory / "ca.key", pki.private_pem(ca.key), private=True, replace=True
-        )
-        pki.install_file(
-            directory / "ca.pem", pki.pem(ca.certificate), private=False, replace=True
-        )
+        pki.install_file(directory / "ca.key", pki.private_pem(ca.key), private=True)
+        pki.install_file(directory / "ca.pem", pki.pem(ca.certificate), private=False)
         record = Record(
             "ca", ca.certificate.serial_number, "ca", ca.certificate.not_valid_after_utc
         )
@@ -326,7 +346,9 @@ def open_authority(directory: Path) -> Iterator[CertificateAuthority]:
     """
     The CA in C{directory}, held under its lock for the C{with} block.
 
-    @raise ConfigurationError: it holds no CA, or a damaged one.
+    @raise AuthorityError: it holds no CA.
+    @raise ConfigurationError: its CA is damaged, or its key is not the
+        CA certificate's.
     """
     if not (directory / "ca.pem").exists():
         raise AuthorityError(
@@ -334,8 +356,12 @@ def open_authority(directory: Path) -> Iterator[CertificateAuthority]:
             f"secmsg pki init {directory}"
         )
     with _locked(directory):
-        certificate = x509.load_pem_x509_certificate(read_bytes(directory / "ca.pem"))
+        certificate = _load_certificate(directory / "ca.pem")
         key = _load_key(directory / "ca.key")
+        if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+            raise ConfigurationError(
+                str(directory / "ca.key"), "not the key of the CA in ca.pem"
+            )
         inventory = Inventory.from_json(directory / "inventory.json")
         yield CertificateAuthority(directory, pki.Issued(certificate, key), inventory)
 
@@ -348,6 +374,31 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+def check_rsa_bits(rsa_bits: int | None) -> None:
+    """
+    @raise AuthorityError: C{rsa_bits} is neither L{None} (ECDSA) nor a size
+        secmsg makes.
+    """
+    if rsa_bits is not None and rsa_bits not in pki.RSA_SIZES:
+        sizes = " or ".join(str(size) for size in pki.RSA_SIZES)
+        raise AuthorityError(f"RSA keys are {sizes} bits, not {rsa_bits}")
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(read_bytes(path))
+    except ValueError as failure:
+        raise ConfigurationError(
+            str(path), f"not a PEM certificate: {failure}"
+        ) from None
+
+
+def _public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _load_key(path: Path) -> pki.PrivateKey:
@@ -370,11 +421,14 @@ def _check_file_name(name: str) -> None:
 
 def _checked_names(request: Request) -> pki.Names:
     names = request.names
-    if request.server and not names.dns:
-        names = pki.Names((request.name,), names.emails, names.uris)
+    if request.server and not (names.dns or names.ips):
+        names = dataclasses.replace(names, dns=(request.name,))
     for host in names.dns:
-        if not (_is_ip_address(host) or _DNS_NAME.fullmatch(host)):
-            raise AuthorityError(f"{host!r} is neither a DNS name nor an IP address")
+        if _is_ip_address(host) or not _DNS_NAME.fullmatch(host):
+            raise AuthorityError(f"{host!r} is not a DNS name (--ip takes addresses)")
+    for address in names.ips:
+        if not _is_ip_address(address):
+            raise AuthorityError(f"{address!r} is not an IP address")
     for email in names.emails:
         if not _EMAIL.fullmatch(email):
             raise AuthorityError(f"{email!r} is not an e-mail address")
@@ -382,6 +436,13 @@ def _checked_names(request: Request) -> pki.Names:
         if not _URI.fullmatch(uri):
             raise AuthorityError(f"{uri!r} is not a URI")
     return names
+
+
+def _aware(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
 
 
 def _is_ip_address(text: str) -> bool:

@@ -8,6 +8,7 @@ daemon's: it reads the options and hands each piece what it needs.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +16,11 @@ from pathlib import Path
 from twisted.python import usage
 
 from secmsg import client_command, pki_command
+from secmsg.client import ExitStatus
 from secmsg.command_line import CommandOptions
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
+from secmsg.wire import escape_controls
 
 
 class InitOptions(CommandOptions):
@@ -57,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as error:
-        print(f"{_innermost(options)}\nsecmsg: {error}", file=sys.stderr)
-        return 2
+        _complain(_innermost(options).getSynopsis())
+        _complain(f"secmsg: {error} (--help lists the options)")
+        return ExitStatus.USAGE
     if options.subCommand in ("connect", "send"):
         return _talk(options.subCommand, options.subOptions)
     now = datetime.now(UTC)
@@ -68,10 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
-        print(f"secmsg: {error}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+        _complain(f"secmsg: {error}")
+        return ExitStatus.FAILED
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # The reader (head, say) stopped early; that is its choice, not an
+        # error.  Point stdout at nothing, so that exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return ExitStatus.OK
+
+
+def _complain(text: str) -> None:
+    """
+    One line on standard error, escaped: it may echo the user's arguments.
+    """
+    print(escape_controls(text), file=sys.stderr)
 
 
 def _innermost(options: usage.Options) -> usage.Options:
@@ -97,7 +113,8 @@ def _init(directory: Path, now: datetime) -> list[str]:
 def _talk(command: str, options: client_command.ConnectionOptions) -> int:
     if command == "send":
         return client_command.run_client(
-            options, lambda _, session: client_command.run_send(session, options)
+            options,
+            lambda reactor, session: client_command.run_send(reactor, session, options),
         )
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     return client_command.run_client(

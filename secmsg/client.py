@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.client_tls import describe_tls_failure
-from secmsg.errors import SecmsgError
+from secmsg.errors import RefusalReason, SecmsgError
 
 GREETING_TIMEOUT = 30.0
 """Seconds to wait for the greeting once connected; a server that says
@@ -100,8 +100,10 @@ def ending_for_push(push: wire.PushLine) -> SessionEnded | None:
 
 
 _CERTIFICATE_CLOSINGS = frozenset(
-    ["revoked", "unknown CA", "expired", "not yet valid", "refused by the new policy"]
+    [*(reason.value for reason in RefusalReason), "refused by the new policy"]
 )
+"""The CLOSED reasons that mean the server no longer accepts our certificate
+or identity: a RELOAD re-checked it and closed us."""
 
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -164,6 +166,8 @@ class ClientProtocol(Protocol):
         @return: fires with the lines of its reply, or fails with
             L{SessionEnded} if the session ends first.
         """
+        if self.ended.called:
+            return defer.fail(self.ended.result)
         answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
         self._pending.append((answered, []))
         self.transport.write(line + b"\n")

@@ -12,6 +12,9 @@ says by its exit status (L{ExitStatus}) how that went.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
@@ -20,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from OpenSSL import SSL, crypto
 from twisted.internet import defer, stdio
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -31,15 +33,17 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
-from secmsg.client_tls import client_tls_options
+from secmsg.client_tls import client_tls_options, load_client_files
 from secmsg.command_line import CommandOptions
 from secmsg.console import run_console
-from secmsg.errors import ConfigurationError, Malformed
-from secmsg.files import read_bytes
+from secmsg.errors import CommandError, ConfigurationError, Malformed
 
 DEFAULT_PORT = 7443
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for the TCP connection before giving up."""
+
+REPLY_TIMEOUT = 30.0
+"""Seconds C{send} waits for each reply by default."""
 
 PIPELINE_LIMIT = 64
 """Commands the scripted mode sends ahead of their replies before it stops
@@ -62,12 +66,20 @@ class Credentials:
     ca: Path
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not 0 < seconds <= 3600:
+        raise ValueError(f"{text} is not a number of seconds from 0 to 3600")
+    return seconds
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """
     Split C{HOST[:PORT]}; an IPv6 address with a port is written
     C{[::1]:7443}, and one without may be written bare.
 
-    @raise usage.UsageError: the port is not a port number.
+    @raise usage.UsageError: the host is not a host name or an IP address,
+        or the port is not a port number.
     """
     host, port = address, str(DEFAULT_PORT)
     if address.startswith("["):
@@ -76,9 +88,27 @@ def parse_address(address: str) -> tuple[str, int]:
             port = rest.removeprefix(":")
     elif address.count(":") == 1:
         host, port = address.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    if not is_host(host) or not valid_port:
         raise usage.UsageError(f"{address!r} is not HOST[:PORT]")
     return host, int(port)
+
+
+def is_host(text: str) -> bool:
+    """
+    Whether C{text} is an IP address or a DNS host name.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(text))
+    return True
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
 
 
 class ConnectionOptions(CommandOptions):
@@ -95,9 +125,15 @@ class ConnectionOptions(CommandOptions):
         self["host"], self["port"] = parse_address(address)
 
     def postOptions(self) -> None:
+        if self["server-name"] and not is_host(self["server-name"]):
+            raise usage.UsageError(
+                f"--server-name {self['server-name']!r} is not a host"
+            )
         if self["instance"]:
             if not self["as"]:
                 raise usage.UsageError("--instance needs --as NAME")
+            if self["cert"] or self["key"]:
+                raise usage.UsageError("give --instance or --cert and --key, not both")
             instance = Path(self["instance"])
             self.credentials = Credentials(
                 instance / "clients" / f"{self['as']}.pem",
@@ -138,6 +174,13 @@ class SendOptions(ConnectionOptions):
     optParameters = [
         ["to", None, None, "Send a direct message to this identity."],
         ["room", None, None, "Say it in this room (joining it first)."],
+        [
+            "timeout",
+            None,
+            REPLY_TIMEOUT,
+            "Seconds to wait for each reply.",
+            _positive_seconds,
+        ],
     ]
 
     def parseArgs(self, address: str, *words: str) -> None:
@@ -170,16 +213,10 @@ def connect(reactor: Any, options: ConnectionOptions) -> defer.Deferred[ClientPr
     @raise ConfigurationError: a certificate, key or CA file is unusable.
     """
     credentials = options.credentials
-    certificate = read_bytes(credentials.certificate)
-    key = read_bytes(credentials.key)
-    ca = read_bytes(credentials.ca)
-    try:
-        tls = client_tls_options(options.server_name, ca, certificate, key)
-    except (ValueError, SSL.Error, crypto.Error) as error:
-        raise ConfigurationError(
-            f"{credentials.certificate}, {credentials.key}, {credentials.ca}",
-            f"not a usable certificate, key and CA ({error})",
-        ) from None
+    certificate, key, ca = load_client_files(
+        credentials.certificate, credentials.key, credentials.ca
+    )
+    tls = client_tls_options(options.server_name, ca, certificate, key)
     endpoint = wrapClientTLS(
         tls,
         HostnameEndpoint(
@@ -201,13 +238,19 @@ def _connect_failed(failure: Failure, where: str) -> None:
 
 
 async def run_scripted(
-    session: ClientProtocol, stdin_protocol: Callable[[Protocol], Any], out: TextIO
+    session: ClientProtocol,
+    attach_stdin: Callable[[Protocol], object],
+    out: TextIO,
+    err: TextIO,
 ) -> ExitStatus:
     """
     Send standard input's lines, print every server line, and end once the
     last command is answered.
 
-    @param stdin_protocol: attaches a protocol to standard input.
+    Lines go to C{out} with blocking writes: a reader slower than the
+    server holds the client up rather than losing lines.
+
+    @param attach_stdin: connects a protocol to standard input.
     """
 
     def printed(text: str) -> None:
@@ -216,35 +259,59 @@ async def run_scripted(
 
     session.on_line = printed
     await session.greeted
-    stdin_protocol(_ScriptFeeder(session))
+    attach_stdin(_ScriptFeeder(session, err))
     ending = await session.ended
     if ending.status is not ExitStatus.OK:
         raise ending
     return ending.status
 
 
+def standard_input(protocol: Protocol) -> object:
+    """
+    Read standard input with C{protocol}.  Twisted's StandardIO also takes
+    standard output and makes it non-blocking, which would lose lines a
+    slow reader has not taken; it is given the null device instead, and the
+    scripted mode writes to standard output itself.
+    """
+    return stdio.StandardIO(protocol, stdout=os.open(os.devnull, os.O_WRONLY))
+
+
 class _ScriptFeeder(Protocol):
     """
     Feeds standard input's lines to the session as commands, and closes
-    the session once input has ended and every command is answered.
+    the session once input has ended and every command is answered.  A
+    line the server would refuse unanswered or could not frame (a control
+    character, an over-long line) is refused here, with words, instead.
     """
 
-    def __init__(self, session: ClientProtocol) -> None:
+    def __init__(self, session: ClientProtocol, err: TextIO) -> None:
         self._session = session
+        self._err = err
         self._framer = wire.LineFramer(wire.MAX_LINE_LENGTH * 16)
+        self._line_number = 0
         self._input_ended = False
         self._paused = False
 
     def dataReceived(self, data: bytes) -> None:
         for frame in self._framer.feed(data):
-            if frame is wire.OVERLONG:
-                sys.stderr.write("secmsg: skipped an over-long input line\n")
-            elif frame.strip(b" \t"):
-                answered = self._session.command(frame)
-                answered.addBoth(self._answered)
+            self._line_number += 1
+            self._feed(frame)
         if self._session.outstanding >= PIPELINE_LIMIT and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
+
+    def _feed(self, frame: bytes | object) -> None:
+        try:
+            if frame is wire.OVERLONG:
+                raise wire.line_too_long(self._framer.max_length)
+            text = wire.decode_line(frame)
+        except CommandError as error:
+            self._err.write(
+                f"secmsg: line {self._line_number} not sent: {error.text}\n"
+            )
+            return
+        if not wire.is_blank(text):
+            self._session.command(frame).addBoth(self._answered)
 
     def _answered(self, result: object) -> None:
         if self._paused and self._session.outstanding < PIPELINE_LIMIT // 2:
@@ -262,28 +329,48 @@ class _ScriptFeeder(Protocol):
             session.close()
 
 
-async def run_send(session: ClientProtocol, options: SendOptions) -> ExitStatus:
+async def run_send(
+    reactor: IReactorTime, session: ClientProtocol, options: SendOptions
+) -> ExitStatus:
     """
     Send the one message; on anything but 250 write the reply to standard
-    error and return the status that names it.
+    error and return the status that names it.  A server that greets and
+    then says nothing for C{--timeout} seconds is given up on.
     """
     await session.greeted
+    timeout = options["timeout"]
     text = options["text"].encode("utf-8", "surrogateescape")
     if options["room"]:
         room = options["room"].encode("utf-8", "surrogateescape")
-        joined = await session.command(b"JOIN " + room)
+        joined = await _answer(reactor, session, b"JOIN " + room, timeout)
         if joined[-1].code != 200:
             return _refused(joined[-1])
-        replies = await session.command(b"SAY " + room + b" " + text)
+        replies = await _answer(reactor, session, b"SAY " + room + b" " + text, timeout)
     else:
         recipient = options["to"].encode("utf-8", "surrogateescape")
-        replies = await session.command(b"MSG " + recipient + b" " + text)
+        replies = await _answer(
+            reactor, session, b"MSG " + recipient + b" " + text, timeout
+        )
     if replies[-1].code != 250:
         return _refused(replies[-1])
     # The message is accepted; however the goodbye goes, that stays true.
-    with suppress(SessionEnded):
-        await session.command(b"QUIT")
+    with suppress(SessionEnded, defer.TimeoutError):
+        await _answer(reactor, session, b"QUIT", timeout)
     return ExitStatus.OK
+
+
+async def _answer(
+    reactor: IReactorTime, session: ClientProtocol, line: bytes, timeout: float
+) -> list[wire.ReplyLine]:
+    waiting = session.command(line)
+    waiting.addTimeout(timeout, reactor)
+    try:
+        return await waiting
+    except defer.TimeoutError:
+        raise SessionEnded(
+            ExitStatus.CONNECTION,
+            f"no reply from the server within {timeout:g} seconds",
+        ) from None
 
 
 def _refused(reply: wire.ReplyLine) -> ExitStatus:
@@ -291,6 +378,10 @@ def _refused(reply: wire.ReplyLine) -> ExitStatus:
     return {403: ExitStatus.NOT_PERMITTED, 404: ExitStatus.NO_SUCH_RECIPIENT}.get(
         reply.code, ExitStatus.FAILED
     )
+
+
+INTERRUPTED = 130
+"""The exit status of a client stopped by Ctrl-C or SIGTERM, as shells use."""
 
 
 def run_client(options: ConnectionOptions, talk: Talk) -> int:
@@ -304,31 +395,45 @@ def run_client(options: ConnectionOptions, talk: Talk) -> int:
     from twisted.internet import reactor
 
     outcome: list[int] = []
+    # Whether the reactor was stopped before the session was over: by
+    # Ctrl-C or SIGTERM, whose own handlers stop it.
+    interrupted: list[bool] = []
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: interrupted.append(not outcome)
+    )
 
     async def session() -> None:
         try:
             client = await connect(reactor, options)
             status = await talk(reactor, client)
         except SessionEnded as ending:
-            sys.stderr.write(f"secmsg: {wire.escape_controls(ending.words)}\n")
+            if not interrupted:
+                _complain(ending.words)
             status = ending.status
         except ConfigurationError as error:
-            sys.stderr.write(f"secmsg: {error}\n")
+            _complain(str(error))
             status = ExitStatus.FAILED
         outcome.append(status)
 
     def begin() -> None:
         done = defer.Deferred.fromCoroutine(session())
         done.addErrback(_unexpected)
-        done.addBoth(lambda _: reactor.stop())
+        done.addBoth(lambda _: None if interrupted else reactor.stop())
 
     reactor.callWhenRunning(begin)
     reactor.run()
-    return outcome[0] if outcome else ExitStatus.FAILED
+    if not outcome or interrupted[0]:
+        _complain("interrupted")
+        return INTERRUPTED
+    return outcome[0]
+
+
+def _complain(words: str) -> None:
+    sys.stderr.write(f"secmsg: {wire.escape_controls(words)}\n")
 
 
 def _unexpected(failure: Failure) -> None:
-    sys.stderr.write(f"secmsg: unexpected failure: {failure.getErrorMessage()}\n")
+    _complain(f"unexpected failure: {failure.getErrorMessage()}")
 
 
 def local_now(clock: IReactorTime) -> datetime:
@@ -346,7 +451,7 @@ def connect_talk(out: TextIO, interactive: bool) -> Talk:
 
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
-            return await run_scripted(session, stdio.StandardIO, out)
+            return await run_scripted(session, standard_input, out, sys.stderr)
         greeting = await session.greeted
         console = run_console(session, greeting, lambda: local_now(reactor))
         # The console awaits prompt_toolkit's asyncio futures, so it runs as

@@ -12,7 +12,10 @@ words the server's log uses (L{RefusalReason}).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -25,7 +28,8 @@ from twisted.internet.ssl import (
 )
 from twisted.python.failure import Failure
 
-from secmsg.errors import RefusalReason
+from secmsg.errors import ConfigurationError, RefusalReason
+from secmsg.files import read_bytes
 
 _CERTIFICATE_ALERTS = {
     "certificate revoked": RefusalReason.REVOKED.value,
@@ -56,15 +60,13 @@ def client_tls_options(
     chain against C{ca_pem} and its name (DNS name or IP address) with
     service_identity.
 
-    @param tls_version: pin the protocol version, or L{None} to negotiate.
-    @raise ValueError: a PEM input holds no certificate or key.
+    @param tls_version: pin the protocol version (tests try both), or
+        L{None} to negotiate.
     """
     extra = {}
     if tls_version is not None:
         extra = {"raiseMinimumTo": tls_version, "lowerMaximumSecurityTo": tls_version}
     authorities = _split_pem(ca_pem)
-    if not authorities:
-        raise ValueError("no certificate in the CA file")
     return optionsForClientTLS(
         server_name,
         trustRoot=trustRootFromCertificates(
@@ -73,6 +75,41 @@ def client_tls_options(
         clientCertificate=PrivateCertificate.loadPEM(certificate_pem + key_pem),
         extraCertificateOptions=extra,
     )
+
+
+def load_client_files(
+    certificate_path: Path, key_path: Path, ca_path: Path
+) -> tuple[bytes, bytes, bytes]:
+    """
+    Read and check our certificate, our key and the CA file, so that a
+    wrong file is named before any connection is tried.
+
+    @return: the three files' PEM bytes.
+    @raise ConfigurationError: naming the file that is missing, is not
+        what it should be, or (the key) does not match the certificate.
+    """
+    certificate_pem = read_bytes(certificate_path)
+    key_pem = read_bytes(key_path)
+    ca_pem = read_bytes(ca_path)
+    try:
+        certificate = x509.load_pem_x509_certificates(certificate_pem)[0]
+    except ValueError:
+        raise ConfigurationError(
+            str(certificate_path), "not a PEM certificate"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigurationError(
+            str(key_path), "not an unencrypted PEM private key"
+        ) from None
+    if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+        raise ConfigurationError(
+            str(key_path), f"not the key of the certificate in {certificate_path}"
+        )
+    if not _split_pem(ca_pem):
+        raise ConfigurationError(str(ca_path), "holds no PEM certificate")
+    return certificate_pem, key_pem, ca_pem
 
 
 def server_alert(failure: Failure) -> str | None:
@@ -108,11 +145,18 @@ def describe_tls_failure(failure: Failure, server_name: str) -> tuple[bool, str]
         reasons = [str(e[2]) for e in failure.value.args[0] if len(e) == 3]
         if "certificate verify failed" in reasons:
             return False, (
-                "the server's certificate is not signed by a CA we trust "
-                "(--ca names the CA file)"
+                "the server's certificate did not verify against our CA file "
+                "(another CA, expired, or not a server certificate; --ca names "
+                "the CA file)"
             )
         return False, f"TLS failed: {', '.join(reasons) or failure.getErrorMessage()}"
     return False, "the connection closed before the server greeted us"
+
+
+def _public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _split_pem(bundle: bytes) -> list[bytes]:

@@ -1,13 +1,13 @@
 """
 The base of the C{secmsg} command's option parsers: twisted's
 C{usage.Options}, taking options after positional arguments too
-(C{secmsg pki issue alice --force}), and naming the whole command in its
-usage line.
+(C{secmsg pki issue alice --force}), whatever C{POSIXLY_CORRECT} says, and
+naming the whole command in its usage line.
 """
 
 from __future__ import annotations
 
-import getopt
+from collections.abc import Iterator
 
 from twisted.python import usage
 
@@ -32,24 +32,30 @@ class CommandOptions(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
         Move options given after positional arguments before them, then
-        parse as usual; C{--} still ends the options, so a message may start
-        with a dash.
+        parse as usual.  The first C{--} ends the options: everything after
+        it, a message starting with a dash or holding C{--} itself, is
+        positional.
         """
         if options is None or getattr(self, "subCommands", None):
             super().parseOptions(options)
             return
-        try:
-            pairs, arguments = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
-        except getopt.error as error:
-            raise usage.UsageError(str(error)) from None
-        flat = [self._rejoin(name, value) for name, value in pairs]
-        super().parseOptions([*flat, "--", *arguments])
-
-    def _rejoin(self, name: str, value: str) -> str:
-        if name.startswith("--"):
-            takes_value = f"{name[2:]}=" in self.longOpt
-            return f"{name}={value}" if takes_value else name
-        return f"{name}{value}"
+        flags: list[str] = []
+        positional: list[str] = []
+        words = iter(options)
+        for word in words:
+            if word == "--":
+                positional.extend(words)
+            elif word.startswith("--") and "=" not in word:
+                flags.append(word)
+                if f"{word[2:]}=" in self.longOpt:
+                    flags.extend(_next(words))
+            elif word.startswith("-") and word != "-":
+                flags.append(word)
+                if len(word) == 2 and f"{word[1]}:" in self.shortOpt:
+                    flags.extend(_next(words))
+            else:
+                positional.append(word)
+        super().parseOptions([*flags, "--", *positional])
 
     def getSynopsis(self) -> str:
         words: list[str] = []
@@ -58,3 +64,12 @@ class CommandOptions(usage.Options):
             words.insert(0, level.parent.subCommand)
             level = level.parent
         return " ".join(["Usage: secmsg", *words, self.synopsis])
+
+
+def _next(words: Iterator[str]) -> list[str]:
+    """
+    The value an option takes, if any is left; if none is, the parser says
+    that the option needs one.
+    """
+    value = next(words, None)
+    return [] if value is None else [value]

@@ -20,8 +20,10 @@ from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
 
+from secmsg import wire
 from secmsg.client import ClientProtocol, ExitStatus, Greeting, SessionEnded
 from secmsg.display import acknowledgeable, help_commands, show_push, show_reply
+from secmsg.errors import CommandError
 from secmsg.wire import PushLine, escape_controls
 
 QUIT_WORDS = ("/quit",)
@@ -53,13 +55,21 @@ async def run_console(
             acknowledger.shown(message_id)
 
     session.listen(shown)
-    commands = help_commands(await _wait(session.command(b"HELP"), loop))
+    try:
+        commands = help_commands(await _wait(session.command(b"HELP"), loop))
+    except SessionEnded as ending:
+        if not announced:
+            print(escape_controls(ending.words))
+        return ending.status
     acknowledger.decide("ACK" in commands)
     prompt: PromptSession[str] = PromptSession(
         completer=WordCompleter([*commands, *QUIT_WORDS], ignore_case=True),
         complete_while_typing=False,
     )
-    print("commands: " + " ".join(commands) + "; /quit or Ctrl-D to leave")
+    print(
+        escape_controls(" ".join(["commands:", *commands]))
+        + "; /quit or Ctrl-D to leave"
+    )
     session.ended.addCallback(lambda ending: _leave_prompt(prompt, ending))
     with patch_stdout(raw=True):
         while not session.ended.called:
@@ -69,9 +79,8 @@ async def run_console(
                 line = QUIT_WORDS[0]
             except KeyboardInterrupt:
                 continue
-            if session.ended.called:
+            if session.ended.called or await _one_command(session, line, loop):
                 break
-            await _one_command(session, line, loop)
     ending = await _wait(session.ended, loop)
     if ending.status is not ExitStatus.OK and not announced:
         print(escape_controls(ending.words))
@@ -80,17 +89,30 @@ async def run_console(
 
 async def _one_command(
     session: ClientProtocol, line: str, loop: asyncio.AbstractEventLoop
-) -> None:
-    if not line.strip(" \t"):
-        return
+) -> bool:
+    """
+    Send what the user typed and show the reply.
+
+    @return: whether the session is over (the user quit).
+    """
     if line.strip().lower() in QUIT_WORDS:
         line = "QUIT"
+    raw = line.encode("utf-8", "surrogateescape")
     try:
-        replies = await _wait(session.command(line.encode("utf-8")), loop)
+        wire.decode_line(raw)
+    except CommandError as error:
+        # A pasted newline would be a second command, sent unseen.
+        print(f"not sent: {error.text}")
+        return False
+    if wire.is_blank(line):
+        return False
+    try:
+        replies = await _wait(session.command(raw), loop)
     except SessionEnded:
-        return
+        return True
     for shown in show_reply(replies):
         print(shown)
+    return replies[-1].code == 221
 
 
 class _Acknowledger:

@@ -9,6 +9,7 @@ shown here can move the cursor, change colours or retitle the terminal.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from secmsg.wire import PushLine, ReplyLine, escape_controls
@@ -80,8 +81,12 @@ def show_reply(lines: list[ReplyLine]) -> list[str]:
 
 def help_commands(lines: list[ReplyLine]) -> list[str]:
     """
-    The command names a HELP reply lists, for completing what the user types.
+    The command names a HELP reply lists, for completing what the user
+    types; a word that is not a command name (a hostile server's escape
+    sequence, say) is left out.
     """
-    return [
-        line.text.split(" ", 1)[0] for line in lines if not line.final and line.text
-    ]
+    words = [line.text.split(" ", 1)[0] for line in lines if not line.final]
+    return [word for word in words if _COMMAND_NAME.fullmatch(word)]
+
+
+_COMMAND_NAME = re.compile(r"[A-Z]{1,32}")

@@ -13,13 +13,13 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from secmsg import pki
-from secmsg.authority import Request, create_authority
+from secmsg.authority import CA_FILES, Request, create_authority, open_authority
 from secmsg.errors import AuthorityError
 
 DEVELOPMENT_USERS = {"admin": ["admin"], "alice": ["user"], "bob": ["user"]}
 
 SERVER_NAME = "localhost"
-SERVER_NAMES = pki.Names(dns=("localhost", "127.0.0.1", "::1"))
+SERVER_NAMES = pki.Names(dns=("localhost",), ips=("127.0.0.1", "::1"))
 
 DEVELOPMENT_CRL_DAYS = 365
 """A development instance's CRL outlives the usual month, so that one left
@@ -69,25 +69,37 @@ def create_instance(directory: Path, now: datetime) -> Path:
     certificates for the L{DEVELOPMENT_USERS}, a policy and a config file.
 
     @return: the config file.
-    @raise AuthorityError: the directory already holds an instance or a CA.
+    @raise AuthorityError: the directory already holds some of it; nothing
+        is changed then.
     """
     config = directory / "secmsg.toml"
-    if config.exists():
-        raise AuthorityError(f"{config} already exists; not overwritten")
+    policy = directory / "policy.toml"
+    for path in (config, policy, *(directory / name for name in CA_FILES)):
+        if path.exists():
+            raise AuthorityError(
+                f"{path} already exists; secmsg init writes a new instance only "
+                "where there is none (secmsg pki --dir DIR issue NAME adds "
+                "certificates to one)"
+            )
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, "secmsg development CA")]
     )
-    authority = create_authority(directory, subject, now)
-    authority.issue(Request(SERVER_NAME, server=True, names=SERVER_NAMES), now)
-    for user in DEVELOPMENT_USERS:
-        authority.issue(Request(user), now)
-    authority.sign_crl(now, DEVELOPMENT_CRL_DAYS)
+    create_authority(directory, subject, now)
+    with open_authority(directory) as authority:
+        authority.issue(Request(SERVER_NAME, server=True, names=SERVER_NAMES), now)
+        for user in DEVELOPMENT_USERS:
+            authority.issue(Request(user), now)
+        authority.sign_crl(now, DEVELOPMENT_CRL_DAYS)
     identities = "\n".join(
         f"{user} = {roles!r}".replace("'", '"')
         for user, roles in DEVELOPMENT_USERS.items()
     )
-    (directory / "policy.toml").write_text(
-        DEVELOPMENT_POLICY.format(identities=identities)
+    pki.install_file(
+        policy, DEVELOPMENT_POLICY.format(identities=identities).encode(), private=False
     )
-    config.write_text(DEVELOPMENT_CONFIG.format(config=config, server=SERVER_NAME))
+    pki.install_file(
+        config,
+        DEVELOPMENT_CONFIG.format(config=config, server=SERVER_NAME).encode(),
+        private=False,
+    )
     return config

@@ -1,7 +1,8 @@
 """
 Certificates for secmsg, made with cryptography: CAs, server and client
-certificates, and CRLs.  Pure functions of their arguments and the time
-given; what is written where is L{secmsg.authority}'s business.
+certificates, and CRLs, each a function of its arguments and the time
+given; and writing a file in one step.  Which files a CA keeps, and
+whether one may be replaced, is L{secmsg.authority}'s business.
 
 Keys are ECDSA P-256 unless RSA is asked for; every signature is SHA-256.
 """
@@ -50,18 +51,21 @@ class Names:
     """
     The subject alternative names of a leaf certificate.
 
-    @ivar dns: DNS names and IP addresses (given as text) of a server.
+    @ivar dns: DNS names of a server.
+    @ivar ips: IP addresses of a server, as text.
     @ivar emails: e-mail addresses (RFC 822 names).
     @ivar uris: URIs.
     """
 
     dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
 
     def general_names(self) -> list[x509.GeneralName]:
         return [
-            *(_host_name(name) for name in self.dns),
+            *(x509.DNSName(name) for name in self.dns),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in self.ips),
             *(x509.RFC822Name(email) for email in self.emails),
             *(x509.UniformResourceIdentifier(uri) for uri in self.uris),
         ]
@@ -80,15 +84,10 @@ class Revocation:
 
 def new_private_key(rsa_bits: int | None = None) -> PrivateKey:
     """
-    An ECDSA P-256 key, or an RSA key of C{rsa_bits} (one of L{RSA_SIZES}).
-
-    @raise ValueError: C{rsa_bits} is not one of L{RSA_SIZES}.
+    An ECDSA P-256 key, or an RSA key of C{rsa_bits}.
     """
     if rsa_bits is None:
         return ec.generate_private_key(ec.SECP256R1())
-    if rsa_bits not in RSA_SIZES:
-        sizes = " or ".join(str(size) for size in RSA_SIZES)
-        raise ValueError(f"RSA keys are {sizes} bits, not {rsa_bits}")
     return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
 
 
@@ -205,19 +204,20 @@ def private_pem(key: PrivateKey) -> bytes:
     )
 
 
-def install_file(path: Path, data: bytes, *, private: bool, replace: bool) -> None:
+def install_file(path: Path, data: bytes, *, private: bool) -> None:
     """
-    Put C{data} at C{path} in one step, so that a reader (the daemon reading
-    a CRL at a reload, say) sees the old file or the new one, never half.
+    Put C{data} at C{path} in one step, replacing what was there, so that a
+    reader (the daemon reading a CRL at a reload, say) sees the old file or
+    the new one, never half.  Whether a file may be replaced at all is the
+    caller's to decide.
 
     A private file has mode 0600 from the moment it exists.
 
-    @param replace: whether an existing file may be replaced.
-    @raise ConfigurationError: C{path} exists and C{replace} is false, or
-        it cannot be written.
+    @raise ConfigurationError: it cannot be written.
     """
     staging = path.with_name(f".{path.name}.{os.getpid()}.new")
     try:
+        staging.unlink(missing_ok=True)
         descriptor = os.open(
             staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644
         )
@@ -225,12 +225,7 @@ def install_file(path: Path, data: bytes, *, private: bool, replace: bool) -> No
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        if replace:
-            os.replace(staging, path)
-        else:
-            os.link(staging, path)
-    except FileExistsError:
-        raise ConfigurationError(str(path), "already exists; not overwritten") from None
+        os.replace(staging, path)
     except OSError as failure:
         raise ConfigurationError(
             str(path), f"cannot write: {failure.strerror}"
@@ -272,10 +267,3 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
-
-
-def _host_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)

@@ -139,9 +139,10 @@ class IssueOptions(_DirOptions):
             self["name"],
             server=self["server"],
             names=pki.Names(
-                tuple(self["dns"] + self["ip"]),
-                tuple(self["san-email"]),
-                tuple(self["san-uri"]),
+                dns=tuple(self["dns"]),
+                ips=tuple(self["ip"]),
+                emails=tuple(self["san-email"]),
+                uris=tuple(self["san-uri"]),
             ),
             days=self["days"],
             rsa_bits=self["rsa"],
@@ -236,10 +237,12 @@ def run(options: Options, now: datetime) -> list[str]:
 
 
 def _init(directory: Path, options: InitOptions, now: datetime) -> list[str]:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, options["cn"])]
-    if options["org"]:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, options["org"]))
     try:
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, options["cn"])]
+        if options["org"]:
+            attributes.append(
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, options["org"])
+            )
         authority = create_authority(
             directory,
             x509.Name(attributes),
@@ -249,7 +252,8 @@ def _init(directory: Path, options: InitOptions, now: datetime) -> list[str]:
             replace=options["force"],
         )
     except ValueError as error:
-        raise AuthorityError(str(error)) from None
+        # cryptography's words for a --cn or --org it cannot encode.
+        raise AuthorityError(f"--cn or --org: {error}") from None
     certificate = authority.ca.certificate
     return [
         f"made a CA in {directory}: {certificate.subject.rfc4514_string()}, "
@@ -279,7 +283,8 @@ def _issue(
     ]
     lines.extend(
         f"  note: the earlier certificate {r.serial:x} for {r.name} stays valid "
-        f"until it expires; revoke it with: secmsg pki revoke {r.serial:x}"
+        f"until it expires; revoke it with: "
+        f"secmsg pki --dir {authority.directory} revoke {r.serial:x}"
         for r in earlier
     )
     return lines

@@ -70,6 +70,7 @@ class SecmsgService(Service):
         self._store = store
         self._port: IListeningPort | None = None
         self._previous_hangup: Any = None
+        self._listening_for_hangup = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -85,6 +86,7 @@ class SecmsgService(Service):
     def startService(self) -> None:
         super().startService()
         self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
+        self._listening_for_hangup = True
 
     def _hangup(self, signal_number: int, frame: FrameType | None) -> None:
         # A signal handler may run between any two bytecodes of the reactor's
@@ -118,8 +120,10 @@ class SecmsgService(Service):
         and wait a little for those lines to leave.
         """
         super().stopService()
-        if self._previous_hangup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hangup)
+        if self._listening_for_hangup:
+            # A handler installed outside Python reads as None: restore the
+            # default then.
+            signal.signal(signal.SIGHUP, self._previous_hangup or signal.SIG_DFL)
         stopped = defer.maybeDeferred(self._port.stopListening) if self._port else None
         closed = self._sessions.close_all("server shutting down")
         closed.addTimeout(SHUTDOWN_GRACE, self._reactor)

@@ -107,7 +107,7 @@ class AuthorityTests(SynchronousTestCase):
         A server certificate names serverAuth and carries its DNS names and
         IP addresses; without any it is made for its own name.
         """
-        names = pki.Names(dns=("chat.example", "192.0.2.1"))
+        names = pki.Names(dns=("chat.example",), ips=("192.0.2.1",))
         certificate = self.issue(Request("chat", server=True, names=names))
         usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
         self.assertEqual(list(usage.value), [ExtendedKeyUsageOID.SERVER_AUTH])
@@ -146,7 +146,7 @@ class AuthorityTests(SynchronousTestCase):
         certificate = self.issue(Request("bob", rsa_bits=3072))
         self.assertIsInstance(certificate.public_key(), rsa.RSAPublicKey)
         self.assertEqual(certificate.public_key().key_size, 3072)
-        with self.assertRaises(ValueError):
+        with self.assertRaises(AuthorityError):
             self.issue(Request("carol", rsa_bits=1024))
 
     def test_existing_files_need_force(self) -> None:
@@ -155,10 +155,12 @@ class AuthorityTests(SynchronousTestCase):
         replaces them.
         """
         first = self.issue(Request("alice"))
+        key = (self.directory / "clients" / "alice.key").read_bytes()
         with self.assertRaises(AuthorityError) as caught:
             self.issue(Request("alice"))
         self.assertIn("--force", str(caught.exception))
         self.assertEqual(load(self.directory / "clients" / "alice.pem"), first)
+        self.assertEqual((self.directory / "clients" / "alice.key").read_bytes(), key)
         second = self.issue(Request("alice", replace=True))
         self.assertNotEqual(first.serial_number, second.serial_number)
 
@@ -173,6 +175,13 @@ class AuthorityTests(SynchronousTestCase):
             (Request(".hidden"), "not a usable name"),
             (Request("a b"), "not a usable name"),
             (Request("s", server=True, names=pki.Names(dns=("a b",))), "DNS name"),
+            (Request("s", server=True, names=pki.Names(dns=("*.com",))), "DNS name"),
+            (Request("s", server=True, names=pki.Names(dns=("10.9.8.7",))), "--ip"),
+            (
+                Request("s", server=True, names=pki.Names(ips=("evil.example",))),
+                "not an IP address",
+            ),
+            (Request("r", rsa_bits=2048), "RSA keys are 3072 or 4096 bits"),
             (Request("e", names=pki.Names(emails=("no-at-sign",))), "e-mail"),
             (Request("u", names=pki.Names(uris=("no scheme",))), "URI"),
             (Request("old", days=pki.CA_DAYS + 1), "outlive the CA"),
@@ -199,6 +208,9 @@ class AuthorityTests(SynchronousTestCase):
         self.assertIsNotNone(entry)
         reason = entry.extensions.get_extension_for_class(x509.CRLReason)
         self.assertEqual(reason.value.reason, x509.ReasonFlags.key_compromise)
+        self.assertEqual(entry.revocation_date_utc, NOW)
+        ca_key = load(self.directory / "ca.pem").public_key()
+        self.assertTrue(crl.is_signature_valid(ca_key))
         self.assertIsNone(
             crl.get_revoked_certificate_by_serial_number(bob.serial_number)
         )
@@ -206,6 +218,9 @@ class AuthorityTests(SynchronousTestCase):
             authority.revoke(f"{bob.serial_number:X}", "superseded", NOW)
         crl = load_crl(self.directory)
         self.assertEqual(len(crl), 2)
+        bob_entry = crl.get_revoked_certificate_by_serial_number(bob.serial_number)
+        reason = bob_entry.extensions.get_extension_for_class(x509.CRLReason)
+        self.assertEqual(reason.value.reason, x509.ReasonFlags.superseded)
         number = crl.extensions.get_extension_for_class(x509.CRLNumber)
         self.assertEqual(number.value.crl_number, 3)
 
@@ -222,7 +237,7 @@ class AuthorityTests(SynchronousTestCase):
             ("alice", "unspecified"),
             ("zed", "unspecified"),
             ("ca", "unspecified"),
-            ("bob", "because"),
+            ("alice", "because"),
         ]:
             with (
                 self.assertRaises(AuthorityError),
@@ -231,17 +246,78 @@ class AuthorityTests(SynchronousTestCase):
                 authority.revoke(which, reason, NOW)
         self.assertEqual((self.directory / "crl.pem").read_bytes(), before)
 
-    def test_damaged_inventory_is_named(self) -> None:
+    def test_unspecified_reason_carries_no_extension(self) -> None:
         """
-        An inventory that is not one is reported against its file.
+        RFC 5280 asks that "unspecified" be left out rather than written.
         """
-        (self.directory / "inventory.json").write_text("[]")
+        alice = self.issue(Request("alice"))
+        with open_authority(self.directory) as authority:
+            authority.revoke("alice", "unspecified", NOW)
+        entry = load_crl(self.directory).get_revoked_certificate_by_serial_number(
+            alice.serial_number
+        )
+        self.assertEqual(len(entry.extensions), 0)
+
+    def test_revocation_whose_crl_cannot_be_written_says_how_to_finish(self) -> None:
+        """
+        If the CRL cannot be written, the operator is told that the
+        revocation is recorded and which command writes the CRL.
+        """
+        self.issue(Request("alice"))
+        (self.directory / "crl.pem").unlink()
+        (self.directory / "crl.pem").mkdir()
+        with (
+            self.assertRaises(AuthorityError) as caught,
+            open_authority(self.directory) as authority,
+        ):
+            authority.revoke("alice", "unspecified", NOW)
+        self.assertIn(f"secmsg pki --dir {self.directory} crl", str(caught.exception))
+
+    def test_ca_key_that_is_not_the_cas_is_refused(self) -> None:
+        """
+        A ca.key that does not belong to ca.pem would sign things no one
+        can verify: the directory is refused.
+        """
+        other = temporary_directory(self) / "other"
+        create_authority(other, SUBJECT, NOW)
+        (self.directory / "ca.key").write_bytes((other / "ca.key").read_bytes())
         with (
             self.assertRaises(ConfigurationError) as caught,
             open_authority(self.directory),
         ):
             pass
-        self.assertIn("inventory.json: not a secmsg inventory", str(caught.exception))
+        self.assertIn("not the key of the CA", str(caught.exception))
+
+    def test_crl_may_not_outlive_the_ca(self) -> None:
+        """
+        A CRL whose next update is after the CA expires is refused.
+        """
+        with (
+            self.assertRaises(AuthorityError),
+            open_authority(self.directory) as authority,
+        ):
+            authority.sign_crl(NOW, pki.CA_DAYS + 1)
+
+    def test_damaged_inventory_is_named(self) -> None:
+        """
+        An inventory that is not one is reported against its file.
+        """
+        inventory = self.directory / "inventory.json"
+        good = inventory.read_text()
+        for damaged in (
+            "[]",
+            good.replace('"crl_number": 1', '"crl_number": "1"'),
+            good.replace("+00:00", ""),
+        ):
+            inventory.write_text(damaged)
+            with (
+                self.assertRaises(ConfigurationError) as caught,
+                open_authority(self.directory),
+            ):
+                pass
+            self.assertIn(
+                "inventory.json: not a secmsg inventory", str(caught.exception)
+            )
 
     def test_no_ca_says_how_to_make_one(self) -> None:
         """
@@ -313,6 +389,41 @@ class CommandLineTests(SynchronousTestCase):
         status, _, err = self.secmsg("pki", "--dir", d, "issue", "x", "--rsa", "2048")
         self.assertEqual(status, 1)
         self.assertIn("RSA keys are 3072 or 4096 bits, not 2048", err)
+        self.assertFalse((self.directory / "clients").exists())
+        fresh = temporary_directory(self) / "fresh"
+        status, _, err = self.secmsg("pki", "init", str(fresh), "--rsa", "2048")
+        self.assertEqual((status, fresh.exists()), (1, False))
+        status, _, err = self.secmsg("pki", "init", str(fresh), "--cn", "")
+        self.assertEqual(status, 1)
+        self.assertIn("--cn or --org", err)
+
+    def test_init_never_overwrites_an_operators_files(self) -> None:
+        """
+        secmsg init into a directory that already has a policy (or a config,
+        or a CA) changes nothing and says which file is in the way.
+        """
+        self.directory.mkdir(parents=True)
+        policy = self.directory / "policy.toml"
+        policy.write_text("# mine\n")
+        status, _, err = self.secmsg("init", str(self.directory))
+        self.assertEqual(status, 1)
+        self.assertIn("policy.toml already exists", err)
+        self.assertEqual(policy.read_text(), "# mine\n")
+        self.assertFalse((self.directory / "ca.key").exists())
+
+    def test_options_after_arguments_and_double_dash(self) -> None:
+        """
+        Options may follow the positional arguments; an escape sequence in
+        an argument is shown escaped.
+        """
+        d = str(self.directory)
+        self.secmsg("pki", "init", d)
+        status, out, _ = self.secmsg("pki", "issue", "carol", "--days", "3", "--dir", d)
+        self.assertEqual(status, 0, out)
+        status, _, err = self.secmsg("pki", "--dir", d, "issue", "\x1b]0;x\x07")
+        self.assertEqual(status, 1)
+        self.assertIn("\\x1b]0;x\\x07", err)
+        self.assertNotIn("\x1b", err)
 
     def test_no_private_key_is_printed(self) -> None:
         """

@@ -15,13 +15,14 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
-from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
+from secmsg.client import ClientProtocol, ExitStatus, SessionEnded, ending_for_push
 from secmsg.client_command import SendOptions, parse_address
-from secmsg.client_tls import client_tls_options
+from secmsg.client_tls import client_tls_options, load_client_files
 from secmsg.display import help_commands, show_push, show_reply
+from secmsg.errors import ConfigurationError
 from secmsg.tls import clock_time
 from tests.certs import SERVER_AUTH, CertificateAuthority, Pair, self_signed
-from tests.harness import Instance
+from tests.harness import Instance, temporary_directory
 
 WHEN = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
 SENT = "2026-06-01T09:29:00Z"
@@ -184,7 +185,29 @@ class ClientSessionTests(SynchronousTestCase):
         session = self.client(self.alice, ca_pem=other.pem)
         failure = self.failureResultOf(session.greeted, SessionEnded)
         self.assertEqual(failure.value.status, ExitStatus.CONNECTION)
-        self.assertIn("not signed by a CA we trust", failure.value.words)
+        self.assertIn("did not verify against our CA file", failure.value.words)
+
+    def test_command_after_the_end_fails_at_once(self) -> None:
+        """
+        A command sent once the session is over fails with its ending
+        rather than waiting for ever.
+        """
+        session = self.client(self.alice)
+        session.command(b"QUIT")
+        self.instance.flush()
+        failure = self.failureResultOf(session.command(b"PING"), SessionEnded)
+        self.assertIs(failure.value, self.ending(session))
+
+    def test_closings_for_the_certificate_are_refusals(self) -> None:
+        """
+        Every CLOSED reason that means our certificate or identity is no
+        longer accepted gives the refused-certificate status.
+        """
+        for reason in ("revocation status unknown", "wrong key usage", "expired"):
+            ending = ending_for_push(wire.PushLine("CLOSED", (reason,)))
+            self.assertEqual(ending.status, ExitStatus.CERTIFICATE_REFUSED)
+        ending = ending_for_push(wire.PushLine("CLOSED", ("server shutting down",)))
+        self.assertEqual(ending.status, ExitStatus.FAILED)
 
     def test_silent_server_times_out(self) -> None:
         """
@@ -279,6 +302,46 @@ class DisplayTests(SynchronousTestCase):
             wire.ReplyLine(211, "2 commands", True),
         ]
         self.assertEqual(help_commands(lines), ["HELP", "MSG"])
+        hostile = [wire.ReplyLine(211, "\x1b]0;x\x07PING check", False), *lines]
+        self.assertEqual(help_commands(hostile), ["HELP", "MSG"])
+
+
+class ClientFilesTests(SynchronousTestCase):
+    def test_each_bad_file_is_named(self) -> None:
+        """
+        A key that is not the certificate's, a key that is no key and a CA
+        file without a certificate are each reported against their file.
+        """
+        ca = CertificateAuthority()
+        alice, bob = ca.issue("alice"), ca.issue("bob")
+        directory = temporary_directory(self)
+        files = {
+            "alice.pem": alice.certificate_pem,
+            "bob.key": bob.key_pem,
+            "alice.key": alice.key_pem,
+            "junk": b"not pem",
+            "ca.pem": ca.pem,
+        }
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        d = directory
+        for certificate, key, authority, words in [
+            (
+                "alice.pem",
+                "bob.key",
+                "ca.pem",
+                "bob.key: not the key of the certificate",
+            ),
+            ("alice.pem", "junk", "ca.pem", "junk: not an unencrypted PEM private key"),
+            ("junk", "alice.key", "ca.pem", "junk: not a PEM certificate"),
+            ("alice.pem", "alice.key", "junk", "junk: holds no PEM certificate"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                load_client_files(d / certificate, d / key, d / authority)
+            self.assertIn(words, str(caught.exception))
+        self.assertEqual(
+            load_client_files(d / "alice.pem", d / "alice.key", d / "ca.pem")[2], ca.pem
+        )
 
 
 class CommandLineTests(SynchronousTestCase):
@@ -291,7 +354,15 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(parse_address("127.0.0.1:8000"), ("127.0.0.1", 8000))
         self.assertEqual(parse_address("[::1]:8000"), ("::1", 8000))
         self.assertEqual(parse_address("::1"), ("::1", 7443))
-        for bad in ("host:", "host:x", "host:70000", ":7443", "[::1]:"):
+        for bad in (
+            "host:",
+            "host:x",
+            "host:70000",
+            ":7443",
+            "[::1]:",
+            "host:\u00b2",
+            "bad_host!",
+        ):
             with self.assertRaises(usage.UsageError):
                 parse_address(bad)
 
@@ -307,6 +378,8 @@ class CommandLineTests(SynchronousTestCase):
             (["--room", "ops", "hi"], "not a room"),
             (["--to", "bob", "--room", "#ops", "hi"], "one of --to"),
             (["--to", "bob"], "give the text"),
+            (["--to", "bob", "--cert", "x.pem", "hi"], "not both"),
+            (["--to", "bob", "--server-name", "a b", "hi"], "is not a host"),
         ]:
             with self.assertRaises(usage.UsageError) as caught:
                 SendOptions().parseOptions(base + extra)

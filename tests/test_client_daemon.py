@@ -54,13 +54,21 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
     def test_scripted_connect_answers_every_line_then_exits(self) -> None:
         """
         Lines from standard input are sent, every server line is written to
-        standard output, blank lines get nothing, and the client exits 0
+        standard output, blank lines get nothing, a line with a control
+        character is refused here with its number, and the client exits 0
         once the last command is answered.
         """
         result = secmsg(
-            "connect", self.address, *self.as_user("alice"), stdin="PING\n\nWHO\n"
+            "connect",
+            self.address,
+            *self.as_user("alice"),
+            stdin="PING\n\n\r\r\nWHO\n",
         )
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            "secmsg: line 3 not sent: control characters are not allowed\n",
+        )
         self.assertEqual(
             result.stdout.splitlines(),
             [
@@ -117,7 +125,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         secmsg("pki", "init", str(other))
         for extra, words in [
             (["--server-name", "chat.example"], "not valid for chat.example"),
-            (["--ca", str(other / "ca.pem")], "not signed by a CA we trust"),
+            (["--ca", str(other / "ca.pem")], "did not verify against our CA file"),
         ]:
             result = secmsg(
                 "connect", self.address, *self.as_user("alice"), *extra, stdin="PING\n"
@@ -162,6 +170,9 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         console.expect("PING")
         console.send("\r")
         console.expect("PONG")
+        # A paste holding a newline would be two commands: refused whole.
+        console.send("\x1b[200~MSG alice x\nWHOAMI\x1b[201~\r")
+        console.expect("not sent: control characters are not allowed")
         console.send("/quit\r")
         console.expect(pexpect.EOF)
         console.close()
@@ -199,24 +210,31 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
 
 class HostileServer:
     """
-    A TLS server with the instance's server certificate that greets, sends
-    escape sequences in a push and a reply, and hangs up: what a hostile or
-    broken server could do to a client's terminal.
+    A TLS server with the instance's server certificate that greets, then
+    does what a hostile or broken server could do to a client: escape
+    sequences in a push, in a HELP listing and in a reply; or, C{silent},
+    never answers at all.
     """
 
-    LINES = (
-        b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
+    GREETING = b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
+    PUSH = (
         b"MSG 1 2026-06-01T09:29:00Z eve "
         b"\x1b]0;owned\x07\x1b[2Jcleared \xe2\x80\xae reversed\n"
     )
+    HELP = b"211-\x1b]0;PWNED\x07PING  check\n211-MSG <identity> <text>\n211 2\n"
+    # U+009B (CSI) as UTF-8, and the raw 8-bit CSI byte, which is not UTF-8.
+    REPLY = b"200 \x1b[31mPONG\xc2\x9b1m \x9b1m\n"
 
-    def __init__(self, testcase: SynchronousTestCase, directory: Path) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, directory: Path, silent: bool = False
+    ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         servers = directory / "servers"
         context.load_cert_chain(servers / "localhost.pem", servers / "localhost.key")
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(STARTUP_DEADLINE)
         self.port = listener.getsockname()[1]
+        self._silent = silent
         self._listener = context.wrap_socket(listener, server_side=True)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -229,26 +247,35 @@ class HostileServer:
         except OSError:
             return
         with connection, connection.makefile("rb") as lines:
-            connection.sendall(self.LINES)
-            lines.readline()
-            # U+009B (CSI) as UTF-8, and the raw 8-bit CSI byte, which is
-            # not UTF-8 at all.
-            connection.sendall(b"200 \x1b[31mPONG\xc2\x9b1m \x9b1m\n")
+            connection.sendall(self.GREETING)
+            if self._silent:
+                # Read until the client gives up; answer nothing.
+                while lines.readline():
+                    pass
+                return
+            connection.sendall(self.PUSH)
+            for _ in range(2):
+                line = lines.readline()
+                if not line:
+                    break
+                connection.sendall(self.HELP if line == b"HELP\n" else self.REPLY)
 
 
 class HostileServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = init_instance(self)
-        self.server = HostileServer(self, self.directory)
-        self.address = f"localhost:{self.server.port}"
         self.user = ["--instance", str(self.directory), "--as", "alice"]
+
+    def address(self, silent: bool = False) -> str:
+        server = HostileServer(self, self.directory, silent)
+        return f"localhost:{server.port}"
 
     def test_scripted_output_is_escaped(self) -> None:
         """
         Escape sequences, C1 controls and bidi overrides from the server
         are written as visible escapes, never as themselves.
         """
-        result = secmsg("connect", self.address, *self.user, stdin="PING\n")
+        result = secmsg("connect", self.address(), *self.user, stdin="PING\n")
         self.assertEqual(
             result.stdout.splitlines()[1:],
             [
@@ -260,12 +287,13 @@ class HostileServerTests(SynchronousTestCase):
 
     def test_terminal_output_is_escaped(self) -> None:
         """
-        The terminal client shows the same push escaped: the title is not
-        set and the screen is not cleared.
+        The terminal client shows the push escaped, and leaves out of its
+        command list a HELP word that is an escape sequence: the title is
+        not set and the screen is not cleared.
         """
         console = pexpect.spawn(
             str(BIN / "secmsg"),
-            ["connect", self.address, *self.user],
+            ["connect", self.address(), *self.user],
             encoding="utf-8",
             timeout=STARTUP_DEADLINE,
             env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
@@ -273,7 +301,28 @@ class HostileServerTests(SynchronousTestCase):
         self.addCleanup(console.close, force=True)
         console.expect_exact("eve to you: \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e")
         seen = console.before + console.after
+        console.expect_exact("commands: MSG;")
+        seen += console.before + console.after
+        console.send("PING\r")
         console.expect(pexpect.EOF)
         seen += console.before
-        self.assertNotIn("\x1b]0;owned", seen)
-        self.assertNotIn("\u202e", seen)
+        for raw in ("\x1b]0;owned", "\x1b]0;PWNED", "\u202e", "\x1b[31m", "\x9b"):
+            self.assertNotIn(raw, seen)
+
+    def test_send_gives_up_on_a_silent_server(self) -> None:
+        """
+        A server that greets and then never answers does not hang send: it
+        gives up after --timeout with exit 3.
+        """
+        result = secmsg(
+            "send",
+            self.address(silent=True),
+            *self.user,
+            "--timeout",
+            "1",
+            "--to",
+            "bob",
+            "hello",
+        )
+        self.assertEqual(result.returncode, 3)
+        self.assertIn("no reply from the server within 1 seconds", result.stderr)

@@ -355,5 +355,7 @@ class InitTests(SynchronousTestCase):
             check=False,
         )
         self.assertEqual(result.returncode, 1)
-        self.assertIn("already exists; not overwritten", result.stderr)
+        self.assertIn(
+            "already exists; secmsg init writes a new instance", result.stderr
+        )
         self.assertEqual((directory / "ca.pem").read_bytes(), before)

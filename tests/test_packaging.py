@@ -34,7 +34,8 @@ class PackagingTests(SynchronousTestCase):
     def test_wheel_carries_plugin_without_shadowing_twisted(self) -> None:
         """
         A built wheel holds twisted/plugins/secmsg_plugin.py and no
-        __init__.py under twisted/, which would hide Twisted itself.
+        __init__.py under twisted/, which would hide Twisted itself, and the
+        store's schema files.
         """
         out = temporary_directory(self)
         subprocess.run(
@@ -49,3 +50,5 @@ class PackagingTests(SynchronousTestCase):
             [n for n in names if n.startswith("twisted/") and "__init__" in n], []
         )
         self.assertIn("secmsg/tap.py", names)
+        for schema in ("v1.sql", "v2.sql", "upgrade-to-v2.sql"):
+            self.assertIn(f"secmsg/store/schema/{schema}", names)
