@@ -279,9 +279,9 @@ def _acknowledgement(rest: str) -> tuple[str, ...] | None:
     parts = rest.split()
     if len(parts) == 2 and parts[0].upper() == "UPTO":
         parts = ["UPTO", parts[1]]
-    if len(parts) not in (1, 2) or not _MESSAGE_ID.fullmatch(parts[-1]):
+    elif len(parts) != 1:
         return None
-    return tuple(parts)
+    return tuple(parts) if _MESSAGE_ID.fullmatch(parts[-1]) else None
 
 
 def _history(rest: str) -> tuple[str, ...] | None:

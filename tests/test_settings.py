@@ -5,12 +5,14 @@ Settings: flags over the config file over defaults, and clear errors.
 from __future__ import annotations
 
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.errors import ConfigurationError
 from secmsg.identity import IdentityField
+from secmsg.messages import Retention
 from secmsg.settings import OPTIONS, load_settings, prepare_data_dir
 from tests.harness import temporary_directory
 
@@ -48,6 +50,24 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(settings.identity, IdentityField.SAN_EMAIL)
         self.assertIsNone(settings.crl)
         self.assertEqual(settings.interface, "127.0.0.1")
+
+    def test_retention_and_history_settings(self) -> None:
+        """
+        Retention and HISTORY's maximum come from the file or flags, with
+        defaults, and a value out of range is refused naming the setting.
+        """
+        defaults = load_settings(no_flags(), str(self.config))
+        self.assertEqual(defaults.retention.max_age, timedelta(days=30))
+        self.assertEqual(defaults.history_max, 200)
+        self.config.write_text(CONFIG + "retention-days = 7\nroom-max = 50\n")
+        settings = load_settings(no_flags(mailbox_max="20"), str(self.config))
+        self.assertEqual(
+            settings.retention,
+            Retention(max_age=timedelta(days=7), room_max=50, mailbox_max=20),
+        )
+        with self.assertRaises(ConfigurationError) as caught:
+            load_settings(no_flags(history_max="0"), str(self.config))
+        self.assertIn("--history-max", str(caught.exception))
 
     def test_flags_override_the_file(self) -> None:
         """

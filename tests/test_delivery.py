@@ -1,0 +1,295 @@
+"""
+Store-and-forward through the protocol: messages for offline identities,
+acknowledgements and redelivery, history and its permissions, a failing
+store, and replies kept in order while commands wait for the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.messages import Draft, Stored
+from secmsg.store.memory import MemoryStore
+from tests.harness import capture_log
+from tests.sessions import STAMP, Network
+
+
+def leave(session) -> None:  # type: ignore[no-untyped-def]
+    session.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class StoreAndForwardTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.log = capture_log(self)
+        self.network = Network()
+        self.alice = self.network.connect("alice")
+        self.alice.take()
+
+    def test_offline_known_identity_gets_messages_at_login_in_order(self) -> None:
+        """
+        bob (named by the policy) is offline: alice's messages are accepted,
+        and bob gets them right after his greeting, oldest first.
+        """
+        self.assertEqual(self.alice.send("MSG bob one"), ["250 1"])
+        self.assertEqual(self.alice.send("MSG bob two"), ["250 2"])
+        bob = self.network.connect("bob")
+        self.assertEqual(
+            bob.take(),
+            [
+                "200 secmsg 0.1.0 ready; you are bob (roles: user)",
+                f"MSG 1 {STAMP} alice one",
+                f"MSG 2 {STAMP} alice two",
+            ],
+        )
+        self.assertTrue(
+            any("delivered 2 waiting message(s) to bob" in e for e in self.log)
+        )
+
+    def test_identity_seen_before_is_known(self) -> None:
+        """
+        carol is not in the policy; once she has logged in, messages to her
+        are kept while she is away.
+        """
+        self.assertEqual(
+            self.alice.send("MSG carol hi"), ["404 no such identity carol"]
+        )
+        leave(self.network.connect("carol"))
+        self.assertEqual(self.alice.send("MSG carol hi"), ["250 1"])
+
+    def test_unacknowledged_messages_come_back_marked(self) -> None:
+        """
+        A message pushed to a session that ended before ACK is sent again
+        at the next login, marked REDELIVERED; once acknowledged, never.
+        """
+        bob = self.network.connect("bob")
+        bob.take()
+        self.alice.send("MSG bob first")
+        self.alice.send("MSG bob second")
+        self.assertEqual(len(bob.take()), 2)
+        self.assertEqual(bob.send("ACK 1"), ["200 acknowledged 1"])
+        leave(bob)
+        again = self.network.connect("bob")
+        self.assertEqual(again.take()[1:], [f"REDELIVERED MSG 2 {STAMP} alice second"])
+        self.assertEqual(again.send("ACK UPTO 2"), ["200 acknowledged 1"])
+        leave(again)
+        self.assertEqual(self.network.connect("bob").take()[1:], [])
+
+    def test_ack_is_for_ones_own_messages(self) -> None:
+        """
+        ACK of a message that was never yours is 404; malformed ACKs are
+        400 with the usage.
+        """
+        bob = self.network.connect("bob")
+        self.alice.send("MSG bob hi")
+        self.assertEqual(self.alice.send("ACK 1"), ["404 no message 1 for alice"])
+        self.assertEqual(bob.send("ACK 1")[-1], "200 acknowledged 1")
+        for bad in ("ACK", "ACK x", "ACK UPTO", "ACK 0", "ACK 1 2"):
+            self.assertEqual(bob.send(bad), ["400 usage: ACK [UPTO] <id>"])
+
+    def test_room_messages_are_kept_for_members_only(self) -> None:
+        """
+        A SAY is kept for the identities in the room when it was said; a
+        member whose session ends before ACK gets it at the next login.
+        """
+        bob = self.network.connect("bob")
+        for session in (self.alice, bob):
+            session.send("JOIN #ops")
+        bob.take()
+        self.alice.send("SAY #ops deploy")
+        self.assertEqual(bob.take(), [f"SAY 1 {STAMP} #ops alice deploy"])
+        leave(bob)
+        again = self.network.connect("bob")
+        self.assertEqual(
+            again.take()[1:], [f"REDELIVERED SAY 1 {STAMP} #ops alice deploy"]
+        )
+        admin = self.network.connect("admin")
+        self.assertEqual(admin.take()[1:], [])
+
+    def test_broadcast_reaches_known_identities_offline(self) -> None:
+        """
+        A broadcast is kept for every known identity but its sender.
+        """
+        admin = self.network.connect("admin")
+        admin.send("BROADCAST maintenance")
+        bob = self.network.connect("bob")
+        self.assertEqual(bob.take()[1:], [f"BROADCAST 1 {STAMP} admin maintenance"])
+        leave(admin)
+        self.assertEqual(self.network.connect("admin").take()[1:], [])
+
+
+class HistoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.network = Network()
+        self.alice = self.network.connect("alice")
+        self.bob = self.network.connect("bob")
+        for session in (self.alice, self.bob):
+            session.take()
+
+    def test_room_history_for_members_only(self) -> None:
+        """
+        HISTORY #room gives the last n messages to a member, oldest first;
+        a session not in the room gets 403.
+        """
+        for session in (self.alice, self.bob):
+            session.send("JOIN #ops")
+        for n in range(3):
+            self.alice.send(f"SAY #ops note {n}")
+        self.bob.take()
+        self.assertEqual(
+            self.bob.send("HISTORY #ops 2"),
+            [
+                f"211-2 {STAMP} #ops alice note 1",
+                f"211-3 {STAMP} #ops alice note 2",
+                "211 2 messages",
+            ],
+        )
+        admin = self.network.connect("admin")
+        admin.take()
+        self.assertEqual(
+            admin.send("HISTORY #ops"),
+            ["403 HISTORY not permitted for admin: not a member of #ops"],
+        )
+
+    def test_conversation_history_is_ones_own(self) -> None:
+        """
+        HISTORY <identity> gives the direct messages between the two of
+        you, both ways, and nobody else's.
+        """
+        self.alice.send("MSG bob hi bob")
+        self.bob.send("MSG alice hi alice")
+        self.alice.take()
+        admin = self.network.connect("admin")
+        admin.send("MSG bob from admin")
+        self.assertEqual(
+            self.alice.send("HISTORY bob"),
+            [
+                f"211-1 {STAMP} alice hi bob",
+                f"211-2 {STAMP} bob hi alice",
+                "211 2 messages",
+            ],
+        )
+        self.assertEqual(admin.send("HISTORY alice"), ["211 0 messages"])
+
+
+class _FullStore(MemoryStore):
+    """
+    A store whose disk is full: every accept fails.
+    """
+
+    def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
+        self.failing = True
+        return super().accept(draft, recipients)
+
+
+class _WaitingStore(MemoryStore):
+    """
+    A store that commits only when the test says so.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[defer.Deferred[Stored], Stored]] = []
+
+    def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
+        stored = self.successResultOf_(super().accept(draft, recipients))
+        later: defer.Deferred[Stored] = defer.Deferred()
+        self.waiting.append((later, stored))
+        return later
+
+    @staticmethod
+    def successResultOf_(deferred: defer.Deferred[Stored]) -> Stored:
+        results: list[Stored] = []
+        deferred.addCallback(results.append)
+        return results[0]
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for later, stored in waiting:
+            later.callback(stored)
+
+
+class StoreFailureAndOrderTests(SynchronousTestCase):
+    def test_full_disk_is_503_never_250_and_the_session_goes_on(self) -> None:
+        """
+        When the store cannot commit, the sender gets 503, the recipient
+        gets nothing, the failure is logged, and other commands still work.
+        """
+        log = capture_log(self)
+        network = Network(store=_FullStore())
+        alice, bob = network.connect("alice"), network.connect("bob")
+        alice.take()
+        bob.take()
+        reply = alice.send("MSG bob hi")
+        self.assertEqual(len(reply), 1)
+        self.assertTrue(reply[0].startswith("503 not done, the message store failed"))
+        self.assertEqual(bob.take(), [])
+        self.assertEqual(alice.send("PING"), ["200 PONG"])
+        self.assertTrue(any("message store failed" in entry for entry in log))
+
+    def test_replies_keep_their_order_while_the_store_works(self) -> None:
+        """
+        A PING sent after a MSG is answered after it, though it was ready
+        first; the push to the recipient waits for the commit too.
+        """
+        store = _WaitingStore()
+        network = Network(store=store)
+        alice, bob = network.connect("alice"), network.connect("bob")
+        alice.take()
+        bob.take()
+        self.assertEqual(alice.send(b"MSG bob hi\nPING\n"), [])
+        self.assertEqual(bob.take(), [])
+        store.commit()
+        self.assertEqual(alice.take(), ["250 1", "200 PONG"])
+        self.assertEqual(bob.take(), [f"MSG 1 {STAMP} alice hi"])
+
+    def test_quit_waits_for_earlier_replies(self) -> None:
+        """
+        QUIT behind a message in progress ends the session only after the
+        message's 250 has been written.
+        """
+        store = _WaitingStore()
+        network = Network(store=store)
+        alice = network.connect("alice")
+        alice.take()
+        alice.send(b"MSG bob hi\nQUIT\nPING\n")
+        self.assertFalse(alice.closed)
+        store.commit()
+        self.assertEqual(alice.take(), ["250 1", "221 bye"])
+        self.assertTrue(alice.closed)
+
+    def test_waiting_messages_come_before_newer_pushes(self) -> None:
+        """
+        A message committed while bob's mailbox is being read reaches him
+        once, after the older ones.
+        """
+        store = _WaitingStore()
+        network = Network(store=store)
+        alice = network.connect("alice")
+        alice.take()
+        alice.send("MSG bob old")
+        store.commit()
+        real_pending = store.pending
+        held: list[tuple[defer.Deferred[object], object]] = []
+
+        def slow_pending(identity: str) -> defer.Deferred[object]:
+            later: defer.Deferred[object] = defer.Deferred()
+            held.append((later, self.successResultOf(real_pending(identity))))
+            return later
+
+        store.pending = slow_pending  # type: ignore[method-assign]
+        bob = network.connect("bob")
+        alice.send("MSG bob new")
+        store.commit()
+        self.assertEqual(
+            bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
+        )
+        ((later, found),) = held
+        later.callback(found)
+        self.assertEqual(
+            bob.take(), [f"MSG 1 {STAMP} alice old", f"MSG 2 {STAMP} alice new"]
+        )

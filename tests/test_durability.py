@@ -1,0 +1,130 @@
+"""
+What the README promises of the store, shown on the real daemon: a message
+confirmed with 250 survives the daemon being killed with SIGKILL in the
+middle of a stream of messages, is delivered after the restart, and once
+acknowledged is never delivered again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import ssl
+from collections.abc import Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_daemon import STARTUP_DEADLINE, Daemon, init_instance
+
+SENT = 20_000
+"""Messages alice sends in one stream: far more than the daemon can take
+between the last reply read and the kill, so that it dies mid-stream."""
+
+KILL_AFTER = 40
+"""Replies alice reads before the daemon is killed; the rest are in flight."""
+
+_PUSH = re.compile(r"(?:REDELIVERED )?MSG (\d+) \S+ alice (.*)")
+
+
+def stream_until_killed(
+    connection: ssl.SSLSocket, data: bytes, kill: Callable[[], None]
+) -> set[int]:
+    """
+    Send C{data} while reading replies, on one thread (an SSL connection
+    must not be read and written from two); once L{KILL_AFTER} replies have
+    come, C{kill} the daemon, and read on until the connection ends.
+
+    @return: the ids of every 250 read.
+    """
+    connection.setblocking(False)
+    unsent = memoryview(data)
+    buffer = b""
+    confirmed: set[int] = set()
+    killed = False
+    while True:
+        writers = [connection] if unsent and not killed else []
+        readable, writable, _ = select.select(
+            [connection], writers, [], STARTUP_DEADLINE
+        )
+        if not readable and not writable:
+            raise AssertionError("the daemon neither read nor answered")
+        if writable:
+            with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                unsent = unsent[connection.send(unsent[:16384]) :]
+        if not readable:
+            continue
+        try:
+            chunk = connection.recv(65536)
+            while connection.pending():
+                chunk += connection.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            continue
+        except OSError:
+            return confirmed
+        if not chunk:
+            return confirmed
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        confirmed.update(int(line.split()[1]) for line in lines if line[:4] == b"250 ")
+        if len(confirmed) >= KILL_AFTER and not killed:
+            kill()
+            killed = True
+
+
+class CrashTests(SynchronousTestCase):
+    def test_kill_9_loses_no_confirmed_message(self) -> None:
+        """
+        alice sends a burst of messages to bob, who is offline; the daemon
+        is SIGKILLed after some of the 250s.  After a restart, bob gets
+        every message whose 250 alice saw, in order; he acknowledges them;
+        after another kill and restart he gets none of them again.
+        """
+        directory = init_instance(self)
+        daemon = Daemon(self, directory)
+        alice = daemon.client("alice")
+        with alice:
+            with alice.makefile("rb") as lines:
+                self.assertIn(b"you are alice", lines.readline())
+            stream = b"".join(b"MSG bob message %d\n" % n for n in range(SENT))
+            confirmed = stream_until_killed(alice, stream, daemon.process.kill)
+        daemon.process.wait()
+        self.assertGreaterEqual(len(confirmed), KILL_AFTER)
+        self.assertLess(len(confirmed), SENT, "the kill came after the stream")
+
+        received = self.log_in_as_bob(Daemon(self, directory))
+        self.assertEqual(list(received), sorted(received))
+        self.assertLessEqual(confirmed, set(received))
+        # Each id carries the text sent with it: ids were given in order.
+        for message_id, text in received.items():
+            self.assertEqual(text, f"message {message_id - 1}")
+
+        self.assertEqual(self.log_in_as_bob(Daemon(self, directory)), {})
+
+    def log_in_as_bob(self, daemon: Daemon) -> dict[int, str]:
+        """
+        Log in as bob, take every message that waited for him, acknowledge
+        them all, and kill the daemon.
+
+        @return: the text of each message received, by id.
+        """
+        bob = daemon.client("bob")
+        received: dict[int, str] = {}
+        with bob, bob.makefile("rb") as lines:
+            self.assertIn(b"you are bob", lines.readline())
+            # A store command sent after login is answered after what
+            # waited for bob has been pushed: the store works in order.
+            bob.sendall(b"HISTORY carol 1\n")
+            line = lines.readline().decode()
+            while line != "211 0 messages\n":
+                match = _PUSH.fullmatch(line.rstrip("\n"))
+                self.assertIsNotNone(match, line)
+                received[int(match.group(1))] = match.group(2)
+                line = lines.readline().decode()
+            if received:
+                bob.sendall(f"ACK UPTO {max(received)}\n".encode())
+                self.assertEqual(
+                    lines.readline(), f"200 acknowledged {len(received)}\n".encode()
+                )
+        daemon.process.kill()
+        daemon.process.wait()
+        return received
