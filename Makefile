@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTANCE := dev
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,8 +25,12 @@ test: $(VENV)/installed lint
 	$(PYTHON) -m twisted.trial tests
 
 lint: $(VENV)/installed
-	$(VENV)/bin/ruff check secmsg twisted tests
-	$(VENV)/bin/ruff format --check secmsg twisted tests
+	$(VENV)/bin/ruff check secmsg twisted tests bench
+	$(VENV)/bin/ruff format --check secmsg twisted tests bench
+
+## Measure; the numbers and what they mean are in docs/benchmarks.md.
+bench: $(VENV)/installed
+	$(PYTHON) bench/store_throughput.py
 
 clean:
 	rm -rf $(VENV) *.egg-info build _trial_temp .hypothesis
