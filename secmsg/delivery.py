@@ -20,10 +20,14 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.interfaces import IHub, IMessageStore, IPeer
-from secmsg.messages import Draft, Kind, Pending, Stored
+from secmsg.messages import Draft, Kind, Stored
 from secmsg.tls import clock_time
 
 log = Logger()
+
+PAGE_SIZE = 100
+"""Waiting messages read and sent at a time: a mailbox of any size costs a
+page of memory, and the next page waits until the peer has read this one."""
 
 
 class Delivery:
@@ -96,40 +100,38 @@ class Delivery:
     def catch_up(self, peer: IPeer, identity: str) -> defer.Deferred[None]:
         """
         Send a session that has just logged in what waits in its mailbox,
-        oldest first and before anything pushed meanwhile; note that the
-        identity is known from now on.
+        oldest first and before anything pushed meanwhile, a page at a time
+        as the peer takes them; note that the identity is known from now on.
         """
         self._store.remember(identity, clock_time(self._clock)).addErrback(
             self._log_failure, "remember", identity
         )
         peer.hold()
-        waiting = self._store.pending(identity)
-        waiting.addCallbacks(
-            self._release,
-            self._catch_up_failed,
-            callbackArgs=(peer, identity),
-            errbackArgs=(peer, identity),
-        )
-        return waiting
+        sending = defer.Deferred.fromCoroutine(self._send_pages(peer, identity))
+        sending.addErrback(self._log_failure, "read the mailbox of", identity)
+        sending.addBoth(lambda _: peer.release())
+        return sending
 
-    def _release(self, pending: list[Pending], peer: IPeer, identity: str) -> None:
-        peer.release(
-            [
-                (p.message.id, wire.message_push(p.message, p.redelivery))
-                for p in pending
+    async def _send_pages(self, peer: IPeer, identity: str) -> None:
+        after = sent = 0
+        while True:
+            page = await self._store.pending(identity, after, PAGE_SIZE)
+            if not page:
+                break
+            self._note_delivered([(identity, p.message.id) for p in page])
+            sent += len(page)
+            after = page[-1].message.id
+            lines = [
+                (p.message.id, wire.message_push(p.message, p.redelivery)) for p in page
             ]
-        )
-        if pending:
+            if not await peer.send_waiting(lines) or len(page) < PAGE_SIZE:
+                break
+        if sent:
             log.info(
                 "delivered {count} waiting message(s) to {identity}",
-                count=len(pending),
+                count=sent,
                 identity=identity,
             )
-            self._note_delivered([(identity, p.message.id) for p in pending])
-
-    def _catch_up_failed(self, failure: Failure, peer: IPeer, identity: str) -> None:
-        peer.release([])
-        self._log_failure(failure, "read the mailbox of", identity)
 
     def _note_delivered(self, deliveries: list[tuple[str, int]]) -> None:
         self._store.delivered(deliveries).addErrback(

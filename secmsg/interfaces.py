@@ -67,10 +67,19 @@ class IPeer(Interface):
         be sent what waited for it, which must come first.
         """
 
-    def release(waiting: Sequence[tuple[int, bytes]]) -> None:
+    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred:
         """
-        Send the C{(id, line)} messages that waited, then those held back
-        that were not among them, and push as usual from then on.
+        Send C{(id, line)} messages that waited for the session, now, while
+        newer ones are held back.
+
+        @return: fires with C{True} once the peer can take more, or C{False}
+            if the session has ended.
+        """
+
+    def release() -> None:
+        """
+        Send the messages held back that L{send_waiting} did not already
+        send, and push as usual from then on.
         """
 
     def close(reason: str) -> None:
@@ -176,10 +185,11 @@ class IMessageStore(Interface):
         C{recipients}; fire with the L{secmsg.messages.Stored} message.
         """
 
-    def pending(identity: str) -> Deferred:
+    def pending(identity: str, after: int, limit: int) -> Deferred:
         """
-        Fire with the L{secmsg.messages.Pending} messages of C{identity}'s
-        mailbox that it has not acknowledged, oldest first.
+        Fire with up to C{limit} L{secmsg.messages.Pending} messages of
+        C{identity}'s mailbox that it has not acknowledged and whose ids are
+        above C{after}, oldest first.
         """
 
     def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred:

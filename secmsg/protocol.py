@@ -120,6 +120,9 @@ class SessionProtocol(Protocol):
         self._answering = False
         self._throttled = False
         self._held: list[tuple[int, bytes]] | None = None
+        self._held_bytes = 0
+        self._sent_while_held: set[int] = set()
+        self._drain_waiters: list[defer.Deferred[bool]] = []
         self._finishing = False
         self._closing = False
         self._lost = False
@@ -263,6 +266,7 @@ class SessionProtocol(Protocol):
         """
         self._paused = False
         self._backlog = 0
+        self._wake_drain_waiters(True)
         self._answer_waiting()
         if not self._paused and not self._closing and not self._throttled:
             self.transport.resumeProducing()
@@ -346,21 +350,46 @@ class SessionProtocol(Protocol):
     def push(self, line: bytes, message_id: int | None = None) -> None:
         if self._held is not None and message_id is not None:
             self._held.append((message_id, line))
+            self._held_bytes += len(line)
+            if self._held_bytes > BACKLOG_LIMIT:
+                log.warn(
+                    "dropped {identity} from {peer}: more than {limit} bytes of "
+                    "new messages came while its waiting ones were being sent",
+                    identity=self.avatar.identity,
+                    peer=self._peer,
+                    limit=BACKLOG_LIMIT,
+                )
+                self._drop()
             return
         self._push_now(line)
 
     def hold(self) -> None:
         self._held = []
+        self._held_bytes = 0
 
-    def release(self, waiting: Sequence[tuple[int, bytes]]) -> None:
-        sent = set()
-        for message_id, line in waiting:
-            self._push_now(line)
-            sent.add(message_id)
+    def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:
+        if self._closing:
+            return defer.succeed(False)
+        for message_id, line in lines:
+            self._sent_while_held.add(message_id)
+            self.transport.write(line)
+        if not self._paused:
+            return defer.succeed(True)
+        drained: defer.Deferred[bool] = defer.Deferred()
+        self._drain_waiters.append(drained)
+        return drained
+
+    def release(self) -> None:
         held, self._held = self._held or [], None
+        sent, self._sent_while_held = self._sent_while_held, set()
         for message_id, line in held:
             if message_id not in sent:
                 self._push_now(line)
+
+    def _wake_drain_waiters(self, open_: bool) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(open_)
 
     def _push_now(self, line: bytes) -> None:
         if self._closing:
@@ -434,6 +463,7 @@ class SessionProtocol(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._closing = self._lost = True
+        self._wake_drain_waiters(False)
         if self._cutoff is not None and self._cutoff.active():
             self._cutoff.cancel()
         if self.avatar is not None:

@@ -13,8 +13,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.messages import Draft, Stored
+from secmsg.delivery import PAGE_SIZE, Delivery
+from secmsg.messages import Draft, Kind, Stored
 from secmsg.store.memory import MemoryStore
+from secmsg.tls import clock_time
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 
@@ -276,9 +278,12 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         real_pending = store.pending
         held: list[tuple[defer.Deferred[object], object]] = []
 
-        def slow_pending(identity: str) -> defer.Deferred[object]:
+        def slow_pending(
+            identity: str, after: int, limit: int
+        ) -> defer.Deferred[object]:
             later: defer.Deferred[object] = defer.Deferred()
-            held.append((later, self.successResultOf(real_pending(identity))))
+            found = self.successResultOf(real_pending(identity, after, limit))
+            held.append((later, found))
             return later
 
         store.pending = slow_pending  # type: ignore[method-assign]
@@ -293,3 +298,69 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         self.assertEqual(
             bob.take(), [f"MSG 1 {STAMP} alice old", f"MSG 2 {STAMP} alice new"]
         )
+
+
+class _PagedPeer:
+    """
+    A peer that takes each page of waiting messages only when the test
+    says it has drained.
+    """
+
+    def __init__(self) -> None:
+        self.pages: list[list[int]] = []
+        self.drained: list[defer.Deferred[bool]] = []
+        self.held = False
+        self.pushed: list[int] = []
+
+    def hold(self) -> None:
+        self.held = True
+
+    def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:
+        self.pages.append([message_id for message_id, _ in lines])
+        self.drained.append(defer.Deferred())
+        return self.drained[-1]
+
+    def release(self) -> None:
+        self.held = False
+
+
+class PagingTests(SynchronousTestCase):
+    def test_a_large_mailbox_goes_a_page_at_a_time(self) -> None:
+        """
+        Waiting messages are read and sent a page at a time, the next page
+        only once the peer has taken the last; then live pushes resume.
+        """
+        store = MemoryStore()
+        network = Network(store=store)
+        delivery = Delivery(network.hub, store, network.clock, lambda: {"bob"})
+        moment = clock_time(network.clock)
+        for n in range(PAGE_SIZE + 5):
+            store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])
+        peer = _PagedPeer()
+        done = delivery.catch_up(peer, "bob")
+        self.assertEqual([len(page) for page in peer.pages], [PAGE_SIZE])
+        self.assertTrue(peer.held)
+        peer.drained[0].callback(True)
+        self.assertEqual([len(page) for page in peer.pages], [PAGE_SIZE, 5])
+        self.assertEqual(
+            [i for page in peer.pages for i in page], list(range(1, PAGE_SIZE + 6))
+        )
+        peer.drained[1].callback(True)
+        self.successResultOf(done)
+        self.assertFalse(peer.held)
+
+    def test_a_session_that_ends_stops_the_paging(self) -> None:
+        """
+        When the session ends mid-way, no further page is read.
+        """
+        store = MemoryStore()
+        network = Network(store=store)
+        delivery = Delivery(network.hub, store, network.clock, lambda: {"bob"})
+        moment = clock_time(network.clock)
+        for n in range(PAGE_SIZE * 2):
+            store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])
+        peer = _PagedPeer()
+        done = delivery.catch_up(peer, "bob")
+        peer.drained[0].callback(False)
+        self.successResultOf(done)
+        self.assertEqual(len(peer.pages), 1)

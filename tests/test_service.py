@@ -52,6 +52,6 @@ class RetentionServiceTests(SynchronousTestCase):
         store.accept(old, ["bob"])
         service.startService()
         self.addCleanup(service.stopService)
-        self.assertEqual(len(self.successResultOf(store.pending("bob"))), 1)
+        self.assertEqual(len(self.successResultOf(store.pending("bob", 0, 100))), 1)
         clock.advance(PURGE_INTERVAL)
-        self.assertEqual(self.successResultOf(store.pending("bob")), [])
+        self.assertEqual(self.successResultOf(store.pending("bob", 0, 100)), [])

@@ -72,15 +72,15 @@ class StoreBehaviour:
         self.accept(direct("carol", "dave", "not bob's"), "dave")
         second = self.accept(direct("alice", "bob", "two"), "bob")
         third = self.accept(direct("carol", "bob", "three"), "bob")
-        pending = self.result(self.store.pending("bob"))
+        pending = self.result(self.store.pending("bob", 0, 100))
         self.assertEqual([p.message.text for p in pending], ["one", "two", "three"])  # type: ignore[attr-defined]
         self.assertEqual(self.result(self.store.acknowledge("bob", second, False)), 1)  # type: ignore[attr-defined]
         self.assertEqual(
-            [p.message.id for p in self.result(self.store.pending("bob"))],
+            [p.message.id for p in self.result(self.store.pending("bob", 0, 100))],
             [first, third],
         )  # type: ignore[attr-defined]
         self.assertEqual(self.result(self.store.acknowledge("bob", third, True)), 2)  # type: ignore[attr-defined]
-        self.assertEqual(self.result(self.store.pending("bob")), [])  # type: ignore[attr-defined]
+        self.assertEqual(self.result(self.store.pending("bob", 0, 100)), [])  # type: ignore[attr-defined]
 
     def test_acknowledging_is_idempotent_and_private(self) -> None:
         """
@@ -103,7 +103,7 @@ class StoreBehaviour:
         shown = self.accept(direct("alice", "bob", "shown"), "bob")
         self.accept(direct("alice", "bob", "queued"), "bob")
         self.result(self.store.delivered([("bob", shown)]))
-        pending = self.result(self.store.pending("bob"))
+        pending = self.result(self.store.pending("bob", 0, 100))
         self.assertEqual([p.redelivery for p in pending], [True, False])  # type: ignore[attr-defined]
 
     def test_room_history_and_conversation(self) -> None:
@@ -140,7 +140,7 @@ class StoreBehaviour:
         old = NOW - timedelta(days=40)
         self.accept(direct("alice", "bob", "ancient"), "bob")
         self.result(self.store.purge(NOW, Retention(max_age=timedelta(days=30))))
-        self.assertEqual(len(self.result(self.store.pending("bob"))), 1)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.result(self.store.pending("bob", 0, 100))), 1)  # type: ignore[attr-defined]
         self.accept(direct("alice", "bob", "old", old), "bob")
         acked = [self.accept(said("alice", "#ops", f"{n}"), "bob") for n in range(3)]
         unacked = self.accept(said("alice", "#ops", "unread"), "carol")
@@ -152,10 +152,12 @@ class StoreBehaviour:
         texts = [m.text for m in self.result(self.store.room_history("#ops", 10))]
         self.assertEqual(texts, ["unread", "newest"])  # type: ignore[attr-defined]
         self.assertNotIn(
-            "old", [p.message.text for p in self.result(self.store.pending("bob"))]
+            "old",
+            [p.message.text for p in self.result(self.store.pending("bob", 0, 100))],
         )  # type: ignore[attr-defined]
         self.assertEqual(
-            [p.message.id for p in self.result(self.store.pending("carol"))], [unacked]
+            [p.message.id for p in self.result(self.store.pending("carol", 0, 100))],
+            [unacked],
         )  # type: ignore[attr-defined]
 
 
@@ -251,7 +253,7 @@ class DatabaseTests(SynchronousTestCase):
         self.assertEqual(structure(backup)["version"], [(1,)])
         connection = open_database(self.path)
         store = SQLiteStore(ImmediateWorker(connection), set())
-        pending = self.successResultOf(store.pending("bob"))
+        pending = self.successResultOf(store.pending("bob", 0, 100))
         store.close()
         self.assertEqual(
             [(p.message.text, p.redelivery) for p in pending], [("kept", False)]

@@ -48,15 +48,16 @@ class MemoryStore:
             self._mailboxes.setdefault(recipient, {})[message.id] = _Entry()
         return defer.succeed(message)
 
-    def pending(self, identity: str) -> defer.Deferred[list[Pending]]:
+    def pending(
+        self, identity: str, after: int, limit: int
+    ) -> defer.Deferred[list[Pending]]:
         mailbox = self._mailboxes.get(identity, {})
-        return defer.succeed(
-            [
-                Pending(self._messages[message_id], entry.delivered)
-                for message_id, entry in sorted(mailbox.items())
-                if not entry.acknowledged
-            ]
-        )
+        waiting = [
+            Pending(self._messages[message_id], entry.delivered)
+            for message_id, entry in sorted(mailbox.items())
+            if not entry.acknowledged and message_id > after
+        ]
+        return defer.succeed(waiting[:limit])
 
     def delivered(self, deliveries: Sequence[tuple[str, int]]) -> defer.Deferred[None]:
         for identity, message_id in deliveries:

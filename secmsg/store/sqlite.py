@@ -34,7 +34,8 @@ from secmsg.store.worker import Job
 _PENDING = """
 SELECT m.id, m.kind, m.sender, m.target, m.body, m.created, b.delivered
 FROM mailbox b JOIN messages m ON m.id = b.message_id
-WHERE b.recipient = ? AND b.acknowledged = 0 ORDER BY m.id
+WHERE b.recipient = ? AND b.acknowledged = 0 AND b.message_id > ?
+ORDER BY b.message_id LIMIT ?
 """
 
 _ACKNOWLEDGE_ONE = """
@@ -106,9 +107,11 @@ class SQLiteStore:
 
         return self._worker.submit(job)
 
-    def pending(self, identity: str) -> defer.Deferred[list[Pending]]:
+    def pending(
+        self, identity: str, after: int, limit: int
+    ) -> defer.Deferred[list[Pending]]:
         def job(connection: sqlite3.Connection) -> list[Pending]:
-            rows = connection.execute(_PENDING, (identity,))
+            rows = connection.execute(_PENDING, (identity, after, limit))
             return [Pending(_stored(row[:-1]), bool(row[-1])) for row in rows]
 
         return self._worker.submit(job)
