@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from secmsg.messages import Draft, Kind
-from secmsg.store.database import open_database
 from secmsg.store.sqlite import SQLiteStore
 from secmsg.store.worker import ThreadWorker
 
@@ -44,10 +43,12 @@ def store_rate(directory: Path, messages: int, batch_limit: int) -> float:
     """
     Messages per second the store commits with the given batch limit.
     """
-    connection = open_database(directory / f"batch-{batch_limit}.db")
     fired = threading.Semaphore(0)
-    worker = ThreadWorker(connection, lambda *_: fired.release(), batch_limit)
-    store = SQLiteStore(worker, set())
+    store = SQLiteStore(
+        directory / f"batch-{batch_limit}.db",
+        lambda c: ThreadWorker(c, lambda *_: fired.release(), batch_limit),
+    )
+    store.open()
     now = datetime.now(UTC)
     start = time.perf_counter()
     for n in range(messages):
@@ -55,7 +56,7 @@ def store_rate(directory: Path, messages: int, batch_limit: int) -> float:
     for _ in range(messages):
         fired.acquire()
     elapsed = time.perf_counter() - start
-    worker.stop()
+    store.close()
     return messages / elapsed
 
 

@@ -56,8 +56,33 @@ Reply = bytes | defer.Deferred[bytes]
 Handler = Callable[..., Reply]
 
 HISTORY_DEFAULT = 20
-HISTORY_MAX = 200
-"""Messages HISTORY gives when not told, and at most."""
+"""Messages HISTORY gives when not told how many."""
+
+
+HISTORY_BYTES = 256 * 1024
+"""The most a HISTORY reply holds; older messages past it are left out, so
+that no reply is larger than a reader can be expected to take at once."""
+
+
+def _history_listing(messages: list[Stored]) -> bytes:
+    """
+    A HISTORY reply: the newest messages that fit in L{HISTORY_BYTES},
+    oldest first, and how many were left out.
+    """
+    lines: list[str] = []
+    size = 0
+    for message in reversed(messages):
+        line = " ".join(wire.message_fields(message))
+        size += len(line.encode("utf-8")) + 5
+        if size > HISTORY_BYTES:
+            break
+        lines.append(line)
+    lines.reverse()
+    left_out = len(messages) - len(lines)
+    summary = f"{len(lines)} messages"
+    if left_out:
+        summary += f" ({left_out} older left out: over {HISTORY_BYTES // 1024} KiB)"
+    return wire.listing(211, lines, summary)
 
 
 class Commands:
@@ -71,7 +96,7 @@ class Commands:
         store: IMessageStore,
         delivery: Delivery,
         reload: Callable[[], ReloadReport],
-        history_max: int = HISTORY_MAX,
+        history_max: int,
     ) -> None:
         self._hub = hub
         self._store = store
@@ -215,13 +240,7 @@ class Commands:
             found = self._store.room_history(target, limit)
         else:
             found = self._store.conversation(identity, target, limit)
-        found.addCallback(
-            lambda messages: wire.listing(
-                211,
-                [" ".join(wire.message_fields(m)) for m in messages],
-                f"{len(messages)} messages",
-            )
-        )
+        found.addCallback(_history_listing)
         return self._stored(found)
 
     def _accepted(self, sent: defer.Deferred[Stored]) -> defer.Deferred[bytes]:

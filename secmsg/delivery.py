@@ -19,9 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmsg import wire
+from secmsg.clock import clock_time
 from secmsg.interfaces import IHub, IMessageStore, IPeer
 from secmsg.messages import Draft, Kind, Stored
-from secmsg.tls import clock_time
 
 log = Logger()
 
@@ -100,16 +100,19 @@ class Delivery:
     def catch_up(self, peer: IPeer, identity: str) -> defer.Deferred[None]:
         """
         Send a session that has just logged in what waits in its mailbox,
-        oldest first and before anything pushed meanwhile, a page at a time
-        as the peer takes them; note that the identity is known from now on.
+        oldest first and before anything pushed meanwhile (the session holds
+        those back until released), a page at a time as the peer takes them;
+        note that the identity is known from now on.
         """
         self._store.remember(identity, clock_time(self._clock)).addErrback(
             self._log_failure, "remember", identity
         )
-        peer.hold()
         sending = defer.Deferred.fromCoroutine(self._send_pages(peer, identity))
-        sending.addErrback(self._log_failure, "read the mailbox of", identity)
-        sending.addBoth(lambda _: peer.release())
+        sending.addCallbacks(
+            lambda _: peer.release(),
+            self._mailbox_failed,
+            errbackArgs=(peer, identity),
+        )
         return sending
 
     async def _send_pages(self, peer: IPeer, identity: str) -> None:
@@ -118,20 +121,30 @@ class Delivery:
             page = await self._store.pending(identity, after, PAGE_SIZE)
             if not page:
                 break
-            self._note_delivered([(identity, p.message.id) for p in page])
-            sent += len(page)
-            after = page[-1].message.id
             lines = [
                 (p.message.id, wire.message_push(p.message, p.redelivery)) for p in page
             ]
-            if not await peer.send_waiting(lines) or len(page) < PAGE_SIZE:
+            taken = await peer.send_waiting(lines)
+            if taken:
+                self._note_delivered([(identity, p.message.id) for p in page])
+                sent += len(page)
+            if not taken or len(page) < PAGE_SIZE:
                 break
+            after = page[-1].message.id
         if sent:
             log.info(
                 "delivered {count} waiting message(s) to {identity}",
                 count=sent,
                 identity=identity,
             )
+
+    def _mailbox_failed(self, failure: Failure, peer: IPeer, identity: str) -> None:
+        """
+        Without what waited, newer messages would overtake older ones:
+        close the session, which can come back once the store works again.
+        """
+        self._log_failure(failure, "read the mailbox of", identity)
+        peer.close("message store failed; try again later")
 
     def _note_delivered(self, deliveries: list[tuple[str, int]]) -> None:
         self._store.delivered(deliveries).addErrback(

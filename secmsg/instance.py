@@ -33,7 +33,7 @@ DEVELOPMENT_POLICY = """\
 default_roles = ["user"]
 
 [roles.guest]
-commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"]
+commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
 
 [roles.user]
 inherits = ["guest"]

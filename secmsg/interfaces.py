@@ -52,19 +52,11 @@ class IPeer(Interface):
         "The peer's verified chain as pyOpenSSL X509 objects, leaf first."
     )
 
-    def push(line: bytes, message_id: int | None = None) -> None:
+    def push(line: bytes, message_id: int) -> None:
         """
-        Send a formatted line the peer did not ask for (a message, a
-        notice).  Does nothing once the session is closing.
-
-        @param message_id: the id of the stored message the line delivers,
-            so that a session catching up at login can tell it has it.
-        """
-
-    def hold() -> None:
-        """
-        Keep pushed messages back until L{release}: the session is about to
-        be sent what waited for it, which must come first.
+        Send the formatted line that delivers a stored message.  A new
+        session holds such lines back until L{release}, since what waited
+        for it must come first; nothing is sent once the session is closing.
         """
 
     def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred:
@@ -244,6 +236,26 @@ class IMessageStore(Interface):
     def close() -> Deferred:
         """
         Finish what was submitted and release the store.
+        """
+
+
+class IStoreWorker(Interface):
+    """
+    What runs the SQLite store's jobs: one thread that owns the connection
+    in the daemon, the caller's own thread in tests.
+    """
+
+    def submit(job: Any) -> Deferred:
+        """
+        Run C{job} (a function of the connection); fire with its result
+        once its transaction has committed, or fail with
+        L{secmsg.errors.StoreError}.
+        """
+
+    def stop() -> Deferred:
+        """
+        Finish every job submitted, refuse new ones, and close the
+        connection; fire once that is done.
         """
 
 

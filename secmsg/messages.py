@@ -99,6 +99,9 @@ def to_microseconds(moment: datetime) -> int:
 
 
 def from_microseconds(value: int) -> datetime:
+    """
+    A time the store kept, back as an aware datetime in UTC.
+    """
     return _EPOCH + timedelta(microseconds=value)
 
 

@@ -37,6 +37,12 @@ class Grant:
     commands: frozenset[str]
 
 
+ALWAYS_GRANTED = frozenset({"ACK"})
+"""Commands every admitted identity has, whatever its roles: ACK only
+touches one's own mailbox, and without it every message would come back
+at every login."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """
@@ -61,7 +67,9 @@ class Policy:
         roles = self.identities.get(identity, self.default_roles)
         if not roles:
             return None
-        commands = frozenset().union(*(self.role_commands[role] for role in roles))
+        commands = frozenset().union(
+            ALWAYS_GRANTED, *(self.role_commands[role] for role in roles)
+        )
         return Grant(roles, commands)
 
 

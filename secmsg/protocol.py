@@ -119,7 +119,9 @@ class SessionProtocol(Protocol):
         self._replies: deque[_Reply] = deque()
         self._answering = False
         self._throttled = False
-        self._held: list[tuple[int, bytes]] | None = None
+        # Messages pushed before the session has been sent what waited for
+        # it are held back, so that nothing newer overtakes the older.
+        self._held: list[tuple[int, bytes]] | None = []
         self._held_bytes = 0
         self._sent_while_held: set[int] = set()
         self._drain_waiters: list[defer.Deferred[bool]] = []
@@ -320,6 +322,8 @@ class SessionProtocol(Protocol):
             if self._closing:
                 self._replies.clear()
                 return
+            if self._paused and self._over_backlog(len(ready.data), "its replies"):
+                return
             self.transport.write(ready.data)
             if ready.finishes:
                 self._end()
@@ -347,8 +351,8 @@ class SessionProtocol(Protocol):
     def finish(self) -> None:
         self._finishing = True
 
-    def push(self, line: bytes, message_id: int | None = None) -> None:
-        if self._held is not None and message_id is not None:
+    def push(self, line: bytes, message_id: int) -> None:
+        if self._held is not None:
             self._held.append((message_id, line))
             self._held_bytes += len(line)
             if self._held_bytes > BACKLOG_LIMIT:
@@ -362,10 +366,6 @@ class SessionProtocol(Protocol):
                 self._drop()
             return
         self._push_now(line)
-
-    def hold(self) -> None:
-        self._held = []
-        self._held_bytes = 0
 
     def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:
         if self._closing:
@@ -394,19 +394,28 @@ class SessionProtocol(Protocol):
     def _push_now(self, line: bytes) -> None:
         if self._closing:
             return
-        if self._paused:
-            self._backlog += len(line)
-            if self._backlog > BACKLOG_LIMIT:
-                log.warn(
-                    "dropped {identity} from {peer}: it stopped reading, and more "
-                    "than {limit} bytes of messages were waiting for it",
-                    identity=self.avatar.identity,
-                    peer=self._peer,
-                    limit=BACKLOG_LIMIT,
-                )
-                self._drop()
-                return
+        if self._paused and self._over_backlog(len(line), "messages"):
+            return
         self.transport.write(line)
+
+    def _over_backlog(self, size: int, what: str) -> bool:
+        """
+        Count bytes written to a peer that has stopped reading; past
+        L{BACKLOG_LIMIT}, drop it and say so.
+        """
+        self._backlog += size
+        if self._backlog <= BACKLOG_LIMIT:
+            return False
+        log.warn(
+            "dropped {identity} from {peer}: it stopped reading, and more than "
+            "{limit} bytes of {what} were waiting for it",
+            identity=self.avatar.identity,
+            peer=self._peer,
+            limit=BACKLOG_LIMIT,
+            what=what,
+        )
+        self._drop()
+        return True
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
@@ -435,6 +444,10 @@ class SessionProtocol(Protocol):
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()
+        if self._paused or self._throttled:
+            # Read again, so that the peer's own close is seen and the
+            # connection ends without waiting out the grace period.
+            self.transport.resumeProducing()
         # Armed first: a transport may report the loss from loseConnection
         # itself, and connectionLost must find the timer to cancel it.
         self._cutoff = self._clock.callLater(

@@ -19,13 +19,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from secmsg.auth import PolicyRealm
+from secmsg.clock import clock_time
 from secmsg.interfaces import IHub
 from secmsg.policy import Policy, load_policy
 from secmsg.tls import (
     ServerTLS,
     TLSFiles,
     VerifyingServerTLS,
-    clock_time,
     load_server_tls,
 )
 

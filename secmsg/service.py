@@ -23,12 +23,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from secmsg import __version__
+from secmsg.clock import clock_time
 from secmsg.errors import ConfigurationError
 from secmsg.interfaces import IMessageStore
 from secmsg.messages import Retention
 from secmsg.protocol import SessionFactory, describe_address
 from secmsg.reload import ReloadReport
-from secmsg.tls import clock_time
+from secmsg.store.sqlite import SQLiteStore
 
 log = Logger()
 
@@ -133,6 +134,27 @@ class SecmsgService(Service):
         closed.addCallback(lambda _: self._store.close())
         waits = [closed] if stopped is None else [stopped, closed]
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+class StoreService(Service):
+    """
+    Opens the message store when the daemon starts: after twistd has forked
+    into the background, so that the store's lock and thread belong to the
+    process that serves.  A store that cannot be opened stops the daemon
+    with one line, as a port that cannot be bound does.
+
+    @ivar store: the store it opens.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.store.open()
+        except ConfigurationError as error:
+            raise SystemExit(f"secmsg: cannot start: {error}") from None
 
 
 PURGE_INTERVAL = 3600.0

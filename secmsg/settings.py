@@ -16,7 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from secmsg.commands import HISTORY_MAX
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.identity import IdentityField
@@ -40,6 +39,9 @@ OPTIONS = (
     "history-max",
 )
 """Every setting, by the name it has both as a flag and in the file."""
+
+HISTORY_MAX = 200
+"""The most messages one HISTORY gives, unless the operator says."""
 
 _PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir"}
 _REQUIRED = ("cert", "key", "ca", "policy", "data-dir")

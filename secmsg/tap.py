@@ -10,7 +10,6 @@ line naming the file and the problem, before anything listens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -21,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from secmsg.auth import CertificateChecker, PolicyRealm
+from secmsg.clock import clock_time
 from secmsg.commands import Commands
 from secmsg.delivery import Delivery
 from secmsg.errors import ConfigurationError
@@ -29,12 +29,12 @@ from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
-from secmsg.service import RetentionService, SecmsgService
+from secmsg.service import RetentionService, SecmsgService, StoreService
 from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
 from secmsg.store.database import DATABASE_NAME, open_database
-from secmsg.store.sqlite import SQLiteStore, known_identities
+from secmsg.store.sqlite import SQLiteStore
 from secmsg.store.worker import ThreadWorker
-from secmsg.tls import TLSFiles, VerifyingServerTLS, clock_time
+from secmsg.tls import TLSFiles, VerifyingServerTLS
 
 LISTEN_BACKLOG = 511
 """Pending connections the kernel holds; Twisted's default of 50 overflows
@@ -139,33 +139,23 @@ def build_daemon(
     return Daemon(TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader)
 
 
-def open_store(data_dir: Path, reactor: Any) -> SQLiteStore:
-    """
-    The daemon's message store: SQLite in the data directory, worked on
-    its own thread.
-
-    @raise ConfigurationError: the database cannot be used.
-    """
-    connection = open_database(data_dir / DATABASE_NAME)
-    known = known_identities(connection)
-    return SQLiteStore(ThreadWorker(connection, reactor.callFromThread), known)
-
-
 def assemble(settings: Settings, reactor: Any) -> MultiService:
     """
     The daemon as a service listening on the configured address, with its
     message store and the retention that trims it.
 
+    The database is opened here once, so that a corrupt, locked or newer
+    one stops the daemon before it starts, and is opened for good by
+    L{StoreService} when the daemon starts.
+
     @param reactor: provides TCP listening, threads and the clock.
     @raise ConfigurationError: a file is missing or invalid.
     """
     prepare_data_dir(settings.data_dir)
-    store = open_store(settings.data_dir, reactor)
-    try:
-        daemon = build_daemon(settings, reactor, store)
-    except ConfigurationError:
-        store.close()
-        raise
+    path = settings.data_dir / DATABASE_NAME
+    open_database(path).close()
+    store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
+    daemon = build_daemon(settings, reactor, store)
     endpoint_type = (
         TCP6ServerEndpoint if ":" in settings.interface else TCP4ServerEndpoint
     )
@@ -173,6 +163,7 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
         reactor, settings.port, backlog=LISTEN_BACKLOG, interface=settings.interface
     )
     service = MultiService()
+    StoreService(store).setServiceParent(service)
     SecmsgService(
         endpoint,
         daemon.factory,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -41,6 +41,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from secmsg.clock import clock_time
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
 from secmsg.files import read_bytes
 from secmsg.identity import describe_subject
@@ -243,13 +244,6 @@ class _PeerVerifier:
         except CertificateRefused as refusal:
             return refusal
         return self._stale_check([self._chain[d] for d in sorted(self._chain)])
-
-
-def clock_time(clock: IReactorTime) -> datetime:
-    """
-    The clock's time as an aware datetime, for certificate validity checks.
-    """
-    return datetime.fromtimestamp(clock.seconds(), UTC)
 
 
 @dataclass(frozen=True)

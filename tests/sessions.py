@@ -108,7 +108,7 @@ class Network:
             self.hub, self.store, self.clock, lambda: realm.policy.identities
         )
         commands = Commands(
-            self.hub, self.store, delivery, reload or (lambda: ReloadReport())
+            self.hub, self.store, delivery, reload or (lambda: ReloadReport()), 200
         )
         self.factory = SessionFactory(portal, commands, self.clock)
         self._ports = iter(range(50000, 60000))

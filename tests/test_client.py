@@ -18,9 +18,9 @@ from secmsg import wire
 from secmsg.client import ClientProtocol, ExitStatus, SessionEnded, ending_for_push
 from secmsg.client_command import SendOptions, parse_address
 from secmsg.client_tls import client_tls_options, load_client_files
+from secmsg.clock import clock_time
 from secmsg.display import help_commands, show_push, show_reply
 from secmsg.errors import ConfigurationError
-from secmsg.tls import clock_time
 from tests.certs import SERVER_AUTH, CertificateAuthority, Pair, self_signed
 from tests.harness import Instance, temporary_directory
 

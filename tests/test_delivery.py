@@ -13,10 +13,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.clock import clock_time
+from secmsg.commands import HISTORY_BYTES
 from secmsg.delivery import PAGE_SIZE, Delivery
+from secmsg.errors import StoreError
 from secmsg.messages import Draft, Kind, Stored
 from secmsg.store.memory import MemoryStore
-from secmsg.tls import clock_time
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 
@@ -215,7 +217,46 @@ class _WaitingStore(MemoryStore):
             later.callback(stored)
 
 
+class _UnreadableStore(MemoryStore):
+    """
+    A store whose mailboxes cannot be read.
+    """
+
+    def pending(self, identity: str, after: int, limit: int) -> defer.Deferred:
+        return defer.fail(StoreError("disk I/O error"))
+
+
 class StoreFailureAndOrderTests(SynchronousTestCase):
+    def test_unreadable_mailbox_closes_the_session(self) -> None:
+        """
+        If what waited cannot be read, newer messages must not overtake it:
+        the session is closed with words, and the failure logged.
+        """
+        log = capture_log(self)
+        network = Network(store=_UnreadableStore())
+        bob = network.connect("bob")
+        self.assertEqual(
+            bob.take()[1:], ["CLOSED message store failed; try again later"]
+        )
+        self.assertTrue(bob.closed)
+        self.assertTrue(any("could not read the mailbox of bob" in e for e in log))
+
+    def test_history_is_cut_to_a_size(self) -> None:
+        """
+        A HISTORY of long messages gives the newest that fit, and says how
+        many older ones it left out.
+        """
+        network = Network()
+        alice = network.connect("alice")
+        alice.send("JOIN #ops")
+        long = "x" * 4000
+        for _ in range(100):
+            alice.send(f"SAY #ops {long}")
+        reply = alice.send("HISTORY #ops 100")
+        self.assertLess(len("\n".join(reply).encode()), HISTORY_BYTES)
+        self.assertRegex(reply[-1], r"^211 \d+ messages \(\d+ older left out")
+        self.assertEqual(reply[-2].split()[0], "211-100")
+
     def test_full_disk_is_503_never_250_and_the_session_goes_on(self) -> None:
         """
         When the store cannot commit, the sender gets 503, the recipient
@@ -309,10 +350,7 @@ class _PagedPeer:
     def __init__(self) -> None:
         self.pages: list[list[int]] = []
         self.drained: list[defer.Deferred[bool]] = []
-        self.held = False
-        self.pushed: list[int] = []
-
-    def hold(self) -> None:
+        # A new session holds pushes back until it is released.
         self.held = True
 
     def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:

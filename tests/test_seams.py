@@ -76,5 +76,5 @@ class SeamTests(SynchronousTestCase):
         """
         hub, store = InProcessHub(), MemoryStore()
         delivery = Delivery(hub, store, Clock(), frozenset)
-        commands = Commands(hub, store, delivery, ReloadReport)
+        commands = Commands(hub, store, delivery, ReloadReport, 200)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

@@ -4,18 +4,22 @@ The daemon's service: SIGHUP's reload, and the retention it runs.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.clock import clock_time
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Retention
 from secmsg.reload import ReloadReport
 from secmsg.service import PURGE_INTERVAL, RetentionService, SecmsgService
+from secmsg.store.database import DATABASE_NAME, open_database
 from secmsg.store.memory import MemoryStore
-from secmsg.tls import clock_time
-from tests.harness import capture_log
+from secmsg.tap import assemble
+from tests.harness import Instance, capture_log
 
 
 class HangupTests(SynchronousTestCase):
@@ -35,6 +39,42 @@ class HangupTests(SynchronousTestCase):
             "policy.toml: not valid TOML",
             log,
         )
+
+
+class _ThreadsReactor(MemoryReactorClock):
+    """
+    A memory reactor that also takes calls from other threads, to run when
+    the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list[tuple] = []
+
+    def callFromThread(self, function, *arguments) -> None:  # type: ignore[no-untyped-def]
+        self.from_threads.append((function, *arguments))
+
+
+class AssemblyTests(SynchronousTestCase):
+    def test_store_is_opened_when_the_daemon_starts_not_before(self) -> None:
+        """
+        twistd forks into the background after making the service: the
+        store's thread and lock must belong to the process that serves, so
+        the service made holds neither until it starts.
+        """
+        settings = Instance(self).settings()
+        path = settings.data_dir / DATABASE_NAME
+        service = assemble(settings, _ThreadsReactor())
+        self.assertNotIn("secmsg-store", [t.name for t in threading.enumerate()])
+        open_database(path).close()
+        store_service = next(iter(service))
+        store_service.privilegedStartService()
+        (thread,) = [t for t in threading.enumerate() if t.name == "secmsg-store"]
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(store_service.store.close)
+        with self.assertRaises(ConfigurationError) as caught:
+            open_database(path)
+        self.assertIn("database is locked", str(caught.exception))
 
 
 class RetentionServiceTests(SynchronousTestCase):

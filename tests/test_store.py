@@ -8,12 +8,15 @@ full disk.
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -65,22 +68,25 @@ class StoreBehaviour:
 
     def test_pending_in_order_until_acknowledged(self) -> None:
         """
-        A mailbox gives its unacknowledged messages oldest first; an ACK
-        takes one out, ACK up to an id takes every one up to it.
+        A mailbox gives its unacknowledged messages oldest first, a page at
+        a time; an ACK takes one out; ACK up to an id takes every one up to
+        it that was delivered, and none that was not yet sent.
         """
         first = self.accept(direct("alice", "bob", "one"), "bob")
         self.accept(direct("carol", "dave", "not bob's"), "dave")
         second = self.accept(direct("alice", "bob", "two"), "bob")
         third = self.accept(direct("carol", "bob", "three"), "bob")
+        fourth = self.accept(direct("carol", "bob", "four"), "bob")
         pending = self.result(self.store.pending("bob", 0, 100))
-        self.assertEqual([p.message.text for p in pending], ["one", "two", "three"])  # type: ignore[attr-defined]
+        texts = [p.message.text for p in pending]
+        self.assertEqual(texts, ["one", "two", "three", "four"])  # type: ignore[attr-defined]
+        page = self.result(self.store.pending("bob", first, 2))
+        self.assertEqual([p.message.id for p in page], [second, third])  # type: ignore[attr-defined]
         self.assertEqual(self.result(self.store.acknowledge("bob", second, False)), 1)  # type: ignore[attr-defined]
-        self.assertEqual(
-            [p.message.id for p in self.result(self.store.pending("bob", 0, 100))],
-            [first, third],
-        )  # type: ignore[attr-defined]
-        self.assertEqual(self.result(self.store.acknowledge("bob", third, True)), 2)  # type: ignore[attr-defined]
-        self.assertEqual(self.result(self.store.pending("bob", 0, 100)), [])  # type: ignore[attr-defined]
+        self.result(self.store.delivered([("bob", first), ("bob", third)]))
+        self.assertEqual(self.result(self.store.acknowledge("bob", fourth, True)), 2)  # type: ignore[attr-defined]
+        left = self.result(self.store.pending("bob", 0, 100))
+        self.assertEqual([p.message.id for p in left], [fourth])  # type: ignore[attr-defined]
 
     def test_acknowledging_is_idempotent_and_private(self) -> None:
         """
@@ -149,6 +155,14 @@ class StoreBehaviour:
             self.result(self.store.acknowledge("bob", message_id, False))
         retention = Retention(max_age=timedelta(days=30), room_max=1)
         self.assertEqual(self.result(self.store.purge(NOW, retention)), 4)  # type: ignore[attr-defined]
+        kept = self.accept(direct("carol", "bob", "kept"), "bob")
+        self.result(self.store.acknowledge("bob", kept, False))
+        newest = self.accept(direct("carol", "bob", "newest"), "bob")
+        self.result(self.store.acknowledge("bob", newest, False))
+        mailbox = Retention(max_age=timedelta(days=30), mailbox_max=1)
+        self.result(self.store.purge(NOW, mailbox))
+        talk = self.result(self.store.conversation("bob", "carol", 10))
+        self.assertEqual([m.text for m in talk], ["newest"])  # type: ignore[attr-defined]
         texts = [m.text for m in self.result(self.store.room_history("#ops", 10))]
         self.assertEqual(texts, ["unread", "newest"])  # type: ignore[attr-defined]
         self.assertNotIn(
@@ -169,11 +183,9 @@ class MemoryStoreTests(StoreBehaviour, SynchronousTestCase):
 class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
     def setUp(self) -> None:
         self.path = temporary_directory(self) / "secmsg.db"
-        connection = open_database(self.path)
-        self.store = SQLiteStore(
-            ImmediateWorker(connection), known_identities(connection)
-        )
-        self.addCleanup(self.store.close)
+        self.store = SQLiteStore(self.path, ImmediateWorker)
+        self.store.open()
+        self.addCleanup(lambda: self.store.close())
 
     def test_known_identities_survive_a_restart(self) -> None:
         """
@@ -181,11 +193,18 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         """
         self.result(self.store.remember("alice", NOW))
         self.store.close()
-        connection = open_database(self.path)
-        self.store = SQLiteStore(
-            ImmediateWorker(connection), known_identities(connection)
-        )
+        self.store = SQLiteStore(self.path, ImmediateWorker)
+        self.store.open()
         self.assertTrue(self.store.knows("alice"))
+
+    def test_closed_store_refuses_work(self) -> None:
+        """
+        A store not open, or closed, fails at once rather than never.
+        """
+        self.store.close()
+        self.failureResultOf(self.store.pending("bob", 0, 1), StoreError)
+        unopened = SQLiteStore(self.path, ImmediateWorker)
+        self.failureResultOf(unopened.pending("bob", 0, 1), StoreError)
 
     def test_database_is_private(self) -> None:
         """
@@ -251,8 +270,9 @@ class DatabaseTests(SynchronousTestCase):
         self.assertEqual(structure(self.path), structure(fresh))
         backup = self.directory / "secmsg.db.v1.backup"
         self.assertEqual(structure(backup)["version"], [(1,)])
-        connection = open_database(self.path)
-        store = SQLiteStore(ImmediateWorker(connection), set())
+        self.assertEqual(stat.S_IMODE(os.stat(backup).st_mode), 0o600)
+        store = SQLiteStore(self.path, ImmediateWorker)
+        store.open()
         pending = self.successResultOf(store.pending("bob", 0, 100))
         store.close()
         self.assertEqual(
@@ -328,15 +348,22 @@ class WorkerTests(SynchronousTestCase):
 
     def test_full_disk_fails_every_job_of_the_batch(self) -> None:
         """
-        When the commit cannot be written (the database may not grow), every
-        job of the batch fails with StoreError: none was kept.
+        When the database may not grow, a job that needs room fails with
+        StoreError; the next, once there is room, is stored.
         """
-        connection = open_database(self.path)
-        self.addCleanup(connection.close)
+        connections: list[sqlite3.Connection] = []
+
+        def start(connection: sqlite3.Connection) -> ImmediateWorker:
+            connections.append(connection)
+            return ImmediateWorker(connection)
+
+        store = SQLiteStore(self.path, start)
+        store.open()
+        self.addCleanup(store.close)
+        (connection,) = connections
         (pages,) = connection.execute("PRAGMA page_count").fetchone()
         connection.execute(f"PRAGMA max_page_count = {pages}")
         big = "x" * 100_000
-        store = SQLiteStore(ImmediateWorker(connection), set())
         failure = self.failureResultOf(
             store.accept(direct("alice", "bob", big), ["bob"]), StoreError
         )
@@ -344,24 +371,95 @@ class WorkerTests(SynchronousTestCase):
         connection.execute("PRAGMA max_page_count = 1073741823")
         self.successResultOf(store.accept(direct("alice", "bob", "small"), ["bob"]))
 
-    def test_thread_worker_commits_in_batches_and_fires_in_order(self) -> None:
+    def threaded_store(self) -> tuple[SQLiteStore, ThreadWorker, queue.Queue]:
         """
-        Jobs submitted together are committed together on the worker's
-        thread; their Deferreds fire on the caller's side, in order.
+        A store on a real worker thread whose results come back through a
+        queue that the test empties, standing in for the reactor.
         """
-        connection = open_database(self.path)
-        fired: list[tuple] = []
-        worker = ThreadWorker(connection, lambda f, *a: fired.append((f, a)))
-        store = SQLiteStore(worker, set())
+        calls: queue.Queue = queue.Queue()
+        workers: list[ThreadWorker] = []
+
+        def start(connection: sqlite3.Connection) -> ThreadWorker:
+            workers.append(ThreadWorker(connection, lambda *c: calls.put(c)))
+            return workers[0]
+
+        store = SQLiteStore(self.path, start)
+        store.open()
+        return store, workers[0], calls
+
+    def run_until(self, calls: queue.Queue, done: defer.Deferred) -> None:
+        """
+        Run what the worker thread hands back until C{done} has fired;
+        a generous bound, not a timing.
+        """
+        while not done.called:
+            function, *arguments = calls.get(timeout=30)
+            function(*arguments)
+
+    def test_thread_worker_groups_waiting_jobs_in_one_commit(self) -> None:
+        """
+        Jobs waiting together are committed together on the worker's
+        thread, and their Deferreds fire on the caller's side, in order.
+        """
+        store, worker, calls = self.threaded_store()
+        commits: list[str] = []
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold_the_thread(connection: sqlite3.Connection) -> None:
+            connection.set_trace_callback(
+                lambda statement: (
+                    commits.append(statement) if statement == "COMMIT" else None
+                )
+            )
+            entered.set()
+            gate.wait(30)
+
+        worker.submit(hold_the_thread)
+        entered.wait(30)
         accepted = [
             store.accept(direct("alice", "bob", f"m{n}"), ["bob"]) for n in range(200)
         ]
-        worker.stop()
-        for function, arguments in fired:
-            function(*arguments)
+        gate.set()
+        stopped = store.close()
+        self.run_until(calls, stopped)
         ids = [self.successResultOf(d).id for d in accepted]
         self.assertEqual(ids, list(range(1, 201)))
+        # One commit for the job that held the thread, one for the 200.
+        self.assertEqual(len(commits), 2)
+        self.failureResultOf(store.pending("bob", 0, 1), StoreError)
+
+    def test_every_success_is_on_disk_when_a_batch_fails(self) -> None:
+        """
+        A batch in which one job runs out of room: that job fails, and any
+        job reported stored is indeed in the database.
+        """
+        store, worker, calls = self.threaded_store()
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold_the_thread(connection: sqlite3.Connection) -> None:
+            (pages,) = connection.execute("PRAGMA page_count").fetchone()
+            connection.execute(f"PRAGMA max_page_count = {pages + 1}")
+            entered.set()
+            gate.wait(30)
+
+        worker.submit(hold_the_thread)
+        entered.wait(30)
+        drafts = [
+            direct("alice", "bob", "small one"),
+            direct("alice", "bob", "y" * 200_000),
+            direct("alice", "bob", "small two"),
+        ]
+        accepted = [store.accept(draft, ["bob"]) for draft in drafts]
+        gate.set()
+        stopped = store.close()
+        self.run_until(calls, stopped)
+        outcomes = [d.result if d.called else None for d in accepted]
+        for d in accepted:
+            d.addErrback(lambda failure: failure.trap(StoreError))
+        self.assertIsInstance(outcomes[1], Failure)
         reopened = open_database(self.path)
         self.addCleanup(reopened.close)
-        (count,) = reopened.execute("SELECT COUNT(*) FROM mailbox").fetchone()
-        self.assertEqual(count, 200)
+        kept = {body for (body,) in reopened.execute("SELECT body FROM messages")}
+        for draft, outcome in zip(drafts, outcomes, strict=True):
+            if not isinstance(outcome, Failure):
+                self.assertIn(draft.text, kept)

@@ -45,16 +45,14 @@ def open_database(path: Path) -> sqlite3.Connection:
         if not path.exists():
             _create(path)
         connection = _connect(path)
-        version = _version(connection, path)
-        if version > CURRENT_VERSION:
+        try:
+            version = _checked_version(connection, path)
+            _configure(connection)
+            if version < CURRENT_VERSION:
+                _upgrade(connection, path, version)
+        except BaseException:
             connection.close()
-            raise ConfigurationError(
-                str(path),
-                f"database version {version} is newer than this daemon's "
-                f"({CURRENT_VERSION}); run a newer secmsg",
-            )
-        if version < CURRENT_VERSION:
-            _upgrade(connection, path, version)
+            raise
         return connection
     except sqlite3.Error as error:
         raise ConfigurationError(str(path), _explain(error)) from None
@@ -65,67 +63,102 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    """
+    Connect and take the database's lock, before anything is changed.
+    """
     # No busy timeout: the daemon is the database's only user, so a lock
     # held by anyone else is a second daemon, to be refused at once.
     connection = sqlite3.connect(
         path, timeout=0, isolation_level=None, check_same_thread=False
     )
-    # Exclusive locking: a second daemon on the same data directory is
-    # refused at startup instead of interleaving with this one.
-    connection.execute("PRAGMA locking_mode = EXCLUSIVE")
-    connection.execute("PRAGMA journal_mode = WAL")
+    try:
+        # Exclusive locking: a second daemon on the same data directory is
+        # refused at startup instead of interleaving with this one.
+        connection.execute("PRAGMA locking_mode = EXCLUSIVE")
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute("COMMIT")
+    except sqlite3.Error:
+        connection.close()
+        raise
+    return connection
+
+
+def _checked_version(connection: sqlite3.Connection, path: Path) -> int:
+    """
+    The database's schema version, once it has shown itself whole and not
+    newer than this daemon.
+    """
+    try:
+        (version,) = connection.execute("SELECT version FROM version").fetchone()
+    except (sqlite3.Error, TypeError):
+        raise ConfigurationError(
+            str(path), "not a secmsg database (it has no schema version)"
+        ) from None
+    (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
+    if verdict != "ok":
+        raise ConfigurationError(
+            str(path),
+            f"not a usable database (quick_check: {verdict}); restore a backup "
+            "or move it away",
+        )
+    if int(version) > CURRENT_VERSION:
+        raise ConfigurationError(
+            str(path),
+            f"database version {version} is newer than this daemon's "
+            f"({CURRENT_VERSION}); run a newer secmsg",
+        )
+    return int(version)
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise sqlite3.OperationalError(f"cannot use write-ahead logging ({mode})")
     # FULL: a commit is on disk before the 250 that confirms it, even if the
     # machine loses power, not only if the daemon is killed.
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute("PRAGMA foreign_keys = ON")
-    # Take the lock now, so that "locked" is found at startup.
-    connection.execute("BEGIN EXCLUSIVE")
-    connection.execute("COMMIT")
-    return connection
 
 
 def _create(path: Path) -> None:
-    staging = path.with_name(f".{path.name}.new")
-    staging.unlink(missing_ok=True)
+    """
+    Make a new database under a temporary name, readable by its owner only
+    from its first byte, and rename it into place.
+    """
+    staging = _private_file(path.with_name(f".{path.name}.new"))
     connection = sqlite3.connect(staging, isolation_level=None)
     try:
         connection.executescript(f"BEGIN; {schema(f'v{CURRENT_VERSION}.sql')} COMMIT;")
     finally:
         connection.close()
-    os.chmod(staging, 0o600)
     os.replace(staging, path)
+    _sync_directory(path.parent)
     log.info("created the message store {path}", path=str(path))
 
 
-def _version(connection: sqlite3.Connection, path: Path) -> int:
-    try:
-        (version,) = connection.execute("SELECT version FROM version").fetchone()
-    except (sqlite3.Error, TypeError):
-        connection.close()
-        raise ConfigurationError(
-            str(path), "not a secmsg database (it has no schema version)"
-        ) from None
-    return int(version)
-
-
 def _upgrade(connection: sqlite3.Connection, path: Path, version: int) -> None:
-    backup = path.with_name(f"{path.name}.v{version}.backup")
-    if backup.exists():
-        connection.close()
-        raise ConfigurationError(
-            str(backup), "a backup from an earlier upgrade is in the way; move it"
-        )
-    target = sqlite3.connect(backup)
+    """
+    Copy the database aside, then upgrade it in one transaction.
+    """
+    staging = _private_file(path.with_name(f".{path.name}.backup.new"))
+    target = sqlite3.connect(staging)
     try:
         connection.backup(target)
     finally:
         target.close()
-    os.chmod(backup, 0o600)
+    backup = _free_name(path.with_name(f"{path.name}.v{version}.backup"))
+    os.replace(staging, backup)
+    _sync_directory(path.parent)
     script = "".join(
         schema(f"upgrade-to-v{step}.sql")
         for step in range(version + 1, CURRENT_VERSION + 1)
     )
-    connection.executescript(f"BEGIN; {script} COMMIT;")
+    try:
+        connection.executescript(f"BEGIN; {script} COMMIT;")
+    except sqlite3.Error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
     log.info(
         "upgraded the message store {path} from version {old} to {new}; "
         "the old one is kept as {backup}",
@@ -134,6 +167,38 @@ def _upgrade(connection: sqlite3.Connection, path: Path, version: int) -> None:
         new=CURRENT_VERSION,
         backup=str(backup),
     )
+
+
+def _private_file(path: Path) -> Path:
+    """
+    An empty file at C{path}, mode 0600, replacing a leftover of a run that
+    stopped half-way.
+    """
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
+def _free_name(path: Path) -> Path:
+    """
+    C{path}, or C{path.2}, C{path.3}...: an earlier backup is never replaced.
+    """
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{number}")
+    return candidate
+
+
+def _sync_directory(directory: Path) -> None:
+    """
+    Make a rename in C{directory} durable.
+    """
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _explain(error: sqlite3.Error) -> str:

@@ -5,7 +5,7 @@ store, answered at once and forgotten at exit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -75,7 +75,8 @@ class MemoryStore:
         chosen = [
             entry
             for entry_id, entry in mailbox.items()
-            if entry_id == message_id or (up_to and entry_id < message_id)
+            if (not up_to and entry_id == message_id)
+            or (up_to and entry_id <= message_id and entry.delivered)
         ]
         fresh = [entry for entry in chosen if not entry.acknowledged]
         for entry in fresh:
@@ -138,7 +139,10 @@ class MemoryStore:
             if message_id in mailbox
         )
 
-    def _newest(self, wanted, limit: int) -> list[Stored]:
+    def _newest(self, wanted: Callable[[Stored], bool], limit: int) -> list[Stored]:
+        """
+        The newest C{limit} messages C{wanted} picks, oldest first.
+        """
         chosen = [
             m for m in sorted(self._messages.values(), key=lambda m: m.id) if wanted(m)
         ]

@@ -11,15 +11,16 @@ protocol can ask whether an identity is known without waiting.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
 
-from secmsg.errors import NotFound
-from secmsg.interfaces import IMessageStore
+from secmsg.errors import NotFound, StoreError
+from secmsg.interfaces import IMessageStore, IStoreWorker
 from secmsg.messages import (
     Draft,
     Kind,
@@ -29,6 +30,7 @@ from secmsg.messages import (
     from_microseconds,
     to_microseconds,
 )
+from secmsg.store.database import open_database
 from secmsg.store.worker import Job
 
 _PENDING = """
@@ -44,8 +46,8 @@ WHERE recipient = ? AND acknowledged = 0 AND message_id = ?
 """
 
 _ACKNOWLEDGE_UP_TO = """
-UPDATE mailbox SET acknowledged = 1, delivered = 1
-WHERE recipient = ? AND acknowledged = 0 AND message_id <= ?
+UPDATE mailbox SET acknowledged = 1
+WHERE recipient = ? AND acknowledged = 0 AND delivered = 1 AND message_id <= ?
 """
 
 _ROOM_HISTORY = """
@@ -54,36 +56,54 @@ WHERE kind = 'SAY' AND target = ? ORDER BY id DESC LIMIT ?
 """
 
 _CONVERSATION = """
-SELECT id, kind, sender, target, body, created FROM messages
-WHERE kind = 'MSG' AND ((sender = ? AND target = ?) OR (sender = ? AND target = ?))
-ORDER BY id DESC LIMIT ?
+SELECT * FROM (
+    SELECT id, kind, sender, target, body, created FROM messages
+    WHERE kind = 'MSG' AND sender = ? AND target = ?
+    UNION ALL
+    SELECT id, kind, sender, target, body, created FROM messages
+    WHERE kind = 'MSG' AND sender = ? AND target = ?
+) ORDER BY id DESC LIMIT ?
 """
-
-
-class Worker(Protocol):
-    """
-    What runs the store's jobs: L{secmsg.store.worker.ThreadWorker} in the
-    daemon, L{secmsg.store.worker.ImmediateWorker} in tests.
-    """
-
-    def submit(self, job: Job) -> defer.Deferred[Any]: ...
-
-    def stop(self) -> None: ...
+"""Each way of a conversation by the index on (kind, sender, target, id),
+rather than a scan of every direct message."""
 
 
 @implementer(IMessageStore)
 class SQLiteStore:
     """
     Messages and mailboxes in one SQLite database, through one worker.
+
+    The store is made closed and opened by L{open}: a daemon that forks into
+    the background must open its database, take its lock and start its
+    thread in the process that will serve, after the fork.
     """
 
-    def __init__(self, worker: Worker, known: set[str]) -> None:
+    def __init__(
+        self, path: Path, start_worker: Callable[[sqlite3.Connection], IStoreWorker]
+    ) -> None:
         """
-        @param known: the identities that have logged in, as
-            L{known_identities} read them at startup.
+        @param start_worker: given the open connection, the worker that
+            will run the store's jobs with it.
         """
-        self._worker = worker
-        self._known = known
+        self._path = path
+        self._start_worker = start_worker
+        self._worker: IStoreWorker | None = None
+        self._known: set[str] = set()
+
+    def open(self) -> None:
+        """
+        Open the database and start the worker.
+
+        @raise secmsg.errors.ConfigurationError: the database cannot be used.
+        """
+        connection = open_database(self._path)
+        self._known = known_identities(connection)
+        self._worker = self._start_worker(connection)
+
+    def _submit(self, job: Job) -> defer.Deferred[Any]:
+        if self._worker is None:
+            return defer.fail(StoreError("the message store is not open"))
+        return self._worker.submit(job)
 
     def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
         def job(connection: sqlite3.Connection) -> Stored:
@@ -105,7 +125,7 @@ class SQLiteStore:
             )
             return Stored.of(message_id, draft)
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
     def pending(
         self, identity: str, after: int, limit: int
@@ -114,7 +134,7 @@ class SQLiteStore:
             rows = connection.execute(_PENDING, (identity, after, limit))
             return [Pending(_stored(row[:-1]), bool(row[-1])) for row in rows]
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
     def delivered(self, deliveries: Sequence[tuple[str, int]]) -> defer.Deferred[None]:
         def job(connection: sqlite3.Connection) -> None:
@@ -124,7 +144,7 @@ class SQLiteStore:
                 deliveries,
             )
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
     def acknowledge(
         self, identity: str, message_id: int, up_to: bool
@@ -140,7 +160,7 @@ class SQLiteStore:
             statement = _ACKNOWLEDGE_UP_TO if up_to else _ACKNOWLEDGE_ONE
             return connection.execute(statement, (identity, message_id)).rowcount
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
     def room_history(self, room: str, limit: int) -> defer.Deferred[list[Stored]]:
         return self._newest(_ROOM_HISTORY, (room, limit))
@@ -153,7 +173,6 @@ class SQLiteStore:
     def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
         if identity in self._known:
             return defer.succeed(None)
-        self._known.add(identity)
 
         def job(connection: sqlite3.Connection) -> None:
             connection.execute(
@@ -161,7 +180,11 @@ class SQLiteStore:
                 (identity, to_microseconds(when)),
             )
 
-        return self._worker.submit(job)
+        # Known once it is on disk, so that a failed write is tried again at
+        # the next login instead of being believed.
+        remembered = self._submit(job)
+        remembered.addCallback(lambda _: self._known.add(identity))
+        return remembered
 
     def knows(self, identity: str) -> bool:
         return identity in self._known
@@ -184,11 +207,12 @@ class SQLiteStore:
                 ).rowcount
             return removed
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
     def close(self) -> defer.Deferred[None]:
-        self._worker.stop()
-        return defer.succeed(None)
+        if self._worker is None:
+            return defer.succeed(None)
+        return self._worker.stop()
 
     def _newest(
         self, query: str, parameters: tuple[str | int, ...]
@@ -202,7 +226,7 @@ class SQLiteStore:
             rows = connection.execute(query, parameters).fetchall()
             return [_stored(row) for row in reversed(rows)]
 
-        return self._worker.submit(job)
+        return self._submit(job)
 
 
 _PURGE_BEYOND_COUNT = """

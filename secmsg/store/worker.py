@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from secmsg.errors import StoreError
+from secmsg.interfaces import IStoreWorker
+
+log = Logger()
 
 BATCH_LIMIT = 512
 """Jobs one transaction takes at most, so that a burst still commits often."""
@@ -90,6 +95,7 @@ def _run_one(connection: sqlite3.Connection, job: Job) -> tuple[Any, Exception |
     return result, None
 
 
+@implementer(IStoreWorker)
 class ThreadWorker:
     """
     Runs jobs on a dedicated thread that owns the connection.
@@ -108,28 +114,39 @@ class ThreadWorker:
         self._call_from_thread = call_from_thread
         self._batch_limit = batch_limit
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopped: defer.Deferred[None] = defer.Deferred()
+        self._accepting = True
         self._thread = threading.Thread(
             target=self._serve, name="secmsg-store", daemon=True
         )
         self._thread.start()
 
     def submit(self, job: Job) -> defer.Deferred[Any]:
-        """
-        Queue a job; fire with its result once its transaction committed.
-        """
+        if not self._accepting:
+            return defer.fail(StoreError("the message store is closed"))
         submitted = _Submitted(job)
         self._jobs.put(submitted)
         return submitted.done
 
-    def stop(self) -> None:
-        """
-        Finish every job submitted, close the connection and end the
-        thread; return once it has ended.
-        """
-        self._jobs.put(_STOP)
-        self._thread.join()
+    def stop(self) -> defer.Deferred[None]:
+        if self._accepting:
+            self._accepting = False
+            self._jobs.put(_STOP)
+        return self._stopped
 
     def _serve(self) -> None:
+        try:
+            self._serve_batches()
+        except BaseException as error:
+            # Nothing more will run: say so to every job still waiting, and
+            # refuse new ones, rather than leave their sessions hanging.
+            self._call_from_thread(self._died, error)
+            raise
+        finally:
+            self._connection.close()
+            self._call_from_thread(self._stopped.callback, None)
+
+    def _serve_batches(self) -> None:
         stopping = False
         while not stopping:
             batch = [self._jobs.get()]
@@ -142,9 +159,17 @@ class ThreadWorker:
                 outcomes = run_batch(self._connection, [s.job for s in batch])
                 for submitted, (result, error) in zip(batch, outcomes, strict=True):
                     self._call_from_thread(_fire, submitted.done, result, error)
-        self._connection.close()
+
+    def _died(self, error: BaseException) -> None:
+        self._accepting = False
+        log.critical("the message store's thread died: {error!r}", error=error)
+        while not self._jobs.empty():
+            waiting = self._jobs.get()
+            if waiting is not _STOP:
+                waiting.done.errback(StoreError("the message store stopped"))
 
 
+@implementer(IStoreWorker)
 class ImmediateWorker:
     """
     Runs each job at once on the caller's thread, in a transaction of its
@@ -160,8 +185,9 @@ class ImmediateWorker:
         _fire(done, result, error)
         return done
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[None]:
         self._connection.close()
+        return defer.succeed(None)
 
 
 def _fire(done: defer.Deferred[Any], result: Any, error: Exception | None) -> None:

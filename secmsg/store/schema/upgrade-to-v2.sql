@@ -4,4 +4,5 @@
 ALTER TABLE mailbox ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
 UPDATE mailbox SET delivered = acknowledged;
 CREATE INDEX messages_by_target ON messages (kind, target, id);
+CREATE INDEX messages_by_pair ON messages (kind, sender, target, id);
 UPDATE version SET version = 2;

@@ -18,6 +18,7 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_by_created ON messages (created);
 CREATE INDEX messages_by_target ON messages (kind, target, id);
+CREATE INDEX messages_by_pair ON messages (kind, sender, target, id);
 
 CREATE TABLE mailbox (
     recipient TEXT NOT NULL,
