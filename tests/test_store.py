@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from secmsg.errors import ConfigurationError, NotFound, StoreError
-from secmsg.interfaces import IMessageStore
+from secmsg.interfaces import IMessageStore, IStoreWorker
 from secmsg.messages import Draft, Kind, Retention
 from secmsg.store.database import CURRENT_VERSION, open_database, schema
 from secmsg.store.memory import MemoryStore
@@ -395,6 +395,17 @@ class WorkerTests(SynchronousTestCase):
         while not done.called:
             function, *arguments = calls.get(timeout=30)
             function(*arguments)
+
+    def test_both_workers_provide_the_interface(self) -> None:
+        """
+        The thread worker and the immediate one are both IStoreWorkers.
+        """
+        store, worker, calls = self.threaded_store()
+        self.assertTrue(verifyObject(IStoreWorker, worker))
+        self.run_until(calls, store.close())
+        immediate = ImmediateWorker(open_database(self.path))
+        self.assertTrue(verifyObject(IStoreWorker, immediate))
+        immediate.stop()
 
     def test_thread_worker_groups_waiting_jobs_in_one_commit(self) -> None:
         """
