@@ -163,21 +163,26 @@ def _stream(connection: ssl.SSLSocket, data: bytes, replies: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--messages", type=int, default=20_000, help="messages in each run"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=4, help="TLS clients sending to the daemon"
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="secmsg-bench-") as scratch:
         directory = Path(scratch)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         grouped = store_rate(directory, arguments.messages, 512)
         single = store_rate(directory, arguments.messages // 10, 1)
-        print(f"store, group commit:          {grouped:10,.0f} messages/s")
-        print(f"store, one commit per message: {single:9,.0f} messages/s")
         rate = daemon_rate(directory, arguments.messages, arguments.clients)
-        print(
-            f"daemon, {arguments.clients} TLS clients pipelining: "
-            f"{rate:10,.0f} messages/s (250 replies, each committed first)"
-        )
+        rows = [
+            ("store, group commit", grouped),
+            ("store, one commit per message", single),
+            (f"daemon, {arguments.clients} TLS clients pipelining", rate),
+        ]
+        for what, per_second in rows:
+            print(f"{what:<36} {per_second:10,.0f} messages/s")
 
 
 if __name__ == "__main__":

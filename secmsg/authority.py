@@ -151,7 +151,8 @@ class Request:
     @ivar server: a server certificate (serverAuth) rather than a client's.
     @ivar names: its subject alternative names; a server certificate
         without DNS names or IP addresses is made for C{name}.
-    @ivar days: how long it is valid.
+    @ivar days: how long it is valid; L{None} for a year, or until the CA
+        expires if that is sooner.
     @ivar rsa_bits: an RSA key of this size, or L{None} for ECDSA P-256.
     @ivar replace: whether existing files for C{name} may be replaced.
     """
@@ -159,7 +160,7 @@ class Request:
     name: str
     server: bool = False
     names: pki.Names = field(default_factory=pki.Names)
-    days: int = pki.LEAF_DAYS
+    days: int | None = None
     rsa_bits: int | None = None
     replace: bool = False
 
@@ -189,7 +190,6 @@ class CertificateAuthority:
         _check_file_name(request.name)
         check_rsa_bits(request.rsa_bits)
         names = _checked_names(request)
-        self._check_lifetime("--days", now, request.days)
         kind = "server" if request.server else "client"
         folder = self.directory / f"{kind}s"
         certificate_path = folder / f"{request.name}.pem"
@@ -200,12 +200,17 @@ class CertificateAuthority:
                     raise AuthorityError(
                         f"{path} already exists; not overwritten (--force replaces it)"
                     )
+        days = request.days
+        if days is None:
+            left = self.ca.certificate.not_valid_after_utc - now
+            days = max(1, min(pki.LEAF_DAYS, left.days))
+        self._check_lifetime("--days", now, days)
         folder.mkdir(mode=0o700, exist_ok=True)
         issued = pki.issue(
             self.ca,
             request.name,
             now,
-            request.days,
+            days,
             server=request.server,
             names=names,
             key=pki.new_private_key(request.rsa_bits),

@@ -135,6 +135,7 @@ class ClientProtocol(Protocol):
             deque()
         )
         self._announced: SessionEnded | None = None
+        self._ending_reason: SessionEnded | None = None
         self._quit_answered = False
         self._greeting_timer: IDelayedCall | None = None
 
@@ -166,8 +167,8 @@ class ClientProtocol(Protocol):
         @return: fires with the lines of its reply, or fails with
             L{SessionEnded} if the session ends first.
         """
-        if self.ended.called:
-            return defer.fail(self.ended.result)
+        if self._ending_reason is not None:
+            return defer.fail(self._ending_reason)
         answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
         self._pending.append((answered, []))
         self.transport.write(line + b"\n")
@@ -249,7 +250,7 @@ class ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self._greeting_timer is not None:
             self._greeting_timer.cancel()
-        ending = self._ending(reason)
+        ending = self._ending_reason = self._ending(reason)
         if not self.greeted.called:
             self.greeted.errback(ending)
         while self._pending:

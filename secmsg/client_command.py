@@ -39,11 +39,8 @@ from secmsg.console import run_console
 from secmsg.errors import CommandError, ConfigurationError, Malformed
 
 DEFAULT_PORT = 7443
-CONNECT_TIMEOUT = 10.0
-"""Seconds to wait for the TCP connection before giving up."""
-
 REPLY_TIMEOUT = 30.0
-"""Seconds C{send} waits for each reply by default."""
+"""Seconds to wait for the server at each step, by default."""
 
 PIPELINE_LIMIT = 64
 """Commands the scripted mode sends ahead of their replies before it stops
@@ -66,10 +63,18 @@ class Credentials:
     ca: Path
 
 
-def _positive_seconds(text: str) -> float:
-    seconds = float(text)
+def _seconds(text: str) -> float:
+    """
+    A number of seconds, as --timeout takes it.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
     if not 0 < seconds <= 3600:
-        raise ValueError(f"{text} is not a number of seconds from 0 to 3600")
+        raise ValueError(
+            f"--timeout takes seconds, more than 0 and at most 3600, not {text!r}"
+        )
     return seconds
 
 
@@ -119,6 +124,14 @@ class ConnectionOptions(CommandOptions):
         ["instance", None, None, "A secmsg init or secmsg pki directory ..."],
         ["as", None, None, "... and the name of our certificate in it."],
         ["server-name", None, None, "The name to check the server's certificate for."],
+        [
+            "timeout",
+            None,
+            REPLY_TIMEOUT,
+            "Seconds to wait for the server to connect, to greet, and (send) "
+            "to answer.",
+            _seconds,
+        ],
     ]
 
     def address(self, address: str) -> None:
@@ -174,13 +187,6 @@ class SendOptions(ConnectionOptions):
     optParameters = [
         ["to", None, None, "Send a direct message to this identity."],
         ["room", None, None, "Say it in this room (joining it first)."],
-        [
-            "timeout",
-            None,
-            REPLY_TIMEOUT,
-            "Seconds to wait for each reply.",
-            _positive_seconds,
-        ],
     ]
 
     def parseArgs(self, address: str, *words: str) -> None:
@@ -217,13 +223,12 @@ def connect(reactor: Any, options: ConnectionOptions) -> defer.Deferred[ClientPr
         credentials.certificate, credentials.key, credentials.ca
     )
     tls = client_tls_options(options.server_name, ca, certificate, key)
+    timeout = options["timeout"]
     endpoint = wrapClientTLS(
         tls,
-        HostnameEndpoint(
-            reactor, options["host"], options["port"], timeout=CONNECT_TIMEOUT
-        ),
+        HostnameEndpoint(reactor, options["host"], options["port"], timeout=timeout),
     )
-    session = ClientProtocol(reactor, options.server_name)
+    session = ClientProtocol(reactor, options.server_name, timeout)
     where = f"{options['host']}:{options['port']}"
     connecting = connectProtocol(endpoint, session)
     connecting.addErrback(_connect_failed, where)

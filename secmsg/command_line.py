@@ -36,6 +36,16 @@ class CommandOptions(usage.Options):
         it, a message starting with a dash or holding C{--} itself, is
         positional.
         """
+        try:
+            self._parse(options)
+        except usage.UsageError as error:
+            # Twisted words a value our own check refused as a failure of
+            # "parameter type enforcement"; our check's words are enough.
+            raise usage.UsageError(
+                str(error).removeprefix("Parameter type enforcement failed: ")
+            ) from None
+
+    def _parse(self, options: list[str] | None) -> None:
         if options is None or getattr(self, "subCommands", None):
             super().parseOptions(options)
             return

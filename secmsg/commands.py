@@ -79,7 +79,7 @@ def _history_listing(messages: list[Stored]) -> bytes:
         lines.append(line)
     lines.reverse()
     left_out = len(messages) - len(lines)
-    summary = f"{len(lines)} messages"
+    summary = f"{len(lines)} message" + ("" if len(lines) == 1 else "s")
     if left_out:
         summary += f" ({left_out} older left out: over {HISTORY_BYTES // 1024} KiB)"
     return wire.listing(211, lines, summary)

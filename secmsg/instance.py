@@ -74,7 +74,17 @@ def create_instance(directory: Path, now: datetime) -> Path:
     """
     config = directory / "secmsg.toml"
     policy = directory / "policy.toml"
-    for path in (config, policy, *(directory / name for name in CA_FILES)):
+    certificates = [
+        directory / "servers" / SERVER_NAME,
+        *(directory / "clients" / user for user in DEVELOPMENT_USERS),
+    ]
+    for path in (
+        config,
+        policy,
+        directory / "crl.pem",
+        *(directory / name for name in CA_FILES),
+        *(c.with_suffix(suffix) for c in certificates for suffix in (".pem", ".key")),
+    ):
         if path.exists():
             raise AuthorityError(
                 f"{path} already exists; secmsg init writes a new instance only "

@@ -28,11 +28,22 @@ from secmsg.command_line import CommandOptions
 from secmsg.errors import AuthorityError
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{value} is not a positive number")
-    return value
+def _rsa_bits(text: str) -> int:
+    """
+    A key size, as --rsa takes it; which sizes are made is checked later.
+    """
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"--rsa takes a number of bits, not {text!r}")
+    return int(text)
+
+
+def _days(text: str) -> int:
+    """
+    A number of days, as --days takes it.
+    """
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ValueError(f"--days takes a whole number of days from 1, not {text!r}")
+    return int(text)
 
 
 class _DirOptions(CommandOptions):
@@ -53,13 +64,13 @@ class InitOptions(_DirOptions):
     optParameters = [
         ["cn", None, "secmsg CA", "The CA's common name."],
         ["org", None, None, "The CA's organisation name, if any."],
-        ["days", None, pki.CA_DAYS, "How many days the CA is valid.", _positive],
+        ["days", None, pki.CA_DAYS, "How many days the CA is valid.", _days],
         [
             "rsa",
             None,
             None,
             "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
-            int,
+            _rsa_bits,
         ],
     ]
     optFlags = [
@@ -81,16 +92,17 @@ class IssueOptions(_DirOptions):
         [
             "days",
             None,
-            pki.LEAF_DAYS,
-            "How many days the certificate is valid.",
-            _positive,
+            None,
+            f"How many days the certificate is valid. [default: {pki.LEAF_DAYS}, "
+            "or until the CA expires if sooner]",
+            _days,
         ],
         [
             "rsa",
             None,
             None,
             "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
-            int,
+            _rsa_bits,
         ],
     ]
     optFlags = [
@@ -177,7 +189,7 @@ class CRLOptions(_DirOptions):
     synopsis = "[--days N]"
 
     optParameters = [
-        ["days", None, pki.CRL_DAYS, "Days until the CRL's next update.", _positive],
+        ["days", None, pki.CRL_DAYS, "Days until the CRL's next update.", _days],
     ]
 
 

@@ -220,7 +220,9 @@ class SessionProtocol(Protocol):
     def _answer_waiting(self) -> None:
         """
         Answer the lines read, in order, while the peer reads its replies
-        and its pipeline of unanswered commands has room.
+        and its pipeline of unanswered commands has room, and once what
+        waited for it at login has been sent: a script that sends one
+        command and leaves at its reply must not leave before its mail.
         """
         if self._answering:
             # A reply settled while a line was being answered; the loop
@@ -233,6 +235,7 @@ class SessionProtocol(Protocol):
                 and not self._paused
                 and not self._closing
                 and not self._finishing
+                and self._held is None
                 and len(self._replies) < PIPELINE_DEPTH
             ):
                 self._answer(self._frames.popleft())
@@ -242,11 +245,13 @@ class SessionProtocol(Protocol):
 
     def _throttle(self) -> None:
         """
-        Stop reading the peer while its pipeline is full, so that a client
-        cannot queue unbounded work behind a slow store; read on once it
-        drains.
+        Stop reading the peer while its pipeline is full, or while it is
+        being sent what waited for it, so that a client cannot queue
+        unbounded work behind a slow store; read on once that is over.
         """
-        full = len(self._replies) >= PIPELINE_DEPTH
+        if self._closing:
+            return
+        full = len(self._replies) >= PIPELINE_DEPTH or self._held is not None
         if full and not self._throttled:
             self._throttled = True
             self.transport.pauseProducing()
@@ -385,6 +390,7 @@ class SessionProtocol(Protocol):
         for message_id, line in held:
             if message_id not in sent:
                 self._push_now(line)
+        self._answer_waiting()
 
     def _wake_drain_waiters(self, open_: bool) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []

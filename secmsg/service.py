@@ -184,7 +184,10 @@ class RetentionService(TimerService):
 
     def _purged(self, count: int) -> None:
         if count:
-            log.info("retention: removed {count} old message(s)", count=count)
+            log.info(
+                "retention: removed {count} message(s) past their age or count",
+                count=count,
+            )
 
     def _purge_failed(self, failure: Failure) -> None:
         log.error("retention: purge failed: {error}", error=failure.getErrorMessage())

@@ -165,11 +165,14 @@ def _integer(
     high: int,
 ) -> int:
     value = merged.get(name, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or not low <= number <= high:
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and origins[name].startswith("--"):
+        # A flag's text; the file's values are TOML numbers, and a string
+        # or a fraction there is a mistake worth saying.
+        number = int(value) if value.isascii() and value.isdigit() else None
+    if number is None or not low <= number <= high:
         raise ConfigurationError(
             _origin(origins, name),
             f"{value!r} is not a whole number from {low} to {high}",

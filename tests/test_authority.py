@@ -288,6 +288,22 @@ class AuthorityTests(SynchronousTestCase):
             pass
         self.assertIn("not the key of the CA", str(caught.exception))
 
+    def test_default_validity_stops_at_the_cas_expiry(self) -> None:
+        """
+        Without --days, a certificate lasts a year or until the CA expires,
+        whichever is sooner; an explicit --days past the CA is refused.
+        """
+        short = temporary_directory(self) / "short"
+        create_authority(short, SUBJECT, NOW, days=100)
+        with open_authority(short) as authority:
+            _, path, _ = authority.issue(Request("alice"), NOW)
+            with self.assertRaises(AuthorityError):
+                authority.issue(Request("bob", days=200), NOW)
+        self.assertLessEqual(
+            load(path).not_valid_after_utc,
+            load(short / "ca.pem").not_valid_after_utc,
+        )
+
     def test_crl_may_not_outlive_the_ca(self) -> None:
         """
         A CRL whose next update is after the CA expires is refused.
@@ -410,6 +426,15 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("policy.toml already exists", err)
         self.assertEqual(policy.read_text(), "# mine\n")
         self.assertFalse((self.directory / "ca.key").exists())
+        policy.unlink()
+        (self.directory / "clients").mkdir()
+        (self.directory / "clients" / "bob.pem").write_text("mine")
+        status, _, err = self.secmsg("init", str(self.directory))
+        self.assertEqual(status, 1)
+        self.assertIn("bob.pem already exists", err)
+        self.assertEqual(
+            sorted(p.name for p in self.directory.rglob("*")), ["bob.pem", "clients"]
+        )
 
     def test_options_after_arguments_and_double_dash(self) -> None:
         """

@@ -226,7 +226,11 @@ class HostileServer:
     REPLY = b"200 \x1b[31mPONG\xc2\x9b1m \x9b1m\n"
 
     def __init__(
-        self, testcase: SynchronousTestCase, directory: Path, silent: bool = False
+        self,
+        testcase: SynchronousTestCase,
+        directory: Path,
+        silent: bool = False,
+        greets: bool = True,
     ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         servers = directory / "servers"
@@ -235,6 +239,7 @@ class HostileServer:
         listener.settimeout(STARTUP_DEADLINE)
         self.port = listener.getsockname()[1]
         self._silent = silent
+        self._greets = greets
         self._listener = context.wrap_socket(listener, server_side=True)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -247,7 +252,8 @@ class HostileServer:
         except OSError:
             return
         with connection, connection.makefile("rb") as lines:
-            connection.sendall(self.GREETING)
+            if self._greets:
+                connection.sendall(self.GREETING)
             if self._silent:
                 # Read until the client gives up; answer nothing.
                 while lines.readline():
@@ -266,8 +272,8 @@ class HostileServerTests(SynchronousTestCase):
         self.directory = init_instance(self)
         self.user = ["--instance", str(self.directory), "--as", "alice"]
 
-    def address(self, silent: bool = False) -> str:
-        server = HostileServer(self, self.directory, silent)
+    def address(self, silent: bool = False, greets: bool = True) -> str:
+        server = HostileServer(self, self.directory, silent, greets)
         return f"localhost:{server.port}"
 
     def test_scripted_output_is_escaped(self) -> None:
@@ -326,3 +332,15 @@ class HostileServerTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 3)
         self.assertIn("no reply from the server within 1 seconds", result.stderr)
+        result = secmsg(
+            "send",
+            self.address(silent=True, greets=False),
+            *self.user,
+            "--timeout",
+            "1",
+            "--to",
+            "bob",
+            "hello",
+        )
+        self.assertEqual(result.returncode, 3)
+        self.assertIn("no greeting from the server within 1 seconds", result.stderr)

@@ -305,6 +305,38 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         self.assertEqual(alice.take(), ["250 1", "221 bye"])
         self.assertTrue(alice.closed)
 
+    def test_commands_are_answered_after_what_waited(self) -> None:
+        """
+        A command sent right after login is answered only once the waiting
+        messages have been sent, so a script that leaves at its last reply
+        has had its mail.
+        """
+        store = _WaitingStore()
+        network = Network(store=store)
+        alice = network.connect("alice")
+        alice.send("MSG bob old")
+        store.commit()
+        real_pending = store.pending
+        held: list[tuple[defer.Deferred[object], object]] = []
+
+        def slow_pending(
+            identity: str, after: int, limit: int
+        ) -> defer.Deferred[object]:
+            later: defer.Deferred[object] = defer.Deferred()
+            held.append(
+                (later, self.successResultOf(real_pending(identity, after, limit)))
+            )
+            return later
+
+        store.pending = slow_pending  # type: ignore[method-assign]
+        bob = network.connect("bob", early=b"PING\n")
+        self.assertEqual(
+            bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
+        )
+        ((later, found),) = held
+        later.callback(found)
+        self.assertEqual(bob.take(), [f"MSG 1 {STAMP} alice old", "200 PONG"])
+
     def test_waiting_messages_come_before_newer_pushes(self) -> None:
         """
         A message committed while bob's mailbox is being read reaches him

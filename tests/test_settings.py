@@ -68,6 +68,11 @@ class SettingsTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             load_settings(no_flags(history_max="0"), str(self.config))
         self.assertIn("--history-max", str(caught.exception))
+        for line in ("history-max = 2.9", 'history-max = "30"', "history-max = true"):
+            self.config.write_text(CONFIG + line + "\n")
+            with self.assertRaises(ConfigurationError) as caught:
+                load_settings(no_flags(), str(self.config))
+            self.assertIn("secmsg.toml: history-max", str(caught.exception))
 
     def test_flags_override_the_file(self) -> None:
         """

@@ -72,7 +72,7 @@ def run_batch(
     except (sqlite3.Error, _TransactionLost) as error:
         with suppress(sqlite3.Error):
             connection.execute("ROLLBACK")
-        failure = StoreError(f"not stored: {error}")
+        failure = StoreError(str(error))
         return [(None, failure)] * len(jobs)
     return outcomes
 
@@ -89,7 +89,7 @@ def _run_one(connection: sqlite3.Connection, job: Job) -> tuple[Any, Exception |
         connection.execute("ROLLBACK TO job")
         connection.execute("RELEASE job")
         if isinstance(error, sqlite3.Error):
-            error = StoreError(f"not stored: {error}")
+            error = StoreError(str(error))
         return None, error
     connection.execute("RELEASE job")
     return result, None
