@@ -259,8 +259,14 @@ async def run_scripted(
     """
 
     def printed(text: str) -> None:
-        out.write(wire.escape_controls(text) + "\n")
-        out.flush()
+        try:
+            out.write(wire.escape_controls(text) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # The reader (head, say) has had enough: leave, as it chose.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            session.on_line = lambda text: None
+            session.close()
 
     session.on_line = printed
     await session.greeted

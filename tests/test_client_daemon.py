@@ -79,6 +79,25 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             ],
         )
 
+    def test_scripted_reader_that_stops_early(self) -> None:
+        """
+        A reader that closes the pipe after one line (head -1) ends the
+        client quietly, without a traceback.
+        """
+        client = subprocess.Popen(
+            [str(BIN / "secmsg"), "connect", self.address, *self.as_user("alice")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        client.stdin.write(b"HELP\n" * 50)
+        client.stdin.close()
+        self.assertIn(b"you are alice", client.stdout.readline())
+        client.stdout.close()
+        self.assertEqual(client.wait(timeout=STARTUP_DEADLINE), 0)
+        self.assertEqual(client.stderr.read(), b"")
+        client.stderr.close()
+
     def test_send_exit_statuses(self) -> None:
         """
         send exits 0 on delivery and with a status of its own for no such
