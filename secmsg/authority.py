@@ -363,7 +363,7 @@ def open_authority(directory: Path) -> Iterator[CertificateAuthority]:
     with _locked(directory):
         certificate = _load_certificate(directory / "ca.pem")
         key = _load_key(directory / "ca.key")
-        if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+        if not pki.key_matches(key, certificate):
             raise ConfigurationError(
                 str(directory / "ca.key"), "not the key of the CA in ca.pem"
             )
@@ -398,12 +398,6 @@ def _load_certificate(path: Path) -> x509.Certificate:
         raise ConfigurationError(
             str(path), f"not a PEM certificate: {failure}"
         ) from None
-
-
-def _public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _load_key(path: Path) -> pki.PrivateKey:

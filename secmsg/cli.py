@@ -8,7 +8,6 @@ daemon's: it reads the options and hands each piece what it needs.
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +16,9 @@ from twisted.python import usage
 
 from secmsg import client_command, pki_command
 from secmsg.client import ExitStatus
-from secmsg.command_line import CommandOptions
+from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
-from secmsg.wire import escape_controls
 
 
 class InitOptions(CommandOptions):
@@ -60,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as error:
-        _complain(_innermost(options).getSynopsis())
-        _complain(f"secmsg: {error} (--help lists the options)")
+        complain(_innermost(options).getSynopsis())
+        complain(f"secmsg: {error} (--help lists the options)")
         return ExitStatus.USAGE
     if options.subCommand in ("connect", "send"):
         return _talk(options.subCommand, options.subOptions)
@@ -72,22 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
-        _complain(f"secmsg: {error}")
+        complain(f"secmsg: {error}")
         return ExitStatus.FAILED
     try:
         print("\n".join(lines), flush=True)
     except BrokenPipeError:
         # The reader (head, say) stopped early; that is its choice, not an
         # error.  Point stdout at nothing, so that exit does not complain.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stop_writing(sys.stdout)
     return ExitStatus.OK
-
-
-def _complain(text: str) -> None:
-    """
-    One line on standard error, escaped: it may echo the user's arguments.
-    """
-    print(escape_controls(text), file=sys.stderr)
 
 
 def _innermost(options: usage.Options) -> usage.Options:

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from secmsg import wire
 from secmsg.client import ClientProtocol, ExitStatus, SessionEnded
 from secmsg.client_tls import client_tls_options, load_client_files
-from secmsg.command_line import CommandOptions
+from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.console import run_console
 from secmsg.errors import CommandError, ConfigurationError, Malformed
 
@@ -264,7 +264,7 @@ async def run_scripted(
             out.flush()
         except BrokenPipeError:
             # The reader (head, say) has had enough: leave, as it chose.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            stop_writing(out)
             session.on_line = lambda text: None
             session.close()
 
@@ -419,10 +419,10 @@ def run_client(options: ConnectionOptions, talk: Talk) -> int:
             status = await talk(reactor, client)
         except SessionEnded as ending:
             if not interrupted:
-                _complain(ending.words)
+                complain(f"secmsg: {ending.words}")
             status = ending.status
         except ConfigurationError as error:
-            _complain(str(error))
+            complain(f"secmsg: {error!s}")
             status = ExitStatus.FAILED
         outcome.append(status)
 
@@ -434,17 +434,13 @@ def run_client(options: ConnectionOptions, talk: Talk) -> int:
     reactor.callWhenRunning(begin)
     reactor.run()
     if not outcome or interrupted[0]:
-        _complain("interrupted")
+        complain(f"secmsg: {'interrupted'}")
         return INTERRUPTED
     return outcome[0]
 
 
-def _complain(words: str) -> None:
-    sys.stderr.write(f"secmsg: {wire.escape_controls(words)}\n")
-
-
 def _unexpected(failure: Failure) -> None:
-    _complain(f"unexpected failure: {failure.getErrorMessage()}")
+    complain(f"secmsg: {f'unexpected failure: {failure.getErrorMessage()}'}")
 
 
 def local_now(clock: IReactorTime) -> datetime:

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from secmsg.errors import ConfigurationError, RefusalReason
 from secmsg.files import read_bytes
+from secmsg.pki import key_matches
 
 _CERTIFICATE_ALERTS = {
     "certificate revoked": RefusalReason.REVOKED.value,
@@ -103,7 +104,7 @@ def load_client_files(
         raise ConfigurationError(
             str(key_path), "not an unencrypted PEM private key"
         ) from None
-    if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+    if not key_matches(key, certificate):
         raise ConfigurationError(
             str(key_path), f"not the key of the certificate in {certificate_path}"
         )
@@ -151,12 +152,6 @@ def describe_tls_failure(failure: Failure, server_name: str) -> tuple[bool, str]
             )
         return False, f"TLS failed: {', '.join(reasons) or failure.getErrorMessage()}"
     return False, "the connection closed before the server greeted us"
-
-
-def _public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _split_pem(bundle: bytes) -> list[bytes]:

@@ -7,11 +7,15 @@ naming the whole command in its usage line.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 from twisted.python import usage
 
 from secmsg import __version__
+from secmsg.wire import escape_controls
 
 
 class CommandOptions(usage.Options):
@@ -83,3 +87,19 @@ def _next(words: Iterator[str]) -> list[str]:
     """
     value = next(words, None)
     return [] if value is None else [value]
+
+
+def complain(text: str) -> None:
+    """
+    Write a line to standard error, escaped: it may echo the user's
+    arguments or a server's words.
+    """
+    print(escape_controls(text), file=sys.stderr)
+
+
+def stop_writing(stream: TextIO) -> None:
+    """
+    Point a stream whose reader has gone (C{head}, say) at the null device,
+    so that nothing more written to it, at exit included, fails.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())

@@ -186,6 +186,21 @@ def sign_crl(
     return builder.sign(ca.key, hashes.SHA256())
 
 
+def key_matches(key: object, certificate: x509.Certificate) -> bool:
+    """
+    Whether C{key} is the private key of C{certificate}.
+    """
+    return _public_der(key.public_key()) == _public_der(  # type: ignore[attr-defined]
+        certificate.public_key()
+    )
+
+
+def _public_der(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def pem(*objects: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     """
     Certificates or CRLs as one PEM bundle.

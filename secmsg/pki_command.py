@@ -46,6 +46,15 @@ def _days(text: str) -> int:
     return int(text)
 
 
+_RSA_OPTION = [
+    "rsa",
+    None,
+    None,
+    "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
+    _rsa_bits,
+]
+
+
 class _DirOptions(CommandOptions):
     optParameters = [
         ["dir", None, None, "The CA directory. [default: the current directory]"],
@@ -65,13 +74,7 @@ class InitOptions(_DirOptions):
         ["cn", None, "secmsg CA", "The CA's common name."],
         ["org", None, None, "The CA's organisation name, if any."],
         ["days", None, pki.CA_DAYS, "How many days the CA is valid.", _days],
-        [
-            "rsa",
-            None,
-            None,
-            "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
-            _rsa_bits,
-        ],
+        _RSA_OPTION,
     ]
     optFlags = [
         ["force", None, "Replace an existing CA (its certificates die with it)."]
@@ -97,13 +100,7 @@ class IssueOptions(_DirOptions):
             "or until the CA expires if sooner]",
             _days,
         ],
-        [
-            "rsa",
-            None,
-            None,
-            "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
-            _rsa_bits,
-        ],
+        _RSA_OPTION,
     ]
     optFlags = [
         ["server", None, "A server certificate (serverAuth), not a client's."],

@@ -361,14 +361,9 @@ class SessionProtocol(Protocol):
             self._held.append((message_id, line))
             self._held_bytes += len(line)
             if self._held_bytes > BACKLOG_LIMIT:
-                log.warn(
-                    "dropped {identity} from {peer}: more than {limit} bytes of "
-                    "new messages came while its waiting ones were being sent",
-                    identity=self.avatar.identity,
-                    peer=self._peer,
-                    limit=BACKLOG_LIMIT,
+                self._drop_overloaded(
+                    "new messages came while its waiting ones were being sent"
                 )
-                self._drop()
             return
         self._push_now(line)
 
@@ -412,16 +407,23 @@ class SessionProtocol(Protocol):
         self._backlog += size
         if self._backlog <= BACKLOG_LIMIT:
             return False
+        self._drop_overloaded(f"it stopped reading, and {what} were waiting for it")
+        return True
+
+    def _drop_overloaded(self, why: str) -> None:
+        """
+        Drop a session that would make the daemon hold more than
+        L{BACKLOG_LIMIT} bytes for it, and say why.
+        """
         log.warn(
-            "dropped {identity} from {peer}: it stopped reading, and more than "
-            "{limit} bytes of {what} were waiting for it",
+            "dropped {identity} from {peer}: more than {limit} bytes held for it: "
+            "{why}",
             identity=self.avatar.identity,
             peer=self._peer,
             limit=BACKLOG_LIMIT,
-            what=what,
+            why=why,
         )
         self._drop()
-        return True
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))

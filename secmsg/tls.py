@@ -46,6 +46,7 @@ from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
 from secmsg.files import read_bytes
 from secmsg.identity import describe_subject
 from secmsg.interfaces import IHandshakeObserver
+from secmsg.pki import key_matches
 
 log = Logger()
 
@@ -331,7 +332,7 @@ def load_server_tls(files: TLSFiles, now: datetime) -> ServerTLS:
     """
     chain = _load_certificates(files.cert, "certificate")
     key = _load_private_key(files.key)
-    if _public_bytes(key.public_key()) != _public_bytes(chain[0].public_key()):
+    if not key_matches(key, chain[0]):
         raise ConfigurationError(
             str(files.key), f"key does not match the certificate in {files.cert}"
         )
@@ -461,9 +462,3 @@ def _load_crls(
             )
         crls.append(crl)
     return crls
-
-
-def _public_bytes(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

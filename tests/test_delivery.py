@@ -192,29 +192,47 @@ class _FullStore(MemoryStore):
 
 class _WaitingStore(MemoryStore):
     """
-    A store that commits only when the test says so.
+    A store that commits only when the test says so (L{commit}), and once
+    C{slow_mailboxes} is set, reads mailboxes only when it says so too
+    (L{read_mailboxes}).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.waiting: list[tuple[defer.Deferred[Stored], Stored]] = []
+        self.slow_mailboxes = False
+        self._commits: list[tuple[defer.Deferred[object], object]] = []
+        self._reads: list[tuple[defer.Deferred[object], object]] = []
 
     def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
-        stored = self.successResultOf_(super().accept(draft, recipients))
-        later: defer.Deferred[Stored] = defer.Deferred()
-        self.waiting.append((later, stored))
-        return later
+        return _later(super().accept(draft, recipients), self._commits)
 
-    @staticmethod
-    def successResultOf_(deferred: defer.Deferred[Stored]) -> Stored:
-        results: list[Stored] = []
-        deferred.addCallback(results.append)
-        return results[0]
+    def pending(self, identity: str, after: int, limit: int) -> defer.Deferred:
+        found = super().pending(identity, after, limit)
+        return _later(found, self._reads) if self.slow_mailboxes else found
 
     def commit(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for later, stored in waiting:
-            later.callback(stored)
+        _fire_all(self._commits)
+
+    def read_mailboxes(self) -> None:
+        _fire_all(self._reads)
+
+
+def _later(done: defer.Deferred, queue: list) -> defer.Deferred:
+    """
+    A Deferred of C{done}'s result that fires when the test says so.
+    """
+    results: list[object] = []
+    done.addCallback(results.append)
+    later: defer.Deferred[object] = defer.Deferred()
+    queue.append((later, results[0]))
+    return later
+
+
+def _fire_all(queue: list) -> None:
+    waiting = queue[:]
+    queue.clear()
+    for later, result in waiting:
+        later.callback(result)
 
 
 class _UnreadableStore(MemoryStore):
@@ -316,25 +334,12 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         alice = network.connect("alice")
         alice.send("MSG bob old")
         store.commit()
-        real_pending = store.pending
-        held: list[tuple[defer.Deferred[object], object]] = []
-
-        def slow_pending(
-            identity: str, after: int, limit: int
-        ) -> defer.Deferred[object]:
-            later: defer.Deferred[object] = defer.Deferred()
-            held.append(
-                (later, self.successResultOf(real_pending(identity, after, limit)))
-            )
-            return later
-
-        store.pending = slow_pending  # type: ignore[method-assign]
+        store.slow_mailboxes = True
         bob = network.connect("bob", early=b"PING\n")
         self.assertEqual(
             bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
         )
-        ((later, found),) = held
-        later.callback(found)
+        store.read_mailboxes()
         self.assertEqual(bob.take(), [f"MSG 1 {STAMP} alice old", "200 PONG"])
 
     def test_waiting_messages_come_before_newer_pushes(self) -> None:
@@ -348,26 +353,14 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         alice.take()
         alice.send("MSG bob old")
         store.commit()
-        real_pending = store.pending
-        held: list[tuple[defer.Deferred[object], object]] = []
-
-        def slow_pending(
-            identity: str, after: int, limit: int
-        ) -> defer.Deferred[object]:
-            later: defer.Deferred[object] = defer.Deferred()
-            found = self.successResultOf(real_pending(identity, after, limit))
-            held.append((later, found))
-            return later
-
-        store.pending = slow_pending  # type: ignore[method-assign]
+        store.slow_mailboxes = True
         bob = network.connect("bob")
         alice.send("MSG bob new")
         store.commit()
         self.assertEqual(
             bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
         )
-        ((later, found),) = held
-        later.callback(found)
+        store.read_mailboxes()
         self.assertEqual(
             bob.take(), [f"MSG 1 {STAMP} alice old", f"MSG 2 {STAMP} alice new"]
         )
