@@ -37,6 +37,7 @@ from secmsg.client_tls import client_tls_options, load_client_files
 from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.console import run_console
 from secmsg.errors import CommandError, ConfigurationError, Malformed
+from secmsg.launch import INTERRUPTED
 
 DEFAULT_PORT = 7443
 REPLY_TIMEOUT = 30.0
@@ -389,10 +390,6 @@ def _refused(reply: wire.ReplyLine) -> ExitStatus:
     return {403: ExitStatus.NOT_PERMITTED, 404: ExitStatus.NO_SUCH_RECIPIENT}.get(
         reply.code, ExitStatus.FAILED
     )
-
-
-INTERRUPTED = 130
-"""The exit status of a client stopped by Ctrl-C or SIGTERM, as shells use."""
 
 
 def run_client(options: ConnectionOptions, talk: Talk) -> int:

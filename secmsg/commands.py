@@ -59,15 +59,16 @@ HISTORY_DEFAULT = 20
 """Messages HISTORY gives when not told how many."""
 
 
-HISTORY_BYTES = 256 * 1024
-"""The most a HISTORY reply holds; older messages past it are left out, so
-that no reply is larger than a reader can be expected to take at once."""
+HISTORY_BYTES = 64 * 1024
+"""The most message text a HISTORY reply holds; older messages past it are
+left out, so that even a client pipelining HISTORY without reading costs
+the daemon little memory before its backlog has it dropped."""
 
 
 def _history_listing(messages: list[Stored]) -> bytes:
     """
     A HISTORY reply: the newest messages that fit in L{HISTORY_BYTES},
-    oldest first, and how many were left out.
+    oldest first, and whether older ones were left out.
     """
     lines: list[str] = []
     size = 0
@@ -78,10 +79,9 @@ def _history_listing(messages: list[Stored]) -> bytes:
             break
         lines.append(line)
     lines.reverse()
-    left_out = len(messages) - len(lines)
     summary = f"{len(lines)} message" + ("" if len(lines) == 1 else "s")
-    if left_out:
-        summary += f" ({left_out} older left out: over {HISTORY_BYTES // 1024} KiB)"
+    if len(lines) < len(messages):
+        summary += f" (older ones left out: over {HISTORY_BYTES // 1024} KiB)"
     return wire.listing(211, lines, summary)
 
 
@@ -237,9 +237,9 @@ class Commands:
         if target.startswith("#"):
             if not self._hub.in_room(session, target):
                 raise NotPermitted("HISTORY", identity, f"not a member of {target}")
-            found = self._store.room_history(target, limit)
+            found = self._store.room_history(target, limit, HISTORY_BYTES)
         else:
-            found = self._store.conversation(identity, target, limit)
+            found = self._store.conversation(identity, target, limit, HISTORY_BYTES)
         found.addCallback(_history_listing)
         return self._stored(found)
 

@@ -200,15 +200,18 @@ class IMessageStore(Interface):
             message is not in C{identity}'s mailbox.
         """
 
-    def room_history(room: str, limit: int) -> Deferred:
+    def room_history(room: str, limit: int, budget: int) -> Deferred:
         """
-        Fire with the newest C{limit} messages said in C{room}, oldest first.
+        Fire with the newest C{limit} messages said in C{room}, oldest
+        first; fewer if their texts pass C{budget} bytes (the one that
+        passes it is included, so that a caller can tell it was cut).
         """
 
-    def conversation(identity: str, other: str, limit: int) -> Deferred:
+    def conversation(identity: str, other: str, limit: int, budget: int) -> Deferred:
         """
         Fire with the newest C{limit} direct messages between two
-        identities, either way, oldest first.
+        identities, either way, oldest first, within C{budget} as
+        L{room_history} is.
         """
 
     def remember(identity: str, when: Any) -> Deferred:

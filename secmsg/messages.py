@@ -6,6 +6,7 @@ protocol hand it on.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -88,6 +89,25 @@ class Retention:
     max_age: timedelta = timedelta(days=30)
     room_max: int = 1000
     mailbox_max: int = 1000
+
+
+def within_budget(
+    newest_first: Iterable[Stored], limit: int, budget: int
+) -> list[Stored]:
+    """
+    Up to C{limit} of the messages given newest first, stopping once their
+    texts pass C{budget} bytes (the message that passes it included, so
+    that the caller can tell); oldest first.
+    """
+    chosen: list[Stored] = []
+    size = 0
+    for message in newest_first:
+        if len(chosen) == limit or size > budget:
+            break
+        chosen.append(message)
+        size += len(message.text.encode("utf-8"))
+    chosen.reverse()
+    return chosen
 
 
 def to_microseconds(moment: datetime) -> int:

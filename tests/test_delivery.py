@@ -272,7 +272,7 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
             alice.send(f"SAY #ops {long}")
         reply = alice.send("HISTORY #ops 100")
         self.assertLess(len("\n".join(reply).encode()), HISTORY_BYTES)
-        self.assertRegex(reply[-1], r"^211 \d+ messages \(\d+ older left out")
+        self.assertRegex(reply[-1], r"^211 \d+ messages \(older ones left out")
         self.assertEqual(reply[-2].split()[0], "211-100")
 
     def test_full_disk_is_503_never_250_and_the_session_goes_on(self) -> None:

@@ -123,9 +123,13 @@ class StoreBehaviour:
         self.accept(direct("alice", "bob", "to bob"), "bob")
         self.accept(direct("bob", "alice", "to alice"), "alice")
         self.accept(direct("alice", "carol", "to carol"), "carol")
-        room = self.result(self.store.room_history("#ops", 2))
+        room = self.result(self.store.room_history("#ops", 2, 10_000))
         self.assertEqual([m.text for m in room], ["ops 2", "ops 3"])  # type: ignore[attr-defined]
-        talk = self.result(self.store.conversation("bob", "alice", 10))
+        # A budget of 9 bytes: "ops 3" (5), then "ops 2" passes it, and is the
+        # last one read, so that the caller can tell there was more.
+        cut = self.result(self.store.room_history("#ops", 10, 9))
+        self.assertEqual([m.text for m in cut], ["ops 2", "ops 3"])  # type: ignore[attr-defined]
+        talk = self.result(self.store.conversation("bob", "alice", 10, 10_000))
         self.assertEqual([m.text for m in talk], ["to bob", "to alice"])  # type: ignore[attr-defined]
         self.assertEqual(talk[0].created, NOW)  # type: ignore[attr-defined]
 
@@ -161,9 +165,11 @@ class StoreBehaviour:
         self.result(self.store.acknowledge("bob", newest, False))
         mailbox = Retention(max_age=timedelta(days=30), mailbox_max=1)
         self.result(self.store.purge(NOW, mailbox))
-        talk = self.result(self.store.conversation("bob", "carol", 10))
+        talk = self.result(self.store.conversation("bob", "carol", 10, 10_000))
         self.assertEqual([m.text for m in talk], ["newest"])  # type: ignore[attr-defined]
-        texts = [m.text for m in self.result(self.store.room_history("#ops", 10))]
+        texts = [
+            m.text for m in self.result(self.store.room_history("#ops", 10, 10_000))
+        ]
         self.assertEqual(texts, ["unread", "newest"])  # type: ignore[attr-defined]
         self.assertNotIn(
             "old",

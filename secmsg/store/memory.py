@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from secmsg.errors import NotFound, StoreError
 from secmsg.interfaces import IMessageStore
-from secmsg.messages import Draft, Kind, Pending, Retention, Stored
+from secmsg.messages import Draft, Kind, Pending, Retention, Stored, within_budget
 
 
 @dataclass
@@ -84,18 +84,24 @@ class MemoryStore:
             entry.delivered = True
         return defer.succeed(len(fresh))
 
-    def room_history(self, room: str, limit: int) -> defer.Deferred[list[Stored]]:
+    def room_history(
+        self, room: str, limit: int, budget: int
+    ) -> defer.Deferred[list[Stored]]:
         return defer.succeed(
-            self._newest(lambda m: m.kind is Kind.ROOM and m.target == room, limit)
+            self._newest(
+                lambda m: m.kind is Kind.ROOM and m.target == room, limit, budget
+            )
         )
 
     def conversation(
-        self, identity: str, other: str, limit: int
+        self, identity: str, other: str, limit: int, budget: int
     ) -> defer.Deferred[list[Stored]]:
         pair = {identity, other}
         return defer.succeed(
             self._newest(
-                lambda m: m.kind is Kind.DIRECT and {m.sender, m.target} == pair, limit
+                lambda m: m.kind is Kind.DIRECT and {m.sender, m.target} == pair,
+                limit,
+                budget,
             )
         )
 
@@ -139,11 +145,12 @@ class MemoryStore:
             if message_id in mailbox
         )
 
-    def _newest(self, wanted: Callable[[Stored], bool], limit: int) -> list[Stored]:
+    def _newest(
+        self, wanted: Callable[[Stored], bool], limit: int, budget: int
+    ) -> list[Stored]:
         """
-        The newest C{limit} messages C{wanted} picks, oldest first.
+        The newest C{limit} messages C{wanted} picks, within C{budget},
+        oldest first.
         """
-        chosen = [
-            m for m in sorted(self._messages.values(), key=lambda m: m.id) if wanted(m)
-        ]
-        return chosen[-limit:] if limit else []
+        newest = sorted(self._messages.values(), key=lambda m: -m.id)
+        return within_budget((m for m in newest if wanted(m)), limit, budget)

@@ -29,6 +29,7 @@ from secmsg.messages import (
     Stored,
     from_microseconds,
     to_microseconds,
+    within_budget,
 )
 from secmsg.store.database import open_database
 from secmsg.store.worker import Job
@@ -162,13 +163,16 @@ class SQLiteStore:
 
         return self._submit(job)
 
-    def room_history(self, room: str, limit: int) -> defer.Deferred[list[Stored]]:
-        return self._newest(_ROOM_HISTORY, (room, limit))
+    def room_history(
+        self, room: str, limit: int, budget: int
+    ) -> defer.Deferred[list[Stored]]:
+        return self._newest(_ROOM_HISTORY, (room, limit), limit, budget)
 
     def conversation(
-        self, identity: str, other: str, limit: int
+        self, identity: str, other: str, limit: int, budget: int
     ) -> defer.Deferred[list[Stored]]:
-        return self._newest(_CONVERSATION, (identity, other, other, identity, limit))
+        parameters = (identity, other, other, identity, limit)
+        return self._newest(_CONVERSATION, parameters, limit, budget)
 
     def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
         if identity in self._known:
@@ -215,16 +219,17 @@ class SQLiteStore:
         return self._worker.stop()
 
     def _newest(
-        self, query: str, parameters: tuple[str | int, ...]
+        self, query: str, parameters: tuple[str | int, ...], limit: int, budget: int
     ) -> defer.Deferred[list[Stored]]:
         """
         Run a query for the newest messages (newest first, as LIMIT needs)
-        and give them oldest first.
+        and give them oldest first, reading rows only until the budget is
+        spent.
         """
 
         def job(connection: sqlite3.Connection) -> list[Stored]:
-            rows = connection.execute(query, parameters).fetchall()
-            return [_stored(row) for row in reversed(rows)]
+            rows = connection.execute(query, parameters)
+            return within_budget((_stored(row) for row in rows), limit, budget)
 
         return self._submit(job)
 
