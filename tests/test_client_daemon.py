@@ -90,6 +90,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self.addCleanup(lambda: client.poll() is None and client.kill())
         client.stdin.write(b"HELP\n" * 50)
         client.stdin.close()
         self.assertIn(b"you are alice", client.stdout.readline())
