@@ -25,7 +25,7 @@ from zope.interface import Attribute, implementer
 from secmsg.errors import CertificateRefused, NotPermitted
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IHub, IPeer, ISessionAvatar
-from secmsg.policy import Policy
+from secmsg.policy import Grant, Policy
 
 
 class ICertificateCredential(ICredentials):
@@ -74,16 +74,22 @@ class SessionAvatar:
     """
     One identity's rights in one session.
 
-    It holds the frozen set of commands its roles grant and decides every
-    command against it; a reload replaces that set whole.
+    It holds what the policy granted its roles (commands, rate, room rules)
+    and decides every command and room action against that; a reload
+    replaces the grant whole.
     """
 
-    def __init__(
-        self, identity: str, roles: tuple[str, ...], commands: frozenset[str]
-    ) -> None:
+    def __init__(self, identity: str, grant: Grant) -> None:
         self.identity = identity
-        self.roles = roles
-        self.commands = commands
+        self.grant = grant
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.grant.roles
+
+    @property
+    def commands(self) -> frozenset[str]:
+        return self.grant.commands
 
     def authorize(self, verb: str) -> None:
         """
@@ -91,19 +97,36 @@ class SessionAvatar:
 
         @raise NotPermitted: naming the roles that do not grant it.
         """
-        if verb not in self.commands:
+        if verb not in self.grant.commands:
             raise NotPermitted(
                 verb,
                 self.identity,
-                f"not granted by {_roles_phrase(self.roles)}",
+                f"not granted by {_roles_phrase(self.grant.roles)}",
             )
 
-    def regrant(self, roles: tuple[str, ...], commands: frozenset[str]) -> None:
+    def authorize_room(self, verb: str, action: str, room: str) -> None:
         """
-        Take the roles and commands of a reloaded policy.
+        Allow C{action} (join, read or say) in C{room} if the room rules
+        let one of the roles do it.
+
+        @raise NotPermitted: naming the room rule that denied.
         """
-        self.roles = roles
-        self.commands = commands
+        refusal = self.grant.rooms.refusal(action, room, self.grant.lineage)
+        if refusal is not None:
+            raise NotPermitted(
+                verb,
+                self.identity,
+                f"{refusal}; you have {_roles_phrase(self.grant.roles)}",
+            )
+
+    def may_read(self, room: str) -> bool:
+        return self.grant.rooms.refusal("read", room, self.grant.lineage) is None
+
+    def regrant(self, grant: Grant) -> None:
+        """
+        Take what a reloaded policy grants.
+        """
+        self.grant = grant
 
 
 def _roles_phrase(roles: tuple[str, ...]) -> str:
@@ -114,8 +137,9 @@ def _roles_phrase(roles: tuple[str, ...]) -> str:
 @implementer(IRealm)
 class PolicyRealm:
     """
-    Gives each identity a L{SessionAvatar} by the current policy, and
-    registers its session with the hub for as long as the login lasts.
+    Gives each identity a L{SessionAvatar} by the current policy and its
+    certificate, and registers its session with the hub for as long as the
+    login lasts.
 
     @ivar policy: the policy in force; a reload replaces it.
     """
@@ -129,15 +153,16 @@ class PolicyRealm:
     ) -> tuple[type, SessionAvatar, Callable[[], None]]:
         """
         The avatar for C{avatarId}, attached to the hub with C{mind} as its
-        peer, and the logout that detaches it.
+        peer, and the logout that detaches it.  Rules on certificate
+        attributes are read from the leaf of the mind's verified chain.
 
         @raise UnauthorizedLogin: the policy gives the identity no role.
         """
         if ISessionAvatar not in interfaces:
             raise NotImplementedError("secmsg only provides ISessionAvatar")
-        grant = self.policy.grant_for(avatarId)
+        grant = self.policy.grant_for(avatarId, mind.certificate_chain[0])
         if grant is None:
             raise UnauthorizedLogin(f"the policy gives {avatarId} no role")
-        avatar = SessionAvatar(avatarId, grant.roles, grant.commands)
+        avatar = SessionAvatar(avatarId, grant)
         self._hub.attach(avatar, mind)
         return ISessionAvatar, avatar, lambda: self._hub.detach(mind)

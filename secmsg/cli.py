@@ -1,6 +1,7 @@
 """
 The C{secmsg} command: C{init} makes a development instance, C{pki} runs
-the operator's CA, C{connect} and C{send} talk to a daemon.
+the operator's CA, C{connect} and C{send} talk to a daemon, C{audit}
+checks the daemon's audit trail.
 
 This is the client side's composition root, as L{secmsg.tap} is the
 daemon's: it reads the options and hands each piece what it needs.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from secmsg import client_command, pki_command
+from secmsg import audit_command, client_command, pki_command
 from secmsg.client import ExitStatus
 from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.errors import AuthorityError, ConfigurationError
@@ -37,12 +38,13 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send ..."
+    synopsis = "init|pki|connect|send|audit ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
         ["connect", None, client_command.ConnectOptions, "Talk to a secmsg daemon."],
         ["send", None, client_command.SendOptions, "Send one message and exit."],
+        ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
     ]
 
     def postOptions(self) -> None:
@@ -64,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if options.subCommand in ("connect", "send"):
         return _talk(options.subCommand, options.subOptions)
     now = datetime.now(UTC)
+    intact = True
     try:
         if options.subCommand == "init":
             lines = _init(options.subOptions["directory"], now)
+        elif options.subCommand == "audit":
+            lines, intact = audit_command.run(options.subOptions)
         else:
             lines = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader (head, say) stopped early; that is its choice, not an
         # error.  Point stdout at nothing, so that exit does not complain.
         stop_writing(sys.stdout)
-    return ExitStatus.OK
+    return ExitStatus.OK if intact else ExitStatus.FAILED
 
 
 def _innermost(options: usage.Options) -> usage.Options:

@@ -224,6 +224,11 @@ class ClientProtocol(Protocol):
         ending = None
         if isinstance(line, wire.PushLine):
             ending = ending_for_push(line)
+        elif 400 <= line.code < 600:
+            # A limit reached at login (503 too many sessions for ...).
+            ending = SessionEnded(
+                ExitStatus.FAILED, f"the server refused the session: {line.text}"
+            )
         self._announced = ending or SessionEnded(
             ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
         )

@@ -14,10 +14,11 @@ from typing import Protocol
 
 from cryptography import x509
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from secmsg import wire
+from secmsg.audit import audit
 from secmsg.delivery import Delivery
 from secmsg.errors import (
     ConfigurationError,
@@ -43,6 +44,7 @@ class Session(Protocol):
 
     avatar: ISessionAvatar
     certificate: x509.Certificate
+    address: str
 
     def finish(self) -> None:
         """
@@ -95,7 +97,7 @@ class Commands:
         hub: IHub,
         store: IMessageStore,
         delivery: Delivery,
-        reload: Callable[[], ReloadReport],
+        reload: Callable[[bool], ReloadReport],
         history_max: int,
     ) -> None:
         self._hub = hub
@@ -181,6 +183,7 @@ class Commands:
         )
 
     def join(self, session: Session, room: str) -> bytes:
+        session.avatar.authorize_room("JOIN", "join", room)
         if self._hub.join(session, room):
             return wire.reply(200, f"joined {room}")
         return wire.reply(200, f"already in {room}")
@@ -191,6 +194,7 @@ class Commands:
 
     def say(self, session: Session, room: str, text: str) -> Reply:
         identity = session.avatar.identity
+        session.avatar.authorize_room("SAY", "say", room)
         if not self._hub.in_room(session, room):
             raise NotPermitted("SAY", identity, f"not a member of {room}")
         return self._accepted(
@@ -207,10 +211,12 @@ class Commands:
         count = self._hub.kick(identity, by, reason or "no reason given")
         if not count:
             raise NotFound(f"{identity} is not online")
-        log.info(
-            "{by} kicked {identity} from {count} session(s)",
+        audit(
+            "kick",
+            "{by} kicked {target} from {count} session(s)",
             by=by,
-            identity=identity,
+            peer=session.address,
+            target=identity,
             count=count,
         )
         sessions = "1 session" if count == 1 else f"{count} sessions"
@@ -235,6 +241,7 @@ class Commands:
         identity = session.avatar.identity
         limit = min(int(count or HISTORY_DEFAULT), self._history_max)
         if target.startswith("#"):
+            session.avatar.authorize_room("HISTORY", "read", target)
             if not self._hub.in_room(session, target):
                 raise NotPermitted("HISTORY", identity, f"not a member of {target}")
             found = self._store.room_history(target, limit, HISTORY_BYTES)
@@ -260,16 +267,38 @@ class Commands:
 
         return result.addErrback(refused)
 
-    def reload(self, session: Session) -> bytes:
+    def reload(self, session: Session, mode: str = "") -> bytes:
+        identity = session.avatar.identity
+        dry = mode == "DRY"
         try:
-            report = self._reload()
+            report = self._reload(dry)
         except ConfigurationError as error:
-            log.error(
-                "reload by {identity} failed, configuration unchanged: {error}",
-                identity=session.avatar.identity,
+            audit(
+                "reload",
+                "reload by {by} failed, configuration unchanged: {error}",
+                LogLevel.error,
+                by=identity,
+                dry=dry,
+                outcome="failed",
                 error=str(error),
             )
             raise ServerFault(
                 f"reload failed, configuration unchanged: {error}"
             ) from None
+        audit(
+            "reload",
+            "{kind} by {by}: {summary}",
+            by=identity,
+            dry=dry,
+            kind="reload dry run" if dry else "reload",
+            outcome="ok",
+            summary=report.summary(),
+        )
+        if dry:
+            return wire.listing(
+                211,
+                report.lines(),
+                f"a reload would change {len(report.changes)} of "
+                f"{report.checked} sessions; nothing changed",
+            )
         return wire.reply(200, report.summary())

@@ -168,6 +168,21 @@ class LineTooLong(CommandError):
     code = 413
 
 
+class RateLimited(CommandError):
+    """
+    The identity has sent commands faster than its rate allows; this one
+    was not carried out, and may be sent again after the delay given.
+
+    @ivar retry_ms: milliseconds until the next command would be taken.
+    """
+
+    code = 429
+
+    def __init__(self, retry_ms: int) -> None:
+        super().__init__(f"slow down; retry in {retry_ms} ms")
+        self.retry_ms = retry_ms
+
+
 class NotStored(CommandError):
     """
     A message or an acknowledgement could not be committed (a full disk,

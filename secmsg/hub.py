@@ -40,7 +40,7 @@ class InProcessHub:
         peers.remove(peer)
         if not peers:
             del self._by_identity[avatar.identity]
-        for room in [room for room, members in self._rooms.items() if peer in members]:
+        for room in self.rooms_of(peer):
             self._leave(peer, room)
 
     def sessions(self) -> list[tuple[ISessionAvatar, IPeer]]:
@@ -71,11 +71,24 @@ class InProcessHub:
             raise NotFound(f"you are not in {room}")
         self._leave(peer, room)
 
+    def rooms_of(self, peer: IPeer) -> list[str]:
+        return sorted(room for room, members in self._rooms.items() if peer in members)
+
     def in_room(self, peer: IPeer, room: str) -> bool:
         return peer in self._rooms.get(room, {})
 
     def room_identities(self, room: str) -> set[str]:
-        return set(self._rooms.get(room, {}).values())
+        return {self._avatars[peer].identity for peer in self._readers(room)}
+
+    def _readers(self, room: str) -> list[IPeer]:
+        """
+        The members of C{room} whose avatars may be sent its messages.
+        """
+        return [
+            peer
+            for peer in self._rooms.get(room, {})
+            if self._avatars[peer].may_read(room)
+        ]
 
     def is_online(self, identity: str) -> bool:
         return identity in self._by_identity
@@ -84,7 +97,7 @@ class InProcessHub:
         if message.kind is Kind.DIRECT:
             peers = list(self._by_identity.get(message.target, ()))
         elif message.kind is Kind.ROOM:
-            peers = list(self._rooms.get(message.target, {}))
+            peers = self._readers(message.target)
         else:
             peers = list(self._avatars)
         line = wire.message_push(message)

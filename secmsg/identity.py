@@ -71,15 +71,86 @@ class IdentityRule:
                     NameOID.COMMON_NAME
                 )
             ]
-        try:
-            names = certificate.extensions.get_extension_for_oid(
-                ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-            ).value
-        except x509.ExtensionNotFound:
-            return []
         kind = (
             x509.RFC822Name
             if self.field is IdentityField.SAN_EMAIL
             else x509.UniformResourceIdentifier
         )
-        return list(names.get_values_for_type(kind))
+        return _san_values(certificate, kind)
+
+
+SUBJECT_FIELDS = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "DC": NameOID.DOMAIN_COMPONENT,
+}
+"""The subject fields a policy rule may match, by their RFC 4514 names."""
+
+
+@dataclass(frozen=True)
+class AttributeMatch:
+    """
+    A test on what a verified certificate says, every part of which must
+    hold: subject fields with exact values, a SAN URI under a prefix, a SAN
+    e-mail address in a domain.  The CA vouches for these values, so a rule
+    on them is as strong as the CA's care in issuing.
+
+    @ivar subject: C{(field, value)} pairs; the subject must hold each
+        (a field that appears more than once matches if any value does).
+    @ivar san_uri_prefix: a prefix that a SAN URI must start with; it ends
+        with C{/} so that it matches whole path segments.
+    @ivar san_email_domain: the domain a SAN e-mail address must be in.
+    """
+
+    subject: tuple[tuple[str, str], ...] = ()
+    san_uri_prefix: str | None = None
+    san_email_domain: str | None = None
+
+    def matches(self, certificate: x509.Certificate) -> bool:
+        """
+        Whether C{certificate} satisfies every part of this match.
+        """
+        for name, value in self.subject:
+            values = certificate.subject.get_attributes_for_oid(SUBJECT_FIELDS[name])
+            if value not in (str(attribute.value) for attribute in values):
+                return False
+        if self.san_uri_prefix is not None and not any(
+            uri.startswith(self.san_uri_prefix)
+            for uri in _san_values(certificate, x509.UniformResourceIdentifier)
+        ):
+            return False
+        if self.san_email_domain is not None:
+            domain = "@" + self.san_email_domain.lower()
+            return any(
+                address.lower().endswith(domain)
+                for address in _san_values(certificate, x509.RFC822Name)
+            )
+        return True
+
+    def describe(self) -> str:
+        """
+        The match in the words of the policy file, for denials and logs.
+        """
+        parts = [f"{name}={value}" for name, value in self.subject]
+        if self.san_uri_prefix is not None:
+            parts.append(f"SAN URI {self.san_uri_prefix}*")
+        if self.san_email_domain is not None:
+            parts.append(f"SAN e-mail *@{self.san_email_domain}")
+        return escape_controls(", ".join(parts))
+
+
+def _san_values(
+    certificate: x509.Certificate,
+    kind: type[x509.UniformResourceIdentifier] | type[x509.RFC822Name],
+) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_oid(
+            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+        ).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(names.get_values_for_type(kind))

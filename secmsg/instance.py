@@ -34,6 +34,11 @@ default_roles = ["user"]
 
 [roles.guest]
 commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT"]
+# Commands per second, shared by all of an identity's sessions, in bursts
+# of up to `burst`; past it a command gets 429.  A role that sets none
+# takes the most generous rate it inherits, or 20 a second in bursts of 60.
+rate = 20
+burst = 60
 
 [roles.user]
 inherits = ["guest"]
@@ -43,6 +48,23 @@ commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 inherits = ["user"]
 commands = ["KICK", "BROADCAST", "RELOAD"]
 
+# Roles by what a certificate says, for an identity not under [identities];
+# every rule it matches adds its roles.  See docs/policy.md.
+# [[rules]]
+# subject = {{ OU = "ops" }}
+# roles = ["admin"]
+#
+# [[rules]]
+# san_uri_prefix = "spiffe://example.org/service/"
+# roles = ["user"]
+
+# Who may join, read and speak in rooms; the first pattern that matches a
+# room decides, and a room that none matches is open to every role.
+[[rooms]]
+pattern = "#ops-*"
+join = ["admin"]
+
+# Last in the file, so that a line added at the end lists one more identity.
 [identities]
 {identities}
 """

@@ -27,6 +27,7 @@ class ISessionAvatar(Interface):
     identity = Attribute("The identity (a name token) this session belongs to.")
     roles = Attribute("The roles the policy assigns, as a tuple of names.")
     commands = Attribute("The frozenset of command names the roles grant.")
+    grant = Attribute("The secmsg.policy.Grant in force: roles, commands, rate.")
 
     def authorize(verb: str) -> None:
         """
@@ -35,10 +36,23 @@ class ISessionAvatar(Interface):
         @raise secmsg.errors.NotPermitted: naming the rule that denied.
         """
 
-    def regrant(roles: tuple[str, ...], commands: frozenset[str]) -> None:
+    def authorize_room(verb: str, action: str, room: str) -> None:
         """
-        Replace the roles and command set after a policy reload, so that the
-        new policy applies to the live session at once.
+        Allow C{action} (C{join}, C{read} or C{say}) in C{room}, asked on
+        behalf of the command C{verb}, or refuse it.
+
+        @raise secmsg.errors.NotPermitted: naming the room rule that denied.
+        """
+
+    def may_read(room: str) -> bool:
+        """
+        Whether this session may be sent the messages of C{room}.
+        """
+
+    def regrant(grant: Any) -> None:
+        """
+        Replace the grant after a policy reload, so that the new policy
+        applies to the live session at once.
         """
 
 
@@ -49,8 +63,9 @@ class IPeer(Interface):
     """
 
     certificate_chain = Attribute(
-        "The peer's verified chain as pyOpenSSL X509 objects, leaf first."
+        "The peer's verified chain as cryptography certificates, leaf first."
     )
+    address = Attribute("Where the peer connects from, as host:port.")
 
     def push(line: bytes, message_id: int) -> None:
         """
@@ -77,6 +92,12 @@ class IPeer(Interface):
     def close(reason: str) -> None:
         """
         Tell the peer C{CLOSED <reason>} and end the session.
+        """
+
+    def notice(text: str) -> None:
+        """
+        Tell the peer C{NOTICE <text>}: something about its session that
+        it did not ask for, such as a certificate about to expire.
         """
 
     def kick(by: str, reason: str) -> None:
@@ -132,6 +153,11 @@ class IHub(Interface):
         @raise secmsg.errors.NotFound: it was not in the room.
         """
 
+    def rooms_of(peer: IPeer) -> list[str]:
+        """
+        The rooms C{peer}'s session is in, sorted.
+        """
+
     def in_room(peer: IPeer, room: str) -> bool:
         """
         Whether a session is in a room.
@@ -139,7 +165,8 @@ class IHub(Interface):
 
     def room_identities(room: str) -> set[str]:
         """
-        The identities with a session in C{room}.
+        The identities with a session in C{room} that may read it: those a
+        room message is stored for.
         """
 
     def is_online(identity: str) -> bool:
@@ -150,8 +177,8 @@ class IHub(Interface):
     def deliver(message: Any, exclude: IPeer | None = None) -> set[str]:
         """
         Push a stored L{secmsg.messages.Stored} message to the sessions it
-        is for: the recipient's, the room's members', or every one, but
-        C{exclude}.
+        is for: the recipient's, the room's members' that may read it, or
+        every one, but C{exclude}.
 
         @return: the identities whose sessions it was pushed to.
         """

@@ -12,11 +12,13 @@ to a bound, and answered after the greeting.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
@@ -28,16 +30,27 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
+from secmsg.audit import audit
 from secmsg.auth import VerifiedCertificate
 from secmsg.commands import Commands
-from secmsg.errors import CertificateRefused, CommandError, NotPermitted
+from secmsg.errors import (
+    CertificateRefused,
+    CommandError,
+    LineTooLong,
+    Malformed,
+    NotPermitted,
+    RateLimited,
+    RefusalReason,
+    UnknownCommand,
+)
 from secmsg.identity import describe_subject
 from secmsg.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
+from secmsg.limits import RATE_EXEMPT, Limits, RateLimiter
 from secmsg.tls import refusal_for_handshake_failure
 
 log = Logger()
@@ -57,6 +70,26 @@ the store."""
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
 
+BAD_LINES_IN_A_ROW = 10
+"""Malformed, unknown or overlong lines in a row after which a session is
+closed: a client that has lost track of the protocol, or is probing it."""
+
+REFUSED_FOR_RATE_IN_A_ROW = 100
+"""429 replies in a row after which a session is closed: a client that
+does not slow down.  A script's pipeline may meet a few dozen at once."""
+
+EXPIRY_WARNING = 300.0
+"""Seconds before a certificate expires that its sessions are warned."""
+
+_BAD_LINE = (Malformed, UnknownCommand, LineTooLong)
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """
+    The SHA-256 fingerprint of a certificate, as hex, for the audit log.
+    """
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
 
 @dataclass
 class _Reply:
@@ -67,6 +100,7 @@ class _Reply:
 
     finishes: bool
     data: bytes | None = None
+    last_words: str | None = None
 
 
 def describe_address(address: IAddress) -> str:
@@ -89,6 +123,15 @@ class SessionProtocol(Protocol):
     the daemon hold unbounded replies.  Messages from others are still
     pushed, up to L{BACKLOG_LIMIT}.
 
+    A session lives within its L{Limits}: its login must complete within
+    the handshake timeout, it is closed after the idle timeout without a
+    line from it, when its certificate expires, and after too many bad
+    lines or refusals for the rate in a row; each of these is said to the
+    peer when it can be, and recorded in the audit log.
+
+    @ivar address: where the peer connects from, C{host:port}.
+    @ivar host: the peer's address without its port, which the
+        per-address limit counts.
     @ivar avatar: the L{ISessionAvatar} once logged in, else L{None}.
     @ivar certificate: the verified leaf certificate, once the handshake
         has completed.
@@ -101,10 +144,14 @@ class SessionProtocol(Protocol):
         commands: Commands,
         clock: IReactorTime,
         max_line_length: int,
+        limits: Limits,
+        rate_limiter: RateLimiter,
     ) -> None:
         self._portal = portal
         self._commands = commands
         self._clock = clock
+        self._limits = limits
+        self._rate_limiter = rate_limiter
         self._framer = wire.LineFramer(max_line_length)
         self._frames: deque[bytes | object] = deque()
         self._paused = False
@@ -112,7 +159,12 @@ class SessionProtocol(Protocol):
         self._backlog = 0
         self._cutoff: IDelayedCall | None = None
         self._early = bytearray()
-        self._peer = "?"
+        self._timers: list[IDelayedCall] = []
+        self._dropped_at_connect = False
+        self._idle: IDelayedCall | None = None
+        self._bad_lines = 0
+        self._rate_refusals = 0
+        self._last_words: str | None = None
         self._refusal: CertificateRefused | None = None
         self._handshake_done = False
         self._logout = None
@@ -128,13 +180,47 @@ class SessionProtocol(Protocol):
         self._finishing = False
         self._closing = False
         self._lost = False
+        self.address = self.host = "?"
         self.avatar: ISessionAvatar | None = None
         self.certificate: x509.Certificate | None = None
         self.certificate_chain: list[x509.Certificate] = []
 
     def connectionMade(self) -> None:
-        self._peer = describe_address(self.transport.getPeer())
-        self.factory.session_started(self)
+        peer = self.transport.getPeer()
+        self.address = describe_address(peer)
+        self.host = str(getattr(peer, "host", self.address))
+        refusal = self.factory.session_started(self)
+        if refusal is not None:
+            # Nothing can be said before TLS is up, so the peer learns
+            # nothing; the operator does.
+            audit(
+                "limit_reached",
+                "dropped {peer} at connect: {reason}",
+                LogLevel.warn,
+                peer=self.address,
+                reason=refusal,
+            )
+            self._dropped_at_connect = True
+            self._drop()
+            return
+        self._after(self._limits.handshake_timeout, self._handshake_too_slow)
+
+    def _after(self, seconds: float, call: Callable[[], None]) -> IDelayedCall:
+        """
+        Call C{call} in C{seconds}, unless the connection has ended.
+        """
+        timer = self._clock.callLater(seconds, call)
+        self._timers.append(timer)
+        return timer
+
+    def _handshake_too_slow(self) -> None:
+        if self._handshake_done or self._closing:
+            return
+        self._refusal = CertificateRefused(
+            RefusalReason.HANDSHAKE_FAILED,
+            detail=f"not completed within {self._limits.handshake_timeout:g} s",
+        )
+        self._drop()
 
     def certificate_refused(self, refusal: CertificateRefused) -> None:
         if self._refusal is None:
@@ -162,14 +248,33 @@ class SessionProtocol(Protocol):
             # The peer left while the login was under way.
             logout()
             return
+        refusal = self.factory.session_admitted(self, avatar.identity)
+        if refusal is not None:
+            logout()
+            audit(
+                "limit_reached",
+                "refused a session of {identity} from {peer}: {reason}",
+                LogLevel.warn,
+                identity=avatar.identity,
+                peer=self.address,
+                reason=refusal,
+            )
+            self.transport.write(wire.reply(503, refusal))
+            self._end()
+            return
         self.avatar, self._logout = avatar, logout
-        log.info(
+        grant = avatar.grant
+        audit(
+            "login",
             "login {identity} (roles: {roles}) from {peer}, certificate serial "
-            "{serial:x}",
+            "{serial}",
             identity=avatar.identity,
-            roles=",".join(avatar.roles),
-            peer=self._peer,
-            serial=self.certificate.serial_number,
+            roles=",".join(grant.roles),
+            granted_by=grant.granted_by,
+            peer=self.address,
+            subject=describe_subject(self.certificate),
+            serial=f"{self.certificate.serial_number:x}",
+            fingerprint=fingerprint(self.certificate),
         )
         self.transport.write(
             wire.reply(
@@ -180,9 +285,50 @@ class SessionProtocol(Protocol):
         )
         self.transport.registerProducer(self, True)
         self._producing = True
+        self._idle = self._after(self._limits.idle_timeout, self._idle_too_long)
+        self._watch_expiry()
         self._commands.logged_in(self)
         early, self._early = bytes(self._early), bytearray()
         self._receive(early)
+
+    def _watch_expiry(self) -> None:
+        """
+        End the session when the first certificate of its chain expires,
+        and warn it L{EXPIRY_WARNING} seconds before.
+        """
+        expires = min(c.not_valid_after_utc for c in self.certificate_chain)
+        remaining = expires.timestamp() - self._clock.seconds()
+        if remaining > EXPIRY_WARNING:
+            self._after(
+                remaining - EXPIRY_WARNING,
+                lambda: self.notice(
+                    f"your certificate expires at {wire.format_time(expires)}; "
+                    "this session ends then; reconnect with a renewed one"
+                ),
+            )
+        self._after(max(0.0, remaining), self._expired)
+
+    def _expired(self) -> None:
+        self._close_for("certificate expired")
+
+    def _idle_too_long(self) -> None:
+        self._close_for(f"idle for {self._limits.idle_timeout:g} s")
+
+    def _close_for(self, reason: str) -> None:
+        """
+        Close a session for a reason of the daemon's own, saying so to the
+        peer and the audit log.
+        """
+        if self._closing:
+            return
+        audit(
+            "session_closed",
+            "closing {identity} from {peer}: {reason}",
+            identity=self.avatar.identity,
+            peer=self.address,
+            reason=reason,
+        )
+        self.close(reason)
 
     def _login_refused(self, failure: Failure) -> None:
         if failure.check(UnauthorizedLogin):
@@ -190,10 +336,14 @@ class SessionProtocol(Protocol):
         else:
             log.failure("login failed", failure)
             reason = "internal error during login"
-        log.warn(
+        audit(
+            "login_refused",
             "refused login from {peer}: subject {subject}: {reason}",
-            peer=self._peer,
+            LogLevel.warn,
+            peer=self.address,
             subject=describe_subject(self.certificate),
+            serial=f"{self.certificate.serial_number:x}",
+            fingerprint=fingerprint(self.certificate),
             reason=reason,
         )
         self.close(f"login refused: {reason}")
@@ -206,15 +356,17 @@ class SessionProtocol(Protocol):
             return
         self._early += data
         if len(self._early) > EARLY_DATA_LIMIT:
-            log.warn(
-                "dropped {peer}: more than {limit} bytes before login",
-                peer=self._peer,
-                limit=EARLY_DATA_LIMIT,
+            self._refusal = CertificateRefused(
+                RefusalReason.HANDSHAKE_FAILED,
+                detail=f"more than {EARLY_DATA_LIMIT} bytes before login",
             )
             self._drop()
 
     def _receive(self, data: bytes) -> None:
-        self._frames.extend(self._framer.feed(data))
+        frames = self._framer.feed(data)
+        if frames and self._idle is not None and self._idle.active():
+            self._idle.reset(self._limits.idle_timeout)
+        self._frames.extend(frames)
         self._answer_waiting()
 
     def _answer_waiting(self) -> None:
@@ -297,17 +449,65 @@ class SessionProtocol(Protocol):
             if wire.is_blank(text):
                 return
             verb, rest = wire.split_verb(text)
+            self._spend_token(verb)
             self.avatar.authorize(verb)
             response = self._commands.run(self, verb, wire.parse_arguments(verb, rest))
         except Exception:  # noqa: BLE001 -- one bad command must not end the daemon
-            response = self._failed(Failure(), verb)
-        entry = _Reply(finishes=self._finishing)
+            failure = Failure()
+            self._count_strikes(failure.value)
+            response = self._failed(failure, verb)
+        else:
+            self._bad_lines = self._rate_refusals = 0
+        entry = _Reply(finishes=self._finishing, last_words=self._last_words)
         self._replies.append(entry)
         if isinstance(response, defer.Deferred):
             response.addErrback(self._failed, verb)
             response.addCallback(self._settle, entry)
         else:
             self._settle(response, entry)
+
+    def _spend_token(self, verb: str) -> None:
+        """
+        Take one of the identity's tokens for C{verb}.
+
+        @raise RateLimited: there is none left; the reply says when there
+            will be.
+        """
+        if verb in RATE_EXEMPT:
+            return
+        wait = self._rate_limiter.take(self.avatar.identity, self.avatar.grant.rate)
+        if wait:
+            raise RateLimited(max(1, math.ceil(wait * 1000)))
+
+    def _count_strikes(self, error: BaseException) -> None:
+        """
+        Count bad lines and refusals for the rate in a row; past their
+        bounds, the session ends after this reply, with the reason.
+        """
+        if isinstance(error, RateLimited):
+            self._rate_refusals += 1
+            self._bad_lines = 0
+        elif isinstance(error, _BAD_LINE):
+            self._bad_lines += 1
+            self._rate_refusals = 0
+        else:
+            self._bad_lines = self._rate_refusals = 0
+        if self._bad_lines >= BAD_LINES_IN_A_ROW:
+            reason = f"{BAD_LINES_IN_A_ROW} bad lines in a row"
+        elif self._rate_refusals >= REFUSED_FOR_RATE_IN_A_ROW:
+            reason = f"{REFUSED_FOR_RATE_IN_A_ROW} commands in a row past the rate"
+        else:
+            return
+        audit(
+            "session_closed",
+            "closing {identity} from {peer}: {reason}",
+            LogLevel.warn,
+            identity=self.avatar.identity,
+            peer=self.address,
+            reason=reason,
+        )
+        self._finishing = True
+        self._last_words = reason
 
     def _failed(self, failure: Failure, verb: str) -> bytes:
         """
@@ -331,6 +531,8 @@ class SessionProtocol(Protocol):
                 return
             self.transport.write(ready.data)
             if ready.finishes:
+                if ready.last_words is not None:
+                    self.transport.write(wire.push("CLOSED", ready.last_words))
                 self._end()
                 return
         self._answer_waiting()
@@ -338,11 +540,23 @@ class SessionProtocol(Protocol):
     def _log_refusal(self, verb: str, error: CommandError) -> None:
         identity = self.avatar.identity
         if isinstance(error, NotPermitted):
-            log.warn(
+            audit(
+                "denied",
                 "denied {verb} to {identity}: {rule}",
-                verb=verb,
+                LogLevel.warn,
                 identity=identity,
+                peer=self.address,
+                verb=verb,
                 rule=error.rule,
+            )
+        elif isinstance(error, RateLimited):
+            audit(
+                "rate_limited",
+                "refused {verb} from {identity} for the rate; retry in {retry_ms} ms",
+                identity=identity,
+                peer=self.address,
+                verb=verb,
+                retry_ms=error.retry_ms,
             )
         else:
             log.info(
@@ -415,18 +629,22 @@ class SessionProtocol(Protocol):
         Drop a session that would make the daemon hold more than
         L{BACKLOG_LIMIT} bytes for it, and say why.
         """
-        log.warn(
-            "dropped {identity} from {peer}: more than {limit} bytes held for it: "
-            "{why}",
+        audit(
+            "session_closed",
+            "dropped {identity} from {peer}: {reason}",
+            LogLevel.warn,
             identity=self.avatar.identity,
-            peer=self._peer,
-            limit=BACKLOG_LIMIT,
-            why=why,
+            peer=self.address,
+            reason=f"more than {BACKLOG_LIMIT} bytes held for it: {why}",
         )
         self._drop()
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
+
+    def notice(self, text: str) -> None:
+        if not self._closing:
+            self.transport.write(wire.push("NOTICE", text))
 
     def kick(self, by: str, reason: str) -> None:
         self._say_last(wire.push("KICKED", by, reason))
@@ -476,24 +694,27 @@ class SessionProtocol(Protocol):
             return
         logout, self._logout = self._logout, None
         logout()
-        log.info(
+        audit(
+            "logout",
             "logout {identity} from {peer}",
             identity=self.avatar.identity,
-            peer=self._peer,
+            peer=self.address,
         )
 
     def connectionLost(self, reason: Failure) -> None:
         self._closing = self._lost = True
         self._wake_drain_waiters(False)
-        if self._cutoff is not None and self._cutoff.active():
-            self._cutoff.cancel()
+        for timer in [self._cutoff, *self._timers]:
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.avatar is not None:
             self._leave_hub()
-        elif not self._handshake_done:
+        elif not self._handshake_done and not self._dropped_at_connect:
             refusal = self._refusal or refusal_for_handshake_failure(reason)
-            log.info(
+            audit(
+                "handshake_refused",
                 "refused handshake from {peer}: subject {subject}: {reason}",
-                peer=self._peer,
+                peer=self.address,
                 subject=refusal.subject or "(none)",
                 reason=refusal.describe(),
             )
@@ -502,8 +723,14 @@ class SessionProtocol(Protocol):
 
 class SessionFactory(Factory):
     """
-    Builds a L{SessionProtocol} for each connection, all sharing one portal
-    and one set of command handlers.
+    Builds a L{SessionProtocol} for each connection, all sharing one portal,
+    one set of command handlers and one rate limiter, and counts
+    connections and sessions against the L{Limits}.
+
+    Connections from one address, in any state, are capped at twice the
+    per-address limit, and all connections at twice the session limit:
+    past that, a connection is dropped as it is accepted, before it costs a
+    handshake.  Below it, a login past a limit is told why with C{503}.
     """
 
     noisy = False
@@ -513,33 +740,83 @@ class SessionFactory(Factory):
         portal: Portal,
         commands: Commands,
         clock: IReactorTime,
+        limits: Limits,
         max_line_length: int = wire.MAX_LINE_LENGTH,
     ) -> None:
         self._portal = portal
         self._commands = commands
         self._clock = clock
+        self._limits = limits
         self._max_line_length = max_line_length
+        self._rate_limiter = RateLimiter(clock)
         self._sessions: set[SessionProtocol] = set()
+        self._connections_from: Counter[str] = Counter()
+        self._admitted: set[SessionProtocol] = set()
+        self._admitted_from: Counter[str] = Counter()
+        self._admitted_as: Counter[str] = Counter()
         self._waiting: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress) -> SessionProtocol:
         protocol = SessionProtocol(
-            self._portal, self._commands, self._clock, self._max_line_length
+            self._portal,
+            self._commands,
+            self._clock,
+            self._max_line_length,
+            self._limits,
+            self._rate_limiter,
         )
         protocol.factory = self
         return protocol
 
-    def session_started(self, protocol: SessionProtocol) -> None:
+    def session_started(self, protocol: SessionProtocol) -> str | None:
         """
         Track a connection until it ends.
+
+        @return: why it must be dropped at once, or L{None}.
         """
         self._sessions.add(protocol)
+        self._connections_from[protocol.host] += 1
+        limits = self._limits
+        if self._connections_from[protocol.host] > 2 * limits.max_per_address:
+            return (
+                f"more than {2 * limits.max_per_address} connections from "
+                f"{protocol.host}"
+            )
+        if len(self._sessions) > 2 * limits.max_sessions:
+            return f"more than {2 * limits.max_sessions} connections"
+        return None
+
+    def session_admitted(self, protocol: SessionProtocol, identity: str) -> str | None:
+        """
+        Count a session that has logged in, unless it is past a limit.
+
+        @return: why it is refused (the text of its C{503}), or L{None}.
+        """
+        limits = self._limits
+        if len(self._admitted) >= limits.max_sessions:
+            return f"too many sessions on this server (limit {limits.max_sessions})"
+        if self._admitted_as[identity] >= limits.max_per_identity:
+            return f"too many sessions for {identity} (limit {limits.max_per_identity})"
+        if self._admitted_from[protocol.host] >= limits.max_per_address:
+            return (
+                f"too many sessions from {protocol.host} "
+                f"(limit {limits.max_per_address})"
+            )
+        self._admitted.add(protocol)
+        self._admitted_from[protocol.host] += 1
+        self._admitted_as[identity] += 1
+        return None
 
     def session_ended(self, protocol: SessionProtocol) -> None:
         """
         Forget a connection; wake L{close_all} once none is left.
         """
         self._sessions.discard(protocol)
+        _decrement(self._connections_from, protocol.host)
+        if protocol in self._admitted:
+            self._admitted.discard(protocol)
+            _decrement(self._admitted_from, protocol.host)
+            _decrement(self._admitted_as, protocol.avatar.identity)
         if not self._sessions:
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
@@ -557,3 +834,13 @@ class SessionFactory(Factory):
         for protocol in list(self._sessions):
             protocol.close(reason)
         return waiter
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    """
+    Count one fewer of C{key}, forgetting it at zero, so that a counter's
+    size follows what is live.
+    """
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

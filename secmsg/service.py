@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,10 +20,11 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 
 from secmsg import __version__
+from secmsg.audit import AuditTrail, audit, open_trail
 from secmsg.clock import clock_time
 from secmsg.errors import ConfigurationError
 from secmsg.interfaces import IMessageStore
@@ -30,6 +32,7 @@ from secmsg.messages import Retention
 from secmsg.protocol import SessionFactory, describe_address
 from secmsg.reload import ReloadReport
 from secmsg.store.sqlite import SQLiteStore
+from secmsg.tls import VerifyingServerTLS
 
 log = Logger()
 
@@ -98,14 +101,27 @@ class SecmsgService(Service):
         """
         Reload as RELOAD does; a failure is logged and changes nothing.
         """
-        log.info("SIGHUP: reloading")
         try:
-            self._reload()
+            report = self._reload()
         except ConfigurationError as error:
-            log.error(
+            audit(
+                "reload",
                 "reload on SIGHUP failed, configuration unchanged: {error}",
+                LogLevel.error,
+                by="SIGHUP",
+                dry=False,
+                outcome="failed",
                 error=str(error),
             )
+            return
+        audit(
+            "reload",
+            "reload on SIGHUP: {summary}",
+            by="SIGHUP",
+            dry=False,
+            outcome="ok",
+            summary=report.summary(),
+        )
 
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
@@ -191,3 +207,54 @@ class RetentionService(TimerService):
 
     def _purge_failed(self, failure: Failure) -> None:
         log.error("retention: purge failed: {error}", error=failure.getErrorMessage())
+
+
+class AuditService(Service):
+    """
+    Writes the audit trail to the data directory while the daemon runs.
+
+    The trail is opened after twistd has forked, as the store is, and
+    observes the log from before the port opens until after the last
+    session has closed.
+    """
+
+    def __init__(self, directory: Path, publisher: LogPublisher) -> None:
+        self._directory = directory
+        self._publisher = publisher
+        self._trail: AuditTrail | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._trail = open_trail(self._directory)
+        self._publisher.addObserver(self._trail)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._trail is not None:
+            self._publisher.removeObserver(self._trail)
+            self._trail.close()
+            self._trail = None
+
+
+CRL_CHECK_INTERVAL = 3600.0
+"""Seconds between two checks that the CRLs are still fresh."""
+
+
+class CRLFreshnessService(TimerService):
+    """
+    Warns, at startup and every L{CRL_CHECK_INTERVAL}, of each CRL in
+    force that is past its next update, so that a forgotten CRL renewal is
+    seen in the log before anyone is locked out or a revocation missed.
+    """
+
+    def __init__(self, tls: VerifyingServerTLS, clock: IReactorTime) -> None:
+        super().__init__(CRL_CHECK_INTERVAL, self.check)
+        self.clock = clock
+        self._tls = tls
+
+    def check(self) -> None:
+        """
+        Log a warning for each stale CRL.
+        """
+        for warning in self._tls.trust.stale_crls(clock_time(self.clock)):
+            log.warn("{problem}; renew it and reload", problem=warning)

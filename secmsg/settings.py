@@ -19,6 +19,7 @@ from typing import Any
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.identity import IdentityField
+from secmsg.limits import Limits
 from secmsg.messages import Retention
 from secmsg.wire import MAX_LINE_LENGTH
 
@@ -37,6 +38,12 @@ OPTIONS = (
     "room-max",
     "mailbox-max",
     "history-max",
+    "handshake-timeout",
+    "idle-timeout",
+    "max-sessions",
+    "max-sessions-per-identity",
+    "max-sessions-per-address",
+    "stale-crl",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -65,6 +72,8 @@ class Settings:
     max_line_length: int = MAX_LINE_LENGTH
     retention: Retention = field(default_factory=Retention)
     history_max: int = HISTORY_MAX
+    limits: Limits = field(default_factory=Limits)
+    refuse_on_stale_crl: bool = False
 
 
 def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
@@ -108,6 +117,47 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             mailbox_max=_integer(merged, origins, "mailbox-max", 1000, 1, 10**9),
         ),
         history_max=_integer(merged, origins, "history-max", HISTORY_MAX, 1, 10000),
+        limits=_limits(merged, origins),
+        refuse_on_stale_crl=_choice(
+            merged, origins, "stale-crl", STALE_CRL_CHOICES, "serve"
+        )
+        == "refuse",
+    )
+
+
+STALE_CRL_CHOICES = ("serve", "refuse")
+"""What to do while a CRL is past its next update: keep serving with a
+warning, or refuse the certificates it covers."""
+
+
+def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
+    default = Limits()
+    return Limits(
+        handshake_timeout=_integer(
+            merged, origins, "handshake-timeout", int(default.handshake_timeout), 1, 300
+        ),
+        idle_timeout=_integer(
+            merged, origins, "idle-timeout", int(default.idle_timeout), 10, 604800
+        ),
+        max_sessions=_integer(
+            merged, origins, "max-sessions", default.max_sessions, 1, 10**6
+        ),
+        max_per_identity=_integer(
+            merged,
+            origins,
+            "max-sessions-per-identity",
+            default.max_per_identity,
+            1,
+            10**6,
+        ),
+        max_per_address=_integer(
+            merged,
+            origins,
+            "max-sessions-per-address",
+            default.max_per_address,
+            1,
+            10**6,
+        ),
     )
 
 
@@ -183,11 +233,22 @@ def _integer(
 def _identity_field(
     merged: Mapping[str, Any], origins: Mapping[str, str]
 ) -> IdentityField:
-    value = merged.get("identity", IdentityField.CN.value)
-    try:
-        return IdentityField(value)
-    except ValueError:
-        choices = ", ".join(field.value for field in IdentityField)
+    choices = tuple(field.value for field in IdentityField)
+    return IdentityField(
+        _choice(merged, origins, "identity", choices, IdentityField.CN.value)
+    )
+
+
+def _choice(
+    merged: Mapping[str, Any],
+    origins: Mapping[str, str],
+    name: str,
+    choices: tuple[str, ...],
+    default: str,
+) -> str:
+    value = merged.get(name, default)
+    if value not in choices:
         raise ConfigurationError(
-            _origin(origins, "identity"), f"{value!r} is not one of {choices}"
-        ) from None
+            _origin(origins, name), f"{value!r} is not one of {', '.join(choices)}"
+        )
+    return value

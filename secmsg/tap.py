@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -29,7 +30,13 @@ from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
-from secmsg.service import RetentionService, SecmsgService, StoreService
+from secmsg.service import (
+    AuditService,
+    CRLFreshnessService,
+    RetentionService,
+    SecmsgService,
+    StoreService,
+)
 from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
 from secmsg.store.database import DATABASE_NAME, open_database
 from secmsg.store.sqlite import SQLiteStore
@@ -78,6 +85,38 @@ class Options(usage.Options):
             "Direct messages kept per recipient. [default: 1000]",
         ],
         ["history-max", None, None, "Most messages HISTORY gives. [default: 200]"],
+        [
+            "handshake-timeout",
+            None,
+            None,
+            "Seconds from connecting to being logged in. [default: 10]",
+        ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Seconds without a line before a session is closed. [default: 900]",
+        ],
+        ["max-sessions", None, None, "Sessions held at once. [default: 10000]"],
+        [
+            "max-sessions-per-identity",
+            None,
+            None,
+            "Sessions one identity holds at once. [default: 16]",
+        ],
+        [
+            "max-sessions-per-address",
+            None,
+            None,
+            "Sessions from one address at once. [default: 64]",
+        ],
+        [
+            "stale-crl",
+            None,
+            None,
+            "While a CRL is past its next update: serve (warn hourly) or "
+            "refuse. [default: serve]",
+        ],
     ]
 
 
@@ -105,11 +144,13 @@ class Daemon:
     @ivar factory: the TLS-wrapped factory to listen with.
     @ivar sessions: the session factory inside it, which can close them all.
     @ivar reloader: what RELOAD and SIGHUP call.
+    @ivar tls: the server TLS in force, whose CRLs are watched.
     """
 
     factory: TLSMemoryBIOFactory
     sessions: SessionFactory
     reloader: Reloader
+    tls: VerifyingServerTLS
 
 
 def build_daemon(
@@ -125,6 +166,7 @@ def build_daemon(
     files = ReloadableFiles(
         TLSFiles(settings.cert, settings.key, settings.ca, settings.crl),
         settings.policy,
+        settings.refuse_on_stale_crl,
     )
     live = load_live_configuration(files, clock_time(clock))
     rule = IdentityRule(settings.identity)
@@ -135,8 +177,12 @@ def build_daemon(
     reloader = Reloader(files, clock, tls, realm, hub)
     delivery = Delivery(hub, store, clock, lambda: realm.policy.identities)
     commands = Commands(hub, store, delivery, reloader.reload, settings.history_max)
-    sessions = SessionFactory(portal, commands, clock, settings.max_line_length)
-    return Daemon(TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader)
+    sessions = SessionFactory(
+        portal, commands, clock, settings.limits, settings.max_line_length
+    )
+    return Daemon(
+        TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader, tls
+    )
 
 
 def assemble(settings: Settings, reactor: Any) -> MultiService:
@@ -163,6 +209,7 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
         reactor, settings.port, backlog=LISTEN_BACKLOG, interface=settings.interface
     )
     service = MultiService()
+    AuditService(settings.data_dir, globalLogPublisher).setServiceParent(service)
     StoreService(store).setServiceParent(service)
     SecmsgService(
         endpoint,
@@ -173,4 +220,5 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
         store,
     ).setServiceParent(service)
     RetentionService(store, reactor, settings.retention).setServiceParent(service)
+    CRLFreshnessService(daemon.tls, reactor).setServiceParent(service)
     return service

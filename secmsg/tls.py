@@ -47,6 +47,7 @@ from secmsg.files import read_bytes
 from secmsg.identity import describe_subject
 from secmsg.interfaces import IHandshakeObserver
 from secmsg.pki import key_matches
+from secmsg.wire import escape_controls
 
 log = Logger()
 
@@ -104,11 +105,22 @@ def refusal_for_openssl_error(
     Turn OpenSSL's numeric verification error into our words.
     """
     reason = _OPENSSL_REASONS.get(error_number, RefusalReason.REJECTED)
-    words = Binding.ffi.string(_OPENSSL.X509_verify_cert_error_string(error_number))
-    details = [words.decode("ascii", "replace")]
+    details = [_error_words(error_number)]
     if depth:
         details.append(f"CA certificate at depth {depth}")
     return CertificateRefused(reason, subject, "; ".join(details))
+
+
+def _error_words(error_number: int) -> str:
+    words = Binding.ffi.string(_OPENSSL.X509_verify_cert_error_string(error_number))
+    return words.decode("ascii", "replace")
+
+
+def describe_issuer(crl: x509.CertificateRevocationList) -> str:
+    """
+    A CRL's issuer as an RFC 4514 string, safe to log or send.
+    """
+    return escape_controls(crl.issuer.rfc4514_string())
 
 
 def refusal_for_handshake_failure(failure: Failure) -> CertificateRefused:
@@ -191,6 +203,10 @@ class _PeerVerifier:
     reloaded while this handshake was under way.  It reports a refusal to
     C{observer} and stops at the first one.
 
+    An error in C{tolerated} (a CRL past its next update, when the operator
+    keeps serving then) is let through: OpenSSL still checks the chain
+    against that CRL.
+
     pyOpenSSL swallows exceptions raised in a verify callback and fails the
     handshake without a word, so every exception is caught here, logged and
     turned into a refusal.
@@ -201,10 +217,12 @@ class _PeerVerifier:
         observer: IHandshakeObserver | None,
         leaf_check: LeafCheck,
         stale_check: StaleCheck,
+        tolerated: frozenset[int],
     ) -> None:
         self._observer = observer
         self._leaf_check = leaf_check
         self._stale_check = stale_check
+        self._tolerated = tolerated
         self._chain: dict[int, x509.Certificate] = {}
 
     def __call__(
@@ -232,6 +250,10 @@ class _PeerVerifier:
         self, certificate: X509, error_number: int, depth: int, preverify_ok: int
     ) -> CertificateRefused | None:
         crypto_certificate = certificate.to_cryptography()
+        if not preverify_ok and error_number in self._tolerated:
+            # OpenSSL goes on to check the certificate against the CRL it
+            # complained of, and calls again once the chain has verified.
+            return None
         if not preverify_ok:
             return refusal_for_openssl_error(
                 error_number, depth, describe_subject(crypto_certificate)
@@ -273,6 +295,32 @@ class TrustAnchors:
 
     cas: tuple[x509.Certificate, ...]
     crls: tuple[x509.CertificateRevocationList, ...]
+    refuse_on_stale_crl: bool = False
+
+    @property
+    def tolerated(self) -> frozenset[int]:
+        """
+        The OpenSSL verification errors that do not refuse a certificate.
+        """
+        if self.refuse_on_stale_crl:
+            return frozenset()
+        return frozenset({_OPENSSL.X509_V_ERR_CRL_HAS_EXPIRED})
+
+    def stale_crls(self, now: datetime) -> list[str]:
+        """
+        A warning for each CRL past its next update as of C{now}.
+        """
+        outcome = (
+            "refusing the certificates it covers"
+            if self.refuse_on_stale_crl
+            else "still serving; revocations since then are unknown"
+        )
+        return [
+            f"the CRL of {describe_issuer(crl)} is past its next update "
+            f"({crl.next_update_utc:%Y-%m-%d %H:%M}Z); {outcome}"
+            for crl in self.crls
+            if crl.next_update_utc is not None and crl.next_update_utc < now
+        ]
 
     def recheck(
         self, chain: list[x509.Certificate], now: datetime
@@ -281,9 +329,24 @@ class TrustAnchors:
         Verify a chain (leaf first) again, as of C{now}: the refusal, or
         L{None}.
         """
+        refusal = self._verify(chain, now, with_crls=True)
+        if refusal is None or not self._stale_only(refusal):
+            return refusal
+        # OpenSSL's verification without a callback stops at the stale CRL;
+        # verify without CRLs, then look each certificate up in them.
+        return self._verify(chain, now, with_crls=False) or self._listed(chain)
+
+    def _stale_only(self, refusal: CertificateRefused) -> bool:
+        return bool(self.tolerated) and refusal.detail.startswith(
+            _error_words(_OPENSSL.X509_V_ERR_CRL_HAS_EXPIRED)
+        )
+
+    def _verify(
+        self, chain: list[x509.Certificate], now: datetime, with_crls: bool
+    ) -> CertificateRefused | None:
         store = X509Store()
         store.set_time(now)
-        self.fill(store)
+        self.fill(store, with_crls)
         # A verified chain ends with the anchor it was verified against; only
         # what lies between it and the leaf may help build the new chain.
         leaf, intermediates = chain[0], chain[1:-1]
@@ -298,12 +361,33 @@ class TrustAnchors:
             return refusal_for_openssl_error(code, depth, describe_subject(chain[0]))
         return None
 
-    def fill(self, store: X509Store) -> None:
+    def _listed(self, chain: list[x509.Certificate]) -> CertificateRefused | None:
+        """
+        Whether a CRL (each was checked against its CA's signature when it
+        was loaded) lists a certificate of the chain below its anchor.
+        """
+        for depth, certificate in enumerate(chain[:-1]):
+            for crl in self.crls:
+                if crl.issuer == certificate.issuer and (
+                    crl.get_revoked_certificate_by_serial_number(
+                        certificate.serial_number
+                    )
+                ):
+                    return refusal_for_openssl_error(
+                        _OPENSSL.X509_V_ERR_CERT_REVOKED,
+                        depth,
+                        describe_subject(chain[0]),
+                    )
+        return None
+
+    def fill(self, store: X509Store, with_crls: bool = True) -> None:
         """
         Add these CAs and CRLs to C{store} and switch CRL checking on.
         """
         for ca in self.cas:
             store.add_cert(X509.from_cryptography(ca))
+        if not with_crls:
+            return
         for crl in self.crls:
             store.add_crl(crl)
         if self.crls:
@@ -322,12 +406,16 @@ class ServerTLS:
     trust: TrustAnchors
 
 
-def load_server_tls(files: TLSFiles, now: datetime) -> ServerTLS:
+def load_server_tls(
+    files: TLSFiles, now: datetime, refuse_on_stale_crl: bool
+) -> ServerTLS:
     """
     Read and check every file, then build a new server context.
 
     @param now: the time against which the server certificate's validity
         is checked.
+    @param refuse_on_stale_crl: refuse the certificates a CRL past its next
+        update covers, rather than keep serving them with a warning.
     @raise ConfigurationError: naming the file and what is wrong with it.
     """
     chain = _load_certificates(files.cert, "certificate")
@@ -343,7 +431,7 @@ def load_server_tls(files: TLSFiles, now: datetime) -> ServerTLS:
         )
     cas = _load_certificates(files.ca, "CA certificate")
     crls = _load_crls(files.crl, cas) if files.crl is not None else ()
-    trust = TrustAnchors(tuple(cas), tuple(crls))
+    trust = TrustAnchors(tuple(cas), tuple(crls), refuse_on_stale_crl)
     return ServerTLS(_server_context(chain, key, trust), trust)
 
 
@@ -417,7 +505,10 @@ class VerifyingServerTLS:
 
         observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
         connection.set_verify(
-            _VERIFY_MODE, _PeerVerifier(observer, self._leaf_check, stale_check)
+            _VERIFY_MODE,
+            _PeerVerifier(
+                observer, self._leaf_check, stale_check, built_with.trust.tolerated
+            ),
         )
         return connection
 

@@ -284,6 +284,13 @@ def _acknowledgement(rest: str) -> tuple[str, ...] | None:
     return tuple(parts) if _MESSAGE_ID.fullmatch(parts[-1]) else None
 
 
+def _reload_mode(rest: str) -> tuple[str, ...] | None:
+    words = rest.split()
+    if not words:
+        return ()
+    return ("DRY",) if len(words) == 1 and words[0].upper() == "DRY" else None
+
+
 def _history(rest: str) -> tuple[str, ...] | None:
     parts = rest.split()
     if not 1 <= len(parts) <= 2:
@@ -328,7 +335,11 @@ COMMANDS: dict[str, CommandSpec] = {
         _identity_and_optional_text,
     ),
     "BROADCAST": CommandSpec("BROADCAST <text>", "send a line to everyone", _text),
-    "RELOAD": CommandSpec("RELOAD", "re-read the policy, CA bundle and CRL", _nothing),
+    "RELOAD": CommandSpec(
+        "RELOAD [DRY]",
+        "re-read the policy, CA bundle and CRL (DRY: say what would change)",
+        _reload_mode,
+    ),
     "ACK": CommandSpec(
         "ACK [UPTO] <id>",
         "confirm you have a message (UPTO: and every one before it)",
@@ -372,8 +383,8 @@ class PushLine:
     A line the server sent unasked, split into its fields: C{MSG} id, time,
     sender and text; C{SAY} id, time, room, sender and text; C{BROADCAST}
     id, time, sender and text; C{KICKED} kicker and reason; C{CLOSED}
-    reason.  A line of no kind the client knows has C{kind} C{""} and the
-    whole line as its field.
+    reason; C{NOTICE} text.  A line of no kind the client knows has C{kind}
+    C{""} and the whole line as its field.
 
     @ivar redelivery: the message was pushed before (C{REDELIVERED} prefix).
     """
@@ -383,7 +394,14 @@ class PushLine:
     redelivery: bool = False
 
 
-PUSH_WORDS = {"MSG": 3, "SAY": 4, "BROADCAST": 3, "KICKED": 1, "CLOSED": 0}
+PUSH_WORDS = {
+    "MSG": 3,
+    "SAY": 4,
+    "BROADCAST": 3,
+    "KICKED": 1,
+    "CLOSED": 0,
+    "NOTICE": 0,
+}
 """How many single-word fields each push has before its free text."""
 
 _REPLY = re.compile(r"([0-9]{3})([ -])(.*)", re.DOTALL)

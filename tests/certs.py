@@ -54,10 +54,12 @@ class Pair:
         )
 
 
-def _name(common_name: str | None) -> x509.Name:
+def _name(
+    common_name: str | None, extra: tuple[x509.NameAttribute, ...] = ()
+) -> x509.Name:
     if common_name is None:
-        return x509.Name([])
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        return x509.Name(list(extra))
+    return x509.Name([*extra, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 @dataclass
@@ -106,17 +108,19 @@ class CertificateAuthority:
         valid_for: timedelta = timedelta(days=30),
         names: list[x509.GeneralName] | None = None,
         ca: bool = False,
+        subject: tuple[x509.NameAttribute, ...] = (),
     ) -> Pair:
         """
         A leaf certificate (or, with C{ca}, one that claims to be a CA);
         C{valid_from} is relative to now, C{usages} L{None} leaves the
-        extended key usage out.  Its chain holds this CA's own chain.
+        extended key usage out, C{subject} adds fields before the CN.  Its
+        chain holds this CA's own chain.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         start = now() + valid_from
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            .subject_name(_name(common_name, subject))
             .issuer_name(self.pair.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

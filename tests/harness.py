@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -36,6 +37,8 @@ default_roles = ["guest"]
 
 [roles.guest]
 commands = ["HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"]
+# Tests stream commands; the rate's own tests set their own.
+rate = 1000000
 
 [roles.user]
 inherits = ["guest"]
@@ -124,7 +127,12 @@ class Instance:
     A daemon built from files in a fresh directory, with its own test CA.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, policy: str = POLICY) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, policy: str = POLICY, **settings: Any
+    ) -> None:
+        """
+        @param settings: L{Settings} fields to set other than by default.
+        """
         self.directory = temporary_directory(testcase)
         self.ca = CertificateAuthority()
         server = self.ca.server()
@@ -136,6 +144,7 @@ class Instance:
         self.clock = Clock()
         self.clock.advance(now().timestamp())
         self.store = MemoryStore()
+        self._overrides = settings
         self.daemon: Daemon = build_daemon(self.settings(), self.clock, self.store)
         self._pumps: list[IOPump] = []
         self._ports = iter(range(40000, 50000))
@@ -154,6 +163,7 @@ class Instance:
             crl=d / "crl.pem",
             policy=d / "policy.toml",
             data_dir=d / "data",
+            **self._overrides,
         )
 
     def connect(

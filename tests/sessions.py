@@ -25,6 +25,7 @@ from secmsg.delivery import Delivery
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
+from secmsg.limits import Limits
 from secmsg.policy import parse_policy
 from secmsg.protocol import SessionFactory, SessionProtocol
 from secmsg.reload import ReloadReport
@@ -93,9 +94,10 @@ class Network:
     def __init__(
         self,
         policy: str = POLICY,
-        reload: Callable[[], ReloadReport] | None = None,
+        reload: Callable[[bool], ReloadReport] | None = None,
         checker: ICredentialsChecker | None = None,
         store: IMessageStore | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.ca = CertificateAuthority()
         self.hub = InProcessHub()
@@ -108,17 +110,26 @@ class Network:
             self.hub, self.store, self.clock, lambda: realm.policy.identities
         )
         commands = Commands(
-            self.hub, self.store, delivery, reload or (lambda: ReloadReport()), 200
+            self.hub,
+            self.store,
+            delivery,
+            reload or (lambda dry: ReloadReport(dry)),
+            200,
         )
-        self.factory = SessionFactory(portal, commands, self.clock)
+        self.factory = SessionFactory(portal, commands, self.clock, limits or Limits())
         self._ports = iter(range(50000, 60000))
 
-    def connect(self, identity: str, early: bytes = b"") -> Session:
+    def connect(
+        self,
+        identity: str,
+        early: bytes = b"",
+        certificate: x509.Certificate | None = None,
+    ) -> Session:
         """
-        Open a session for C{identity}, past its greeting; C{early} is sent
-        before the handshake completes.
+        Open a session for C{identity} (or with C{certificate}), past its
+        greeting; C{early} is sent before the handshake completes.
         """
-        certificate = self.ca.issue(identity).certificate
+        certificate = certificate or self.ca.issue(identity).certificate
         transport = VerifiedTransport([certificate], next(self._ports))
         protocol = self.factory.buildProtocol(transport.getPeer())
         protocol.makeConnection(transport)

@@ -45,6 +45,17 @@ def init_instance(testcase: SynchronousTestCase) -> Path:
     return directory
 
 
+def lift_rate(directory: Path) -> None:
+    """
+    Give every role of an instance's policy a rate no test reaches, for
+    tests that stream as fast as the daemon takes commands.
+    """
+    policy = directory / "policy.toml"
+    text = policy.read_text()
+    assert "\nrate = 20\n" in text, "secmsg init's policy sets no rate to lift"
+    policy.write_text(text.replace("\nrate = 20\n", "\nrate = 1e9\n"))
+
+
 def twistd(directory: Path, *flags: str) -> list[str]:
     return [
         str(BIN / "twistd"),

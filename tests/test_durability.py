@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_daemon import STARTUP_DEADLINE, Daemon, init_instance
+from tests.test_daemon import STARTUP_DEADLINE, Daemon, init_instance, lift_rate
 
 SENT = 20_000
 """Messages alice sends in one stream: far more than the daemon can take
@@ -80,6 +80,7 @@ class CrashTests(SynchronousTestCase):
         after another kill and restart he gets none of them again.
         """
         directory = init_instance(self)
+        lift_rate(directory)
         daemon = Daemon(self, directory)
         alice = daemon.client("alice")
         with alice:

@@ -7,11 +7,17 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.errors import PolicyError
-from secmsg.policy import Policy, load_policy, parse_policy
+from secmsg.policy import DEFAULT_RATE, Policy, Rate, load_policy, parse_policy
+from tests.certs import CertificateAuthority
 from tests.harness import POLICY, temporary_directory
+
+CERTIFICATE = CertificateAuthority().issue("anyone").certificate
+"""A certificate that no attribute rule in these tests matches."""
 
 
 def parse(text: str) -> Policy:
@@ -23,7 +29,7 @@ class GrantTests(SynchronousTestCase):
         """
         A role grants its own commands and those of every role it inherits.
         """
-        grant = parse(POLICY).grant_for("admin")
+        grant = parse(POLICY).grant_for("admin", CERTIFICATE)
         self.assertEqual(grant.roles, ("admin",))
         self.assertIn("KICK", grant.commands)
         self.assertIn("MSG", grant.commands)
@@ -33,7 +39,7 @@ class GrantTests(SynchronousTestCase):
         """
         An identity not under [identities] gets default_roles.
         """
-        grant = parse(POLICY).grant_for("zoe")
+        grant = parse(POLICY).grant_for("zoe", CERTIFICATE)
         self.assertEqual(grant.roles, ("guest",))
         self.assertEqual(
             grant.commands,
@@ -45,9 +51,11 @@ class GrantTests(SynchronousTestCase):
         default_roles = [] admits no one who is not listed.
         """
         policy = parse('default_roles = []\n[roles.r]\n[identities]\nann = ["r"]\n')
-        self.assertIsNone(policy.grant_for("zoe"))
+        self.assertIsNone(policy.grant_for("zoe", CERTIFICATE))
         # A role that grants nothing still leaves ACK, for one's own mail.
-        self.assertEqual(policy.grant_for("ann").commands, frozenset({"ACK"}))
+        self.assertEqual(
+            policy.grant_for("ann", CERTIFICATE).commands, frozenset({"ACK"})
+        )
 
 
 class RefusalTests(SynchronousTestCase):
@@ -149,3 +157,182 @@ class LoadTests(SynchronousTestCase):
         path.write_text("[roles\n")
         error = self.assertRaises(PolicyError, load_policy, path)
         self.assertIn("not valid TOML", str(error))
+
+
+RULES = """\
+default_roles = ["guest"]
+
+[roles.guest]
+commands = ["PING"]
+
+[roles.bot]
+commands = ["MSG"]
+rate = 100
+burst = 500
+
+[roles.admin]
+inherits = ["guest"]
+commands = ["KICK"]
+
+[identities]
+pinned = ["guest"]
+
+[[rules]]
+subject = { OU = "ops" }
+roles = ["admin"]
+
+[[rules]]
+san_uri_prefix = "spiffe://example.org/service/"
+roles = ["bot"]
+"""
+
+
+class AttributeRuleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.policy = parse(RULES)
+        self.ca = CertificateAuthority()
+
+    def issue(self, name: str, ou: str | None = None, uri: str | None = None):  # type: ignore[no-untyped-def]
+        subject = (
+            (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),) if ou else ()
+        )
+        names = [x509.UniformResourceIdentifier(uri)] if uri else None
+        return self.ca.issue(name, subject=subject, names=names).certificate
+
+    def test_subject_field_grants_roles(self) -> None:
+        """
+        A certificate with OU=ops gets the role its rule grants, and the
+        grant names the rule.
+        """
+        grant = self.policy.grant_for("carol", self.issue("carol", ou="ops"))
+        self.assertEqual(grant.roles, ("admin",))
+        self.assertIn("KICK", grant.commands)
+        self.assertEqual(grant.granted_by, "rule 1 (OU=ops)")
+
+    def test_every_matching_rule_adds_its_roles(self) -> None:
+        """
+        Rules combine: a certificate matching two gets both roles, and the
+        most generous rate among them.
+        """
+        certificate = self.issue(
+            "svc", ou="ops", uri="spiffe://example.org/service/billing"
+        )
+        grant = self.policy.grant_for("svc", certificate)
+        self.assertEqual(grant.roles, ("admin", "bot"))
+        self.assertEqual(grant.rate, Rate(100.0, 500))
+
+    def test_uri_prefix_matches_whole_segments_only(self) -> None:
+        """
+        The prefix ends in /, so a look-alike service name is not matched
+        and falls back to default_roles.
+        """
+        certificate = self.issue("evil", uri="spiffe://example.org/service-evil/x")
+        grant = self.policy.grant_for("evil", certificate)
+        self.assertEqual((grant.roles, grant.granted_by), (("guest",), "default_roles"))
+
+    def test_listed_identity_is_not_widened_by_rules(self) -> None:
+        """
+        An identity under [identities] gets exactly its listed roles, even
+        if its certificate matches a rule.
+        """
+        grant = self.policy.grant_for("pinned", self.issue("pinned", ou="ops"))
+        self.assertEqual((grant.roles, grant.granted_by), (("guest",), "[identities]"))
+
+    def test_rule_without_a_test_is_refused(self) -> None:
+        """
+        A rule that would match every certificate is a mistake, refused.
+        """
+        error = self.assertRaises(
+            PolicyError, parse, '[roles.r]\n[[rules]]\nroles = ["r"]\n'
+        )
+        self.assertIn("[[rules]] entry 1 matches every certificate", str(error))
+
+    def test_uri_prefix_must_end_with_slash(self) -> None:
+        """
+        A prefix that could match part of a path segment is refused.
+        """
+        error = self.assertRaises(
+            PolicyError,
+            parse,
+            '[roles.r]\n[[rules]]\nsan_uri_prefix = "spiffe://x/svc"\nroles = ["r"]\n',
+        )
+        self.assertIn("must end with /", str(error))
+
+    def test_unknown_subject_field_is_refused(self) -> None:
+        """
+        A subject field secmsg does not read is named in the refusal.
+        """
+        error = self.assertRaises(
+            PolicyError,
+            parse,
+            '[roles.r]\n[[rules]]\nsubject = { title = "x" }\nroles = ["r"]\n',
+        )
+        self.assertIn("subject field 'title' is not one of", str(error))
+
+
+class RateTests(SynchronousTestCase):
+    def test_rate_is_inherited_and_defaults(self) -> None:
+        """
+        A role without a rate takes its parent's; one without either gets
+        the default; burst defaults to three seconds' worth.
+        """
+        policy = parse('[roles.a]\nrate = 5\n[roles.b]\ninherits = ["a"]\n[roles.c]\n')
+        self.assertEqual(policy.role_rates["a"], Rate(5.0, 15))
+        self.assertEqual(policy.role_rates["b"], Rate(5.0, 15))
+        self.assertEqual(policy.role_rates["c"], DEFAULT_RATE)
+
+    def test_bad_rates_are_refused(self) -> None:
+        """
+        A rate of zero, a fractional burst, or a burst alone is refused.
+        """
+        for text, words in [
+            ("[roles.a]\nrate = 0\n", "rate must be a number"),
+            ("[roles.a]\nrate = 1\nburst = 1.5\n", "burst must be a whole number"),
+            ("[roles.a]\nburst = 3\n", "sets burst without rate"),
+        ]:
+            self.assertIn(words, str(self.assertRaises(PolicyError, parse, text)))
+
+
+class RoomRuleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.rooms = parse(
+            "[roles.user]\n[roles.admin]\n[roles.bot]\n"
+            '[[rooms]]\npattern = "#ops-*"\njoin = ["admin", "bot"]\n'
+            'say = ["admin"]\n'
+            '[[rooms]]\npattern = "#*"\njoin = ["user", "admin"]\n'
+        ).rooms
+
+    def test_first_matching_pattern_decides(self) -> None:
+        """
+        #ops-db matches the first entry: a user may not join it although
+        the catch-all that follows would let them.
+        """
+        refusal = self.rooms.refusal("join", "#ops-db", ("user",))
+        self.assertEqual(
+            refusal, 'rooms matching "#ops-*" let only roles admin, bot join'
+        )
+        self.assertIsNone(self.rooms.refusal("join", "#lobby", ("user",)))
+
+    def test_read_defaults_to_join_and_say_is_separate(self) -> None:
+        """
+        A bot may join and read #ops-db but not speak in it.
+        """
+        self.assertIsNone(self.rooms.refusal("read", "#ops-db", ("bot",)))
+        self.assertIsNotNone(self.rooms.refusal("say", "#ops-db", ("bot",)))
+
+    def test_room_rule_errors(self) -> None:
+        """
+        A pattern that is no room name, a rule without join, a repeated
+        pattern and an unknown role are each refused.
+        """
+        for text, words in [
+            ('[[rooms]]\npattern = "ops"\njoin = []\n', "pattern must be"),
+            ('[[rooms]]\npattern = "#a"\n', "must say which roles may join"),
+            (
+                '[[rooms]]\npattern = "#a"\njoin = []\n[[rooms]]\npattern = "#a"\n'
+                "join = []\n",
+                "repeats the pattern #a",
+            ),
+            ('[[rooms]]\npattern = "#a"\njoin = ["nobody"]\n', "unknown role nobody"),
+        ]:
+            self.assertIn(words, str(self.assertRaises(PolicyError, parse, text)))

@@ -157,7 +157,7 @@ class RefusalTests(AliceAndBob):
         A fault inside a handler gets 500, is logged, and the session goes on.
         """
 
-        def broken() -> ReloadReport:
+        def broken(dry: bool) -> ReloadReport:
             raise RuntimeError("boom")
 
         network = Network(reload=broken)
@@ -172,7 +172,7 @@ class RefusalTests(AliceAndBob):
         A reload whose files are bad says why, and the session goes on.
         """
 
-        def bad() -> ReloadReport:
+        def bad(dry: bool) -> ReloadReport:
             raise ConfigurationError("policy.toml", "inheritance cycle: a -> a")
 
         admin = Network(reload=bad).connect("admin")

@@ -5,8 +5,11 @@ TLS, or nothing changed when a new file is bad.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.service import CRLFreshnessService
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY, Instance, capture_log
 
@@ -125,3 +128,137 @@ class ReloadTests(SynchronousTestCase):
         reply = self.reload()
         self.assertIn("is not signed by a CA in the CA bundle", reply[0])
         self.assertTrue(reply[0].startswith("500 "))
+
+
+class DryRunTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.instance = Instance(self)
+        self.ca = self.instance.ca
+        self.bob_pair = self.ca.issue("bob")
+        self.admin = self.instance.connect(self.ca.issue("admin"))
+        self.bob = self.instance.connect(self.bob_pair)
+        self.admin.take()
+        self.bob.take()
+
+    def ask(self, line: str) -> list[str]:
+        self.admin.send(line)
+        self.instance.flush()
+        return self.admin.take()
+
+    def test_dry_run_reports_and_changes_nothing(self) -> None:
+        """
+        RELOAD DRY lists whom a reload would close and whose rights it would
+        change, and changes nothing: bob keeps his session and his MSG.
+        """
+        self.ca.revoke(self.ca.issue("nobody"))
+        self.instance.write(
+            "policy.toml", POLICY.replace('bob = ["user"]', "").encode()
+        )
+        reply = self.ask("RELOAD DRY")
+        self.assertEqual(len(reply), 2)
+        self.assertRegex(
+            reply[0],
+            r"^211-bob \(127\.0\.0\.1:\d+\) loses HISTORY,JOIN,MSG,PART,ROOMS,SAY$",
+        )
+        self.assertEqual(
+            reply[1], "211 a reload would change 1 of 2 sessions; nothing changed"
+        )
+        self.bob.send("MSG admin still here")
+        self.instance.flush()
+        self.assertEqual(self.bob.take(), ["250 1"])
+
+    def test_dry_run_names_sessions_it_would_close(self) -> None:
+        """
+        A revocation shows as a session to close, and bob stays.
+        """
+        self.ca.revoke(self.bob_pair)
+        self.instance.write("crl.pem", self.ca.crl_pem())
+        reply = self.ask("RELOAD DRY")
+        self.assertRegex(reply[0], r"^211-close bob \(127\.0\.0\.1:\d+\): revoked$")
+        self.assertEqual(self.bob.take(), [])
+        self.assertIsNone(self.bob.lost)
+
+    def test_reload_takes_sessions_out_of_rooms_they_may_no_longer_join(self) -> None:
+        """
+        A new room rule that shuts bob out of #ops-db takes him out, with a
+        notice, and keeps the admin in.
+        """
+        self.bob.send("JOIN #ops-db")
+        self.admin.send("JOIN #ops-db")
+        self.instance.flush()
+        self.instance.write(
+            "policy.toml",
+            (POLICY + '[[rooms]]\npattern = "#ops-*"\njoin = ["admin"]\n').encode(),
+        )
+        self.admin.take()
+        self.assertIn("1 sessions' rights changed", self.ask("RELOAD")[0])
+        self.assertEqual(
+            self.bob.take()[-1],
+            "NOTICE you have left #ops-db: the policy no longer lets you join it",
+        )
+        self.assertEqual(self.ask("WHO #ops-db"), ["211-admin", "211 1 in #ops-db"])
+
+
+class StaleCRLTests(SynchronousTestCase):
+    """
+    A CRL past its next update: by default the daemon keeps serving and
+    warns; with stale-crl = refuse it refuses what the CRL covers.
+    """
+
+    def stale(self, instance: Instance) -> None:
+        instance.write(
+            "crl.pem", instance.ca.crl_pem(next_update=timedelta(minutes=-30))
+        )
+
+    def test_stale_crl_keeps_serving_and_warns(self) -> None:
+        """
+        After a reload with a stale CRL, valid certificates still log in,
+        revoked ones listed in it are still refused, and the reply and the
+        hourly check both warn.
+        """
+        log = capture_log(self)
+        instance = Instance(self)
+        admin = instance.connect(instance.ca.issue("admin"))
+        revoked = instance.ca.issue("mallory")
+        instance.ca.revoke(revoked)
+        self.stale(instance)
+        admin.send("RELOAD")
+        instance.flush()
+        (reply,) = admin.take()[1:]
+        self.assertIn(
+            "warning: the CRL of CN=secmsg test CA is past its next update", reply
+        )
+        self.assertIn("still serving", reply)
+        self.assertTrue(instance.connect(instance.ca.issue("alice")).greeted)
+        self.assertFalse(instance.connect(revoked).greeted)
+        self.assertIn("revoked", log[-1])
+        CRLFreshnessService(instance.daemon.tls, instance.clock).check()
+        self.assertIn("is past its next update", log[-1])
+
+    def test_live_session_rechecked_against_a_stale_crl(self) -> None:
+        """
+        At a reload with a stale CRL, a session it revokes is closed and the
+        others stay.
+        """
+        instance = Instance(self)
+        admin = instance.connect(instance.ca.issue("admin"))
+        bob_pair = instance.ca.issue("bob")
+        bob = instance.connect(bob_pair)
+        instance.ca.revoke(bob_pair)
+        self.stale(instance)
+        admin.send("RELOAD")
+        instance.flush()
+        self.assertIn("closed bob (revoked)", admin.take()[-1])
+        self.assertEqual(bob.take()[-1], "CLOSED revoked")
+
+    def test_refuse_mode_refuses_what_a_stale_crl_covers(self) -> None:
+        """
+        With stale-crl = refuse, a certificate under a stale CRL is refused
+        as revocation status unknown.
+        """
+        log = capture_log(self)
+        instance = Instance(self, refuse_on_stale_crl=True)
+        self.stale(instance)
+        instance.daemon.reloader.reload()
+        self.assertFalse(instance.connect(instance.ca.issue("alice")).greeted)
+        self.assertIn("revocation status unknown", log[-1])

@@ -18,6 +18,7 @@ from secmsg.delivery import Delivery
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.policy import DEFAULT_RATE, Grant, RoomRules
 from secmsg.reload import ReloadReport
 from secmsg.store.memory import MemoryStore
 from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
@@ -37,7 +38,17 @@ class SeamTests(SynchronousTestCase):
         """
         The session avatar provides ISessionAvatar.
         """
-        avatar = SessionAvatar("alice", ("user",), frozenset({"PING"}))
+        avatar = SessionAvatar(
+            "alice",
+            Grant(
+                ("user",),
+                frozenset({"PING"}),
+                DEFAULT_RATE,
+                frozenset({"user"}),
+                RoomRules(),
+                "test",
+            ),
+        )
         self.assertTrue(verifyObject(ISessionAvatar, avatar))
 
     def test_protocol_is_peer_and_observer(self) -> None:
@@ -66,7 +77,7 @@ class SeamTests(SynchronousTestCase):
         settings = Instance(self).settings()
         files = TLSFiles(settings.cert, settings.key, settings.ca, settings.crl)
         creator = VerifyingServerTLS(
-            load_server_tls(files, now()), IdentityRule().identity_of, Clock()
+            load_server_tls(files, now(), False), IdentityRule().identity_of, Clock()
         )
         self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, creator))
 

@@ -15,7 +15,7 @@ from secmsg.clock import clock_time
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Retention
 from secmsg.reload import ReloadReport
-from secmsg.service import PURGE_INTERVAL, RetentionService, SecmsgService
+from secmsg.service import PURGE_INTERVAL, RetentionService, SecmsgService, StoreService
 from secmsg.store.database import DATABASE_NAME, open_database
 from secmsg.store.memory import MemoryStore
 from secmsg.tap import assemble
@@ -67,7 +67,7 @@ class AssemblyTests(SynchronousTestCase):
         service = assemble(settings, _ThreadsReactor())
         self.assertNotIn("secmsg-store", [t.name for t in threading.enumerate()])
         open_database(path).close()
-        store_service = next(iter(service))
+        store_service = next(s for s in service if isinstance(s, StoreService))
         store_service.privilegedStartService()
         (thread,) = [t for t in threading.enumerate() if t.name == "secmsg-store"]
         self.addCleanup(thread.join, 30)

@@ -1,0 +1,104 @@
+"""
+The bounds a session lives within: how long its handshake and its silences
+may last, how many sessions one identity, one address and the daemon may
+hold, and how fast an identity may send commands.
+
+Past a bound the daemon answers in words (C{503} for a session limit,
+C{429} for the rate) and carries on serving everyone else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from secmsg.policy import Rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    The operator's bounds on sessions.
+
+    @ivar handshake_timeout: seconds from connecting to being logged in.
+    @ivar idle_timeout: seconds a session may send no line before it is
+        closed (PING keeps it open).
+    @ivar max_sessions: sessions the daemon holds at once.
+    @ivar max_per_identity: sessions one identity holds at once.
+    @ivar max_per_address: connections from one address at once, whether
+        logged in or still in their handshake.
+    """
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 900.0
+    max_sessions: int = 10000
+    max_per_identity: int = 16
+    max_per_address: int = 64
+
+
+RATE_EXEMPT = frozenset({"ACK", "QUIT"})
+"""Commands that only lighten the daemon's load, and so are never
+refused for the rate: acknowledging mail, and leaving."""
+
+
+@dataclass
+class _Bucket:
+    rate: Rate
+    tokens: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.rate.burst, self.tokens + elapsed * self.rate.per_second)
+        self.updated = now
+
+
+class RateLimiter:
+    """
+    A token bucket per identity, shared by all of its sessions, so that
+    opening more sessions gives no more commands per second.
+
+    A bucket that has filled up again is the same as a new one, so full
+    buckets are forgotten from time to time: memory follows the identities
+    that were busy lately, not every identity ever seen.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._sweep_at = 1024
+
+    def take(self, identity: str, rate: Rate) -> float:
+        """
+        Spend one of C{identity}'s tokens, if it has one.
+
+        @param rate: the identity's rate under the policy in force.
+        @return: 0 if the command may run, or else the seconds until the
+            next token.
+        """
+        now = self._clock.seconds()
+        bucket = self._buckets.get(identity)
+        if bucket is None:
+            self._sweep(now)
+            bucket = self._buckets[identity] = _Bucket(rate, rate.burst, now)
+        else:
+            # A reload may have changed the rate; the tokens saved carry over.
+            bucket.rate = rate
+            bucket.refill(now)
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / rate.per_second
+
+    def _sweep(self, now: float) -> None:
+        if len(self._buckets) < self._sweep_at:
+            return
+        for bucket in self._buckets.values():
+            bucket.refill(now)
+        self._buckets = {
+            identity: bucket
+            for identity, bucket in self._buckets.items()
+            if bucket.tokens < bucket.rate.burst
+        }
+        self._sweep_at = max(1024, 2 * len(self._buckets))

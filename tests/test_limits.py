@@ -1,0 +1,297 @@
+"""
+Abuse and the bounds that meet it: rates, bad lines, idle and expired
+sessions, too many sessions, slow handshakes; and the room rules.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.limits import Limits, RateLimiter
+from secmsg.policy import Rate
+from tests.harness import POLICY, Instance, LineClient, capture_log
+from tests.sessions import STAMP, Network, VerifiedTransport
+
+RATED = POLICY.replace("rate = 1000000", "rate = 2\nburst = 3")
+
+
+class RateLimiterTests(SynchronousTestCase):
+    def test_bucket_refills_at_the_rate(self) -> None:
+        """
+        A burst is taken at once; then one token comes per 1/rate seconds,
+        and the wait until it is what take() returns.
+        """
+        network = Network()
+        limiter = RateLimiter(network.clock)
+        rate = Rate(4.0, 2)
+        self.assertEqual([limiter.take("a", rate) for _ in range(3)], [0, 0, 0.25])
+        network.clock.advance(0.25)
+        self.assertEqual(limiter.take("a", rate), 0)
+        self.assertEqual(limiter.take("b", rate), 0, "each identity has its own")
+
+
+class RateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.network = Network(RATED)
+        self.alice = self.network.connect("alice")
+        self.bob = self.network.connect("bob")
+        self.alice.take()
+        self.bob.take()
+
+    def test_command_past_the_rate_is_429_and_not_carried_out(self) -> None:
+        """
+        Past the burst a command gets 429 with the wait, and does nothing:
+        bob receives only the messages that got 250.
+        """
+        replies = [self.alice.send(f"MSG bob m{n}")[0] for n in range(4)]
+        self.assertEqual(
+            replies, ["250 1", "250 2", "250 3", "429 slow down; retry in 500 ms"]
+        )
+        self.assertEqual(
+            [line.split()[-1] for line in self.bob.take()], ["m0", "m1", "m2"]
+        )
+        self.network.clock.advance(0.5)
+        self.assertEqual(self.alice.send("PING"), ["200 PONG"])
+
+    def test_sessions_of_one_identity_share_the_bucket(self) -> None:
+        """
+        A second session brings no more commands per second.
+        """
+        again = self.network.connect("alice")
+        again.take()
+        self.alice.send(b"PING\nPING\n")
+        self.assertEqual(again.send("PING"), ["200 PONG"])
+        self.assertEqual(again.send("PING"), ["429 slow down; retry in 500 ms"])
+
+    def test_ack_and_quit_are_never_refused_for_the_rate(self) -> None:
+        """
+        ACK and QUIT only lighten the load: they are answered with an empty
+        bucket.
+        """
+        self.alice.send(b"PING\nPING\nPING\n")
+        self.assertEqual(self.alice.send("ACK 7")[0][:3], "404")
+        self.assertEqual(self.alice.send("QUIT"), ["221 bye"])
+
+    def test_a_client_that_does_not_slow_down_is_closed(self) -> None:
+        """
+        A hundred 429s in a row end the session with the reason.
+        """
+        lines = self.alice.send(b"PING\n" * 103)
+        self.assertEqual(lines.count("429 slow down; retry in 500 ms"), 100)
+        self.assertEqual(lines[-1], "CLOSED 100 commands in a row past the rate")
+        self.assertTrue(self.alice.closed)
+        self.assertEqual(self.bob.send("PING"), ["200 PONG"])
+
+
+class BadLineTests(SynchronousTestCase):
+    def test_ten_bad_lines_in_a_row_close_the_session(self) -> None:
+        """
+        Ten malformed, unknown or overlong lines in a row close the session
+        after the tenth reply, with the reason; a good line in between
+        starts the count again.
+        """
+        alice = Network().connect("alice")
+        alice.take()
+        alice.send(b"FOO\n" * 9)
+        self.assertEqual(alice.send("PING"), ["200 PONG"])
+        lines = alice.send(b"FOO\nMSG\n" * 5)
+        self.assertEqual(
+            lines[-2:],
+            ["400 usage: MSG <identity> <text>", "CLOSED 10 bad lines in a row"],
+        )
+        self.assertEqual(len(lines), 11)
+        self.assertTrue(alice.closed)
+
+
+class TimeoutTests(SynchronousTestCase):
+    def test_idle_session_is_closed_with_the_reason(self) -> None:
+        """
+        A session that sends no line for the idle timeout is told why and
+        closed; PING keeps it open.
+        """
+        network = Network(limits=Limits(idle_timeout=900))
+        alice = network.connect("alice")
+        alice.take()
+        network.clock.advance(800)
+        self.assertEqual(alice.send("PING"), ["200 PONG"])
+        network.clock.advance(800)
+        self.assertFalse(alice.closed)
+        network.clock.advance(100)
+        self.assertEqual(alice.take(), ["CLOSED idle for 900 s"])
+        self.assertTrue(alice.closed)
+
+    def test_silent_connection_is_dropped_after_the_handshake_timeout(self) -> None:
+        """
+        A connection that never completes its handshake is dropped once the
+        handshake timeout passes, and the refusal is logged.
+        """
+        log = capture_log(self)
+        network = Network(limits=Limits(handshake_timeout=10))
+        transport = VerifiedTransport([], 40000)
+        protocol = network.factory.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        network.clock.advance(9)
+        self.assertFalse(transport.disconnected)
+        network.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(None)
+        self.assertIn("not completed within 10 s", log[-1])
+
+    def test_tcp_client_that_never_starts_tls_is_dropped(self) -> None:
+        """
+        Over the real TLS layer: a client that connects and says nothing
+        (slowloris) is gone after ten seconds.
+        """
+        instance = Instance(self)
+        silent = LineClient(early=())
+        _, _, pump = connectedServerAndClient(
+            lambda: instance.daemon.factory.buildProtocol(None),
+            lambda: silent,
+            greet=False,
+            clock=instance.clock,
+        )
+        pump.flush()
+        instance.clock.advance(9.9)
+        pump.flush()
+        self.assertIsNone(silent.lost)
+        instance.clock.advance(0.1)
+        pump.flush()
+        self.assertIsNotNone(silent.lost)
+
+    def test_session_ends_when_its_certificate_expires(self) -> None:
+        """
+        A session is warned five minutes before its certificate expires and
+        closed when it does.
+        """
+        network = Network()
+        pair = network.ca.issue("alice", valid_for=timedelta(days=1))
+        expires = pair.certificate.not_valid_after_utc.timestamp()
+        network.clock.advance(expires - 600 - network.clock.seconds())
+        alice = network.connect("alice", certificate=pair.certificate)
+        alice.take()
+        network.clock.advance(300)
+        (notice,) = alice.take()
+        self.assertTrue(notice.startswith("NOTICE your certificate expires at "))
+        network.clock.advance(299)
+        self.assertFalse(alice.closed)
+        network.clock.advance(1)
+        self.assertEqual(alice.take(), ["CLOSED certificate expired"])
+
+
+class SessionLimitTests(SynchronousTestCase):
+    def test_identity_past_its_limit_gets_503(self) -> None:
+        """
+        A session past the per-identity limit is told why and closed; the
+        sessions already open are untouched, and once one leaves a new one
+        is admitted.
+        """
+        network = Network(limits=Limits(max_per_identity=2))
+        first, second = network.connect("alice"), network.connect("alice")
+        third = network.connect("alice")
+        self.assertEqual(third.take(), ["503 too many sessions for alice (limit 2)"])
+        self.assertTrue(third.closed)
+        self.assertEqual(first.send("PING")[-1], "200 PONG")
+        self.assertEqual(network.hub.online(), ["alice"])
+        second.send("QUIT")
+        second.protocol.connectionLost(None)
+        self.assertIn("you are alice", network.connect("alice").take()[0])
+
+    def test_address_and_server_limits_get_503(self) -> None:
+        """
+        The per-address and whole-server limits refuse in words too.
+        """
+        network = Network(limits=Limits(max_per_address=1))
+        network.connect("alice")
+        self.assertEqual(
+            network.connect("bob").take(),
+            ["503 too many sessions from 127.0.0.1 (limit 1)"],
+        )
+        network = Network(limits=Limits(max_sessions=1))
+        network.connect("alice")
+        self.assertEqual(
+            network.connect("bob").take(),
+            ["503 too many sessions on this server (limit 1)"],
+        )
+
+    def test_connection_flood_is_dropped_before_its_handshake(self) -> None:
+        """
+        Past twice the per-address limit, connections from that address are
+        dropped as they are accepted, without costing a handshake.
+        """
+        network = Network(limits=Limits(max_per_address=2))
+        transports = []
+        for port in range(40000, 40005):
+            transport = VerifiedTransport([], port)
+            network.factory.buildProtocol(None).makeConnection(transport)
+            transports.append(transport)
+        self.assertEqual([t.disconnected for t in transports], [False] * 4 + [True])
+
+
+ROOMS = (
+    POLICY
+    + """
+[[rooms]]
+pattern = "#ops-*"
+join = ["admin"]
+
+[[rooms]]
+pattern = "#news"
+join = ["user"]
+say = ["admin"]
+
+[[rooms]]
+pattern = "#sealed"
+join = ["user"]
+read = ["admin"]
+"""
+)
+
+
+class RoomRuleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.network = Network(ROOMS)
+        self.alice = self.network.connect("alice")
+        self.admin = self.network.connect("admin")
+        self.alice.take()
+        self.admin.take()
+
+    def test_join_outside_the_rule_is_403_naming_it(self) -> None:
+        """
+        A user may not enter #ops-db; the refusal names the rule.
+        """
+        self.assertEqual(
+            self.alice.send("JOIN #ops-db"),
+            [
+                '403 JOIN not permitted for alice: rooms matching "#ops-*" let '
+                "only roles admin join; you have role user"
+            ],
+        )
+        self.assertEqual(self.admin.send("JOIN #ops-db"), ["200 joined #ops-db"])
+
+    def test_say_is_for_the_roles_that_may_speak(self) -> None:
+        """
+        In #news users listen and admins speak.
+        """
+        self.alice.send("JOIN #news")
+        self.admin.send("JOIN #news")
+        self.assertEqual(self.alice.send("SAY #news hi")[0][:3], "403")
+        self.assertEqual(self.admin.send("SAY #news release today"), ["250 1"])
+        self.assertEqual(
+            self.alice.take(), [f"SAY 1 {STAMP} #news admin release today"]
+        )
+
+    def test_member_without_read_gets_no_messages_nor_history(self) -> None:
+        """
+        alice may sit in #sealed but not read it: its messages are neither
+        pushed nor kept for her, and HISTORY is refused.
+        """
+        self.alice.send("JOIN #sealed")
+        self.admin.send("JOIN #sealed")
+        self.admin.send("SAY #sealed secret plan")
+        self.assertEqual(self.alice.take(), [])
+        pending = self.network.store.pending("alice", 0, 10)
+        self.assertEqual(self.successResultOf(pending), [])
+        self.assertEqual(self.alice.send("HISTORY #sealed")[0][:3], "403")
