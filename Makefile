@@ -11,6 +11,16 @@ $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# sslyze, the external TLS scanner of tests/test_tls_scan.py, pins an older
+# cryptography than secmsg's, so it lives in a virtualenv of its own.
+SCAN_VENV := .venv-scan
+SSLYZE_VERSION := 6.3.1
+
+$(SCAN_VENV)/installed:
+	python3 -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet 'sslyze==$(SSLYZE_VERSION)'
+	touch $@
+
 $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 	$(VENV)/bin/secmsg init $(INSTANCE)
 
@@ -18,9 +28,10 @@ $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml
 
-## Set up with the test extras, check the code with ruff, run the whole suite
-## under pytest and again under trial, since both must find and pass it.
-test: $(VENV)/installed lint
+## Set up with the test extras (and sslyze for the TLS scan), check the code
+## with ruff, run the whole suite under pytest and again under trial, since
+## both must find and pass it.
+test: $(VENV)/installed $(SCAN_VENV)/installed lint
 	$(PYTHON) -m pytest -q
 	$(PYTHON) -m twisted.trial tests
 
@@ -33,4 +44,4 @@ bench: $(VENV)/installed
 	$(PYTHON) bench/store_throughput.py
 
 clean:
-	rm -rf $(VENV) *.egg-info build _trial_temp .hypothesis
+	rm -rf $(VENV) $(SCAN_VENV) *.egg-info build _trial_temp .hypothesis

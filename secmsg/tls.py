@@ -69,6 +69,11 @@ _SERVER_OPTIONS = (
 
 _VERIFY_MODE = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
+_NO_AUTO_CHAIN = 0x00000008
+"""OpenSSL's SSL_MODE_NO_AUTO_CHAIN, which pyOpenSSL does not name: serve
+the chain in the certificate file, and not one OpenSSL builds from the
+client CAs in the context's store, which would end with the root."""
+
 # OpenSSL's verification error numbers differ between its versions (an
 # invalid CA is 24 in OpenSSL 3.0 and 79 in 4.0), so they are looked up by
 # name in the OpenSSL that pyOpenSSL is linked against.
@@ -443,6 +448,7 @@ def _server_context(
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_SERVER_OPTIONS)
+    context.set_mode(_NO_AUTO_CHAIN)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_session_id(b"secmsg")
     context.set_cipher_list(TLS12_CIPHERS)

@@ -18,6 +18,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class Daemon:
         self.directory = directory
         self.log: list[str] = []
         self._terminated = False
+        self._drain: threading.Thread | None = None
         self.process = subprocess.Popen(
             twistd(directory, "--port", "0"),
             stdout=subprocess.PIPE,
@@ -108,6 +110,21 @@ class Daemon:
                 return line
         raise AssertionError(f"daemon never logged {text!r}; log: {self.log}")
 
+    def drain_log(self) -> None:
+        """
+        Read the rest of the log in a thread from now on, for a test that
+        makes the daemon log more than a pipe holds while it waits for
+        something else; L{stop} then waits for that thread.
+        """
+
+        def read() -> None:
+            with self.process.stdout as stream:
+                for raw in stream:
+                    self.log.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+        self._drain = threading.Thread(target=read, daemon=True)
+        self._drain.start()
+
     def terminate(self) -> None:
         """
         Send SIGTERM once; a second one while twistd shuts down would make
@@ -123,7 +140,9 @@ class Daemon:
         its exit status.
         """
         self.terminate()
-        if not self.process.stdout.closed:
+        if self._drain is not None:
+            self._drain.join(STARTUP_DEADLINE)
+        elif not self.process.stdout.closed:
             with self.process.stdout as stream:
                 rest = stream.read().decode("utf-8", "replace")
             self.log.extend(rest.splitlines())
