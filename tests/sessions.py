@@ -102,7 +102,9 @@ class Network:
         self.ca = CertificateAuthority()
         self.hub = InProcessHub()
         self.store = store or MemoryStore()
-        realm = PolicyRealm(parse_policy(tomllib.loads(policy), "test"), self.hub)
+        self.realm = realm = PolicyRealm(
+            parse_policy(tomllib.loads(policy), "test"), self.hub
+        )
         portal = Portal(realm, [checker or CertificateChecker(IdentityRule())])
         self.clock = Clock()
         self.clock.advance(MOMENT.timestamp())

@@ -1,0 +1,185 @@
+"""
+Whole sessions under hypothesis: people log in, send any command with any
+argument, leave, and the operator reloads between policies, in any order.
+
+After every step: each command got exactly one reply, nobody holds a
+command the policy in force does not grant, a command outside one's grant
+was refused with 403, and no reply was a server fault.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import wire
+from secmsg.identity import IdentityRule
+from secmsg.reload import ReloadableFiles, Reloader
+from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
+from tests.certs import now
+from tests.harness import POLICY
+from tests.sessions import Network, Session
+
+STRICTER = (
+    POLICY.replace('default_roles = ["guest"]', "default_roles = []").replace(
+        'bob = ["user"]', 'bob = ["guest"]'
+    )
+    + '[[rooms]]\npattern = "#ops-*"\njoin = ["admin"]\n'
+)
+"""The policy reloads switch to and from: unlisted identities refused, bob
+demoted, #ops-* for admins only."""
+
+POLICIES = (POLICY, STRICTER)
+
+IDENTITIES = ("alice", "bob", "admin", "zoe")
+
+ARGUMENTS = st.sampled_from(
+    [
+        "",
+        "alice",
+        "bob",
+        "zoe hello there",
+        "#ops-db",
+        "#lobby",
+        "#lobby hi all",
+        "UPTO 3",
+        "1",
+        "DRY",
+        "bob bye",
+    ]
+)
+
+_FINAL_REPLY = re.compile(r"[0-9]{3} ")
+
+
+class SessionMachine(RuleBasedStateMachine):
+    """
+    A network of sessions with a real reloader over policy files.
+    """
+
+    sessions = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp(prefix="secmsg-stateful-"))
+        self.network = Network(POLICY, reload=lambda dry: self.reloader.reload(dry))
+        clock = self.network.clock
+        clock.advance(now().timestamp() - clock.seconds())
+        ca, server = self.network.ca, self.network.ca.server()
+        for name, data in [
+            ("ca.pem", ca.pem),
+            ("crl.pem", ca.crl_pem()),
+            ("server.pem", server.certificate_pem),
+            ("server.key", server.key_pem),
+        ]:
+            (self.directory / name).write_bytes(data)
+        self.policy = 0
+        self.gone: set[Session] = set()
+        self.write_policy()
+        d = self.directory
+        files = ReloadableFiles(
+            TLSFiles(d / "server.pem", d / "server.key", d / "ca.pem", d / "crl.pem"),
+            d / "policy.toml",
+        )
+        tls = VerifyingServerTLS(
+            load_server_tls(files.tls, now(), False), IdentityRule().identity_of, clock
+        )
+        self.reloader = Reloader(
+            files, clock, tls, self.network.realm, self.network.hub
+        )
+
+    def write_policy(self) -> None:
+        (self.directory / "policy.toml").write_text(POLICIES[self.policy])
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @rule(target=sessions, identity=st.sampled_from(IDENTITIES))
+    def log_in(self, identity: str) -> Session:
+        session = self.network.connect(identity)
+        (first, *_) = session.take()
+        grant = self.network.realm.policy.grant_for(
+            identity, session.protocol.certificate
+        )
+        if grant is None:
+            assert first.startswith("CLOSED login refused"), first
+            assert session.closed
+        else:
+            assert first.startswith("200 secmsg "), first
+            assert f"you are {identity}" in first, first
+        return session
+
+    @rule(
+        session=sessions,
+        verb=st.sampled_from(sorted(wire.COMMANDS)),
+        argument=ARGUMENTS,
+    )
+    def command(self, session: Session, verb: str, argument: str) -> None:
+        if session.closed or session in self.gone:
+            return
+        avatar = session.protocol.avatar
+        lines = session.send(f"{verb} {argument}".rstrip())
+        replies = [line for line in lines if _FINAL_REPLY.match(line)]
+        assert len(replies) == 1, (verb, argument, lines)
+        (reply,) = replies
+        assert not reply.startswith("5"), reply
+        if verb not in avatar.commands:
+            assert reply.startswith("403 "), (verb, reply)
+        if reply.startswith("2"):
+            assert verb in avatar.commands, (verb, reply)
+
+    @rule(session=sessions)
+    def leave(self, session: Session) -> None:
+        if session not in self.gone:
+            self.gone.add(session)
+            session.protocol.connectionLost(None)
+
+    @rule(dry=st.booleans())
+    def reload(self, dry: bool) -> None:
+        before = {id(a): a.commands for a, _ in self.network.hub.sessions()}
+        self.policy = 1 - self.policy
+        self.write_policy()
+        report = self.reloader.reload(dry)
+        assert report.checked == len(before)
+        if dry:
+            after = {id(a): a.commands for a, _ in self.network.hub.sessions()}
+            assert after == before, "a dry run changed a session"
+            # Put back the file of the policy still in force.
+            self.policy = 1 - self.policy
+            self.write_policy()
+
+    @invariant()
+    def nobody_holds_more_than_the_policy_grants(self) -> None:
+        policy = self.network.realm.policy
+        for avatar, peer in self.network.hub.sessions():
+            grant = policy.grant_for(avatar.identity, peer.certificate_chain[0])
+            assert grant is not None, avatar.identity
+            assert avatar.commands == grant.commands, avatar.identity
+            for room in self.network.hub.rooms_of(peer):
+                assert grant.rooms.refusal("join", room, grant.lineage) is None
+
+
+SessionMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=25, deadline=None
+)
+
+
+class StatefulTests(SynchronousTestCase):
+    def test_sessions_keep_the_invariants(self) -> None:
+        """
+        Any sequence of logins, commands, departures and reloads keeps one
+        reply per command and every right within the policy in force.
+        """
+        SessionMachine.TestCase("runTest").runTest()
