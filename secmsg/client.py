@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -173,6 +173,25 @@ class ClientProtocol(Protocol):
         self._pending.append((answered, []))
         self.transport.write(line + b"\n")
         return answered
+
+    def keep_alive(self, interval: float) -> None:
+        """
+        Send C{PING} every C{interval} seconds until the session ends, so
+        that a session whose user only reads is not closed as idle.  The
+        replies are nobody's business.
+        """
+        pinging = task.LoopingCall(self._ping)
+        pinging.clock = self._clock
+        pinging.start(interval, now=False)
+
+        def stop(ending: SessionEnded) -> SessionEnded:
+            pinging.stop()
+            return ending
+
+        self.ended.addCallback(stop)
+
+    def _ping(self) -> None:
+        self.command(b"PING").addErrback(lambda failure: failure.trap(SessionEnded))
 
     @property
     def outstanding(self) -> int:

@@ -28,6 +28,11 @@ from secmsg.wire import PushLine, escape_controls
 
 QUIT_WORDS = ("/quit",)
 
+KEEPALIVE_INTERVAL = 60.0
+"""Seconds between the PINGs that keep a quiet session open: the server
+closes one that sends nothing for its idle timeout (15 minutes unless the
+operator says otherwise), and a person reading a room sends nothing."""
+
 T = TypeVar("T")
 
 
@@ -62,6 +67,8 @@ async def run_console(
             print(escape_controls(ending.words))
         return ending.status
     acknowledger.decide("ACK" in commands)
+    if "PING" in commands:
+        session.keep_alive(KEEPALIVE_INTERVAL)
     prompt: PromptSession[str] = PromptSession(
         completer=WordCompleter([*commands, *QUIT_WORDS], ignore_case=True),
         complete_while_typing=False,

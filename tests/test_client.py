@@ -387,3 +387,47 @@ class CommandLineTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 SendOptions().parseOptions(base + extra)
             self.assertIn(words, str(caught.exception))
+
+
+class KeepAliveTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.instance = Instance(self)
+
+    def client(self) -> ClientProtocol:
+        pair = self.instance.ca.issue("alice")
+        session = ClientProtocol(self.instance.clock, "localhost")
+        options = client_tls_options(
+            "localhost", self.instance.ca.pem, pair.certificate_pem, pair.key_pem
+        )
+        self.instance.connect_protocol(session, options)
+        self.instance.flush()
+        return session
+
+    def wait(self, minutes: int) -> None:
+        for _ in range(minutes):
+            self.instance.clock.advance(60)
+            self.instance.flush()
+
+    def test_quiet_session_is_closed_as_idle(self) -> None:
+        """
+        Over real TLS: a session that sends nothing for fifteen minutes is
+        told why and ends.
+        """
+        session = self.client()
+        self.wait(15)
+        self.assertEqual(
+            self.successResultOf(session.ended).words,
+            "the server closed the session: idle for 900 s",
+        )
+
+    def test_keep_alive_pings_keep_it_open(self) -> None:
+        """
+        A client that keeps the session alive is still there an hour later.
+        """
+        session = self.client()
+        session.keep_alive(60)
+        self.wait(60)
+        self.assertNoResult(session.ended)
+        ping = session.command(b"PING")
+        self.instance.flush()
+        self.assertEqual(self.successResultOf(ping)[0].code, 200)

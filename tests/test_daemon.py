@@ -9,6 +9,7 @@ depth is tested in memory elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -283,6 +284,41 @@ class DaemonTests(SynchronousTestCase):
         self.assertFalse(
             [line for line in self.daemon.log if "Traceback" in line],
             "\n".join(self.daemon.log),
+        )
+
+    def test_audit_trail_answers_who_did_what(self) -> None:
+        """
+        The real daemon's audit trail, 0600 in its data directory, records
+        alice's login, her denied KICK and her logout, never her message,
+        and C{secmsg audit verify} finds its chain intact.
+        """
+        with self.daemon.client("alice") as alice, alice.makefile("rb") as lines:
+            self.assertIn(b"you are alice", lines.readline())
+            alice.sendall(b"KICK bob\nMSG bob words for bob only\nQUIT\n")
+            self.assertTrue(lines.readline().startswith(b"403 KICK not permitted"))
+            self.assertEqual(lines.readline(), b"250 1\n")
+            self.assertEqual(lines.readline(), b"221 bye\n")
+        self.daemon.stop()
+        trail = self.directory / "data" / "audit.log"
+        self.assertEqual(stat.S_IMODE(trail.stat().st_mode), 0o600)
+        self.assertNotIn(b"words for bob", trail.read_bytes())
+        events = [json.loads(line) for line in trail.read_text().splitlines()]
+        self.assertEqual(
+            [(e["event"], e.get("identity")) for e in events],
+            [("login", "alice"), ("denied", "alice"), ("logout", "alice")],
+        )
+        self.assertEqual(events[1]["rule"], "not granted by role user")
+        self.assertEqual(events[0]["peer"], events[2]["peer"])
+        verify = subprocess.run(
+            [BIN / "secmsg", "audit", "verify", str(trail)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(verify.returncode, 0, verify.stderr)
+        self.assertEqual(
+            verify.stdout,
+            "3 records, chain intact from the first record of the trail\n",
         )
 
 
