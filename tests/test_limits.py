@@ -10,6 +10,7 @@ from datetime import timedelta
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg import __version__
 from secmsg.limits import Limits, RateLimiter
 from secmsg.policy import Rate
 from tests.harness import POLICY, Instance, LineClient, capture_log
@@ -214,6 +215,29 @@ class SessionLimitTests(SynchronousTestCase):
         self.assertEqual(
             network.connect("bob").take(),
             ["503 too many sessions on this server (limit 1)"],
+        )
+
+    def test_limits_over_real_tls(self) -> None:
+        """
+        Over the real TLS layer: the first session is greeted, the second
+        gets 503 with the reason, and those past twice the limit are
+        dropped before any byte of application data.
+        """
+        instance = Instance(self, limits=Limits(max_per_address=1))
+        pair = instance.ca.issue("alice")
+        clients = [instance.connect(pair, complete=False) for _ in range(4)]
+        instance.flush()
+        self.assertEqual(
+            [client.lines for client in clients],
+            [
+                [f"200 secmsg {__version__} ready; you are alice (roles: user)"],
+                ["503 too many sessions from 127.0.0.1 (limit 1)"],
+                [],
+                [],
+            ],
+        )
+        self.assertEqual(
+            [client.lost is None for client in clients], [True, False, False, False]
         )
 
     def test_connection_flood_is_dropped_before_its_handshake(self) -> None:
