@@ -42,6 +42,7 @@ lint: $(VENV)/installed
 ## Measure; the numbers and what they mean are in docs/benchmarks.md.
 bench: $(VENV)/installed
 	$(PYTHON) bench/store_throughput.py
+	$(PYTHON) bench/sessions_load.py
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) *.egg-info build _trial_temp .hypothesis
