@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
@@ -56,12 +57,16 @@ def audit(
     _log.emit(level, text, audit_event=event, audit_keys=tuple(fields), **fields)
 
 
-def record_line(event: LogEvent, previous: str) -> bytes:
+def record_line(event: LogEvent, seq: int, previous: str) -> bytes:
     """
     The audit record of a log event, as one line without its line ending.
+
+    @param seq: its number in the trail, one more than the record before,
+        so that a record that could not be written leaves a gap.
     """
     moment = datetime.fromtimestamp(event["log_time"], UTC)
     record: dict[str, Any] = {
+        "seq": seq,
         "time": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "event": event["audit_event"],
     }
@@ -77,6 +82,62 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+class RecordBudget:
+    """
+    At most C{per_window} records of one kind in each C{window} seconds;
+    past that they are counted, and one record says how many were left out
+    when the window ends.  For events anyone can cause without a
+    certificate (a failed handshake costs a TCP connect), so that they
+    cannot flood the trail and rotate older records away.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        event: str,
+        per_window: int = 60,
+        window: float = 60.0,
+    ) -> None:
+        self._clock = clock
+        self._event = event
+        self._per_window = per_window
+        self._window = window
+        self._window_end = 0.0
+        self._used = 0
+        self._left_out = 0
+        self._summary: IDelayedCall | None = None
+
+    def allow(self) -> bool:
+        """
+        Whether one more record of this kind may be written now.
+        """
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._window_end = now + self._window
+            self._used = 0
+        if self._used < self._per_window:
+            self._used += 1
+            return True
+        self._left_out += 1
+        if self._summary is None:
+            self._summary = self._clock.callLater(
+                self._window_end - now, self._summarize
+            )
+        return False
+
+    def _summarize(self) -> None:
+        self._summary = None
+        left_out, self._left_out = self._left_out, 0
+        audit(
+            "records_left_out",
+            "{count} more {kind} events in the last {window} s were not recorded",
+            LogLevel.warn,
+            kind=self._event,
+            count=left_out,
+            window=self._window,
+        )
+
+
 @implementer(ILogObserver)
 class AuditTrail:
     """
@@ -85,16 +146,27 @@ class AuditTrail:
 
     @param previous: the hash of the last line written before, so that a
         restarted daemon carries on the same chain.
+    @param seq: the number of the next record.
+    @ivar repaired: the length of a record that a crash cut short at the
+        end of the file, which was ended there so that the trail goes on
+        after it; 0 if there was none.
     """
 
-    def __init__(self, file: BinaryIO | LogFile, previous: str) -> None:
+    def __init__(
+        self, file: BinaryIO | LogFile, previous: str, seq: int, repaired: int = 0
+    ) -> None:
         self._file = file
         self._previous = previous
+        self._seq = seq
+        self.repaired = repaired
 
     def __call__(self, event: LogEvent) -> None:
         if "audit_event" not in event:
             return
-        line = record_line(event, self._previous)
+        line = record_line(event, self._seq, self._previous)
+        # Counted before it is written: a write that fails leaves a gap in
+        # the numbers, which verify reports.
+        self._seq += 1
         self._file.write(line + b"\n")
         self._previous = line_hash(line)
 
@@ -107,6 +179,8 @@ def open_trail(directory: Path) -> AuditTrail:
     The audit trail in C{directory}, carrying on from the last record
     written there (in the current file, or in the newest rotated one).
     """
+    current = directory / AUDIT_NAME
+    tail = _tail(current) or _tail(directory / f"{AUDIT_NAME}.1")
     trail = LogFile(
         AUDIT_NAME,
         str(directory),
@@ -114,22 +188,55 @@ def open_trail(directory: Path) -> AuditTrail:
         defaultMode=0o600,
         maxRotatedFiles=KEEP_ROTATED,
     )
-    previous = GENESIS
-    for candidate in (directory / AUDIT_NAME, directory / f"{AUDIT_NAME}.1"):
-        last = _last_line(candidate)
-        if last is not None:
-            previous = line_hash(last)
-            break
-    return AuditTrail(trail, previous)
+    if tail is None:
+        return AuditTrail(trail, GENESIS, 1)
+    last, seq, cut_short = tail
+    if cut_short:
+        # A crash in mid-write: end the fragment, and chain on from it so
+        # that verify reports it and checks what follows.
+        trail.write(b"\n")
+    return AuditTrail(trail, line_hash(last), seq + 1, len(last) if cut_short else 0)
 
 
-def _last_line(path: Path) -> bytes | None:
+def _tail(path: Path) -> tuple[bytes, int, bool] | None:
+    """
+    The last line of a trail file, the number of its last whole record,
+    and whether that line was cut short; L{None} for no file or an empty
+    one.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    lines = data.rstrip(b"\n").split(b"\n")
-    return lines[-1] if lines[-1] else None
+    if not data:
+        return None
+    lines = data.split(b"\n")
+    cut_short = lines[-1] != b""
+    last = lines[-1] if cut_short else lines[-2]
+    seq = 0
+    for line in reversed(lines):
+        record = _record(line)
+        if record is not None:
+            seq = record["seq"]
+            break
+    return last, seq, cut_short
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """
+    A line as an audit record, or L{None} if it is not a whole one.
+    """
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("prev"), str)
+        or not isinstance(record.get("seq"), int)
+    ):
+        return None
+    return record
 
 
 @dataclass(frozen=True)
@@ -151,48 +258,66 @@ class Verdict:
     """
     What L{verify_chain} found.
 
-    @ivar records: how many records were read before the first break (all
-        of them if there is none).
+    @ivar records: how many lines were read.
     @ivar anchored: whether the first record starts a new trail; if not,
         it continues one in a file that was not given.
-    @ivar broken: the first break, or L{None}.
+    @ivar breaks: every place where the chain does not hold, first first.
     """
 
     records: int
     anchored: bool
-    broken: Break | None
+    breaks: tuple[Break, ...]
+
+    @property
+    def broken(self) -> Break | None:
+        """
+        The first break, or L{None} if the chain is intact.
+        """
+        return self.breaks[0] if self.breaks else None
 
 
 def verify_chain(lines: Iterable[tuple[str, bytes]]) -> Verdict:
     """
-    Check that each record names the hash of the one before it.
+    Check that each record names the hash of the line before it and
+    carries the next number, and go on past a break to find the others.
 
     @param lines: C{(where, line)} for each line, oldest first, across as
         many files as given (rotated ones first).
     """
-    records = 0
+    count = 0
     anchored = False
+    breaks: list[Break] = []
     previous: str | None = None
+    last_seq: int | None = None
     for where, line in lines:
-        try:
-            prev = json.loads(line)["prev"]
-        except (ValueError, KeyError, TypeError):
-            return Verdict(records, anchored, Break(where, "not an audit record"))
-        if previous is None:
-            anchored = prev == GENESIS
-        elif prev != previous:
-            return Verdict(
-                records,
-                anchored,
+        count += 1
+        record = _record(line)
+        if record is None:
+            breaks.append(
+                Break(where, "not a whole audit record (a write cut short, or edited)")
+            )
+        elif previous is None:
+            anchored = record["prev"] == GENESIS
+        elif record["prev"] != previous:
+            breaks.append(
                 Break(
                     where,
-                    "does not follow the record before it (edited, "
-                    "inserted, or a record before it removed)",
-                ),
+                    "does not follow the line before it (edited, inserted, or "
+                    "a record before it removed)",
+                )
             )
+        elif last_seq is not None and record["seq"] != last_seq + 1:
+            breaks.append(
+                Break(
+                    where,
+                    f"numbered {record['seq']} after {last_seq}: "
+                    "records in between were never written",
+                )
+            )
+        if record is not None:
+            last_seq = record["seq"]
         previous = line_hash(line)
-        records += 1
-    return Verdict(records, anchored, None)
+    return Verdict(count, anchored, tuple(breaks))
 
 
 def numbered_lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:

@@ -137,7 +137,7 @@ class Commands:
         """
         A session has been greeted: send it what waited for it.
         """
-        return self._delivery.catch_up(session, session.avatar.identity)
+        return self._delivery.catch_up(session, session.avatar)
 
     def help(self, session: Session) -> bytes:
         allowed = session.avatar.commands
@@ -287,10 +287,9 @@ class Commands:
             ) from None
         audit(
             "reload",
-            "{kind} by {by}: {summary}",
+            "reload dry run by {by}: {summary}" if dry else "reload by {by}: {summary}",
             by=identity,
             dry=dry,
-            kind="reload dry run" if dry else "reload",
             outcome="ok",
             summary=report.summary(),
         )

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.clock import clock_time
-from secmsg.interfaces import IHub, IMessageStore, IPeer
+from secmsg.interfaces import IHub, IMessageStore, IPeer, ISessionAvatar
 from secmsg.messages import Draft, Kind, Stored
 
 log = Logger()
@@ -97,17 +97,22 @@ class Delivery:
             self._note_delivered([(identity, message.id) for identity in reached])
         return message
 
-    def catch_up(self, peer: IPeer, identity: str) -> defer.Deferred[None]:
+    def catch_up(self, peer: IPeer, avatar: ISessionAvatar) -> defer.Deferred[None]:
         """
         Send a session that has just logged in what waits in its mailbox,
         oldest first and before anything pushed meanwhile (the session holds
         those back until released), a page at a time as the peer takes them;
         note that the identity is known from now on.
+
+        The mailbox is the identity's, but room rights are the session's
+        (they follow its certificate and the policy in force): a message
+        of a room this session may not read stays in the mailbox, unsent.
         """
+        identity = avatar.identity
         self._store.remember(identity, clock_time(self._clock)).addErrback(
             self._log_failure, "remember", identity
         )
-        sending = defer.Deferred.fromCoroutine(self._send_pages(peer, identity))
+        sending = defer.Deferred.fromCoroutine(self._send_pages(peer, avatar))
         sending.addCallbacks(
             lambda _: peer.release(),
             self._mailbox_failed,
@@ -115,19 +120,26 @@ class Delivery:
         )
         return sending
 
-    async def _send_pages(self, peer: IPeer, identity: str) -> None:
+    async def _send_pages(self, peer: IPeer, avatar: ISessionAvatar) -> None:
+        identity = avatar.identity
         after = sent = 0
         while True:
             page = await self._store.pending(identity, after, PAGE_SIZE)
             if not page:
                 break
+            readable = [
+                p
+                for p in page
+                if p.message.kind is not Kind.ROOM or avatar.may_read(p.message.target)
+            ]
             lines = [
-                (p.message.id, wire.message_push(p.message, p.redelivery)) for p in page
+                (p.message.id, wire.message_push(p.message, p.redelivery))
+                for p in readable
             ]
             taken = await peer.send_waiting(lines)
             if taken:
-                self._note_delivered([(identity, p.message.id) for p in page])
-                sent += len(page)
+                self._note_delivered([(identity, p.message.id) for p in readable])
+                sent += len(readable)
             if not taken or len(page) < PAGE_SIZE:
                 break
             after = page[-1].message.id

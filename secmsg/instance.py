@@ -23,8 +23,7 @@ SERVER_NAMES = pki.Names(dns=("localhost",), ips=("127.0.0.1", "::1"))
 
 DEVELOPMENT_CRL_DAYS = 365
 """A development instance's CRL outlives the usual month, so that one left
-alone for a while still starts: the daemon refuses everyone once its CRL is
-past its next update."""
+alone for a while does not fill its log with warnings of a stale CRL."""
 
 DEVELOPMENT_POLICY = """\
 # Who may do what.  A verified identity, that is anyone holding a

@@ -9,6 +9,8 @@ C{429} for the rate) and carries on serving everyone else.
 
 from __future__ import annotations
 
+import ipaddress
+import resource
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -26,8 +28,9 @@ class Limits:
         closed (PING keeps it open).
     @ivar max_sessions: sessions the daemon holds at once.
     @ivar max_per_identity: sessions one identity holds at once.
-    @ivar max_per_address: connections from one address at once, whether
-        logged in or still in their handshake.
+    @ivar max_per_address: sessions from one address (an IPv6 /64 counts
+        as one address) at once.
+    @ivar max_handshakes: connections not yet logged in at once.
     """
 
     handshake_timeout: float = 10.0
@@ -35,11 +38,70 @@ class Limits:
     max_sessions: int = 10000
     max_per_identity: int = 16
     max_per_address: int = 64
+    max_handshakes: int = 1000
+
+    @property
+    def open_files(self) -> int:
+        """
+        File descriptors the daemon may need at its limits: every
+        connection it lets in before refusing, and a margin for its files.
+        """
+        return 2 * self.max_sessions + self.max_handshakes + 64
+
+
+def address_group(host: str) -> str:
+    """
+    The address a per-address limit counts: the host itself, or its /64
+    for IPv6, the block one subscriber usually holds whole.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
+
+
+def raise_open_file_limit(needed: int) -> str | None:
+    """
+    Raise this process's limit of open files towards C{needed}, as far as
+    the hard limit allows.
+
+    @return: a warning if the limit stays below C{needed}, else L{None}.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return (
+            f"the limit of open files is {soft}, below the {needed} the session "
+            "limits may need; connections past it will fail to be accepted"
+        )
+    return None
 
 
 RATE_EXEMPT = frozenset({"ACK", "QUIT"})
-"""Commands that only lighten the daemon's load, and so are never
-refused for the rate: acknowledging mail, and leaving."""
+"""Commands outside the identity's bucket of commands: leaving, which is
+never refused, and acknowledging mail, which has a bucket of its own
+(L{acknowledgement_rate}), since a client acknowledges every message it is
+shown and a busy room would otherwise use up its commands."""
+
+ACKNOWLEDGEMENTS_PER_COMMAND = 10
+"""How many acknowledgements an identity may send for each command its
+rate allows."""
+
+
+def acknowledgement_rate(rate: Rate) -> Rate:
+    """
+    The rate of C{ACK}s that goes with a rate of commands.
+    """
+    return Rate(
+        rate.per_second * ACKNOWLEDGEMENTS_PER_COMMAND,
+        rate.burst * ACKNOWLEDGEMENTS_PER_COMMAND,
+    )
 
 
 @dataclass

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
-from secmsg.audit import audit
+from secmsg.audit import RecordBudget, audit
 from secmsg.auth import VerifiedCertificate
 from secmsg.commands import Commands
 from secmsg.errors import (
@@ -50,7 +50,13 @@ from secmsg.errors import (
 )
 from secmsg.identity import describe_subject
 from secmsg.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
-from secmsg.limits import RATE_EXEMPT, Limits, RateLimiter
+from secmsg.limits import (
+    RATE_EXEMPT,
+    Limits,
+    RateLimiter,
+    acknowledgement_rate,
+    address_group,
+)
 from secmsg.tls import refusal_for_handshake_failure
 
 log = Logger()
@@ -105,10 +111,13 @@ class _Reply:
 
 def describe_address(address: IAddress) -> str:
     """
-    C{host:port} for IP addresses, the address's own text otherwise.
+    C{host:port} for IP addresses (C{[host]:port} for IPv6), the
+    address's own text otherwise.
     """
     host, port = getattr(address, "host", None), getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @implementer(IHandshakeListener, IHandshakeObserver, IPeer, IPushProducer)
@@ -188,18 +197,19 @@ class SessionProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.address = describe_address(peer)
-        self.host = str(getattr(peer, "host", self.address))
+        self.host = address_group(str(getattr(peer, "host", self.address)))
         refusal = self.factory.session_started(self)
         if refusal is not None:
             # Nothing can be said before TLS is up, so the peer learns
-            # nothing; the operator does.
-            audit(
-                "limit_reached",
-                "dropped {peer} at connect: {reason}",
-                LogLevel.warn,
-                peer=self.address,
-                reason=refusal,
-            )
+            # nothing; the operator does, within the audit trail's budget.
+            if self.factory.anonymous_records.allow():
+                audit(
+                    "limit_reached",
+                    "dropped {peer} at connect: {reason}",
+                    LogLevel.warn,
+                    peer=self.address,
+                    reason=refusal,
+                )
             self._dropped_at_connect = True
             self._drop()
             return
@@ -441,15 +451,16 @@ class SessionProtocol(Protocol):
         Queue the one reply a framed line gets (a blank line gets none); it
         is written once it and every reply before it are ready.
         """
+        if frame is not wire.OVERLONG and not frame.strip(b" \t"):
+            return
         verb = "?"
         try:
+            # Every line costs a token, a bad one too, before it is looked
+            # at: refusals must not be had faster than answers.
+            self._spend_token(frame)
             if frame is wire.OVERLONG:
                 raise wire.line_too_long(self._framer.max_length)
-            text = wire.decode_line(frame)
-            if wire.is_blank(text):
-                return
-            verb, rest = wire.split_verb(text)
-            self._spend_token(verb)
+            verb, rest = wire.split_verb(wire.decode_line(frame))
             self.avatar.authorize(verb)
             response = self._commands.run(self, verb, wire.parse_arguments(verb, rest))
         except Exception:  # noqa: BLE001 -- one bad command must not end the daemon
@@ -457,7 +468,9 @@ class SessionProtocol(Protocol):
             self._count_strikes(failure.value)
             response = self._failed(failure, verb)
         else:
-            self._bad_lines = self._rate_refusals = 0
+            if verb not in RATE_EXEMPT:
+                # ACK and QUIT cost nothing, so they wipe no slate clean.
+                self._bad_lines = self._rate_refusals = 0
         entry = _Reply(finishes=self._finishing, last_words=self._last_words)
         self._replies.append(entry)
         if isinstance(response, defer.Deferred):
@@ -466,16 +479,28 @@ class SessionProtocol(Protocol):
         else:
             self._settle(response, entry)
 
-    def _spend_token(self, verb: str) -> None:
+    def _spend_token(self, frame: bytes | object) -> None:
         """
-        Take one of the identity's tokens for C{verb}.
+        Take one of the identity's tokens for a line: from its bucket of
+        acknowledgements for C{ACK}, which a client sends for every message
+        it is shown, and from its bucket of commands for anything else but
+        C{QUIT}.
 
         @raise RateLimited: there is none left; the reply says when there
             will be.
         """
-        if verb in RATE_EXEMPT:
+        word = b""
+        if frame is not wire.OVERLONG:
+            word = frame.lstrip(b" ").split(b" ", 1)[0].upper()
+        if word == b"QUIT":
             return
-        wait = self._rate_limiter.take(self.avatar.identity, self.avatar.grant.rate)
+        rate = self.avatar.grant.rate
+        if word == b"ACK":
+            wait = self._rate_limiter.take(
+                f"{self.avatar.identity} ACK", acknowledgement_rate(rate)
+            )
+        else:
+            wait = self._rate_limiter.take(self.avatar.identity, rate)
         if wait:
             raise RateLimited(max(1, math.ceil(wait * 1000)))
 
@@ -550,6 +575,10 @@ class SessionProtocol(Protocol):
                 rule=error.rule,
             )
         elif isinstance(error, RateLimited):
+            if self._rate_refusals > 1:
+                # One record for a run of them; the run's end is recorded
+                # if it closes the session.
+                return
             audit(
                 "rate_limited",
                 "refused {verb} from {identity} for the rate; retry in {retry_ms} ms",
@@ -558,7 +587,9 @@ class SessionProtocol(Protocol):
                 verb=verb,
                 retry_ms=error.retry_ms,
             )
-        else:
+        elif self._bad_lines <= 1:
+            # The first of a run of bad lines is worth a line in the log;
+            # the rest would only let a client fill it.
             log.info(
                 "refused {verb} from {identity}: {code} {text}",
                 verb=verb,
@@ -709,7 +740,11 @@ class SessionProtocol(Protocol):
                 timer.cancel()
         if self.avatar is not None:
             self._leave_hub()
-        elif not self._handshake_done and not self._dropped_at_connect:
+        elif (
+            not self._handshake_done
+            and not self._dropped_at_connect
+            and self.factory.anonymous_records.allow()
+        ):
             refusal = self._refusal or refusal_for_handshake_failure(reason)
             audit(
                 "handshake_refused",
@@ -728,12 +763,17 @@ class SessionFactory(Factory):
     connections and sessions against the L{Limits}.
 
     Connections from one address, in any state, are capped at twice the
-    per-address limit, and all connections at twice the session limit:
-    past that, a connection is dropped as it is accepted, before it costs a
-    handshake.  Below it, a login past a limit is told why with C{503}.
+    per-address limit, all connections at twice the session limit, and
+    those not yet logged in at the handshake limit: past that, a
+    connection is dropped as it is accepted, before it costs a handshake.
+    Below it, a login past a limit is told why with C{503}.
     """
 
     noisy = False
+
+    anonymous_records: RecordBudget
+    """How many audit records connections that never logged in may cause:
+    refused handshakes and connections dropped at accept."""
 
     def __init__(
         self,
@@ -749,6 +789,7 @@ class SessionFactory(Factory):
         self._limits = limits
         self._max_line_length = max_line_length
         self._rate_limiter = RateLimiter(clock)
+        self.anonymous_records = RecordBudget(clock, "handshake_refused")
         self._sessions: set[SessionProtocol] = set()
         self._connections_from: Counter[str] = Counter()
         self._admitted: set[SessionProtocol] = set()
@@ -784,6 +825,8 @@ class SessionFactory(Factory):
             )
         if len(self._sessions) > 2 * limits.max_sessions:
             return f"more than {2 * limits.max_sessions} connections"
+        if len(self._sessions) - len(self._admitted) > limits.max_handshakes:
+            return f"more than {limits.max_handshakes} connections not logged in"
         return None
 
     def session_admitted(self, protocol: SessionProtocol, identity: str) -> str | None:

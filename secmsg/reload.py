@@ -75,15 +75,17 @@ class SessionChange:
     What a reload does, or would do, to one live session.
 
     @ivar closed: why the session is closed, or L{None} if it stays.
+    @ivar roles: the roles before and after, if they change.
     @ivar gains: commands the new policy adds.
     @ivar loses: commands the new policy takes away.
-    @ivar parts: rooms the session is taken out of, since the new room
-        rules no longer let it join them.
+    @ivar parts: rooms the session is taken out of, since the new policy
+        no longer lets it join them (a room rule, or JOIN taken away).
     """
 
     identity: str
     address: str
     closed: str | None = None
+    roles: tuple[str, str] | None = None
     gains: frozenset[str] = frozenset()
     loses: frozenset[str] = frozenset()
     parts: tuple[str, ...] = ()
@@ -96,6 +98,8 @@ class SessionChange:
         if self.closed is not None:
             return f"close {who}: {self.closed}"
         changes = []
+        if self.roles:
+            changes.append(f"roles {self.roles[0]} -> {self.roles[1]}")
         if self.gains:
             changes.append(f"gains {','.join(sorted(self.gains))}")
         if self.loses:
@@ -205,6 +209,30 @@ class Reloader:
         log.info("{summary}", summary=report.summary())
         return report
 
+    def recheck(self) -> list[tuple[str, str]]:
+        """
+        Verify every live session's certificate again against the trust in
+        force, as of now, and close those it refuses: for a CRL that went
+        stale under C{stale-crl = "refuse"}.
+
+        @return: the identity and reason of each session closed.
+        """
+        now = clock_time(self._clock)
+        closed = []
+        for avatar, peer in self._hub.sessions():
+            refusal = self._tls.trust.recheck(peer.certificate_chain, now)
+            if refusal is not None:
+                closed.append((avatar.identity, refusal.reason.value))
+                self._apply(
+                    avatar,
+                    peer,
+                    SessionChange(
+                        avatar.identity, peer.address, closed=refusal.reason.value
+                    ),
+                    None,
+                )
+        return closed
+
     def _judge(
         self,
         new: LiveConfiguration,
@@ -228,14 +256,17 @@ class Reloader:
         parts = tuple(
             room
             for room in self._hub.rooms_of(peer)
-            if grant.rooms.refusal("join", room, grant.lineage) is not None
+            if "JOIN" not in grant.commands
+            or grant.rooms.refusal("join", room, grant.lineage) is not None
         )
-        old = avatar.grant.commands
+        old = avatar.grant
+        roles = (",".join(old.roles), ",".join(grant.roles))
         change = SessionChange(
             avatar.identity,
             peer.address,
-            gains=grant.commands - old,
-            loses=old - grant.commands,
+            roles=roles if roles[0] != roles[1] else None,
+            gains=grant.commands - old.commands,
+            loses=old.commands - grant.commands,
             parts=parts,
         )
         if change == SessionChange(avatar.identity, peer.address):

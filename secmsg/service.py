@@ -227,6 +227,14 @@ class AuditService(Service):
         super().privilegedStartService()
         self._trail = open_trail(self._directory)
         self._publisher.addObserver(self._trail)
+        if self._trail.repaired:
+            audit(
+                "trail_repaired",
+                "the audit trail's last record was cut short ({length} bytes), "
+                "as by a crash in mid-write; the trail goes on after it",
+                LogLevel.warn,
+                length=self._trail.repaired,
+            )
 
     def stopService(self) -> None:
         super().stopService()
@@ -244,17 +252,30 @@ class CRLFreshnessService(TimerService):
     """
     Warns, at startup and every L{CRL_CHECK_INTERVAL}, of each CRL in
     force that is past its next update, so that a forgotten CRL renewal is
-    seen in the log before anyone is locked out or a revocation missed.
+    seen in the log before a revocation is missed.  Under
+    C{stale-crl = "refuse"} it also closes the live sessions such a CRL
+    covers, as new handshakes are refused.
     """
 
-    def __init__(self, tls: VerifyingServerTLS, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        tls: VerifyingServerTLS,
+        clock: IReactorTime,
+        recheck: Callable[[], list[tuple[str, str]]],
+    ) -> None:
         super().__init__(CRL_CHECK_INTERVAL, self.check)
         self.clock = clock
         self._tls = tls
+        self._recheck = recheck
 
     def check(self) -> None:
         """
-        Log a warning for each stale CRL.
+        Log a warning for each stale CRL, and close what refuse mode
+        refuses.
         """
-        for warning in self._tls.trust.stale_crls(clock_time(self.clock)):
+        trust = self._tls.trust
+        warnings = trust.stale_crls(clock_time(self.clock))
+        for warning in warnings:
             log.warn("{problem}; renew it and reload", problem=warning)
+        if warnings and trust.refuse_on_stale_crl:
+            self._recheck()

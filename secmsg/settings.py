@@ -43,6 +43,7 @@ OPTIONS = (
     "max-sessions",
     "max-sessions-per-identity",
     "max-sessions-per-address",
+    "max-handshakes",
     "stale-crl",
 )
 """Every setting, by the name it has both as a flag and in the file."""
@@ -157,6 +158,9 @@ def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
             default.max_per_address,
             1,
             10**6,
+        ),
+        max_handshakes=_integer(
+            merged, origins, "max-handshakes", default.max_handshakes, 1, 10**6
         ),
     )
 

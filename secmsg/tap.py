@@ -16,7 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -28,6 +28,7 @@ from secmsg.errors import ConfigurationError
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
+from secmsg.limits import raise_open_file_limit
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
 from secmsg.service import (
@@ -42,6 +43,8 @@ from secmsg.store.database import DATABASE_NAME, open_database
 from secmsg.store.sqlite import SQLiteStore
 from secmsg.store.worker import ThreadWorker
 from secmsg.tls import TLSFiles, VerifyingServerTLS
+
+log = Logger()
 
 LISTEN_BACKLOG = 511
 """Pending connections the kernel holds; Twisted's default of 50 overflows
@@ -109,6 +112,12 @@ class Options(usage.Options):
             None,
             None,
             "Sessions from one address at once. [default: 64]",
+        ],
+        [
+            "max-handshakes",
+            None,
+            None,
+            "Connections not yet logged in at once. [default: 1000]",
         ],
         [
             "stale-crl",
@@ -198,6 +207,9 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     @raise ConfigurationError: a file is missing or invalid.
     """
     prepare_data_dir(settings.data_dir)
+    shortfall = raise_open_file_limit(settings.limits.open_files)
+    if shortfall is not None:
+        log.warn("{shortfall}", shortfall=shortfall)
     path = settings.data_dir / DATABASE_NAME
     open_database(path).close()
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
@@ -220,5 +232,7 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
         store,
     ).setServiceParent(service)
     RetentionService(store, reactor, settings.retention).setServiceParent(service)
-    CRLFreshnessService(daemon.tls, reactor).setServiceParent(service)
+    CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(
+        service
+    )
     return service

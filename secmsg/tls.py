@@ -338,8 +338,9 @@ class TrustAnchors:
         if refusal is None or not self._stale_only(refusal):
             return refusal
         # OpenSSL's verification without a callback stops at the stale CRL;
-        # verify without CRLs, then look each certificate up in them.
-        return self._verify(chain, now, with_crls=False) or self._listed(chain)
+        # verify without CRLs, then check revocation as OpenSSL would, but
+        # for the staleness.
+        return self._verify(chain, now, with_crls=False) or self._revocation(chain, now)
 
     def _stale_only(self, refusal: CertificateRefused) -> bool:
         return bool(self.tolerated) and refusal.detail.startswith(
@@ -366,23 +367,31 @@ class TrustAnchors:
             return refusal_for_openssl_error(code, depth, describe_subject(chain[0]))
         return None
 
-    def _listed(self, chain: list[x509.Certificate]) -> CertificateRefused | None:
+    def _revocation(
+        self, chain: list[x509.Certificate], now: datetime
+    ) -> CertificateRefused | None:
         """
-        Whether a CRL (each was checked against its CA's signature when it
-        was loaded) lists a certificate of the chain below its anchor.
+        Check every certificate of the chain below its anchor against the
+        CRLs (each was checked against its CA's signature when it was
+        loaded), as CRL_CHECK_ALL does, except that a CRL past its next
+        update still counts: one is needed from each issuer, it must have
+        begun, and it must not list the certificate.
         """
+        subject = describe_subject(chain[0])
         for depth, certificate in enumerate(chain[:-1]):
-            for crl in self.crls:
-                if crl.issuer == certificate.issuer and (
-                    crl.get_revoked_certificate_by_serial_number(
-                        certificate.serial_number
-                    )
-                ):
-                    return refusal_for_openssl_error(
-                        _OPENSSL.X509_V_ERR_CERT_REVOKED,
-                        depth,
-                        describe_subject(chain[0]),
-                    )
+            crls = [crl for crl in self.crls if crl.issuer == certificate.issuer]
+            if not crls:
+                error = _OPENSSL.X509_V_ERR_UNABLE_TO_GET_CRL
+            elif any(crl.last_update_utc > now for crl in crls):
+                error = _OPENSSL.X509_V_ERR_CRL_NOT_YET_VALID
+            elif any(
+                crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+                for crl in crls
+            ):
+                error = _OPENSSL.X509_V_ERR_CERT_REVOKED
+            else:
+                continue
+            return refusal_for_openssl_error(error, depth, subject)
         return None
 
     def fill(self, store: X509Store, with_crls: bool = True) -> None:

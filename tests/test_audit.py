@@ -12,6 +12,7 @@ import stat
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +22,7 @@ from secmsg.audit import (
     AUDIT_NAME,
     GENESIS,
     AuditTrail,
+    RecordBudget,
     audit,
     line_hash,
     numbered_lines,
@@ -46,7 +48,7 @@ def record_events(testcase: SynchronousTestCase) -> _Buffer:
     them to its file.
     """
     buffer = _Buffer()
-    trail = AuditTrail(buffer, GENESIS)
+    trail = AuditTrail(buffer, GENESIS, 1)
     globalLogPublisher.addObserver(trail)
     testcase.addCleanup(globalLogPublisher.removeObserver, trail)
     return buffer
@@ -187,8 +189,61 @@ class ChainTests(SynchronousTestCase):
             path = self.directory / name
             path.write_bytes(b"".join(tampered))
             verdict = self.verify(path)
-            self.assertEqual(verdict.broken.where, f"{path}:{line}", name)
-            self.assertEqual(verdict.records, line - 1, name)
+            (only,) = verdict.breaks
+            self.assertEqual(only.where, f"{path}:{line}", name)
+
+    def test_a_record_never_written_leaves_a_gap(self) -> None:
+        """
+        Records are numbered; a write that failed leaves a gap in the
+        numbers, which verify reports although the hashes chain.
+        """
+        buffer = _Buffer()
+        trail = AuditTrail(buffer, GENESIS, 1)
+
+        def failing(data: bytes) -> int:
+            raise OSError("no space left on device")
+
+        globalLogPublisher.addObserver(trail)
+        try:
+            audit("test", "first")
+            buffer.write, written = failing, buffer.write
+            audit("test", "lost")
+            buffer.write = written
+            audit("test", "third")
+        finally:
+            globalLogPublisher.removeObserver(trail)
+        self.flushLoggedErrors(OSError)
+        lines = buffer.getvalue().splitlines()
+        verdict = verify_chain((f"line {n}", line) for n, line in enumerate(lines, 1))
+        (gap,) = verdict.breaks
+        self.assertEqual(
+            (gap.where, gap.problem),
+            (
+                "line 2",
+                "numbered 3 after 1: records in between were never written",
+            ),
+        )
+
+    def test_a_record_cut_short_is_ended_and_the_trail_goes_on(self) -> None:
+        """
+        After a crash in mid-write, the daemon ends the fragment and writes
+        on; verify names the fragment and finds the rest intact.
+        """
+        with self.path.open("ab") as file:
+            file.write(b'{"seq":6,"time":"2026-')
+        trail = open_trail(self.directory)
+        self.assertEqual(trail.repaired, 22)
+        globalLogPublisher.addObserver(trail)
+        try:
+            audit("test", "after the crash")
+        finally:
+            globalLogPublisher.removeObserver(trail)
+            trail.close()
+        verdict = self.verify(self.path)
+        (fragment,) = verdict.breaks
+        self.assertEqual(fragment.where, f"{self.path}:6")
+        self.assertIn("not a whole audit record", fragment.problem)
+        self.assertEqual(verdict.records, 7)
 
     def test_rotated_files_verify_as_one_chain(self) -> None:
         """
@@ -197,7 +252,7 @@ class ChainTests(SynchronousTestCase):
         """
         rotating_dir = temporary_directory(self)
         rotating = LogFile(AUDIT_NAME, str(rotating_dir), rotateLength=600)
-        trail = AuditTrail(rotating, GENESIS)
+        trail = AuditTrail(rotating, GENESIS, 1)
         globalLogPublisher.addObserver(trail)
         try:
             for n in range(10):
@@ -212,6 +267,11 @@ class ChainTests(SynchronousTestCase):
         self.assertTrue(rotated.exists())
         self.assertIsNone(self.verify(rotated, current).broken)
         self.assertFalse(self.verify(current).anchored)
+        # The command puts rotated files first, as a shell glob does not.
+        with redirect_stdout(io.StringIO()):
+            self.assertEqual(
+                cli.main(["audit", "verify", str(current), str(rotated)]), 0
+            )
 
     def test_verify_command(self) -> None:
         """
@@ -227,4 +287,31 @@ class ChainTests(SynchronousTestCase):
         output = io.StringIO()
         with redirect_stdout(output):
             self.assertEqual(cli.main(["audit", "verify", str(self.path)]), 1)
-        self.assertIn(f"{self.path}:2: chain broken", output.getvalue())
+        self.assertEqual(
+            output.getvalue().splitlines(),
+            [
+                f"{self.path}:2: chain broken: does not follow the line before it "
+                "(edited, inserted, or a record before it removed)",
+                "4 records, 1 broken",
+            ],
+        )
+
+
+class RecordBudgetTests(SynchronousTestCase):
+    def test_records_past_the_budget_are_counted_and_summed_up(self) -> None:
+        """
+        Past its budget a kind of record is left out, and one record at the
+        end of the window says how many were.
+        """
+        buffer = record_events(self)
+        clock = Clock()
+        budget = RecordBudget(clock, "handshake_refused", per_window=2, window=60)
+        self.assertEqual([budget.allow() for _ in range(5)], [True, True] + [False] * 3)
+        self.assertEqual(records(buffer), [])
+        clock.advance(60)
+        (summary,) = records(buffer)
+        self.assertEqual(
+            (summary["event"], summary["kind"], summary["count"]),
+            ("records_left_out", "handshake_refused", 3),
+        )
+        self.assertTrue(budget.allow())

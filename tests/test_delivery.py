@@ -387,6 +387,18 @@ class _PagedPeer:
         self.held = False
 
 
+class Reader:
+    """
+    An avatar that may read every room, all that catching up asks of one.
+    """
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+
+    def may_read(self, room: str) -> bool:
+        return True
+
+
 class PagingTests(SynchronousTestCase):
     def test_a_large_mailbox_goes_a_page_at_a_time(self) -> None:
         """
@@ -400,7 +412,7 @@ class PagingTests(SynchronousTestCase):
         for n in range(PAGE_SIZE + 5):
             store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])
         peer = _PagedPeer()
-        done = delivery.catch_up(peer, "bob")
+        done = delivery.catch_up(peer, Reader("bob"))
         self.assertEqual([len(page) for page in peer.pages], [PAGE_SIZE])
         self.assertTrue(peer.held)
         peer.drained[0].callback(True)
@@ -423,7 +435,7 @@ class PagingTests(SynchronousTestCase):
         for n in range(PAGE_SIZE * 2):
             store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])
         peer = _PagedPeer()
-        done = delivery.catch_up(peer, "bob")
+        done = delivery.catch_up(peer, Reader("bob"))
         peer.drained[0].callback(False)
         self.successResultOf(done)
         self.assertEqual(len(peer.pages), 1)

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from twisted.internet.address import IPv6Address
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import __version__
-from secmsg.limits import Limits, RateLimiter
+from secmsg.limits import Limits, RateLimiter, address_group
 from secmsg.policy import Rate
+from secmsg.protocol import describe_address
 from tests.harness import POLICY, Instance, LineClient, capture_log
 from tests.sessions import STAMP, Network, VerifiedTransport
+from tests.test_audit import record_events, records
 
 RATED = POLICY.replace("rate = 1000000", "rate = 2\nburst = 3")
 
@@ -75,6 +80,42 @@ class RateTests(SynchronousTestCase):
         self.alice.send(b"PING\nPING\nPING\n")
         self.assertEqual(self.alice.send("ACK 7")[0][:3], "404")
         self.assertEqual(self.alice.send("QUIT"), ["221 bye"])
+
+    def test_acknowledgements_do_not_wipe_the_slate(self) -> None:
+        """
+        An ACK between refused commands neither resets the count of 429s
+        in a row nor is refused itself while its own bucket lasts.
+        """
+        lines = self.alice.send((b"PING\n" * 9 + b"ACK 7\n") * 12)
+        self.assertEqual(lines[-1], "CLOSED 100 commands in a row past the rate")
+        self.assertTrue(self.alice.closed)
+
+    def test_bad_lines_cost_tokens_too(self) -> None:
+        """
+        Unknown verbs and malformed lines are charged: past the rate they
+        get 429, not a free answer.
+        """
+        lines = self.alice.send(b"FOO\n\xff\nMSG\nBAR\n")
+        self.assertEqual(
+            lines,
+            [
+                "405 unknown command FOO",
+                "400 invalid UTF-8",
+                "400 usage: MSG <identity> <text>",
+                "429 slow down; retry in 500 ms",
+            ],
+        )
+
+    def test_a_run_of_429s_is_one_audit_record(self) -> None:
+        """
+        A client hammering past its rate leaves one rate_limited record for
+        the run, and one for being closed; not one per line.
+        """
+        buffer = record_events(self)
+        self.alice.send(b"PING\n" * 103)
+        events = [r["event"] for r in records(buffer)]
+        self.assertEqual(events.count("rate_limited"), 1)
+        self.assertEqual(events.count("session_closed"), 1)
 
     def test_a_client_that_does_not_slow_down_is_closed(self) -> None:
         """
@@ -240,6 +281,33 @@ class SessionLimitTests(SynchronousTestCase):
             [client.lost is None for client in clients], [True, False, False, False]
         )
 
+    def test_connections_not_logged_in_are_capped(self) -> None:
+        """
+        Past the handshake limit, connections from anywhere are dropped as
+        they arrive.
+        """
+        network = Network(limits=Limits(max_handshakes=3))
+        transports = []
+        for port in range(40000, 40004):
+            transport = VerifiedTransport([], port)
+            network.factory.buildProtocol(None).makeConnection(transport)
+            transports.append(transport)
+        self.assertEqual([t.disconnected for t in transports], [False] * 3 + [True])
+
+    def test_ipv6_addresses_count_by_their_64(self) -> None:
+        """
+        An IPv6 client cannot escape the per-address limit by changing the
+        low 64 bits of its address; IPv4 addresses count one by one.
+        """
+        self.assertEqual(
+            address_group("2001:db8:1:2:aaaa::1"), address_group("2001:db8:1:2::9")
+        )
+        self.assertEqual(address_group("2001:db8:1:2::9"), "2001:db8:1:2::/64")
+        self.assertEqual(address_group("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(
+            describe_address(IPv6Address("TCP", "::1", 7443)), "[::1]:7443"
+        )
+
     def test_connection_flood_is_dropped_before_its_handshake(self) -> None:
         """
         Past twice the per-address limit, connections from that address are
@@ -305,6 +373,34 @@ class RoomRuleTests(SynchronousTestCase):
         self.assertEqual(self.admin.send("SAY #news release today"), ["250 1"])
         self.assertEqual(
             self.alice.take(), [f"SAY 1 {STAMP} #news admin release today"]
+        )
+
+    def test_rights_of_another_certificate_do_not_open_the_mailbox(self) -> None:
+        """
+        A room message kept for dave, who read it as an admin by his OU=ops
+        certificate, is not sent to his session with a plain certificate,
+        which may not read the room; it waits for one that may.
+        """
+        network = Network(
+            ROOMS.replace(
+                "[identities]",
+                '[[rules]]\nsubject = { OU = "ops" }\n'
+                'roles = ["admin"]\n\n[identities]',
+            )
+        )
+        ops = (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"),)
+        as_ops = network.ca.issue("dave", subject=ops).certificate
+        dave = network.connect("dave", certificate=as_ops)
+        admin = network.connect("admin")
+        dave.send("JOIN #ops-db")
+        admin.send("JOIN #ops-db")
+        admin.send("SAY #ops-db secret plan")
+        dave.protocol.connectionLost(None)
+        plain = network.connect("dave")
+        self.assertEqual(len(plain.take()), 1, "the greeting and nothing else")
+        again = network.connect("dave", certificate=as_ops)
+        self.assertEqual(
+            again.take()[1:], [f"REDELIVERED SAY 1 {STAMP} #ops-db admin secret plan"]
         )
 
     def test_member_without_read_gets_no_messages_nor_history(self) -> None:

@@ -158,7 +158,8 @@ class DryRunTests(SynchronousTestCase):
         self.assertEqual(len(reply), 2)
         self.assertRegex(
             reply[0],
-            r"^211-bob \(127\.0\.0\.1:\d+\) loses HISTORY,JOIN,MSG,PART,ROOMS,SAY$",
+            r"^211-bob \(127\.0\.0\.1:\d+\) roles user -> guest; "
+            r"loses HISTORY,JOIN,MSG,PART,ROOMS,SAY$",
         )
         self.assertEqual(
             reply[1], "211 a reload would change 1 of 2 sessions; nothing changed"
@@ -177,6 +178,24 @@ class DryRunTests(SynchronousTestCase):
         self.assertRegex(reply[0], r"^211-close bob \(127\.0\.0\.1:\d+\): revoked$")
         self.assertEqual(self.bob.take(), [])
         self.assertIsNone(self.bob.lost)
+
+    def test_reload_that_takes_join_away_takes_the_session_out(self) -> None:
+        """
+        bob demoted to a role without JOIN is taken out of his rooms too,
+        rather than left in one he could not leave.
+        """
+        self.bob.send("JOIN #general")
+        self.instance.flush()
+        self.bob.take()
+        self.instance.write(
+            "policy.toml", POLICY.replace('bob = ["user"]', 'bob = ["guest"]').encode()
+        )
+        self.ask("RELOAD")
+        self.assertEqual(
+            self.bob.take(),
+            ["NOTICE you have left #general: the policy no longer lets you join it"],
+        )
+        self.assertEqual(self.ask("ROOMS"), ["211 0 rooms"])
 
     def test_reload_takes_sessions_out_of_rooms_they_may_no_longer_join(self) -> None:
         """
@@ -232,7 +251,9 @@ class StaleCRLTests(SynchronousTestCase):
         self.assertTrue(instance.connect(instance.ca.issue("alice")).greeted)
         self.assertFalse(instance.connect(revoked).greeted)
         self.assertIn("revoked", log[-1])
-        CRLFreshnessService(instance.daemon.tls, instance.clock).check()
+        CRLFreshnessService(
+            instance.daemon.tls, instance.clock, instance.daemon.reloader.recheck
+        ).check()
         self.assertIn("is past its next update", log[-1])
 
     def test_live_session_rechecked_against_a_stale_crl(self) -> None:
@@ -262,3 +283,41 @@ class StaleCRLTests(SynchronousTestCase):
         instance.daemon.reloader.reload()
         self.assertFalse(instance.connect(instance.ca.issue("alice")).greeted)
         self.assertIn("revocation status unknown", log[-1])
+
+    def test_refuse_mode_closes_live_sessions_when_the_crl_goes_stale(self) -> None:
+        """
+        With stale-crl = refuse, the hourly check closes the sessions a CRL
+        that has gone stale covers, as their new handshakes would be.
+        """
+        instance = Instance(self, refuse_on_stale_crl=True)
+        alice = instance.connect(instance.ca.issue("alice"))
+        alice.take()
+        self.stale(instance)
+        instance.daemon.reloader.reload()
+        self.assertEqual(alice.take(), [])
+        CRLFreshnessService(
+            instance.daemon.tls, instance.clock, instance.daemon.reloader.recheck
+        ).check()
+        instance.flush()
+        self.assertEqual(alice.take(), ["CLOSED revocation status unknown"])
+
+    def test_recheck_under_a_stale_crl_still_needs_every_crl(self) -> None:
+        """
+        A live session under an intermediate CA is closed at a reload whose
+        CRL file holds only the intermediate's CRL, stale: the root's CRL
+        is missing, as a new handshake would find.
+        """
+        instance = Instance(self)
+        intermediate = instance.ca.intermediate("secmsg issuing CA")
+        instance.write("ca.pem", instance.ca.pem + intermediate.pem)
+        instance.write("crl.pem", instance.ca.crl_pem() + intermediate.crl_pem())
+        admin = instance.connect(instance.ca.issue("admin"))
+        instance.daemon.reloader.reload()
+        bob = instance.connect(intermediate.issue("bob"))
+        self.assertTrue(bob.greeted)
+        instance.write(
+            "crl.pem", intermediate.crl_pem(next_update=timedelta(minutes=-30))
+        )
+        admin.send("RELOAD")
+        instance.flush()
+        self.assertEqual(bob.take()[-1], "CLOSED revocation status unknown")
