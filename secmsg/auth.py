@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from twisted.cred.checkers import ICredentialsChecker
@@ -20,11 +21,12 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
+from twisted.web.resource import IResource
 from zope.interface import Attribute, implementer
 
 from secmsg.errors import CertificateRefused, NotPermitted
 from secmsg.identity import IdentityRule
-from secmsg.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.interfaces import IHub, ISessionAvatar
 from secmsg.policy import Grant, Policy
 
 
@@ -134,35 +136,46 @@ def _roles_phrase(roles: tuple[str, ...]) -> str:
     return f"{noun} {', '.join(roles)}"
 
 
+WebAvatar = Callable[[SessionAvatar, Any], IResource]
+"""Makes the admin interface's resource for an avatar and the web client
+(the mind) it serves."""
+
+
 @implementer(IRealm)
 class PolicyRealm:
     """
     Gives each identity a L{SessionAvatar} by the current policy and its
-    certificate, and registers its session with the hub for as long as the
-    login lasts.
+    certificate.  For the line protocol it registers the session with the
+    hub for as long as the login lasts; for the admin interface it wraps
+    the same avatar in a web resource, so that both are authorized by the
+    same grant.
 
     @ivar policy: the policy in force; a reload replaces it.
     """
 
-    def __init__(self, policy: Policy, hub: IHub) -> None:
+    def __init__(self, policy: Policy, hub: IHub, web: WebAvatar | None = None) -> None:
         self.policy = policy
         self._hub = hub
+        self._web = web
 
     def requestAvatar(
-        self, avatarId: str, mind: IPeer, *interfaces: type
-    ) -> tuple[type, SessionAvatar, Callable[[], None]]:
+        self, avatarId: str, mind: Any, *interfaces: type
+    ) -> tuple[type, object, Callable[[], None]]:
         """
-        The avatar for C{avatarId}, attached to the hub with C{mind} as its
-        peer, and the logout that detaches it.  Rules on certificate
-        attributes are read from the leaf of the mind's verified chain.
+        The avatar for C{avatarId} as the interface asked for, and its
+        logout.  Rules on certificate attributes are read from the leaf of
+        the mind's verified chain.
 
+        @param mind: the L{IPeer} of a line session, or the web client.
         @raise UnauthorizedLogin: the policy gives the identity no role.
         """
-        if ISessionAvatar not in interfaces:
-            raise NotImplementedError("secmsg only provides ISessionAvatar")
         grant = self.policy.grant_for(avatarId, mind.certificate_chain[0])
         if grant is None:
             raise UnauthorizedLogin(f"the policy gives {avatarId} no role")
         avatar = SessionAvatar(avatarId, grant)
-        self._hub.attach(avatar, mind)
-        return ISessionAvatar, avatar, lambda: self._hub.detach(mind)
+        if ISessionAvatar in interfaces:
+            self._hub.attach(avatar, mind)
+            return ISessionAvatar, avatar, lambda: self._hub.detach(mind)
+        if IResource in interfaces and self._web is not None:
+            return IResource, self._web(avatar, mind), lambda: None
+        raise NotImplementedError("secmsg provides ISessionAvatar and IResource")

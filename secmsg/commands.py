@@ -207,17 +207,8 @@ class Commands:
         return wire.listing(211, lines, f"{len(lines)} rooms")
 
     def kick(self, session: Session, identity: str, reason: str = "") -> bytes:
-        by = session.avatar.identity
-        count = self._hub.kick(identity, by, reason or "no reason given")
-        if not count:
-            raise NotFound(f"{identity} is not online")
-        audit(
-            "kick",
-            "{by} kicked {target} from {count} session(s)",
-            by=by,
-            peer=session.address,
-            target=identity,
-            count=count,
+        count = kick_identity(
+            self._hub, session.avatar.identity, session.address, identity, reason
         )
         sessions = "1 session" if count == 1 else f"{count} sessions"
         return wire.reply(200, f"kicked {identity} ({sessions})")
@@ -268,31 +259,8 @@ class Commands:
         return result.addErrback(refused)
 
     def reload(self, session: Session, mode: str = "") -> bytes:
-        identity = session.avatar.identity
         dry = mode == "DRY"
-        try:
-            report = self._reload(dry)
-        except ConfigurationError as error:
-            audit(
-                "reload",
-                "reload by {by} failed, configuration unchanged: {error}",
-                LogLevel.error,
-                by=identity,
-                dry=dry,
-                outcome="failed",
-                error=str(error),
-            )
-            raise ServerFault(
-                f"reload failed, configuration unchanged: {error}"
-            ) from None
-        audit(
-            "reload",
-            "reload dry run by {by}: {summary}" if dry else "reload by {by}: {summary}",
-            by=identity,
-            dry=dry,
-            outcome="ok",
-            summary=report.summary(),
-        )
+        report = reload_as(self._reload, session.avatar.identity, dry)
         if dry:
             return wire.listing(
                 211,
@@ -301,3 +269,59 @@ class Commands:
                 f"{report.checked} sessions; nothing changed",
             )
         return wire.reply(200, report.summary())
+
+
+def kick_identity(hub: IHub, by: str, peer: str, identity: str, reason: str) -> int:
+    """
+    Close every session of C{identity}, telling each who kicked it and
+    why, and record it; for KICK and the admin interface alike.
+
+    @param peer: where the kicker is connected from.
+    @return: how many sessions were closed.
+    @raise NotFound: the identity has no session.
+    """
+    count = hub.kick(identity, by, reason or "no reason given")
+    if not count:
+        raise NotFound(f"{identity} is not online")
+    audit(
+        "kick",
+        "{by} kicked {target} from {count} session(s)",
+        by=by,
+        peer=peer,
+        target=identity,
+        count=count,
+    )
+    return count
+
+
+def reload_as(
+    reload: Callable[[bool], ReloadReport], by: str, dry: bool
+) -> ReloadReport:
+    """
+    Reload (or with C{dry} only judge) on behalf of C{by}, and record it;
+    for RELOAD and the admin interface alike.
+
+    @raise ServerFault: a file is missing or invalid; nothing changed.
+    """
+    try:
+        report = reload(dry)
+    except ConfigurationError as error:
+        audit(
+            "reload",
+            "reload by {by} failed, configuration unchanged: {error}",
+            LogLevel.error,
+            by=by,
+            dry=dry,
+            outcome="failed",
+            error=str(error),
+        )
+        raise ServerFault(f"reload failed, configuration unchanged: {error}") from None
+    audit(
+        "reload",
+        "reload dry run by {by}: {summary}" if dry else "reload by {by}: {summary}",
+        by=by,
+        dry=dry,
+        outcome="ok",
+        summary=report.summary(),
+    )
+    return report

@@ -22,6 +22,7 @@ from secmsg import wire
 from secmsg.clock import clock_time
 from secmsg.interfaces import IHub, IMessageStore, IPeer, ISessionAvatar
 from secmsg.messages import Draft, Kind, Stored
+from secmsg.metrics import Metrics
 
 log = Logger()
 
@@ -45,11 +46,13 @@ class Delivery:
         store: IMessageStore,
         clock: IReactorTime,
         listed: Callable[[], Collection[str]],
+        metrics: Metrics,
     ) -> None:
         self._hub = hub
         self._store = store
         self._clock = clock
         self._listed = listed
+        self._metrics = metrics
 
     def is_known(self, identity: str) -> bool:
         """
@@ -63,19 +66,31 @@ class Delivery:
         )
 
     def send(
-        self, kind: Kind, sender: IPeer, identity: str, target: str, text: str
+        self,
+        kind: Kind,
+        sender: IPeer | None,
+        identity: str,
+        target: str,
+        text: str,
     ) -> defer.Deferred[Stored]:
         """
         Store a message with an entry for each recipient, then push it.
 
-        @param sender: the sending session, which a room message skips.
+        @param sender: the sending session, which a room message skips;
+            L{None} for a message sent through the admin interface.
         @return: fires with the stored message once it is committed.
         """
         recipients = self._recipients(kind, identity, target)
         draft = Draft(kind, identity, target, text, clock_time(self._clock))
+        started = self._clock.seconds()
         accepted = self._store.accept(draft, sorted(recipients))
+        accepted.addCallback(self._committed, started)
         accepted.addCallback(self._push, sender, recipients)
         return accepted
+
+    def _committed(self, message: Stored, started: float) -> Stored:
+        self._metrics.store_latency(self._clock.seconds() - started)
+        return message
 
     def _recipients(self, kind: Kind, identity: str, target: str) -> set[str]:
         if kind is Kind.DIRECT:
@@ -90,9 +105,12 @@ class Delivery:
             }
         return everyone - {identity}
 
-    def _push(self, message: Stored, sender: IPeer, recipients: set[str]) -> Stored:
+    def _push(
+        self, message: Stored, sender: IPeer | None, recipients: set[str]
+    ) -> Stored:
         exclude = sender if message.kind is Kind.ROOM else None
         reached = self._hub.deliver(message, exclude) & recipients
+        self._metrics.message(1, len(reached), len(recipients - reached))
         if reached:
             self._note_delivered([(identity, message.id) for identity in reached])
         return message

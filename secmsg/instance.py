@@ -45,7 +45,9 @@ commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]
-commands = ["KICK", "BROADCAST", "RELOAD"]
+# METRICS has no line of its own: it lets the admin interface's /metrics
+# be read.
+commands = ["KICK", "BROADCAST", "RELOAD", "METRICS"]
 
 # Roles by what a certificate says, for an identity not under [identities];
 # every rule it matches adds its roles.  See docs/policy.md.

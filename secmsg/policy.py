@@ -149,6 +149,13 @@ class Grant:
     granted_by: str
 
 
+ADMIN_ONLY_COMMANDS = frozenset({"METRICS"})
+"""Commands a policy may grant that have no line of their own: reading
+the admin interface's /metrics."""
+
+GRANTABLE = COMMAND_NAMES | ADMIN_ONLY_COMMANDS
+"""Every command name a role may grant."""
+
 ALWAYS_GRANTED = frozenset({"ACK"})
 """Commands every admitted identity has, whatever its roles: ACK only
 touches one's own mailbox, and without it every message would come back
@@ -275,11 +282,11 @@ def _declared_roles(roles: Mapping[str, Any], fail: _Fail) -> _Declared:
         role = _table(role, where, fail)
         _only_keys(role, {"commands", "inherits", "rate", "burst"}, where, fail)
         commands = _names(role.get("commands", []), f"{where} commands", fail)
-        unknown = sorted(set(commands) - COMMAND_NAMES)
+        unknown = sorted(set(commands) - GRANTABLE)
         if unknown:
             raise fail(
                 f"{where} grants unknown command {', '.join(unknown)}; "
-                f"known commands: {', '.join(sorted(COMMAND_NAMES))}"
+                f"known commands: {', '.join(sorted(GRANTABLE))}"
             )
         inherits = _names(role.get("inherits", []), f"{where} inherits", fail)
         declared[name] = (

@@ -57,6 +57,7 @@ from secmsg.limits import (
     acknowledgement_rate,
     address_group,
 )
+from secmsg.metrics import Metrics
 from secmsg.tls import refusal_for_handshake_failure
 
 log = Logger()
@@ -104,6 +105,7 @@ class _Reply:
     the session ends after it (QUIT).
     """
 
+    verb: str
     finishes: bool
     data: bytes | None = None
     last_words: str | None = None
@@ -155,12 +157,14 @@ class SessionProtocol(Protocol):
         max_line_length: int,
         limits: Limits,
         rate_limiter: RateLimiter,
+        metrics: Metrics,
     ) -> None:
         self._portal = portal
         self._commands = commands
         self._clock = clock
         self._limits = limits
         self._rate_limiter = rate_limiter
+        self._metrics = metrics
         self._framer = wire.LineFramer(max_line_length)
         self._frames: deque[bytes | object] = deque()
         self._paused = False
@@ -211,6 +215,7 @@ class SessionProtocol(Protocol):
                     reason=refusal,
                 )
             self._dropped_at_connect = True
+            self._metrics.handshake("connection limit")
             self._drop()
             return
         self._after(self._limits.handshake_timeout, self._handshake_too_slow)
@@ -261,6 +266,7 @@ class SessionProtocol(Protocol):
         refusal = self.factory.session_admitted(self, avatar.identity)
         if refusal is not None:
             logout()
+            self._metrics.handshake("session limit")
             audit(
                 "limit_reached",
                 "refused a session of {identity} from {peer}: {reason}",
@@ -273,6 +279,7 @@ class SessionProtocol(Protocol):
             self._end()
             return
         self.avatar, self._logout = avatar, logout
+        self._metrics.handshake("accepted")
         grant = avatar.grant
         audit(
             "login",
@@ -346,6 +353,7 @@ class SessionProtocol(Protocol):
         else:
             log.failure("login failed", failure)
             reason = "internal error during login"
+        self._metrics.handshake("login refused")
         audit(
             "login_refused",
             "refused login from {peer}: subject {subject}: {reason}",
@@ -471,7 +479,7 @@ class SessionProtocol(Protocol):
             if verb not in RATE_EXEMPT:
                 # ACK and QUIT cost nothing, so they wipe no slate clean.
                 self._bad_lines = self._rate_refusals = 0
-        entry = _Reply(finishes=self._finishing, last_words=self._last_words)
+        entry = _Reply(verb, self._finishing, last_words=self._last_words)
         self._replies.append(entry)
         if isinstance(response, defer.Deferred):
             response.addErrback(self._failed, verb)
@@ -555,6 +563,7 @@ class SessionProtocol(Protocol):
             if self._paused and self._over_backlog(len(ready.data), "its replies"):
                 return
             self.transport.write(ready.data)
+            self._metrics.command(ready.verb, ready.data[:3].decode("ascii"))
             if ready.finishes:
                 if ready.last_words is not None:
                     self.transport.write(wire.push("CLOSED", ready.last_words))
@@ -575,6 +584,7 @@ class SessionProtocol(Protocol):
                 rule=error.rule,
             )
         elif isinstance(error, RateLimited):
+            self._metrics.rate_limited(verb)
             if self._rate_refusals > 1:
                 # One record for a run of them; the run's end is recorded
                 # if it closes the session.
@@ -746,6 +756,7 @@ class SessionProtocol(Protocol):
             and self.factory.anonymous_records.allow()
         ):
             refusal = self._refusal or refusal_for_handshake_failure(reason)
+            self._metrics.handshake(refusal.reason.value)
             audit(
                 "handshake_refused",
                 "refused handshake from {peer}: subject {subject}: {reason}",
@@ -781,12 +792,14 @@ class SessionFactory(Factory):
         commands: Commands,
         clock: IReactorTime,
         limits: Limits,
+        metrics: Metrics,
         max_line_length: int = wire.MAX_LINE_LENGTH,
     ) -> None:
         self._portal = portal
         self._commands = commands
         self._clock = clock
         self._limits = limits
+        self._metrics = metrics
         self._max_line_length = max_line_length
         self._rate_limiter = RateLimiter(clock)
         self.anonymous_records = RecordBudget(clock, "handshake_refused")
@@ -805,9 +818,17 @@ class SessionFactory(Factory):
             self._max_line_length,
             self._limits,
             self._rate_limiter,
+            self._metrics,
         )
         protocol.factory = self
         return protocol
+
+    @property
+    def session_count(self) -> int:
+        """
+        How many sessions are logged in now.
+        """
+        return len(self._admitted)
 
     def session_started(self, protocol: SessionProtocol) -> str | None:
         """

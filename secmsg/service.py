@@ -78,14 +78,12 @@ class SecmsgService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        failures: list[Failure] = []
-        self._endpoint.listen(self._factory).addCallbacks(
-            self._listening, failures.append
+        self._port = listen_or_exit(self._endpoint, self._factory)
+        log.info(
+            "secmsg {version} listening on {address}",
+            version=__version__,
+            address=describe_address(self._port.getHost()),
         )
-        if failures:
-            raise SystemExit(
-                f"secmsg: cannot start: cannot listen: {failures[0].getErrorMessage()}"
-            )
 
     def startService(self) -> None:
         super().startService()
@@ -123,14 +121,6 @@ class SecmsgService(Service):
             summary=report.summary(),
         )
 
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
-        log.info(
-            "secmsg {version} listening on {address}",
-            version=__version__,
-            address=describe_address(port.getHost()),
-        )
-
     def stopService(self) -> defer.Deferred[None]:
         """
         Stop listening, tell every session C{CLOSED server shutting down},
@@ -150,6 +140,47 @@ class SecmsgService(Service):
         closed.addCallback(lambda _: self._store.close())
         waits = [closed] if stopped is None else [stopped, closed]
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListeningPort:
+    """
+    Listen at once, or stop the daemon with one line: TCP endpoints listen
+    synchronously, so the outcome is known before this returns.
+    """
+    outcome: list[IListeningPort | Failure] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome or isinstance(outcome[0], Failure):
+        problem = outcome[0].getErrorMessage() if outcome else "no answer"
+        raise SystemExit(f"secmsg: cannot start: cannot listen: {problem}")
+    return outcome[0]
+
+
+class AdminService(Service):
+    """
+    Serves the HTTPS admin interface on its own endpoint while the daemon
+    runs; a port that cannot be bound stops the daemon, as the main one
+    does.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._port = listen_or_exit(self._endpoint, self._factory)
+        log.info(
+            "admin interface listening on https://{address}/",
+            address=describe_address(self._port.getHost()),
+        )
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return defer.maybeDeferred(port.stopListening)
 
 
 class StoreService(Service):

@@ -45,6 +45,8 @@ OPTIONS = (
     "max-sessions-per-address",
     "max-handshakes",
     "stale-crl",
+    "admin-port",
+    "admin-interface",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -75,6 +77,8 @@ class Settings:
     history_max: int = HISTORY_MAX
     limits: Limits = field(default_factory=Limits)
     refuse_on_stale_crl: bool = False
+    admin_port: int | None = None
+    admin_interface: str = "127.0.0.1"
 
 
 def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
@@ -123,6 +127,12 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             merged, origins, "stale-crl", STALE_CRL_CHOICES, "serve"
         )
         == "refuse",
+        admin_port=(
+            _integer(merged, origins, "admin-port", 0, 0, 65535)
+            if "admin-port" in merged
+            else None
+        ),
+        admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
     )
 
 

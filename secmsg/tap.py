@@ -15,11 +15,12 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from secmsg.admin import AdminApi, CertificateGuard, admin_site
 from secmsg.auth import CertificateChecker, PolicyRealm
 from secmsg.clock import clock_time
 from secmsg.commands import Commands
@@ -29,9 +30,11 @@ from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
 from secmsg.limits import raise_open_file_limit
+from secmsg.metrics import Metrics
 from secmsg.protocol import SessionFactory
 from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
 from secmsg.service import (
+    AdminService,
     AuditService,
     CRLFreshnessService,
     RetentionService,
@@ -114,6 +117,18 @@ class Options(usage.Options):
             "Sessions from one address at once. [default: 64]",
         ],
         [
+            "admin-port",
+            None,
+            None,
+            "TCP port of the HTTPS admin interface. [default: off]",
+        ],
+        [
+            "admin-interface",
+            None,
+            None,
+            "Address the admin interface listens on. [default: 127.0.0.1]",
+        ],
+        [
             "max-handshakes",
             None,
             None,
@@ -154,12 +169,17 @@ class Daemon:
     @ivar sessions: the session factory inside it, which can close them all.
     @ivar reloader: what RELOAD and SIGHUP call.
     @ivar tls: the server TLS in force, whose CRLs are watched.
+    @ivar metrics: what the daemon counts.
+    @ivar admin: the TLS-wrapped factory of the admin interface, for when
+        it listens.
     """
 
     factory: TLSMemoryBIOFactory
     sessions: SessionFactory
     reloader: Reloader
     tls: VerifyingServerTLS
+    metrics: Metrics
+    admin: TLSMemoryBIOFactory
 
 
 def build_daemon(
@@ -181,16 +201,29 @@ def build_daemon(
     rule = IdentityRule(settings.identity)
     hub = InProcessHub()
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
-    realm = PolicyRealm(live.policy, hub)
+    # The admin interface's operations need the reloader, which needs the
+    # realm: the realm finds them when the first request comes.
+    realm = PolicyRealm(
+        live.policy, hub, lambda avatar, client: admin.resource_for(avatar, client)
+    )
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
-    delivery = Delivery(hub, store, clock, lambda: realm.policy.identities)
+    metrics = Metrics()
+    delivery = Delivery(hub, store, clock, lambda: realm.policy.identities, metrics)
     commands = Commands(hub, store, delivery, reloader.reload, settings.history_max)
     sessions = SessionFactory(
-        portal, commands, clock, settings.limits, settings.max_line_length
+        portal, commands, clock, settings.limits, metrics, settings.max_line_length
     )
+    metrics.count_sessions(lambda: sessions.session_count)
+    admin = AdminApi(hub, delivery, reloader.reload, metrics, settings.max_line_length)
+    site = admin_site(CertificateGuard(portal))
     return Daemon(
-        TLSMemoryBIOFactory(tls, False, sessions, clock), sessions, reloader, tls
+        TLSMemoryBIOFactory(tls, False, sessions, clock),
+        sessions,
+        reloader,
+        tls,
+        metrics,
+        TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
     )
 
 
@@ -214,12 +247,7 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     open_database(path).close()
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
-    endpoint_type = (
-        TCP6ServerEndpoint if ":" in settings.interface else TCP4ServerEndpoint
-    )
-    endpoint = endpoint_type(
-        reactor, settings.port, backlog=LISTEN_BACKLOG, interface=settings.interface
-    )
+    endpoint = _endpoint(reactor, settings.interface, settings.port)
     service = MultiService()
     AuditService(settings.data_dir, globalLogPublisher).setServiceParent(service)
     StoreService(store).setServiceParent(service)
@@ -235,4 +263,14 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(
         service
     )
+    if settings.admin_port is not None:
+        AdminService(
+            _endpoint(reactor, settings.admin_interface, settings.admin_port),
+            daemon.admin,
+        ).setServiceParent(service)
     return service
+
+
+def _endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
+    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+    return endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)

@@ -505,10 +505,28 @@ class VerifyingServerTLS:
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:
         """
-        A new connection whose verify callback tells the wrapped protocol,
-        if it listens, why it refused a certificate.  A handshake that
-        began before a reload and ends after it is judged by the reloaded
-        CAs and CRLs too, so that no connection slips through that window.
+        A new connection that requires a client certificate.
+        """
+        return self.connection(tlsProtocol, _VERIFY_MODE)
+
+    def optional_certificate(self) -> IOpenSSLServerConnectionCreator:
+        """
+        A connection creator for the same context and checks that lets a
+        client without a certificate finish its handshake (the admin
+        interface answers it 401 in words), while a certificate that is
+        presented and refused still ends the handshake.
+        """
+        return _OptionalCertificate(self)
+
+    def connection(
+        self, tlsProtocol: TLSMemoryBIOProtocol, mode: int
+    ) -> SSL.Connection:
+        """
+        A new connection verifying with C{mode}, whose verify callback
+        tells the wrapped protocol, if it listens, why it refused a
+        certificate.  A handshake that began before a reload and ends after
+        it is judged by the reloaded CAs and CRLs too, so that no
+        connection slips through that window.
         """
         built_with = self._tls
         connection = SSL.Connection(built_with.context, None)
@@ -520,12 +538,27 @@ class VerifyingServerTLS:
 
         observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
         connection.set_verify(
-            _VERIFY_MODE,
+            mode,
             _PeerVerifier(
                 observer, self._leaf_check, stale_check, built_with.trust.tolerated
             ),
         )
         return connection
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _OptionalCertificate:
+    """
+    See L{VerifyingServerTLS.optional_certificate}.
+    """
+
+    def __init__(self, verifying: VerifyingServerTLS) -> None:
+        self._verifying = verifying
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        return self._verifying.connection(tlsProtocol, SSL.VERIFY_PEER)
 
 
 def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:

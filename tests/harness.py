@@ -46,7 +46,7 @@ commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]
-commands = ["KICK", "BROADCAST", "RELOAD"]
+commands = ["KICK", "BROADCAST", "RELOAD", "METRICS"]
 
 [identities]
 admin = ["admin"]
@@ -204,19 +204,24 @@ class Instance:
         return client
 
     def connect_protocol(
-        self, client: Protocol, options: IOpenSSLClientConnectionCreator
+        self,
+        client: Protocol,
+        options: IOpenSSLClientConnectionCreator,
+        server: TLSMemoryBIOFactory | None = None,
     ) -> None:
         """
-        Connect any client protocol over TLS with the given options; bytes
-        move when L{flush} is called.
+        Connect any client protocol over TLS with the given options, to the
+        daemon's line protocol or to C{server}; bytes move when L{flush} is
+        called.
         """
+        server = server or self.daemon.factory
         client_factory = TLSMemoryBIOFactory(
             options, True, Factory.forProtocol(lambda: client), self.clock
         )
         peer = IPv4Address("TCP", "127.0.0.1", next(self._ports))
         host = IPv4Address("TCP", "127.0.0.1", 7443)
         _, _, pump = connectedServerAndClient(
-            lambda: self.daemon.factory.buildProtocol(peer),
+            lambda: server.buildProtocol(peer),
             lambda: client_factory.buildProtocol(host),
             serverTransportFactory=lambda p: FakeTransport(p, True, host, peer),
             clientTransportFactory=lambda p: FakeTransport(p, False, peer, host),

@@ -26,6 +26,7 @@ from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
 from secmsg.limits import Limits
+from secmsg.metrics import Metrics
 from secmsg.policy import parse_policy
 from secmsg.protocol import SessionFactory, SessionProtocol
 from secmsg.reload import ReloadReport
@@ -108,8 +109,13 @@ class Network:
         portal = Portal(realm, [checker or CertificateChecker(IdentityRule())])
         self.clock = Clock()
         self.clock.advance(MOMENT.timestamp())
+        self.metrics = Metrics()
         delivery = Delivery(
-            self.hub, self.store, self.clock, lambda: realm.policy.identities
+            self.hub,
+            self.store,
+            self.clock,
+            lambda: realm.policy.identities,
+            self.metrics,
         )
         commands = Commands(
             self.hub,
@@ -118,7 +124,9 @@ class Network:
             reload or (lambda dry: ReloadReport(dry)),
             200,
         )
-        self.factory = SessionFactory(portal, commands, self.clock, limits or Limits())
+        self.factory = SessionFactory(
+            portal, commands, self.clock, limits or Limits(), self.metrics
+        )
         self._ports = iter(range(50000, 60000))
 
     def connect(

@@ -75,13 +75,15 @@ class Daemon:
     A daemon process on an ephemeral loopback port, stopped at cleanup.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, directory: Path) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, directory: Path, *flags: str
+    ) -> None:
         self.directory = directory
         self.log: list[str] = []
         self._terminated = False
         self._drain: threading.Thread | None = None
         self.process = subprocess.Popen(
-            twistd(directory, "--port", "0"),
+            twistd(directory, "--port", "0", *flags),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             # Unbuffered, so that select() sees every line not yet read.
@@ -320,6 +322,74 @@ class DaemonTests(SynchronousTestCase):
             verify.stdout,
             "3 records, chain intact from the first record of the trail\n",
         )
+
+
+class AdminInterfaceTests(SynchronousTestCase):
+    """
+    The README's promise for the admin interface, with curl against the
+    real daemon.
+    """
+
+    def setUp(self) -> None:
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed")
+        self.directory = init_instance(self)
+        self.daemon = Daemon(self, self.directory, "--admin-port", "0")
+        line = self.daemon.wait_for("admin interface listening on https://")
+        self.admin_port = int(line.rsplit(":", 1)[1].rstrip("/"))
+
+    def curl(self, *arguments: str, path: str = "/v1/sessions") -> tuple[int, dict]:
+        result = subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--write-out",
+                "\n%{http_code}",
+                *arguments,
+                "--cacert",
+                str(self.directory / "ca.pem"),
+                f"https://localhost:{self.admin_port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE,
+            check=False,
+        )
+        body, _, status = result.stdout.rpartition("\n")
+        return int(status), json.loads(body)
+
+    def test_curl_lists_sessions_with_a_certificate_and_gets_401_without(self) -> None:
+        """
+        curl with the admin's certificate lists the live sessions; without
+        one it gets 401 and words; a user's may not kick: 403.
+        """
+        clients = self.directory / "clients"
+        with self.daemon.client("alice") as alice, alice.makefile("rb") as lines:
+            self.assertIn(b"you are alice", lines.readline())
+            status, body = self.curl(
+                "--cert",
+                str(clients / "admin.pem"),
+                "--key",
+                str(clients / "admin.key"),
+            )
+            self.assertEqual(status, 200)
+            self.assertEqual([s["identity"] for s in body["sessions"]], ["alice"])
+            status, body = self.curl()
+            self.assertEqual(status, 401)
+            self.assertIn("client certificate is required", body["detail"])
+            status, body = self.curl(
+                "--cert",
+                str(clients / "bob.pem"),
+                "--key",
+                str(clients / "bob.key"),
+                "--json",
+                '{"identity": "alice"}',
+                path="/v1/kick",
+            )
+            self.assertEqual(status, 403)
+            self.assertEqual(
+                body["detail"], "KICK not permitted for bob: not granted by role user"
+            )
 
 
 class StartupRefusalTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ from secmsg.commands import HISTORY_BYTES
 from secmsg.delivery import PAGE_SIZE, Delivery
 from secmsg.errors import StoreError
 from secmsg.messages import Draft, Kind, Stored
+from secmsg.metrics import Metrics
 from secmsg.store.memory import MemoryStore
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
@@ -407,7 +408,9 @@ class PagingTests(SynchronousTestCase):
         """
         store = MemoryStore()
         network = Network(store=store)
-        delivery = Delivery(network.hub, store, network.clock, lambda: {"bob"})
+        delivery = Delivery(
+            network.hub, store, network.clock, lambda: {"bob"}, Metrics()
+        )
         moment = clock_time(network.clock)
         for n in range(PAGE_SIZE + 5):
             store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])
@@ -430,7 +433,9 @@ class PagingTests(SynchronousTestCase):
         """
         store = MemoryStore()
         network = Network(store=store)
-        delivery = Delivery(network.hub, store, network.clock, lambda: {"bob"})
+        delivery = Delivery(
+            network.hub, store, network.clock, lambda: {"bob"}, Metrics()
+        )
         moment = clock_time(network.clock)
         for n in range(PAGE_SIZE * 2):
             store.accept(Draft(Kind.DIRECT, "alice", "bob", f"m{n}", moment), ["bob"])

@@ -1,0 +1,334 @@
+"""
+The HTTPS admin interface over real TLS in memory: who gets 401 and 403,
+what each endpoint does to the line sessions, the metrics, and the OpenAPI
+document checked against the answers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.admin import AdminApi
+from secmsg.client_tls import client_tls_options
+from tests.certs import Pair
+from tests.harness import Instance
+from tests.test_audit import record_events, records
+
+OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpClient(Protocol):
+    """
+    Sends one HTTP/1.1 request and keeps what comes back until the server
+    closes.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+    def response(self) -> Response:
+        head, _, body = self.received.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return Response(int(status_line.split()[1]), headers, body)
+
+
+class AdminClient:
+    """
+    Requests to an in-memory daemon's admin interface, as a given
+    certificate (or none).
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+
+    def connect(
+        self, pair: Pair | None, method: str, path: str, body: bytes | None, kind: str
+    ) -> HttpClient:
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        if body is not None:
+            lines += [f"Content-Type: {kind}", f"Content-Length: {len(body)}"]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+        if pair is None:
+            options = optionsForClientTLS(
+                "localhost", trustRoot=Certificate.loadPEM(self.instance.ca.pem)
+            )
+        else:
+            options = client_tls_options(
+                "localhost", self.instance.ca.pem, pair.certificate_pem, pair.key_pem
+            )
+        client = HttpClient(request)
+        self.instance.connect_protocol(client, options, self.instance.daemon.admin)
+        self.instance.flush()
+        return client
+
+    def request(
+        self,
+        pair: Pair | None,
+        method: str,
+        path: str,
+        body: Any = None,
+        kind: str = "application/json",
+    ) -> Response:
+        raw = body if isinstance(body, bytes) or body is None else json.dumps(body)
+        if isinstance(raw, str):
+            raw = raw.encode()
+        return self.connect(pair, method, path, raw, kind).response()
+
+
+class AdminTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.instance = Instance(self)
+        self.web = AdminClient(self.instance)
+        ca = self.instance.ca
+        self.admin, self.alice, self.zoe = (
+            ca.issue("admin"),
+            ca.issue("alice"),
+            ca.issue("zoe"),
+        )
+
+    def test_no_certificate_is_401_in_words(self) -> None:
+        """
+        A request without a client certificate gets 401 with a JSON body
+        that says a certificate is needed and how to give one.
+        """
+        response = self.web.request(None, "GET", "/v1/sessions")
+        self.assertEqual(response.status, 401)
+        self.assertEqual(response.json()["error"], "unauthorized")
+        self.assertIn("a client certificate is required", response.json()["detail"])
+        self.assertIn("www-authenticate", response.headers)
+
+    def test_refused_certificate_never_gets_past_the_handshake(self) -> None:
+        """
+        A revoked certificate gets no HTTP answer at all.
+        """
+        self.instance.ca.revoke(self.alice)
+        self.instance.write("crl.pem", self.instance.ca.crl_pem())
+        self.instance.daemon.reloader.reload()
+        client = self.web.connect(self.alice, "GET", "/healthz", None, "")
+        self.assertEqual(client.received, b"")
+        self.assertIsNotNone(client.lost)
+
+    def test_outside_ones_roles_is_403_naming_the_rule(self) -> None:
+        """
+        zoe, a guest by default, may not kick: 403 with the rule, recorded
+        in the audit trail; but she may ask whether the daemon lives.
+        """
+        trail = record_events(self)
+        response = self.web.request(self.zoe, "POST", "/v1/kick", {"identity": "bob"})
+        self.assertEqual(response.status, 403)
+        self.assertEqual(
+            response.json()["detail"],
+            "KICK not permitted for zoe: not granted by role guest",
+        )
+        (denied,) = [r for r in records(trail) if r["event"] == "denied"]
+        self.assertEqual((denied["identity"], denied["verb"]), ("zoe", "KICK"))
+        health = self.web.request(self.zoe, "GET", "/healthz")
+        self.assertEqual(health.json(), {"status": "ok", "identity": "zoe"})
+
+    def test_admin_lists_and_kicks_a_line_session(self) -> None:
+        """
+        The admin sees alice's line session and kicks it: her client is
+        told KICKED, and the kick is recorded.
+        """
+        trail = record_events(self)
+        line = self.instance.connect(self.alice)
+        line.take()
+        sessions = self.web.request(self.admin, "GET", "/v1/sessions").json()
+        self.assertEqual(
+            [(s["identity"], s["roles"]) for s in sessions["sessions"]],
+            [("alice", ["user"])],
+        )
+        response = self.web.request(
+            self.admin, "POST", "/v1/kick", {"identity": "alice", "reason": "lunch"}
+        )
+        self.assertEqual(response.json(), {"kicked": "alice", "sessions": 1})
+        self.assertEqual(line.take(), ["KICKED admin lunch"])
+        (kick,) = [r for r in records(trail) if r["event"] == "kick"]
+        self.assertEqual((kick["by"], kick["target"]), ("admin", "alice"))
+        again = self.web.request(self.admin, "POST", "/v1/kick", {"identity": "alice"})
+        self.assertEqual(again.status, 404)
+
+    def test_reload_and_its_dry_run(self) -> None:
+        """
+        POST /v1/reload reloads, or with dry says what it would change; a
+        bad policy is a 500 with the reason and changes nothing.
+        """
+        self.instance.connect(self.alice)
+        dry = self.web.request(self.admin, "POST", "/v1/reload", {"dry": True})
+        self.assertEqual((dry.status, dry.json()["dry"]), (200, True))
+        done = self.web.request(self.admin, "POST", "/v1/reload", {})
+        self.assertEqual(done.json()["checked"], 1)
+        self.instance.write("policy.toml", b'[roles.a]\ninherits = ["a"]\n')
+        broken = self.web.request(self.admin, "POST", "/v1/reload", {})
+        self.assertEqual(broken.status, 500)
+        self.assertIn("inheritance cycle: a -> a", broken.json()["detail"])
+
+    def test_messages_and_broadcasts_reach_line_sessions(self) -> None:
+        """
+        A message posted by the admin reaches alice's line session as from
+        the admin; one to an unknown identity is 404.
+        """
+        line = self.instance.connect(self.alice)
+        line.take()
+        sent = self.web.request(
+            self.admin, "POST", "/v1/messages", {"to": "alice", "text": "hi"}
+        )
+        self.assertEqual(sent.json(), {"id": 1})
+        (push,) = line.take()
+        self.assertRegex(push, r"^MSG 1 \S+ admin hi$")
+        self.web.request(self.admin, "POST", "/v1/broadcast", {"text": "all hands"})
+        self.assertRegex(line.take()[0], r"^BROADCAST 2 \S+ admin all hands$")
+        unknown = self.web.request(
+            self.admin, "POST", "/v1/messages", {"to": "nobody", "text": "hi"}
+        )
+        self.assertEqual(unknown.status, 404)
+
+    def test_bad_requests_are_refused_in_words(self) -> None:
+        """
+        Unknown path 404, wrong method 405 with Allow, wrong content type
+        415, too big a body 413, not JSON or a bad field 400, a control
+        character in text 400.
+        """
+        cases = [
+            (("GET", "/v2/nothing"), 404),
+            (("POST", "/v1/sessions", {}), 405),
+            (("POST", "/v1/kick", b"identity=bob", "text/plain"), 415),
+            (("POST", "/v1/broadcast", {"text": "x" * 70000}), 413),
+            (("POST", "/v1/kick", b"{not json"), 400),
+            (("POST", "/v1/kick", {"identity": "no spaces"}), 400),
+            (("POST", "/v1/broadcast", {"text": "\x1b[2Jgotcha"}), 400),
+        ]
+        for arguments, status in cases:
+            response = self.web.request(self.admin, *arguments)
+            self.assertEqual(response.status, status, arguments)
+            self.assertEqual(response.json()["status"], status)
+        wrong = self.web.request(self.admin, "DELETE", "/v1/sessions")
+        self.assertEqual(wrong.headers["allow"], "GET")
+
+    def test_metrics_parse_and_move_with_traffic(self) -> None:
+        """
+        /metrics is Prometheus text that prometheus-client parses; sessions,
+        handshakes, commands and messages move when traffic flows; a user
+        may not read it.
+        """
+
+        def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            response = self.web.request(self.admin, "GET", "/metrics")
+            self.assertEqual(response.status, 200)
+            return {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(response.body.decode())
+                for sample in family.samples
+            }
+
+        before = samples()
+        self.assertEqual(before[("secmsg_sessions_open", ())], 0)
+        alice = self.instance.connect(self.alice)
+        self.instance.connect(self.instance.ca.issue("bob"))
+        alice.send("MSG bob hello")
+        self.instance.flush()
+        after = samples()
+        self.assertEqual(after[("secmsg_sessions_open", ())], 2)
+        self.assertEqual(
+            after[("secmsg_handshakes_total", (("outcome", "accepted"),))], 2
+        )
+        self.assertEqual(
+            after[("secmsg_commands_total", (("code", "250"), ("verb", "MSG")))], 1
+        )
+        self.assertEqual(after[("secmsg_messages_total", (("event", "delivered"),))], 1)
+        self.assertEqual(self.web.request(self.alice, "GET", "/metrics").status, 403)
+
+
+class OpenApiTests(SynchronousTestCase):
+    def test_the_document_matches_the_server(self) -> None:
+        """
+        docs/openapi.json is valid OpenAPI, names every path the server
+        serves, and each answer the server gives (to a request of each
+        kind, right and wrong) is documented, with a body of its schema.
+        """
+        document = json.loads(OPENAPI.read_text())
+        validate_spec(document)
+        instance = Instance(self)
+        web = AdminClient(instance)
+        served = AdminApi(None, None, None, None, 0).routes
+        self.assertEqual(set(document["paths"]), {path.decode() for path in served})
+        for path, methods in served.items():
+            self.assertEqual(
+                set(document["paths"][path.decode()]),
+                {method.decode().lower() for method in methods},
+            )
+        admin, zoe = instance.ca.issue("admin"), instance.ca.issue("zoe")
+        instance.connect(instance.ca.issue("alice"))
+        asked = [
+            (admin, "GET", "/v1/sessions", None),
+            (zoe, "GET", "/v1/sessions", None),
+            (None, "GET", "/v1/sessions", None),
+            (admin, "POST", "/v1/kick", {"identity": "alice"}),
+            (admin, "POST", "/v1/kick", {"identity": "alice"}),
+            (admin, "POST", "/v1/kick", {}),
+            (admin, "POST", "/v1/reload", {"dry": True}),
+            (admin, "POST", "/v1/broadcast", {"text": "hello"}),
+            (admin, "POST", "/v1/messages", {"to": "nobody", "text": "hi"}),
+            (admin, "POST", "/v1/messages", {"to": "alice", "text": "hi"}),
+            (admin, "GET", "/metrics", None),
+            (zoe, "GET", "/healthz", None),
+            (admin, "PUT", "/healthz", None),
+        ]
+        for pair, method, path, body in asked:
+            response = web.request(pair, method, path, body)
+            operations = document["paths"][path]
+            operation = operations.get(method.lower()) or next(
+                iter(operations.values())
+            )
+            documented = operation["responses"]
+            self.assertIn(str(response.status), documented, (method, path))
+            answer = documented[str(response.status)]
+            if "$ref" in answer:
+                answer = document["components"]["responses"]["Error"]
+            content = answer["content"]
+            if "application/json" in content:
+                schema = {
+                    **content["application/json"]["schema"],
+                    "components": document["components"],
+                }
+                Draft202012Validator(schema).validate(response.json())
+            else:
+                self.assertTrue(
+                    response.headers["content-type"].startswith("text/plain")
+                )
