@@ -24,9 +24,10 @@ $(SCAN_VENV)/installed:
 $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 	$(VENV)/bin/secmsg init $(INSTANCE)
 
-## Set up, make a development instance if there is none, and run the daemon.
+## Set up, make a development instance if there is none, and run the daemon;
+## FLAGS="--port 7500 --admin-port 7445" passes options to it.
 run: $(VENV)/installed $(INSTANCE)/secmsg.toml
-	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml
+	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml $(FLAGS)
 
 ## Set up with the test extras (and sslyze for the TLS scan), check the code
 ## with ruff, run the whole suite under pytest and again under trial, since

@@ -7,15 +7,25 @@ in through the same twisted.cred portal; the realm answers with an
 L{AdminResource} wrapped around the same kind of avatar a line session
 gets, so that an endpoint is allowed exactly when the policy grants its
 command (C{GET /v1/sessions} needs WHO, C{POST /v1/kick} needs KICK, and
-so on).  Without a certificate the answer is 401; with one the policy
-does not allow, 403 naming the rule.  Bodies and answers are JSON, errors
-have one shape: C{{"status": 403, "error": "forbidden", "detail": "..."}}.
+so on), and it draws on the identity's rate as its line sessions do.
+Without a certificate the answer is 401; with one the policy does not
+allow, 403 naming the rule.  Bodies and answers are JSON, errors have one
+shape: C{{"status": 403, "error": "forbidden", "detail": "..."}}.
+
+Each connection carries one request and is closed after its answer, so
+that every request is judged by a handshake against the trust in force
+(a reload that revokes a certificate leaves it no open connection to go
+on with), and a client cannot queue answers it never reads.  Connections
+are capped, in all and per address, and cut after L{CONNECTION_DEADLINE}.
 docs/admin-api.md and docs/openapi.json describe it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -25,28 +35,42 @@ from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
 
 from secmsg import wire
-from secmsg.audit import audit
+from secmsg.audit import RecordBudget, audit
 from secmsg.auth import SessionAvatar, VerifiedCertificate
 from secmsg.commands import kick_identity, reload_as
 from secmsg.delivery import Delivery
 from secmsg.errors import (
+    CertificateRefused,
     CommandError,
     Malformed,
     NotFound,
     NotPermitted,
     NotStored,
+    RateLimited,
     StoreError,
 )
-from secmsg.interfaces import IHub
+from secmsg.identity import describe_subject, fingerprint
+from secmsg.interfaces import IHandshakeObserver, IHub
+from secmsg.limits import Limits, RateLimiter, address_group
 from secmsg.messages import Kind, Stored
 from secmsg.metrics import CONTENT_TYPE, Metrics
 from secmsg.reload import ReloadReport
+from secmsg.tls import refusal_for_handshake_failure
 
 log = Logger()
 
@@ -54,8 +78,24 @@ MAX_BODY = 64 * 1024
 """Bytes a request body may hold; the rest is not kept, and the request
 gets 413."""
 
-REQUEST_TIMEOUT = 60
-"""Seconds an admin connection may stay idle before it is closed."""
+CONNECTION_DEADLINE = 30.0
+"""Seconds an admin connection may last, handshake, request and answer
+together; a client that dribbles bytes to hold it open is cut then."""
+
+_ERROR_WORDS = {
+    HTTPStatus.BAD_REQUEST: "bad request",
+    HTTPStatus.UNAUTHORIZED: "unauthorized",
+    HTTPStatus.FORBIDDEN: "forbidden",
+    HTTPStatus.NOT_FOUND: "not found",
+    HTTPStatus.METHOD_NOT_ALLOWED: "method not allowed",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "content too large",
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "unsupported media type",
+    HTTPStatus.TOO_MANY_REQUESTS: "too many requests",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "internal server error",
+    HTTPStatus.SERVICE_UNAVAILABLE: "service unavailable",
+}
+"""The C{error} word of each status, fixed here rather than taken from
+Python's phrases, which change between versions."""
 
 
 class BoundedRequest(server.Request):
@@ -66,6 +106,16 @@ class BoundedRequest(server.Request):
 
     too_large = False
     gone = False
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Keep the body in memory, never in a temporary file: at most
+        L{MAX_BODY} of it is kept, and a body declared longer is refused
+        as soon as it is read.
+        """
+        self.content = io.BytesIO()
+        if length is not None and length > MAX_BODY:
+            self.too_large = True
 
     def connectionLost(self, reason: Failure) -> None:
         self.gone = True
@@ -78,15 +128,120 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
 
-def admin_site(guard: Resource) -> server.Site:
+@implementer(IHandshakeObserver, IHandshakeListener)
+class AdminChannel(http.HTTPChannel):
     """
-    The admin interface's HTTP site, to be served over TLS.
+    An HTTP/1.1 connection of the admin interface, which learns from the
+    TLS layer why a certificate was refused, so that a refused handshake
+    is recorded as on the line port.
     """
-    site = server.Site(guard, timeout=REQUEST_TIMEOUT)
-    site.requestFactory = BoundedRequest
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+
+    site: AdminSite
+    _refusal: CertificateRefused | None = None
+    _handshake_done = False
+
+    def certificate_refused(self, refusal: CertificateRefused) -> None:
+        if self._refusal is None:
+            self._refusal = refusal
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self._handshake_done:
+            self.site.handshake_refused(
+                _described(self.transport.getPeer()),
+                self._refusal or refusal_for_handshake_failure(reason),
+            )
+        super().connectionLost(reason)
+
+
+class AdminSite(server.Site):
+    """
+    The admin interface's HTTP site, to be served over TLS: one request a
+    connection, bodies bounded, no tracebacks shown.
+    """
+
+    protocol = AdminChannel
+    requestFactory = BoundedRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(
+        self, guard: Resource, metrics: Metrics, anonymous_records: RecordBudget
+    ) -> None:
+        super().__init__(guard, timeout=CONNECTION_DEADLINE)
+        self._metrics = metrics
+        self._anonymous_records = anonymous_records
+
+    def handshake_refused(self, address: str, refusal: CertificateRefused) -> None:
+        """
+        Count and record a connection that did not get past TLS.
+        """
+        self._metrics.handshake(refusal.reason.value)
+        if self._anonymous_records.allow():
+            audit(
+                "handshake_refused",
+                "refused admin handshake from {peer}: subject {subject}: {reason}",
+                peer=address,
+                subject=refusal.subject or "(none)",
+                reason=refusal.describe(),
+            )
+
+
+class _DeadlineWrapper(ProtocolWrapper):
+    """
+    A connection that is aborted once L{CONNECTION_DEADLINE} has passed.
+    """
+
+    host = "?"
+    _deadline: IDelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self._deadline = self.factory.clock.callLater(
+            CONNECTION_DEADLINE, transport.abortConnection
+        )
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        super().connectionLost(reason)
+
+
+class AdminGate(WrappingFactory):
+    """
+    Caps the admin port's connections, in all and per address, dropping
+    those past a cap as they are accepted, and cuts each one after
+    L{CONNECTION_DEADLINE} whatever it is doing.
+    """
+
+    protocol = _DeadlineWrapper
+
+    def __init__(self, wrapped: Factory, clock: IReactorTime, limits: Limits) -> None:
+        super().__init__(wrapped)
+        self.clock = clock
+        self._limits = limits
+        self._from: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper | None:
+        host = address_group(str(getattr(addr, "host", addr)))
+        if (
+            sum(self._from.values()) >= self._limits.max_handshakes
+            or self._from[host] >= self._limits.max_per_address
+        ):
+            log.warn("admin interface: dropped a connection from {host}", host=host)
+            return None
+        self._from[host] += 1
+        wrapper = super().buildProtocol(addr)
+        wrapper.host = host
+        return wrapper
+
+    def unregisterProtocol(self, p: _DeadlineWrapper) -> None:
+        super().unregisterProtocol(p)
+        self._from[p.host] -= 1
+        if self._from[p.host] <= 0:
+            del self._from[p.host]
 
 
 @dataclass(frozen=True)
@@ -115,6 +270,7 @@ _COMMAND_STATUS = {
     400: HTTPStatus.BAD_REQUEST,
     403: HTTPStatus.FORBIDDEN,
     404: HTTPStatus.NOT_FOUND,
+    429: HTTPStatus.TOO_MANY_REQUESTS,
     500: HTTPStatus.INTERNAL_SERVER_ERROR,
     503: HTTPStatus.SERVICE_UNAVAILABLE,
 }
@@ -138,6 +294,7 @@ def send_bytes(request: BoundedRequest, data: bytes) -> None:
     if request.finished or request.gone:
         return
     request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"server", b"secmsg")
     request.setHeader(b"content-length", str(len(data)).encode())
     request.write(data)
     request.finish()
@@ -150,7 +307,7 @@ def send_error(request: BoundedRequest, status: HTTPStatus, detail: str) -> None
     send_json(
         request,
         status,
-        {"status": status.value, "error": status.phrase.lower(), "detail": detail},
+        {"status": status.value, "error": _ERROR_WORDS[status], "detail": detail},
     )
 
 
@@ -168,7 +325,10 @@ class CertificateGuard(Resource):
         self._portal = portal
 
     def render(self, request: BoundedRequest) -> int:
-        address = _address(request)
+        # One request a connection: see the module's docstring.
+        request.channel.persistent = False
+        request.setHeader(b"connection", b"close")
+        address = _described(request.getClientAddress())
         chain = request.channel.transport.getHandle().get_verified_chain(
             as_cryptography=True
         )
@@ -184,10 +344,8 @@ class CertificateGuard(Resource):
         login = self._portal.login(
             VerifiedCertificate(chain[0]), WebClient(chain, address), IResource
         )
-        login.addCallbacks(
-            lambda result: _render_avatar(result, request),
-            lambda failure: _login_refused(failure, request, address),
-        )
+        login.addCallback(_render_avatar, request)
+        login.addErrback(_login_refused, request, address)
         return server.NOT_DONE_YET
 
 
@@ -202,25 +360,25 @@ def _render_avatar(
 
 
 def _login_refused(failure: Failure, request: BoundedRequest, address: str) -> None:
-    if failure.check(UnauthorizedLogin):
-        reason = str(failure.value)
-    else:
-        log.failure("admin login failed", failure)
-        reason = "internal error during login"
+    if not failure.check(UnauthorizedLogin):
+        log.failure("admin request failed", failure)
+        send_error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        return
     audit(
         "login_refused",
         "refused admin request from {peer}: {reason}",
         LogLevel.warn,
         peer=address,
-        reason=reason,
+        reason=str(failure.value),
     )
-    send_error(request, HTTPStatus.FORBIDDEN, f"login refused: {reason}")
+    send_error(request, HTTPStatus.FORBIDDEN, f"login refused: {failure.value}")
 
 
-def _address(request: BoundedRequest) -> str:
-    peer = request.getClientAddress()
-    host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+def _described(address: IAddress) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -267,12 +425,14 @@ class AdminApi:
         delivery: Delivery,
         reload: Callable[[bool], ReloadReport],
         metrics: Metrics,
+        rate_limiter: RateLimiter,
         max_text: int,
     ) -> None:
         self._hub = hub
         self._delivery = delivery
         self._reload = reload
-        self._metrics = metrics
+        self.metrics = metrics
+        self.rate_limiter = rate_limiter
         self._max_text = max_text
         self.routes: dict[bytes, dict[bytes, Endpoint]] = {
             b"/v1/sessions": {b"GET": Endpoint("WHO", self.sessions)},
@@ -288,20 +448,29 @@ class AdminApi:
         """
         The resource that answers for C{avatar}: what the realm returns.
         """
-        return AdminResource(self, avatar, client.address)
+        return AdminResource(self, avatar, client)
 
     def sessions(self, call: Call) -> dict[str, Any]:
-        del call  # Everyone's sessions, whoever asks.
-        listed = [
-            {
-                "identity": avatar_of.identity,
-                "roles": list(avatar_of.roles),
-                "address": peer.address,
-                "rooms": self._hub.rooms_of(peer),
+        """
+        Every session, and the rooms it is in that the asker may read;
+        where it connects from and its roles only for an asker who may
+        also KICK, as WHO on the line shows names alone.
+        """
+        detailed = "KICK" in call.avatar.commands
+        listed = []
+        for avatar, peer in self._hub.sessions():
+            entry: dict[str, Any] = {
+                "identity": avatar.identity,
+                "rooms": [
+                    room
+                    for room in self._hub.rooms_of(peer)
+                    if call.avatar.may_read(room)
+                ],
             }
-            for avatar_of, peer in self._hub.sessions()
-        ]
-        listed.sort(key=lambda entry: (entry["identity"], entry["address"]))
+            if detailed:
+                entry.update(roles=list(avatar.roles), address=peer.address)
+            listed.append(entry)
+        listed.sort(key=lambda entry: (entry["identity"], entry.get("address", "")))
         return {"sessions": listed}
 
     def kick(self, call: Call) -> dict[str, Any]:
@@ -347,7 +516,7 @@ class AdminApi:
 
     def scrape(self, call: Call) -> bytes:
         call.request.setHeader(b"content-type", CONTENT_TYPE.encode())
-        return self._metrics.exposition()
+        return self.metrics.exposition()
 
     def health(self, call: Call) -> dict[str, str]:
         return {"status": "ok", "identity": call.avatar.identity}
@@ -370,25 +539,59 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: AdminApi, avatar: SessionAvatar, address: str) -> None:
+    def __init__(self, api: AdminApi, avatar: SessionAvatar, client: WebClient) -> None:
         super().__init__()
         self._api = api
         self._avatar = avatar
-        self._address = address
+        self._client = client
+        self._address = client.address
 
     def render(self, request: BoundedRequest) -> int:
+        command = "?"
         try:
+            self._spend_token()
+            self._record_login()
             endpoint = self._endpoint(request)
+            command = endpoint.command or "HEALTHZ"
             call = Call(request, self._avatar, self._address, self._body(request))
             result = endpoint.handler(call)
         except Exception:  # noqa: BLE001 -- one bad request must not end the daemon
-            self._failed(Failure(), request)
+            self._failed(Failure(), request, command)
             return server.NOT_DONE_YET
-        defer.maybeDeferred(lambda: result).addCallbacks(
-            lambda answer: self._answer(request, answer),
-            lambda failure: self._failed(failure, request),
-        )
+        answering = defer.maybeDeferred(lambda: result)
+        answering.addCallback(self._answer, request, command)
+        answering.addErrback(self._failed, request, command)
         return server.NOT_DONE_YET
+
+    def _spend_token(self) -> None:
+        """
+        A request costs one of the identity's tokens, shared with its line
+        sessions.
+        """
+        avatar = self._avatar
+        wait = self._api.rate_limiter.take(avatar.identity, avatar.grant.rate)
+        if wait:
+            self._api.metrics.rate_limited("ADMIN")
+            raise RateLimited(max(1, math.ceil(wait * 1000)))
+
+    def _record_login(self) -> None:
+        """
+        Record who the request comes from and with which certificate, as a
+        line session's login is, so that what it does can be traced.
+        """
+        certificate = self._client.certificate_chain[0]
+        audit(
+            "login",
+            "admin request by {identity} (roles: {roles}) from {peer}",
+            identity=self._avatar.identity,
+            roles=",".join(self._avatar.roles),
+            granted_by=self._avatar.grant.granted_by,
+            peer=self._address,
+            subject=describe_subject(certificate),
+            serial=f"{certificate.serial_number:x}",
+            fingerprint=fingerprint(certificate),
+            interface="admin",
+        )
 
     def _endpoint(self, request: BoundedRequest) -> Endpoint:
         methods = self._api.routes.get(request.path)
@@ -423,40 +626,53 @@ class AdminResource(Resource):
     def _body(self, request: BoundedRequest) -> dict[str, Any]:
         if request.method != b"POST":
             return {}
-        if getattr(request, "too_large", False):
+        if request.too_large:
             raise ApiError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"the body may hold {MAX_BODY} bytes",
             )
+        request.content.seek(0)
+        raw = request.content.read()
+        if not raw:
+            return {}
         kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if kind.lower() != b"application/json":
             raise ApiError(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
             )
-        request.content.seek(0)
         try:
-            body = json.loads(request.content.read())
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             raise ApiError(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
         if not isinstance(body, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return body
 
-    def _answer(self, request: BoundedRequest, answer: Any) -> None:
+    def _answer(self, answer: Any, request: BoundedRequest, command: str) -> None:
+        self._api.metrics.admin_request(command, HTTPStatus.OK.value)
         if isinstance(answer, bytes):
             send_bytes(request, answer)
             return
         send_json(request, HTTPStatus.OK, answer)
 
-    def _failed(self, failure: Failure, request: BoundedRequest) -> None:
+    def _failed(self, failure: Failure, request: BoundedRequest, command: str) -> None:
         error = failure.value
         if isinstance(error, ApiError):
-            send_error(request, error.status, error.detail)
-        elif isinstance(error, CommandError):
-            send_error(request, _COMMAND_STATUS[error.code], error.text)
+            status, detail = error.status, error.detail
+        elif isinstance(error, CommandError) and error.code in _COMMAND_STATUS:
+            status, detail = _COMMAND_STATUS[error.code], error.text
+            if isinstance(error, RateLimited):
+                request.setHeader(
+                    b"retry-after", str(math.ceil(error.retry_ms / 1000)).encode()
+                )
+        elif isinstance(error, StoreError):
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            detail = f"not done, the message store failed: {error}"
         else:
             log.failure("internal error answering {path}", failure, path=request.path)
-            send_error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            status, detail = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"
+        self._api.metrics.admin_request(command, status.value)
+        send_error(request, status, detail)
 
 
 def _shown(path: bytes) -> str:

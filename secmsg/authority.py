@@ -155,6 +155,7 @@ class Request:
         expires if that is sooner.
     @ivar rsa_bits: an RSA key of this size, or L{None} for ECDSA P-256.
     @ivar replace: whether existing files for C{name} may be replaced.
+    @ivar units: organisational units (OU) for its subject.
     """
 
     name: str
@@ -163,6 +164,7 @@ class Request:
     days: int | None = None
     rsa_bits: int | None = None
     replace: bool = False
+    units: tuple[str, ...] = ()
 
 
 class CertificateAuthority:
@@ -214,6 +216,7 @@ class CertificateAuthority:
             server=request.server,
             names=names,
             key=pki.new_private_key(request.rsa_bits),
+            units=request.units,
         )
         record = Record(
             request.name,

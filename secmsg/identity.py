@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from secmsg.errors import CertificateRefused, RefusalReason
@@ -27,6 +28,13 @@ class IdentityField(enum.Enum):
     CN = "cn"
     SAN_EMAIL = "san-email"
     SAN_URI = "san-uri"
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """
+    The SHA-256 fingerprint of a certificate, as hex, for the audit log.
+    """
+    return certificate.fingerprint(hashes.SHA256()).hex()
 
 
 def describe_subject(certificate: x509.Certificate) -> str:

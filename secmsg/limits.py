@@ -43,10 +43,11 @@ class Limits:
     @property
     def open_files(self) -> int:
         """
-        File descriptors the daemon may need at its limits: every
-        connection it lets in before refusing, and a margin for its files.
+        File descriptors the daemon needs to hold its limits: every session
+        and every connection still in its handshake, and a margin for its
+        files.  (Connections past a limit are refused, but held a moment.)
         """
-        return 2 * self.max_sessions + self.max_handshakes + 64
+        return self.max_sessions + self.max_handshakes + 64
 
 
 def address_group(host: str) -> str:

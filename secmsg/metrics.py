@@ -56,6 +56,12 @@ class Metrics:
             ["event"],
             registry=registry,
         )
+        self._admin_requests = Counter(
+            "secmsg_admin_requests",
+            "Requests to the admin interface, by command and HTTP status.",
+            ["command", "status"],
+            registry=registry,
+        )
         self._rate_limited = Counter(
             "secmsg_rate_limited",
             "Commands refused with 429, by verb.",
@@ -84,6 +90,9 @@ class Metrics:
 
     def command(self, verb: str, code: str) -> None:
         self._commands.labels(verb, code).inc()
+
+    def admin_request(self, command: str, status: int) -> None:
+        self._admin_requests.labels(command, str(status)).inc()
 
     def rate_limited(self, verb: str) -> None:
         self._rate_limited.labels(verb).inc()

@@ -120,13 +120,22 @@ def issue(
     server: bool = False,
     names: Names = Names(),
     key: PrivateKey | None = None,
+    units: tuple[str, ...] = (),
 ) -> Issued:
     """
     A leaf certificate signed by C{ca}: for a client (clientAuth) or, with
     C{server}, for a server (serverAuth).
+
+    @param units: organisational units for the subject (OU), which policy
+        rules can grant roles by.
     """
     key = key or new_private_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    subject = x509.Name(
+        [
+            *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, u) for u in units),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     usage = (
         ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     )

@@ -109,8 +109,17 @@ class IssueOptions(_DirOptions):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("dns", "ip", "san-email", "san-uri"):
+        for name in ("dns", "ip", "san-email", "san-uri", "ou"):
             self[name] = []
+
+    def opt_ou(self, unit: str) -> None:
+        """
+        An organisational unit (OU) in the subject, which policy rules can
+        grant roles by (repeatable).
+        """
+        if not 1 <= len(unit) <= 64 or not unit.isprintable():
+            raise usage.UsageError("--ou takes 1 to 64 printable characters")
+        self["ou"].append(unit)
 
     def opt_dns(self, name: str) -> None:
         """
@@ -156,6 +165,7 @@ class IssueOptions(_DirOptions):
             days=self["days"],
             rsa_bits=self["rsa"],
             replace=self["force"],
+            units=tuple(self["ou"]),
         )
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
@@ -48,7 +47,7 @@ from secmsg.errors import (
     RefusalReason,
     UnknownCommand,
 )
-from secmsg.identity import describe_subject
+from secmsg.identity import describe_subject, fingerprint
 from secmsg.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
 from secmsg.limits import (
     RATE_EXEMPT,
@@ -91,13 +90,6 @@ EXPIRY_WARNING = 300.0
 _BAD_LINE = (Malformed, UnknownCommand, LineTooLong)
 
 
-def fingerprint(certificate: x509.Certificate) -> str:
-    """
-    The SHA-256 fingerprint of a certificate, as hex, for the audit log.
-    """
-    return certificate.fingerprint(hashes.SHA256()).hex()
-
-
 @dataclass
 class _Reply:
     """
@@ -109,6 +101,17 @@ class _Reply:
     finishes: bool
     data: bytes | None = None
     last_words: str | None = None
+
+
+def _named_verb(frame: bytes | object) -> str:
+    """
+    The command a line's first word names, upper-cased, or C{"?"}: what a
+    line is counted and charged as before it is parsed.
+    """
+    if frame is wire.OVERLONG:
+        return "?"
+    word = frame.lstrip(b" ").split(b" ", 1)[0].upper().decode("ascii", "replace")
+    return word if word in wire.COMMANDS else "?"
 
 
 def describe_address(address: IAddress) -> str:
@@ -461,11 +464,11 @@ class SessionProtocol(Protocol):
         """
         if frame is not wire.OVERLONG and not frame.strip(b" \t"):
             return
-        verb = "?"
+        verb = _named_verb(frame)
         try:
             # Every line costs a token, a bad one too, before it is looked
             # at: refusals must not be had faster than answers.
-            self._spend_token(frame)
+            self._spend_token(verb)
             if frame is wire.OVERLONG:
                 raise wire.line_too_long(self._framer.max_length)
             verb, rest = wire.split_verb(wire.decode_line(frame))
@@ -487,9 +490,10 @@ class SessionProtocol(Protocol):
         else:
             self._settle(response, entry)
 
-    def _spend_token(self, frame: bytes | object) -> None:
+    def _spend_token(self, verb: str) -> None:
         """
-        Take one of the identity's tokens for a line: from its bucket of
+        Take one of the identity's tokens for a line whose first word is
+        C{verb} (C{"?"} if it names no command): from its bucket of
         acknowledgements for C{ACK}, which a client sends for every message
         it is shown, and from its bucket of commands for anything else but
         C{QUIT}.
@@ -497,13 +501,10 @@ class SessionProtocol(Protocol):
         @raise RateLimited: there is none left; the reply says when there
             will be.
         """
-        word = b""
-        if frame is not wire.OVERLONG:
-            word = frame.lstrip(b" ").split(b" ", 1)[0].upper()
-        if word == b"QUIT":
+        if verb == "QUIT":
             return
         rate = self.avatar.grant.rate
-        if word == b"ACK":
+        if verb == "ACK":
             wait = self._rate_limiter.take(
                 f"{self.avatar.identity} ACK", acknowledgement_rate(rate)
             )
@@ -784,7 +785,12 @@ class SessionFactory(Factory):
 
     anonymous_records: RecordBudget
     """How many audit records connections that never logged in may cause:
-    refused handshakes and connections dropped at accept."""
+    refused handshakes and connections dropped at accept, on this port and
+    the admin interface's."""
+
+    rate_limiter: RateLimiter
+    """The identities' token buckets, which the admin interface draws on
+    too."""
 
     def __init__(
         self,
@@ -801,7 +807,7 @@ class SessionFactory(Factory):
         self._limits = limits
         self._metrics = metrics
         self._max_line_length = max_line_length
-        self._rate_limiter = RateLimiter(clock)
+        self.rate_limiter = RateLimiter(clock)
         self.anonymous_records = RecordBudget(clock, "handshake_refused")
         self._sessions: set[SessionProtocol] = set()
         self._connections_from: Counter[str] = Counter()
@@ -817,7 +823,7 @@ class SessionFactory(Factory):
             self._clock,
             self._max_line_length,
             self._limits,
-            self._rate_limiter,
+            self.rate_limiter,
             self._metrics,
         )
         protocol.factory = self

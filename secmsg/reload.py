@@ -144,10 +144,10 @@ class ReloadReport:
             f"; closed {identity} ({reason})" for identity, reason in self.closed
         )
         changed = sum(1 for change in self.changes if change.closed is None)
-        regranted = f"; {changed} sessions' rights changed" if changed else ""
+        regranted = f"; rights changed in {_sessions(changed)}" if changed else ""
         warnings = "".join(f"; warning: {warning}" for warning in self.warnings)
         return (
-            f"reloaded policy, CA bundle and CRL; {self.checked} sessions checked"
+            f"reloaded policy, CA bundle and CRL; {_sessions(self.checked)} checked"
             f"{closed}{regranted}{warnings}"
         )
 
@@ -159,6 +159,10 @@ class ReloadReport:
         return [change.describe() for change in self.changes] + [
             f"warning: {warning}" for warning in self.warnings
         ]
+
+
+def _sessions(count: int) -> str:
+    return "1 session" if count == 1 else f"{count} sessions"
 
 
 class Reloader:

@@ -20,7 +20,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from secmsg.admin import AdminApi, CertificateGuard, admin_site
+from secmsg.admin import AdminApi, AdminGate, AdminSite, CertificateGuard
 from secmsg.auth import CertificateChecker, PolicyRealm
 from secmsg.clock import clock_time
 from secmsg.commands import Commands
@@ -179,7 +179,7 @@ class Daemon:
     reloader: Reloader
     tls: VerifyingServerTLS
     metrics: Metrics
-    admin: TLSMemoryBIOFactory
+    admin: AdminGate
 
 
 def build_daemon(
@@ -215,15 +215,26 @@ def build_daemon(
         portal, commands, clock, settings.limits, metrics, settings.max_line_length
     )
     metrics.count_sessions(lambda: sessions.session_count)
-    admin = AdminApi(hub, delivery, reloader.reload, metrics, settings.max_line_length)
-    site = admin_site(CertificateGuard(portal))
+    admin = AdminApi(
+        hub,
+        delivery,
+        reloader.reload,
+        metrics,
+        sessions.rate_limiter,
+        settings.max_line_length,
+    )
+    site = AdminSite(CertificateGuard(portal), metrics, sessions.anonymous_records)
     return Daemon(
         TLSMemoryBIOFactory(tls, False, sessions, clock),
         sessions,
         reloader,
         tls,
         metrics,
-        TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
+        AdminGate(
+            TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
+            clock,
+            settings.limits,
+        ),
     )
 
 

@@ -14,15 +14,20 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.protocol import Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.admin import AdminApi
+from secmsg.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
 from secmsg.client_tls import client_tls_options
-from tests.certs import Pair
-from tests.harness import Instance
+from secmsg.limits import Limits
+from tests.certs import CertificateAuthority, Pair
+from tests.harness import POLICY, Instance
 from tests.test_audit import record_events, records
 
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
@@ -192,7 +197,8 @@ class AdminTests(SynchronousTestCase):
         self.instance.connect(self.alice)
         dry = self.web.request(self.admin, "POST", "/v1/reload", {"dry": True})
         self.assertEqual((dry.status, dry.json()["dry"]), (200, True))
-        done = self.web.request(self.admin, "POST", "/v1/reload", {})
+        # No body at all is a reload as well.
+        done = self.web.request(self.admin, "POST", "/v1/reload", b"", kind="")
         self.assertEqual(done.json()["checked"], 1)
         self.instance.write("policy.toml", b'[roles.a]\ninherits = ["a"]\n')
         broken = self.web.request(self.admin, "POST", "/v1/reload", {})
@@ -233,6 +239,7 @@ class AdminTests(SynchronousTestCase):
             (("POST", "/v1/kick", b"{not json"), 400),
             (("POST", "/v1/kick", {"identity": "no spaces"}), 400),
             (("POST", "/v1/broadcast", {"text": "\x1b[2Jgotcha"}), 400),
+            (("POST", "/v1/messages", b"[" * 50000), 400),
         ]
         for arguments, status in cases:
             response = self.web.request(self.admin, *arguments)
@@ -274,6 +281,82 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(after[("secmsg_messages_total", (("event", "delivered"),))], 1)
         self.assertEqual(self.web.request(self.alice, "GET", "/metrics").status, 403)
 
+    def test_one_request_a_connection(self) -> None:
+        """
+        The connection closes after its answer, so that every request is
+        judged by a handshake of its own against the trust in force.
+        """
+        client = self.web.connect(self.admin, "GET", "/healthz", None, "")
+        self.assertEqual(client.response().headers["connection"], "close")
+        self.assertIsNotNone(client.lost)
+
+    def test_session_details_are_for_those_who_may_kick(self) -> None:
+        """
+        alice, who has WHO but not KICK, sees who is online and the rooms
+        she may read; the admin also sees where each session comes from.
+        """
+        line = self.instance.connect(self.alice)
+        line.send("JOIN #lobby")
+        self.instance.flush()
+        self.assertEqual(
+            self.web.request(self.alice, "GET", "/v1/sessions").json(),
+            {"sessions": [{"identity": "alice", "rooms": ["#lobby"]}]},
+        )
+        (detailed,) = self.web.request(self.admin, "GET", "/v1/sessions").json()[
+            "sessions"
+        ]
+        self.assertEqual(detailed["roles"], ["user"])
+        self.assertRegex(detailed["address"], r"^127\.0\.0\.1:\d+$")
+
+    def test_refused_handshake_is_recorded_and_counted(self) -> None:
+        """
+        A certificate from another CA is refused at the handshake, recorded
+        in the audit trail and counted, as on the line port.
+        """
+        trail = record_events(self)
+        stranger = CertificateAuthority("another CA").issue("admin")
+        self.web.connect(stranger, "GET", "/healthz", None, "")
+        (refused,) = [r for r in records(trail) if r["event"] == "handshake_refused"]
+        self.assertTrue(refused["reason"].startswith("unknown CA"))
+        exposition = self.instance.daemon.metrics.exposition().decode()
+        self.assertIn('secmsg_handshakes_total{outcome="unknown CA"} 1.0', exposition)
+
+
+class AdminLimitTests(SynchronousTestCase):
+    def test_requests_draw_on_the_identitys_rate(self) -> None:
+        """
+        Past its burst an identity gets 429 with Retry-After, the same
+        bucket its line sessions draw on.
+        """
+        instance = Instance(self, POLICY.replace("rate = 1000000", "rate = 1"))
+        web = AdminClient(instance)
+        alice = instance.ca.issue("alice")
+        statuses = [web.request(alice, "GET", "/healthz").status for _ in range(4)]
+        self.assertEqual(statuses, [200, 200, 200, 429])
+        refused = web.request(alice, "GET", "/healthz")
+        self.assertEqual(refused.headers["retry-after"], "1")
+        self.assertEqual(refused.json()["detail"], "slow down; retry in 1000 ms")
+
+    def test_connections_past_the_per_address_cap_are_dropped(self) -> None:
+        """
+        The admin port takes no more connections from one address than the
+        per-address limit, and cuts any after its deadline.
+        """
+        clock = Clock()
+        gate = AdminGate(
+            Factory.forProtocol(Protocol), clock, Limits(max_per_address=2)
+        )
+        peer = IPv4Address("TCP", "127.0.0.1", 50000)
+        first, second = gate.buildProtocol(peer), gate.buildProtocol(peer)
+        self.assertIsNone(gate.buildProtocol(peer))
+        transport = StringTransport()
+        first.makeConnection(transport)
+        clock.advance(CONNECTION_DEADLINE)
+        self.assertTrue(transport.disconnected)
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(gate.buildProtocol(peer))
+        self.assertIsNotNone(second)
+
 
 class OpenApiTests(SynchronousTestCase):
     def test_the_document_matches_the_server(self) -> None:
@@ -286,7 +369,7 @@ class OpenApiTests(SynchronousTestCase):
         validate_spec(document)
         instance = Instance(self)
         web = AdminClient(instance)
-        served = AdminApi(None, None, None, None, 0).routes
+        served = AdminApi(None, None, None, None, None, 0).routes
         self.assertEqual(set(document["paths"]), {path.decode() for path in served})
         for path, methods in served.items():
             self.assertEqual(

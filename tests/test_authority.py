@@ -139,6 +139,14 @@ class AuthorityTests(SynchronousTestCase):
             ["urn:example:alice"],
         )
 
+    def test_organisational_units_for_policy_rules(self) -> None:
+        """
+        --ou puts organisational units in the subject, before the CN, for
+        a policy's [[rules]] to grant roles by.
+        """
+        certificate = self.issue(Request("carol", units=("ops", "db")))
+        self.assertEqual(certificate.subject.rfc4514_string(), "CN=carol,OU=db,OU=ops")
+
     def test_rsa_keys_on_request(self) -> None:
         """
         --rsa 3072 makes an RSA key; a weaker size is refused.
@@ -402,6 +410,9 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(status, 2)
         self.assertIn("Usage: secmsg pki issue NAME", err)
         self.assertIn("--dns and --ip are for --server certificates", err)
+        status, _, err = self.secmsg("pki", "--dir", d, "issue", "x", "--ou", "a\x01")
+        self.assertEqual(status, 2)
+        self.assertIn("--ou takes 1 to 64 printable characters", err)
         status, _, err = self.secmsg("pki", "--dir", d, "issue", "x", "--rsa", "2048")
         self.assertEqual(status, 1)
         self.assertIn("RSA keys are 3072 or 4096 bits, not 2048", err)
