@@ -553,6 +553,8 @@ class AdminResource(Resource):
             self._record_login()
             endpoint = self._endpoint(request)
             command = endpoint.command or "HEALTHZ"
+            if endpoint.command is not None:
+                self._authorize(endpoint.command)
             call = Call(request, self._avatar, self._address, self._body(request))
             result = endpoint.handler(call)
         except Exception:  # noqa: BLE001 -- one bad request must not end the daemon
@@ -604,8 +606,6 @@ class AdminResource(Resource):
             raise ApiError(
                 HTTPStatus.METHOD_NOT_ALLOWED, f"{_shown(request.path)} takes {allowed}"
             )
-        if endpoint.command is not None:
-            self._authorize(endpoint.command)
         return endpoint
 
     def _authorize(self, command: str) -> None:

@@ -280,6 +280,15 @@ class AdminTests(SynchronousTestCase):
         )
         self.assertEqual(after[("secmsg_messages_total", (("event", "delivered"),))], 1)
         self.assertEqual(self.web.request(self.alice, "GET", "/metrics").status, 403)
+        self.assertEqual(
+            samples()[
+                (
+                    "secmsg_admin_requests_total",
+                    (("command", "METRICS"), ("status", "403")),
+                )
+            ],
+            1,
+        )
 
     def test_one_request_a_connection(self) -> None:
         """
