@@ -69,6 +69,7 @@ from secmsg.interfaces import IHandshakeObserver, IHub
 from secmsg.limits import Limits, RateLimiter, address_group
 from secmsg.messages import Kind, Stored
 from secmsg.metrics import CONTENT_TYPE, Metrics
+from secmsg.protocol import describe_address
 from secmsg.reload import ReloadReport
 from secmsg.tls import refusal_for_handshake_failure
 
@@ -150,7 +151,7 @@ class AdminChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure) -> None:
         if not self._handshake_done:
             self.site.handshake_refused(
-                _described(self.transport.getPeer()),
+                describe_address(self.transport.getPeer()),
                 self._refusal or refusal_for_handshake_failure(reason),
             )
         super().connectionLost(reason)
@@ -328,7 +329,7 @@ class CertificateGuard(Resource):
         # One request a connection: see the module's docstring.
         request.channel.persistent = False
         request.setHeader(b"connection", b"close")
-        address = _described(request.getClientAddress())
+        address = describe_address(request.getClientAddress())
         chain = request.channel.transport.getHandle().get_verified_chain(
             as_cryptography=True
         )
@@ -372,13 +373,6 @@ def _login_refused(failure: Failure, request: BoundedRequest, address: str) -> N
         reason=str(failure.value),
     )
     send_error(request, HTTPStatus.FORBIDDEN, f"login refused: {failure.value}")
-
-
-def _described(address: IAddress) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
