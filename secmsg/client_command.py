@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import sys
+from collections import deque
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 from twisted.internet import defer, stdio
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -38,6 +39,8 @@ from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.console import run_console
 from secmsg.errors import CommandError, ConfigurationError, Malformed
 from secmsg.launch import INTERRUPTED
+from secmsg.limits import RateLimiter, acknowledgement_rate
+from secmsg.policy import Rate
 
 DEFAULT_PORT = 7443
 REPLY_TIMEOUT = 30.0
@@ -248,6 +251,7 @@ async def run_scripted(
     attach_stdin: Callable[[Protocol], object],
     out: TextIO,
     err: TextIO,
+    clock: IReactorTime,
 ) -> ExitStatus:
     """
     Send standard input's lines, print every server line, and end once the
@@ -257,6 +261,7 @@ async def run_scripted(
     server holds the client up rather than losing lines.
 
     @param attach_stdin: connects a protocol to standard input.
+    @param clock: what pacing to the server's rate is timed by.
     """
 
     def printed(text: str) -> None:
@@ -270,8 +275,9 @@ async def run_scripted(
             session.close()
 
     session.on_line = printed
-    await session.greeted
-    attach_stdin(_ScriptFeeder(session, err))
+    greeting = await session.greeted
+    rate = wire.parse_greeting_rate(greeting.text)
+    attach_stdin(_ScriptFeeder(session, err, clock, rate))
     ending = await session.ended
     if ending.status is not ExitStatus.OK:
         raise ending
@@ -294,11 +300,31 @@ class _ScriptFeeder(Protocol):
     the session once input has ended and every command is answered.  A
     line the server would refuse unanswered or could not frame (a control
     character, an over-long line) is refused here, with words, instead.
+
+    Lines go a little slower than the rate the server's greeting gives: a
+    script longer than its burst is paced, in order, rather than answered
+    429 (which another session of the same identity may still cause).
+
+    @param rate: the greeting's commands a second and burst, or L{None}
+        for a server that gives none.
     """
 
-    def __init__(self, session: ClientProtocol, err: TextIO) -> None:
+    def __init__(
+        self,
+        session: ClientProtocol,
+        err: TextIO,
+        clock: IReactorTime,
+        rate: tuple[float, int] | None,
+    ) -> None:
         self._session = session
         self._err = err
+        self._clock = clock
+        # A little under the server's rate: its bucket and ours start and
+        # refill at moments a network apart.
+        self._rate = None if rate is None else Rate(rate[0] * 0.9, max(1, rate[1] - 1))
+        self._buckets = RateLimiter(clock)
+        self._waiting: deque[bytes] = deque()
+        self._pacing: IDelayedCall | None = None
         self._framer = wire.LineFramer(wire.MAX_LINE_LENGTH * 16)
         self._line_number = 0
         self._input_ended = False
@@ -308,9 +334,53 @@ class _ScriptFeeder(Protocol):
         for frame in self._framer.feed(data):
             self._line_number += 1
             self._feed(frame)
-        if self._session.outstanding >= PIPELINE_LIMIT and not self._paused:
+        self._send_waiting()
+        self._throttle()
+
+    def _throttle(self) -> None:
+        """
+        Stop reading standard input while many lines wait to be sent or
+        answered; read on once half of them have gone.
+        """
+        backlog = self._session.outstanding + len(self._waiting)
+        if backlog >= PIPELINE_LIMIT and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
+        elif backlog < PIPELINE_LIMIT // 2 and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _send_waiting(self) -> None:
+        """
+        Send the lines waiting, in order, as far as the rate allows now,
+        and come back when the next one may go.
+        """
+        while self._waiting and self._pacing is None:
+            wait = self._wait_for(self._waiting[0])
+            if wait:
+                self._pacing = self._clock.callLater(wait, self._paced)
+                return
+            frame = self._waiting.popleft()
+            self._session.command(frame).addBoth(self._answered)
+
+    def _paced(self) -> None:
+        self._pacing = None
+        self._send_waiting()
+        self._throttle()
+
+    def _wait_for(self, frame: bytes) -> float:
+        """
+        Seconds until C{frame} may be sent, charged as the server charges
+        it: QUIT is free, ACK draws on a bucket of its own.
+        """
+        if self._rate is None:
+            return 0.0
+        verb = frame.lstrip(b" ").split(b" ", 1)[0].upper()
+        if verb == b"QUIT":
+            return 0.0
+        if verb == b"ACK":
+            return self._buckets.take("ACK", acknowledgement_rate(self._rate))
+        return self._buckets.take("commands", self._rate)
 
     def _feed(self, frame: bytes | object) -> None:
         try:
@@ -323,12 +393,10 @@ class _ScriptFeeder(Protocol):
             )
             return
         if not wire.is_blank(text):
-            self._session.command(frame).addBoth(self._answered)
+            self._waiting.append(frame)
 
     def _answered(self, result: object) -> None:
-        if self._paused and self._session.outstanding < PIPELINE_LIMIT // 2:
-            self._paused = False
-            self.transport.resumeProducing()
+        self._throttle()
         self._finish_if_done()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -337,7 +405,14 @@ class _ScriptFeeder(Protocol):
 
     def _finish_if_done(self) -> None:
         session = self._session
-        if self._input_ended and not session.outstanding and not session.ended.called:
+        if (
+            self._input_ended
+            and not self._waiting
+            and not session.outstanding
+            and not session.ended.called
+        ):
+            if self._pacing is not None and self._pacing.active():
+                self._pacing.cancel()
             session.close()
 
 
@@ -455,7 +530,7 @@ def connect_talk(out: TextIO, interactive: bool) -> Talk:
 
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
-            return await run_scripted(session, standard_input, out, sys.stderr)
+            return await run_scripted(session, standard_input, out, sys.stderr, reactor)
         greeting = await session.greeted
         console = run_console(session, greeting, lambda: local_now(reactor))
         # The console awaits prompt_toolkit's asyncio futures, so it runs as

@@ -296,11 +296,12 @@ class SessionProtocol(Protocol):
             serial=f"{self.certificate.serial_number:x}",
             fingerprint=fingerprint(self.certificate),
         )
+        rate = wire.format_rate(grant.rate.per_second, grant.rate.burst)
         self.transport.write(
             wire.reply(
                 200,
                 f"secmsg {__version__} ready; you are {avatar.identity} "
-                f"(roles: {','.join(avatar.roles)})",
+                f"(roles: {','.join(avatar.roles)}); {rate}",
             )
         )
         self.transport.registerProducer(self, True)

@@ -143,6 +143,29 @@ def push(*fields: str) -> bytes:
     return (" ".join(fields) + "\n").encode("utf-8")
 
 
+def format_rate(per_second: float, burst: int) -> str:
+    """
+    An identity's rate as the greeting gives it, so that a client can pace
+    itself: C{rate 20/s, burst 60}.
+    """
+    shown = str(int(per_second)) if per_second.is_integer() else f"{per_second:g}"
+    return f"rate {shown}/s, burst {burst}"
+
+
+_GREETING_RATE = re.compile(r"; rate ([0-9]+(?:\.[0-9]+)?)/s, burst ([0-9]+)$")
+
+
+def parse_greeting_rate(text: str) -> tuple[float, int] | None:
+    """
+    The commands a second and the burst a greeting gives, or L{None} if it
+    gives none.
+    """
+    match = _GREETING_RATE.search(text)
+    if match is None or float(match.group(1)) <= 0 or int(match.group(2)) < 1:
+        return None
+    return float(match.group(1)), int(match.group(2))
+
+
 def format_time(moment: datetime) -> str:
     """
     A message's time as the protocol writes it: UTC, to the second.

@@ -72,12 +72,29 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         self.assertEqual(
             result.stdout.splitlines(),
             [
-                "200 secmsg 0.1.0 ready; you are alice (roles: user)",
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; rate 20/s, burst 60",
                 "200 PONG",
                 "211-alice",
                 "211 1 online",
             ],
         )
+
+    def test_scripted_mode_keeps_to_the_rate_the_greeting_gives(self) -> None:
+        """
+        A script of more lines than its burst (60 for a user of secmsg
+        init's policy) is paced to the rate the greeting gives, in order:
+        every line is answered, none with 429.
+        """
+        result = secmsg(
+            "connect",
+            self.address,
+            *self.as_user("alice"),
+            stdin="".join(f"MSG bob {n}\n" for n in range(80)),
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        replies = result.stdout.splitlines()[1:]
+        self.assertEqual(replies, [f"250 {n}" for n in range(1, 81)])
 
     def test_scripted_reader_that_stops_early(self) -> None:
         """

@@ -215,7 +215,8 @@ class DaemonTests(SynchronousTestCase):
         self.assertEqual(
             out.splitlines(),
             [
-                "200 secmsg 0.1.0 ready; you are alice (roles: user)",
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; rate 20/s, burst 60",
                 "200 PONG",
                 "221 bye",
             ],

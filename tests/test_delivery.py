@@ -46,7 +46,8 @@ class StoreAndForwardTests(SynchronousTestCase):
         self.assertEqual(
             bob.take(),
             [
-                "200 secmsg 0.1.0 ready; you are bob (roles: user)",
+                "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; rate 1000000/s, burst 3000000",
                 f"MSG 1 {STAMP} alice one",
                 f"MSG 2 {STAMP} alice two",
             ],
@@ -338,7 +339,11 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         store.slow_mailboxes = True
         bob = network.connect("bob", early=b"PING\n")
         self.assertEqual(
-            bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
+            bob.take(),
+            [
+                "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; rate 1000000/s, burst 3000000"
+            ],
         )
         store.read_mailboxes()
         self.assertEqual(bob.take(), [f"MSG 1 {STAMP} alice old", "200 PONG"])
@@ -359,7 +364,11 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         alice.send("MSG bob new")
         store.commit()
         self.assertEqual(
-            bob.take(), ["200 secmsg 0.1.0 ready; you are bob (roles: user)"]
+            bob.take(),
+            [
+                "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; rate 1000000/s, burst 3000000"
+            ],
         )
         store.read_mailboxes()
         self.assertEqual(

@@ -59,7 +59,11 @@ class HandshakeTests:
         """
         client = self.instance.connect(self.ca.issue("alice"), self.tls_version)
         self.assertEqual(
-            client.lines, ["200 secmsg 0.1.0 ready; you are alice (roles: user)"]
+            client.lines,
+            [
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; rate 1000000/s, burst 3000000"
+            ],
         )
         self.assertIsNone(client.lost)
 
@@ -74,7 +78,8 @@ class HandshakeTests:
         self.assertEqual(
             client.lines,
             [
-                "200 secmsg 0.1.0 ready; you are alice (roles: user)",
+                "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; rate 1000000/s, burst 3000000",
                 "200 PONG",
                 "211-alice",
                 "211 1 online",
@@ -259,7 +264,11 @@ class PolicyLoginTests(SynchronousTestCase):
         instance = Instance(self)
         client = instance.connect(instance.ca.issue("carol"))
         self.assertEqual(
-            client.lines, ["200 secmsg 0.1.0 ready; you are carol (roles: guest)"]
+            client.lines,
+            [
+                "200 secmsg 0.1.0 ready; you are carol (roles: guest)"
+                "; rate 1000000/s, burst 3000000"
+            ],
         )
 
     def test_san_email_identity(self) -> None:
@@ -278,5 +287,8 @@ class PolicyLoginTests(SynchronousTestCase):
         client = instance.connect(pair)
         self.assertEqual(
             client.lines,
-            ["200 secmsg 0.1.0 ready; you are carol@example.org (roles: guest)"],
+            [
+                "200 secmsg 0.1.0 ready; you are carol@example.org (roles: guest)"
+                "; rate 1000000/s, burst 3000000"
+            ],
         )

@@ -271,7 +271,10 @@ class SessionLimitTests(SynchronousTestCase):
         self.assertEqual(
             [client.lines for client in clients],
             [
-                [f"200 secmsg {__version__} ready; you are alice (roles: user)"],
+                [
+                    f"200 secmsg {__version__} ready; you are alice (roles: user)"
+                    "; rate 1000000/s, burst 3000000"
+                ],
                 ["503 too many sessions from 127.0.0.1 (limit 1)"],
                 [],
                 [],

@@ -21,13 +21,17 @@ from secmsg.reload import ReloadReport
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 
-GREETING = "200 secmsg 0.1.0 ready; you are {} (roles: {})"
+GREETING = (
+    "200 secmsg 0.1.0 ready; you are {} (roles: {}); rate 1000000/s, burst 3000000"
+)
 
 
 class GreetingAndHelpTests(SynchronousTestCase):
     def test_greeting_names_identity_and_roles(self) -> None:
         """
-        The first line a session gets is the greeting.
+        The first line a session gets is the greeting: who, with which
+        roles, and at what rate it may send, so that a client can pace
+        itself.
         """
         session = Network().connect("alice")
         self.assertEqual(session.take(), [GREETING.format("alice", "user")])

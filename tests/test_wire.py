@@ -220,3 +220,20 @@ class ArbitraryInputTests(SynchronousTestCase):
             )
         else:
             self.assertEqual(len(replies), len([x for x in lines if not is_blank(x)]))
+
+
+class GreetingRateTests(SynchronousTestCase):
+    def test_rate_round_trips_through_the_greeting(self) -> None:
+        """
+        The rate the daemon writes in its greeting is the one a client
+        reads back; a greeting without one gives none.
+        """
+        for per_second, burst in [(20.0, 60), (0.5, 2), (1e9, 3)]:
+            greeting = "secmsg 0.1.0 ready; you are a (roles: r); " + wire.format_rate(
+                per_second, burst
+            )
+            self.assertEqual(wire.parse_greeting_rate(greeting), (per_second, burst))
+        self.assertEqual(wire.format_rate(20.0, 60), "rate 20/s, burst 60")
+        self.assertIsNone(
+            wire.parse_greeting_rate("secmsg ready; you are a (roles: r)")
+        )
