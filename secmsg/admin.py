@@ -218,6 +218,7 @@ class AdminGate(WrappingFactory):
     """
 
     protocol = _DeadlineWrapper
+    noisy = False
 
     def __init__(self, wrapped: Factory, clock: IReactorTime, limits: Limits) -> None:
         super().__init__(wrapped)
