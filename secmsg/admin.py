@@ -220,10 +220,17 @@ class AdminGate(WrappingFactory):
     protocol = _DeadlineWrapper
     noisy = False
 
-    def __init__(self, wrapped: Factory, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(
+        self,
+        wrapped: Factory,
+        clock: IReactorTime,
+        limits: Limits,
+        anonymous_records: RecordBudget,
+    ) -> None:
         super().__init__(wrapped)
         self.clock = clock
         self._limits = limits
+        self._anonymous_records = anonymous_records
         self._from: Counter[str] = Counter()
 
     def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper | None:
@@ -232,7 +239,14 @@ class AdminGate(WrappingFactory):
             sum(self._from.values()) >= self._limits.max_handshakes
             or self._from[host] >= self._limits.max_per_address
         ):
-            log.warn("admin interface: dropped a connection from {host}", host=host)
+            if self._anonymous_records.allow():
+                audit(
+                    "limit_reached",
+                    "admin interface: dropped a connection from {peer} at accept",
+                    LogLevel.warn,
+                    peer=describe_address(addr),
+                    reason="admin connection limit",
+                )
             return None
         self._from[host] += 1
         wrapper = super().buildProtocol(addr)
@@ -542,12 +556,13 @@ class AdminResource(Resource):
         self._address = client.address
 
     def render(self, request: BoundedRequest) -> int:
-        command = "?"
+        methods = self._api.routes.get(request.path, {})
+        known = methods.get(request.method)
+        command = "?" if known is None else known.command or "HEALTHZ"
         try:
-            self._spend_token()
+            self._spend_token(command)
             self._record_login()
             endpoint = self._endpoint(request)
-            command = endpoint.command or "HEALTHZ"
             if endpoint.command is not None:
                 self._authorize(endpoint.command)
             call = Call(request, self._avatar, self._address, self._body(request))
@@ -560,7 +575,7 @@ class AdminResource(Resource):
         answering.addErrback(self._failed, request, command)
         return server.NOT_DONE_YET
 
-    def _spend_token(self) -> None:
+    def _spend_token(self, command: str) -> None:
         """
         A request costs one of the identity's tokens, shared with its line
         sessions.
@@ -568,7 +583,7 @@ class AdminResource(Resource):
         avatar = self._avatar
         wait = self._api.rate_limiter.take(avatar.identity, avatar.grant.rate)
         if wait:
-            self._api.metrics.rate_limited("ADMIN")
+            self._api.metrics.rate_limited(command)
             raise RateLimited(max(1, math.ceil(wait * 1000)))
 
     def _record_login(self) -> None:

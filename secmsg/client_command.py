@@ -305,8 +305,8 @@ class _ScriptFeeder(Protocol):
     script longer than its burst is paced, in order, rather than answered
     429 (which another session of the same identity may still cause).
 
-    @param rate: the greeting's commands a second and burst, or L{None}
-        for a server that gives none.
+    @param rate: the greeting's commands a second, burst and commands left
+        now, or L{None} for a server that gives none.
     """
 
     def __init__(
@@ -314,15 +314,20 @@ class _ScriptFeeder(Protocol):
         session: ClientProtocol,
         err: TextIO,
         clock: IReactorTime,
-        rate: tuple[float, int] | None,
+        rate: tuple[float, int, int] | None,
     ) -> None:
         self._session = session
         self._err = err
         self._clock = clock
-        # A little under the server's rate: its bucket and ours start and
-        # refill at moments a network apart.
-        self._rate = None if rate is None else Rate(rate[0] * 0.9, max(1, rate[1] - 1))
+        # A little under the server's rate, from one token fewer than it
+        # said were left: its bucket and ours refill at moments a network
+        # apart.
         self._buckets = RateLimiter(clock)
+        self._rate = None
+        if rate is not None:
+            per_second, burst, left = rate
+            self._rate = Rate(per_second * 0.9, burst)
+            self._buckets.begin("commands", self._rate, left - 1)
         self._waiting: deque[bytes] = deque()
         self._pacing: IDelayedCall | None = None
         self._framer = wire.LineFramer(wire.MAX_LINE_LENGTH * 16)
@@ -400,7 +405,11 @@ class _ScriptFeeder(Protocol):
         self._finish_if_done()
 
     def connectionLost(self, reason: Failure) -> None:
+        for frame in self._framer.finish():
+            self._line_number += 1
+            self._feed(frame)
         self._input_ended = True
+        self._send_waiting()
         self._finish_if_done()
 
     def _finish_if_done(self) -> None:

@@ -43,11 +43,12 @@ class Limits:
     @property
     def open_files(self) -> int:
         """
-        File descriptors the daemon needs to hold its limits: every session
-        and every connection still in its handshake, and a margin for its
-        files.  (Connections past a limit are refused, but held a moment.)
+        File descriptors the daemon needs to hold its limits: every session,
+        every connection still in its handshake, as many on the admin
+        port, and a margin for its files.  (Connections past a limit are
+        refused, but held a moment.)
         """
-        return self.max_sessions + self.max_handshakes + 64
+        return self.max_sessions + 2 * self.max_handshakes + 64
 
 
 def address_group(host: str) -> str:
@@ -140,6 +141,32 @@ class RateLimiter:
         @return: 0 if the command may run, or else the seconds until the
             next token.
         """
+        bucket = self._bucket(identity, rate)
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / rate.per_second
+
+    def available(self, identity: str, rate: Rate) -> int:
+        """
+        How many whole tokens C{identity} has now, spending none: what its
+        greeting tells a client that wants to pace itself.
+        """
+        return int(self._bucket(identity, rate).tokens)
+
+    def begin(self, identity: str, rate: Rate, tokens: float) -> None:
+        """
+        Start C{identity}'s bucket with C{tokens} rather than full: for a
+        client that mirrors a server's bucket it was told the state of.
+        """
+        self._buckets[identity] = _Bucket(
+            rate, min(tokens, rate.burst), self._clock.seconds()
+        )
+
+    def _bucket(self, identity: str, rate: Rate) -> _Bucket:
+        """
+        C{identity}'s bucket, refilled to now; a new one is full.
+        """
         now = self._clock.seconds()
         bucket = self._buckets.get(identity)
         if bucket is None:
@@ -149,10 +176,7 @@ class RateLimiter:
             # A reload may have changed the rate; the tokens saved carry over.
             bucket.rate = rate
             bucket.refill(now)
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / rate.per_second
+        return bucket
 
     def _sweep(self, now: float) -> None:
         if len(self._buckets) < self._sweep_at:

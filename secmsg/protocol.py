@@ -296,7 +296,11 @@ class SessionProtocol(Protocol):
             serial=f"{self.certificate.serial_number:x}",
             fingerprint=fingerprint(self.certificate),
         )
-        rate = wire.format_rate(grant.rate.per_second, grant.rate.burst)
+        rate = wire.format_rate(
+            grant.rate.per_second,
+            grant.rate.burst,
+            self._rate_limiter.available(avatar.identity, grant.rate),
+        )
         self.transport.write(
             wire.reply(
                 200,

@@ -234,6 +234,7 @@ def build_daemon(
             TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
             clock,
             settings.limits,
+            sessions.anonymous_records,
         ),
     )
 

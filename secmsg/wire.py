@@ -98,6 +98,16 @@ class LineFramer:
         self._buffer = rest
         return frames
 
+    def finish(self) -> list[bytes]:
+        """
+        The last line, when the stream ends without its line ending: a
+        script's final line that lacks a newline is a line all the same.
+        """
+        rest, self._buffer = self._buffer, b""
+        if self._discarding or not rest:
+            return []
+        return [rest[:-1] if rest.endswith(b"\r") else rest]
+
 
 def decode_line(raw: bytes) -> str:
     """
@@ -143,27 +153,30 @@ def push(*fields: str) -> bytes:
     return (" ".join(fields) + "\n").encode("utf-8")
 
 
-def format_rate(per_second: float, burst: int) -> str:
+def format_rate(per_second: float, burst: int, left: int) -> str:
     """
-    An identity's rate as the greeting gives it, so that a client can pace
-    itself: C{rate 20/s, burst 60}.
+    An identity's rate as the greeting gives it, with how many commands it
+    may send at once now (its bucket is shared by its sessions), so that a
+    client can pace itself: C{rate 20/s, burst 60, 60 left}.
     """
     shown = str(int(per_second)) if per_second.is_integer() else f"{per_second:g}"
-    return f"rate {shown}/s, burst {burst}"
+    return f"rate {shown}/s, burst {burst}, {left} left"
 
 
-_GREETING_RATE = re.compile(r"; rate ([0-9]+(?:\.[0-9]+)?)/s, burst ([0-9]+)$")
+_GREETING_RATE = re.compile(
+    r"; rate ([0-9]+(?:\.[0-9]+)?)/s, burst ([0-9]+), ([0-9]+) left$"
+)
 
 
-def parse_greeting_rate(text: str) -> tuple[float, int] | None:
+def parse_greeting_rate(text: str) -> tuple[float, int, int] | None:
     """
-    The commands a second and the burst a greeting gives, or L{None} if it
-    gives none.
+    The commands a second, the burst and the commands left now that a
+    greeting gives, or L{None} if it gives none.
     """
     match = _GREETING_RATE.search(text)
     if match is None or float(match.group(1)) <= 0 or int(match.group(2)) < 1:
         return None
-    return float(match.group(1)), int(match.group(2))
+    return float(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
 def format_time(moment: datetime) -> str:

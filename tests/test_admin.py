@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
+from secmsg.audit import RecordBudget
 from secmsg.client_tls import client_tls_options
 from secmsg.limits import Limits
 from tests.certs import CertificateAuthority, Pair
@@ -353,7 +354,10 @@ class AdminLimitTests(SynchronousTestCase):
         """
         clock = Clock()
         gate = AdminGate(
-            Factory.forProtocol(Protocol), clock, Limits(max_per_address=2)
+            Factory.forProtocol(Protocol),
+            clock,
+            Limits(max_per_address=2),
+            RecordBudget(clock, "handshake_refused"),
         )
         peer = IPv4Address("TCP", "127.0.0.1", 50000)
         first, second = gate.buildProtocol(peer), gate.buildProtocol(peer)

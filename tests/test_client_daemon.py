@@ -73,7 +73,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             result.stdout.splitlines(),
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
-                "; rate 20/s, burst 60",
+                "; rate 20/s, burst 60, 60 left",
                 "200 PONG",
                 "211-alice",
                 "211 1 online",
@@ -95,6 +95,17 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         replies = result.stdout.splitlines()[1:]
         self.assertEqual(replies, [f"250 {n}" for n in range(1, 81)])
+        # At once again: the greeting says how little is left of the
+        # bucket, and the script starts from that, not from a full one.
+        again = secmsg(
+            "connect",
+            self.address,
+            *self.as_user("alice"),
+            stdin="PING\n" * 70 + "PING",
+        )
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("left", again.stdout.splitlines()[0])
+        self.assertEqual(again.stdout.splitlines()[1:], ["200 PONG"] * 71)
 
     def test_scripted_reader_that_stops_early(self) -> None:
         """

@@ -216,7 +216,7 @@ class DaemonTests(SynchronousTestCase):
             out.splitlines(),
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
-                "; rate 20/s, burst 60",
+                "; rate 20/s, burst 60, 60 left",
                 "200 PONG",
                 "221 bye",
             ],

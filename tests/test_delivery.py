@@ -47,7 +47,7 @@ class StoreAndForwardTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
-                "; rate 1000000/s, burst 3000000",
+                "; rate 1000000/s, burst 3000000, 3000000 left",
                 f"MSG 1 {STAMP} alice one",
                 f"MSG 2 {STAMP} alice two",
             ],
@@ -342,7 +342,7 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
-                "; rate 1000000/s, burst 3000000"
+                "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
         store.read_mailboxes()
@@ -367,7 +367,7 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
-                "; rate 1000000/s, burst 3000000"
+                "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
         store.read_mailboxes()

@@ -62,7 +62,7 @@ class HandshakeTests:
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
-                "; rate 1000000/s, burst 3000000"
+                "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
         self.assertIsNone(client.lost)
@@ -79,7 +79,7 @@ class HandshakeTests:
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
-                "; rate 1000000/s, burst 3000000",
+                "; rate 1000000/s, burst 3000000, 3000000 left",
                 "200 PONG",
                 "211-alice",
                 "211 1 online",
@@ -267,7 +267,7 @@ class PolicyLoginTests(SynchronousTestCase):
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are carol (roles: guest)"
-                "; rate 1000000/s, burst 3000000"
+                "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
 
@@ -289,6 +289,6 @@ class PolicyLoginTests(SynchronousTestCase):
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are carol@example.org (roles: guest)"
-                "; rate 1000000/s, burst 3000000"
+                "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )

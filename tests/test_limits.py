@@ -273,7 +273,7 @@ class SessionLimitTests(SynchronousTestCase):
             [
                 [
                     f"200 secmsg {__version__} ready; you are alice (roles: user)"
-                    "; rate 1000000/s, burst 3000000"
+                    "; rate 1000000/s, burst 3000000, 3000000 left"
                 ],
                 ["503 too many sessions from 127.0.0.1 (limit 1)"],
                 [],

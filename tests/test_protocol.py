@@ -22,7 +22,8 @@ from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 
 GREETING = (
-    "200 secmsg 0.1.0 ready; you are {} (roles: {}); rate 1000000/s, burst 3000000"
+    "200 secmsg 0.1.0 ready; you are {} (roles: {}); "
+    "rate 1000000/s, burst 3000000, 3000000 left"
 )
 
 

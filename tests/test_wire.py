@@ -225,15 +225,31 @@ class ArbitraryInputTests(SynchronousTestCase):
 class GreetingRateTests(SynchronousTestCase):
     def test_rate_round_trips_through_the_greeting(self) -> None:
         """
-        The rate the daemon writes in its greeting is the one a client
-        reads back; a greeting without one gives none.
+        The rate the daemon writes in its greeting, with the commands left
+        now, is what a client reads back; a greeting without one gives none.
         """
-        for per_second, burst in [(20.0, 60), (0.5, 2), (1e9, 3)]:
+        for per_second, burst, left in [(20.0, 60, 60), (0.5, 2, 0), (1e9, 3, 1)]:
             greeting = "secmsg 0.1.0 ready; you are a (roles: r); " + wire.format_rate(
-                per_second, burst
+                per_second, burst, left
             )
-            self.assertEqual(wire.parse_greeting_rate(greeting), (per_second, burst))
-        self.assertEqual(wire.format_rate(20.0, 60), "rate 20/s, burst 60")
+            self.assertEqual(
+                wire.parse_greeting_rate(greeting), (per_second, burst, left)
+            )
+        self.assertEqual(wire.format_rate(20.0, 60, 12), "rate 20/s, burst 60, 12 left")
         self.assertIsNone(
             wire.parse_greeting_rate("secmsg ready; you are a (roles: r)")
         )
+
+
+class FramerEndTests(SynchronousTestCase):
+    def test_a_last_line_without_its_newline_is_a_line(self) -> None:
+        """
+        At the end of a stream, what is left after the last newline is
+        one more line; nothing, or an over-long line's tail, is none.
+        """
+        framer = wire.LineFramer(8)
+        self.assertEqual(framer.feed(b"PING\nWHO"), [b"PING"])
+        self.assertEqual(framer.finish(), [b"WHO"])
+        self.assertEqual(framer.finish(), [])
+        framer.feed(b"x" * 20)
+        self.assertEqual(framer.finish(), [])
