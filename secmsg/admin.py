@@ -66,7 +66,7 @@ from secmsg.errors import (
 )
 from secmsg.identity import describe_subject, fingerprint
 from secmsg.interfaces import IHandshakeObserver, IHub
-from secmsg.limits import Limits, RateLimiter, address_group
+from secmsg.limits import Limits, RateLimiter, address_group, count_down
 from secmsg.messages import Kind, Stored
 from secmsg.metrics import CONTENT_TYPE, Metrics
 from secmsg.protocol import describe_address
@@ -232,11 +232,12 @@ class AdminGate(WrappingFactory):
         self._limits = limits
         self._anonymous_records = anonymous_records
         self._from: Counter[str] = Counter()
+        self._open = 0
 
     def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper | None:
         host = address_group(str(getattr(addr, "host", addr)))
         if (
-            sum(self._from.values()) >= self._limits.max_handshakes
+            self._open >= self._limits.max_handshakes
             or self._from[host] >= self._limits.max_per_address
         ):
             if self._anonymous_records.allow():
@@ -249,15 +250,15 @@ class AdminGate(WrappingFactory):
                 )
             return None
         self._from[host] += 1
+        self._open += 1
         wrapper = super().buildProtocol(addr)
         wrapper.host = host
         return wrapper
 
     def unregisterProtocol(self, p: _DeadlineWrapper) -> None:
         super().unregisterProtocol(p)
-        self._from[p.host] -= 1
-        if self._from[p.host] <= 0:
-            del self._from[p.host]
+        self._open -= 1
+        count_down(self._from, p.host)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import resource
+from collections import Counter
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -63,6 +64,16 @@ def address_group(host: str) -> str:
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host
+
+
+def count_down(counter: Counter[str], key: str) -> None:
+    """
+    Count one fewer of C{key}, forgetting it at zero, so that a counter of
+    connections by address or identity holds only what is live.
+    """
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def raise_open_file_limit(needed: int) -> str | None:

@@ -55,6 +55,7 @@ from secmsg.limits import (
     RateLimiter,
     acknowledgement_rate,
     address_group,
+    count_down,
 )
 from secmsg.metrics import Metrics
 from secmsg.tls import refusal_for_handshake_failure
@@ -887,11 +888,11 @@ class SessionFactory(Factory):
         Forget a connection; wake L{close_all} once none is left.
         """
         self._sessions.discard(protocol)
-        _decrement(self._connections_from, protocol.host)
+        count_down(self._connections_from, protocol.host)
         if protocol in self._admitted:
             self._admitted.discard(protocol)
-            _decrement(self._admitted_from, protocol.host)
-            _decrement(self._admitted_as, protocol.avatar.identity)
+            count_down(self._admitted_from, protocol.host)
+            count_down(self._admitted_as, protocol.avatar.identity)
         if not self._sessions:
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
@@ -909,13 +910,3 @@ class SessionFactory(Factory):
         for protocol in list(self._sessions):
             protocol.close(reason)
         return waiter
-
-
-def _decrement(counter: Counter[str], key: str) -> None:
-    """
-    Count one fewer of C{key}, forgetting it at zero, so that a counter's
-    size follows what is live.
-    """
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
