@@ -39,7 +39,7 @@ from secmsg.command_line import CommandOptions, complain, stop_writing
 from secmsg.console import run_console
 from secmsg.errors import CommandError, ConfigurationError, Malformed
 from secmsg.launch import INTERRUPTED
-from secmsg.limits import RateLimiter, acknowledgement_rate
+from secmsg.limits import RateLimiter
 from secmsg.policy import Rate
 
 DEFAULT_PORT = 7443
@@ -294,6 +294,10 @@ def standard_input(protocol: Protocol) -> object:
     return stdio.StandardIO(protocol, stdout=os.open(os.devnull, os.O_WRONLY))
 
 
+_OURS = "us"
+"""The name of the one identity whose buckets a script's pacing mirrors."""
+
+
 class _ScriptFeeder(Protocol):
     """
     Feeds standard input's lines to the session as commands, and closes
@@ -327,7 +331,7 @@ class _ScriptFeeder(Protocol):
         if rate is not None:
             per_second, burst, left = rate
             self._rate = Rate(per_second * 0.9, burst)
-            self._buckets.begin("commands", self._rate, left - 1)
+            self._buckets.begin(_OURS, self._rate, left - 1)
         self._waiting: deque[bytes] = deque()
         self._pacing: IDelayedCall | None = None
         self._framer = wire.LineFramer(wire.MAX_LINE_LENGTH * 16)
@@ -381,11 +385,7 @@ class _ScriptFeeder(Protocol):
         if self._rate is None:
             return 0.0
         verb = frame.lstrip(b" ").split(b" ", 1)[0].upper()
-        if verb == b"QUIT":
-            return 0.0
-        if verb == b"ACK":
-            return self._buckets.take("ACK", acknowledgement_rate(self._rate))
-        return self._buckets.take("commands", self._rate)
+        return self._buckets.charge(_OURS, verb.decode("ascii", "replace"), self._rate)
 
     def _feed(self, frame: bytes | object) -> None:
         try:

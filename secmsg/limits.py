@@ -158,6 +158,21 @@ class RateLimiter:
             return 0.0
         return (1 - bucket.tokens) / rate.per_second
 
+    def charge(self, identity: str, verb: str, rate: Rate) -> float:
+        """
+        Take what a line whose first word is C{verb} costs: nothing for
+        QUIT, a token of the acknowledgement bucket for ACK (a client sends
+        one for every message it is shown), a token of the command bucket
+        for anything else.
+
+        @return: as L{take}.
+        """
+        if verb == "QUIT":
+            return 0.0
+        if verb == "ACK":
+            return self.take(f"{identity} ACK", acknowledgement_rate(rate))
+        return self.take(identity, rate)
+
     def available(self, identity: str, rate: Rate) -> int:
         """
         How many whole tokens C{identity} has now, spending none: what its

@@ -53,7 +53,6 @@ from secmsg.limits import (
     RATE_EXEMPT,
     Limits,
     RateLimiter,
-    acknowledgement_rate,
     address_group,
     count_down,
 )
@@ -507,15 +506,8 @@ class SessionProtocol(Protocol):
         @raise RateLimited: there is none left; the reply says when there
             will be.
         """
-        if verb == "QUIT":
-            return
-        rate = self.avatar.grant.rate
-        if verb == "ACK":
-            wait = self._rate_limiter.take(
-                f"{self.avatar.identity} ACK", acknowledgement_rate(rate)
-            )
-        else:
-            wait = self._rate_limiter.take(self.avatar.identity, rate)
+        avatar = self.avatar
+        wait = self._rate_limiter.charge(avatar.identity, verb, avatar.grant.rate)
         if wait:
             raise RateLimited(max(1, math.ceil(wait * 1000)))
 
