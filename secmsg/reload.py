@@ -213,29 +213,17 @@ class Reloader:
         log.info("{summary}", summary=report.summary())
         return report
 
-    def recheck(self) -> list[tuple[str, str]]:
+    def recheck(self) -> None:
         """
         Verify every live session's certificate again against the trust in
         force, as of now, and close those it refuses: for a CRL that went
         stale under C{stale-crl = "refuse"}.
-
-        @return: the identity and reason of each session closed.
         """
         now = clock_time(self._clock)
-        closed = []
         for avatar, peer in self._hub.sessions():
             refusal = self._tls.trust.recheck(peer.certificate_chain, now)
             if refusal is not None:
-                closed.append((avatar.identity, refusal.reason.value))
-                self._apply(
-                    avatar,
-                    peer,
-                    SessionChange(
-                        avatar.identity, peer.address, closed=refusal.reason.value
-                    ),
-                    None,
-                )
-        return closed
+                _close(avatar, peer, refusal.reason.value)
 
     def _judge(
         self,
@@ -285,16 +273,24 @@ class Reloader:
         grant: Grant | None,
     ) -> None:
         if grant is None:
-            audit(
-                "session_closed",
-                "closing {identity} from {peer} at reload: {reason}",
-                identity=avatar.identity,
-                peer=peer.address,
-                reason=change.closed,
-            )
-            peer.close(change.closed)
+            _close(avatar, peer, change.closed)
             return
         avatar.regrant(grant)
         for room in change.parts if change is not None else ():
             self._hub.part(peer, room)
             peer.notice(f"you have left {room}: the policy no longer lets you join it")
+
+
+def _close(avatar: ISessionAvatar, peer: IPeer, reason: str) -> None:
+    """
+    Close a session the configuration in force no longer admits, saying
+    why to it and to the audit trail.
+    """
+    audit(
+        "session_closed",
+        "closing {identity} from {peer}: {reason}",
+        identity=avatar.identity,
+        peer=peer.address,
+        reason=reason,
+    )
+    peer.close(reason)

@@ -292,7 +292,7 @@ class CRLFreshnessService(TimerService):
         self,
         tls: VerifyingServerTLS,
         clock: IReactorTime,
-        recheck: Callable[[], list[tuple[str, str]]],
+        recheck: Callable[[], None],
     ) -> None:
         super().__init__(CRL_CHECK_INTERVAL, self.check)
         self.clock = clock
