@@ -52,7 +52,7 @@ from zope.interface import implementer
 from secmsg import wire
 from secmsg.audit import RecordBudget, audit
 from secmsg.auth import SessionAvatar, VerifiedCertificate
-from secmsg.commands import kick_identity, reload_as
+from secmsg.commands import kick_identity, refuse_store_failure, reload_as
 from secmsg.delivery import Delivery
 from secmsg.errors import (
     CertificateRefused,
@@ -60,7 +60,6 @@ from secmsg.errors import (
     Malformed,
     NotFound,
     NotPermitted,
-    NotStored,
     RateLimited,
     StoreError,
 )
@@ -532,13 +531,8 @@ class AdminApi:
         return {"status": "ok", "identity": call.avatar.identity}
 
     def _sent(self, sent: defer.Deferred[Stored]) -> defer.Deferred[dict[str, int]]:
-        def refused(failure: Failure) -> None:
-            failure.trap(StoreError)
-            log.error("message store failed: {error}", error=failure.getErrorMessage())
-            raise NotStored(f"not done, the message store failed: {failure.value}")
-
-        sent.addCallbacks(lambda message: {"id": message.id}, refused)
-        return sent
+        refuse_store_failure(sent)
+        return sent.addCallback(lambda message: {"id": message.id})
 
 
 class AdminResource(Resource):

@@ -10,7 +10,7 @@ never decide whether the caller may run them: the avatar did that.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from twisted.internet import defer
@@ -51,6 +51,8 @@ class Session(Protocol):
         Close the session once the current reply has been sent.
         """
 
+
+T = TypeVar("T")
 
 Reply = bytes | defer.Deferred[bytes]
 """A command's reply, at once or once the store has answered."""
@@ -226,7 +228,7 @@ class Commands:
             session.avatar.identity, int(words[-1]), up_to
         )
         acknowledged.addCallback(lambda count: wire.reply(200, f"acknowledged {count}"))
-        return self._stored(acknowledged)
+        return refuse_store_failure(acknowledged)
 
     def history(self, session: Session, target: str, count: str = "") -> Reply:
         identity = session.avatar.identity
@@ -239,24 +241,11 @@ class Commands:
         else:
             found = self._store.conversation(identity, target, limit, HISTORY_BYTES)
         found.addCallback(_history_listing)
-        return self._stored(found)
+        return refuse_store_failure(found)
 
     def _accepted(self, sent: defer.Deferred[Stored]) -> defer.Deferred[bytes]:
         sent.addCallback(lambda message: wire.reply(250, str(message.id)))
-        return self._stored(sent)
-
-    def _stored(self, result: defer.Deferred[bytes]) -> defer.Deferred[bytes]:
-        """
-        Turn a store that failed (a full disk, say) into a 503 for the
-        client: it must never take a failure for a 250.
-        """
-
-        def refused(failure: Failure) -> None:
-            failure.trap(StoreError)
-            log.error("message store failed: {error}", error=failure.getErrorMessage())
-            raise NotStored(f"not done, the message store failed: {failure.value}")
-
-        return result.addErrback(refused)
+        return refuse_store_failure(sent)
 
     def reload(self, session: Session, mode: str = "") -> bytes:
         dry = mode == "DRY"
@@ -269,6 +258,21 @@ class Commands:
                 f"{report.checked} sessions; nothing changed",
             )
         return wire.reply(200, report.summary())
+
+
+def refuse_store_failure(result: defer.Deferred[T]) -> defer.Deferred[T]:
+    """
+    Turn a store that failed (a full disk, say) into a 503 for the client,
+    on the line and at the admin interface: it must never take a failure
+    for success.
+    """
+
+    def refused(failure: Failure) -> None:
+        failure.trap(StoreError)
+        log.error("message store failed: {error}", error=failure.getErrorMessage())
+        raise NotStored(f"not done, the message store failed: {failure.value}")
+
+    return result.addErrback(refused)
 
 
 def kick_identity(hub: IHub, by: str, peer: str, identity: str, reason: str) -> int:
