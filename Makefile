@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTANCE := dev
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-soak clean
 
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,19 @@ $(SCAN_VENV)/installed:
 	$(SCAN_VENV)/bin/python -m pip install --quiet 'sslyze==$(SSLYZE_VERSION)'
 	touch $@
 
+# Mosquitto, the daemon the benchmarks measure secmsg against, from Debian's
+# packages; the benchmark's smoke test runs it too.
+MOSQUITTO := /usr/sbin/mosquitto
+
+$(MOSQUITTO):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
+
+# matplotlib draws the benchmark's plot; nothing else needs it.
+$(VENV)/bench-installed: $(VENV)/installed
+	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
 $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 	$(VENV)/bin/secmsg init $(INSTANCE)
 
@@ -32,7 +45,7 @@ run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 ## Set up with the test extras (and sslyze for the TLS scan), check the code
 ## with ruff, run the whole suite under pytest and again under trial, since
 ## both must find and pass it.
-test: $(VENV)/installed $(SCAN_VENV)/installed lint
+test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) lint
 	$(PYTHON) -m pytest -q
 	$(PYTHON) -m twisted.trial tests
 
@@ -40,8 +53,14 @@ lint: $(VENV)/installed
 	$(VENV)/bin/ruff check secmsg twisted tests bench
 	$(VENV)/bin/ruff format --check secmsg twisted tests bench
 
-## Measure; the numbers and what they mean are in docs/benchmarks.md.
-bench: $(VENV)/installed
+## Measure secmsg beside Mosquitto (about ten minutes); the figures go to
+## docs/benchmarks.md, docs/benchmarks.json and the plot in docs/.
+bench: $(VENV)/bench-installed $(MOSQUITTO)
+	$(PYTHON) -m bench.run --json docs/benchmarks.json \
+		--markdown docs/benchmarks.md --plot docs/bench-latency.png
+
+## The message store alone, and a thousand sessions held under load.
+bench-soak: $(VENV)/installed
 	$(PYTHON) bench/store_throughput.py
 	$(PYTHON) bench/sessions_load.py
 

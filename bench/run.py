@@ -1,0 +1,156 @@
+"""
+Every scenario against secmsg and Mosquitto (and handshakes against
+C{openssl s_server}), in one run on this machine, with the results as JSON
+and as the generated part of docs/benchmarks.md.
+
+    .venv/bin/python -m bench.run [--json PATH] [--markdown PATH]
+        [--plot PATH] [--only SCENARIO ...] [--smoke]
+
+C{make bench} installs what this needs (Mosquitto from Debian's packages,
+matplotlib for the plot) and runs it with the defaults: about ten minutes.
+--smoke runs each scenario for a second with a handful of sessions, to
+check that the benchmark works, not to measure anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import ssl
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.servers import MosquittoServer, OpensslServer, SecmsgServer
+from bench.suite import Bench, Settings
+from secmsg.limits import raise_open_file_limit
+
+SCENARIOS = ("handshakes", "direct", "rooms", "idle", "durable")
+
+SMOKE = Settings(
+    workers=2,
+    warmup=0.3,
+    seconds=1.0,
+    pairs=2,
+    window=20,
+    room_window=5,
+    loads=(200,),
+    steady=200,
+    members=(4,),
+    idle=(20, 40),
+    handshake_concurrency=2,
+    tls_versions=("1.3",),
+    settle=0.5,
+)
+"""Tiny counts and a one-second window: whether every scenario works."""
+
+
+def machine() -> dict[str, Any]:
+    """
+    What the figures were measured on.
+    """
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "system": platform.platform(),
+    }
+
+
+def versions() -> dict[str, str]:
+    return {
+        "secmsg": SecmsgServer.version(),
+        "mosquitto": MosquittoServer.version(),
+        "openssl": OpensslServer.version(),
+        "python": sys.version.split()[0],
+        "OpenSSL of the clients": ssl.OPENSSL_VERSION.split()[1],
+        **{name: metadata.version(name) for name in ("twisted", "pyOpenSSL")},
+    }
+
+
+def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, Any]:
+    """
+    The chosen scenarios, each against each of its servers, in turn.
+    """
+    bench = Bench(directory, settings)
+    peers = (SecmsgServer, MosquittoServer)
+    results: dict[str, Any] = {}
+    if "handshakes" in scenarios:
+        results["handshakes"] = {
+            tls: {
+                server.name: bench.handshakes(server, tls)
+                for server in (*peers, OpensslServer)
+            }
+            for tls in settings.tls_versions
+        }
+    if "direct" in scenarios:
+        results["direct"] = {server.name: bench.direct(server) for server in peers}
+    if "rooms" in scenarios:
+        results["rooms"] = {
+            str(members): {server.name: bench.room(server, members) for server in peers}
+            for members in settings.members
+        }
+    if "idle" in scenarios:
+        results["idle"] = {server.name: bench.idle(server) for server in peers}
+    if "durable" in scenarios:
+        results["durable"] = {server.name: bench.durable(server) for server in peers}
+    return results
+
+
+def main(arguments: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--markdown", type=Path, help="rewrite the generated part of this file"
+    )
+    parser.add_argument("--plot", type=Path, help="latency against load, as PNG")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE.__doc__)
+    options = parser.parse_args(arguments)
+    if shutil.which("mosquitto") is None:
+        parser.exit(
+            1,
+            "mosquitto is not installed: `make bench` installs it "
+            "(apt-get install mosquitto)\n",
+        )
+    raise_open_file_limit(65536)
+    settings = SMOKE if options.smoke else Settings()
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="secmsg-bench-") as scratch:
+        results = run(settings, list(options.only), Path(scratch))
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "parameters": settings.__dict__,
+        "results": results,
+    }
+    if options.json:
+        options.json.write_text(json.dumps(document, indent=1) + "\n")
+    if options.plot:
+        report.plot(document, options.plot)
+    summary = report.markdown(document, options.plot)
+    if options.markdown:
+        report.replace_generated(options.markdown, summary)
+    else:
+        print(summary)
+
+
+if __name__ == "__main__":
+    main()

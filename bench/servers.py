@@ -1,0 +1,339 @@
+"""
+The servers the benchmark measures, started and stopped by it on loopback:
+secmsg's daemon, Mosquitto and C{openssl s_server}, all on one CA's ECDSA
+P-256 certificates, all requiring a client certificate and checking it
+against the CA's CRL.
+
+Each server is a child process whose CPU time and resident memory are read
+from /proc, so that a figure is the server's own, not the load generator's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from secmsg import pki
+from secmsg.authority import open_authority
+from secmsg.instance import create_instance
+
+BIN = Path(sys.executable).parent
+
+START_TIMEOUT = 30.0
+"""Seconds a server may take to start listening."""
+
+ROOM = "bench"
+"""The one room of the room scenario, in secmsg and as an MQTT topic."""
+
+POLICY = """\
+# The benchmark's policy: every identity may message, join and say, at a
+# rate that never binds, so that the daemon is measured and not its limit.
+default_roles = ["user"]
+
+[roles.user]
+commands = ["PING", "QUIT", "MSG", "JOIN", "PART", "SAY"]
+rate = 1e9
+burst = 1000000000
+
+[identities]
+{known}
+"""
+
+LIFTED_LIMITS = """
+max-sessions = 20000
+max-sessions-per-identity = 20000
+max-sessions-per-address = 20000
+max-handshakes = 5000
+"""
+"""The session limits lifted for the benchmark, which opens thousands of
+sessions from one address."""
+
+MOSQUITTO_ACL = """\
+# Anyone may send to anyone's inbox and use the rooms; each identity reads
+# only its own inbox. The username is the certificate's CN. Patterns, not
+# topics: Mosquitto applies topic lines outside a user block to anonymous
+# clients only.
+pattern write direct/+
+pattern readwrite rooms/#
+pattern read direct/%u
+"""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    The files of the benchmark's PKI: the CA, the CRL, the server's
+    certificate for "localhost", and a directory of client certificates
+    named NAME.pem and NAME.key.
+    """
+
+    ca: Path
+    crl: Path
+    server_certificate: Path
+    server_key: Path
+    clients: Path
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        return self.clients / f"{name}.pem", self.clients / f"{name}.key"
+
+
+def make_pki(directory: Path, names: list[str], known: list[str]) -> Credentials:
+    """
+    A secmsg instance in C{directory} whose CA also issues a certificate for
+    every client name, and whose policy lets them all in at an unbinding
+    rate. C{known} are identities messages may be sent to while they are
+    offline (the policy lists them).
+
+    The client certificates are made here, in process, not with
+    C{secmsg pki issue} a thousand times; they are the same kind of
+    certificate (ECDSA P-256, clientAuth, signed by the instance's CA).
+    """
+    config = create_instance(directory, datetime.now(UTC))
+    instance = config.parent
+    (instance / "policy.toml").write_text(
+        POLICY.format(known="\n".join(f'{name} = ["user"]' for name in known))
+    )
+    with config.open("a") as settings:
+        settings.write(LIFTED_LIMITS)
+    clients = instance / "clients"
+    now = datetime.now(UTC)
+    with open_authority(instance) as authority:
+        for name in names:
+            issued = pki.issue(authority.ca, name, now, days=2)
+            pki.install_file(
+                clients / f"{name}.key", pki.private_pem(issued.key), private=True
+            )
+            pki.install_file(
+                clients / f"{name}.pem", pki.pem(issued.certificate), private=False
+            )
+    return Credentials(
+        ca=instance / "ca.pem",
+        crl=instance / "crl.pem",
+        server_certificate=instance / "servers" / "localhost.pem",
+        server_key=instance / "servers" / "localhost.key",
+        clients=clients,
+    )
+
+
+def free_port() -> int:
+    """
+    A loopback port nothing listens on now, for a server that cannot be
+    told to pick its own and say which.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=1),
+        ):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{process.args[0]} did not start:\n{log.read_text()}")
+
+
+class Server:
+    """
+    A server process: its port, its CPU time and memory, and its stop.
+    """
+
+    name = ""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def cpu_seconds(self) -> float:
+        """
+        CPU time the server has used, user and system, in seconds.
+        """
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        """
+        The server's resident memory in KiB, as the kernel counts it.
+        """
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+    def stop(self) -> None:
+        """
+        SIGTERM, and SIGKILL if it has not stopped in half a minute.
+        """
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class SecmsgServer(Server):
+    """
+    The daemon, as C{twistd secmsg} runs it, on the bench instance.
+    """
+
+    name = "secmsg"
+
+    @classmethod
+    def start(cls, credentials: Credentials, directory: Path) -> SecmsgServer:
+        log = directory / "secmsg.log"
+        port = free_port()
+        config = credentials.ca.parent / "secmsg.toml"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [
+                    BIN / "twistd",
+                    "--nodaemon",
+                    "--pidfile=",
+                    "secmsg",
+                    "--config",
+                    config,
+                    "--interface",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_port(process, port, log)
+        return cls(process, port, log)
+
+    @staticmethod
+    def version() -> str:
+        return subprocess.run(
+            [BIN / "secmsg", "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+
+
+class MosquittoServer(Server):
+    """
+    Mosquitto 2 configured as an operator would run it beside secmsg:
+    client certificates required and checked against the CRL, the
+    certificate's CN as the username, an ACL, TCP_NODELAY (without it,
+    Nagle's algorithm adds tens of milliseconds to every TLS 1.3 login),
+    nothing persisted to disk, and no cap on the messages queued for a
+    client, so that nothing is dropped while it is measured.
+    """
+
+    name = "mosquitto"
+
+    @classmethod
+    def start(cls, credentials: Credentials, directory: Path) -> MosquittoServer:
+        port = free_port()
+        acl = directory / "mosquitto.acl"
+        acl.write_text(MOSQUITTO_ACL)
+        config = directory / "mosquitto.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    # The bench runs as root and its keys are 0600: without
+                    # this, Mosquitto would drop to its own user and be
+                    # unable to read them.
+                    "user root",
+                    "per_listener_settings false",
+                    "allow_anonymous false",
+                    "persistence false",
+                    "set_tcp_nodelay true",
+                    "max_queued_messages 0",
+                    "max_queued_bytes 0",
+                    f"acl_file {acl}",
+                    f"listener {port} 127.0.0.1",
+                    f"cafile {credentials.ca}",
+                    f"certfile {credentials.server_certificate}",
+                    f"keyfile {credentials.server_key}",
+                    f"crlfile {credentials.crl}",
+                    "require_certificate true",
+                    "use_identity_as_username true",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    "",
+                ]
+            )
+        )
+        log = directory / "mosquitto.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                ["mosquitto", "-c", config], stdout=output, stderr=subprocess.STDOUT
+            )
+        _wait_for_port(process, port, log)
+        return cls(process, port, log)
+
+    @staticmethod
+    def version() -> str:
+        # mosquitto -h prints its version and exits with 3.
+        usage = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True)
+        return usage.stdout.splitlines()[0].split()[-1]
+
+
+class OpensslServer(Server):
+    """
+    C{openssl s_server}: the handshake and nothing after it, the ceiling for
+    handshakes per second. It serves one connection at a time, as fast as
+    OpenSSL's C code can; its stdin is a pipe kept open, since it stops at
+    the end of its input.
+    """
+
+    name = "openssl s_server"
+
+    @classmethod
+    def start(cls, credentials: Credentials, directory: Path) -> OpensslServer:
+        port = free_port()
+        log = directory / "s_server.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [
+                    "openssl",
+                    "s_server",
+                    "-quiet",
+                    "-accept",
+                    f"127.0.0.1:{port}",
+                    "-cert",
+                    credentials.server_certificate,
+                    "-key",
+                    credentials.server_key,
+                    "-CAfile",
+                    credentials.ca,
+                    "-CRL",
+                    credentials.crl,
+                    "-crl_check",
+                    "-Verify",
+                    "1",
+                    "-no_ticket",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_port(process, port, log)
+        return cls(process, port, log)
+
+    @staticmethod
+    def version() -> str:
+        return subprocess.run(
+            ["openssl", "version"], capture_output=True, text=True, check=True
+        ).stdout.split()[1]

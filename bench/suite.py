@@ -1,0 +1,319 @@
+"""
+The five scenarios as the parent runs them: start a server, hand each
+client worker its share of the load, measure, stop the server, and turn
+what the workers counted into figures.
+
+1. handshakes: new mutual-TLS sessions a second, each to the greeting.
+2. direct: N sender/receiver pairs, at fixed offered loads and at
+   saturation.
+3. rooms: one sender, M members, at saturation.
+4. idle: the server's resident memory per held session.
+5. durable: messages to offline identities, confirmed a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import (
+    FlowPlan,
+    HandshakePlan,
+    IdlePlan,
+    Target,
+    Workers,
+    measure,
+    percentiles,
+)
+from bench.servers import (
+    Credentials,
+    MosquittoServer,
+    OpensslServer,
+    SecmsgServer,
+    Server,
+    make_pki,
+)
+
+PROTOCOLS: dict[type[Server], str] = {
+    SecmsgServer: "secmsg",
+    MosquittoServer: "mqtt",
+    OpensslServer: "tls",
+}
+"""What each server speaks, as the client workers know it."""
+
+HANDSHAKE_IDENTITIES = 8
+IDLE_IDENTITIES = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    The parameters of a run, recorded with its results.
+    """
+
+    workers: int = 2
+    warmup: float = 2.0
+    seconds: float = 5.0
+    pairs: int = 4
+    window: int = 100
+    room_window: int = 20
+    loads: tuple[int, ...] = (1000, 2000, 5000, 10000, 20000, 40000)
+    steady: int = 2000
+    members: tuple[int, ...] = (10, 100, 1000)
+    idle: tuple[int, ...] = (1000, 5000)
+    handshake_concurrency: int = 16
+    tls_versions: tuple[str, ...] = ("1.3", "1.2")
+    settle: float = 2.0
+
+
+def identities(settings: Settings) -> tuple[list[str], list[str]]:
+    """
+    Every client identity the run uses, and those of them that are offline
+    recipients (which secmsg's policy must know).
+    """
+    offline = [f"away{n}" for n in range(settings.pairs)]
+    names = [
+        *(f"s{n}" for n in range(settings.pairs)),
+        *(f"r{n}" for n in range(settings.pairs)),
+        "speaker",
+        *(f"m{n}" for n in range(max(max(settings.members), IDLE_IDENTITIES))),
+        *(f"hs{n}" for n in range(HANDSHAKE_IDENTITIES)),
+        *offline,
+    ]
+    return names, offline
+
+
+class Bench:
+    """
+    One run's shared state: the PKI, a scratch directory per server, and
+    the settings.
+    """
+
+    def __init__(self, directory: Path, settings: Settings) -> None:
+        self.directory = directory
+        self.settings = settings
+        names, offline = identities(settings)
+        self.credentials: Credentials = make_pki(directory / "pki", names, offline)
+        self._runs = 0
+
+    def start(self, server_class: type[Server]) -> Server:
+        self._runs += 1
+        scratch = self.directory / f"run{self._runs}"
+        scratch.mkdir()
+        return server_class.start(self.credentials, scratch)
+
+    def target(self, server: Server, tls: str = "1.3") -> Target:
+        return Target(PROTOCOLS[type(server)], server.port, self.credentials, tls)
+
+    def handshakes(self, server_class: type[Server], tls: str) -> dict[str, Any]:
+        """
+        New sessions a second from C{workers} processes, each keeping
+        C{handshake_concurrency} connections in progress.
+        """
+        settings = self.settings
+        names = [f"hs{n}" for n in range(HANDSHAKE_IDENTITIES)]
+        with self.start(server_class) as server:
+            target = self.target(server, tls)
+            plans = [
+                HandshakePlan(target, names, settings.handshake_concurrency)
+                for _ in range(settings.workers)
+            ]
+            with Workers(plans) as workers:
+                workers.ask("prepare")
+                results, cpu = measure(
+                    server, workers, settings.warmup, settings.seconds
+                )
+            completed = sum(r["completed"] for r in results)
+            return {
+                "per_second": round(completed / settings.seconds, 1),
+                "server_cpu_ms_each": _per(cpu * 1e3, completed),
+                "server_cpu_share": round(cpu / settings.seconds, 3),
+                "clients_cpu_share": _clients_share(results, settings.seconds),
+                **percentiles([x for r in results for x in r["latencies_us"]]),
+                "failures": _merged(r["failures"] for r in results),
+                "log_tracebacks": _tracebacks(server),
+            }
+
+    def direct(self, server_class: type[Server]) -> dict[str, Any]:
+        """
+        Pairs at each offered load of C{loads} (messages a second in all),
+        then at saturation, on one server, with a drain between them.
+        """
+        settings = self.settings
+        figures: dict[str, Any] = {"sweep": []}
+        with self.start(server_class) as server:
+            for rate in [*settings.loads, None]:
+                plans = self._pair_plans(server, rate)
+                with Workers(plans) as workers:
+                    workers.ask("prepare")
+                    figure = self._flow(server, workers)
+                figure["offered_per_second"] = rate
+                if rate is None:
+                    figures["saturation"] = figure
+                else:
+                    figures["sweep"].append(figure)
+            figures["log_tracebacks"] = _tracebacks(server)
+        steady = [
+            f for f in figures["sweep"] if f["offered_per_second"] == settings.steady
+        ]
+        if steady:
+            figures["steady"] = steady[0]
+        return figures
+
+    def _pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
+        settings = self.settings
+        target = self.target(server)
+        shares: list[list[int]] = [[] for _ in range(settings.workers)]
+        for n in range(settings.pairs):
+            shares[n % settings.workers].append(n)
+        per_sender = None if rate is None else rate / settings.pairs
+        return [
+            FlowPlan(
+                target,
+                senders=[(f"s{n}", f"r{n}") for n in share],
+                receivers=[f"r{n}" for n in share],
+                rate=per_sender,
+                window=settings.window,
+            )
+            for share in shares
+            if share
+        ]
+
+    def room(self, server_class: type[Server], members: int) -> dict[str, Any]:
+        """
+        One sender saying as fast as the closed loop allows to a room of
+        C{members} other sessions, each its own identity.
+        """
+        settings = self.settings
+        with self.start(server_class) as server:
+            target = self.target(server)
+            shares: list[list[str]] = [[] for _ in range(settings.workers)]
+            for n in range(members):
+                shares[n % settings.workers].append(f"m{n}")
+            plans = [
+                FlowPlan(
+                    target,
+                    senders=[("speaker", "bench")] if index == 0 else [],
+                    receivers=share,
+                    room=True,
+                    window=settings.room_window,
+                )
+                for index, share in enumerate(shares)
+                if share
+            ]
+            with Workers(plans) as workers:
+                workers.ask("prepare")
+                figure = self._flow(server, workers)
+            figure["members"] = members
+            figure["log_tracebacks"] = _tracebacks(server)
+            return figure
+
+    def durable(self, server_class: type[Server]) -> dict[str, Any]:
+        """
+        Pairs whose recipients are offline: secmsg confirms with 250 once
+        the message is committed to disk; Mosquitto confirms QoS 1 with
+        PUBACK once it has queued the message.
+        """
+        settings = self.settings
+        with self.start(server_class) as server:
+            target = self.target(server)
+            shares: list[list[int]] = [[] for _ in range(settings.workers)]
+            for n in range(settings.pairs):
+                shares[n % settings.workers].append(n)
+            plans = [
+                FlowPlan(
+                    target,
+                    senders=[(f"s{n}", f"away{n}") for n in share],
+                    receivers=[],
+                    offline=[f"away{n}" for n in share],
+                    window=settings.window,
+                    qos=1,
+                )
+                for share in shares
+                if share
+            ]
+            with Workers(plans) as workers:
+                workers.ask("prepare")
+                figure = self._flow(server, workers)
+            figure["log_tracebacks"] = _tracebacks(server)
+            return figure
+
+    def _flow(self, server: Server, workers: Workers) -> dict[str, Any]:
+        settings = self.settings
+        results, cpu = measure(server, workers, settings.warmup, settings.seconds)
+        delivered = sum(r["delivered"] for r in results)
+        confirmed = sum(r["confirmed"] for r in results)
+        counted = delivered or confirmed
+        return {
+            "delivered_per_second": round(delivered / settings.seconds, 1),
+            "confirmed_per_second": round(confirmed / settings.seconds, 1),
+            "sent_per_second": round(
+                sum(r["sent"] for r in results) / settings.seconds, 1
+            ),
+            "server_cpu_us_each": _per(cpu * 1e6, counted),
+            "server_cpu_share": round(cpu / settings.seconds, 3),
+            "clients_cpu_share": _clients_share(results, settings.seconds),
+            **percentiles([x for r in results for x in r["latencies_us"]]),
+            "problems": _merged(r["problems"] for r in results),
+            "lost_sessions": sum(r["lost_sessions"] for r in results),
+        }
+
+    def idle(self, server_class: type[Server]) -> dict[str, Any]:
+        """
+        The server's resident memory with no session, then with each count
+        of C{idle} sessions held, and what each session costs.
+        """
+        settings = self.settings
+        names = [f"m{n}" for n in range(IDLE_IDENTITIES)]
+        figures: dict[str, Any] = {"levels": []}
+        with self.start(server_class) as server:
+            target = self.target(server)
+            plans = [IdlePlan(target, names, 16) for _ in range(settings.workers)]
+            with Workers(plans) as workers:
+                workers.ask("prepare")
+                time.sleep(settings.settle)
+                base = server.rss_kib()
+                figures["rss_kib_empty"] = base
+                held = 0
+                for level in settings.idle:
+                    share = (level - held) // settings.workers
+                    workers.ask("open", count=share)
+                    held += share * settings.workers
+                    time.sleep(settings.settle)
+                    rss = server.rss_kib()
+                    figures["levels"].append(
+                        {
+                            "sessions": held,
+                            "rss_kib": rss,
+                            "kib_each": round((rss - base) / held, 1),
+                        }
+                    )
+                figures["lost_sessions"] = sum(r["lost"] for r in workers.ask("close"))
+            figures["log_tracebacks"] = _tracebacks(server)
+        return figures
+
+
+def _per(total: float, count: int) -> float | None:
+    return round(total / count, 2) if count else None
+
+
+def _clients_share(results: list[dict[str, Any]], seconds: float) -> float:
+    """
+    The client processes' CPU time over the run, in cores: near the cores
+    left over from the server, the clients may be what bounds the rate.
+    """
+    return round(sum(r["cpu_seconds"] for r in results) / seconds, 3)
+
+
+def _merged(counts: Any) -> dict[str, int]:
+    merged: Counter[str] = Counter()
+    for count in counts:
+        merged.update(count)
+    return dict(merged)
+
+
+def _tracebacks(server: Server) -> int:
+    return server.log.read_text(errors="replace").count("Traceback")

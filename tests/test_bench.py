@@ -1,0 +1,174 @@
+"""
+The benchmark's own parts: its MQTT encoder against the standard's
+examples and any cut of a stream, and a smoke run of every scenario with
+tiny counts, which must produce well-formed results. Nothing here times
+anything: the smoke run checks that the benchmark works, not how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import mqtt, report
+from tests.harness import temporary_directory
+from tests.test_wire import chunked
+
+ROOT = Path(__file__).parent.parent
+
+
+class RemainingLengthTests(SynchronousTestCase):
+    """
+    The fixed header's length, as the examples of MQTT 3.1.1 (2.2.3) give it.
+    """
+
+    def test_examples(self) -> None:
+        for length, encoded in [
+            (0, b"\x00"),
+            (127, b"\x7f"),
+            (128, b"\x80\x01"),
+            (16_383, b"\xff\x7f"),
+            (16_384, b"\x80\x80\x01"),
+            (2_097_151, b"\xff\xff\x7f"),
+            (268_435_455, b"\xff\xff\xff\x7f"),
+        ]:
+            self.assertEqual(mqtt.remaining_length(length), encoded, length)
+
+    def test_too_long(self) -> None:
+        with self.assertRaises(ValueError):
+            mqtt.remaining_length(268_435_456)
+
+    def test_connect(self) -> None:
+        """
+        CONNECT for protocol level 4 with a clean session and a client id.
+        """
+        self.assertEqual(
+            mqtt.connect("c1", clean_session=True),
+            b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x00\x00\x02c1",
+        )
+
+
+packets = st.lists(
+    st.one_of(
+        st.builds(
+            lambda topic, body: mqtt.publish(topic, body),
+            st.text(min_size=1, max_size=20),
+            st.binary(max_size=300),
+        ),
+        st.builds(
+            lambda topic, body, packet_id: mqtt.publish(topic, body, 1, packet_id),
+            st.text(min_size=1, max_size=20),
+            st.binary(max_size=300),
+            st.integers(1, 65535),
+        ),
+        st.builds(mqtt.puback, st.integers(1, 65535)),
+    ),
+    max_size=10,
+)
+
+
+class DecoderTests(SynchronousTestCase):
+    """
+    The decoder finds the same packets however the stream is cut.
+    """
+
+    @given(packets, st.lists(st.integers(1, 40), max_size=40))
+    def test_any_cut(self, sent: list[bytes], sizes: list[int]) -> None:
+        decoder = mqtt.Decoder()
+        stream = b"".join(sent)
+        received = [p for piece in chunked(stream, sizes) for p in decoder.feed(piece)]
+        self.assertEqual(len(received), len(sent))
+        for packet, original in zip(received, sent, strict=True):
+            self.assertEqual(packet.kind, original[0] >> 4)
+            self.assertTrue(original.endswith(packet.body))
+
+    def test_publish_parts(self) -> None:
+        decoder = mqtt.Decoder()
+        stream = mqtt.publish("rooms/a", b"hello", 1, 7) + mqtt.publish("d/b", b"x")
+        first, second = decoder.feed(stream)
+        self.assertEqual(mqtt.publish_parts(first), ("rooms/a", 7, b"hello"))
+        self.assertEqual(mqtt.publish_parts(second), ("d/b", 0, b"x"))
+
+    def test_length_past_four_bytes(self) -> None:
+        with self.assertRaises(mqtt.ProtocolError):
+            list(mqtt.Decoder().feed(b"\x30\xff\xff\xff\xff\x01"))
+
+
+class GeneratedSectionTests(SynchronousTestCase):
+    """
+    A run's tables replace only what lies between the markers.
+    """
+
+    def test_replaces_between_markers(self) -> None:
+        page = temporary_directory(self) / "page.md"
+        page.write_text(f"before\n{report.BEGIN}\nold\n{report.END}\nafter\n")
+        report.replace_generated(page, f"{report.BEGIN}\nnew\n{report.END}\n")
+        self.assertEqual(
+            page.read_text(), f"before\n{report.BEGIN}\nnew\n{report.END}\nafter\n"
+        )
+
+
+class SmokeTests(SynchronousTestCase):
+    """
+    C{python -m bench.run --smoke}: every scenario against secmsg and
+    Mosquitto (and s_server for handshakes), for a second each.
+    """
+
+    def test_every_scenario(self) -> None:
+        directory = temporary_directory(self)
+        results_path = directory / "results.json"
+        page = directory / "benchmarks.md"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.run",
+                "--smoke",
+                "--json",
+                str(results_path),
+                "--markdown",
+                str(page),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(run.returncode, 0, run.stderr)
+        document = json.loads(results_path.read_text())
+        summary = page.read_text()
+        self.assertEqual(
+            set(document), {"started", "machine", "versions", "parameters", "results"}
+        )
+        results = document["results"]
+        self.assertEqual(
+            set(results), {"handshakes", "direct", "rooms", "idle", "durable"}
+        )
+        for server in ("secmsg", "mosquitto", "openssl s_server"):
+            handshakes = results["handshakes"]["1.3"][server]
+            self.assertGreater(handshakes["per_second"], 0, server)
+            self.assertEqual(handshakes["failures"], {}, server)
+        for server in ("secmsg", "mosquitto"):
+            direct = results["direct"][server]
+            for figure in [*direct["sweep"], direct["saturation"]]:
+                self.assertGreater(figure["delivered_per_second"], 0, server)
+                self.assertEqual(figure["lost_sessions"], 0, server)
+                self.assertEqual(figure["problems"], {}, server)
+            room = results["rooms"]["4"][server]
+            self.assertGreater(room["delivered_per_second"], 0, server)
+            self.assertEqual(room["problems"], {}, server)
+            idle = results["idle"][server]
+            self.assertEqual([level["sessions"] for level in idle["levels"]], [20, 40])
+            self.assertEqual(idle["lost_sessions"], 0, server)
+            self.assertGreater(results["durable"][server]["confirmed_per_second"], 0)
+            for scenario in ("direct", "idle", "durable"):
+                self.assertEqual(results[scenario][server]["log_tracebacks"], 0)
+        self.assertIn("### 1. Handshakes, TLS 1.3", summary)
+        self.assertIn("| delivered a second |", summary)
+        self.assertIn("### 5. Durable", summary)
