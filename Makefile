@@ -24,10 +24,11 @@ $(SCAN_VENV)/installed:
 # Mosquitto, the daemon the benchmarks measure secmsg against, from Debian's
 # packages; the benchmark's smoke test runs it too.
 MOSQUITTO := /usr/sbin/mosquitto
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(MOSQUITTO):
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
 
 # matplotlib draws the benchmark's plot; nothing else needs it.
 $(VENV)/bench-installed: $(VENV)/installed

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.servers import MosquittoServer, OpensslServer, SecmsgServer
+from bench.servers import (
+    FloorServer,
+    MosquittoServer,
+    OpensslServer,
+    SecmsgServer,
+)
 from bench.suite import Bench, Settings
 from secmsg.limits import raise_open_file_limit
 
@@ -95,7 +100,7 @@ def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, 
         results["handshakes"] = {
             tls: {
                 server.name: bench.handshakes(server, tls)
-                for server in (*peers, OpensslServer)
+                for server in (*peers, OpensslServer, FloorServer)
             }
             for tls in settings.tls_versions
         }

@@ -271,6 +271,8 @@ class FlowWorker:
         cpu = await _window_cpu(timing)
         await asyncio.gather(*senders)
         await self._drain()
+        for receiver in self._receivers.values():
+            await receiver.settle()
         sessions = [*self._receivers.values(), *(s for s, _, _ in self._senders)]
         problems: Counter[str] = Counter()
         for session in sessions:

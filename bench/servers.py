@@ -337,3 +337,35 @@ class OpensslServer(Server):
         return subprocess.run(
             ["openssl", "version"], capture_output=True, text=True, check=True
         ).stdout.split()[1]
+
+
+class FloorServer(Server):
+    """
+    Twisted and pyOpenSSL with no secmsg code (L{bench.floor}): what a
+    session costs before secmsg does anything with it.
+    """
+
+    name = "Twisted + pyOpenSSL"
+
+    @classmethod
+    def start(cls, credentials: Credentials, directory: Path) -> FloorServer:
+        port = free_port()
+        log = directory / "floor.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.floor",
+                    credentials.ca,
+                    credentials.crl,
+                    credentials.server_certificate,
+                    credentials.server_key,
+                    str(port),
+                ],
+                cwd=Path(__file__).parent.parent,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_port(process, port, log)
+        return cls(process, port, log)

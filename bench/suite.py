@@ -30,6 +30,7 @@ from bench.scenarios import (
 )
 from bench.servers import (
     Credentials,
+    FloorServer,
     MosquittoServer,
     OpensslServer,
     SecmsgServer,
@@ -41,6 +42,7 @@ PROTOCOLS: dict[type[Server], str] = {
     SecmsgServer: "secmsg",
     MosquittoServer: "mqtt",
     OpensslServer: "tls",
+    FloorServer: "secmsg",
 }
 """What each server speaks, as the client workers know it."""
 

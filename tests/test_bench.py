@@ -150,7 +150,12 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual(
             set(results), {"handshakes", "direct", "rooms", "idle", "durable"}
         )
-        for server in ("secmsg", "mosquitto", "openssl s_server"):
+        for server in (
+            "secmsg",
+            "mosquitto",
+            "openssl s_server",
+            "Twisted + pyOpenSSL",
+        ):
             handshakes = results["handshakes"]["1.3"][server]
             self.assertGreater(handshakes["per_second"], 0, server)
             self.assertEqual(handshakes["failures"], {}, server)
