@@ -220,7 +220,14 @@ class _PeerVerifier:
     pyOpenSSL swallows exceptions raised in a verify callback and fails the
     handshake without a word, so every exception is caught here, logged and
     turned into a refusal.
+
+    The verifier lives as long as its connection, so it lets go of the
+    chain once a pass has judged it.  It has slots and no C{__dict__}:
+    pyOpenSSL wraps the callback with C{functools.wraps}, which would copy
+    every attribute onto the wrapper, a second holder of the same state.
     """
+
+    __slots__ = ("_chain", "_leaf_check", "_observer", "_stale_check", "_tolerated")
 
     def __init__(
         self,
@@ -271,12 +278,15 @@ class _PeerVerifier:
         self._chain[depth] = crypto_certificate
         if depth:
             return None
+        # The leaf ends a pass; a later one must not inherit this one's CAs.
+        chain = [self._chain[d] for d in sorted(self._chain)]
+        self._chain.clear()
         try:
             _check_client_usage(crypto_certificate)
             self._leaf_check(crypto_certificate)
         except CertificateRefused as refusal:
             return refusal
-        return self._stale_check([self._chain[d] for d in sorted(self._chain)])
+        return self._stale_check(chain)
 
 
 @dataclass(frozen=True)
