@@ -152,6 +152,48 @@ class SessionProtocol(Protocol):
     @ivar certificate_chain: the verified chain, leaf first.
     """
 
+    # A daemon holds thousands of idle sessions: slots keep their state out
+    # of a dictionary of its own in each (Twisted's attributes stay in one).
+    __slots__ = (
+        "_answering",
+        "_backlog",
+        "_bad_lines",
+        "_clock",
+        "_closing",
+        "_commands",
+        "_cutoff",
+        "_drain_waiters",
+        "_dropped_at_connect",
+        "_early",
+        "_finishing",
+        "_framer",
+        "_frames",
+        "_handshake_done",
+        "_held",
+        "_held_bytes",
+        "_idle",
+        "_last_words",
+        "_limits",
+        "_logout",
+        "_lost",
+        "_metrics",
+        "_paused",
+        "_portal",
+        "_producing",
+        "_rate_limiter",
+        "_rate_refusals",
+        "_refusal",
+        "_replies",
+        "_sent_while_held",
+        "_throttled",
+        "_timers",
+        "address",
+        "avatar",
+        "certificate",
+        "certificate_chain",
+        "host",
+    )
+
     def __init__(
         self,
         portal: Portal,
