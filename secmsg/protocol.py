@@ -57,7 +57,7 @@ from secmsg.limits import (
     count_down,
 )
 from secmsg.metrics import Metrics
-from secmsg.tls import refusal_for_handshake_failure
+from secmsg.tls import refusal_for_handshake_failure, share_issuers
 
 log = Logger()
 
@@ -293,8 +293,8 @@ class SessionProtocol(Protocol):
         self._handshake_done = True
         if self._closing:
             return
-        self.certificate_chain = self.transport.getHandle().get_verified_chain(
-            as_cryptography=True
+        self.certificate_chain = share_issuers(
+            self.transport.getHandle().get_verified_chain(as_cryptography=True)
         )
         self.certificate = self.certificate_chain[0]
         login = self._portal.login(

@@ -12,6 +12,7 @@ OpenSSL's verdict and only ever adds refusals of its own.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,6 +288,28 @@ class _PeerVerifier:
         except CertificateRefused as refusal:
             return refusal
         return self._stale_check(chain)
+
+
+def share_issuers(chain: list[x509.Certificate]) -> list[x509.Certificate]:
+    """
+    A verified chain (leaf first) whose certificates above the leaf are
+    copies shared by every chain that holds them: each session keeps its
+    chain for the rechecks at a reload, and otherwise kept its own parsed
+    copy of the same few CAs.
+    """
+    return [chain[0], *(_shared_copy(certificate) for certificate in chain[1:])]
+
+
+def _shared_copy(certificate: x509.Certificate) -> x509.Certificate:
+    return _parsed_once(certificate.public_bytes(serialization.Encoding.DER))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_once(der: bytes) -> x509.Certificate:
+    # Only CAs of verified chains come here: a bound well above the CAs
+    # and intermediates one daemon trusts, which still caps a pathological
+    # PKI.
+    return x509.load_der_x509_certificate(der)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.tls import TLSFiles, _PeerVerifier, load_server_tls
+from secmsg.tls import TLSFiles, _PeerVerifier, load_server_tls, share_issuers
 from tests.certs import CertificateAuthority, now
 from tests.harness import Instance
 
@@ -29,6 +29,25 @@ class ServerContextTests(SynchronousTestCase):
         context = load_server_tls(files, now(), False).context
         # Setting no bits changes nothing and answers the mode in force.
         self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+
+
+class SharedIssuersTests(SynchronousTestCase):
+    def test_chains_share_their_issuers_and_keep_their_leaves(self) -> None:
+        """
+        Two sessions' chains through the same CA hold one copy of it, equal
+        to the CA each was verified against, and each its own leaf.
+        """
+        root = CertificateAuthority()
+        leaves = [root.issue(name).certificate for name in ("alice", "bob")]
+        chains = [
+            share_issuers(
+                [leaf, X509.from_cryptography(root.pair.certificate).to_cryptography()]
+            )
+            for leaf in leaves
+        ]
+        self.assertEqual([chain[0] for chain in chains], leaves)
+        self.assertIs(chains[0][1], chains[1][1])
+        self.assertEqual(chains[0][1], root.pair.certificate)
 
 
 class PeerVerifierTests(SynchronousTestCase):
