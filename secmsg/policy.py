@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -186,16 +186,28 @@ class Policy:
     rules: tuple[AttributeRule, ...]
     default_roles: tuple[str, ...]
     rooms: RoomRules
+    _grants: dict[tuple[tuple[str, ...], str], Grant] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def grant_for(self, identity: str, certificate: x509.Certificate) -> Grant | None:
         """
         The roles, commands and rate of C{identity}, whose verified leaf
         certificate is C{certificate}, or L{None} if the policy admits it to
         no role at all.
+
+        Sessions granted the same roles the same way share one L{Grant}:
+        it is immutable, and each session kept sets of its own otherwise.
         """
         roles, granted_by = self._roles_of(identity, certificate)
         if not roles:
             return None
+        grant = self._grants.get((roles, granted_by))
+        if grant is None:
+            grant = self._grants[roles, granted_by] = self._grant(roles, granted_by)
+        return grant
+
+    def _grant(self, roles: tuple[str, ...], granted_by: str) -> Grant:
         commands = frozenset().union(
             ALWAYS_GRANTED, *(self.role_commands[role] for role in roles)
         )

@@ -16,6 +16,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
@@ -57,7 +58,7 @@ from secmsg.limits import (
     count_down,
 )
 from secmsg.metrics import Metrics
-from secmsg.tls import refusal_for_handshake_failure
+from secmsg.tls import refusal_for_handshake_failure, share_issuers
 
 log = Logger()
 
@@ -152,6 +153,48 @@ class SessionProtocol(Protocol):
     @ivar certificate_chain: the verified chain, leaf first.
     """
 
+    # A daemon holds thousands of idle sessions: slots keep their state out
+    # of a dictionary of its own in each (Twisted's attributes stay in one).
+    __slots__ = (
+        "_answering",
+        "_backlog",
+        "_bad_lines",
+        "_clock",
+        "_closing",
+        "_commands",
+        "_cutoff",
+        "_drain_waiters",
+        "_dropped_at_connect",
+        "_early",
+        "_finishing",
+        "_framer",
+        "_frames",
+        "_handshake_done",
+        "_held",
+        "_held_bytes",
+        "_idle",
+        "_last_words",
+        "_limits",
+        "_logout",
+        "_lost",
+        "_metrics",
+        "_paused",
+        "_portal",
+        "_producing",
+        "_rate_limiter",
+        "_rate_refusals",
+        "_refusal",
+        "_replies",
+        "_sent_while_held",
+        "_throttled",
+        "_timers",
+        "address",
+        "avatar",
+        "certificate",
+        "certificate_chain",
+        "host",
+    )
+
     def __init__(
         self,
         portal: Portal,
@@ -231,6 +274,12 @@ class SessionProtocol(Protocol):
         self._timers.append(timer)
         return timer
 
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+
     def _handshake_too_slow(self) -> None:
         if self._handshake_done or self._closing:
             return
@@ -251,8 +300,8 @@ class SessionProtocol(Protocol):
         self._handshake_done = True
         if self._closing:
             return
-        self.certificate_chain = self.transport.getHandle().get_verified_chain(
-            as_cryptography=True
+        self.certificate_chain = share_issuers(
+            self.transport.getHandle().get_verified_chain(as_cryptography=True)
         )
         self.certificate = self.certificate_chain[0]
         login = self._portal.login(
@@ -310,6 +359,8 @@ class SessionProtocol(Protocol):
         )
         self.transport.registerProducer(self, True)
         self._producing = True
+        # Logged in: the handshake timeout has nothing left to watch.
+        self._cancel_timers()
         self._idle = self._after(self._limits.idle_timeout, self._idle_too_long)
         self._watch_expiry()
         self._commands.logged_in(self)
@@ -319,19 +370,27 @@ class SessionProtocol(Protocol):
     def _watch_expiry(self) -> None:
         """
         End the session when the first certificate of its chain expires,
-        and warn it L{EXPIRY_WARNING} seconds before.
+        and warn it L{EXPIRY_WARNING} seconds before: one timer at a time,
+        the warning arming the end, since every idle session holds them.
         """
-        expires = min(c.not_valid_after_utc for c in self.certificate_chain)
-        remaining = expires.timestamp() - self._clock.seconds()
+        remaining = self._expires().timestamp() - self._clock.seconds()
         if remaining > EXPIRY_WARNING:
-            self._after(
-                remaining - EXPIRY_WARNING,
-                lambda: self.notice(
-                    f"your certificate expires at {wire.format_time(expires)}; "
-                    "this session ends then; reconnect with a renewed one"
-                ),
-            )
-        self._after(max(0.0, remaining), self._expired)
+            self._after(remaining - EXPIRY_WARNING, self._warn_of_expiry)
+        else:
+            self._after(max(0.0, remaining), self._expired)
+
+    def _expires(self) -> datetime:
+        return min(c.not_valid_after_utc for c in self.certificate_chain)
+
+    def _warn_of_expiry(self) -> None:
+        expires = self._expires()
+        self.notice(
+            f"your certificate expires at {wire.format_time(expires)}; "
+            "this session ends then; reconnect with a renewed one"
+        )
+        self._after(
+            max(0.0, expires.timestamp() - self._clock.seconds()), self._expired
+        )
 
     def _expired(self) -> None:
         self._close_for("certificate expired")
@@ -744,9 +803,9 @@ class SessionProtocol(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self._closing = self._lost = True
         self._wake_drain_waiters(False)
-        for timer in [self._cutoff, *self._timers]:
-            if timer is not None and timer.active():
-                timer.cancel()
+        if self._cutoff is not None and self._cutoff.active():
+            self._cutoff.cancel()
+        self._cancel_timers()
         if self.avatar is not None:
             self._leave_hub()
         elif (

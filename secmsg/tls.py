@@ -12,6 +12,7 @@ OpenSSL's verdict and only ever adds refusals of its own.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ _NO_AUTO_CHAIN = 0x00000008
 """OpenSSL's SSL_MODE_NO_AUTO_CHAIN, which pyOpenSSL does not name: serve
 the chain in the certificate file, and not one OpenSSL builds from the
 client CAs in the context's store, which would end with the root."""
+
+_RELEASE_BUFFERS = SSL.MODE_RELEASE_BUFFERS
+"""Free a connection's record buffers (some 34 KB) whenever it has nothing
+buffered, and take them again for the next record: most sessions are idle
+most of the time, and the buffers were half of what one cost the daemon."""
 
 # OpenSSL's verification error numbers differ between its versions (an
 # invalid CA is 24 in OpenSSL 3.0 and 79 in 4.0), so they are looked up by
@@ -215,7 +221,14 @@ class _PeerVerifier:
     pyOpenSSL swallows exceptions raised in a verify callback and fails the
     handshake without a word, so every exception is caught here, logged and
     turned into a refusal.
+
+    The verifier lives as long as its connection, so it lets go of the
+    chain once a pass has judged it.  It has slots and no C{__dict__}:
+    pyOpenSSL wraps the callback with C{functools.wraps}, which would copy
+    every attribute onto the wrapper, a second holder of the same state.
     """
+
+    __slots__ = ("_chain", "_leaf_check", "_observer", "_stale_check", "_tolerated")
 
     def __init__(
         self,
@@ -266,12 +279,37 @@ class _PeerVerifier:
         self._chain[depth] = crypto_certificate
         if depth:
             return None
+        # The leaf ends a pass; a later one must not inherit this one's CAs.
+        chain = [self._chain[d] for d in sorted(self._chain)]
+        self._chain.clear()
         try:
             _check_client_usage(crypto_certificate)
             self._leaf_check(crypto_certificate)
         except CertificateRefused as refusal:
             return refusal
-        return self._stale_check([self._chain[d] for d in sorted(self._chain)])
+        return self._stale_check(chain)
+
+
+def share_issuers(chain: list[x509.Certificate]) -> list[x509.Certificate]:
+    """
+    A verified chain (leaf first) whose certificates above the leaf are
+    copies shared by every chain that holds them: each session keeps its
+    chain for the rechecks at a reload, and otherwise kept its own parsed
+    copy of the same few CAs.
+    """
+    return [chain[0], *(_shared_copy(certificate) for certificate in chain[1:])]
+
+
+def _shared_copy(certificate: x509.Certificate) -> x509.Certificate:
+    return _parsed_once(certificate.public_bytes(serialization.Encoding.DER))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_once(der: bytes) -> x509.Certificate:
+    # Only CAs of verified chains come here: a bound well above the CAs
+    # and intermediates one daemon trusts, which still caps a pathological
+    # PKI.
+    return x509.load_der_x509_certificate(der)
 
 
 @dataclass(frozen=True)
@@ -457,7 +495,7 @@ def _server_context(
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_SERVER_OPTIONS)
-    context.set_mode(_NO_AUTO_CHAIN)
+    context.set_mode(_NO_AUTO_CHAIN | _RELEASE_BUFFERS)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_session_id(b"secmsg")
     context.set_cipher_list(TLS12_CIPHERS)

@@ -222,6 +222,17 @@ class TimeoutTests(SynchronousTestCase):
         network.clock.advance(1)
         self.assertEqual(alice.take(), ["CLOSED certificate expired"])
 
+    def test_idle_session_holds_a_timer_for_silence_and_one_for_expiry(self) -> None:
+        """
+        A logged-in session waits on two timers, its idle timeout and the
+        next step of its certificate's expiry, whatever it took to log in:
+        a daemon holds thousands of idle sessions, and each timer is
+        memory.
+        """
+        network = Network()
+        network.connect("alice")
+        self.assertEqual(len(network.clock.getDelayedCalls()), 2)
+
 
 class SessionLimitTests(SynchronousTestCase):
     def test_identity_past_its_limit_gets_503(self) -> None:

@@ -46,6 +46,23 @@ class GrantTests(SynchronousTestCase):
             frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"}),
         )
 
+    def test_same_roles_granted_the_same_way_share_one_grant(self) -> None:
+        """
+        Identities given the same roles by the same part of the policy share
+        one grant, so that a thousand sessions do not each hold copies of
+        the same command sets; roles given otherwise get a grant of their
+        own, which names how.
+        """
+        policy = parse(POLICY)
+        zoe, yann = (policy.grant_for(name, CERTIFICATE) for name in ("zoe", "yann"))
+        alice, bob = (policy.grant_for(name, CERTIFICATE) for name in ("alice", "bob"))
+        self.assertIs(zoe, yann)
+        self.assertIs(alice, bob)
+        self.assertIsNot(zoe, alice)
+        self.assertEqual(
+            (zoe.granted_by, alice.granted_by), ("default_roles", "[identities]")
+        )
+
     def test_empty_default_roles_refuse_unlisted(self) -> None:
         """
         default_roles = [] admits no one who is not listed.

@@ -37,6 +37,17 @@ class GreetingAndHelpTests(SynchronousTestCase):
         session = Network().connect("alice")
         self.assertEqual(session.take(), [GREETING.format("alice", "user")])
 
+    def test_session_state_is_kept_out_of_a_dict_of_its_own(self) -> None:
+        """
+        A logged-in session's dictionary holds only what Twisted sets on a
+        protocol; the rest is in slots, since a daemon holds thousands of
+        idle sessions and a dictionary per session cost over a kilobyte.
+        """
+        session = Network().connect("alice")
+        self.assertLessEqual(
+            set(vars(session.protocol)), {"factory", "transport", "connected"}
+        )
+
     def test_help_lists_exactly_the_permitted_commands(self) -> None:
         """
         HELP lists every line command of the avatar's set and nothing else,

@@ -1,0 +1,123 @@
+"""
+The server context itself: how it is built, apart from any handshake.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import types
+
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.tls import TLSFiles, _PeerVerifier, load_server_tls, share_issuers
+from tests.certs import CertificateAuthority, now
+from tests.harness import Instance
+
+
+class ServerContextTests(SynchronousTestCase):
+    def test_idle_connections_release_their_record_buffers(self) -> None:
+        """
+        The context frees each connection's read and write buffers while it
+        has nothing buffered: an idle session must not hold them.
+        """
+        settings = Instance(self).settings()
+        files = TLSFiles(settings.cert, settings.key, settings.ca, settings.crl)
+        context = load_server_tls(files, now(), False).context
+        # Setting no bits changes nothing and answers the mode in force.
+        self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+
+
+class SharedIssuersTests(SynchronousTestCase):
+    def test_chains_share_their_issuers_and_keep_their_leaves(self) -> None:
+        """
+        Two sessions' chains through the same CA hold one copy of it, equal
+        to the CA each was verified against, and each its own leaf.
+        """
+        root = CertificateAuthority()
+        leaves = [root.issue(name).certificate for name in ("alice", "bob")]
+        chains = [
+            share_issuers(
+                [leaf, X509.from_cryptography(root.pair.certificate).to_cryptography()]
+            )
+            for leaf in leaves
+        ]
+        self.assertEqual([chain[0] for chain in chains], leaves)
+        self.assertIs(chains[0][1], chains[1][1])
+        self.assertEqual(chains[0][1], root.pair.certificate)
+
+
+class PeerVerifierTests(SynchronousTestCase):
+    def test_each_pass_judges_only_its_own_chain(self) -> None:
+        """
+        A verifier keeps no certificate once a pass has reached the leaf: a
+        later pass on the same connection is judged on the chain it was
+        shown, not with CAs left over from a longer one.
+        """
+        root = CertificateAuthority()
+        intermediate = root.intermediate("secmsg issuing CA")
+        judged: list[list[x509.Certificate]] = []
+
+        def stale_check(chain: list[x509.Certificate]) -> None:
+            judged.append(chain)
+
+        verifier = _PeerVerifier(None, lambda leaf: None, stale_check, frozenset())
+        first = [
+            intermediate.issue("alice").certificate,
+            intermediate.pair.certificate,
+            root.pair.certificate,
+        ]
+        second = [root.issue("bob").certificate, root.pair.certificate]
+        for chain in [first, second]:
+            # OpenSSL calls from the anchor down to the leaf.
+            for depth in reversed(range(len(chain))):
+                certificate = X509.from_cryptography(chain[depth])
+                self.assertTrue(verifier(None, certificate, 0, depth, 1))
+        self.assertEqual(judged, [first, second])
+
+    def test_a_judged_chain_is_not_kept(self) -> None:
+        """
+        Once a pass has judged the chain, no certificate is reachable from
+        the callback that pyOpenSSL keeps for the connection's lifetime (it
+        wraps the verifier with C{functools.wraps}): an idle session must
+        not hold copies of its chain in the verifier.
+        """
+        root = CertificateAuthority()
+        chain = [root.issue("alice").certificate, root.pair.certificate]
+        verifier = _PeerVerifier(
+            None, lambda leaf: None, lambda chain: None, frozenset()
+        )
+
+        @functools.wraps(verifier)
+        def callback(*arguments: object) -> bool:
+            return verifier(*arguments)
+
+        for depth in reversed(range(len(chain))):
+            certificate = X509.from_cryptography(chain[depth])
+            self.assertTrue(callback(None, certificate, 0, depth, 1))
+        self.assertEqual(_certificates_reachable(callback), [])
+
+
+def _certificates_reachable(start: object) -> list[x509.Certificate]:
+    """
+    The certificates reachable from C{start} through the references the
+    garbage collector sees, short of classes, modules and the globals of
+    functions.
+    """
+    found, seen, todo = [], set(), [start]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, x509.Certificate):
+            found.append(item)
+        elif isinstance(item, types.FunctionType):
+            # What a function holds for itself, not its module's globals.
+            todo.extend([*(item.__closure__ or ()), vars(item)])
+        elif not isinstance(item, type | types.ModuleType | types.CodeType):
+            todo.extend(gc.get_referents(item))
+    return found
