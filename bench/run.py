@@ -27,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
+
 from bench import report
 from bench.servers import (
     FloorServer,
@@ -85,6 +87,9 @@ def versions() -> dict[str, str]:
         "openssl": OpensslServer.version(),
         "python": sys.version.split()[0],
         "OpenSSL of the clients": ssl.OPENSSL_VERSION.split()[1],
+        "OpenSSL of pyOpenSSL": SSL.OpenSSL_version(SSL.OPENSSL_VERSION)
+        .decode()
+        .split()[1],
         **{name: metadata.version(name) for name in ("twisted", "pyOpenSSL")},
     }
 
