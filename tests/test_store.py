@@ -445,6 +445,37 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(len(commits), 2)
         self.failureResultOf(store.pending("bob", 0, 1), StoreError)
 
+    def test_thread_worker_hands_a_batch_back_in_one_call(self) -> None:
+        """
+        A batch's results cross back to the reactor's thread in one call,
+        not one per job: each call wakes the reactor through its pipe.
+        """
+        store, worker, calls = self.threaded_store()
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold_the_thread(connection: sqlite3.Connection) -> None:
+            entered.set()
+            gate.wait(30)
+
+        held = worker.submit(hold_the_thread)
+        entered.wait(30)
+        accepted = [
+            store.accept(direct("alice", "bob", f"m{n}"), ["bob"]) for n in range(50)
+        ]
+        gate.set()
+        handed_back = 0
+        while not accepted[-1].called:
+            function, *arguments = calls.get(timeout=30)
+            function(*arguments)
+            handed_back += 1
+        # One call for the job that held the thread, one for the 50.
+        self.assertEqual(handed_back, 2)
+        self.assertIsNone(self.successResultOf(held))
+        self.assertEqual(
+            [self.successResultOf(d).id for d in accepted], [*range(1, 51)]
+        )
+        self.run_until(calls, store.close())
+
     def test_every_success_is_on_disk_when_a_batch_fails(self) -> None:
         """
         A batch in which one job runs out of room: that job fails, and any

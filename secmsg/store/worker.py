@@ -157,8 +157,10 @@ class ThreadWorker:
                 batch = [item for item in batch if item is not _STOP]
             if batch:
                 outcomes = run_batch(self._connection, [s.job for s in batch])
-                for submitted, (result, error) in zip(batch, outcomes, strict=True):
-                    self._call_from_thread(_fire, submitted.done, result, error)
+                # One hand-back for the whole batch: each call from a thread
+                # wakes the reactor with a write to its waker pipe, and under
+                # load a batch holds hundreds of jobs.
+                self._call_from_thread(_fire_batch, [s.done for s in batch], outcomes)
 
     def _died(self, error: BaseException) -> None:
         self._accepting = False
@@ -188,6 +190,16 @@ class ImmediateWorker:
     def stop(self) -> defer.Deferred[None]:
         self._connection.close()
         return defer.succeed(None)
+
+
+def _fire_batch(
+    waiting: list[defer.Deferred[Any]], outcomes: list[tuple[Any, Exception | None]]
+) -> None:
+    """
+    Fire the Deferreds of a committed batch, in the order of their jobs.
+    """
+    for done, (result, error) in zip(waiting, outcomes, strict=True):
+        _fire(done, result, error)
 
 
 def _fire(done: defer.Deferred[Any], result: Any, error: Exception | None) -> None:
