@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -104,23 +105,45 @@ class RoomRule:
         )
 
 
+ROOMS_REMEMBERED = 4096
+"""Rooms whose deciding rule L{RoomRules} keeps at once: room names come
+from clients, so what is kept of them must be bounded."""
+
+
 @dataclass(frozen=True)
 class RoomRules:
     """
     The C{[[rooms]]} entries in file order; the first whose pattern matches
     a room decides for it, and a room that none matches is open to every
     role.
+
+    Which entry decides a room is found once and remembered: a room's
+    messages are checked against every member's rights, and matching the
+    patterns each time would cost a match per member per message.  The
+    entries never change (a reload makes new rules), so what is remembered
+    is never stale.
     """
 
     rules: tuple[RoomRule, ...] = ()
+    _deciding: Callable[[str], RoomRule | None] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        deciding = lru_cache(maxsize=ROOMS_REMEMBERED)(self._first_match)
+        object.__setattr__(self, "_deciding", deciding)
 
     def refusal(self, action: str, room: str, roles: Iterable[str]) -> str | None:
         """
         Why C{roles} may not do C{action} in C{room}, or L{None}.
         """
+        rule = self._deciding(room)
+        return None if rule is None else rule.refusal(action, roles)
+
+    def _first_match(self, room: str) -> RoomRule | None:
         for rule in self.rules:
             if fnmatchcase(room, rule.pattern):
-                return rule.refusal(action, roles)
+                return rule
         return None
 
 

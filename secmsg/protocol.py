@@ -74,6 +74,12 @@ PIPELINE_DEPTH = 64
 without waiting, and the daemon stops reading it while this many wait for
 the store."""
 
+PIPELINE_RESUME = PIPELINE_DEPTH // 2
+"""Commands in progress below which a session stopped for a full pipeline
+is read again.  Reading again as soon as one reply has gone would stop and
+start the transport (two system calls) for every command of a client that
+keeps its pipeline full."""
+
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
 
@@ -484,11 +490,13 @@ class SessionProtocol(Protocol):
         """
         Stop reading the peer while its pipeline is full, or while it is
         being sent what waited for it, so that a client cannot queue
-        unbounded work behind a slow store; read on once that is over.
+        unbounded work behind a slow store; read on once that is over and
+        the pipeline has drained below L{PIPELINE_RESUME}.
         """
         if self._closing:
             return
-        full = len(self._replies) >= PIPELINE_DEPTH or self._held is not None
+        limit = PIPELINE_RESUME if self._throttled else PIPELINE_DEPTH
+        full = len(self._replies) >= limit or self._held is not None
         if full and not self._throttled:
             self._throttled = True
             self.transport.pauseProducing()

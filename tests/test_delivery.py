@@ -19,6 +19,7 @@ from secmsg.delivery import PAGE_SIZE, Delivery
 from secmsg.errors import StoreError
 from secmsg.messages import Draft, Kind, Stored
 from secmsg.metrics import Metrics
+from secmsg.protocol import PIPELINE_DEPTH, PIPELINE_RESUME
 from secmsg.store.memory import MemoryStore
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
@@ -212,8 +213,13 @@ class _WaitingStore(MemoryStore):
         found = super().pending(identity, after, limit)
         return _later(found, self._reads) if self.slow_mailboxes else found
 
-    def commit(self) -> None:
-        _fire_all(self._commits)
+    def commit(self, count: int | None = None) -> None:
+        """
+        Commit every message waiting, or the oldest C{count} of them.
+        """
+        waiting = self._commits[:count]
+        del self._commits[:count]
+        _fire_all(waiting)
 
     def read_mailboxes(self) -> None:
         _fire_all(self._reads)
@@ -309,6 +315,25 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
         store.commit()
         self.assertEqual(alice.take(), ["250 1", "200 PONG"])
         self.assertEqual(bob.take(), [f"MSG 1 {STAMP} alice hi"])
+
+    def test_full_pipeline_is_read_again_once_half_drained(self) -> None:
+        """
+        A session whose pipeline is full is not read until it has drained
+        below half, rather than stopped and started again for every reply.
+        """
+        store = _WaitingStore()
+        network = Network(store=store)
+        alice = network.connect("alice")
+        alice.take()
+        alice.send(b"MSG bob hi\n" * PIPELINE_DEPTH)
+        self.assertEqual(alice.transport.producerState, "paused")
+        store.commit(PIPELINE_DEPTH - PIPELINE_RESUME)
+        self.assertEqual(len(alice.take()), PIPELINE_DEPTH - PIPELINE_RESUME)
+        self.assertEqual(alice.transport.producerState, "paused")
+        store.commit(1)
+        self.assertEqual(alice.transport.producerState, "producing")
+        store.commit()
+        self.assertEqual(len(alice.take()), PIPELINE_RESUME)
 
     def test_quit_waits_for_earlier_replies(self) -> None:
         """

@@ -5,14 +5,23 @@ Policy files: what they grant, and every way they are refused at load.
 from __future__ import annotations
 
 import tomllib
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg import policy
 from secmsg.errors import PolicyError
-from secmsg.policy import DEFAULT_RATE, Policy, Rate, load_policy, parse_policy
+from secmsg.policy import (
+    DEFAULT_RATE,
+    ROOMS_REMEMBERED,
+    Policy,
+    Rate,
+    load_policy,
+    parse_policy,
+)
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY, temporary_directory
 
@@ -329,6 +338,38 @@ class RoomRuleTests(SynchronousTestCase):
             refusal, 'rooms matching "#ops-*" let only roles admin, bot join'
         )
         self.assertIsNone(self.rooms.refusal("join", "#lobby", ("user",)))
+
+    def test_deciding_rule_is_matched_once_per_room(self) -> None:
+        """
+        A room asked about again is not matched against the patterns again:
+        a room's messages are checked for every member.
+        """
+        matched: list[tuple[str, str]] = []
+
+        def counting(room: str, pattern: str) -> bool:
+            matched.append((room, pattern))
+            return fnmatchcase(room, pattern)
+
+        self.patch(policy, "fnmatchcase", counting)
+        for _ in range(3):
+            self.assertIsNone(self.rooms.refusal("read", "#lobby", ("user",)))
+            self.assertIsNotNone(self.rooms.refusal("read", "#ops-db", ("user",)))
+        self.assertEqual(
+            matched, [("#lobby", "#ops-*"), ("#lobby", "#*"), ("#ops-db", "#ops-*")]
+        )
+
+    def test_rules_remember_a_bounded_number_of_rooms(self) -> None:
+        """
+        Room names come from clients: past the bound, the oldest rooms are
+        forgotten and decided afresh when asked about again.
+        """
+        for number in range(ROOMS_REMEMBERED + 10):
+            self.rooms.refusal("join", f"#room{number}", ("user",))
+        self.assertEqual(self.rooms._deciding.cache_info().currsize, ROOMS_REMEMBERED)
+        refusal = self.rooms.refusal("join", "#ops-db", ("user",))
+        self.assertEqual(
+            refusal, 'rooms matching "#ops-*" let only roles admin, bot join'
+        )
 
     def test_read_defaults_to_join_and_say_is_separate(self) -> None:
         """

@@ -215,6 +215,30 @@ class DryRunTests(AdminAndBob):
         )
         self.assertEqual(self.ask("WHO #ops-db"), ["211-admin", "211 1 in #ops-db"])
 
+    def test_reload_that_takes_away_reading_stops_pushes_at_once(self) -> None:
+        """
+        A room rule that lets bob stay in #news but no longer read it: the
+        next message there does not reach him, although which rule decides
+        #news was remembered from the messages before.
+        """
+        self.bob.send("JOIN #news")
+        self.ask("JOIN #news")
+        self.assertEqual(self.ask("SAY #news one"), ["250 1"])
+        self.assertEqual(self.bob.take()[-1][-len("admin one") :], "admin one")
+        self.instance.write(
+            "policy.toml",
+            (
+                POLICY + '[[rooms]]\npattern = "#news"\njoin = ["user"]\n'
+                'read = ["admin"]\n'
+            ).encode(),
+        )
+        self.reload()
+        self.assertEqual(self.ask("SAY #news two"), ["250 2"])
+        self.assertEqual(self.bob.take(), [])
+        self.assertEqual(
+            self.ask("WHO #news"), ["211-admin", "211-bob", "211 2 in #news"]
+        )
+
 
 class StaleCRLTests(SynchronousTestCase):
     """

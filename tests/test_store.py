@@ -352,6 +352,47 @@ class WorkerTests(SynchronousTestCase):
         self.assertIsInstance(outcomes[1][1], NotFound)
         self.assertEqual(known_identities(connection), {"a", "b"})
 
+    def test_batch_that_succeeds_runs_once_without_savepoints(self) -> None:
+        """
+        Jobs that all succeed run once, in one transaction, without a
+        savepoint around each: that would cost two statements a job.
+        """
+        connection = open_database(self.path)
+        self.addCleanup(connection.close)
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+
+        def insert(text: str):  # type: ignore[no-untyped-def]
+            return lambda c: (
+                c.execute("INSERT INTO identities VALUES (?, 0)", (text,)).rowcount
+            )
+
+        outcomes = run_batch(connection, [insert("a"), insert("b")])
+        self.assertEqual(outcomes, [(1, None), (1, None)])
+        self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
+        self.assertEqual([s for s in statements if "SAVEPOINT" in s], [])
+        self.assertEqual(known_identities(connection), {"a", "b"})
+
+    def test_acknowledging_an_unknown_message_runs_its_batch_once(self) -> None:
+        """
+        ACK of a message that does not exist is refused without failing its
+        job: a job that fails makes its whole batch run again, which a
+        client must not be able to cause at will.
+        """
+        connections: list[sqlite3.Connection] = []
+
+        def start(connection: sqlite3.Connection) -> ImmediateWorker:
+            connections.append(connection)
+            return ImmediateWorker(connection)
+
+        store = SQLiteStore(self.path, start)
+        store.open()
+        self.addCleanup(store.close)
+        statements: list[str] = []
+        connections[0].set_trace_callback(statements.append)
+        self.failureResultOf(store.acknowledge("bob", 42, False), NotFound)
+        self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
+
     def test_full_disk_fails_every_job_of_the_batch(self) -> None:
         """
         When the database may not grow, a job that needs room fails with
@@ -444,6 +485,37 @@ class WorkerTests(SynchronousTestCase):
         # One commit for the job that held the thread, one for the 200.
         self.assertEqual(len(commits), 2)
         self.failureResultOf(store.pending("bob", 0, 1), StoreError)
+
+    def test_thread_worker_hands_a_batch_back_in_one_call(self) -> None:
+        """
+        A batch's results cross back to the reactor's thread in one call,
+        not one per job: each call wakes the reactor through its pipe.
+        """
+        store, worker, calls = self.threaded_store()
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold_the_thread(connection: sqlite3.Connection) -> None:
+            entered.set()
+            gate.wait(30)
+
+        held = worker.submit(hold_the_thread)
+        entered.wait(30)
+        accepted = [
+            store.accept(direct("alice", "bob", f"m{n}"), ["bob"]) for n in range(50)
+        ]
+        gate.set()
+        handed_back = 0
+        while not accepted[-1].called:
+            function, *arguments = calls.get(timeout=30)
+            function(*arguments)
+            handed_back += 1
+        # One call for the job that held the thread, one for the 50.
+        self.assertEqual(handed_back, 2)
+        self.assertIsNone(self.successResultOf(held))
+        self.assertEqual(
+            [self.successResultOf(d).id for d in accepted], [*range(1, 51)]
+        )
+        self.run_until(calls, store.close())
 
     def test_every_success_is_on_disk_when_a_batch_fails(self) -> None:
         """

@@ -150,18 +150,25 @@ class SQLiteStore:
     def acknowledge(
         self, identity: str, message_id: int, up_to: bool
     ) -> defer.Deferred[int]:
-        def job(connection: sqlite3.Connection) -> int:
+        def job(connection: sqlite3.Connection) -> int | None:
             if not up_to:
                 exists = connection.execute(
                     "SELECT 1 FROM mailbox WHERE recipient = ? AND message_id = ?",
                     (identity, message_id),
                 ).fetchone()
                 if exists is None:
-                    raise NotFound(f"no message {message_id} for {identity}")
+                    return None
             statement = _ACKNOWLEDGE_UP_TO if up_to else _ACKNOWLEDGE_ONE
             return connection.execute(statement, (identity, message_id)).rowcount
 
-        return self._submit(job)
+        def found(count: int | None) -> int:
+            if count is None:
+                raise NotFound(f"no message {message_id} for {identity}")
+            return count
+
+        # Refused here rather than in the job: a job that fails makes its
+        # batch run again, and a client must not be able to cause that.
+        return self._submit(job).addCallback(found)
 
     def room_history(
         self, room: str, limit: int, budget: int

@@ -4,10 +4,10 @@ durability keep up with load.
 
 The reactor hands the worker jobs (functions of a connection) and gets a
 Deferred for each.  The worker takes every job waiting, runs them in one
-transaction, each inside a savepoint of its own so that one job's failure
-does not undo the others, commits once, and only then fires the Deferreds
-back on the reactor's thread.  Under load, many messages share one commit
-(one fsync); when idle, a job is committed alone at once.
+transaction so that one job's failure does not undo the others, commits
+once, and only then fires the Deferreds back on the reactor's thread.
+Under load, many messages share one commit (one fsync); when idle, a job
+is committed alone at once.
 """
 
 from __future__ import annotations
@@ -59,9 +59,38 @@ def run_batch(
     """
     Run jobs in one transaction and commit it.
 
+    The jobs run side by side first: a savepoint around each costs two
+    statements a job, as much as a message's own, and jobs seldom fail
+    (none fails for anything a client sends).  Only if one fails is the
+    transaction rolled back and the batch run again with a savepoint
+    around each job, so that its failure stays its own.
+
     @return: each job's result or the error it raised; if the commit fails
         (a full disk, say) every job gets a L{StoreError}, since nothing of
         theirs was kept.
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            results = [job(connection) for job in jobs]
+        except Exception:  # noqa: BLE001 -- the run apart says which job, and why
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return _run_apart(connection, jobs)
+        connection.execute("COMMIT")
+    except sqlite3.Error as error:
+        with suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        return [(None, StoreError(str(error)))] * len(jobs)
+    return [(result, None) for result in results]
+
+
+def _run_apart(
+    connection: sqlite3.Connection, jobs: list[Job]
+) -> list[tuple[Any, Exception | None]]:
+    """
+    Run jobs in one transaction, each in a savepoint of its own, and
+    commit it: what L{run_batch} does once a job of the batch has failed.
     """
     outcomes: list[tuple[Any, Exception | None]] = []
     try:
@@ -157,8 +186,10 @@ class ThreadWorker:
                 batch = [item for item in batch if item is not _STOP]
             if batch:
                 outcomes = run_batch(self._connection, [s.job for s in batch])
-                for submitted, (result, error) in zip(batch, outcomes, strict=True):
-                    self._call_from_thread(_fire, submitted.done, result, error)
+                # One hand-back for the whole batch: each call from a thread
+                # wakes the reactor with a write to its waker pipe, and under
+                # load a batch holds hundreds of jobs.
+                self._call_from_thread(_fire_batch, [s.done for s in batch], outcomes)
 
     def _died(self, error: BaseException) -> None:
         self._accepting = False
@@ -188,6 +219,16 @@ class ImmediateWorker:
     def stop(self) -> defer.Deferred[None]:
         self._connection.close()
         return defer.succeed(None)
+
+
+def _fire_batch(
+    waiting: list[defer.Deferred[Any]], outcomes: list[tuple[Any, Exception | None]]
+) -> None:
+    """
+    Fire the Deferreds of a committed batch, in the order of their jobs.
+    """
+    for done, (result, error) in zip(waiting, outcomes, strict=True):
+        _fire(done, result, error)
 
 
 def _fire(done: defer.Deferred[Any], result: Any, error: Exception | None) -> None:
