@@ -294,7 +294,10 @@ class FlowWorker:
     ) -> None:
         frame = session.frame_say if self._plan.room else session.frame_direct
         rate = self._plan.rate
-        window = self._plan.window if rate is None else max(self._plan.window, rate)
+        # At a fixed rate, up to a second's worth may be in flight.
+        window = self._plan.window
+        if rate is not None:
+            window = max(window, math.ceil(rate))
         sent = 0
         started = time.monotonic_ns()
         while (now := time.monotonic_ns()) < timing.window_end:
