@@ -54,7 +54,7 @@ lint: $(VENV)/installed
 	$(VENV)/bin/ruff check secmsg twisted tests bench
 	$(VENV)/bin/ruff format --check secmsg twisted tests bench
 
-## Measure secmsg beside Mosquitto (about ten minutes); the figures go to
+## Measure secmsg beside Mosquitto (about five minutes); the figures go to
 ## docs/benchmarks.md, docs/benchmarks.json and the plot in docs/.
 bench: $(VENV)/bench-installed $(MOSQUITTO)
 	$(PYTHON) -m bench.run --json docs/benchmarks.json \

@@ -7,7 +7,7 @@ and as the generated part of docs/benchmarks.md.
         [--plot PATH] [--only SCENARIO ...] [--smoke]
 
 C{make bench} installs what this needs (Mosquitto from Debian's packages,
-matplotlib for the plot) and runs it with the defaults: about ten minutes.
+matplotlib for the plot) and runs it with the defaults: about five minutes.
 --smoke runs each scenario for a second with a handful of sessions, to
 check that the benchmark works, not to measure anything.
 """
