@@ -209,6 +209,8 @@ class SecmsgSession(Session):
                 waiter.set_exception(failure)
 
     async def _ask(self, line: bytes) -> bytes:
+        if self.closed.done():
+            raise ConnectionError("the session is closed")
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         self.write(line)
@@ -224,7 +226,7 @@ class SecmsgSession(Session):
         Acknowledge everything pushed so far and wait for the answer, so
         that the next run's sessions of this identity get nothing again.
         """
-        if self._highest > self._acked:
+        if self._highest > self._acked and not self.closed.done():
             self._acked = self._highest
             await self._ask(b"ACK UPTO %d\n" % self._highest)
 
@@ -312,6 +314,8 @@ class MqttSession(Session):
         return self._next_id
 
     async def _subscribe(self, topic: str) -> None:
+        if self.closed.done():
+            raise ConnectionError("the session is closed")
         packet_id = self._packet_id()
         waiter = asyncio.get_running_loop().create_future()
         self._subscribing[packet_id] = waiter

@@ -74,6 +74,29 @@ SHARE_ROWS = [
 ]
 
 
+WARNING_KEYS = ("problems", "failures", "lost_sessions", "log_tracebacks")
+"""What the results hold that should be empty or zero."""
+
+
+def warnings(results: Any, where: str = "") -> list[str]:
+    """
+    Whatever went wrong in a run, wherever the results hold it: problems
+    the clients saw, sessions lost, failed handshakes, tracebacks in a
+    server's log. A figure beside any of these is not to be trusted.
+    """
+    found = []
+    if isinstance(results, dict):
+        for key, value in results.items():
+            if key in WARNING_KEYS and value:
+                found.append(f"{where}: {key} {value}")
+            else:
+                found += warnings(value, f"{where}/{key}")
+    elif isinstance(results, list):
+        for index, value in enumerate(results):
+            found += warnings(value, f"{where}/{index}")
+    return found
+
+
 def markdown(document: dict[str, Any], plot: Path | None) -> str:
     """
     The generated part of docs/benchmarks.md, between its markers.
@@ -93,6 +116,8 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
         f"warm-up, then {parameters['seconds']} s measured. A ratio is secmsg's "
         "figure divided by its peer's: above 1 is better for a rate, worse for a "
         "time or a size.",
+        "",
+        *(f"- **Warning**: {warning}" for warning in warnings(results)),
         "",
     ]
     if "handshakes" in results:
@@ -145,7 +170,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
                 ),
             ]
         lines += [
-            f"At saturation ({parameters['window']} messages in flight per pair):",
+            f"At saturation ({parameters['in_flight']} messages in flight per pair):",
             "",
             *_figures(
                 {p: direct[p]["saturation"] for p in PEERS},
@@ -167,7 +192,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
         lines += [
             "### 3. Room fan-out",
             "",
-            f"One sender, {parameters['room_window']} messages in flight, to a "
+            f"One sender, {parameters['room_in_flight']} messages in flight, to a "
             "room of M members, each its own identity; a delivery is one "
             "message to one member. secmsg stores each message for every "
             "member identity; Mosquitto publishes at QoS 0.",
@@ -213,7 +238,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
         lines += [
             "### 5. Durable: messages to offline identities",
             "",
-            f"{parameters['pairs']} senders, {parameters['window']} messages in "
+            f"{parameters['pairs']} senders, {parameters['in_flight']} messages in "
             "flight each, to identities that are offline. secmsg confirms (250) "
             "once the message is committed with an fsync; Mosquitto confirms "
             "QoS 1 (PUBACK) once the message is queued in memory (persistence "

@@ -46,8 +46,8 @@ SMOKE = Settings(
     warmup=0.3,
     seconds=1.0,
     pairs=2,
-    window=20,
-    room_window=5,
+    in_flight=20,
+    room_in_flight=5,
     loads=(200,),
     steady=200,
     members=(4,),
@@ -81,6 +81,9 @@ def machine() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """
+    The versions of everything measured and of what measures it.
+    """
     return {
         "secmsg": SecmsgServer.version(),
         "mosquitto": MosquittoServer.version(),
@@ -124,6 +127,9 @@ def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, 
 
 
 def main(arguments: list[str] | None = None) -> None:
+    """
+    Run the benchmark as the command line asks, and write its results.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
@@ -131,7 +137,9 @@ def main(arguments: list[str] | None = None) -> None:
     )
     parser.add_argument("--plot", type=Path, help="latency against load, as PNG")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
-    parser.add_argument("--smoke", action="store_true", help=SMOKE.__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a second per scenario, tiny counts"
+    )
     options = parser.parse_args(arguments)
     if shutil.which("mosquitto") is None:
         parser.exit(
@@ -141,19 +149,19 @@ def main(arguments: list[str] | None = None) -> None:
         )
     raise_open_file_limit(65536)
     settings = SMOKE if options.smoke else Settings()
-    started = datetime.now(UTC)
-    with tempfile.TemporaryDirectory(prefix="secmsg-bench-") as scratch:
-        results = run(settings, list(options.only), Path(scratch))
     document = {
-        "started": started.isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
         "parameters": settings.__dict__,
-        "results": results,
     }
+    with tempfile.TemporaryDirectory(prefix="secmsg-bench-") as scratch:
+        document["results"] = run(settings, list(options.only), Path(scratch))
     if options.json:
         options.json.write_text(json.dumps(document, indent=1) + "\n")
-    if options.plot:
+    for warning in report.warnings(document["results"]):
+        print(f"warning: {warning}", file=sys.stderr)
+    if options.plot and "direct" in document["results"]:
         report.plot(document, options.plot)
     summary = report.markdown(document, options.plot)
     if options.markdown:

@@ -8,7 +8,7 @@ The load is spread over several processes (--workers) so that no one
 client process is the bottleneck; on a two-core machine they still share
 the cores with the server, so each result also says how busy the clients
 were. A closed loop bounds what is in flight: a sender sends no more while
-C{window} of its messages have not yet arrived (or, for the durable
+C{in_flight} of its messages have not yet arrived (or, for the durable
 scenario, not yet been confirmed), so that saturation shows as a rate, not
 as a queue that grows until the run ends.
 """
@@ -50,6 +50,10 @@ DRAIN_SECONDS = 5.0
 
 START_MARGIN = 0.3
 """Seconds from the parent's go to the start, for every worker to hear it."""
+
+ANSWER_TIMEOUT = 120.0
+"""Most seconds a worker may take over one request (opening thousands of
+sessions, or a run with its warm-up and drain): past it, something hangs."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,25 @@ async def _until(when_ns: int) -> None:
     await asyncio.sleep(max(0.0, (when_ns - time.monotonic_ns()) / 1e9))
 
 
+def _stamps(
+    first: int, count: int, rate: float, started: int, previous: int, now: int
+) -> list[int]:
+    """
+    The send times a paced sender writes into messages C{first} to
+    C{first + count - 1}: a message that was due before the sender's last
+    turn, and leaves only now, was held back for want of credit, so it
+    carries the moment it was due and the server is charged for the wait;
+    one due since then leaves on time, and carries now (the sender's own
+    pacing, a tick at most, is not the server's to answer for).
+    """
+    stamps = []
+    for index in range(first, first + count):
+        # Message n is due once n + 1 messages are, as the sender counts.
+        due = started + int((index + 1) * 1e9 / rate)
+        stamps.append(due if due < previous else now)
+    return stamps
+
+
 async def _window_cpu(timing: Timing) -> float:
     """
     This process's CPU time inside the measured window, in seconds.
@@ -175,7 +198,7 @@ class FlowPlan:
         recipients before the flow starts (the durable scenario).
     @ivar rate: messages a second per sender, or L{None} for as many as
         the closed loop allows.
-    @ivar window: messages a sender may have in flight.
+    @ivar in_flight: messages a sender may have in flight.
     @ivar qos: the MQTT QoS of its messages.
     """
 
@@ -185,7 +208,7 @@ class FlowPlan:
     room: bool = False
     offline: list[str] = field(default_factory=list)
     rate: float | None = None
-    window: int = 100
+    in_flight: int = 100
     qos: int = 0
 
 
@@ -274,6 +297,7 @@ class FlowWorker:
         for receiver in self._receivers.values():
             await receiver.settle()
         sessions = [*self._receivers.values(), *(s for s, _, _ in self._senders)]
+        lost = sum(s.closed.done() for s in sessions)
         problems: Counter[str] = Counter()
         for session in sessions:
             problems.update(session.problems)
@@ -284,9 +308,8 @@ class FlowWorker:
             "sent": self._sent_in_window,
             "latencies_us": self._recorder.latencies_us,
             "cpu_seconds": cpu,
-            "elapsed": (time.monotonic_ns() - timing.start_ns) / 1e9,
             "problems": dict(problems),
-            "lost_sessions": sum(s.closed.done() for s in sessions),
+            "lost_sessions": lost,
         }
 
     async def _send(
@@ -295,23 +318,25 @@ class FlowWorker:
         frame = session.frame_say if self._plan.room else session.frame_direct
         rate = self._plan.rate
         # At a fixed rate, up to a second's worth may be in flight.
-        window = self._plan.window
+        in_flight = self._plan.in_flight
         if rate is not None:
-            window = max(window, math.ceil(rate))
+            in_flight = max(in_flight, math.ceil(rate))
         sent = 0
-        started = time.monotonic_ns()
+        started = previous = time.monotonic_ns()
         while (now := time.monotonic_ns()) < timing.window_end:
             if session.closed.done():
                 return
-            room_left = window - (sent - self._progress(watched))
+            credit = in_flight - (sent - self._progress(watched))
             if rate is None:
-                count = room_left
+                count = credit
+                stamps = [now] * count
             else:
                 due = int(rate * (now - started) / 1e9) - sent
-                count = min(due, room_left)
+                count = min(due, credit)
+                stamps = _stamps(sent, count, rate, started, previous, now)
+            previous = now
             if count > 0:
-                text = payload(now)
-                session.send([frame(destination, text) for _ in range(count)])
+                session.send([frame(destination, payload(t)) for t in stamps])
                 sent += count
                 if timing.window_start <= now:
                     self._sent_in_window += count
@@ -397,12 +422,15 @@ class HandshakeWorker:
                 session = await open_session(
                     self._plan.target, self._contexts, name, self._recorder
                 )
-            except (OSError, ConnectionError) as failure:
-                self._failures[type(failure).__name__ + ": " + str(failure)[:80]] += 1
+            except OSError as failure:
+                if timing.window_start <= time.monotonic_ns() < timing.window_end:
+                    reason = f"{type(failure).__name__}: {str(failure)[:80]}"
+                    self._failures[reason] += 1
                 continue
             end = time.monotonic_ns()
             session.close()
-            if timing.window_start <= start and end < timing.window_end:
+            # Counted by when it ended, as the server's CPU time is read.
+            if timing.window_start <= end < timing.window_end:
                 self._completed += 1
                 self._latencies_us.append((end - start) / 1000)
 
@@ -475,17 +503,21 @@ def _worker_main(control: Connection, plan: Any) -> None:
     raise_open_file_limit(65536)
 
     async def serve() -> None:
-        worker = _WORKERS[type(plan)](plan)
         loop = asyncio.get_running_loop()
+        worker = None
         while True:
             method, arguments = await loop.run_in_executor(None, control.recv)
             if method is None:
                 return
             try:
-                control.send(await getattr(worker, method)(**arguments))
+                worker = worker or _WORKERS[type(plan)](plan)
+                answer = await asyncio.wait_for(
+                    getattr(worker, method)(**arguments), ANSWER_TIMEOUT
+                )
             except Exception:  # noqa: BLE001 - the parent reports it
                 control.send({"error": traceback.format_exc()})
                 return
+            control.send(answer)
 
     asyncio.run(serve())
 
@@ -498,17 +530,18 @@ class Workers:
     def __init__(self, plans: list[Any]) -> None:
         context = multiprocessing.get_context("fork")
         self._controls: list[Connection] = []
-        self._processes = []
+        self._processes: list[Any] = []
         for plan in plans:
             parent, child = context.Pipe()
             process = context.Process(target=_worker_main, args=(child, plan))
-            process.start()
-            self._controls.append(parent)
             self._processes.append(process)
+            process.start()
+            # Only the worker holds its end: if it dies, the parent reads EOF.
+            child.close()
+            self._controls.append(parent)
 
     def ask(self, method: str, **arguments: Any) -> list[dict[str, Any]]:
-        for control in self._controls:
-            control.send((method, arguments))
+        self.send(method, **arguments)
         return self.answers()
 
     def send(self, method: str, **arguments: Any) -> None:
@@ -516,10 +549,21 @@ class Workers:
             control.send((method, arguments))
 
     def answers(self) -> list[dict[str, Any]]:
-        answers = [control.recv() for control in self._controls]
-        for answer in answers:
+        """
+        Every worker's answer; a worker that fails, dies or says nothing
+        for longer than it may stops the run with the reason.
+        """
+        answers = []
+        for control in self._controls:
+            if not control.poll(ANSWER_TIMEOUT + 10):
+                raise RuntimeError("a client worker did not answer in time")
+            try:
+                answer = control.recv()
+            except EOFError:
+                raise RuntimeError("a client worker died") from None
             if "error" in answer:
                 raise RuntimeError(f"a client worker failed:\n{answer['error']}")
+            answers.append(answer)
         return answers
 
     def __enter__(self) -> Workers:

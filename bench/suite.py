@@ -49,6 +49,10 @@ PROTOCOLS: dict[type[Server], str] = {
 HANDSHAKE_IDENTITIES = 8
 IDLE_IDENTITIES = 100
 
+IDLE_CONCURRENCY = 16
+"""Idle sessions a worker opens at once: a burst of thousands would
+overflow the listen queue and measure the kernel's SYN retries."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -60,8 +64,8 @@ class Settings:
     warmup: float = 2.0
     seconds: float = 5.0
     pairs: int = 4
-    window: int = 100
-    room_window: int = 20
+    in_flight: int = 100
+    room_in_flight: int = 20
     loads: tuple[int, ...] = (1000, 2000, 5000, 10000, 20000, 40000)
     steady: int = 2000
     members: tuple[int, ...] = (10, 100, 1000)
@@ -142,22 +146,23 @@ class Bench:
     def direct(self, server_class: type[Server]) -> dict[str, Any]:
         """
         Pairs at each offered load of C{loads} (messages a second in all),
-        then at saturation, on one server, with a drain between them.
+        then at saturation, each on a server of its own: an offered load
+        beyond the server's leaves a backlog that would be the next one's.
         """
         settings = self.settings
-        figures: dict[str, Any] = {"sweep": []}
-        with self.start(server_class) as server:
-            for rate in [*settings.loads, None]:
+        figures: dict[str, Any] = {"sweep": [], "log_tracebacks": 0}
+        for rate in [*settings.loads, None]:
+            with self.start(server_class) as server:
                 plans = self._pair_plans(server, rate)
                 with Workers(plans) as workers:
                     workers.ask("prepare")
                     figure = self._flow(server, workers)
-                figure["offered_per_second"] = rate
-                if rate is None:
-                    figures["saturation"] = figure
-                else:
-                    figures["sweep"].append(figure)
-            figures["log_tracebacks"] = _tracebacks(server)
+                figures["log_tracebacks"] += _tracebacks(server)
+            figure["offered_per_second"] = rate
+            if rate is None:
+                figures["saturation"] = figure
+            else:
+                figures["sweep"].append(figure)
         steady = [
             f for f in figures["sweep"] if f["offered_per_second"] == settings.steady
         ]
@@ -178,7 +183,7 @@ class Bench:
                 senders=[(f"s{n}", f"r{n}") for n in share],
                 receivers=[f"r{n}" for n in share],
                 rate=per_sender,
-                window=settings.window,
+                in_flight=settings.in_flight,
             )
             for share in shares
             if share
@@ -201,7 +206,7 @@ class Bench:
                     senders=[("speaker", "bench")] if index == 0 else [],
                     receivers=share,
                     room=True,
-                    window=settings.room_window,
+                    in_flight=settings.room_in_flight,
                 )
                 for index, share in enumerate(shares)
                 if share
@@ -231,7 +236,7 @@ class Bench:
                     senders=[(f"s{n}", f"away{n}") for n in share],
                     receivers=[],
                     offline=[f"away{n}" for n in share],
-                    window=settings.window,
+                    in_flight=settings.in_flight,
                     qos=1,
                 )
                 for share in shares
@@ -273,7 +278,10 @@ class Bench:
         figures: dict[str, Any] = {"levels": []}
         with self.start(server_class) as server:
             target = self.target(server)
-            plans = [IdlePlan(target, names, 16) for _ in range(settings.workers)]
+            plans = [
+                IdlePlan(target, names, IDLE_CONCURRENCY)
+                for _ in range(settings.workers)
+            ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
                 time.sleep(settings.settle)
@@ -281,7 +289,7 @@ class Bench:
                 figures["rss_kib_empty"] = base
                 held = 0
                 for level in settings.idle:
-                    share = (level - held) // settings.workers
+                    share = max(1, (level - held) // settings.workers)
                     workers.ask("open", count=share)
                     held += share * settings.workers
                     time.sleep(settings.settle)
@@ -304,7 +312,7 @@ def _per(total: float, count: int) -> float | None:
 
 def _clients_share(results: list[dict[str, Any]], seconds: float) -> float:
     """
-    The client processes' CPU time over the run, in cores: near the cores
+    The client processes' CPU time in the window, in cores: near the cores
     left over from the server, the clients may be what bounds the rate.
     """
     return round(sum(r["cpu_seconds"] for r in results) / seconds, 3)

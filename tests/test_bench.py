@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import mqtt, report
+from bench import mqtt, report, scenarios
 from tests.harness import temporary_directory
 from tests.test_wire import chunked
 
@@ -100,6 +100,44 @@ class DecoderTests(SynchronousTestCase):
             list(mqtt.Decoder().feed(b"\x30\xff\xff\xff\xff\x01"))
 
 
+class PacingTests(SynchronousTestCase):
+    """
+    A paced sender charges the server for messages it held back, and only
+    for those.
+    """
+
+    def test_held_back_carry_when_due(self) -> None:
+        """
+        At 1,000 a second from 0 ns, messages 0-2 were due at 1, 2 and
+        3 ms; the sender's last turn was at 3.5 ms and it sends at 4 ms: the
+        three it held back carry when they were due, the one due at 4 ms
+        (since its last turn) carries now.
+        """
+        self.assertEqual(
+            scenarios._stamps(0, 4, 1000.0, 0, 3_500_000, 4_200_000),
+            [1_000_000, 2_000_000, 3_000_000, 4_200_000],
+        )
+
+
+class WarningTests(SynchronousTestCase):
+    """
+    Whatever went wrong anywhere in the results is reported, with where.
+    """
+
+    def test_found_at_any_depth(self) -> None:
+        results = {
+            "direct": {"secmsg": {"sweep": [{"problems": {}}, {"lost_sessions": 2}]}},
+            "idle": {"mosquitto": {"log_tracebacks": 0, "failures": {"x": 1}}},
+        }
+        self.assertEqual(
+            report.warnings(results),
+            [
+                "/direct/secmsg/sweep/1: lost_sessions 2",
+                "/idle/mosquitto: failures {'x': 1}",
+            ],
+        )
+
+
 class GeneratedSectionTests(SynchronousTestCase):
     """
     A run's tables replace only what lies between the markers.
@@ -174,6 +212,8 @@ class SmokeTests(SynchronousTestCase):
             self.assertGreater(results["durable"][server]["confirmed_per_second"], 0)
             for scenario in ("direct", "idle", "durable"):
                 self.assertEqual(results[scenario][server]["log_tracebacks"], 0)
+        self.assertEqual(report.warnings(results), [])
+        self.assertNotIn("Warning", summary)
         self.assertIn("### 1. Handshakes, TLS 1.3", summary)
         self.assertIn("| delivered a second |", summary)
         self.assertIn("### 5. Durable", summary)
