@@ -353,7 +353,8 @@ class FlowWorker:
     async def _drain(self) -> None:
         """
         Wait for what is still in flight, until nothing more comes for a
-        moment, so that the next run starts on an idle server.
+        moment, so that the messages sent late in the window have their
+        latencies counted too.
         """
         deadline = time.monotonic() + DRAIN_SECONDS
 
