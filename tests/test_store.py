@@ -379,17 +379,9 @@ class WorkerTests(SynchronousTestCase):
         job: a job that fails makes its whole batch run again, which a
         client must not be able to cause at will.
         """
-        connections: list[sqlite3.Connection] = []
-
-        def start(connection: sqlite3.Connection) -> ImmediateWorker:
-            connections.append(connection)
-            return ImmediateWorker(connection)
-
-        store = SQLiteStore(self.path, start)
-        store.open()
-        self.addCleanup(store.close)
+        store, connection = self.immediate_store()
         statements: list[str] = []
-        connections[0].set_trace_callback(statements.append)
+        connection.set_trace_callback(statements.append)
         self.failureResultOf(store.acknowledge("bob", 42, False), NotFound)
         self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
 
@@ -398,16 +390,7 @@ class WorkerTests(SynchronousTestCase):
         When the database may not grow, a job that needs room fails with
         StoreError; the next, once there is room, is stored.
         """
-        connections: list[sqlite3.Connection] = []
-
-        def start(connection: sqlite3.Connection) -> ImmediateWorker:
-            connections.append(connection)
-            return ImmediateWorker(connection)
-
-        store = SQLiteStore(self.path, start)
-        store.open()
-        self.addCleanup(store.close)
-        (connection,) = connections
+        store, connection = self.immediate_store()
         (pages,) = connection.execute("PRAGMA page_count").fetchone()
         connection.execute(f"PRAGMA max_page_count = {pages}")
         big = "x" * 100_000
@@ -417,6 +400,22 @@ class WorkerTests(SynchronousTestCase):
         self.assertIn("full", failure.getErrorMessage())
         connection.execute("PRAGMA max_page_count = 1073741823")
         self.successResultOf(store.accept(direct("alice", "bob", "small"), ["bob"]))
+
+    def immediate_store(self) -> tuple[SQLiteStore, sqlite3.Connection]:
+        """
+        A store whose jobs run at once on the test's thread, and the
+        connection they run on, for the test to watch or constrain.
+        """
+        connections: list[sqlite3.Connection] = []
+
+        def start(connection: sqlite3.Connection) -> ImmediateWorker:
+            connections.append(connection)
+            return ImmediateWorker(connection)
+
+        store = SQLiteStore(self.path, start)
+        store.open()
+        self.addCleanup(store.close)
+        return store, connections[0]
 
     def threaded_store(self) -> tuple[SQLiteStore, ThreadWorker, queue.Queue]:
         """
