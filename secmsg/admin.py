@@ -70,7 +70,7 @@ from secmsg.messages import Kind, Stored
 from secmsg.metrics import CONTENT_TYPE, Metrics
 from secmsg.protocol import describe_address
 from secmsg.reload import ReloadReport
-from secmsg.tls import refusal_for_handshake_failure
+from secmsg.tls import TrustVerdict, refusal_for_handshake_failure
 
 log = Logger()
 
@@ -133,10 +133,15 @@ class AdminChannel(http.HTTPChannel):
     """
     An HTTP/1.1 connection of the admin interface, which learns from the
     TLS layer why a certificate was refused, so that a refused handshake
-    is recorded as on the line port.
+    is recorded as on the line port, and how to judge an accepted chain
+    again, should a reload change the trust before its request is answered.
+
+    @ivar verdict: the L{TrustVerdict} of the accepted chain, or L{None}
+        without a certificate.
     """
 
     site: AdminSite
+    verdict: TrustVerdict | None = None
     _refusal: CertificateRefused | None = None
     _handshake_done = False
 
@@ -144,8 +149,30 @@ class AdminChannel(http.HTTPChannel):
         if self._refusal is None:
             self._refusal = refusal
 
+    def certificate_accepted(self, verdict: TrustVerdict) -> None:
+        self.verdict = verdict
+
     def handshakeCompleted(self) -> None:
+        """
+        Judge the chain again by the trust in force: a reload may have come
+        while the handshake was under way.
+        """
+        refusal = self.refusal_now()
+        if refusal is not None:
+            self._refusal = refusal
+            self.transport.abortConnection()
+            return
         self._handshake_done = True
+
+    def refusal_now(self) -> CertificateRefused | None:
+        """
+        Why the trust in force refuses the peer's chain, or L{None}.
+        """
+        if self.verdict is None:
+            return None
+        return self.verdict.again(
+            self.transport.getHandle().get_verified_chain(as_cryptography=True)
+        )
 
     def connectionLost(self, reason: Failure) -> None:
         if not self._handshake_done:
@@ -357,12 +384,37 @@ class CertificateGuard(Resource):
                 "server's CA (curl --cert FILE --key FILE)",
             )
             return server.NOT_DONE_YET
+        refusal = request.channel.refusal_now()
+        if refusal is not None:
+            _refused_since_handshake(request, address, refusal)
+            return server.NOT_DONE_YET
         login = self._portal.login(
             VerifiedCertificate(chain[0]), WebClient(chain, address), IResource
         )
         login.addCallback(_render_avatar, request)
         login.addErrback(_login_refused, request, address)
         return server.NOT_DONE_YET
+
+
+def _refused_since_handshake(
+    request: BoundedRequest, address: str, refusal: CertificateRefused
+) -> None:
+    """
+    Refuse a request whose certificate a reload since its handshake no
+    longer trusts, saying why.
+    """
+    audit(
+        "login_refused",
+        "refused admin request from {peer}, after a reload: subject {subject}: "
+        "{reason}",
+        LogLevel.warn,
+        peer=address,
+        subject=refusal.subject,
+        reason=refusal.describe(),
+    )
+    send_error(
+        request, HTTPStatus.FORBIDDEN, f"certificate refused: {refusal.reason.value}"
+    )
 
 
 def _render_avatar(

@@ -82,14 +82,23 @@ class CertificateRefused(SecmsgError):
     @ivar subject: the refused certificate's subject (RFC 4514), or C{""}
         when the peer sent none.
     @ivar detail: more words for the operator, or C{""}.
+    @ivar vouched: whether a CA the server trusts (or trusted until a
+        reload) issued the certificate: then the refusal is a fact about an
+        identifiable holder (revoked, expired, refused by the policy), and
+        is recorded apart from what anyone without a certificate can cause.
     """
 
     def __init__(
-        self, reason: RefusalReason, subject: str = "", detail: str = ""
+        self,
+        reason: RefusalReason,
+        subject: str = "",
+        detail: str = "",
+        vouched: bool = False,
     ) -> None:
         self.reason = reason
         self.subject = subject
         self.detail = detail
+        self.vouched = vouched
         super().__init__(self.describe())
 
     def describe(self) -> str:

@@ -10,12 +10,15 @@ it with C{verifyObject}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
+
+if TYPE_CHECKING:
+    from secmsg.tls import TrustVerdict
 
 
 class ISessionAvatar(Interface):
@@ -292,10 +295,18 @@ class IStoreWorker(Interface):
 class IHandshakeObserver(Interface):
     """
     Told by the TLS layer why it refused a peer's certificate, so that the
-    refusal is logged once, with the peer address, when the connection ends.
+    refusal is logged once, with the peer address, when the connection ends;
+    or how to judge an accepted chain again, should the trust change before
+    the connection is a session.
     """
 
     def certificate_refused(refusal: CertificateRefused) -> None:
         """
         The verify callback refused the certificate, for this reason.
+        """
+
+    def certificate_accepted(verdict: TrustVerdict) -> None:
+        """
+        The verify callback accepted the chain; C{verdict} judges it again
+        by the trust in force when the handshake completes and at login.
         """

@@ -58,7 +58,7 @@ from secmsg.limits import (
     count_down,
 )
 from secmsg.metrics import Metrics
-from secmsg.tls import refusal_for_handshake_failure, share_issuers
+from secmsg.tls import TrustVerdict, refusal_for_handshake_failure, share_issuers
 
 log = Logger()
 
@@ -194,6 +194,7 @@ class SessionProtocol(Protocol):
         "_sent_while_held",
         "_throttled",
         "_timers",
+        "_verdict",
         "address",
         "avatar",
         "certificate",
@@ -231,6 +232,7 @@ class SessionProtocol(Protocol):
         self._rate_refusals = 0
         self._last_words: str | None = None
         self._refusal: CertificateRefused | None = None
+        self._verdict: TrustVerdict | None = None
         self._handshake_done = False
         self._logout = None
         self._replies: deque[_Reply] = deque()
@@ -299,9 +301,13 @@ class SessionProtocol(Protocol):
         if self._refusal is None:
             self._refusal = refusal
 
+    def certificate_accepted(self, verdict: TrustVerdict) -> None:
+        self._verdict = verdict
+
     def handshakeCompleted(self) -> None:
         """
-        The peer's chain verified: log it in with its certificate.
+        The peer's chain verified: log it in with its certificate, unless
+        a reload since then no longer trusts it.
         """
         self._handshake_done = True
         if self._closing:
@@ -310,6 +316,8 @@ class SessionProtocol(Protocol):
             self.transport.getHandle().get_verified_chain(as_cryptography=True)
         )
         self.certificate = self.certificate_chain[0]
+        if not self._still_trusted("handshake"):
+            return
         login = self._portal.login(
             VerifiedCertificate(self.certificate), self, ISessionAvatar
         )
@@ -321,6 +329,11 @@ class SessionProtocol(Protocol):
             # The peer left while the login was under way.
             logout()
             return
+        if not self._still_trusted("login"):
+            logout()
+            return
+        # A session is judged by every reload from now on.
+        self._verdict = None
         refusal = self.factory.session_admitted(self, avatar.identity)
         if refusal is not None:
             logout()
@@ -372,6 +385,30 @@ class SessionProtocol(Protocol):
         self._commands.logged_in(self)
         early, self._early = bytes(self._early), bytearray()
         self._receive(early)
+
+    def _still_trusted(self, step: str) -> bool:
+        """
+        Judge the chain again by the trust in force, which a reload may
+        have changed since the verify callback judged it; refuse it, saying
+        why as a reload says it to a live session, if it no longer stands.
+        """
+        if self._verdict is None:
+            return True
+        refusal = self._verdict.again(self.certificate_chain)
+        if refusal is None:
+            return True
+        self._metrics.handshake(refusal.reason.value)
+        audit(
+            "handshake_refused",
+            "refused {peer} at its {step}, after a reload: subject {subject}: {reason}",
+            LogLevel.warn,
+            peer=self.address,
+            step=step,
+            subject=refusal.subject,
+            reason=refusal.describe(),
+        )
+        self.close(refusal.reason.value)
+        return False
 
     def _watch_expiry(self) -> None:
         """

@@ -172,6 +172,7 @@ class Daemon:
     @ivar metrics: what the daemon counts.
     @ivar admin: the TLS-wrapped factory of the admin interface, for when
         it listens.
+    @ivar portal: what both ports log identities in through.
     """
 
     factory: TLSMemoryBIOFactory
@@ -180,6 +181,7 @@ class Daemon:
     tls: VerifyingServerTLS
     metrics: Metrics
     admin: AdminGate
+    portal: Portal
 
 
 def build_daemon(
@@ -236,6 +238,7 @@ def build_daemon(
             settings.limits,
             sessions.anonymous_records,
         ),
+        portal,
     )
 
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -110,16 +110,32 @@ _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.
 
 
 def refusal_for_openssl_error(
-    error_number: int, depth: int, subject: str
+    error_number: int, depth: int, subject: str, vouched: bool = False
 ) -> CertificateRefused:
     """
     Turn OpenSSL's numeric verification error into our words.
+
+    @param vouched: whether the certificate was issued by a CA this server
+        trusts (see L{CertificateRefused}).
     """
     reason = _OPENSSL_REASONS.get(error_number, RefusalReason.REJECTED)
     details = [_error_words(error_number)]
     if depth:
         details.append(f"CA certificate at depth {depth}")
-    return CertificateRefused(reason, subject, "; ".join(details))
+    return CertificateRefused(reason, subject, "; ".join(details), vouched)
+
+
+_HOLDER_REASONS = frozenset(
+    {
+        RefusalReason.EXPIRED,
+        RefusalReason.NOT_YET_VALID,
+        RefusalReason.REVOKED,
+        RefusalReason.REVOCATION_UNKNOWN,
+        RefusalReason.WRONG_KEY_USAGE,
+    }
+)
+"""OpenSSL's refusals that can concern a certificate our CAs issued, as
+opposed to one no CA of ours signed: worth checking who signed it."""
 
 
 def _error_words(error_number: int) -> str:
@@ -198,9 +214,42 @@ def _may_sign_certificates(certificate: x509.Certificate) -> bool:
 LeafCheck = Callable[[x509.Certificate], object]
 """Called on a leaf certificate that chains; raises L{CertificateRefused}."""
 
-StaleCheck = Callable[[list[x509.Certificate]], CertificateRefused | None]
-"""Checks a verified chain (leaf first) against trust loaded after the
-connection's context was built; returns the refusal, or L{None}."""
+
+class TrustVerdict:
+    """
+    The trust a connection's chain was last judged by, and the judgement
+    again by the trust in force.
+
+    A handshake can straddle a reload: its chain judged by the verify
+    callback before the reload, its Finished arriving after it; so can the
+    time between a handshake and the login it leads to.  The connection
+    asks L{again} at each step, and a reload in between (which closes the
+    sessions it no longer trusts, but cannot see a connection that is not
+    yet one) is applied to it too.  Judging again costs nothing while the
+    trust is the one already applied.
+    """
+
+    __slots__ = ("_judged_by", "_tls")
+
+    def __init__(self, tls: VerifyingServerTLS, judged_by: TrustAnchors) -> None:
+        self._tls = tls
+        self._judged_by = judged_by
+
+    def again(self, chain: list[x509.Certificate]) -> CertificateRefused | None:
+        """
+        Verify a chain (leaf first) again if the trust in force is not the
+        trust it was last verified by: the refusal, or L{None}.
+        """
+        trust = self._tls.trust
+        if trust is self._judged_by:
+            return None
+        refusal = trust.recheck(chain, clock_time(self._tls.clock))
+        if refusal is None:
+            self._judged_by = trust
+        else:
+            # The trust it was admitted by verified the whole chain.
+            refusal.vouched = True
+        return refusal
 
 
 class _PeerVerifier:
@@ -210,13 +259,14 @@ class _PeerVerifier:
     OpenSSL calls it once per certificate of the peer's chain, the trust
     anchor first and the leaf last, with its own verdict.  The verifier
     keeps that verdict, adds its own checks on the leaf, and once the whole
-    chain is seen lets C{stale_check} judge it against a configuration
-    reloaded while this handshake was under way.  It reports a refusal to
-    C{observer} and stops at the first one.
+    chain is seen judges it again against a configuration reloaded while
+    this handshake was under way (L{TrustVerdict}), which it hands to
+    C{observer} to go on judging by.  It reports a refusal to C{observer}
+    and stops at the first one.
 
-    An error in C{tolerated} (a CRL past its next update, when the operator
-    keeps serving then) is let through: OpenSSL still checks the chain
-    against that CRL.
+    An error that the trust tolerates (a CRL past its next update, when the
+    operator keeps serving then) is let through: OpenSSL still checks the
+    chain against that CRL.
 
     pyOpenSSL swallows exceptions raised in a verify callback and fails the
     handshake without a word, so every exception is caught here, logged and
@@ -228,19 +278,19 @@ class _PeerVerifier:
     every attribute onto the wrapper, a second holder of the same state.
     """
 
-    __slots__ = ("_chain", "_leaf_check", "_observer", "_stale_check", "_tolerated")
+    __slots__ = ("_chain", "_leaf_check", "_observer", "_trust", "_verdict")
 
     def __init__(
         self,
         observer: IHandshakeObserver | None,
         leaf_check: LeafCheck,
-        stale_check: StaleCheck,
-        tolerated: frozenset[int],
+        verdict: TrustVerdict,
+        trust: TrustAnchors,
     ) -> None:
         self._observer = observer
         self._leaf_check = leaf_check
-        self._stale_check = stale_check
-        self._tolerated = tolerated
+        self._verdict = verdict
+        self._trust = trust
         self._chain: dict[int, x509.Certificate] = {}
 
     def __call__(
@@ -258,24 +308,30 @@ class _PeerVerifier:
             refusal = CertificateRefused(
                 RefusalReason.REJECTED, detail="internal error while verifying"
             )
-        if refusal is None:
-            return True
-        if self._observer is not None:
+        if self._observer is None:
+            return refusal is None
+        if refusal is not None:
             self._observer.certificate_refused(refusal)
-        return False
+            return False
+        if not depth:
+            self._observer.certificate_accepted(self._verdict)
+        return True
 
     def _judge(
         self, certificate: X509, error_number: int, depth: int, preverify_ok: int
     ) -> CertificateRefused | None:
         crypto_certificate = certificate.to_cryptography()
-        if not preverify_ok and error_number in self._tolerated:
+        if not preverify_ok and error_number in self._trust.tolerated:
             # OpenSSL goes on to check the certificate against the CRL it
             # complained of, and calls again once the chain has verified.
             return None
         if not preverify_ok:
-            return refusal_for_openssl_error(
+            refusal = refusal_for_openssl_error(
                 error_number, depth, describe_subject(crypto_certificate)
             )
+            if refusal.reason in _HOLDER_REASONS:
+                refusal.vouched = self._trust.vouches_for(crypto_certificate)
+            return refusal
         self._chain[depth] = crypto_certificate
         if depth:
             return None
@@ -286,8 +342,9 @@ class _PeerVerifier:
             _check_client_usage(crypto_certificate)
             self._leaf_check(crypto_certificate)
         except CertificateRefused as refusal:
+            refusal.vouched = True
             return refusal
-        return self._stale_check(chain)
+        return self._verdict.again(chain)
 
 
 def share_issuers(chain: list[x509.Certificate]) -> list[x509.Certificate]:
@@ -379,6 +436,24 @@ class TrustAnchors:
         # verify without CRLs, then check revocation as OpenSSL would, but
         # for the staleness.
         return self._verify(chain, now, with_crls=False) or self._revocation(chain, now)
+
+    def vouches_for(self, certificate: x509.Certificate) -> bool:
+        """
+        Whether a CA of these signed C{certificate}: a certificate refused
+        for its dates or its revocation may be one we issued (and its
+        refusal then a fact about its holder) or one that merely names our
+        CA as its issuer, which OpenSSL refuses the same way before it
+        checks any signature.
+        """
+        for ca in self.cas:
+            if ca.subject != certificate.issuer:
+                continue
+            try:
+                certificate.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+                continue
+            return True
+        return False
 
     def _stale_only(self, refusal: CertificateRefused) -> bool:
         return bool(self.tolerated) and refusal.detail.startswith(
@@ -516,6 +591,8 @@ class VerifyingServerTLS:
     """
     Creates each server-side TLS connection from the current context, with
     a verify callback that reports to that connection's protocol.
+
+    @ivar clock: the time certificates are judged at.
     """
 
     def __init__(
@@ -523,7 +600,7 @@ class VerifyingServerTLS:
     ) -> None:
         self._tls = tls
         self._leaf_check = leaf_check
-        self._clock = clock
+        self.clock = clock
 
     @property
     def trust(self) -> TrustAnchors:
@@ -535,7 +612,8 @@ class VerifyingServerTLS:
     def use(self, tls: ServerTLS) -> None:
         """
         Verify every later handshake with C{tls}; connections made already
-        keep the context they were made with.
+        keep the context they were made with, and are judged by C{tls}'s
+        trust as their handshake and login go on (L{TrustVerdict}).
         """
         self._tls = tls
 
@@ -562,25 +640,18 @@ class VerifyingServerTLS:
         """
         A new connection verifying with C{mode}, whose verify callback
         tells the wrapped protocol, if it listens, why it refused a
-        certificate.  A handshake that began before a reload and ends after
-        it is judged by the reloaded CAs and CRLs too, so that no
-        connection slips through that window.
+        certificate, or how to judge the accepted chain again.
         """
         built_with = self._tls
         connection = SSL.Connection(built_with.context, None)
-
-        def stale_check(chain: list[x509.Certificate]) -> CertificateRefused | None:
-            if self._tls is built_with:
-                return None
-            return self._tls.trust.recheck(chain, clock_time(self._clock))
-
         observer = IHandshakeObserver(tlsProtocol.wrappedProtocol, None)
-        connection.set_verify(
-            mode,
-            _PeerVerifier(
-                observer, self._leaf_check, stale_check, built_with.trust.tolerated
-            ),
+        verifier = _PeerVerifier(
+            observer,
+            self._leaf_check,
+            TrustVerdict(self, built_with.trust),
+            built_with.trust,
         )
+        connection.set_verify(mode, verifier)
         return connection
 
 

@@ -208,11 +208,11 @@ class Instance:
         client: Protocol,
         options: IOpenSSLClientConnectionCreator,
         server: TLSMemoryBIOFactory | None = None,
-    ) -> None:
+    ) -> IOPump:
         """
         Connect any client protocol over TLS with the given options, to the
         daemon's line protocol or to C{server}; bytes move when L{flush} is
-        called.
+        called, or step by step through the pump returned.
         """
         server = server or self.daemon.factory
         client_factory = TLSMemoryBIOFactory(
@@ -229,6 +229,7 @@ class Instance:
             clock=self.clock,
         )
         self._pumps.append(pump)
+        return pump
 
     def flush(self) -> None:
         """

@@ -13,7 +13,13 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.tls import TLSFiles, _PeerVerifier, load_server_tls, share_issuers
+from secmsg.tls import (
+    TLSFiles,
+    TrustAnchors,
+    _PeerVerifier,
+    load_server_tls,
+    share_issuers,
+)
 from tests.certs import CertificateAuthority, now
 from tests.harness import Instance
 
@@ -59,12 +65,8 @@ class PeerVerifierTests(SynchronousTestCase):
         """
         root = CertificateAuthority()
         intermediate = root.intermediate("secmsg issuing CA")
-        judged: list[list[x509.Certificate]] = []
-
-        def stale_check(chain: list[x509.Certificate]) -> None:
-            judged.append(chain)
-
-        verifier = _PeerVerifier(None, lambda leaf: None, stale_check, frozenset())
+        verdict = _RecordingVerdict()
+        verifier = _PeerVerifier(None, lambda leaf: None, verdict, _NO_TRUST)
         first = [
             intermediate.issue("alice").certificate,
             intermediate.pair.certificate,
@@ -76,7 +78,7 @@ class PeerVerifierTests(SynchronousTestCase):
             for depth in reversed(range(len(chain))):
                 certificate = X509.from_cryptography(chain[depth])
                 self.assertTrue(verifier(None, certificate, 0, depth, 1))
-        self.assertEqual(judged, [first, second])
+        self.assertEqual(verdict.judged, [first, second])
 
     def test_a_judged_chain_is_not_kept(self) -> None:
         """
@@ -88,7 +90,7 @@ class PeerVerifierTests(SynchronousTestCase):
         root = CertificateAuthority()
         chain = [root.issue("alice").certificate, root.pair.certificate]
         verifier = _PeerVerifier(
-            None, lambda leaf: None, lambda chain: None, frozenset()
+            None, lambda leaf: None, _AcceptingVerdict(), _NO_TRUST
         )
 
         @functools.wraps(verifier)
@@ -99,6 +101,32 @@ class PeerVerifierTests(SynchronousTestCase):
             certificate = X509.from_cryptography(chain[depth])
             self.assertTrue(callback(None, certificate, 0, depth, 1))
         self.assertEqual(_certificates_reachable(callback), [])
+
+
+_NO_TRUST = TrustAnchors((), ())
+"""Trust that holds no certificate of its own, for what a verifier keeps."""
+
+
+class _AcceptingVerdict:
+    """
+    Stands in for a L{secmsg.tls.TrustVerdict} whose trust has not changed:
+    accepts every chain and keeps none.
+    """
+
+    def again(self, chain: list[x509.Certificate]) -> None:
+        return None
+
+
+class _RecordingVerdict(_AcceptingVerdict):
+    """
+    An accepting verdict that keeps each chain it was asked to judge.
+    """
+
+    def __init__(self) -> None:
+        self.judged: list[list[x509.Certificate]] = []
+
+    def again(self, chain: list[x509.Certificate]) -> None:
+        self.judged.append(chain)
 
 
 def _certificates_reachable(start: object) -> list[x509.Certificate]:
