@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -65,7 +64,7 @@ from secmsg.errors import (
 )
 from secmsg.identity import describe_subject, fingerprint
 from secmsg.interfaces import IHandshakeObserver, IHub
-from secmsg.limits import Limits, RateLimiter, address_group, count_down
+from secmsg.limits import Limits, OldestMakesRoom, RateLimiter, address_group
 from secmsg.messages import Kind, Stored
 from secmsg.metrics import CONTENT_TYPE, Metrics
 from secmsg.protocol import describe_address
@@ -238,9 +237,11 @@ class _DeadlineWrapper(ProtocolWrapper):
 
 class AdminGate(WrappingFactory):
     """
-    Caps the admin port's connections, in all and per address, dropping
-    those past a cap as they are accepted, and cuts each one after
-    L{CONNECTION_DEADLINE} whatever it is doing.
+    Bounds the admin port's connections, per address and in all, as the
+    line port bounds those not logged in: past a bound the oldest
+    connection of the address (or of all) is cut to make room, so that
+    connections held open cannot keep a request out; and cuts each one
+    after L{CONNECTION_DEADLINE} whatever it is doing.
     """
 
     protocol = _DeadlineWrapper
@@ -255,36 +256,32 @@ class AdminGate(WrappingFactory):
     ) -> None:
         super().__init__(wrapped)
         self.clock = clock
-        self._limits = limits
         self._anonymous_records = anonymous_records
-        self._from: Counter[str] = Counter()
-        self._open = 0
+        self._open: OldestMakesRoom[_DeadlineWrapper] = OldestMakesRoom(
+            limits.max_handshakes_per_address, limits.max_handshakes
+        )
 
-    def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper | None:
-        host = address_group(str(getattr(addr, "host", addr)))
-        if (
-            self._open >= self._limits.max_handshakes
-            or self._from[host] >= self._limits.max_per_address
-        ):
+    def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper:
+        wrapper = super().buildProtocol(addr)
+        wrapper.host = address_group(str(getattr(addr, "host", addr)))
+        displaced = self._open.add(wrapper, wrapper.host)
+        if displaced is not None:
             if self._anonymous_records.allow():
                 audit(
                     "limit_reached",
-                    "admin interface: dropped a connection from {peer} at accept",
+                    "admin interface: cut the oldest connection from {peer} to "
+                    "make room",
                     LogLevel.warn,
-                    peer=describe_address(addr),
+                    peer=displaced.host,
                     reason="admin connection limit",
                 )
-            return None
-        self._from[host] += 1
-        self._open += 1
-        wrapper = super().buildProtocol(addr)
-        wrapper.host = host
+            # Older than the connection just made: it has its transport.
+            displaced.transport.abortConnection()
         return wrapper
 
     def unregisterProtocol(self, p: _DeadlineWrapper) -> None:
         super().unregisterProtocol(p)
-        self._open -= 1
-        count_down(self._from, p.host)
+        self._open.discard(p)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import ipaddress
 import resource
 from collections import Counter
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -32,6 +33,8 @@ class Limits:
     @ivar max_per_address: sessions from one address (an IPv6 /64 counts
         as one address) at once.
     @ivar max_handshakes: connections not yet logged in at once.
+    @ivar max_handshakes_per_address: connections not yet logged in from
+        one address at once.
     """
 
     handshake_timeout: float = 10.0
@@ -40,6 +43,7 @@ class Limits:
     max_per_identity: int = 16
     max_per_address: int = 64
     max_handshakes: int = 1000
+    max_handshakes_per_address: int = 32
 
     @property
     def open_files(self) -> int:
@@ -74,6 +78,64 @@ def count_down(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+Connection = TypeVar("Connection")
+
+
+class OldestMakesRoom(Generic[Connection]):
+    """
+    Connections held within a bound per address and a bound in all, where
+    one past a bound displaces the oldest of its address (or, past the
+    bound in all, the oldest of all) instead of being refused.
+
+    For connections that have not logged in: one that holds a connection
+    open without logging in costs nothing to make, so refusing newcomers
+    past a bound would let anyone who can connect lock everyone out of an
+    address; a client with a certificate logs in within milliseconds of
+    connecting, so it is never the oldest for long, while connections held
+    open to fill the bound are displaced as soon as anyone else arrives.
+    """
+
+    def __init__(self, per_address: int, in_all: int) -> None:
+        self._per_address = per_address
+        self._in_all = in_all
+        self._all: dict[Connection, str] = {}
+        self._by_address: dict[str, dict[Connection, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def add(self, connection: Connection, address: str) -> Connection | None:
+        """
+        Hold C{connection}, from C{address} (as L{address_group} names it).
+
+        @return: the connection it displaces, no longer held, which the
+            caller drops; or L{None}.
+        """
+        self._all[connection] = address
+        here = self._by_address.setdefault(address, {})
+        here[connection] = None
+        if len(here) > self._per_address:
+            oldest = next(iter(here))
+        elif len(self._all) > self._in_all:
+            oldest = next(iter(self._all))
+        else:
+            return None
+        self.discard(oldest)
+        return oldest
+
+    def discard(self, connection: Connection) -> None:
+        """
+        Hold C{connection} no more, if it was held.
+        """
+        address = self._all.pop(connection, None)
+        if address is None:
+            return
+        here = self._by_address[address]
+        del here[connection]
+        if not here:
+            del self._by_address[address]
 
 
 def raise_open_file_limit(needed: int) -> str | None:

@@ -53,6 +53,7 @@ from secmsg.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
 from secmsg.limits import (
     RATE_EXEMPT,
     Limits,
+    OldestMakesRoom,
     RateLimiter,
     address_group,
     count_down,
@@ -256,23 +257,26 @@ class SessionProtocol(Protocol):
         peer = self.transport.getPeer()
         self.address = describe_address(peer)
         self.host = address_group(str(getattr(peer, "host", self.address)))
-        refusal = self.factory.session_started(self)
-        if refusal is not None:
-            # Nothing can be said before TLS is up, so the peer learns
-            # nothing; the operator does, within the audit trail's budget.
-            if self.factory.anonymous_records.allow():
-                audit(
-                    "limit_reached",
-                    "dropped {peer} at connect: {reason}",
-                    LogLevel.warn,
-                    peer=self.address,
-                    reason=refusal,
-                )
-            self._dropped_at_connect = True
-            self._metrics.handshake("connection limit")
-            self._drop()
-            return
+        self.factory.session_started(self)
         self._after(self._limits.handshake_timeout, self._handshake_too_slow)
+
+    def displace(self, reason: str) -> None:
+        """
+        Drop a connection that has not logged in, to make room for a newer
+        one.  Nothing can be said before TLS is up, so the peer learns
+        nothing; the operator does, within the audit trail's budget.
+        """
+        if self.factory.anonymous_records.allow():
+            audit(
+                "limit_reached",
+                "dropped {peer} before it logged in: {reason}",
+                LogLevel.warn,
+                peer=self.address,
+                reason=reason,
+            )
+        self._dropped_at_connect = True
+        self._metrics.handshake("connection limit")
+        self._drop()
 
     def _after(self, seconds: float, call: Callable[[], None]) -> IDelayedCall:
         """
@@ -876,11 +880,12 @@ class SessionFactory(Factory):
     one set of command handlers and one rate limiter, and counts
     connections and sessions against the L{Limits}.
 
-    Connections from one address, in any state, are capped at twice the
-    per-address limit, all connections at twice the session limit, and
-    those not yet logged in at the handshake limit: past that, a
-    connection is dropped as it is accepted, before it costs a handshake.
-    Below it, a login past a limit is told why with C{503}.
+    Connections not yet logged in have budgets of their own, per address
+    and in all, apart from the sessions' (L{OldestMakesRoom}): past one,
+    the oldest connection not logged in is dropped to make room, so that
+    connections held open without a certificate cannot keep a client that
+    has one from logging in.  Sessions are counted at login, per identity,
+    per address and in all; a login past a limit is told why with C{503}.
     """
 
     noisy = False
@@ -912,7 +917,9 @@ class SessionFactory(Factory):
         self.rate_limiter = RateLimiter(clock)
         self.anonymous_records = RecordBudget(clock, "handshake_refused")
         self._sessions: set[SessionProtocol] = set()
-        self._connections_from: Counter[str] = Counter()
+        self._not_logged_in: OldestMakesRoom[SessionProtocol] = OldestMakesRoom(
+            limits.max_handshakes_per_address, limits.max_handshakes
+        )
         self._admitted: set[SessionProtocol] = set()
         self._admitted_from: Counter[str] = Counter()
         self._admitted_as: Counter[str] = Counter()
@@ -938,25 +945,27 @@ class SessionFactory(Factory):
         """
         return len(self._admitted)
 
-    def session_started(self, protocol: SessionProtocol) -> str | None:
+    def session_started(self, protocol: SessionProtocol) -> None:
         """
-        Track a connection until it ends.
-
-        @return: why it must be dropped at once, or L{None}.
+        Track a connection until it ends; past the bounds on connections
+        not logged in, the oldest of its address, or of all, makes room.
         """
         self._sessions.add(protocol)
-        self._connections_from[protocol.host] += 1
+        displaced = self._not_logged_in.add(protocol, protocol.host)
+        if displaced is None:
+            return
         limits = self._limits
-        if self._connections_from[protocol.host] > 2 * limits.max_per_address:
-            return (
-                f"more than {2 * limits.max_per_address} connections from "
-                f"{protocol.host}"
+        if displaced.host == protocol.host:
+            reason = (
+                f"more than {limits.max_handshakes_per_address} connections not "
+                f"logged in from {protocol.host}; the oldest makes room"
             )
-        if len(self._sessions) > 2 * limits.max_sessions:
-            return f"more than {2 * limits.max_sessions} connections"
-        if len(self._sessions) - len(self._admitted) > limits.max_handshakes:
-            return f"more than {limits.max_handshakes} connections not logged in"
-        return None
+        else:
+            reason = (
+                f"more than {limits.max_handshakes} connections not logged in; "
+                "the oldest makes room"
+            )
+        displaced.displace(reason)
 
     def session_admitted(self, protocol: SessionProtocol, identity: str) -> str | None:
         """
@@ -974,6 +983,7 @@ class SessionFactory(Factory):
                 f"too many sessions from {protocol.host} "
                 f"(limit {limits.max_per_address})"
             )
+        self._not_logged_in.discard(protocol)
         self._admitted.add(protocol)
         self._admitted_from[protocol.host] += 1
         self._admitted_as[identity] += 1
@@ -984,7 +994,7 @@ class SessionFactory(Factory):
         Forget a connection; wake L{close_all} once none is left.
         """
         self._sessions.discard(protocol)
-        count_down(self._connections_from, protocol.host)
+        self._not_logged_in.discard(protocol)
         if protocol in self._admitted:
             self._admitted.discard(protocol)
             count_down(self._admitted_from, protocol.host)

@@ -44,6 +44,7 @@ OPTIONS = (
     "max-sessions-per-identity",
     "max-sessions-per-address",
     "max-handshakes",
+    "max-handshakes-per-address",
     "stale-crl",
     "admin-port",
     "admin-interface",
@@ -171,6 +172,14 @@ def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
         ),
         max_handshakes=_integer(
             merged, origins, "max-handshakes", default.max_handshakes, 1, 10**6
+        ),
+        max_handshakes_per_address=_integer(
+            merged,
+            origins,
+            "max-handshakes-per-address",
+            default.max_handshakes_per_address,
+            1,
+            10**6,
         ),
     )
 

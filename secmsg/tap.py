@@ -135,6 +135,12 @@ class Options(usage.Options):
             "Connections not yet logged in at once. [default: 1000]",
         ],
         [
+            "max-handshakes-per-address",
+            None,
+            None,
+            "Connections not yet logged in from one address at once. [default: 32]",
+        ],
+        [
             "stale-crl",
             None,
             None,

@@ -15,7 +15,6 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -347,28 +346,26 @@ class AdminLimitTests(SynchronousTestCase):
         self.assertEqual(refused.headers["retry-after"], "1")
         self.assertEqual(refused.json()["detail"], "slow down; retry in 1000 ms")
 
-    def test_connections_past_the_per_address_cap_are_dropped(self) -> None:
+    def test_connections_past_the_per_address_cap_make_room(self) -> None:
         """
-        The admin port takes no more connections from one address than the
-        per-address limit, and cuts any after its deadline.
+        Past the per-address budget, the admin port cuts the oldest
+        connection of that address to make room for the newest; and it
+        cuts any after its deadline.
         """
         clock = Clock()
         gate = AdminGate(
             Factory.forProtocol(Protocol),
             clock,
-            Limits(max_per_address=2),
+            Limits(max_handshakes_per_address=2),
             RecordBudget(clock, "handshake_refused"),
         )
         peer = IPv4Address("TCP", "127.0.0.1", 50000)
-        first, second = gate.buildProtocol(peer), gate.buildProtocol(peer)
-        self.assertIsNone(gate.buildProtocol(peer))
-        transport = StringTransport()
-        first.makeConnection(transport)
+        transports = [StringTransport() for _ in range(3)]
+        for transport in transports:
+            gate.buildProtocol(peer).makeConnection(transport)
+        self.assertEqual([t.disconnected for t in transports], [True, False, False])
         clock.advance(CONNECTION_DEADLINE)
-        self.assertTrue(transport.disconnected)
-        first.connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(gate.buildProtocol(peer))
-        self.assertIsNotNone(second)
+        self.assertTrue(transports[1].disconnected)
 
 
 class OpenApiTests(SynchronousTestCase):

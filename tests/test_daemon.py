@@ -393,6 +393,111 @@ class AdminInterfaceTests(SynchronousTestCase):
             )
 
 
+class HeldConnections:
+    """
+    Plain TCP connections to a port, held open without a byte sent, and
+    opened again as the daemon drops them: what anyone without a
+    certificate can do to an address.
+    """
+
+    COUNT = 200
+    """More than any budget for connections not logged in from one address,
+    and more than the old bound on one address's connections in all."""
+
+    def __init__(self, testcase: SynchronousTestCase, port: int) -> None:
+        self._port = port
+        self._sockets: list[socket.socket] = []
+        testcase.addCleanup(self.close)
+        self.reopened = 0
+        self.top_up()
+
+    def top_up(self) -> None:
+        """
+        Open as many as were dropped, so that COUNT are held again.
+        """
+        held = []
+        for held_socket in self._sockets:
+            if _dropped(held_socket):
+                held_socket.close()
+                self.reopened += 1
+            else:
+                held.append(held_socket)
+        while len(held) < self.COUNT:
+            held.append(socket.create_connection(("127.0.0.1", self._port)))
+        self._sockets = held
+
+    def close(self) -> None:
+        for held_socket in self._sockets:
+            held_socket.close()
+
+
+def _dropped(connection: socket.socket) -> bool:
+    """
+    Whether the other end has closed or reset a connection that sends us
+    nothing otherwise.
+    """
+    ready, _, _ = select.select([connection], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return not connection.recv(1)
+    except ConnectionResetError:
+        return True
+
+
+class LockoutTests(SynchronousTestCase):
+    """
+    Connections that have not logged in, however many one address holds,
+    cannot keep a client with a certificate from logging in from it.
+    """
+
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+        self.daemon = Daemon(self, self.directory, "--admin-port", "0")
+        line = self.daemon.wait_for("admin interface listening on https://")
+        self.admin_port = int(line.rsplit(":", 1)[1].rstrip("/"))
+        self.daemon.drain_log()
+
+    def test_held_connections_do_not_lock_an_address_out(self) -> None:
+        """
+        With the address holding as many idle connections as it opens, on
+        the line port and the admin port, alice logs in and asks the admin
+        interface, every time.
+        """
+        line_flood = HeldConnections(self, self.daemon.port)
+        admin_flood = HeldConnections(self, self.admin_port)
+        logins = requests = 0
+        for _ in range(5):
+            with self.daemon.client("alice") as alice, alice.makefile("rb") as lines:
+                if b"you are alice" in lines.readline():
+                    logins += 1
+            if self.admin_request("alice") == 200:
+                requests += 1
+            line_flood.top_up()
+            admin_flood.top_up()
+        self.assertEqual((logins, requests), (5, 5))
+        # The idle connections were the ones displaced to make room.
+        self.assertGreater(line_flood.reopened, 0)
+        self.assertGreater(admin_flood.reopened, 0)
+
+    def admin_request(self, name: str) -> int:
+        """
+        The status of C{GET /healthz} as C{name}, or 0 without an answer.
+        """
+        context = ssl.create_default_context(cafile=self.directory / "ca.pem")
+        clients = self.directory / "clients"
+        context.load_cert_chain(clients / f"{name}.pem", clients / f"{name}.key")
+        raw = socket.create_connection(
+            ("127.0.0.1", self.admin_port), timeout=STARTUP_DEADLINE
+        )
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            answer = tls.makefile("rb").readline()
+        return int(answer.split()[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
 class StartupRefusalTests(SynchronousTestCase):
     """
     A daemon that cannot start says why in one line, with no traceback.

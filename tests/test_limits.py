@@ -271,9 +271,8 @@ class SessionLimitTests(SynchronousTestCase):
 
     def test_limits_over_real_tls(self) -> None:
         """
-        Over the real TLS layer: the first session is greeted, the second
-        gets 503 with the reason, and those past twice the limit are
-        dropped before any byte of application data.
+        Over the real TLS layer: the first session is greeted, and each
+        login past the limit gets 503 with the reason.
         """
         instance = Instance(self, limits=Limits(max_per_address=1))
         pair = instance.ca.issue("alice")
@@ -287,8 +286,8 @@ class SessionLimitTests(SynchronousTestCase):
                     "; rate 1000000/s, burst 3000000, 3000000 left"
                 ],
                 ["503 too many sessions from 127.0.0.1 (limit 1)"],
-                [],
-                [],
+                ["503 too many sessions from 127.0.0.1 (limit 1)"],
+                ["503 too many sessions from 127.0.0.1 (limit 1)"],
             ],
         )
         self.assertEqual(
@@ -297,8 +296,8 @@ class SessionLimitTests(SynchronousTestCase):
 
     def test_connections_not_logged_in_are_capped(self) -> None:
         """
-        Past the handshake limit, connections from anywhere are dropped as
-        they arrive.
+        Past the handshake limit in all, the oldest connection not logged
+        in, from any address, is dropped to make room for the newest.
         """
         network = Network(limits=Limits(max_handshakes=3))
         transports = []
@@ -306,7 +305,7 @@ class SessionLimitTests(SynchronousTestCase):
             transport = VerifiedTransport([], port)
             network.factory.buildProtocol(None).makeConnection(transport)
             transports.append(transport)
-        self.assertEqual([t.disconnected for t in transports], [False] * 3 + [True])
+        self.assertEqual([t.disconnected for t in transports], [True] + [False] * 3)
 
     def test_ipv6_addresses_count_by_their_64(self) -> None:
         """
@@ -322,18 +321,23 @@ class SessionLimitTests(SynchronousTestCase):
             describe_address(IPv6Address("TCP", "::1", 7443)), "[::1]:7443"
         )
 
-    def test_connection_flood_is_dropped_before_its_handshake(self) -> None:
+    def test_connection_flood_makes_room_for_the_newest(self) -> None:
         """
-        Past twice the per-address limit, connections from that address are
-        dropped as they are accepted, without costing a handshake.
+        Past the per-address budget of connections not logged in, the
+        oldest of that address's is dropped to make room, and the address's
+        sessions are not counted against it: a flood of connections held
+        open cannot keep a client from logging in.
         """
-        network = Network(limits=Limits(max_per_address=2))
+        network = Network(limits=Limits(max_handshakes_per_address=2))
+        alice = network.connect("alice")
         transports = []
         for port in range(40000, 40005):
             transport = VerifiedTransport([], port)
             network.factory.buildProtocol(None).makeConnection(transport)
             transports.append(transport)
-        self.assertEqual([t.disconnected for t in transports], [False] * 4 + [True])
+        self.assertEqual([t.disconnected for t in transports], [True] * 3 + [False] * 2)
+        self.assertFalse(alice.closed)
+        self.assertIn("you are bob", network.connect("bob").take()[0])
 
 
 ROOMS = (
