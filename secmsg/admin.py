@@ -93,6 +93,7 @@ _ERROR_WORDS = {
     HTTPStatus.TOO_MANY_REQUESTS: "too many requests",
     HTTPStatus.INTERNAL_SERVER_ERROR: "internal server error",
     HTTPStatus.SERVICE_UNAVAILABLE: "service unavailable",
+    HTTPStatus.INSUFFICIENT_STORAGE: "insufficient storage",
 }
 """The C{error} word of each status, fixed here rather than taken from
 Python's phrases, which change between versions."""
@@ -289,6 +290,7 @@ _COMMAND_STATUS = {
     429: HTTPStatus.TOO_MANY_REQUESTS,
     500: HTTPStatus.INTERNAL_SERVER_ERROR,
     503: HTTPStatus.SERVICE_UNAVAILABLE,
+    507: HTTPStatus.INSUFFICIENT_STORAGE,
 }
 
 

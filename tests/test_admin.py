@@ -27,6 +27,7 @@ from secmsg.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
 from secmsg.audit import RecordBudget
 from secmsg.client_tls import client_tls_options
 from secmsg.limits import Limits
+from secmsg.messages import WaitingLimit
 from tests.certs import CertificateAuthority, Pair
 from tests.harness import POLICY, Instance
 from tests.test_audit import record_events, records
@@ -225,6 +226,33 @@ class AdminTests(SynchronousTestCase):
             self.admin, "POST", "/v1/messages", {"to": "nobody", "text": "hi"}
         )
         self.assertEqual(unknown.status, 404)
+
+    def test_a_message_past_the_waiting_limit_is_507(self) -> None:
+        """
+        A message or broadcast to an identity with as much waiting as it
+        may have gets 507 Insufficient Storage in the one error shape,
+        and is stored for nobody.
+        """
+        instance = Instance(self, waiting_limit=WaitingLimit(messages=1))
+        web = AdminClient(instance)
+        admin = instance.ca.issue("admin")
+        sent = web.request(admin, "POST", "/v1/messages", {"to": "bob", "text": "1"})
+        self.assertEqual(sent.status, 200)
+        for path, body in (
+            ("/v1/messages", {"to": "bob", "text": "2"}),
+            ("/v1/broadcast", {"text": "all"}),
+        ):
+            refused = web.request(admin, "POST", path, body)
+            self.assertEqual(
+                refused.json(),
+                {
+                    "status": 507,
+                    "error": "insufficient storage",
+                    "detail": "not sent: bob has 1 unacknowledged message "
+                    "waiting (limit 1)",
+                },
+            )
+        self.assertEqual(instance.store.waiting("bob"), (1, 1))
 
     def test_bad_requests_are_refused_in_words(self) -> None:
         """
