@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
@@ -92,6 +93,7 @@ _ERROR_WORDS = {
     HTTPStatus.TOO_MANY_REQUESTS: "too many requests",
     HTTPStatus.INTERNAL_SERVER_ERROR: "internal server error",
     HTTPStatus.SERVICE_UNAVAILABLE: "service unavailable",
+    HTTPStatus.INSUFFICIENT_STORAGE: "insufficient storage",
 }
 """The C{error} word of each status, fixed here rather than taken from
 Python's phrases, which change between versions."""
@@ -313,6 +315,7 @@ _COMMAND_STATUS = {
     429: HTTPStatus.TOO_MANY_REQUESTS,
     500: HTTPStatus.INTERNAL_SERVER_ERROR,
     503: HTTPStatus.SERVICE_UNAVAILABLE,
+    507: HTTPStatus.INSUFFICIENT_STORAGE,
 }
 
 
@@ -606,6 +609,7 @@ class AdminResource(Resource):
         try:
             self._spend_token(command)
             self._record_login()
+            self._refuse_cross_site(request, command)
             endpoint = self._endpoint(request)
             if endpoint.command is not None:
                 self._authorize(endpoint.command)
@@ -649,6 +653,17 @@ class AdminResource(Resource):
             interface="admin",
         )
 
+    def _refuse_cross_site(self, request: BoundedRequest, command: str) -> None:
+        """
+        Refuse, before anything is looked up or done, a request that a page
+        of another site made a browser send: a browser that holds an
+        admin's certificate presents it to whoever asks it to.
+        """
+        reason = _cross_site(request)
+        if reason is not None:
+            self._record_denial(command, f"refused as cross-site: {reason}")
+            raise ApiError(HTTPStatus.FORBIDDEN, f"refused as cross-site: {reason}")
+
     def _endpoint(self, request: BoundedRequest) -> Endpoint:
         methods = self._api.routes.get(request.path)
         if methods is None:
@@ -666,16 +681,22 @@ class AdminResource(Resource):
         try:
             self._avatar.authorize(command)
         except NotPermitted as denial:
-            audit(
-                "denied",
-                "denied {verb} to {identity} at the admin interface: {rule}",
-                LogLevel.warn,
-                identity=self._avatar.identity,
-                peer=self._address,
-                verb=command,
-                rule=denial.rule,
-            )
+            self._record_denial(command, denial.rule)
             raise
+
+    def _record_denial(self, command: str, rule: str) -> None:
+        """
+        Record a request refused before it was carried out, and why.
+        """
+        audit(
+            "denied",
+            "denied {verb} to {identity} at the admin interface: {rule}",
+            LogLevel.warn,
+            identity=self._avatar.identity,
+            peer=self._address,
+            verb=command,
+            rule=rule,
+        )
 
     def _body(self, request: BoundedRequest) -> dict[str, Any]:
         if request.method != b"POST":
@@ -685,15 +706,18 @@ class AdminResource(Resource):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"the body may hold {MAX_BODY} bytes",
             )
+        # The type even of an empty body: a page of another site may send a
+        # form or a bodiless POST without asking, never one of this type.
+        kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if kind.lower() != b"application/json":
+            raise ApiError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                "send the body, even an empty one, as application/json",
+            )
         request.content.seek(0)
         raw = request.content.read()
         if not raw:
             return {}
-        kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
-        if kind.lower() != b"application/json":
-            raise ApiError(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
-            )
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -731,6 +755,54 @@ class AdminResource(Resource):
 
 def _shown(path: bytes) -> str:
     return wire.escape_controls(path.decode("utf-8", "replace"))[:200]
+
+
+_OTHER_SITES = (b"cross-site", b"same-site")
+"""The Sec-Fetch-Site values of a request a page of another origin made."""
+
+
+def _cross_site(request: BoundedRequest) -> str | None:
+    """
+    Why C{request} was sent for a page of another origin than the admin
+    interface's own (https and the Host it names), in words, or L{None}.
+
+    Browsers say where a request comes from (Origin, Referer,
+    Sec-Fetch-Site); scripts such as curl or a scraper send none of these
+    and are let through.  C{Origin: null}, sent for sandboxed and opaque
+    pages, is another origin too.
+    """
+    headers = request.requestHeaders
+    for site in headers.getRawHeaders(b"sec-fetch-site", []):
+        if site.strip().lower() in _OTHER_SITES:
+            return (
+                f"Sec-Fetch-Site {_shown(site.strip())} says a page of another "
+                "site sent it"
+            )
+    own = _origin_of(b"https://" + (request.getHeader(b"host") or b""))
+    for name in (b"Origin", b"Referer"):
+        for value in headers.getRawHeaders(name, []):
+            origin = _origin_of(value)
+            if not origin or origin != own:
+                return (
+                    f"{name.decode()} {_shown(value.strip())} is not this "
+                    f"interface's own origin, {_shown(own)}"
+                )
+    return None
+
+
+def _origin_of(url: bytes) -> bytes:
+    """
+    The scheme and host (with its port but for https's 443) that C{url}
+    names, lower-case; C{b""} for what names none.
+    """
+    try:
+        parts = urlsplit(url.strip().lower())
+    except ValueError:
+        return b""
+    host = parts.netloc.rpartition(b"@")[2]
+    if parts.scheme == b"https" and host.endswith(b":443"):
+        host = host[: -len(b":443")]
+    return parts.scheme + b"://" + host if parts.scheme and host else b""
 
 
 def _identity(body: dict[str, Any], key: str) -> str:

@@ -6,7 +6,10 @@ A message is committed to the store before anyone is told of it: only
 then does the sender get its 250 and the online recipients their push.
 Each recipient has a mailbox entry until it acknowledges the message, so
 that an identity that was offline, or whose session ended before it said
-ACK, gets it at its next login, ahead of anything newer.
+ACK, gets it at its next login, ahead of anything newer.  What may wait
+unacknowledged for one identity is bounded: a message that would pass the
+bound for any of its recipients is refused to its sender, whole, before
+anything is stored.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.clock import clock_time
+from secmsg.errors import MailboxFull
 from secmsg.interfaces import IHub, IMessageStore, IPeer, ISessionAvatar
-from secmsg.messages import Draft, Kind, Stored
+from secmsg.messages import Draft, Kind, Stored, WaitingLimit, text_size
 from secmsg.metrics import Metrics
 
 log = Logger()
@@ -38,6 +42,8 @@ class Delivery:
 
     @param listed: the identities the policy names, which are known even
         before they first log in.
+    @param waiting_limit: how much may wait unacknowledged for one
+        identity before a message to it is refused.
     """
 
     def __init__(
@@ -47,12 +53,14 @@ class Delivery:
         clock: IReactorTime,
         listed: Callable[[], Collection[str]],
         metrics: Metrics,
+        waiting_limit: WaitingLimit,
     ) -> None:
         self._hub = hub
         self._store = store
         self._clock = clock
         self._listed = listed
         self._metrics = metrics
+        self._waiting_limit = waiting_limit
 
     def is_known(self, identity: str) -> bool:
         """
@@ -78,15 +86,37 @@ class Delivery:
 
         @param sender: the sending session, which a room message skips;
             L{None} for a message sent through the admin interface.
-        @return: fires with the stored message once it is committed.
+        @return: fires with the stored message once it is committed, or
+            fails with L{MailboxFull}, nothing stored, if it would take
+            what waits for one of its recipients past the bound.
         """
         recipients = self._recipients(kind, identity, target)
+        ordered = sorted(recipients)
+        full = self._first_full(ordered, text_size(text))
+        if full is not None:
+            return defer.fail(full)
         draft = Draft(kind, identity, target, text, clock_time(self._clock))
         started = self._clock.seconds()
-        accepted = self._store.accept(draft, sorted(recipients))
+        accepted = self._store.accept(draft, ordered)
         accepted.addCallback(self._committed, started)
         accepted.addCallback(self._push, sender, recipients)
         return accepted
+
+    def _first_full(self, recipients: list[str], size: int) -> MailboxFull | None:
+        """
+        The refusal for the first of C{recipients} for whom a message of
+        C{size} bytes would pass the bound, or L{None}: one lookup in the
+        store's memory each.
+        """
+        limit = self._waiting_limit
+        waiting = self._store.waiting
+        for recipient in recipients:
+            count, held = waiting(recipient)
+            if count >= limit.messages:
+                return MailboxFull(recipient, "messages", count, limit.messages, size)
+            if held + size > limit.text_bytes:
+                return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
+        return None
 
     def _committed(self, message: Stored, started: float) -> Stored:
         self._metrics.store_latency(self._clock.seconds() - started)

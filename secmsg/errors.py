@@ -192,6 +192,42 @@ class RateLimited(CommandError):
         self.retry_ms = retry_ms
 
 
+class MailboxFull(CommandError):
+    """
+    A recipient already has as much waiting unacknowledged as the daemon
+    keeps for one identity, so the message was neither stored nor sent,
+    to it or to anyone else; the sender may try again once the recipient
+    has read and acknowledged some.  Refusing is the point: taking it and
+    dropping it later would lose a message its sender thinks delivered.
+
+    @ivar recipient: the first recipient, in name order, past the bound.
+    @ivar unit: what was counted, C{"messages"} or C{"bytes"} (of text).
+    @ivar waiting: how much of it waits for the recipient now.
+    @ivar limit: the most that may.
+    @ivar size: the bytes of text the refused message would have added.
+    """
+
+    code = 507
+
+    def __init__(
+        self, recipient: str, unit: str, waiting: int, limit: int, size: int
+    ) -> None:
+        if unit == "bytes":
+            what = (
+                f"{waiting} bytes of unacknowledged messages waiting, "
+                f"and {size} more would pass the limit of {limit}"
+            )
+        else:
+            noun = "message" if waiting == 1 else "messages"
+            what = f"{waiting} unacknowledged {noun} waiting (limit {limit})"
+        super().__init__(f"not sent: {recipient} has {what}")
+        self.recipient = recipient
+        self.unit = unit
+        self.waiting = waiting
+        self.limit = limit
+        self.size = size
+
+
 class NotStored(CommandError):
     """
     A message or an acknowledgement could not be committed (a full disk,

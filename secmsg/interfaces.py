@@ -260,6 +260,15 @@ class IMessageStore(Interface):
         Every identity that has ever logged in; answered from memory.
         """
 
+    def waiting(identity: str) -> tuple[int, int]:
+        """
+        How many messages wait in C{identity}'s mailbox unacknowledged, and
+        how many bytes (UTF-8) their texts hold; answered from memory, so
+        that every send can be held to L{secmsg.messages.WaitingLimit}.  A
+        message counts from the moment L{accept} is called (unless that
+        fails) until it is acknowledged or removed by retention.
+        """
+
     def purge(now: Any, retention: Any) -> Deferred:
         """
         Remove what L{secmsg.messages.Retention} no longer keeps; fire with

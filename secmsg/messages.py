@@ -91,6 +91,30 @@ class Retention:
     mailbox_max: int = 1000
 
 
+@dataclass(frozen=True)
+class WaitingLimit:
+    """
+    How much may wait unacknowledged in one identity's mailbox, of every
+    kind of message, before a message for it is refused (507): without a
+    bound, an identity that never reads lets anyone who writes to it fill
+    the disk for as long as retention keeps messages.
+
+    @ivar messages: the most messages that may wait.
+    @ivar text_bytes: the most bytes (UTF-8) their texts may hold together.
+    """
+
+    messages: int = 10_000
+    text_bytes: int = 16 * 1024 * 1024
+
+
+def text_size(text: str) -> int:
+    """
+    The bytes a message's text counts for against a L{WaitingLimit}: its
+    UTF-8, as the store keeps it.
+    """
+    return len(text.encode("utf-8"))
+
+
 def within_budget(
     newest_first: Iterable[Stored], limit: int, budget: int
 ) -> list[Stored]:

@@ -20,7 +20,7 @@ from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.identity import IdentityField
 from secmsg.limits import Limits
-from secmsg.messages import Retention
+from secmsg.messages import Retention, WaitingLimit
 from secmsg.wire import MAX_LINE_LENGTH
 
 OPTIONS = (
@@ -37,6 +37,8 @@ OPTIONS = (
     "retention-days",
     "room-max",
     "mailbox-max",
+    "mailbox-max-waiting",
+    "mailbox-max-waiting-bytes",
     "history-max",
     "handshake-timeout",
     "idle-timeout",
@@ -75,6 +77,7 @@ class Settings:
     identity: IdentityField = IdentityField.CN
     max_line_length: int = MAX_LINE_LENGTH
     retention: Retention = field(default_factory=Retention)
+    waiting_limit: WaitingLimit = field(default_factory=WaitingLimit)
     history_max: int = HISTORY_MAX
     limits: Limits = field(default_factory=Limits)
     refuse_on_stale_crl: bool = False
@@ -122,6 +125,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             room_max=_integer(merged, origins, "room-max", 1000, 1, 10**9),
             mailbox_max=_integer(merged, origins, "mailbox-max", 1000, 1, 10**9),
         ),
+        waiting_limit=_waiting_limit(merged, origins),
         history_max=_integer(merged, origins, "history-max", HISTORY_MAX, 1, 10000),
         limits=_limits(merged, origins),
         refuse_on_stale_crl=_choice(
@@ -140,6 +144,25 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
 STALE_CRL_CHOICES = ("serve", "refuse")
 """What to do while a CRL is past its next update: keep serving with a
 warning, or refuse the certificates it covers."""
+
+
+def _waiting_limit(
+    merged: Mapping[str, Any], origins: Mapping[str, str]
+) -> WaitingLimit:
+    default = WaitingLimit()
+    return WaitingLimit(
+        messages=_integer(
+            merged, origins, "mailbox-max-waiting", default.messages, 1, 10**9
+        ),
+        text_bytes=_integer(
+            merged,
+            origins,
+            "mailbox-max-waiting-bytes",
+            default.text_bytes,
+            1,
+            2**40,
+        ),
+    )
 
 
 def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:

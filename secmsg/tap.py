@@ -90,6 +90,20 @@ class Options(usage.Options):
             None,
             "Direct messages kept per recipient. [default: 1000]",
         ],
+        [
+            "mailbox-max-waiting",
+            None,
+            None,
+            "Unacknowledged messages that may wait per recipient; more are "
+            "refused (507). [default: 10000]",
+        ],
+        [
+            "mailbox-max-waiting-bytes",
+            None,
+            None,
+            "Bytes of unacknowledged message text that may wait per "
+            "recipient; more are refused (507). [default: 16777216]",
+        ],
         ["history-max", None, None, "Most messages HISTORY gives. [default: 200]"],
         [
             "handshake-timeout",
@@ -217,7 +231,14 @@ def build_daemon(
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
     metrics = Metrics()
-    delivery = Delivery(hub, store, clock, lambda: realm.policy.identities, metrics)
+    delivery = Delivery(
+        hub,
+        store,
+        clock,
+        lambda: realm.policy.identities,
+        metrics,
+        settings.waiting_limit,
+    )
     commands = Commands(hub, store, delivery, reloader.reload, settings.history_max)
     sessions = SessionFactory(
         portal, commands, clock, settings.limits, metrics, settings.max_line_length

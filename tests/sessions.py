@@ -26,6 +26,7 @@ from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IMessageStore
 from secmsg.limits import Limits
+from secmsg.messages import WaitingLimit
 from secmsg.metrics import Metrics
 from secmsg.policy import parse_policy
 from secmsg.protocol import SessionFactory, SessionProtocol
@@ -99,6 +100,7 @@ class Network:
         checker: ICredentialsChecker | None = None,
         store: IMessageStore | None = None,
         limits: Limits | None = None,
+        waiting_limit: WaitingLimit | None = None,
     ) -> None:
         self.ca = CertificateAuthority()
         self.hub = InProcessHub()
@@ -116,6 +118,7 @@ class Network:
             self.clock,
             lambda: realm.policy.identities,
             self.metrics,
+            waiting_limit or WaitingLimit(),
         )
         commands = Commands(
             self.hub,

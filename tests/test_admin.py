@@ -26,6 +26,7 @@ from secmsg.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
 from secmsg.audit import RecordBudget
 from secmsg.client_tls import client_tls_options
 from secmsg.limits import Limits
+from secmsg.messages import WaitingLimit
 from tests.certs import CertificateAuthority, Pair
 from tests.harness import POLICY, Instance
 from tests.test_audit import record_events, records
@@ -83,11 +84,24 @@ class AdminClient:
         self.instance = instance
 
     def connect(
-        self, pair: Pair | None, method: str, path: str, body: bytes | None, kind: str
+        self,
+        pair: Pair | None,
+        method: str,
+        path: str,
+        body: bytes | None,
+        kind: str | None,
+        headers: tuple[str, ...] = (),
     ) -> HttpClient:
+        """
+        Send one request; C{kind} L{None} sends no Content-Type, and
+        C{headers} are more header lines to send.
+        """
         lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
         if body is not None:
-            lines += [f"Content-Type: {kind}", f"Content-Length: {len(body)}"]
+            if kind is not None:
+                lines.append(f"Content-Type: {kind}")
+            lines.append(f"Content-Length: {len(body)}")
+        lines += headers
         request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
         if pair is None:
             options = optionsForClientTLS(
@@ -108,12 +122,13 @@ class AdminClient:
         method: str,
         path: str,
         body: Any = None,
-        kind: str = "application/json",
+        kind: str | None = "application/json",
+        headers: tuple[str, ...] = (),
     ) -> Response:
         raw = body if isinstance(body, bytes) or body is None else json.dumps(body)
         if isinstance(raw, str):
             raw = raw.encode()
-        return self.connect(pair, method, path, raw, kind).response()
+        return self.connect(pair, method, path, raw, kind, headers).response()
 
 
 class AdminTests(SynchronousTestCase):
@@ -197,8 +212,8 @@ class AdminTests(SynchronousTestCase):
         self.instance.connect(self.alice)
         dry = self.web.request(self.admin, "POST", "/v1/reload", {"dry": True})
         self.assertEqual((dry.status, dry.json()["dry"]), (200, True))
-        # No body at all is a reload as well.
-        done = self.web.request(self.admin, "POST", "/v1/reload", b"", kind="")
+        # An empty body, as JSON, is a reload as well.
+        done = self.web.request(self.admin, "POST", "/v1/reload", b"")
         self.assertEqual(done.json()["checked"], 1)
         self.instance.write("policy.toml", b'[roles.a]\ninherits = ["a"]\n')
         broken = self.web.request(self.admin, "POST", "/v1/reload", {})
@@ -224,6 +239,124 @@ class AdminTests(SynchronousTestCase):
             self.admin, "POST", "/v1/messages", {"to": "nobody", "text": "hi"}
         )
         self.assertEqual(unknown.status, 404)
+
+    def test_a_message_past_the_waiting_limit_is_507(self) -> None:
+        """
+        A message or broadcast to an identity with as much waiting as it
+        may have gets 507 Insufficient Storage in the one error shape,
+        and is stored for nobody.
+        """
+        instance = Instance(self, waiting_limit=WaitingLimit(messages=1))
+        web = AdminClient(instance)
+        admin = instance.ca.issue("admin")
+        sent = web.request(admin, "POST", "/v1/messages", {"to": "bob", "text": "1"})
+        self.assertEqual(sent.status, 200)
+        for path, body in (
+            ("/v1/messages", {"to": "bob", "text": "2"}),
+            ("/v1/broadcast", {"text": "all"}),
+        ):
+            refused = web.request(admin, "POST", path, body)
+            self.assertEqual(
+                refused.json(),
+                {
+                    "status": 507,
+                    "error": "insufficient storage",
+                    "detail": "not sent: bob has 1 unacknowledged message "
+                    "waiting (limit 1)",
+                },
+            )
+        self.assertEqual(instance.store.waiting("bob"), (1, 1))
+
+    def test_a_post_without_the_json_type_is_415_and_does_nothing(self) -> None:
+        """
+        A POST must say its body is JSON, an empty one too: a page of
+        another site can send a form or a bodiless POST without asking
+        first, but not one of type application/json.
+        """
+        trail = record_events(self)
+        for kind in (None, "", "text/plain", "application/x-www-form-urlencoded"):
+            refused = self.web.request(self.admin, "POST", "/v1/reload", b"", kind)
+            self.assertEqual(refused.status, 415, kind)
+            self.assertEqual(
+                refused.json()["detail"],
+                "send the body, even an empty one, as application/json",
+            )
+        self.assertEqual([r for r in records(trail) if r["event"] == "reload"], [])
+
+    def test_a_request_from_another_origin_is_403_and_does_nothing(self) -> None:
+        """
+        A request whose Origin is not the interface's own, or that the
+        browser marks as sent from another site, is refused with 403 before
+        it is authorized or carried out, and recorded as a denial.
+        """
+        trail = record_events(self)
+        for header, said in [
+            ("Origin: https://evil.example", "Origin https://evil.example"),
+            ("Origin: null", "Origin null"),
+            ("Origin: http://localhost", "Origin http://localhost"),
+            ("Origin: https://localhost.evil.example", "Origin https://localhost."),
+            ("Sec-Fetch-Site: cross-site", "Sec-Fetch-Site cross-site"),
+            ("Sec-Fetch-Site: same-site", "Sec-Fetch-Site same-site"),
+        ]:
+            refused = self.web.request(
+                self.admin, "POST", "/v1/reload", {}, headers=(header,)
+            )
+            self.assertEqual(refused.status, 403, header)
+            self.assertEqual(refused.json()["error"], "forbidden")
+            self.assertIn("refused as cross-site", refused.json()["detail"])
+            self.assertIn(said, refused.json()["detail"])
+        zoe = self.web.request(
+            self.zoe, "POST", "/v1/kick", {}, headers=("Origin: https://evil.example",)
+        )
+        self.assertIn("refused as cross-site", zoe.json()["detail"])
+        scrape = self.web.request(
+            self.admin, "GET", "/metrics", headers=("Origin: https://evil.example",)
+        )
+        self.assertEqual(scrape.status, 403)
+        events = records(trail)
+        self.assertEqual([r for r in events if r["event"] == "reload"], [])
+        denied = [r for r in events if r["event"] == "denied"]
+        self.assertEqual(len(denied), 8)
+        self.assertEqual(
+            (denied[0]["identity"], denied[0]["verb"]), ("admin", "RELOAD")
+        )
+        self.assertIn("Origin https://evil.example", denied[0]["rule"])
+
+    def test_a_referer_from_elsewhere_is_403(self) -> None:
+        """
+        A Referer naming a page of another origin is refused as an Origin
+        would be.
+        """
+        trail = record_events(self)
+        refused = self.web.request(
+            self.admin,
+            "POST",
+            "/v1/reload",
+            {},
+            headers=("Referer: https://evil.example/page?x=1",),
+        )
+        self.assertEqual(refused.status, 403)
+        self.assertIn("Referer https://evil.example/page?x=1", refused.json()["detail"])
+        self.assertEqual([r for r in records(trail) if r["event"] == "reload"], [])
+
+    def test_a_request_from_the_interfaces_own_origin_is_carried_out(self) -> None:
+        """
+        A page of the admin interface's own origin (https and the Host the
+        request names), or a browser that says so, is let through.
+        """
+        trail = record_events(self)
+        for headers in [
+            ("Origin: https://localhost",),
+            ("Origin: https://LOCALHOST:443",),
+            ("Referer: https://localhost/v1/sessions", "Sec-Fetch-Site: same-origin"),
+            ("Sec-Fetch-Site: none",),
+        ]:
+            done = self.web.request(
+                self.admin, "POST", "/v1/reload", b"", headers=headers
+            )
+            self.assertEqual(done.status, 200, headers)
+        reloads = [r for r in records(trail) if r["event"] == "reload"]
+        self.assertEqual(len(reloads), 4)
 
     def test_bad_requests_are_refused_in_words(self) -> None:
         """

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.clock import clock_time
 from secmsg.commands import HISTORY_BYTES
 from secmsg.delivery import PAGE_SIZE, Delivery
-from secmsg.errors import StoreError
-from secmsg.messages import Draft, Kind, Stored
+from secmsg.errors import MailboxFull, StoreError
+from secmsg.messages import Draft, Kind, Stored, WaitingLimit
 from secmsg.metrics import Metrics
 from secmsg.protocol import PIPELINE_DEPTH, PIPELINE_RESUME
 from secmsg.store.memory import MemoryStore
@@ -443,7 +443,12 @@ class PagingTests(SynchronousTestCase):
         store = MemoryStore()
         network = Network(store=store)
         delivery = Delivery(
-            network.hub, store, network.clock, lambda: {"bob"}, Metrics()
+            network.hub,
+            store,
+            network.clock,
+            lambda: {"bob"},
+            Metrics(),
+            WaitingLimit(),
         )
         moment = clock_time(network.clock)
         for n in range(PAGE_SIZE + 5):
@@ -468,7 +473,12 @@ class PagingTests(SynchronousTestCase):
         store = MemoryStore()
         network = Network(store=store)
         delivery = Delivery(
-            network.hub, store, network.clock, lambda: {"bob"}, Metrics()
+            network.hub,
+            store,
+            network.clock,
+            lambda: {"bob"},
+            Metrics(),
+            WaitingLimit(),
         )
         moment = clock_time(network.clock)
         for n in range(PAGE_SIZE * 2):
@@ -478,3 +488,106 @@ class PagingTests(SynchronousTestCase):
         peer.drained[0].callback(False)
         self.successResultOf(done)
         self.assertEqual(len(peer.pages), 1)
+
+
+class WaitingLimitTests(SynchronousTestCase):
+    """
+    The bound on what waits unacknowledged for one identity: a message
+    past it is refused to its sender with 507, and nothing is stored.
+    """
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.network = Network(store=self.store)
+        self.delivery = Delivery(
+            self.network.hub,
+            self.store,
+            self.network.clock,
+            lambda: {"alice", "bob", "carol"},
+            Metrics(),
+            WaitingLimit(messages=2, text_bytes=10),
+        )
+
+    def send(self, kind: Kind, target: str, text: str) -> defer.Deferred[Stored]:
+        return self.delivery.send(kind, None, "alice", target, text)
+
+    def test_a_message_past_the_count_is_refused_and_not_stored(self) -> None:
+        """
+        bob has two messages waiting, the most he may: a third is refused
+        with words naming him and the limit, and is stored for nobody.
+        """
+        for text in ("one", "two"):
+            self.successResultOf(self.send(Kind.DIRECT, "bob", text))
+        failure = self.failureResultOf(self.send(Kind.DIRECT, "bob", "3"), MailboxFull)
+        self.assertEqual(failure.value.code, 507)
+        self.assertEqual(
+            failure.value.text,
+            "not sent: bob has 2 unacknowledged messages waiting (limit 2)",
+        )
+        self.assertEqual(self.store.waiting("bob"), (2, 6))
+        pending = self.successResultOf(self.store.pending("bob", 0, 100))
+        self.assertEqual([p.message.text for p in pending], ["one", "two"])
+
+    def test_a_message_past_the_bytes_is_refused_and_not_stored(self) -> None:
+        """
+        A message whose text would take what waits for bob past the byte
+        limit is refused; one that fits within it is still taken.
+        """
+        self.successResultOf(self.send(Kind.DIRECT, "bob", "1234567"))
+        failure = self.failureResultOf(
+            self.send(Kind.DIRECT, "bob", "abcd"), MailboxFull
+        )
+        self.assertEqual(
+            failure.value.text,
+            "not sent: bob has 7 bytes of unacknowledged messages waiting, "
+            "and 4 more would pass the limit of 10",
+        )
+        self.successResultOf(self.send(Kind.DIRECT, "bob", "abc"))
+        self.assertEqual(self.store.waiting("bob"), (2, 10))
+
+    def test_one_full_mailbox_refuses_a_broadcast_for_everyone(self) -> None:
+        """
+        A broadcast is refused whole, naming the first recipient past the
+        bound, rather than stored for some and silently lost for others.
+        """
+        for text in ("one", "two"):
+            self.successResultOf(self.send(Kind.DIRECT, "carol", text))
+        failure = self.failureResultOf(
+            self.send(Kind.BROADCAST, "", "all"), MailboxFull
+        )
+        self.assertEqual(failure.value.recipient, "carol")
+        self.assertEqual(self.store.waiting("bob"), (0, 0))
+
+    def test_acknowledging_makes_room_again(self) -> None:
+        """
+        Once bob acknowledges what waited, messages to him are taken again.
+        """
+        for text in ("one", "two"):
+            self.successResultOf(self.send(Kind.DIRECT, "bob", text))
+        self.failureResultOf(self.send(Kind.DIRECT, "bob", "3"), MailboxFull)
+        self.successResultOf(self.store.acknowledge("bob", 1, False))
+        self.assertEqual(self.successResultOf(self.send(Kind.DIRECT, "bob", "3")).id, 3)
+
+    def test_the_line_protocol_replies_507_and_the_session_goes_on(self) -> None:
+        """
+        A MSG or SAY past a recipient's bound gets 507 with the words; the
+        recipient is sent nothing, and the sender's session goes on.
+        """
+        network = Network(waiting_limit=WaitingLimit(messages=1))
+        alice, bob = network.connect("alice"), network.connect("bob")
+        for session in (alice, bob):
+            session.send("JOIN #ops")
+        self.assertEqual(alice.send("MSG bob hi"), ["250 1"])
+        bob.take()
+        self.assertEqual(
+            alice.send("MSG bob again"),
+            ["507 not sent: bob has 1 unacknowledged message waiting (limit 1)"],
+        )
+        self.assertEqual(
+            alice.send("SAY #ops hello"),
+            ["507 not sent: bob has 1 unacknowledged message waiting (limit 1)"],
+        )
+        self.assertEqual(bob.take(), [])
+        self.assertEqual(alice.send("PING"), ["200 PONG"])
+        self.assertEqual(bob.send("ACK 1"), ["200 acknowledged 1"])
+        self.assertEqual(alice.send("MSG bob again"), ["250 2"])

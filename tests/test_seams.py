@@ -18,6 +18,7 @@ from secmsg.delivery import Delivery
 from secmsg.hub import InProcessHub
 from secmsg.identity import IdentityRule
 from secmsg.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.messages import WaitingLimit
 from secmsg.metrics import Metrics
 from secmsg.policy import DEFAULT_RATE, Grant, RoomRules
 from secmsg.reload import ReloadReport
@@ -87,6 +88,6 @@ class SeamTests(SynchronousTestCase):
         The grammar and the handlers know the same verbs.
         """
         hub, store = InProcessHub(), MemoryStore()
-        delivery = Delivery(hub, store, Clock(), frozenset, Metrics())
+        delivery = Delivery(hub, store, Clock(), frozenset, Metrics(), WaitingLimit())
         commands = Commands(hub, store, delivery, ReloadReport, 200)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

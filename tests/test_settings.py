@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.errors import ConfigurationError
 from secmsg.identity import IdentityField
-from secmsg.messages import Retention
+from secmsg.messages import Retention, WaitingLimit
 from secmsg.settings import OPTIONS, load_settings, prepare_data_dir
 from tests.harness import temporary_directory
 
@@ -73,6 +73,28 @@ class SettingsTests(SynchronousTestCase):
             with self.assertRaises(ConfigurationError) as caught:
                 load_settings(no_flags(), str(self.config))
             self.assertIn("secmsg.toml: history-max", str(caught.exception))
+
+    def test_waiting_limit_settings(self) -> None:
+        """
+        The bound on what waits unacknowledged per identity defaults to
+        10000 messages and 16 MiB, is set from the file or flags, and a
+        value out of range is refused naming the setting.
+        """
+        defaults = load_settings(no_flags(), str(self.config))
+        self.assertEqual(defaults.waiting_limit, WaitingLimit(10_000, 16 * 1024**2))
+        self.config.write_text(CONFIG + "mailbox-max-waiting = 50\n")
+        settings = load_settings(
+            no_flags(mailbox_max_waiting_bytes="4096"), str(self.config)
+        )
+        self.assertEqual(settings.waiting_limit, WaitingLimit(50, 4096))
+        for flags, words in [
+            (no_flags(mailbox_max_waiting="0"), "--mailbox-max-waiting: '0'"),
+            (no_flags(mailbox_max_waiting_bytes="x"), "--mailbox-max-waiting-bytes"),
+        ]:
+            error = self.assertRaises(
+                ConfigurationError, load_settings, flags, str(self.config)
+            )
+            self.assertIn(words, str(error))
 
     def test_flags_override_the_file(self) -> None:
         """

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from secmsg.errors import ConfigurationError, NotFound, StoreError
@@ -26,7 +31,7 @@ from secmsg.messages import Draft, Kind, Retention
 from secmsg.store.database import CURRENT_VERSION, open_database, schema
 from secmsg.store.memory import MemoryStore
 from secmsg.store.sqlite import SQLiteStore, known_identities
-from secmsg.store.worker import ImmediateWorker, ThreadWorker, run_batch
+from secmsg.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -180,10 +185,58 @@ class StoreBehaviour:
             [unacked],
         )  # type: ignore[attr-defined]
 
+    def test_waiting_counts_what_is_unacknowledged_and_its_bytes(self) -> None:
+        """
+        The store keeps, per identity, how many messages wait for it
+        unacknowledged and how many UTF-8 bytes their texts hold; ACK and
+        ACK UPTO take off what they acknowledged, and nothing else.
+        """
+        self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
+        first = self.accept(direct("alice", "bob", "one"), "bob")
+        second = self.accept(said("alice", "#ops", "déjà"), "bob", "carol")
+        third = self.accept(direct("alice", "bob", "three"), "bob")
+        self.assertEqual(self.store.waiting("bob"), (3, 3 + 6 + 5))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.waiting("carol"), (1, 6))  # type: ignore[attr-defined]
+        self.result(self.store.acknowledge("bob", second, False))
+        self.result(self.store.acknowledge("bob", second, False))
+        self.assertEqual(self.store.waiting("bob"), (2, 8))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.waiting("carol"), (1, 6))  # type: ignore[attr-defined]
+        self.result(self.store.delivered([("bob", first)]))
+        self.result(self.store.acknowledge("bob", third, True))
+        self.assertEqual(self.store.waiting("bob"), (1, 5))  # type: ignore[attr-defined]
+        self.result(self.store.delivered([("bob", third)]))
+        self.result(self.store.acknowledge("bob", third, True))
+        self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
+
+    def test_waiting_falls_by_what_the_age_purge_removes(self) -> None:
+        """
+        Messages retention removes for their age leave the totals of those
+        who never acknowledged them; the count limits remove none of those.
+        """
+        old = NOW - timedelta(days=40)
+        self.accept(direct("alice", "bob", "ancient", old), "bob")
+        self.accept(said("alice", "#ops", "old room", old), "bob", "carol")
+        self.accept(direct("alice", "bob", "recent"), "bob")
+        self.accept(direct("alice", "bob", "newest"), "bob")
+        retention = Retention(max_age=timedelta(days=30), room_max=1, mailbox_max=1)
+        self.result(self.store.purge(NOW, retention))
+        self.assertEqual(self.store.waiting("bob"), (2, 6 + 6))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.waiting("carol"), (0, 0))  # type: ignore[attr-defined]
+
 
 class MemoryStoreTests(StoreBehaviour, SynchronousTestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
+
+    def test_a_failed_accept_counts_for_nobody(self) -> None:
+        """
+        A message the store could not keep adds nothing to what waits.
+        """
+        self.store.failing = True
+        self.failureResultOf(
+            self.store.accept(direct("alice", "bob", "lost"), ["bob"]), StoreError
+        )
+        self.assertEqual(self.store.waiting("bob"), (0, 0))
 
 
 class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
@@ -203,6 +256,78 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.store.open()
         self.assertTrue(self.store.knows("alice"))
 
+    def test_waiting_totals_survive_a_reopen(self) -> None:
+        """
+        The totals of what waits unacknowledged are read back from the
+        database when the store opens, as they were when it closed.
+        """
+        for n in range(3):
+            self.accept(direct("alice", "bob", f"m{n}"), "bob")
+        acknowledged = self.accept(said("alice", "#ops", "seen"), "bob", "carol")
+        self.result(self.store.acknowledge("bob", acknowledged, False))
+        self.store.close()
+        self.store = SQLiteStore(self.path, ImmediateWorker)
+        self.store.open()
+        self.assertEqual(self.store.waiting("bob"), (3, 6))
+        self.assertEqual(self.store.waiting("carol"), (1, 4))
+
+    def test_waiting_counts_a_message_in_flight_until_it_fails(self) -> None:
+        """
+        A message counts for its recipients from the moment it is handed
+        to the worker, before its commit, so that a burst cannot slip past
+        the bound; an accept that fails gives back what it took.
+        """
+        self.store.close()
+        workers: list[_HeldWorker] = []
+
+        def start(connection: sqlite3.Connection) -> _HeldWorker:
+            workers.append(_HeldWorker(connection))
+            return workers[0]
+
+        self.store = SQLiteStore(self.path, start)
+        self.store.open()
+        accepted = self.store.accept(direct("alice", "bob", "in flight"), ["bob"])
+        self.assertEqual(self.store.waiting("bob"), (1, 9))
+        workers[0].run(fail=True)
+        self.failureResultOf(accepted, StoreError)
+        self.assertEqual(self.store.waiting("bob"), (0, 0))
+        accepted = self.store.accept(direct("alice", "bob", "kept"), ["bob"])
+        workers[0].run()
+        self.successResultOf(accepted)
+        self.assertEqual(self.store.waiting("bob"), (1, 4))
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["accept", "deliver", "ack", "ack up to", "purge"]),
+                st.sampled_from(["bob", "carol"]),
+                st.integers(min_value=1, max_value=8),
+            ),
+            max_size=20,
+        )
+    )
+    def test_totals_in_memory_match_the_database(self, steps: list) -> None:
+        """
+        After any run of accepts, deliveries, ACKs and purges, what the
+        store counts in memory is what the database holds: the totals
+        never drift from the mailboxes they stand for.
+        """
+        directory = Path(tempfile.mkdtemp(prefix="secmsg-test-"))
+        try:
+            store = SQLiteStore(directory / "secmsg.db", ImmediateWorker)
+            store.open()
+            for action, identity, number in steps:
+                _apply(store, action, identity, number)
+            store.close()
+            reopened = SQLiteStore(directory / "secmsg.db", ImmediateWorker)
+            reopened.open()
+            for identity in ("bob", "carol"):
+                self.assertEqual(store.waiting(identity), reopened.waiting(identity))
+            reopened.close()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def test_closed_store_refuses_work(self) -> None:
         """
         A store not open, or closed, fails at once rather than never.
@@ -217,6 +342,59 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         The database holds message bodies: it is readable by its owner only.
         """
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+
+def _apply(store: SQLiteStore, action: str, identity: str, number: int) -> None:
+    """
+    One step of the store's life, as a session or retention would take it.
+    """
+    if action == "accept":
+        when = NOW - timedelta(days=40 * (number % 2))
+        recipients = ["bob", "carol"][: 1 + number % 2]
+        store.accept(said("alice", "#ops", "é" * number, when), recipients)
+    elif action == "deliver":
+        store.delivered([(identity, number)])
+    elif action == "ack":
+        store.acknowledge(identity, number, False).addErrback(
+            lambda failure: failure.trap(NotFound)
+        )
+    elif action == "ack up to":
+        store.acknowledge(identity, number, True)
+    else:
+        store.purge(NOW, Retention(max_age=timedelta(days=30), room_max=1))
+
+
+@implementer(IStoreWorker)
+class _HeldWorker:
+    """
+    A worker that holds the jobs submitted until the test runs them, so
+    that it can look at the store while they are in flight.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self._held: list[tuple[Job, defer.Deferred]] = []
+
+    def submit(self, job: Job) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self._held.append((job, done))
+        return done
+
+    def run(self, fail: bool = False) -> None:
+        """
+        Run the jobs held, or with C{fail} fail each as a full disk would.
+        """
+        held, self._held = self._held, []
+        for job, done in held:
+            if fail:
+                done.errback(StoreError("database or disk is full"))
+            else:
+                ((result, error),) = run_batch(self._connection, [job])
+                done.callback(result) if error is None else done.errback(error)
+
+    def stop(self) -> defer.Deferred:
+        self._connection.close()
+        return defer.succeed(None)
 
 
 def structure(path: Path) -> dict[str, object]:

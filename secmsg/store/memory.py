@@ -14,7 +14,16 @@ from zope.interface import implementer
 
 from secmsg.errors import NotFound, StoreError
 from secmsg.interfaces import IMessageStore
-from secmsg.messages import Draft, Kind, Pending, Retention, Stored, within_budget
+from secmsg.messages import (
+    Draft,
+    Kind,
+    Pending,
+    Retention,
+    Stored,
+    text_size,
+    within_budget,
+)
+from secmsg.store.waiting import WaitingTotals
 
 
 @dataclass
@@ -36,6 +45,7 @@ class MemoryStore:
     _messages: dict[int, Stored] = field(default_factory=dict)
     _mailboxes: dict[str, dict[int, _Entry]] = field(default_factory=dict)
     _known: set[str] = field(default_factory=set)
+    _waiting: WaitingTotals = field(default_factory=WaitingTotals)
     _last_id: int = 0
 
     def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
@@ -46,6 +56,7 @@ class MemoryStore:
         self._messages[message.id] = message
         for recipient in recipients:
             self._mailboxes.setdefault(recipient, {})[message.id] = _Entry()
+        self._waiting.add(recipients, text_size(draft.text))
         return defer.succeed(message)
 
     def pending(
@@ -72,16 +83,20 @@ class MemoryStore:
         mailbox = self._mailboxes.get(identity, {})
         if message_id not in mailbox and not up_to:
             return defer.fail(NotFound(f"no message {message_id} for {identity}"))
-        chosen = [
-            entry
+        fresh = [
+            entry_id
             for entry_id, entry in mailbox.items()
-            if (not up_to and entry_id == message_id)
-            or (up_to and entry_id <= message_id and entry.delivered)
+            if not entry.acknowledged
+            and (
+                (not up_to and entry_id == message_id)
+                or (up_to and entry_id <= message_id and entry.delivered)
+            )
         ]
-        fresh = [entry for entry in chosen if not entry.acknowledged]
-        for entry in fresh:
-            entry.acknowledged = True
-            entry.delivered = True
+        for entry_id in fresh:
+            mailbox[entry_id].acknowledged = True
+            mailbox[entry_id].delivered = True
+        size = sum(text_size(self._messages[i].text) for i in fresh)
+        self._waiting.remove(identity, len(fresh), size)
         return defer.succeed(len(fresh))
 
     def room_history(
@@ -115,6 +130,9 @@ class MemoryStore:
     def identities(self) -> frozenset[str]:
         return frozenset(self._known)
 
+    def waiting(self, identity: str) -> tuple[int, int]:
+        return self._waiting.of(identity)
+
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         doomed = {
             m.id for m in self._messages.values() if m.created < now - retention.max_age
@@ -130,9 +148,11 @@ class MemoryStore:
             for ids in by_target.values():
                 doomed.update(i for i in ids[limit:] if not self._unacknowledged(i))
         for message_id in doomed:
-            del self._messages[message_id]
-            for mailbox in self._mailboxes.values():
-                mailbox.pop(message_id, None)
+            size = text_size(self._messages.pop(message_id).text)
+            for identity, mailbox in self._mailboxes.items():
+                entry = mailbox.pop(message_id, None)
+                if entry is not None and not entry.acknowledged:
+                    self._waiting.remove(identity, 1, size)
         return defer.succeed(len(doomed))
 
     def close(self) -> defer.Deferred[None]:

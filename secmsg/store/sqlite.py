@@ -4,8 +4,9 @@ The message store in SQLite, in the daemon's data directory.
 Every method turns into a job for the store's worker
 (L{secmsg.store.worker}), which runs it off the reactor's thread and fires
 its Deferred once the transaction that holds it has committed.  The
-identities that have logged in are also kept in memory, so that the
-protocol can ask whether an identity is known without waiting.
+identities that have logged in, and what waits unacknowledged for each
+(L{secmsg.store.waiting}), are also kept in memory, so that the protocol
+can ask whether an identity is known, or its mailbox full, without waiting.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg.errors import NotFound, StoreError
@@ -28,10 +30,12 @@ from secmsg.messages import (
     Retention,
     Stored,
     from_microseconds,
+    text_size,
     to_microseconds,
     within_budget,
 )
 from secmsg.store.database import open_database
+from secmsg.store.waiting import WaitingTotals
 from secmsg.store.worker import Job
 
 _PENDING = """
@@ -41,10 +45,25 @@ WHERE b.recipient = ? AND b.acknowledged = 0 AND b.message_id > ?
 ORDER BY b.message_id LIMIT ?
 """
 
+_ENTRY = """
+SELECT b.acknowledged, length(CAST(m.body AS BLOB))
+FROM mailbox b JOIN messages m ON m.id = b.message_id
+WHERE b.recipient = ? AND b.message_id = ?
+"""
+"""One mailbox entry: whether it is acknowledged, and its text's bytes."""
+
 _ACKNOWLEDGE_ONE = """
 UPDATE mailbox SET acknowledged = 1, delivered = 1
 WHERE recipient = ? AND acknowledged = 0 AND message_id = ?
 """
+
+_DELIVERED_UP_TO = """
+SELECT count(*), coalesce(sum(length(CAST(m.body AS BLOB))), 0)
+FROM mailbox b JOIN messages m ON m.id = b.message_id
+WHERE b.recipient = ? AND b.acknowledged = 0 AND b.delivered = 1
+AND b.message_id <= ?
+"""
+"""What L{_ACKNOWLEDGE_UP_TO} is about to acknowledge, and its bytes."""
 
 _ACKNOWLEDGE_UP_TO = """
 UPDATE mailbox SET acknowledged = 1
@@ -90,6 +109,7 @@ class SQLiteStore:
         self._start_worker = start_worker
         self._worker: IStoreWorker | None = None
         self._known: set[str] = set()
+        self._waiting = WaitingTotals()
 
     def open(self) -> None:
         """
@@ -99,6 +119,7 @@ class SQLiteStore:
         """
         connection = open_database(self._path)
         self._known = known_identities(connection)
+        self._waiting = WaitingTotals(waiting_totals(connection))
         self._worker = self._start_worker(connection)
 
     def _submit(self, job: Job) -> defer.Deferred[Any]:
@@ -126,7 +147,23 @@ class SQLiteStore:
             )
             return Stored.of(message_id, draft)
 
-        return self._submit(job)
+        # Counted before the commit, so that messages in flight count too.
+        size = text_size(draft.text)
+        self._waiting.add(recipients, size)
+        accepted = self._submit(job)
+        accepted.addErrback(self._not_accepted, recipients, size)
+        return accepted
+
+    def _not_accepted(
+        self, failure: Failure, recipients: Sequence[str], size: int
+    ) -> Failure:
+        """
+        A message that was not kept waits for nobody: give back what its
+        accept counted.
+        """
+        for recipient in recipients:
+            self._waiting.remove(recipient, 1, size)
+        return failure
 
     def pending(
         self, identity: str, after: int, limit: int
@@ -150,20 +187,16 @@ class SQLiteStore:
     def acknowledge(
         self, identity: str, message_id: int, up_to: bool
     ) -> defer.Deferred[int]:
-        def job(connection: sqlite3.Connection) -> int | None:
-            if not up_to:
-                exists = connection.execute(
-                    "SELECT 1 FROM mailbox WHERE recipient = ? AND message_id = ?",
-                    (identity, message_id),
-                ).fetchone()
-                if exists is None:
-                    return None
-            statement = _ACKNOWLEDGE_UP_TO if up_to else _ACKNOWLEDGE_ONE
-            return connection.execute(statement, (identity, message_id)).rowcount
+        def job(connection: sqlite3.Connection) -> tuple[int, int] | None:
+            if up_to:
+                return _acknowledge_up_to(connection, identity, message_id)
+            return _acknowledge_one(connection, identity, message_id)
 
-        def found(count: int | None) -> int:
-            if count is None:
+        def found(acknowledged: tuple[int, int] | None) -> int:
+            if acknowledged is None:
                 raise NotFound(f"no message {message_id} for {identity}")
+            count, size = acknowledged
+            self._waiting.remove(identity, count, size)
             return count
 
         # Refused here rather than in the job: a job that fails makes its
@@ -203,9 +236,15 @@ class SQLiteStore:
     def identities(self) -> frozenset[str]:
         return frozenset(self._known)
 
+    def waiting(self, identity: str) -> tuple[int, int]:
+        return self._waiting.of(identity)
+
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
-        def job(connection: sqlite3.Connection) -> int:
+        def job(connection: sqlite3.Connection) -> tuple[int, list[Any]]:
             oldest = to_microseconds(now - retention.max_age)
+            # Only age removes what someone has yet to acknowledge; the
+            # count limits below never do.
+            unread = connection.execute(_UNACKNOWLEDGED_BEFORE, (oldest,)).fetchall()
             removed = connection.execute(
                 "DELETE FROM messages WHERE created < ?", (oldest,)
             ).rowcount
@@ -216,9 +255,15 @@ class SQLiteStore:
                 removed += connection.execute(
                     _PURGE_BEYOND_COUNT, (kind.value, keep)
                 ).rowcount
+            return removed, unread
+
+        def purged(result: tuple[int, list[Any]]) -> int:
+            removed, unread = result
+            for recipient, count, size in unread:
+                self._waiting.remove(recipient, count, size)
             return removed
 
-        return self._submit(job)
+        return self._submit(job).addCallback(purged)
 
     def close(self) -> defer.Deferred[None]:
         if self._worker is None:
@@ -255,6 +300,64 @@ DELETE FROM messages WHERE id IN (
 """
 """Messages of a kind beyond the newest N of their room or recipient, but
 none that someone has yet to acknowledge."""
+
+
+_UNACKNOWLEDGED_BEFORE = """
+SELECT b.recipient, count(*), sum(length(CAST(m.body AS BLOB)))
+FROM messages m JOIN mailbox b ON b.message_id = m.id
+WHERE m.created < ? AND b.acknowledged = 0
+GROUP BY b.recipient
+"""
+"""Per recipient, what the age limit is about to remove unacknowledged."""
+
+_WAITING = """
+SELECT b.recipient, count(*), sum(length(CAST(m.body AS BLOB)))
+FROM mailbox b JOIN messages m ON m.id = b.message_id
+WHERE b.acknowledged = 0
+GROUP BY b.recipient
+"""
+
+
+def _acknowledge_one(
+    connection: sqlite3.Connection, identity: str, message_id: int
+) -> tuple[int, int] | None:
+    """
+    Acknowledge one message of C{identity}'s mailbox; how many that was
+    (none if it was already) and its bytes, or L{None} if it is not there.
+    """
+    entry = connection.execute(_ENTRY, (identity, message_id)).fetchone()
+    if entry is None:
+        return None
+    acknowledged, size = entry
+    if acknowledged:
+        return 0, 0
+    connection.execute(_ACKNOWLEDGE_ONE, (identity, message_id))
+    return 1, size
+
+
+def _acknowledge_up_to(
+    connection: sqlite3.Connection, identity: str, message_id: int
+) -> tuple[int, int]:
+    """
+    Acknowledge every message of C{identity}'s mailbox sent to it up to
+    C{message_id}; how many that was and their bytes.
+    """
+    count, size = connection.execute(
+        _DELIVERED_UP_TO, (identity, message_id)
+    ).fetchone()
+    if count:
+        connection.execute(_ACKNOWLEDGE_UP_TO, (identity, message_id))
+    return count, size
+
+
+def waiting_totals(connection: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """
+    What waits unacknowledged for each identity, read once at startup.
+    """
+    return {
+        recipient: (count, size)
+        for recipient, count, size in connection.execute(_WAITING)
+    }
 
 
 def known_identities(connection: sqlite3.Connection) -> set[str]:
