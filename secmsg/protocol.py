@@ -114,12 +114,25 @@ class _Reply:
 def _named_verb(frame: bytes | object) -> str:
     """
     The command a line's first word names, upper-cased, or C{"?"}: what a
-    line is counted and charged as before it is parsed.
+    line is counted and charged as before it is parsed.  C{QUIT} is named
+    only when it stands alone, since leaving is free and a line with more
+    in it is not leaving.
     """
     if frame is wire.OVERLONG:
         return "?"
-    word = frame.lstrip(b" ").split(b" ", 1)[0].upper().decode("ascii", "replace")
-    return word if word in wire.COMMANDS else "?"
+    word, *rest = frame.strip(b" ").split(b" ", 1)
+    verb = word.upper().decode("ascii", "replace")
+    if verb not in wire.COMMANDS or (verb == "QUIT" and rest):
+        return "?"
+    return verb
+
+
+def _is_blank(frame: bytes | object) -> bool:
+    return frame is not wire.OVERLONG and not frame.strip(b" \t")
+
+
+_BLANK_LINE = Malformed("blank line")
+"""What a blank line counts as: a line without a command."""
 
 
 def describe_address(address: IAddress) -> str:
@@ -496,8 +509,14 @@ class SessionProtocol(Protocol):
 
     def _receive(self, data: bytes) -> None:
         frames = self._framer.feed(data)
-        if frames and self._idle is not None and self._idle.active():
-            self._idle.reset(self._limits.idle_timeout)
+        idle = self._idle
+        # Blank lines do not keep a session from being idle.
+        if (
+            idle is not None
+            and idle.active()
+            and not all(_is_blank(frame) for frame in frames)
+        ):
+            idle.reset(self._limits.idle_timeout)
         self._frames.extend(frames)
         self._answer_waiting()
 
@@ -575,7 +594,8 @@ class SessionProtocol(Protocol):
         Queue the one reply a framed line gets (a blank line gets none); it
         is written once it and every reply before it are ready.
         """
-        if frame is not wire.OVERLONG and not frame.strip(b" \t"):
+        if _is_blank(frame):
+            self._answer_blank()
             return
         verb = _named_verb(frame)
         try:
@@ -602,6 +622,24 @@ class SessionProtocol(Protocol):
             response.addCallback(self._settle, entry)
         else:
             self._settle(response, entry)
+
+    def _answer_blank(self) -> None:
+        """
+        A blank line gets no reply, as a telnet user's stray Enter deserves,
+        but it costs a token as any line does and counts as a bad line:
+        a flood of them ends the session, not the daemon's time for others.
+        """
+        try:
+            self._spend_token("?")
+        except RateLimited as refusal:
+            self._count_strikes(refusal)
+        else:
+            self._count_strikes(_BLANK_LINE)
+        if self._finishing:
+            # The CLOSED the strike earns goes after the replies before it.
+            entry = _Reply("?", True, last_words=self._last_words)
+            self._replies.append(entry)
+            self._settle(b"", entry)
 
     def _spend_token(self, verb: str) -> None:
         """
@@ -669,8 +707,9 @@ class SessionProtocol(Protocol):
                 return
             if self._paused and self._over_backlog(len(ready.data), "its replies"):
                 return
-            self.transport.write(ready.data)
-            self._metrics.command(ready.verb, ready.data[:3].decode("ascii"))
+            if ready.data:
+                self.transport.write(ready.data)
+                self._metrics.command(ready.verb, ready.data[:3].decode("ascii"))
             if ready.finishes:
                 if ready.last_words is not None:
                     self.transport.write(wire.push("CLOSED", ready.last_words))

@@ -106,6 +106,25 @@ class RateTests(SynchronousTestCase):
             ],
         )
 
+    def test_blank_lines_cost_tokens_too(self) -> None:
+        """
+        A blank line gets no reply but costs a token like any line: three
+        of them use up a burst of three, and the PING after is refused.
+        """
+        self.assertEqual(self.alice.send(b"\n \n\t\n"), [])
+        self.assertEqual(self.alice.send("PING"), ["429 slow down; retry in 500 ms"])
+
+    def test_quit_with_arguments_is_charged(self) -> None:
+        """
+        Only a bare QUIT leaves for free: a QUIT line with more in it is
+        charged like any command, so it cannot be sent past the rate.
+        """
+        self.alice.send(b"PING\nPING\nPING\n")
+        self.assertEqual(
+            self.alice.send("QUIT now"), ["429 slow down; retry in 500 ms"]
+        )
+        self.assertEqual(self.alice.send("QUIT"), ["221 bye"])
+
     def test_a_run_of_429s_is_one_audit_record(self) -> None:
         """
         A client hammering past its rate leaves one rate_limited record for
@@ -147,8 +166,42 @@ class BadLineTests(SynchronousTestCase):
         self.assertEqual(len(lines), 11)
         self.assertTrue(alice.closed)
 
+    def test_a_flood_of_blank_lines_closes_the_session(self) -> None:
+        """
+        Blank lines count toward the bad-line limit: a session that floods
+        them is closed after ten, with the reason after its other replies,
+        and the rest of the flood is not looked at.
+        """
+        network = Network()
+        alice = network.connect("alice")
+        alice.take()
+        self.assertEqual(
+            alice.send(b"PING\n" + b"\n" * 16384),
+            [
+                "200 PONG",
+                "CLOSED 10 bad lines in a row",
+            ],
+        )
+        self.assertTrue(alice.closed)
+        self.assertEqual(network.connect("bob").send("PING")[-1], "200 PONG")
+
 
 class TimeoutTests(SynchronousTestCase):
+    def test_blank_lines_do_not_keep_a_session_open(self) -> None:
+        """
+        Only a line with a command in it resets the idle timer: blank lines
+        sent every 100 s do not keep a session from being idle.
+        """
+        network = Network(limits=Limits(idle_timeout=900))
+        alice = network.connect("alice")
+        alice.take()
+        for _ in range(8):
+            network.clock.advance(100)
+            self.assertEqual(alice.send(b"\n"), [])
+        network.clock.advance(100)
+        self.assertEqual(alice.take(), ["CLOSED idle for 900 s"])
+        self.assertTrue(alice.closed)
+
     def test_idle_session_is_closed_with_the_reason(self) -> None:
         """
         A session that sends no line for the idle timeout is told why and
