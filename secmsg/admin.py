@@ -815,7 +815,7 @@ def _identity(body: dict[str, Any], key: str) -> str:
 def _text(body: dict[str, Any], key: str, limit: int, required: bool = True) -> str:
     """
     A text field, held to the rules of a protocol line: UTF-8 of at most
-    C{limit} bytes, no control characters.
+    C{limit} bytes, no control or invisible characters.
     """
     value = body.get(key, None if required else "")
     if not isinstance(value, str) or (required and not value.strip(" \t")):

@@ -4,7 +4,8 @@ rather than raw protocol lines.
 
 Everything a peer or the server wrote is escaped with
 L{secmsg.wire.escape_controls} before it is returned, so that nothing
-shown here can move the cursor, change colours or retitle the terminal.
+shown here can move the cursor, change colours or retitle the terminal,
+nor hide in what it shows (a zero width space, a tag character).
 """
 
 from __future__ import annotations

@@ -128,8 +128,8 @@ class CommandError(SecmsgError):
 
 class Malformed(CommandError):
     """
-    The line is not valid UTF-8, contains control characters, or its
-    arguments do not match the command's usage.
+    The line is not valid UTF-8, holds a control or invisible character, or
+    its arguments do not match the command's usage.
     """
 
     code = 400

@@ -10,6 +10,7 @@ log lines where spaces or control characters would be ambiguous or worse.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -37,11 +38,60 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
+SUBJECT_SHOWN = 512
+"""
+The most characters of a subject that L{describe_subject} shows.  A subject
+of one of each usual field at its upper bound in RFC 5280 (CN, O, OU of 64,
+L and ST of 128, C) is about 470 characters written out, and fits whole; a
+CA may issue far longer ones (a subject of 1,200 units is 18,000
+characters), which would otherwise go whole into an audit record at every
+login.
+"""
+
+
 def describe_subject(certificate: x509.Certificate) -> str:
     """
-    The subject as an RFC 4514 string, safe to log or send.
+    The subject as an RFC 4514 string, safe to log or send, and bounded: a
+    subject longer than L{SUBJECT_SHOWN} characters is shown by its first
+    fields, then how long the whole was and the SHA-256 of the subject's
+    DER, by which an operator can still tell which certificate it was.
     """
-    return escape_controls(certificate.subject.rfc4514_string())
+    subject = certificate.subject
+    whole = escape_controls(subject.rfc4514_string())
+    if len(whole) <= SUBJECT_SHOWN:
+        return whole
+    digest = hashlib.sha256(subject.public_bytes()).hexdigest()
+    return (
+        f"{_first_fields(subject)}… "
+        f"(cut from {len(whole):,} characters; sha256 {digest})"
+    )
+
+
+def _first_fields(subject: x509.Name) -> str:
+    """
+    As many whole fields of C{subject}, in RFC 4514 order, as fit in
+    L{SUBJECT_SHOWN} characters; if not even the first does, as many of
+    its characters as fit, an escape never cut in half.
+    """
+    fields = [escape_controls(rdn.rfc4514_string()) for rdn in reversed(subject.rdns)]
+    shown = _fitting(fields, ",")
+    if shown:
+        return shown
+    first = subject.rdns[-1].rfc4514_string()
+    return _fitting([escape_controls(character) for character in first], "")
+
+
+def _fitting(pieces: list[str], separator: str) -> str:
+    """
+    The leading pieces, joined, that fit in L{SUBJECT_SHOWN} characters.
+    """
+    length, count = -len(separator), 0
+    for piece in pieces:
+        length += len(separator) + len(piece)
+        if length > SUBJECT_SHOWN:
+            break
+        count += 1
+    return separator.join(pieces[:count])
 
 
 @dataclass(frozen=True)

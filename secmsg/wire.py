@@ -12,6 +12,7 @@ same grammar for people.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,13 +29,55 @@ NAME_TOKEN = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 ROOM_NAME = re.compile(r"#[a-z0-9._-]{1,64}")
 """A room, after L{parse_arguments} has lower-cased it."""
 
-_FORBIDDEN = re.compile(
+_CONTROL = (
     # C0 controls but TAB, DEL and C1 (hence every ANSI escape sequence),
     # the line and paragraph separators some terminals honour, and the
-    # bidirectional overrides that let text display as something else.
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-    "\u202a-\u202e\u2066-\u2069]"
+    # bidirectional controls that let text display as something else.
+    "\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2066-\u2069"
 )
+
+_INVISIBLE = (
+    # Every format character (general category Cf) and every other
+    # Default_Ignorable_Code_Point, which show as nothing or change how
+    # their neighbours show: zero width characters, the soft hyphen, the
+    # Hangul fillers, the tag characters that carry hidden text.  The
+    # variation selectors U+FE00-U+FE0F that emoji use are let through.
+    # Written out (Unicode 15.1) rather than derived from unicodedata: the
+    # rule is then the same whatever Python runs the daemon or the client,
+    # no start pays to scan a million code points, and a test holds it to
+    # the running Python's unicodedata.
+    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufeff\uffa0\ufff0-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+
+_FORBIDDEN = re.compile(f"[{_CONTROL}{_INVISIBLE}]")
+"""
+What text that is relayed must not hold (docs/protocol.md, "Text that is
+relayed"), as one character class that L{decode_line} refuses and
+L{escape_controls} escapes, so that a client hides exactly what the daemon
+refuses to relay.
+"""
+
+_FORBIDDEN_IN_ASCII = re.compile(
+    "["
+    + "".join(
+        re.escape(chr(code)) for code in range(128) if _FORBIDDEN.match(chr(code))
+    )
+    + "]"
+)
+"""
+The part of L{_FORBIDDEN} that ASCII text can hold, derived from it so that
+the rule is written once.  A line of ASCII, the common case and one Python
+knows to be ASCII without reading it, is checked against this instead:
+a class that reaches past U+FFFF is matched range by range, this one by a
+table (a 100-byte line: about 0.45 microseconds rather than 1.3).
+"""
+
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROL}]")
 
 _VERB = re.compile(r"[A-Za-z]{1,32}")
 _MESSAGE_ID = re.compile(r"[1-9][0-9]{0,17}")
@@ -111,17 +154,33 @@ class LineFramer:
 
 def decode_line(raw: bytes) -> str:
     """
-    Decode one framed line, refusing what must never be relayed.
+    Decode one framed line, refusing what must never be relayed: the whole
+    line is checked, so every text argument of every command is.
 
-    @raise Malformed: the line is not UTF-8 or holds control characters.
+    @raise Malformed: the line is not UTF-8, or holds a control character
+        or an invisible one (named, so that its sender can find it).
     """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Malformed("invalid UTF-8") from None
-    if _FORBIDDEN.search(text):
-        raise Malformed("control characters are not allowed")
+    forbidden = _FORBIDDEN_IN_ASCII if text.isascii() else _FORBIDDEN
+    if found := forbidden.search(text):
+        raise Malformed(_refusal(found.group()))
     return text
+
+
+def _refusal(character: str) -> str:
+    """
+    Why text holding C{character} is refused: control characters in the
+    words scripts already match, an invisible one by its code and name.
+    """
+    if _CONTROL_CHARACTER.match(character):
+        return "control characters are not allowed"
+    code = f"U+{ord(character):04X}"
+    name = unicodedata.name(character, "")
+    shown = f"{code} {name}" if name else code
+    return f"text holds {shown}, an invisible character"
 
 
 def is_blank(text: str) -> bool:
@@ -135,15 +194,18 @@ def is_blank(text: str) -> bool:
 def escape_controls(text: str) -> str:
     """
     Show untrusted text (a certificate subject, say) with every character
-    that L{decode_line} would refuse escaped as C{\\xNN} or C{\\uNNNN}, so
-    that it can go into a reply or a log line without driving a terminal.
+    that L{decode_line} would refuse escaped as C{\\xNN}, C{\\uNNNN} or
+    C{\\UNNNNNNNN}, so that it can go into a reply or a log line without
+    driving a terminal or hiding anything.
     """
+    return _FORBIDDEN.sub(_escaped, text)
 
-    def escaped(match: re.Match[str]) -> str:
-        code = ord(match.group())
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
-    return _FORBIDDEN.sub(escaped, text)
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def push(*fields: str) -> bytes:

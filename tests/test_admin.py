@@ -358,6 +358,39 @@ class AdminTests(SynchronousTestCase):
         reloads = [r for r in records(trail) if r["event"] == "reload"]
         self.assertEqual(len(reloads), 4)
 
+    def test_invisible_characters_in_posted_text_are_400(self) -> None:
+        """
+        A message, a broadcast or a kick's reason posted with a hidden
+        character is refused with 400 naming it, and alice's line session
+        receives nothing: the admin API relays text by the line's rules.
+        """
+        line = self.instance.connect(self.alice)
+        line.take()
+        hidden = ", an invisible character"
+        for path, body, detail in (
+            (
+                "/v1/messages",
+                {"to": "alice", "text": "hi\u200b"},
+                "text: text holds U+200B ZERO WIDTH SPACE" + hidden,
+            ),
+            (
+                "/v1/broadcast",
+                {"text": "\U000e0041hidden"},
+                "text: text holds U+E0041 TAG LATIN CAPITAL LETTER A" + hidden,
+            ),
+            (
+                "/v1/kick",
+                {"identity": "alice", "reason": "\u3164"},
+                "reason: text holds U+3164 HANGUL FILLER" + hidden,
+            ),
+        ):
+            response = self.web.request(self.admin, "POST", path, body)
+            self.assertEqual(
+                (response.status, response.json().get("detail")), (400, detail)
+            )
+        self.assertEqual(line.take(), [])
+        self.assertIsNone(line.lost)
+
     def test_bad_requests_are_refused_in_words(self) -> None:
         """
         Unknown path 404, wrong method 405 with Allow, wrong content type

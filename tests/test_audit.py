@@ -12,6 +12,8 @@ import stat
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.logfile import LogFile
@@ -78,6 +80,30 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(login["serial"], f"{certificate.serial_number:x}")
         self.assertEqual(len(login["fingerprint"]), 64)
         self.assertTrue(login["time"].endswith("Z"))
+
+    def test_login_of_a_subject_of_many_units_writes_a_bounded_record(self) -> None:
+        """
+        A certificate whose subject holds 1,200 units logs in with a record
+        of under a kilobyte, not 80: its subject is cut, with the whole's
+        length and hash.
+        """
+        many = tuple(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "engineering")
+            for _ in range(1200)
+        )
+        pair = self.network.ca.issue("alice", subject=many)
+        self.network.connect("alice", certificate=pair.certificate)
+        (line,) = [
+            raw
+            for raw in self.buffer.getvalue().splitlines()
+            if json.loads(raw)["event"] == "login"
+        ]
+        self.assertLess(len(line), 1024)
+        subject = json.loads(line)["subject"]
+        self.assertTrue(subject.startswith("CN=alice,OU=engineering,"))
+        self.assertRegex(
+            subject, r"… \(cut from 18,008 characters; sha256 [0-9a-f]{64}\)$"
+        )
 
     def test_denial_kick_and_logout_are_recorded(self) -> None:
         """

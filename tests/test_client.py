@@ -281,6 +281,27 @@ class DisplayTests(SynchronousTestCase):
             show_reply([wire.ReplyLine(500, "\x9b31m", True)]), ["error 500: \\x9b31m"]
         )
 
+    def test_invisible_characters_are_shown_escaped(self) -> None:
+        """
+        What a hostile server relays with hidden characters (a zero width
+        space, a word joiner, a Hangul filler, tags) is shown with each of
+        them escaped, so what someone said cannot look like something else;
+        a tab and an emoji's variation selector are shown as sent.
+        """
+        line = wire.parse_server_line(
+            "MSG 1 2026-06-01T09:30:05Z bob\u200b pay\u2060pal\u3164"
+            "\U000e0069\U000e0067\t\u2764\ufe0f"
+        )
+        self.assertEqual(
+            show_push(line, WHEN),
+            "[09:30:05] bob\\u200b to you: pay\\u2060pal\\u3164"
+            "\\U000e0069\\U000e0067\t\u2764\ufe0f",
+        )
+        self.assertEqual(
+            show_reply([wire.ReplyLine(211, "\u00adhi\ufeff", True)]),
+            ["\\xadhi\\ufeff"],
+        )
+
     @given(st.text())
     def test_nothing_shown_can_drive_a_terminal(self, text: str) -> None:
         """
@@ -387,6 +408,16 @@ class CommandLineTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 SendOptions().parseOptions(base + extra)
             self.assertIn(words, str(caught.exception))
+
+    def test_send_refuses_text_with_an_invisible_character(self) -> None:
+        """
+        Text the daemon would refuse for a hidden character is refused
+        before connecting, naming it, so the sender learns what they pasted.
+        """
+        options = ["localhost", "--instance", "dev", "--as", "alice", "--to", "bob"]
+        with self.assertRaises(usage.UsageError) as caught:
+            SendOptions().parseOptions([*options, "\U0001f468\u200d\U0001f469"])
+        self.assertIn("U+200D ZERO WIDTH JOINER", str(caught.exception))
 
 
 class KeepAliveTests(SynchronousTestCase):

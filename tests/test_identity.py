@@ -4,12 +4,37 @@ From certificate to identity, for each field an operator may choose.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.errors import CertificateRefused, RefusalReason
-from secmsg.identity import IdentityField, IdentityRule
+from secmsg.identity import SUBJECT_SHOWN, IdentityField, IdentityRule, describe_subject
+from secmsg.wire import escape_controls
 from tests.certs import CertificateAuthority
+
+
+def units(*values: str) -> tuple[x509.NameAttribute, ...]:
+    """
+    Organizational units for a subject, in the order given.
+    """
+    return tuple(
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, v) for v in values
+    )
+
+
+def cut_note(certificate: x509.Certificate) -> str:
+    """
+    How a description that was cut ends: the length the whole description
+    would have had, and the SHA-256 of the subject's DER, which an operator
+    can compute from the certificate.
+    """
+    whole = escape_controls(certificate.subject.rfc4514_string())
+    digest = hashlib.sha256(certificate.subject.public_bytes()).hexdigest()
+    return f"… (cut from {len(whole):,} characters; sha256 {digest})"
 
 
 class IdentityTests(SynchronousTestCase):
@@ -71,3 +96,51 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(self.identity(IdentityField.SAN_EMAIL, names=names), fits)
         names = [x509.RFC822Name("a" + fits)]
         self.assertRefused(IdentityField.SAN_EMAIL, "san-email", names=names)
+
+
+class SubjectTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.ca = CertificateAuthority()
+
+    def test_subject_of_many_units_is_cut_with_its_length_and_hash(self) -> None:
+        """
+        A subject of 1,200 units is described by its first fields, whole,
+        then how long it was and the hash of the whole: bounded for every
+        log line and audit record it goes into, and still matched to its
+        certificate.
+        """
+        pair = self.ca.issue("alice", subject=units(*["engineering"] * 1200))
+        whole = pair.certificate.subject.rfc4514_string()
+        shown = describe_subject(pair.certificate)
+        note = cut_note(pair.certificate)
+        self.assertTrue(shown.endswith(note), shown)
+        kept = shown.removesuffix(note)
+        self.assertTrue(kept.startswith("CN=alice,OU=engineering,"))
+        self.assertLessEqual(len(kept), SUBJECT_SHOWN)
+        self.assertTrue(whole.startswith(kept + ",OU=engineering"))
+        self.assertIn("cut from 18,008 characters", note)
+
+    def test_subject_at_the_bound_is_whole_and_one_past_it_is_cut(self) -> None:
+        """
+        A subject of exactly the bound is described as it is; one character
+        more and the description is cut.
+        """
+        padding = SUBJECT_SHOWN - len("CN=alice,OU=")
+        fits = self.ca.issue("alice", subject=units("u" * padding)).certificate
+        self.assertEqual(describe_subject(fits), "CN=alice,OU=" + "u" * padding)
+        over = self.ca.issue("alice", subject=units("u" * (padding + 1))).certificate
+        self.assertEqual(describe_subject(over), "CN=alice" + cut_note(over))
+
+    def test_one_long_field_is_cut_inside_it_never_inside_an_escape(self) -> None:
+        """
+        A subject whose first field alone passes the bound is cut inside
+        that field, between escapes: an escape cut in half would read as
+        another character.
+        """
+        pair = self.ca.issue(None, subject=units("\x1b" * 400))
+        shown = describe_subject(pair.certificate)
+        kept = shown.removesuffix(cut_note(pair.certificate))
+        self.assertRegex(kept, r"^OU=(\\x1b)+$")
+        self.assertGreater(len(kept), SUBJECT_SHOWN - len("\\x1b"))
+        self.assertLessEqual(len(kept), SUBJECT_SHOWN)
+        self.assertIsNone(re.search("\x1b", shown))

@@ -387,6 +387,26 @@ class RoutingTests(SynchronousTestCase):
             self.assertTrue(session.closed)
         self.assertEqual(self.admin.send("KICK carol"), ["404 carol is not online"])
 
+    def test_invisible_characters_are_400_and_never_relayed(self) -> None:
+        """
+        A zero width space in a message, a room message, a broadcast or a
+        kick's reason is refused with 400 naming it, and no one receives
+        anything: text must not hide what was said.
+        """
+        self.alice.send("JOIN #ops")
+        self.bob.send("JOIN #ops")
+        refusal = ["400 text holds U+200B ZERO WIDTH SPACE, an invisible character"]
+        for sender, line in (
+            (self.alice, "MSG bob pay\u200bpal"),
+            (self.alice, "SAY #ops pay\u200bpal"),
+            (self.admin, "BROADCAST pay\u200bpal"),
+            (self.admin, "KICK bob pay\u200bpal"),
+        ):
+            self.assertEqual(sender.send(line), refusal, line)
+        for session in (self.alice, self.bob, self.bob2, self.admin):
+            self.assertEqual(session.take(), [])
+        self.assertFalse(self.bob.closed)
+
     def test_broadcast_reaches_everyone(self) -> None:
         """
         BROADCAST reaches every session, the sender's included (its copy

@@ -5,6 +5,7 @@ arbitrary byte streams.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from hypothesis import given, settings
@@ -80,19 +81,86 @@ class FramerTests(SynchronousTestCase):
         self.assertLessEqual(len(framer._buffer), SMALL + 1)
 
 
-def is_refused_character(character: str) -> bool:
-    return (unicodedata.category(character) == "Cc" and character != "\t") or (
-        character in "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
-        "\u2066\u2067\u2068\u2069"
+CONTROL_CHARACTERS = frozenset(
+    "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+    "\u2066\u2067\u2068\u2069"
+)
+"""Beyond the C0 and C1 controls, what is refused as a control character."""
+
+INVISIBLE_RANGES = (
+    # Default_Ignorable_Code_Point characters that are not format (Cf)
+    # characters: the combining grapheme joiner, the Hangul fillers, Khmer
+    # inherent vowels, Mongolian variation selectors, reserved code points,
+    # and the whole tag and variation-selector plane block.
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2065, 0x2065),
+    (0x3164, 0x3164),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+    # The Egyptian hieroglyph format controls that Unicode 15.0 added, Cf
+    # for a newer Python and unassigned for an older one.
+    (0x13439, 0x1343F),
+)
+"""Refused beyond general category Cf, as docs/protocol.md lists them."""
+
+EMOJI_VARIATION_SELECTORS = range(0xFE00, 0xFE10)
+
+
+def is_control_character(character: str) -> bool:
+    return (
+        unicodedata.category(character) == "Cc" and character != "\t"
+    ) or character in CONTROL_CHARACTERS
+
+
+def is_invisible_character(character: str) -> bool:
+    code = ord(character)
+    return unicodedata.category(character) == "Cf" or any(
+        low <= code <= high for low, high in INVISIBLE_RANGES
     )
+
+
+def is_refused_character(character: str) -> bool:
+    return is_control_character(character) or is_invisible_character(character)
+
+
+def named(character: str) -> str:
+    code = f"U+{ord(character):04X}"
+    name = unicodedata.name(character, "")
+    return f"{code} {name}" if name else code
+
+
+def escaped(character: str) -> str:
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+allowed_text = st.text(
+    st.characters(blacklist_categories=("Cs",)).filter(
+        lambda c: not is_refused_character(c)
+    )
+)
+invisible_characters = st.one_of(
+    st.characters(whitelist_categories=("Cf",)).filter(
+        lambda c: not is_control_character(c)
+    ),
+    *(st.integers(low, high).map(chr) for low, high in INVISIBLE_RANGES),
+)
 
 
 class TextTests(SynchronousTestCase):
     @given(st.text())
-    def test_decode_refuses_exactly_the_control_characters(self, text) -> None:
+    def test_decode_refuses_exactly_the_control_and_invisible_characters(
+        self, text
+    ) -> None:
         """
         A line is refused if and only if it holds a character a terminal
-        could act on.
+        could act on or one that shows as nothing.
         """
         refused = any(is_refused_character(c) for c in text)
         try:
@@ -103,11 +171,131 @@ class TextTests(SynchronousTestCase):
         except Malformed:
             self.assertTrue(refused or any(0xD800 <= ord(c) <= 0xDFFF for c in text))
 
+    @given(allowed_text, invisible_characters, allowed_text)
+    def test_invisible_character_is_refused_by_name(
+        self, before: str, invisible: str, after: str
+    ) -> None:
+        """
+        Text holding a format character, a tag or another default-ignorable
+        code point is refused with a reason that names it, so that its
+        sender can see what was hidden in what they pasted.
+        """
+        raw = (before + invisible + after).encode("utf-8")
+        with self.assertRaises(Malformed) as raised:
+            wire.decode_line(raw)
+        self.assertEqual(
+            raised.exception.text,
+            f"text holds {named(invisible)}, an invisible character",
+        )
+
+    @given(allowed_text)
+    def test_text_of_allowed_characters_passes(self, text: str) -> None:
+        """
+        Text made only of characters outside the refused set comes through
+        decoding unchanged.
+        """
+        self.assertEqual(wire.decode_line(text.encode("utf-8")), text)
+
+    def test_refusal_names_the_zero_width_space(self) -> None:
+        """
+        The reason for the commonest hidden character reads as the protocol
+        documents it.
+        """
+        with self.assertRaises(Malformed) as raised:
+            wire.decode_line("MSG bob hi\u200bthere".encode())
+        self.assertEqual(
+            raised.exception.text,
+            "text holds U+200B ZERO WIDTH SPACE, an invisible character",
+        )
+
+    def test_control_characters_keep_their_reason(self) -> None:
+        """
+        A control character (a bidi override among them) is still refused
+        in the words scripts have matched on.
+        """
+        for text in ("\x1b[2J", "\u202e", "\u2028", "a\x85b"):
+            with self.assertRaises(Malformed) as raised:
+                wire.decode_line(text.encode())
+            self.assertEqual(
+                raised.exception.text, "control characters are not allowed"
+            )
+
+    def test_emoji_presentation_passes_and_joined_emoji_is_refused(self) -> None:
+        """
+        The variation selectors emoji use are relayed (a heart with U+FE0F),
+        but a family emoji is refused, since its zero width joiners are
+        format characters.
+        """
+        for code in EMOJI_VARIATION_SELECTORS:
+            text = f"MSG bob \u2764{chr(code)}"
+            self.assertEqual(wire.decode_line(text.encode()), text)
+        with self.assertRaises(Malformed) as raised:
+            wire.decode_line(
+                "MSG bob \U0001f468\u200d\U0001f469\u200d\U0001f467".encode()
+            )
+        self.assertIn("U+200D ZERO WIDTH JOINER", raised.exception.text)
+
+    def test_tab_is_relayed_and_left_unescaped(self) -> None:
+        """
+        A tab is visible whitespace, not an invisible character: it is
+        relayed, and shown as sent.
+        """
+        self.assertEqual(wire.decode_line(b"MSG bob a\tb"), "MSG bob a\tb")
+        self.assertEqual(wire.escape_controls("a\tb"), "a\tb")
+
+    def test_every_code_point_is_escaped_exactly_when_refused(self) -> None:
+        """
+        Over all of Unicode, escape_controls escapes the very characters the
+        rule refuses, so that the client hides what the daemon refuses; a
+        character that a newer Unicode makes a format character fails here
+        until the rule takes it in.
+        """
+        every = "".join(
+            chr(code)
+            for code in range(0x110000)
+            if not 0xD800 <= code <= 0xDFFF and code != ord("\\")
+        )
+        refused = {c for c in every if unicodedata.category(c) in ("Cc", "Cf")}
+        refused |= CONTROL_CHARACTERS
+        refused |= {
+            chr(c) for low, high in INVISIBLE_RANGES for c in range(low, high + 1)
+        }
+        refused.discard("\t")
+        shown = wire.escape_controls(every)
+        escaped_codes = re.findall(r"\\[xuU]([0-9a-f]+)", shown)
+        wrong = refused ^ {chr(int(code, 16)) for code in escaped_codes}
+        self.assertEqual(sorted(f"U+{ord(c):04X}" for c in wrong), [])
+        self.assertEqual(
+            len(shown),
+            sum(len(escaped(c)) for c in refused) + len(every) - len(refused),
+        )
+
+    def test_ascii_line_is_refused_by_the_same_rule(self) -> None:
+        """
+        decode_line's shortcut for a line of ASCII refuses exactly the ASCII
+        characters the rule refuses, a tab still let through.
+        """
+        for code in range(128):
+            try:
+                wire.decode_line(bytes([code]))
+            except Malformed:
+                self.assertTrue(is_refused_character(chr(code)), code)
+            else:
+                self.assertFalse(is_refused_character(chr(code)), code)
+
+    def test_escape_of_a_plane_fourteen_tag_is_unambiguous(self) -> None:
+        """
+        A tag character is escaped with all its digits (C{\\U000e0041}), so
+        that the escape cannot be read as a shorter code and a letter.
+        """
+        self.assertEqual(wire.escape_controls("a\U000e0041b"), "a\\U000e0041b")
+
     @given(st.text())
     def test_escaped_text_is_clean_and_clean_text_unchanged(self, text) -> None:
         """
-        escape_controls leaves nothing a terminal could act on, and changes
-        nothing in text that was clean already.
+        escape_controls leaves nothing a terminal could act on or that
+        shows as nothing, and changes nothing in text that was clean
+        already.
         """
         escaped = wire.escape_controls(text)
         self.assertFalse(any(is_refused_character(c) for c in escaped))
