@@ -99,6 +99,8 @@ class Session(asyncio.Protocol):
         self.confirmed = 0
         self.progressed = asyncio.Event()
         self.problems: Counter[str] = Counter()
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 - asyncio's promise
@@ -110,7 +112,26 @@ class Session(asyncio.Protocol):
             self.ready.set_exception(failure)
         if not self.closed.done():
             self.closed.set_result(None)
+        self._writable.set()
         self._fail_waiting(failure)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drained(self) -> None:
+        """
+        Return once the transport takes more (at once if it does now), or
+        the session is closed: a writer that awaits this between writes
+        sends as fast as the socket takes it and queues nothing more.
+        """
+        if self._writable.is_set():
+            # Let the loop run: its reads and the transport's sends.
+            await asyncio.sleep(0)
+        else:
+            await self._writable.wait()
 
     def _fail_waiting(self, failure: Exception) -> None:
         """
@@ -146,12 +167,14 @@ class HandshakeSession(Session):
 class SecmsgSession(Session):
     """
     A session of the secmsg line protocol: waits for the greeting, pipelines
-    commands, matches replies to them in order, and says ACK UPTO for what
-    was pushed to it every L{ACK_EVERY} seconds.
+    commands, matches replies to them in order, says ACK UPTO for what
+    was pushed to it every L{ACK_EVERY} seconds, and keeps the reason the
+    server gave if it closed the session (its C{CLOSED} line).
     """
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__(recorder)
+        self.closed_reason: str | None = None
         self._buffer = b""
         self._waiting: deque[asyncio.Future[bytes] | None] = deque()
         self._highest = 0
@@ -171,7 +194,10 @@ class SecmsgSession(Session):
             elif line[:1].isdigit():
                 self._reply(line, now)
             else:
-                self.problems[line.split(b" ", 1)[0].decode(errors="replace")] += 1
+                verb, _, rest = line.partition(b" ")
+                if verb == b"CLOSED":
+                    self.closed_reason = rest.decode(errors="replace")
+                self.problems[verb.decode(errors="replace")] += 1
         self.progressed.set()
 
     def _reply(self, line: bytes, now: int) -> None:
@@ -215,6 +241,14 @@ class SecmsgSession(Session):
         self._waiting.append(waiter)
         self.write(line)
         return await waiter
+
+    async def ping(self) -> None:
+        """
+        PING, and return at its PONG.
+        """
+        reply = await self._ask(b"PING\n")
+        if not reply.startswith(b"200"):
+            raise ConnectionError(f"PING refused: {reply!r}")
 
     async def listen(self, identity: str) -> None:
         """

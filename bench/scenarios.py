@@ -151,7 +151,10 @@ class Timing:
         return self.window_start + int(self.measure * 1e9)
 
 
-async def _until(when_ns: int) -> None:
+async def until(when_ns: int) -> None:
+    """
+    Sleep until a moment of CLOCK_MONOTONIC, in ns (at once if it is past).
+    """
     await asyncio.sleep(max(0.0, (when_ns - time.monotonic_ns()) / 1e9))
 
 
@@ -174,13 +177,13 @@ def _stamps(
     return stamps
 
 
-async def _window_cpu(timing: Timing) -> float:
+async def window_cpu(timing: Timing) -> float:
     """
     This process's CPU time inside the measured window, in seconds.
     """
-    await _until(timing.window_start)
+    await until(timing.window_start)
     start = _cpu_seconds_self()
-    await _until(timing.window_end)
+    await until(timing.window_end)
     return _cpu_seconds_self() - start
 
 
@@ -210,6 +213,9 @@ class FlowPlan:
     rate: float | None = None
     in_flight: int = 100
     qos: int = 0
+
+    def worker(self) -> FlowWorker:
+        return FlowWorker(self)
 
 
 class FlowWorker:
@@ -286,12 +292,12 @@ class FlowWorker:
     async def run(self, timing: Timing) -> dict[str, Any]:
         self._recorder.window_start = timing.window_start
         self._recorder.window_end = timing.window_end
-        await _until(timing.start_ns)
+        await until(timing.start_ns)
         senders = [
             asyncio.create_task(self._send(session, destination, watched, timing))
             for session, destination, watched in self._senders
         ]
-        cpu = await _window_cpu(timing)
+        cpu = await window_cpu(timing)
         await asyncio.gather(*senders)
         await self._drain()
         for receiver in self._receivers.values():
@@ -381,6 +387,9 @@ class HandshakePlan:
     identities: list[str]
     concurrency: int
 
+    def worker(self) -> HandshakeWorker:
+        return HandshakeWorker(self)
+
 
 class HandshakeWorker:
     """
@@ -402,13 +411,13 @@ class HandshakeWorker:
         return {}
 
     async def run(self, timing: Timing) -> dict[str, Any]:
-        await _until(timing.start_ns)
+        await until(timing.start_ns)
         names = self._plan.identities
         loops = [
             asyncio.create_task(self._loop(names[n % len(names)], timing))
             for n in range(self._plan.concurrency)
         ]
-        cpu = await _window_cpu(timing)
+        cpu = await window_cpu(timing)
         await asyncio.gather(*loops)
         return {
             "completed": self._completed,
@@ -445,6 +454,9 @@ class IdlePlan:
     target: Target
     identities: list[str]
     concurrency: int
+
+    def worker(self) -> IdleWorker:
+        return IdleWorker(self)
 
 
 class IdleWorker:
@@ -489,17 +501,12 @@ class IdleWorker:
         return {"lost": lost}
 
 
-_WORKERS = {
-    FlowPlan: FlowWorker,
-    HandshakePlan: HandshakeWorker,
-    IdlePlan: IdleWorker,
-}
-
-
 def _worker_main(control: Connection, plan: Any) -> None:
     """
     A client process: does what the parent asks, one request at a time,
-    and answers each with a dict (or the traceback that stopped it).
+    and answers each with a dict (or the traceback that stopped it). The
+    plan makes its worker, so that a scenario's workers may live in a
+    module of their own (L{bench.flood}) without this one naming them.
     """
     raise_open_file_limit(65536)
 
@@ -511,7 +518,7 @@ def _worker_main(control: Connection, plan: Any) -> None:
             if method is None:
                 return
             try:
-                worker = worker or _WORKERS[type(plan)](plan)
+                worker = worker or plan.worker()
                 answer = await asyncio.wait_for(
                     getattr(worker, method)(**arguments), ANSWER_TIMEOUT
                 )

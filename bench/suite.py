@@ -1,5 +1,5 @@
 """
-The five scenarios as the parent runs them: start a server, hand each
+The six scenarios as the parent runs them: start a server, hand each
 client worker its share of the load, measure, stop the server, and turn
 what the workers counted into figures.
 
@@ -9,6 +9,8 @@ what the workers counted into figures.
 3. rooms: one sender, M members, at saturation.
 4. idle: the server's resident memory per held session.
 5. durable: messages to offline identities, confirmed a second.
+6. flood: another session's PING and a fresh login, at rest and while
+   sessions write blank lines as fast as they can (secmsg only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.flood import FloodPlan, ProbePlan
 from bench.scenarios import (
     FlowPlan,
     HandshakePlan,
@@ -49,6 +52,10 @@ PROTOCOLS: dict[type[Server], str] = {
 HANDSHAKE_IDENTITIES = 8
 IDLE_IDENTITIES = 100
 
+PROBE = "probe"
+NEWCOMER = "newcomer"
+"""The blank-line flood's probes: one PINGs, one logs in now and then."""
+
 IDLE_CONCURRENCY = 16
 """Idle sessions a worker opens at once: a burst of thousands would
 overflow the listen queue and measure the kernel's SYN retries."""
@@ -73,6 +80,12 @@ class Settings:
     handshake_concurrency: int = 16
     tls_versions: tuple[str, ...] = ("1.3", "1.2")
     settle: float = 2.0
+    flooders: int = 8
+    ping_every: float = 0.005
+    login_every: float = 1.0
+    flood_target_ms: float | None = 20.0
+    """Another session's PING p99 during the blank-line flood, at most;
+    L{None} judges nothing (a smoke run measures nothing)."""
 
 
 def identities(settings: Settings) -> tuple[list[str], list[str]]:
@@ -87,6 +100,9 @@ def identities(settings: Settings) -> tuple[list[str], list[str]]:
         "speaker",
         *(f"m{n}" for n in range(max(max(settings.members), IDLE_IDENTITIES))),
         *(f"hs{n}" for n in range(HANDSHAKE_IDENTITIES)),
+        *(f"flood{n}" for n in range(settings.flooders)),
+        PROBE,
+        NEWCOMER,
         *offline,
     ]
     return names, offline
@@ -304,6 +320,84 @@ class Bench:
                 figures["lost_sessions"] = sum(r["lost"] for r in workers.ask("close"))
             figures["log_tracebacks"] = _tracebacks(server)
         return figures
+
+    def flood(self, server_class: type[Server]) -> dict[str, Any]:
+        """
+        The probes at rest, then on the same server beside C{flooders}
+        sessions that write blank lines as fast as their sockets take them.
+        """
+        settings = self.settings
+        with self.start(server_class) as server:
+            shares: list[list[str]] = [[] for _ in range(settings.workers)]
+            for n in range(settings.flooders):
+                shares[n % settings.workers].append(f"flood{n}")
+            target = self.target(server)
+            rest = self._probed(server, [])
+            during = self._probed(
+                server, [FloodPlan(target, share) for share in shares if share]
+            )
+            return {
+                "flooders": settings.flooders,
+                "target_p99_ms": settings.flood_target_ms,
+                "rest": rest,
+                "flood": during,
+                "log_tracebacks": _tracebacks(server),
+            }
+
+    def _probed(self, server: Server, flooders: list[FloodPlan]) -> dict[str, Any]:
+        """
+        One window of the probes, beside the flooders if there are any: each
+        in a process of its own, so that neither waits on the other's loop.
+        """
+        settings = self.settings
+        target = self.target(server)
+        plans = [
+            ProbePlan(target, PROBE, settings.ping_every),
+            ProbePlan(target, NEWCOMER, settings.login_every, login=True),
+            *flooders,
+        ]
+        with Workers(plans) as workers:
+            workers.ask("prepare")
+            (ping, login, *floods), cpu = measure(
+                server, workers, settings.warmup, settings.seconds
+            )
+        figure: dict[str, Any] = {
+            "ping": {
+                "count": len(ping["latencies_us"]),
+                **percentiles(ping["latencies_us"]),
+            },
+            "login": _few(login["latencies_us"]),
+            "failures": _merged(r["failures"] for r in (ping, login)),
+            "server_cpu_share": round(cpu / settings.seconds, 3),
+            "clients_cpu_share": _clients_share(
+                [ping, login, *floods], settings.seconds
+            ),
+        }
+        if floods:
+            figure |= {
+                "blank_lines_per_second": round(
+                    sum(r["blank_lines"] for r in floods) / settings.seconds
+                ),
+                "sessions": sum(r["sessions"] for r in floods),
+                "reconnects": sum(r["reconnects"] for r in floods),
+                "closed_by_server": _merged(r["closed_by_server"] for r in floods),
+                "replies": _merged(r["replies"] for r in floods),
+                "logins_refused": _merged(r["logins_refused"] for r in floods),
+            }
+        return figure
+
+
+def _few(latencies_us: list[float]) -> dict[str, Any]:
+    """
+    A handful of times, in ms: how many, the median and the worst (a p99
+    of five is the worst).
+    """
+    ordered = sorted(latencies_us)
+    return {
+        "count": len(ordered),
+        "p50_ms": percentiles(ordered)["p50_ms"],
+        "max_ms": round(ordered[-1] / 1000, 3) if ordered else None,
+    }
 
 
 def _per(total: float, count: int) -> float | None:
