@@ -592,6 +592,8 @@ def _make_instance(directory: Path, identities: list[str]) -> Path:
             "max-sessions-per-identity = 100\n"
             "max-sessions-per-address = 5000\n"
             "max-sessions = 20000\n"
+            "max-handshakes-per-address = 5000\n"
+            "logins-per-address = 1000000\n"
         )
     return instance
 

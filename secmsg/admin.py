@@ -50,7 +50,7 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from secmsg import wire
-from secmsg.audit import RecordBudget, audit
+from secmsg.audit import RecordBudget, RefusalRecords, audit
 from secmsg.auth import SessionAvatar, VerifiedCertificate
 from secmsg.commands import kick_identity, refuse_store_failure, reload_as
 from secmsg.delivery import Delivery
@@ -196,18 +196,18 @@ class AdminSite(server.Site):
     noisy = False
 
     def __init__(
-        self, guard: Resource, metrics: Metrics, anonymous_records: RecordBudget
+        self, guard: Resource, metrics: Metrics, refusal_records: RefusalRecords
     ) -> None:
         super().__init__(guard, timeout=CONNECTION_DEADLINE)
         self._metrics = metrics
-        self._anonymous_records = anonymous_records
+        self._refusal_records = refusal_records
 
     def handshake_refused(self, address: str, refusal: CertificateRefused) -> None:
         """
         Count and record a connection that did not get past TLS.
         """
         self._metrics.handshake(refusal.reason.value)
-        if self._anonymous_records.allow():
+        if self._refusal_records.allow(refusal):
             audit(
                 "handshake_refused",
                 "refused admin handshake from {peer}: subject {subject}: {reason}",

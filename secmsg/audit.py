@@ -26,6 +26,8 @@ from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from secmsg.errors import CertificateRefused
+
 AUDIT_NAME = "audit.log"
 """The audit file's name in the data directory."""
 
@@ -136,6 +138,74 @@ class RecordBudget:
             count=left_out,
             window=self._window,
         )
+
+
+class RepeatBudget:
+    """
+    One record of a kind per party in each window of C{window} seconds;
+    that party's repeats within it are counted, and one record says how
+    many when the window ends.  For events that a party one can name
+    causes over and over (logins past an identity's rate, a revoked
+    certificate trying again): each party's first is always recorded,
+    whatever anyone else does, and none can flood the trail.
+    """
+
+    def __init__(self, clock: IReactorTime, event: str, window: float = 60.0) -> None:
+        self._clock = clock
+        self._event = event
+        self._window = window
+        self._repeats: dict[str, int] = {}
+        self._summary: IDelayedCall | None = None
+
+    def allow(self, party: str) -> bool:
+        """
+        Whether a record of this kind for C{party} may be written now.
+        """
+        if party in self._repeats:
+            self._repeats[party] += 1
+            return False
+        self._repeats[party] = 0
+        if self._summary is None:
+            self._summary = self._clock.callLater(self._window, self._summarize)
+        return True
+
+    def _summarize(self) -> None:
+        self._summary = None
+        repeats, self._repeats = self._repeats, {}
+        for party, count in repeats.items():
+            if count:
+                audit(
+                    "records_left_out",
+                    "{count} more {kind} events for {party} in the last {window} s "
+                    "were not recorded",
+                    LogLevel.warn,
+                    kind=self._event,
+                    party=party,
+                    count=count,
+                    window=self._window,
+                )
+
+
+@dataclass(frozen=True)
+class RefusalRecords:
+    """
+    What the audit trail takes of refused handshakes, which come in floods:
+    those of certificates our CAs issued (revoked, expired, refused by the
+    policy; see L{CertificateRefused.vouched}) by the certificate, each
+    one's first in a minute always recorded; the rest, which anyone who
+    can connect can cause, within one budget for all.
+    """
+
+    anonymous: RecordBudget
+    holders: RepeatBudget
+
+    def allow(self, refusal: CertificateRefused) -> bool:
+        """
+        Whether C{refusal} may be recorded now.
+        """
+        if refusal.vouched:
+            return self.holders.allow(f"{refusal.subject}: {refusal.reason.value}")
+        return self.anonymous.allow()
 
 
 @implementer(ILogObserver)

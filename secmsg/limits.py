@@ -10,6 +10,7 @@ C{429} for the rate) and carries on serving everyone else.
 from __future__ import annotations
 
 import ipaddress
+import math
 import resource
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ class Limits:
     @ivar max_handshakes: connections not yet logged in at once.
     @ivar max_handshakes_per_address: connections not yet logged in from
         one address at once.
+    @ivar logins_per_identity: logins a minute one identity may make, any
+        of them at once.
+    @ivar logins_per_address: logins a minute from one address, any of
+        them at once; more than one identity's, so that no one identity can
+        use up its address's.
     """
 
     handshake_timeout: float = 10.0
@@ -44,6 +50,8 @@ class Limits:
     max_per_address: int = 64
     max_handshakes: int = 1000
     max_handshakes_per_address: int = 32
+    logins_per_identity: int = 60
+    logins_per_address: int = 600
 
     @property
     def open_files(self) -> int:
@@ -136,6 +144,63 @@ class OldestMakesRoom(Generic[Connection]):
         del here[connection]
         if not here:
             del self._by_address[address]
+
+
+@dataclass(frozen=True)
+class LoginPastRate:
+    """
+    A login refused for coming too soon after others.
+
+    @ivar whose: the identity, or C{address <host>}, whose logins were too
+        many: what the audit trail counts refusals by.
+    @ivar text: the reply's text.
+    """
+
+    whose: str
+    text: str
+
+
+class LoginLimiter:
+    """
+    Token buckets of logins, per identity and per address: each login is a
+    handshake and two audit records, so one certificate logging in and out
+    in a loop could otherwise spend the daemon's time and rotate older
+    records out of the trail.
+    """
+
+    def __init__(self, clock: IReactorTime, limits: Limits) -> None:
+        self._by_identity = RateLimiter(clock)
+        self._by_address = RateLimiter(clock)
+        self._per_identity = _per_minute(limits.logins_per_identity)
+        self._per_address = _per_minute(limits.logins_per_address)
+
+    def take(self, identity: str, address: str) -> LoginPastRate | None:
+        """
+        Spend a login of C{identity}'s and one of C{address}'s.
+
+        @return: the refusal, if either has none left; or L{None}.
+        """
+        wait = self._by_identity.take(identity, self._per_identity)
+        if wait:
+            return _past_rate(identity, f"as {identity}", self._per_identity, wait)
+        wait = self._by_address.take(address, self._per_address)
+        if wait:
+            return _past_rate(
+                f"address {address}", f"from {address}", self._per_address, wait
+            )
+        return None
+
+
+def _per_minute(count: int) -> Rate:
+    return Rate(count / 60, count)
+
+
+def _past_rate(whose: str, where: str, rate: Rate, wait: float) -> LoginPastRate:
+    return LoginPastRate(
+        whose,
+        f"too many logins {where} (limit {rate.burst} a minute); "
+        f"retry in {math.ceil(wait)} s",
+    )
 
 
 def raise_open_file_limit(needed: int) -> str | None:

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
-from secmsg.audit import RecordBudget, audit
+from secmsg.audit import RecordBudget, RefusalRecords, RepeatBudget, audit
 from secmsg.auth import VerifiedCertificate
 from secmsg.commands import Commands
 from secmsg.errors import (
@@ -53,6 +53,8 @@ from secmsg.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
 from secmsg.limits import (
     RATE_EXEMPT,
     Limits,
+    LoginLimiter,
+    LoginPastRate,
     OldestMakesRoom,
     RateLimiter,
     address_group,
@@ -279,7 +281,7 @@ class SessionProtocol(Protocol):
         one.  Nothing can be said before TLS is up, so the peer learns
         nothing; the operator does, within the audit trail's budget.
         """
-        if self.factory.anonymous_records.allow():
+        if self.factory.refusal_records.anonymous.allow():
             audit(
                 "limit_reached",
                 "dropped {peer} before it logged in: {reason}",
@@ -351,6 +353,11 @@ class SessionProtocol(Protocol):
             return
         # A session is judged by every reload from now on.
         self._verdict = None
+        too_soon = self.factory.login_too_soon(avatar.identity, self.host)
+        if too_soon is not None:
+            logout()
+            self._refuse_login_for_rate(avatar.identity, too_soon)
+            return
         refusal = self.factory.session_admitted(self, avatar.identity)
         if refusal is not None:
             logout()
@@ -402,6 +409,24 @@ class SessionProtocol(Protocol):
         self._commands.logged_in(self)
         early, self._early = bytes(self._early), bytearray()
         self._receive(early)
+
+    def _refuse_login_for_rate(self, identity: str, refusal: LoginPastRate) -> None:
+        """
+        Refuse a login past its identity's or its address's rate, saying so
+        to the peer, and to the audit trail once a minute with a count.
+        """
+        self._metrics.handshake("login rate")
+        if self.factory.login_records.allow(refusal.whose):
+            audit(
+                "login_rate_limited",
+                "refused a login of {identity} from {peer}: {reason}",
+                LogLevel.warn,
+                identity=identity,
+                peer=self.address,
+                reason=refusal.text,
+            )
+        self.transport.write(wire.reply(429, refusal.text))
+        self._end()
 
     def _still_trusted(self, step: str) -> bool:
         """
@@ -481,16 +506,18 @@ class SessionProtocol(Protocol):
             log.failure("login failed", failure)
             reason = "internal error during login"
         self._metrics.handshake("login refused")
-        audit(
-            "login_refused",
-            "refused login from {peer}: subject {subject}: {reason}",
-            LogLevel.warn,
-            peer=self.address,
-            subject=describe_subject(self.certificate),
-            serial=f"{self.certificate.serial_number:x}",
-            fingerprint=fingerprint(self.certificate),
-            reason=reason,
-        )
+        whose = fingerprint(self.certificate)
+        if self.factory.refusal_records.holders.allow(f"{whose}: login refused"):
+            audit(
+                "login_refused",
+                "refused login from {peer}: subject {subject}: {reason}",
+                LogLevel.warn,
+                peer=self.address,
+                subject=describe_subject(self.certificate),
+                serial=f"{self.certificate.serial_number:x}",
+                fingerprint=whose,
+                reason=reason,
+            )
         self.close(f"login refused: {reason}")
 
     def dataReceived(self, data: bytes) -> None:
@@ -896,13 +923,13 @@ class SessionProtocol(Protocol):
         self._cancel_timers()
         if self.avatar is not None:
             self._leave_hub()
-        elif (
-            not self._handshake_done
-            and not self._dropped_at_connect
-            and self.factory.anonymous_records.allow()
-        ):
-            refusal = self._refusal or refusal_for_handshake_failure(reason)
-            self._metrics.handshake(refusal.reason.value)
+        elif not self._handshake_done and not self._dropped_at_connect:
+            self._record_refusal(self._refusal or refusal_for_handshake_failure(reason))
+        self.factory.session_ended(self)
+
+    def _record_refusal(self, refusal: CertificateRefused) -> None:
+        self._metrics.handshake(refusal.reason.value)
+        if self.factory.refusal_records.allow(refusal):
             audit(
                 "handshake_refused",
                 "refused handshake from {peer}: subject {subject}: {reason}",
@@ -910,7 +937,6 @@ class SessionProtocol(Protocol):
                 subject=refusal.subject or "(none)",
                 reason=refusal.describe(),
             )
-        self.factory.session_ended(self)
 
 
 class SessionFactory(Factory):
@@ -929,10 +955,14 @@ class SessionFactory(Factory):
 
     noisy = False
 
-    anonymous_records: RecordBudget
+    refusal_records: RefusalRecords
     """How many audit records connections that never logged in may cause:
-    refused handshakes and connections dropped at accept, on this port and
-    the admin interface's."""
+    refused handshakes and connections dropped to make room, on this port
+    and the admin interface's."""
+
+    login_records: RepeatBudget
+    """The records of logins refused for their rate, per identity or
+    address."""
 
     rate_limiter: RateLimiter
     """The identities' token buckets, which the admin interface draws on
@@ -954,7 +984,12 @@ class SessionFactory(Factory):
         self._metrics = metrics
         self._max_line_length = max_line_length
         self.rate_limiter = RateLimiter(clock)
-        self.anonymous_records = RecordBudget(clock, "handshake_refused")
+        self.refusal_records = RefusalRecords(
+            RecordBudget(clock, "handshake_refused"),
+            RepeatBudget(clock, "handshake_refused"),
+        )
+        self.login_records = RepeatBudget(clock, "login_rate_limited")
+        self._logins = LoginLimiter(clock, limits)
         self._sessions: set[SessionProtocol] = set()
         self._not_logged_in: OldestMakesRoom[SessionProtocol] = OldestMakesRoom(
             limits.max_handshakes_per_address, limits.max_handshakes
@@ -1005,6 +1040,14 @@ class SessionFactory(Factory):
                 "the oldest makes room"
             )
         displaced.displace(reason)
+
+    def login_too_soon(self, identity: str, host: str) -> LoginPastRate | None:
+        """
+        Spend a login of C{identity}'s and of C{host}'s, if they have one.
+
+        @return: why not, or L{None}.
+        """
+        return self._logins.take(identity, host)
 
     def session_admitted(self, protocol: SessionProtocol, identity: str) -> str | None:
         """

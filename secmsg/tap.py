@@ -155,6 +155,18 @@ class Options(usage.Options):
             "Connections not yet logged in from one address at once. [default: 32]",
         ],
         [
+            "logins-per-identity",
+            None,
+            None,
+            "Logins a minute one identity may make. [default: 60]",
+        ],
+        [
+            "logins-per-address",
+            None,
+            None,
+            "Logins a minute from one address. [default: 600]",
+        ],
+        [
             "stale-crl",
             None,
             None,
@@ -252,7 +264,7 @@ def build_daemon(
         sessions.rate_limiter,
         settings.max_line_length,
     )
-    site = AdminSite(CertificateGuard(portal), metrics, sessions.anonymous_records)
+    site = AdminSite(CertificateGuard(portal), metrics, sessions.refusal_records)
     return Daemon(
         TLSMemoryBIOFactory(tls, False, sessions, clock),
         sessions,
@@ -263,7 +275,7 @@ def build_daemon(
             TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
             clock,
             settings.limits,
-            sessions.anonymous_records,
+            sessions.refusal_records.anonymous,
         ),
         portal,
     )

@@ -25,13 +25,16 @@ from secmsg.audit import (
     GENESIS,
     AuditTrail,
     RecordBudget,
+    RepeatBudget,
     audit,
     line_hash,
     numbered_lines,
     open_trail,
     verify_chain,
 )
-from tests.harness import temporary_directory
+from secmsg.tls import TrustAnchors
+from tests.certs import CertificateAuthority
+from tests.harness import Instance, temporary_directory
 from tests.sessions import Network
 
 
@@ -341,3 +344,57 @@ class RecordBudgetTests(SynchronousTestCase):
             ("records_left_out", "handshake_refused", 3),
         )
         self.assertTrue(budget.allow())
+
+
+class RepeatBudgetTests(SynchronousTestCase):
+    def test_each_partys_first_is_recorded_and_its_repeats_counted(self) -> None:
+        """
+        Each party's first record in a window is let through whatever the
+        others do; its repeats are counted, and summed up per party when
+        the window ends.
+        """
+        buffer = record_events(self)
+        clock = Clock()
+        budget = RepeatBudget(clock, "login_rate_limited", window=60)
+        allowed = [budget.allow(party) for party in ["a", "a", "b", "a", "c"]]
+        self.assertEqual(allowed, [True, False, True, False, True])
+        clock.advance(60)
+        self.assertEqual(
+            [(r["party"], r["count"]) for r in records(buffer)], [("a", 2)]
+        )
+        self.assertTrue(budget.allow("a"))
+
+
+class HolderRefusalTests(SynchronousTestCase):
+    def test_a_revoked_certificate_is_recorded_past_the_anonymous_budget(self) -> None:
+        """
+        Once connections without a certificate have used up the budget for
+        anonymous records, the refusal of a certificate our CA issued and
+        revoked still gets its own record; its repeats in the same minute
+        are counted, not written.
+        """
+        buffer = record_events(self)
+        instance = Instance(self)
+        for _ in range(61):
+            instance.connect(None)
+        alice = instance.ca.issue("alice")
+        instance.ca.revoke(alice)
+        instance.write("crl.pem", instance.ca.crl_pem())
+        instance.daemon.reloader.reload()
+        for _ in range(3):
+            self.assertFalse(instance.connect(alice).greeted)
+        refused = [r for r in records(buffer) if r["event"] == "handshake_refused"]
+        self.assertEqual(len(refused), 61)
+        self.assertIn("alice", refused[-1]["subject"])
+        self.assertTrue(refused[-1]["reason"].startswith("revoked"))
+
+    def test_only_our_cas_vouch_for_a_certificate(self) -> None:
+        """
+        A certificate that merely names our CA as its issuer, signed by
+        another key, is not one our CA vouches for; one it issued is.
+        """
+        ours = CertificateAuthority()
+        impostor = CertificateAuthority(ours.name)
+        trust = TrustAnchors((ours.pair.certificate,), ())
+        self.assertTrue(trust.vouches_for(ours.issue("alice").certificate))
+        self.assertFalse(trust.vouches_for(impostor.issue("alice").certificate))

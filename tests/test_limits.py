@@ -186,6 +186,51 @@ class BadLineTests(SynchronousTestCase):
         self.assertEqual(network.connect("bob").send("PING")[-1], "200 PONG")
 
 
+class LoginRateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.buffer = record_events(self)
+        self.network = Network(
+            limits=Limits(logins_per_identity=3, logins_per_address=5)
+        )
+
+    def test_logins_past_an_identitys_rate_get_429_and_one_record(self) -> None:
+        """
+        An identity's logins past its rate are refused with 429 and when to
+        retry; the audit trail gets one record for the first refusal and a
+        count of the rest when the minute ends, and the rate refills.
+        """
+        for _ in range(3):
+            self.assertIn("you are alice", self.network.connect("alice").take()[0])
+        refused = [self.network.connect("alice") for _ in range(3)]
+        self.assertEqual(
+            refused[0].take(),
+            ["429 too many logins as alice (limit 3 a minute); retry in 20 s"],
+        )
+        self.assertTrue(all(session.closed for session in refused))
+        limited = [
+            r for r in records(self.buffer) if r["event"] == "login_rate_limited"
+        ]
+        self.assertEqual(len(limited), 1)
+        self.network.clock.advance(60)
+        (summary,) = [
+            r for r in records(self.buffer) if r["event"] == "records_left_out"
+        ]
+        self.assertEqual((summary["party"], summary["count"]), ("alice", 2))
+        self.assertIn("you are alice", self.network.connect("alice").take()[0])
+
+    def test_logins_past_an_addresss_rate_get_429(self) -> None:
+        """
+        Logins of several identities from one address share that address's
+        rate, which is more than any one identity's.
+        """
+        for name in ["alice", "bob", "carol", "dave", "erin"]:
+            self.assertIn(f"you are {name}", self.network.connect(name).take()[0])
+        self.assertEqual(
+            self.network.connect("frank").take(),
+            ["429 too many logins from 127.0.0.1 (limit 5 a minute); retry in 12 s"],
+        )
+
+
 class TimeoutTests(SynchronousTestCase):
     def test_blank_lines_do_not_keep_a_session_open(self) -> None:
         """
