@@ -40,7 +40,7 @@ from bench.servers import (
     SecmsgServer,
 )
 from bench.suite import Bench, Settings
-from secmsg.limits import raise_open_file_limit
+from secmsg.daemon.limits import raise_open_file_limit
 
 SCENARIOS = ("handshakes", "direct", "rooms", "idle", "durable", "flood")
 

@@ -40,7 +40,7 @@ from bench.clients import (
     payload,
 )
 from bench.servers import ROOM, Credentials, Server
-from secmsg.limits import raise_open_file_limit
+from secmsg.daemon.limits import raise_open_file_limit
 
 TICK = 0.002
 """Seconds between a paced sender's batches at a fixed offered load."""

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from secmsg import pki
-from secmsg.authority import open_authority
-from secmsg.instance import create_instance
+from secmsg.pki import certificates as pki
+from secmsg.pki.authority import open_authority
+from secmsg.pki.instance import create_instance
 
 BIN = Path(sys.executable).parent
 

@@ -32,9 +32,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from secmsg.daemon.store.sqlite import SQLiteStore
+from secmsg.daemon.store.worker import ThreadWorker
 from secmsg.messages import Draft, Kind
-from secmsg.store.sqlite import SQLiteStore
-from secmsg.store.worker import ThreadWorker
 
 BIN = Path(sys.executable).parent
 

@@ -5,7 +5,7 @@ Each error carries the structured detail that the place which reports it
 needs: a configuration error names its file, a refused certificate names its
 reason in the fixed words operators grep for, and a command error carries
 the reply code the protocol sends.  Turning them into log lines or protocol
-replies happens in one place each (L{secmsg.tap} and L{secmsg.protocol}).
+replies happens in one place each (L{secmsg.tap} and L{secmsg.daemon.protocol}).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class RefusalReason(enum.Enum):
     """
     Why a peer's certificate was refused, in the words the operator's log and
     the client both use.  OpenSSL's numeric verification errors are mapped
-    onto these by L{secmsg.tls}.
+    onto these by L{secmsg.daemon.tls}.
     """
 
     EXPIRED = "expired"

@@ -20,20 +20,19 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from secmsg.admin import AdminApi, AdminGate, AdminSite, CertificateGuard
-from secmsg.auth import CertificateChecker, PolicyRealm
 from secmsg.clock import clock_time
-from secmsg.commands import Commands
-from secmsg.delivery import Delivery
-from secmsg.errors import ConfigurationError
-from secmsg.hub import InProcessHub
-from secmsg.identity import IdentityRule
-from secmsg.interfaces import IMessageStore
-from secmsg.limits import raise_open_file_limit
-from secmsg.metrics import Metrics
-from secmsg.protocol import SessionFactory
-from secmsg.reload import ReloadableFiles, Reloader, load_live_configuration
-from secmsg.service import (
+from secmsg.daemon.admin import AdminApi, AdminGate, AdminSite, CertificateGuard
+from secmsg.daemon.auth import CertificateChecker, PolicyRealm
+from secmsg.daemon.commands import Commands
+from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.hub import InProcessHub
+from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.limits import raise_open_file_limit
+from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.protocol import SessionFactory
+from secmsg.daemon.reload import ReloadableFiles, Reloader, load_live_configuration
+from secmsg.daemon.service import (
     AdminService,
     AuditService,
     CRLFreshnessService,
@@ -41,11 +40,12 @@ from secmsg.service import (
     SecmsgService,
     StoreService,
 )
-from secmsg.settings import OPTIONS, Settings, load_settings, prepare_data_dir
-from secmsg.store.database import DATABASE_NAME, open_database
-from secmsg.store.sqlite import SQLiteStore
-from secmsg.store.worker import ThreadWorker
-from secmsg.tls import TLSFiles, VerifyingServerTLS
+from secmsg.daemon.settings import OPTIONS, Settings, load_settings, prepare_data_dir
+from secmsg.daemon.store.database import DATABASE_NAME, open_database
+from secmsg.daemon.store.sqlite import SQLiteStore
+from secmsg.daemon.store.worker import ThreadWorker
+from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
+from secmsg.errors import ConfigurationError
 
 log = Logger()
 

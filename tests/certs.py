@@ -1,6 +1,6 @@
 """
 A throwaway PKI for the tests, made with cryptography alone, independent
-of secmsg.pki so that a fault there cannot hide one here.
+of secmsg.pki.certificates so that a fault there cannot hide one here.
 
 Validity windows are placed days or years away from the current time, so
 that no test depends on how long it takes.

@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.client_tls import client_tls_options
-from secmsg.settings import Settings
-from secmsg.store.memory import MemoryStore
+from secmsg.client.tls import client_tls_options
+from secmsg.daemon.settings import Settings
+from secmsg.daemon.store.memory import MemoryStore
 from secmsg.tap import Daemon, build_daemon
 from tests.certs import CertificateAuthority, Pair, now
 

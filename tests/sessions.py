@@ -19,19 +19,19 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from secmsg.auth import CertificateChecker, PolicyRealm
-from secmsg.commands import Commands
-from secmsg.delivery import Delivery
-from secmsg.hub import InProcessHub
-from secmsg.identity import IdentityRule
-from secmsg.interfaces import IMessageStore
-from secmsg.limits import Limits
+from secmsg.daemon.auth import CertificateChecker, PolicyRealm
+from secmsg.daemon.commands import Commands
+from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.hub import InProcessHub
+from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.limits import Limits
+from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.policy import parse_policy
+from secmsg.daemon.protocol import SessionFactory, SessionProtocol
+from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.store.memory import MemoryStore
 from secmsg.messages import WaitingLimit
-from secmsg.metrics import Metrics
-from secmsg.policy import parse_policy
-from secmsg.protocol import SessionFactory, SessionProtocol
-from secmsg.reload import ReloadReport
-from secmsg.store.memory import MemoryStore
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY
 

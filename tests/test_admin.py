@@ -22,10 +22,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
-from secmsg.audit import RecordBudget
-from secmsg.client_tls import client_tls_options
-from secmsg.limits import Limits
+from secmsg.client.tls import client_tls_options
+from secmsg.daemon.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
+from secmsg.daemon.audit import RecordBudget
+from secmsg.daemon.limits import Limits
 from secmsg.messages import WaitingLimit
 from tests.certs import CertificateAuthority, Pair
 from tests.harness import POLICY, Instance

@@ -19,8 +19,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg import cli
-from secmsg.audit import (
+from secmsg.cli import main as cli
+from secmsg.daemon.audit import (
     AUDIT_NAME,
     GENESIS,
     AuditTrail,
@@ -32,7 +32,7 @@ from secmsg.audit import (
     open_trail,
     verify_chain,
 )
-from secmsg.tls import TrustAnchors
+from secmsg.daemon.tls import TrustAnchors
 from tests.certs import CertificateAuthority
 from tests.harness import Instance, temporary_directory
 from tests.sessions import Network

@@ -19,9 +19,10 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg import cli, pki
-from secmsg.authority import Request, create_authority, open_authority
+from secmsg.cli import main as cli
 from secmsg.errors import AuthorityError, ConfigurationError
+from secmsg.pki import certificates as pki
+from secmsg.pki.authority import Request, create_authority, open_authority
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -294,7 +295,7 @@ class AuthorityTests(SynchronousTestCase):
             open_authority(self.directory),
         ):
             pass
-        self.assertIn("not the key of the CA", str(caught.exception))
+        self.assertIn("key does not match the certificate", str(caught.exception))
 
     def test_default_validity_stops_at_the_cas_expiry(self) -> None:
         """

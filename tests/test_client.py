@@ -15,11 +15,16 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
-from secmsg.client import ClientProtocol, ExitStatus, SessionEnded, ending_for_push
-from secmsg.client_command import SendOptions, parse_address
-from secmsg.client_tls import client_tls_options, load_client_files
+from secmsg.client.connect import SendOptions, parse_address
+from secmsg.client.display import help_commands, show_push, show_reply
+from secmsg.client.protocol import (
+    ClientProtocol,
+    ExitStatus,
+    SessionEnded,
+    ending_for_push,
+)
+from secmsg.client.tls import client_tls_options, load_client_files
 from secmsg.clock import clock_time
-from secmsg.display import help_commands, show_push, show_reply
 from secmsg.errors import ConfigurationError
 from tests.certs import SERVER_AUTH, CertificateAuthority, Pair, self_signed
 from tests.harness import Instance, temporary_directory
@@ -354,11 +359,11 @@ class ClientFilesTests(SynchronousTestCase):
                 "alice.pem",
                 "bob.key",
                 "ca.pem",
-                "bob.key: not the key of the certificate",
+                "bob.key: key does not match the certificate",
             ),
-            ("alice.pem", "junk", "ca.pem", "junk: not an unencrypted PEM private key"),
-            ("junk", "alice.key", "ca.pem", "junk: not a PEM certificate"),
-            ("alice.pem", "alice.key", "junk", "junk: holds no PEM certificate"),
+            ("alice.pem", "junk", "ca.pem", "junk: no PEM private key in it"),
+            ("junk", "alice.key", "ca.pem", "junk: no PEM certificate in it"),
+            ("alice.pem", "alice.key", "junk", "junk: no PEM CA certificate in it"),
         ]:
             with self.assertRaises(ConfigurationError) as caught:
                 load_client_files(d / certificate, d / key, d / authority)

@@ -14,13 +14,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.clock import clock_time
-from secmsg.commands import HISTORY_BYTES
-from secmsg.delivery import PAGE_SIZE, Delivery
+from secmsg.daemon.commands import HISTORY_BYTES
+from secmsg.daemon.delivery import PAGE_SIZE, Delivery
+from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.protocol import PIPELINE_DEPTH, PIPELINE_RESUME
+from secmsg.daemon.store.memory import MemoryStore
 from secmsg.errors import MailboxFull, StoreError
 from secmsg.messages import Draft, Kind, Stored, WaitingLimit
-from secmsg.metrics import Metrics
-from secmsg.protocol import PIPELINE_DEPTH, PIPELINE_RESUME
-from secmsg.store.memory import MemoryStore
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 

@@ -12,7 +12,7 @@ from cryptography import x509
 from twisted.internet.ssl import TLSVersion
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.identity import IdentityField
+from secmsg.daemon.identity import IdentityField
 from secmsg.tap import build_daemon
 from tests.certs import SERVER_AUTH, CertificateAuthority, self_signed
 from tests.harness import Instance, capture_log

@@ -17,11 +17,11 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.auth import CertificateChecker, ICertificateCredential
-from secmsg.client_tls import client_tls_options
-from secmsg.identity import IdentityRule
-from secmsg.service import SecmsgService
-from secmsg.store.memory import MemoryStore
+from secmsg.client.tls import client_tls_options
+from secmsg.daemon.auth import CertificateChecker, ICertificateCredential
+from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.service import SecmsgService
+from secmsg.daemon.store.memory import MemoryStore
 from tests.certs import CertificateAuthority, Pair
 from tests.harness import Instance, LineClient, capture_log
 from tests.tls_records import CHANGE_CIPHER_SPEC, split_records

@@ -11,8 +11,13 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.daemon.identity import (
+    SUBJECT_SHOWN,
+    IdentityField,
+    IdentityRule,
+    describe_subject,
+)
 from secmsg.errors import CertificateRefused, RefusalReason
-from secmsg.identity import SUBJECT_SHOWN, IdentityField, IdentityRule, describe_subject
 from secmsg.wire import escape_controls
 from tests.certs import CertificateAuthority
 

@@ -14,9 +14,9 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import __version__
-from secmsg.limits import Limits, RateLimiter, address_group
-from secmsg.policy import Rate
-from secmsg.protocol import describe_address
+from secmsg.daemon.limits import Limits, address_group
+from secmsg.daemon.protocol import describe_address
+from secmsg.rate import Rate, RateLimiter
 from tests.harness import POLICY, Instance, LineClient, capture_log
 from tests.sessions import STAMP, Network, VerifiedTransport
 from tests.test_audit import record_events, records

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.metrics import Metrics
+from secmsg.daemon.metrics import Metrics
 
 
 class MetricsTests(SynchronousTestCase):

@@ -12,16 +12,15 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg import policy
-from secmsg.errors import PolicyError
-from secmsg.policy import (
-    DEFAULT_RATE,
+from secmsg.daemon import policy
+from secmsg.daemon.policy import (
     ROOMS_REMEMBERED,
     Policy,
-    Rate,
     load_policy,
     parse_policy,
 )
+from secmsg.errors import PolicyError
+from secmsg.rate import DEFAULT_RATE, Rate
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY, temporary_directory
 

@@ -13,11 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from secmsg import wire
-from secmsg.auth import ICertificateCredential
+from secmsg.daemon.auth import ICertificateCredential
+from secmsg.daemon.policy import ADMIN_ONLY_COMMANDS
+from secmsg.daemon.protocol import CLOSE_GRACE
+from secmsg.daemon.reload import ReloadReport
 from secmsg.errors import ConfigurationError
-from secmsg.policy import ADMIN_ONLY_COMMANDS
-from secmsg.protocol import CLOSE_GRACE
-from secmsg.reload import ReloadReport
 from tests.harness import capture_log
 from tests.sessions import STAMP, Network
 

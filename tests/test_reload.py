@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.service import CRLFreshnessService
+from secmsg.daemon.service import CRLFreshnessService
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY, Instance, capture_log
 

@@ -12,18 +12,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from secmsg import wire
-from secmsg.auth import CertificateChecker, PolicyRealm, SessionAvatar
-from secmsg.commands import Commands
-from secmsg.delivery import Delivery
-from secmsg.hub import InProcessHub
-from secmsg.identity import IdentityRule
-from secmsg.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.daemon.auth import CertificateChecker, PolicyRealm, SessionAvatar
+from secmsg.daemon.commands import Commands
+from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.hub import InProcessHub
+from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.policy import Grant, RoomRules
+from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.store.memory import MemoryStore
+from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS, load_server_tls
 from secmsg.messages import WaitingLimit
-from secmsg.metrics import Metrics
-from secmsg.policy import DEFAULT_RATE, Grant, RoomRules
-from secmsg.reload import ReloadReport
-from secmsg.store.memory import MemoryStore
-from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
+from secmsg.rate import DEFAULT_RATE
 from tests.certs import now
 from tests.harness import Instance
 from tests.sessions import Network

@@ -12,12 +12,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.clock import clock_time
+from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.service import (
+    PURGE_INTERVAL,
+    RetentionService,
+    SecmsgService,
+    StoreService,
+)
+from secmsg.daemon.store.database import DATABASE_NAME, open_database
+from secmsg.daemon.store.memory import MemoryStore
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Retention
-from secmsg.reload import ReloadReport
-from secmsg.service import PURGE_INTERVAL, RetentionService, SecmsgService, StoreService
-from secmsg.store.database import DATABASE_NAME, open_database
-from secmsg.store.memory import MemoryStore
 from secmsg.tap import assemble
 from tests.harness import Instance, capture_log
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.daemon.identity import IdentityField
+from secmsg.daemon.settings import OPTIONS, load_settings, prepare_data_dir
 from secmsg.errors import ConfigurationError
-from secmsg.identity import IdentityField
 from secmsg.messages import Retention, WaitingLimit
-from secmsg.settings import OPTIONS, load_settings, prepare_data_dir
 from tests.harness import temporary_directory
 
 CONFIG = """\

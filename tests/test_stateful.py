@@ -25,9 +25,9 @@ from hypothesis.stateful import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
-from secmsg.identity import IdentityRule
-from secmsg.reload import ReloadableFiles, Reloader
-from secmsg.tls import TLSFiles, VerifyingServerTLS, load_server_tls
+from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.reload import ReloadableFiles, Reloader
+from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS, load_server_tls
 from tests.certs import now
 from tests.harness import POLICY
 from tests.sessions import Network, Session

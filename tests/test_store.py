@@ -25,13 +25,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
+from secmsg.daemon.store.database import CURRENT_VERSION, open_database, schema
+from secmsg.daemon.store.memory import MemoryStore
+from secmsg.daemon.store.sqlite import SQLiteStore, known_identities
+from secmsg.daemon.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
 from secmsg.errors import ConfigurationError, NotFound, StoreError
-from secmsg.interfaces import IMessageStore, IStoreWorker
 from secmsg.messages import Draft, Kind, Retention
-from secmsg.store.database import CURRENT_VERSION, open_database, schema
-from secmsg.store.memory import MemoryStore
-from secmsg.store.sqlite import SQLiteStore, known_identities
-from secmsg.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.tls import (
+from secmsg.daemon.tls import (
     TLSFiles,
     TrustAnchors,
     _PeerVerifier,
@@ -109,7 +109,7 @@ _NO_TRUST = TrustAnchors((), ())
 
 class _AcceptingVerdict:
     """
-    Stands in for a L{secmsg.tls.TrustVerdict} whose trust has not changed:
+    Stands in for a L{secmsg.daemon.tls.TrustVerdict} whose trust has not changed:
     accepts every chain and keeps none.
     """
 

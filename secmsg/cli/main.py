@@ -1,0 +1,120 @@
+"""
+The C{secmsg} command: C{init} makes a development instance, C{pki} runs
+the operator's CA, C{connect} and C{send} talk to a daemon, C{audit}
+checks the daemon's audit trail.
+
+This is the client side's composition root, as L{secmsg.tap} is the
+daemon's: it reads the options and hands each piece what it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from twisted.python import usage
+
+from secmsg.cli import audit as audit_command
+from secmsg.cli import pki as pki_command
+from secmsg.cli.options import CommandOptions, complain, stop_writing
+from secmsg.client import connect as client_command
+from secmsg.client.protocol import ExitStatus
+from secmsg.errors import AuthorityError, ConfigurationError
+from secmsg.pki.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
+
+
+class InitOptions(CommandOptions):
+    """
+    secmsg init DIR
+    """
+
+    synopsis = "DIR"
+
+    def parseArgs(self, directory: str) -> None:
+        self["directory"] = Path(directory)
+
+
+class Options(CommandOptions):
+    """
+    secmsg COMMAND [options]
+    """
+
+    synopsis = "init|pki|connect|send|audit ..."
+    subCommands = [
+        ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
+        ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
+        ["connect", None, client_command.ConnectOptions, "Talk to a secmsg daemon."],
+        ["send", None, client_command.SendOptions, "Send one message and exit."],
+        ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("give a command")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the C{secmsg} command; return its exit status.
+    """
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as error:
+        complain(_innermost(options).getSynopsis())
+        complain(f"secmsg: {error} (--help lists the options)")
+        return ExitStatus.USAGE
+    if options.subCommand in ("connect", "send"):
+        return _talk(options.subCommand, options.subOptions)
+    now = datetime.now(UTC)
+    intact = True
+    try:
+        if options.subCommand == "init":
+            lines = _init(options.subOptions["directory"], now)
+        elif options.subCommand == "audit":
+            lines, intact = audit_command.run(options.subOptions)
+        else:
+            lines = pki_command.run(options.subOptions, now)
+    except (AuthorityError, ConfigurationError) as error:
+        complain(f"secmsg: {error}")
+        return ExitStatus.FAILED
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # The reader (head, say) stopped early; that is its choice, not an
+        # error.  Point stdout at nothing, so that exit does not complain.
+        stop_writing(sys.stdout)
+    return ExitStatus.OK if intact else ExitStatus.FAILED
+
+
+def _innermost(options: usage.Options) -> usage.Options:
+    """
+    The options of the deepest subcommand given, whose usage is the one
+    that helps after a mistake.
+    """
+    while getattr(options, "subOptions", None) is not None:
+        options = options.subOptions
+    return options
+
+
+def _init(directory: Path, now: datetime) -> list[str]:
+    config = create_instance(directory, now)
+    user = next(iter(DEVELOPMENT_USERS))
+    return [
+        f"made a development instance in {directory}",
+        f"  run it:   twistd -n secmsg --config {config}",
+        f"  log in:   secmsg connect {SERVER_NAME} --instance {directory} --as {user}",
+    ]
+
+
+def _talk(command: str, options: client_command.ConnectionOptions) -> int:
+    if command == "send":
+        return client_command.run_client(
+            options,
+            lambda reactor, session: client_command.run_send(reactor, session, options),
+        )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    return client_command.run_client(
+        options, client_command.connect_talk(sys.stdout, interactive)
+    )

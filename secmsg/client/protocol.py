@@ -1,0 +1,299 @@
+"""
+The client's side of the secmsg line protocol, for the terminal, the
+scripted mode and C{secmsg send} alike.
+
+L{ClientProtocol} waits for the greeting, matches each reply to the
+command it answers (replies come in order), hands pushes to whoever shows
+them, and, when the connection ends, says why in one L{SessionEnded}: our
+own QUIT, a KICKED or CLOSED from the server, a certificate the server
+refused, or a lost connection.  It never shows anything itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from secmsg import wire
+from secmsg.client.tls import describe_tls_failure
+from secmsg.errors import RefusalReason, SecmsgError
+
+GREETING_TIMEOUT = 30.0
+"""Seconds to wait for the greeting once connected; a server that says
+nothing for that long is not one we can talk to."""
+
+MAX_SERVER_LINE = 1024 * 1024
+"""The longest server line kept; a longer one is shown as a notice, so that
+no server can make the client hold unbounded memory."""
+
+MAX_REPLY_LINES = 100_000
+"""Lines one reply may hold; a server sending more is hostile or broken,
+and the client hangs up rather than hold them all."""
+
+UNCLAIMED_PUSHES = 1000
+"""Pushes kept for a listener that has not started yet; older ones go."""
+
+
+class ExitStatus(enum.IntEnum):
+    """
+    The exit statuses of C{secmsg connect} and C{secmsg send}, one per
+    thing a script may want to act on differently.
+    """
+
+    OK = 0
+    FAILED = 1
+    """An error reply, or the server ended the session (KICKED, CLOSED)."""
+    USAGE = 2
+    CONNECTION = 3
+    """No connection, or the server's certificate did not verify."""
+    CERTIFICATE_REFUSED = 4
+    """The server refused our certificate, or our identity at login."""
+    NOT_PERMITTED = 5
+    NO_SUCH_RECIPIENT = 6
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C, as shells number it."""
+
+
+class SessionEnded(SecmsgError):
+    """
+    Why a session is over, in words for the user, and the exit status that
+    says so to a script.
+    """
+
+    def __init__(self, status: ExitStatus, words: str) -> None:
+        super().__init__(words)
+        self.status = status
+        self.words = words
+
+
+@dataclass(frozen=True)
+class Greeting:
+    """
+    The server's greeting: who it says we are.
+    """
+
+    text: str
+    identity: str
+
+
+def ending_for_push(push: wire.PushLine) -> SessionEnded | None:
+    """
+    The ending a KICKED or CLOSED line announces, or L{None}.
+    """
+    if push.kind == "KICKED":
+        by, reason = push.fields
+        return SessionEnded(
+            ExitStatus.FAILED, f"kicked by {by}: {reason or 'no reason'}"
+        )
+    if push.kind == "CLOSED":
+        (reason,) = push.fields
+        refused = reason.startswith("login refused") or reason in _CERTIFICATE_CLOSINGS
+        status = ExitStatus.CERTIFICATE_REFUSED if refused else ExitStatus.FAILED
+        return SessionEnded(status, f"the server closed the session: {reason}")
+    return None
+
+
+_CERTIFICATE_CLOSINGS = frozenset(
+    [*(reason.value for reason in RefusalReason), "refused by the new policy"]
+)
+"""The CLOSED reasons that mean the server no longer accepts our certificate
+or identity: a RELOAD re-checked it and closed us."""
+
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+class ClientProtocol(Protocol):
+    """
+    One session with a secmsg daemon, over a TLS transport.
+
+    @ivar greeted: fires with the L{Greeting}, or fails with L{SessionEnded}.
+    @ivar ended: fires with the L{SessionEnded} that says why it is over.
+    @ivar on_line: called with every line the server sends, as decoded text
+        (unsafe to show until escaped).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, server_name: str, timeout: float = GREETING_TIMEOUT
+    ) -> None:
+        self.greeted: defer.Deferred[Greeting] = defer.Deferred()
+        self.ended: defer.Deferred[SessionEnded] = defer.Deferred()
+        self.on_line: Callable[[str], None] = lambda line: None
+        self._on_push: Callable[[wire.PushLine], None] | None = None
+        self._unclaimed: deque[wire.PushLine] = deque(maxlen=UNCLAIMED_PUSHES)
+        self._clock = clock
+        self._server_name = server_name
+        self._timeout = timeout
+        self._framer = wire.LineFramer(MAX_SERVER_LINE)
+        self._pending: deque[tuple[defer.Deferred[list[wire.ReplyLine]], list]] = (
+            deque()
+        )
+        self._announced: SessionEnded | None = None
+        self._ending_reason: SessionEnded | None = None
+        self._quit_answered = False
+        self._greeting_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._greeting_timer = self._clock.callLater(self._timeout, self._no_greeting)
+
+    def _no_greeting(self) -> None:
+        self._greeting_timer = None
+        self._announced = SessionEnded(
+            ExitStatus.CONNECTION,
+            f"no greeting from the server within {self._timeout:g} seconds",
+        )
+        self.transport.abortConnection()
+
+    def listen(self, on_push: Callable[[wire.PushLine], None]) -> None:
+        """
+        Hand every push after the greeting to C{on_push}, starting with any
+        that arrived before there was a listener: a message may follow the
+        greeting in the same read, before the terminal is ready to show it.
+        """
+        self._on_push = on_push
+        while self._unclaimed:
+            on_push(self._unclaimed.popleft())
+
+    def command(self, line: bytes) -> defer.Deferred[list[wire.ReplyLine]]:
+        """
+        Send one command line (without its line ending).
+
+        @return: fires with the lines of its reply, or fails with
+            L{SessionEnded} if the session ends first.
+        """
+        if self._ending_reason is not None:
+            return defer.fail(self._ending_reason)
+        answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
+        self._pending.append((answered, []))
+        self.transport.write(line + b"\n")
+        return answered
+
+    def keep_alive(self, interval: float) -> None:
+        """
+        Send C{PING} every C{interval} seconds until the session ends, so
+        that a session whose user only reads is not closed as idle.  The
+        replies are nobody's business.
+        """
+        pinging = task.LoopingCall(self._ping)
+        pinging.clock = self._clock
+        pinging.start(interval, now=False)
+
+        def stop(ending: SessionEnded) -> SessionEnded:
+            pinging.stop()
+            return ending
+
+        self.ended.addCallback(stop)
+
+    def _ping(self) -> None:
+        self.command(b"PING").addErrback(lambda failure: failure.trap(SessionEnded))
+
+    @property
+    def outstanding(self) -> int:
+        """
+        Commands sent and not yet answered.
+        """
+        return len(self._pending)
+
+    def close(self) -> None:
+        """
+        Leave without a word: the session ends as the user wanted it to.
+        """
+        self._announced = self._announced or SessionEnded(ExitStatus.OK, "bye")
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        for frame in self._framer.feed(data):
+            if frame is wire.OVERLONG:
+                text = f"(the server sent a line over {MAX_SERVER_LINE} bytes)"
+            else:
+                text = frame.decode("utf-8", "replace")
+            self.on_line(text)
+            self._line(wire.parse_server_line(text))
+
+    def _line(self, line: wire.ReplyLine | wire.PushLine) -> None:
+        if not self.greeted.called:
+            self._greeting(line)
+        elif isinstance(line, wire.ReplyLine):
+            self._reply(line)
+        else:
+            self._announced = ending_for_push(line) or self._announced
+            if self._on_push is None:
+                self._unclaimed.append(line)
+            else:
+                self._on_push(line)
+
+    def _greeting(self, line: wire.ReplyLine | wire.PushLine) -> None:
+        if self._greeting_timer is not None:
+            self._greeting_timer.cancel()
+            self._greeting_timer = None
+        _, _, identity = (
+            line.text.partition("you are ")
+            if isinstance(line, wire.ReplyLine) and line.code == 200
+            else ("", "", "")
+        )
+        if identity:
+            self.greeted.callback(Greeting(line.text, identity.split(" ")[0]))
+            return
+        ending = None
+        if isinstance(line, wire.PushLine):
+            ending = ending_for_push(line)
+        elif 400 <= line.code < 600:
+            # A limit reached at login (503 too many sessions for ...).
+            ending = SessionEnded(
+                ExitStatus.FAILED, f"the server refused the session: {line.text}"
+            )
+        self._announced = ending or SessionEnded(
+            ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
+        )
+        self.greeted.errback(self._announced)
+        self.transport.loseConnection()
+
+    def _reply(self, line: wire.ReplyLine) -> None:
+        if not self._pending:
+            return
+        answered, lines = self._pending[0]
+        lines.append(line)
+        if len(lines) > MAX_REPLY_LINES:
+            self._announced = SessionEnded(
+                ExitStatus.FAILED,
+                f"the server sent a reply of over {MAX_REPLY_LINES} lines",
+            )
+            self.transport.abortConnection()
+        elif line.final:
+            self._pending.popleft()
+            if line.code == 221:
+                self._quit_answered = True
+            answered.callback(lines)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        if self._greeting_timer is not None:
+            self._greeting_timer.cancel()
+        ending = self._ending_reason = self._ending(reason)
+        if not self.greeted.called:
+            self.greeted.errback(ending)
+        while self._pending:
+            self._pending.popleft()[0].errback(ending)
+        self.ended.callback(ending)
+
+    def _ending(self, reason: Failure) -> SessionEnded:
+        if self._announced is not None:
+            return self._announced
+        if self._quit_answered:
+            return SessionEnded(ExitStatus.OK, "bye")
+        if not self.greeted.called:
+            refused, words = describe_tls_failure(reason, self._server_name)
+            status = (
+                ExitStatus.CERTIFICATE_REFUSED if refused else ExitStatus.CONNECTION
+            )
+            return SessionEnded(status, words)
+        return SessionEnded(
+            ExitStatus.CONNECTION, f"lost the connection: {reason.getErrorMessage()}"
+        )

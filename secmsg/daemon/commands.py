@@ -1,0 +1,331 @@
+"""
+What each command does, once the avatar has allowed it.
+
+Handlers run on arguments that L{secmsg.wire.parse_arguments} has already
+checked, and return the formatted reply.  They refuse by raising a
+L{secmsg.errors.CommandError}, which the protocol turns into a reply; they
+never decide whether the caller may run them: the avatar did that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from cryptography import x509
+from twisted.internet import defer
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from secmsg import wire
+from secmsg.daemon.audit import audit
+from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.identity import describe_subject
+from secmsg.daemon.interfaces import IHub, IMessageStore, ISessionAvatar
+from secmsg.daemon.reload import ReloadReport
+from secmsg.errors import (
+    ConfigurationError,
+    NotFound,
+    NotPermitted,
+    NotStored,
+    ServerFault,
+    StoreError,
+)
+from secmsg.messages import Kind, Stored
+
+log = Logger()
+
+
+class Session(Protocol):
+    """
+    What a handler needs of the session that sent the command; it is also
+    the L{IPeer} the hub knows it by.
+    """
+
+    avatar: ISessionAvatar
+    certificate: x509.Certificate
+    address: str
+
+    def finish(self) -> None:
+        """
+        Close the session once the current reply has been sent.
+        """
+
+
+T = TypeVar("T")
+
+Reply = bytes | defer.Deferred[bytes]
+"""A command's reply, at once or once the store has answered."""
+
+Handler = Callable[..., Reply]
+
+HISTORY_DEFAULT = 20
+"""Messages HISTORY gives when not told how many."""
+
+
+HISTORY_BYTES = 64 * 1024
+"""The most message text a HISTORY reply holds; older messages past it are
+left out, so that even a client pipelining HISTORY without reading costs
+the daemon little memory before its backlog has it dropped."""
+
+
+def _history_listing(messages: list[Stored]) -> bytes:
+    """
+    A HISTORY reply: the newest messages that fit in L{HISTORY_BYTES},
+    oldest first, and whether older ones were left out.
+    """
+    lines: list[str] = []
+    size = 0
+    for message in reversed(messages):
+        line = " ".join(wire.message_fields(message))
+        size += len(line.encode("utf-8")) + 5
+        if size > HISTORY_BYTES:
+            break
+        lines.append(line)
+    lines.reverse()
+    summary = f"{len(lines)} message" + ("" if len(lines) == 1 else "s")
+    if len(lines) < len(messages):
+        summary += f" (older ones left out: over {HISTORY_BYTES // 1024} KiB)"
+    return wire.listing(211, lines, summary)
+
+
+class Commands:
+    """
+    The handlers of every verb, sharing one hub and one reload.
+    """
+
+    def __init__(
+        self,
+        hub: IHub,
+        store: IMessageStore,
+        delivery: Delivery,
+        reload: Callable[[bool], ReloadReport],
+        history_max: int,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._delivery = delivery
+        self._reload = reload
+        self._history_max = history_max
+        self._handlers: dict[str, Handler] = {
+            "HELP": self.help,
+            "WHOAMI": self.whoami,
+            "WHO": self.who,
+            "PING": self.ping,
+            "QUIT": self.quit,
+            "MSG": self.msg,
+            "JOIN": self.join,
+            "PART": self.part,
+            "SAY": self.say,
+            "ROOMS": self.rooms,
+            "KICK": self.kick,
+            "BROADCAST": self.broadcast,
+            "RELOAD": self.reload,
+            "ACK": self.ack,
+            "HISTORY": self.history,
+        }
+
+    def run(self, session: Session, verb: str, arguments: tuple[str, ...]) -> Reply:
+        """
+        Carry out an allowed, well-formed command.
+
+        @return: the reply, or a Deferred of it for a command that waits for
+            the store; a Deferred fails with the CommandError to reply with.
+        @raise secmsg.errors.CommandError: it could not be carried out.
+        """
+        return self._handlers[verb](session, *arguments)
+
+    def logged_in(self, session: Session) -> defer.Deferred[None]:
+        """
+        A session has been greeted: send it what waited for it.
+        """
+        return self._delivery.catch_up(session, session.avatar)
+
+    def help(self, session: Session) -> bytes:
+        allowed = session.avatar.commands
+        lines = [
+            f"{spec.usage:<26} {spec.summary}"
+            for verb, spec in wire.COMMANDS.items()
+            if verb in allowed
+        ]
+        return wire.listing(211, lines, f"{len(lines)} commands")
+
+    def whoami(self, session: Session) -> bytes:
+        avatar = session.avatar
+        certificate = session.certificate
+        lines = [
+            f"identity {avatar.identity}",
+            f"roles {','.join(avatar.roles)}",
+            f"commands {','.join(v for v in wire.COMMANDS if v in avatar.commands)}",
+            f"subject {describe_subject(certificate)}",
+            f"serial {certificate.serial_number:x}",
+            f"expires {certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+        ]
+        return wire.listing(211, lines, f"you are {avatar.identity}")
+
+    def who(self, session: Session, room: str | None = None) -> bytes:
+        identities = self._hub.online(room)
+        where = f"in {room}" if room else "online"
+        return wire.listing(211, identities, f"{len(identities)} {where}")
+
+    def ping(self, session: Session) -> bytes:
+        return wire.reply(200, "PONG")
+
+    def quit(self, session: Session) -> bytes:
+        session.finish()
+        return wire.reply(221, "bye")
+
+    def msg(self, session: Session, recipient: str, text: str) -> Reply:
+        if not self._delivery.is_known(recipient):
+            raise NotFound(f"no such identity {recipient}")
+        return self._accepted(
+            self._delivery.send(
+                Kind.DIRECT, session, session.avatar.identity, recipient, text
+            )
+        )
+
+    def join(self, session: Session, room: str) -> bytes:
+        session.avatar.authorize_room("JOIN", "join", room)
+        if self._hub.join(session, room):
+            return wire.reply(200, f"joined {room}")
+        return wire.reply(200, f"already in {room}")
+
+    def part(self, session: Session, room: str) -> bytes:
+        self._hub.part(session, room)
+        return wire.reply(200, f"left {room}")
+
+    def say(self, session: Session, room: str, text: str) -> Reply:
+        identity = session.avatar.identity
+        session.avatar.authorize_room("SAY", "say", room)
+        if not self._hub.in_room(session, room):
+            raise NotPermitted("SAY", identity, f"not a member of {room}")
+        return self._accepted(
+            self._delivery.send(Kind.ROOM, session, identity, room, text)
+        )
+
+    def rooms(self, session: Session) -> bytes:
+        rooms = self._hub.rooms()
+        lines = [f"{room} {count}" for room, count in rooms.items()]
+        return wire.listing(211, lines, f"{len(lines)} rooms")
+
+    def kick(self, session: Session, identity: str, reason: str = "") -> bytes:
+        count = kick_identity(
+            self._hub, session.avatar.identity, session.address, identity, reason
+        )
+        sessions = "1 session" if count == 1 else f"{count} sessions"
+        return wire.reply(200, f"kicked {identity} ({sessions})")
+
+    def broadcast(self, session: Session, text: str) -> Reply:
+        return self._accepted(
+            self._delivery.send(
+                Kind.BROADCAST, session, session.avatar.identity, "", text
+            )
+        )
+
+    def ack(self, session: Session, *words: str) -> Reply:
+        up_to = words[0] == "UPTO"
+        acknowledged = self._store.acknowledge(
+            session.avatar.identity, int(words[-1]), up_to
+        )
+        acknowledged.addCallback(lambda count: wire.reply(200, f"acknowledged {count}"))
+        return refuse_store_failure(acknowledged)
+
+    def history(self, session: Session, target: str, count: str = "") -> Reply:
+        identity = session.avatar.identity
+        limit = min(int(count or HISTORY_DEFAULT), self._history_max)
+        if target.startswith("#"):
+            session.avatar.authorize_room("HISTORY", "read", target)
+            if not self._hub.in_room(session, target):
+                raise NotPermitted("HISTORY", identity, f"not a member of {target}")
+            found = self._store.room_history(target, limit, HISTORY_BYTES)
+        else:
+            found = self._store.conversation(identity, target, limit, HISTORY_BYTES)
+        found.addCallback(_history_listing)
+        return refuse_store_failure(found)
+
+    def _accepted(self, sent: defer.Deferred[Stored]) -> defer.Deferred[bytes]:
+        sent.addCallback(lambda message: wire.reply(250, str(message.id)))
+        return refuse_store_failure(sent)
+
+    def reload(self, session: Session, mode: str = "") -> bytes:
+        dry = mode == "DRY"
+        report = reload_as(self._reload, session.avatar.identity, dry)
+        if dry:
+            return wire.listing(
+                211,
+                report.lines(),
+                f"a reload would change {len(report.changes)} of "
+                f"{report.checked} sessions; nothing changed",
+            )
+        return wire.reply(200, report.summary())
+
+
+def refuse_store_failure(result: defer.Deferred[T]) -> defer.Deferred[T]:
+    """
+    Turn a store that failed (a full disk, say) into a 503 for the client,
+    on the line and at the admin interface: it must never take a failure
+    for success.
+    """
+
+    def refused(failure: Failure) -> None:
+        failure.trap(StoreError)
+        log.error("message store failed: {error}", error=failure.getErrorMessage())
+        raise NotStored(f"not done, the message store failed: {failure.value}")
+
+    return result.addErrback(refused)
+
+
+def kick_identity(hub: IHub, by: str, peer: str, identity: str, reason: str) -> int:
+    """
+    Close every session of C{identity}, telling each who kicked it and
+    why, and record it; for KICK and the admin interface alike.
+
+    @param peer: where the kicker is connected from.
+    @return: how many sessions were closed.
+    @raise NotFound: the identity has no session.
+    """
+    count = hub.kick(identity, by, reason or "no reason given")
+    if not count:
+        raise NotFound(f"{identity} is not online")
+    audit(
+        "kick",
+        "{by} kicked {target} from {count} session(s)",
+        by=by,
+        peer=peer,
+        target=identity,
+        count=count,
+    )
+    return count
+
+
+def reload_as(
+    reload: Callable[[bool], ReloadReport], by: str, dry: bool
+) -> ReloadReport:
+    """
+    Reload (or with C{dry} only judge) on behalf of C{by}, and record it;
+    for RELOAD and the admin interface alike.
+
+    @raise ServerFault: a file is missing or invalid; nothing changed.
+    """
+    try:
+        report = reload(dry)
+    except ConfigurationError as error:
+        audit(
+            "reload",
+            "reload by {by} failed, configuration unchanged: {error}",
+            LogLevel.error,
+            by=by,
+            dry=dry,
+            outcome="failed",
+            error=str(error),
+        )
+        raise ServerFault(f"reload failed, configuration unchanged: {error}") from None
+    audit(
+        "reload",
+        "reload dry run by {by}: {summary}" if dry else "reload by {by}: {summary}",
+        by=by,
+        dry=dry,
+        outcome="ok",
+        summary=report.summary(),
+    )
+    return report

@@ -1,0 +1,220 @@
+"""
+What happens to a message between its sender and its recipients: stored
+first, pushed after, and kept until acknowledged.
+
+A message is committed to the store before anyone is told of it: only
+then does the sender get its 250 and the online recipients their push.
+Each recipient has a mailbox entry until it acknowledges the message, so
+that an identity that was offline, or whose session ended before it said
+ACK, gets it at its next login, ahead of anything newer.  What may wait
+unacknowledged for one identity is bounded: a message that would pass the
+bound for any of its recipients is refused to its sender, whole, before
+anything is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from secmsg import wire
+from secmsg.clock import clock_time
+from secmsg.daemon.interfaces import IHub, IMessageStore, IPeer, ISessionAvatar
+from secmsg.daemon.metrics import Metrics
+from secmsg.errors import MailboxFull
+from secmsg.messages import Draft, Kind, Stored, WaitingLimit, text_size
+
+log = Logger()
+
+PAGE_SIZE = 100
+"""Waiting messages read and sent at a time: a mailbox of any size costs a
+page of memory, and the next page waits until the peer has read this one."""
+
+
+class Delivery:
+    """
+    Sends accepted messages through the store and the hub, and catches a
+    session up at login.
+
+    @param listed: the identities the policy names, which are known even
+        before they first log in.
+    @param waiting_limit: how much may wait unacknowledged for one
+        identity before a message to it is refused.
+    """
+
+    def __init__(
+        self,
+        hub: IHub,
+        store: IMessageStore,
+        clock: IReactorTime,
+        listed: Callable[[], Collection[str]],
+        metrics: Metrics,
+        waiting_limit: WaitingLimit,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._clock = clock
+        self._listed = listed
+        self._metrics = metrics
+        self._waiting_limit = waiting_limit
+
+    def is_known(self, identity: str) -> bool:
+        """
+        Whether messages to C{identity} are kept while it is offline: it is
+        named by the policy, has logged in before, or is online now.
+        """
+        return (
+            identity in self._listed()
+            or self._store.knows(identity)
+            or self._hub.is_online(identity)
+        )
+
+    def send(
+        self,
+        kind: Kind,
+        sender: IPeer | None,
+        identity: str,
+        target: str,
+        text: str,
+    ) -> defer.Deferred[Stored]:
+        """
+        Store a message with an entry for each recipient, then push it.
+
+        @param sender: the sending session, which a room message skips;
+            L{None} for a message sent through the admin interface.
+        @return: fires with the stored message once it is committed, or
+            fails with L{MailboxFull}, nothing stored, if it would take
+            what waits for one of its recipients past the bound.
+        """
+        recipients = self._recipients(kind, identity, target)
+        ordered = sorted(recipients)
+        full = self._first_full(ordered, text_size(text))
+        if full is not None:
+            return defer.fail(full)
+        draft = Draft(kind, identity, target, text, clock_time(self._clock))
+        started = self._clock.seconds()
+        accepted = self._store.accept(draft, ordered)
+        accepted.addCallback(self._committed, started)
+        accepted.addCallback(self._push, sender, recipients)
+        return accepted
+
+    def _first_full(self, recipients: list[str], size: int) -> MailboxFull | None:
+        """
+        The refusal for the first of C{recipients} for whom a message of
+        C{size} bytes would pass the bound, or L{None}: one lookup in the
+        store's memory each.
+        """
+        limit = self._waiting_limit
+        waiting = self._store.waiting
+        for recipient in recipients:
+            count, held = waiting(recipient)
+            if count >= limit.messages:
+                return MailboxFull(recipient, "messages", count, limit.messages, size)
+            if held + size > limit.text_bytes:
+                return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
+        return None
+
+    def _committed(self, message: Stored, started: float) -> Stored:
+        self._metrics.store_latency(self._clock.seconds() - started)
+        return message
+
+    def _recipients(self, kind: Kind, identity: str, target: str) -> set[str]:
+        if kind is Kind.DIRECT:
+            return {target}
+        if kind is Kind.ROOM:
+            everyone = self._hub.room_identities(target)
+        else:
+            everyone = {
+                *self._listed(),
+                *self._store.identities(),
+                *self._hub.online(),
+            }
+        return everyone - {identity}
+
+    def _push(
+        self, message: Stored, sender: IPeer | None, recipients: set[str]
+    ) -> Stored:
+        exclude = sender if message.kind is Kind.ROOM else None
+        reached = self._hub.deliver(message, exclude) & recipients
+        self._metrics.message(1, len(reached), len(recipients - reached))
+        if reached:
+            self._note_delivered([(identity, message.id) for identity in reached])
+        return message
+
+    def catch_up(self, peer: IPeer, avatar: ISessionAvatar) -> defer.Deferred[None]:
+        """
+        Send a session that has just logged in what waits in its mailbox,
+        oldest first and before anything pushed meanwhile (the session holds
+        those back until released), a page at a time as the peer takes them;
+        note that the identity is known from now on.
+
+        The mailbox is the identity's, but room rights are the session's
+        (they follow its certificate and the policy in force): a message
+        of a room this session may not read stays in the mailbox, unsent.
+        """
+        identity = avatar.identity
+        self._store.remember(identity, clock_time(self._clock)).addErrback(
+            self._log_failure, "remember", identity
+        )
+        sending = defer.Deferred.fromCoroutine(self._send_pages(peer, avatar))
+        sending.addCallbacks(
+            lambda _: peer.release(),
+            self._mailbox_failed,
+            errbackArgs=(peer, identity),
+        )
+        return sending
+
+    async def _send_pages(self, peer: IPeer, avatar: ISessionAvatar) -> None:
+        identity = avatar.identity
+        after = sent = 0
+        while True:
+            page = await self._store.pending(identity, after, PAGE_SIZE)
+            if not page:
+                break
+            readable = [
+                p
+                for p in page
+                if p.message.kind is not Kind.ROOM or avatar.may_read(p.message.target)
+            ]
+            lines = [
+                (p.message.id, wire.message_push(p.message, p.redelivery))
+                for p in readable
+            ]
+            taken = await peer.send_waiting(lines)
+            if taken:
+                self._note_delivered([(identity, p.message.id) for p in readable])
+                sent += len(readable)
+            if not taken or len(page) < PAGE_SIZE:
+                break
+            after = page[-1].message.id
+        if sent:
+            log.info(
+                "delivered {count} waiting message(s) to {identity}",
+                count=sent,
+                identity=identity,
+            )
+
+    def _mailbox_failed(self, failure: Failure, peer: IPeer, identity: str) -> None:
+        """
+        Without what waited, newer messages would overtake older ones:
+        close the session, which can come back once the store works again.
+        """
+        self._log_failure(failure, "read the mailbox of", identity)
+        peer.close("message store failed; try again later")
+
+    def _note_delivered(self, deliveries: list[tuple[str, int]]) -> None:
+        self._store.delivered(deliveries).addErrback(
+            self._log_failure, "note deliveries to", f"{len(deliveries)} recipient(s)"
+        )
+
+    def _log_failure(self, failure: Failure, doing: str, whom: str) -> None:
+        log.error(
+            "message store: could not {doing} {whom}: {error}",
+            doing=doing,
+            whom=whom,
+            error=failure.getErrorMessage(),
+        )

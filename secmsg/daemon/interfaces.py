@@ -1,0 +1,321 @@
+"""
+The seams of secmsg.
+
+The protocol talks to the routing hub and the session avatar only through
+these interfaces, so that a multi-node hub or another avatar kind can be put
+in without touching it.  Each interface has a real provider and tests check
+it with C{verifyObject}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from secmsg.errors import CertificateRefused
+
+if TYPE_CHECKING:
+    from secmsg.daemon.tls import TrustVerdict
+
+
+class ISessionAvatar(Interface):
+    """
+    What an authenticated identity may do in one session: the result of a
+    twisted.cred login, and the one place where authorization is decided.
+    """
+
+    identity = Attribute("The identity (a name token) this session belongs to.")
+    roles = Attribute("The roles the policy assigns, as a tuple of names.")
+    commands = Attribute("The frozenset of command names the roles grant.")
+    grant = Attribute("The secmsg.daemon.policy.Grant in force: roles, commands, rate.")
+
+    def authorize(verb: str) -> None:
+        """
+        Allow C{verb} or refuse it.
+
+        @raise secmsg.errors.NotPermitted: naming the rule that denied.
+        """
+
+    def authorize_room(verb: str, action: str, room: str) -> None:
+        """
+        Allow C{action} (C{join}, C{read} or C{say}) in C{room}, asked on
+        behalf of the command C{verb}, or refuse it.
+
+        @raise secmsg.errors.NotPermitted: naming the room rule that denied.
+        """
+
+    def may_read(room: str) -> bool:
+        """
+        Whether this session may be sent the messages of C{room}.
+        """
+
+    def regrant(grant: Any) -> None:
+        """
+        Replace the grant after a policy reload, so that the new policy
+        applies to the live session at once.
+        """
+
+
+class IPeer(Interface):
+    """
+    One live session as the hub sees it: something to push lines to and to
+    close.  The protocol provides it and is the twisted.cred mind.
+    """
+
+    certificate_chain = Attribute(
+        "The peer's verified chain as cryptography certificates, leaf first."
+    )
+    address = Attribute("Where the peer connects from, as host:port.")
+
+    def push(line: bytes, message_id: int) -> None:
+        """
+        Send the formatted line that delivers a stored message.  A new
+        session holds such lines back until L{release}, since what waited
+        for it must come first; nothing is sent once the session is closing.
+        """
+
+    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred:
+        """
+        Send C{(id, line)} messages that waited for the session, now, while
+        newer ones are held back.
+
+        @return: fires with C{True} once the peer can take more, or C{False}
+            if the session has ended.
+        """
+
+    def release() -> None:
+        """
+        Send the messages held back that L{send_waiting} did not already
+        send, and push as usual from then on.
+        """
+
+    def close(reason: str) -> None:
+        """
+        Tell the peer C{CLOSED <reason>} and end the session.
+        """
+
+    def notice(text: str) -> None:
+        """
+        Tell the peer C{NOTICE <text>}: something about its session that
+        it did not ask for, such as a certificate about to expire.
+        """
+
+    def kick(by: str, reason: str) -> None:
+        """
+        Tell the peer C{KICKED <by> <reason>} and end the session.
+        """
+
+
+class IHub(Interface):
+    """
+    Routing: who is online, who is in which room, and delivery between them.
+
+    The in-process provider keeps all of it in memory; a later backplane may
+    spread it over several daemons behind the same methods.
+    """
+
+    def attach(avatar: ISessionAvatar, peer: IPeer) -> None:
+        """
+        Register a session that has just logged in.
+        """
+
+    def detach(peer: IPeer) -> None:
+        """
+        Forget a session that has ended, and its room memberships.
+        """
+
+    def sessions() -> list[tuple[ISessionAvatar, IPeer]]:
+        """
+        Every live session, for reload to re-check.
+        """
+
+    def online(room: str | None = None) -> list[str]:
+        """
+        The sorted identities online, or those in C{room}.
+
+        @raise secmsg.errors.NotFound: C{room} has no members.
+        """
+
+    def rooms() -> dict[str, int]:
+        """
+        Each room with members, and how many distinct identities are in it.
+        """
+
+    def join(peer: IPeer, room: str) -> bool:
+        """
+        Add a session to a room; return whether it was not already in.
+        """
+
+    def part(peer: IPeer, room: str) -> None:
+        """
+        Take a session out of a room.
+
+        @raise secmsg.errors.NotFound: it was not in the room.
+        """
+
+    def rooms_of(peer: IPeer) -> list[str]:
+        """
+        The rooms C{peer}'s session is in, sorted.
+        """
+
+    def in_room(peer: IPeer, room: str) -> bool:
+        """
+        Whether a session is in a room.
+        """
+
+    def room_identities(room: str) -> set[str]:
+        """
+        The identities with a session in C{room} that may read it: those a
+        room message is stored for.
+        """
+
+    def is_online(identity: str) -> bool:
+        """
+        Whether C{identity} has a session.
+        """
+
+    def deliver(message: Any, exclude: IPeer | None = None) -> set[str]:
+        """
+        Push a stored L{secmsg.messages.Stored} message to the sessions it
+        is for: the recipient's, the room's members' that may read it, or
+        every one, but C{exclude}.
+
+        @return: the identities whose sessions it was pushed to.
+        """
+
+    def kick(identity: str, by: str, reason: str) -> int:
+        """
+        Kick every session of C{identity}; return how many there were.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    Where accepted messages are kept until their recipients have them, and
+    for history.  Every method answers with a Deferred, since a durable
+    store works off the reactor's thread; a write fires only once it is
+    committed, and fails with L{secmsg.errors.StoreError} if it could not
+    be.  Two providers: SQLite in the data directory, and memory for tests.
+    """
+
+    def accept(draft: Any, recipients: Sequence[str]) -> Deferred:
+        """
+        Store a L{secmsg.messages.Draft} with a mailbox entry for each of
+        C{recipients}; fire with the L{secmsg.messages.Stored} message.
+        """
+
+    def pending(identity: str, after: int, limit: int) -> Deferred:
+        """
+        Fire with up to C{limit} L{secmsg.messages.Pending} messages of
+        C{identity}'s mailbox that it has not acknowledged and whose ids are
+        above C{after}, oldest first.
+        """
+
+    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred:
+        """
+        Note that each C{(identity, message id)} was pushed to a session of
+        that identity, so that a later delivery of it is marked as a repeat.
+        """
+
+    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred:
+        """
+        Mark one message of C{identity}'s mailbox, or with C{up_to} every
+        one up to and including it, as received; fire with how many were
+        not acknowledged before.
+
+        @raise secmsg.errors.NotFound: (as the Deferred's failure) the
+            message is not in C{identity}'s mailbox.
+        """
+
+    def room_history(room: str, limit: int, budget: int) -> Deferred:
+        """
+        Fire with the newest C{limit} messages said in C{room}, oldest
+        first; fewer if their texts pass C{budget} bytes (the one that
+        passes it is included, so that a caller can tell it was cut).
+        """
+
+    def conversation(identity: str, other: str, limit: int, budget: int) -> Deferred:
+        """
+        Fire with the newest C{limit} direct messages between two
+        identities, either way, oldest first, within C{budget} as
+        L{room_history} is.
+        """
+
+    def remember(identity: str, when: Any) -> Deferred:
+        """
+        Note that C{identity} logged in, so that messages to it are kept
+        while it is offline.
+        """
+
+    def knows(identity: str) -> bool:
+        """
+        Whether C{identity} has ever logged in; answered from memory.
+        """
+
+    def identities() -> frozenset[str]:
+        """
+        Every identity that has ever logged in; answered from memory.
+        """
+
+    def waiting(identity: str) -> tuple[int, int]:
+        """
+        How many messages wait in C{identity}'s mailbox unacknowledged, and
+        how many bytes (UTF-8) their texts hold; answered from memory, so
+        that every send can be held to L{secmsg.messages.WaitingLimit}.  A
+        message counts from the moment L{accept} is called (unless that
+        fails) until it is acknowledged or removed by retention.
+        """
+
+    def purge(now: Any, retention: Any) -> Deferred:
+        """
+        Remove what L{secmsg.messages.Retention} no longer keeps; fire with
+        how many messages went.
+        """
+
+    def close() -> Deferred:
+        """
+        Finish what was submitted and release the store.
+        """
+
+
+class IStoreWorker(Interface):
+    """
+    What runs the SQLite store's jobs: one thread that owns the connection
+    in the daemon, the caller's own thread in tests.
+    """
+
+    def submit(job: Any) -> Deferred:
+        """
+        Run C{job} (a function of the connection); fire with its result
+        once its transaction has committed, or fail with
+        L{secmsg.errors.StoreError}.
+        """
+
+    def stop() -> Deferred:
+        """
+        Finish every job submitted, refuse new ones, and close the
+        connection; fire once that is done.
+        """
+
+
+class IHandshakeObserver(Interface):
+    """
+    Told by the TLS layer why it refused a peer's certificate, so that the
+    refusal is logged once, with the peer address, when the connection ends;
+    or how to judge an accepted chain again, should the trust change before
+    the connection is a session.
+    """
+
+    def certificate_refused(refusal: CertificateRefused) -> None:
+        """
+        The verify callback refused the certificate, for this reason.
+        """
+
+    def certificate_accepted(verdict: TrustVerdict) -> None:
+        """
+        The verify callback accepted the chain; C{verdict} judges it again
+        by the trust in force when the handshake completes and at login.
+        """

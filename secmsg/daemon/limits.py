@@ -1,0 +1,223 @@
+"""
+The bounds a session lives within: how long its handshake and its silences
+may last, how many sessions one identity, one address and the daemon may
+hold, and how fast an identity may send commands.
+
+Past a bound the daemon answers in words (C{503} for a session limit,
+C{429} for the rate) and carries on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import resource
+from collections import Counter
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+
+from secmsg.rate import Rate, RateLimiter
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    The operator's bounds on sessions.
+
+    @ivar handshake_timeout: seconds from connecting to being logged in.
+    @ivar idle_timeout: seconds a session may send no line before it is
+        closed (PING keeps it open).
+    @ivar max_sessions: sessions the daemon holds at once.
+    @ivar max_per_identity: sessions one identity holds at once.
+    @ivar max_per_address: sessions from one address (an IPv6 /64 counts
+        as one address) at once.
+    @ivar max_handshakes: connections not yet logged in at once.
+    @ivar max_handshakes_per_address: connections not yet logged in from
+        one address at once.
+    @ivar logins_per_identity: logins a minute one identity may make, any
+        of them at once.
+    @ivar logins_per_address: logins a minute from one address, any of
+        them at once; more than one identity's, so that no one identity can
+        use up its address's.
+    """
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 900.0
+    max_sessions: int = 10000
+    max_per_identity: int = 16
+    max_per_address: int = 64
+    max_handshakes: int = 1000
+    max_handshakes_per_address: int = 32
+    logins_per_identity: int = 60
+    logins_per_address: int = 600
+
+    @property
+    def open_files(self) -> int:
+        """
+        File descriptors the daemon needs to hold its limits: every session,
+        every connection still in its handshake, as many on the admin
+        port, and a margin for its files.  (Connections past a limit are
+        refused, but held a moment.)
+        """
+        return self.max_sessions + 2 * self.max_handshakes + 64
+
+
+def address_group(host: str) -> str:
+    """
+    The address a per-address limit counts: the host itself, or its /64
+    for IPv6, the block one subscriber usually holds whole.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
+
+
+def count_down(counter: Counter[str], key: str) -> None:
+    """
+    Count one fewer of C{key}, forgetting it at zero, so that a counter of
+    connections by address or identity holds only what is live.
+    """
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+Connection = TypeVar("Connection")
+
+
+class OldestMakesRoom(Generic[Connection]):
+    """
+    Connections held within a bound per address and a bound in all, where
+    one past a bound displaces the oldest of its address (or, past the
+    bound in all, the oldest of all) instead of being refused.
+
+    For connections that have not logged in: one that holds a connection
+    open without logging in costs nothing to make, so refusing newcomers
+    past a bound would let anyone who can connect lock everyone out of an
+    address; a client with a certificate logs in within milliseconds of
+    connecting, so it is never the oldest for long, while connections held
+    open to fill the bound are displaced as soon as anyone else arrives.
+    """
+
+    def __init__(self, per_address: int, in_all: int) -> None:
+        self._per_address = per_address
+        self._in_all = in_all
+        self._all: dict[Connection, str] = {}
+        self._by_address: dict[str, dict[Connection, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def add(self, connection: Connection, address: str) -> Connection | None:
+        """
+        Hold C{connection}, from C{address} (as L{address_group} names it).
+
+        @return: the connection it displaces, no longer held, which the
+            caller drops; or L{None}.
+        """
+        self._all[connection] = address
+        here = self._by_address.setdefault(address, {})
+        here[connection] = None
+        if len(here) > self._per_address:
+            oldest = next(iter(here))
+        elif len(self._all) > self._in_all:
+            oldest = next(iter(self._all))
+        else:
+            return None
+        self.discard(oldest)
+        return oldest
+
+    def discard(self, connection: Connection) -> None:
+        """
+        Hold C{connection} no more, if it was held.
+        """
+        address = self._all.pop(connection, None)
+        if address is None:
+            return
+        here = self._by_address[address]
+        del here[connection]
+        if not here:
+            del self._by_address[address]
+
+
+@dataclass(frozen=True)
+class LoginPastRate:
+    """
+    A login refused for coming too soon after others.
+
+    @ivar whose: the identity, or C{address <host>}, whose logins were too
+        many: what the audit trail counts refusals by.
+    @ivar text: the reply's text.
+    """
+
+    whose: str
+    text: str
+
+
+class LoginLimiter:
+    """
+    Token buckets of logins, per identity and per address: each login is a
+    handshake and two audit records, so one certificate logging in and out
+    in a loop could otherwise spend the daemon's time and rotate older
+    records out of the trail.
+    """
+
+    def __init__(self, clock: IReactorTime, limits: Limits) -> None:
+        self._by_identity = RateLimiter(clock)
+        self._by_address = RateLimiter(clock)
+        self._per_identity = _per_minute(limits.logins_per_identity)
+        self._per_address = _per_minute(limits.logins_per_address)
+
+    def take(self, identity: str, address: str) -> LoginPastRate | None:
+        """
+        Spend a login of C{identity}'s and one of C{address}'s.
+
+        @return: the refusal, if either has none left; or L{None}.
+        """
+        wait = self._by_identity.take(identity, self._per_identity)
+        if wait:
+            return _past_rate(identity, f"as {identity}", self._per_identity, wait)
+        wait = self._by_address.take(address, self._per_address)
+        if wait:
+            return _past_rate(
+                f"address {address}", f"from {address}", self._per_address, wait
+            )
+        return None
+
+
+def _per_minute(count: int) -> Rate:
+    return Rate(count / 60, count)
+
+
+def _past_rate(whose: str, where: str, rate: Rate, wait: float) -> LoginPastRate:
+    return LoginPastRate(
+        whose,
+        f"too many logins {where} (limit {rate.burst} a minute); "
+        f"retry in {math.ceil(wait)} s",
+    )
+
+
+def raise_open_file_limit(needed: int) -> str | None:
+    """
+    Raise this process's limit of open files towards C{needed}, as far as
+    the hard limit allows.
+
+    @return: a warning if the limit stays below C{needed}, else L{None}.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return (
+            f"the limit of open files is {soft}, below the {needed} the session "
+            "limits may need; connections past it will fail to be accepted"
+        )
+    return None

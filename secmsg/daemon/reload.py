@@ -1,0 +1,296 @@
+"""
+The configuration that can change while the daemon runs, and its reload.
+
+A reload reads and checks every file first, and judges every live session
+by them; only when all of that has succeeded does it swap in the new TLS
+context and policy, so that a bad file changes nothing.  Then it applies
+its judgement: a session whose certificate no longer verifies (revoked, its
+CA dropped from the bundle, expired) or whose identity the new policy
+refuses is closed with the reason, one in a room the new room rules no
+longer let it join leaves it, and every other session's rights follow the
+new policy at once.  A dry run (RELOAD DRY) stops after the judgement and
+reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from secmsg.clock import clock_time
+from secmsg.daemon.audit import audit
+from secmsg.daemon.auth import PolicyRealm
+from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.daemon.policy import Grant, Policy, load_policy
+from secmsg.daemon.tls import (
+    ServerTLS,
+    TLSFiles,
+    VerifyingServerTLS,
+    load_server_tls,
+)
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class ReloadableFiles:
+    """
+    The files a reload reads again, and how strictly it reads the CRL.
+    """
+
+    tls: TLSFiles
+    policy: Path
+    refuse_on_stale_crl: bool = False
+
+
+@dataclass(frozen=True)
+class LiveConfiguration:
+    """
+    A policy and a server TLS context, loaded and checked together.
+    """
+
+    policy: Policy
+    tls: ServerTLS
+
+
+def load_live_configuration(files: ReloadableFiles, now: datetime) -> LiveConfiguration:
+    """
+    Load the policy and build a server TLS context.
+
+    @raise secmsg.errors.ConfigurationError: a file is missing or invalid.
+    """
+    return LiveConfiguration(
+        load_policy(files.policy),
+        load_server_tls(files.tls, now, files.refuse_on_stale_crl),
+    )
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """
+    What a reload does, or would do, to one live session.
+
+    @ivar closed: why the session is closed, or L{None} if it stays.
+    @ivar roles: the roles before and after, if they change.
+    @ivar gains: commands the new policy adds.
+    @ivar loses: commands the new policy takes away.
+    @ivar parts: rooms the session is taken out of, since the new policy
+        no longer lets it join them (a room rule, or JOIN taken away).
+    """
+
+    identity: str
+    address: str
+    closed: str | None = None
+    roles: tuple[str, str] | None = None
+    gains: frozenset[str] = frozenset()
+    loses: frozenset[str] = frozenset()
+    parts: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """
+        One line for RELOAD DRY's listing.
+        """
+        who = f"{self.identity} ({self.address})"
+        if self.closed is not None:
+            return f"close {who}: {self.closed}"
+        changes = []
+        if self.roles:
+            changes.append(f"roles {self.roles[0]} -> {self.roles[1]}")
+        if self.gains:
+            changes.append(f"gains {','.join(sorted(self.gains))}")
+        if self.loses:
+            changes.append(f"loses {','.join(sorted(self.loses))}")
+        if self.parts:
+            changes.append(f"leaves {','.join(self.parts)}")
+        return f"{who} {'; '.join(changes)}"
+
+
+@dataclass
+class ReloadReport:
+    """
+    What a reload did, or with C{dry} would do, to the live sessions.
+
+    @ivar checked: how many sessions were checked.
+    @ivar changes: every session the reload changes.
+    @ivar warnings: what the operator should fix although the reload
+        went through (a CRL past its next update).
+    """
+
+    dry: bool = False
+    checked: int = 0
+    changes: list[SessionChange] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def closed(self) -> list[tuple[str, str]]:
+        """
+        The identity and reason of each session closed.
+        """
+        return [
+            (change.identity, change.closed)
+            for change in self.changes
+            if change.closed is not None
+        ]
+
+    def summary(self) -> str:
+        """
+        One line for the RELOAD reply and the log.
+        """
+        closed = "".join(
+            f"; closed {identity} ({reason})" for identity, reason in self.closed
+        )
+        changed = sum(1 for change in self.changes if change.closed is None)
+        regranted = f"; rights changed in {_sessions(changed)}" if changed else ""
+        warnings = "".join(f"; warning: {warning}" for warning in self.warnings)
+        return (
+            f"reloaded policy, CA bundle and CRL; {_sessions(self.checked)} checked"
+            f"{closed}{regranted}{warnings}"
+        )
+
+    def lines(self) -> list[str]:
+        """
+        RELOAD DRY's listing: one line per session that would change, then
+        the warnings.
+        """
+        return [change.describe() for change in self.changes] + [
+            f"warning: {warning}" for warning in self.warnings
+        ]
+
+
+def _sessions(count: int) -> str:
+    return "1 session" if count == 1 else f"{count} sessions"
+
+
+class Reloader:
+    """
+    Re-reads the reloadable files and applies them to new handshakes, new
+    logins and live sessions.
+    """
+
+    def __init__(
+        self,
+        files: ReloadableFiles,
+        clock: IReactorTime,
+        tls: VerifyingServerTLS,
+        realm: PolicyRealm,
+        hub: IHub,
+    ) -> None:
+        self._files = files
+        self._clock = clock
+        self._tls = tls
+        self._realm = realm
+        self._hub = hub
+
+    def reload(self, dry: bool = False) -> ReloadReport:
+        """
+        Reload, or change nothing; with C{dry}, only say what a reload
+        would change.
+
+        @raise secmsg.errors.ConfigurationError: a file is missing or
+            invalid; the old configuration stays in force, whole.
+        """
+        now = clock_time(self._clock)
+        new = load_live_configuration(self._files, now)
+        report = ReloadReport(dry, warnings=new.tls.trust.stale_crls(now))
+        judged = [
+            (avatar, peer, *self._judge(new, avatar, peer, now))
+            for avatar, peer in self._hub.sessions()
+        ]
+        report.checked = len(judged)
+        report.changes = [change for _, _, change, _ in judged if change is not None]
+        if dry:
+            return report
+        # Every judgement is made before anything changes: from here on,
+        # nothing can fail half way.
+        self._tls.use(new.tls)
+        self._realm.policy = new.policy
+        for avatar, peer, change, grant in judged:
+            self._apply(avatar, peer, change, grant)
+        log.info("{summary}", summary=report.summary())
+        return report
+
+    def recheck(self) -> None:
+        """
+        Verify every live session's certificate again against the trust in
+        force, as of now, and close those it refuses: for a CRL that went
+        stale under C{stale-crl = "refuse"}.
+        """
+        now = clock_time(self._clock)
+        for avatar, peer in self._hub.sessions():
+            refusal = self._tls.trust.recheck(peer.certificate_chain, now)
+            if refusal is not None:
+                _close(avatar, peer, refusal.reason.value)
+
+    def _judge(
+        self,
+        new: LiveConfiguration,
+        avatar: ISessionAvatar,
+        peer: IPeer,
+        now: datetime,
+    ) -> tuple[SessionChange | None, Grant | None]:
+        """
+        How the new configuration would treat one live session.
+        """
+        refusal = new.tls.trust.recheck(peer.certificate_chain, now)
+        grant = new.policy.grant_for(avatar.identity, peer.certificate_chain[0])
+        if refusal is not None:
+            return SessionChange(
+                avatar.identity, peer.address, closed=refusal.reason.value
+            ), None
+        if grant is None:
+            return SessionChange(
+                avatar.identity, peer.address, closed="refused by the new policy"
+            ), None
+        parts = tuple(
+            room
+            for room in self._hub.rooms_of(peer)
+            if "JOIN" not in grant.commands
+            or grant.rooms.refusal("join", room, grant.lineage) is not None
+        )
+        old = avatar.grant
+        roles = (",".join(old.roles), ",".join(grant.roles))
+        change = SessionChange(
+            avatar.identity,
+            peer.address,
+            roles=roles if roles[0] != roles[1] else None,
+            gains=grant.commands - old.commands,
+            loses=old.commands - grant.commands,
+            parts=parts,
+        )
+        if change == SessionChange(avatar.identity, peer.address):
+            change = None
+        return change, grant
+
+    def _apply(
+        self,
+        avatar: ISessionAvatar,
+        peer: IPeer,
+        change: SessionChange | None,
+        grant: Grant | None,
+    ) -> None:
+        if grant is None:
+            _close(avatar, peer, change.closed)
+            return
+        avatar.regrant(grant)
+        for room in change.parts if change is not None else ():
+            self._hub.part(peer, room)
+            peer.notice(f"you have left {room}: the policy no longer lets you join it")
+
+
+def _close(avatar: ISessionAvatar, peer: IPeer, reason: str) -> None:
+    """
+    Close a session the configuration in force no longer admits, saying
+    why to it and to the audit trail.
+    """
+    audit(
+        "session_closed",
+        "closing {identity} from {peer}: {reason}",
+        identity=avatar.identity,
+        peer=peer.address,
+        reason=reason,
+    )
+    peer.close(reason)

@@ -1,0 +1,312 @@
+"""
+The daemon's service: listen, reload on SIGHUP, and close every session on
+the way out.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.python.failure import Failure
+
+from secmsg import __version__
+from secmsg.clock import clock_time
+from secmsg.daemon.audit import AuditTrail, audit, open_trail
+from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.protocol import SessionFactory, describe_address
+from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.store.sqlite import SQLiteStore
+from secmsg.daemon.tls import VerifyingServerTLS
+from secmsg.errors import ConfigurationError
+from secmsg.messages import Retention
+
+log = Logger()
+
+SHUTDOWN_GRACE = 5.0
+"""Seconds the sessions get to receive their CLOSED line at shutdown."""
+
+
+class SecmsgService(Service):
+    """
+    Listens on one endpoint with the TLS-wrapped session factory.
+
+    A port that cannot be bound stops the daemon before the reactor runs,
+    with one line (which twistd, logging by then, writes to its log) and
+    exit status 1, rather than leaving a daemon that serves nothing.
+
+    SIGHUP does what an admin's RELOAD does, so that an operator can apply
+    a fresh CRL (C{secmsg pki revoke alice && kill -HUP PID}) without a
+    certificate of their own.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory,
+        sessions: SessionFactory,
+        reactor: Any,
+        reload: Callable[[], ReloadReport],
+        store: IMessageStore,
+    ) -> None:
+        """
+        @param reactor: provides L{IReactorTime} and
+            L{twisted.internet.interfaces.IReactorFromThreads}.
+        """
+        self._endpoint = endpoint
+        self._factory = factory
+        self._sessions = sessions
+        self._reactor: IReactorTime = reactor
+        self._reload = reload
+        self._store = store
+        self._port: IListeningPort | None = None
+        self._previous_hangup: Any = None
+        self._listening_for_hangup = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._port = listen_or_exit(self._endpoint, self._factory)
+        log.info(
+            "secmsg {version} listening on {address}",
+            version=__version__,
+            address=describe_address(self._port.getHost()),
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
+        self._listening_for_hangup = True
+
+    def _hangup(self, signal_number: int, frame: FrameType | None) -> None:
+        # A signal handler may run between any two bytecodes of the reactor's
+        # own work, so the reload itself waits for the reactor's next turn.
+        self._reactor.callFromThread(self.reload_on_signal)
+
+    def reload_on_signal(self) -> None:
+        """
+        Reload as RELOAD does; a failure is logged and changes nothing.
+        """
+        try:
+            report = self._reload()
+        except ConfigurationError as error:
+            audit(
+                "reload",
+                "reload on SIGHUP failed, configuration unchanged: {error}",
+                LogLevel.error,
+                by="SIGHUP",
+                dry=False,
+                outcome="failed",
+                error=str(error),
+            )
+            return
+        audit(
+            "reload",
+            "reload on SIGHUP: {summary}",
+            by="SIGHUP",
+            dry=False,
+            outcome="ok",
+            summary=report.summary(),
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening, tell every session C{CLOSED server shutting down},
+        and wait a little for those lines to leave.
+        """
+        super().stopService()
+        if self._listening_for_hangup:
+            # A handler installed outside Python reads as None: restore the
+            # default then.
+            signal.signal(signal.SIGHUP, self._previous_hangup or signal.SIG_DFL)
+        stopped = defer.maybeDeferred(self._port.stopListening) if self._port else None
+        closed = self._sessions.close_all("server shutting down")
+        closed.addTimeout(SHUTDOWN_GRACE, self._reactor)
+        closed.addErrback(lambda failure: failure.trap(defer.TimeoutError))
+        # The store closes last: what the sessions sent before they closed
+        # is committed first.
+        closed.addCallback(lambda _: self._store.close())
+        waits = [closed] if stopped is None else [stopped, closed]
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListeningPort:
+    """
+    Listen at once, or stop the daemon with one line: TCP endpoints listen
+    synchronously, so the outcome is known before this returns.
+    """
+    outcome: list[IListeningPort | Failure] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome or isinstance(outcome[0], Failure):
+        problem = outcome[0].getErrorMessage() if outcome else "no answer"
+        raise SystemExit(f"secmsg: cannot start: cannot listen: {problem}")
+    return outcome[0]
+
+
+class AdminService(Service):
+    """
+    Serves the HTTPS admin interface on its own endpoint while the daemon
+    runs; a port that cannot be bound stops the daemon, as the main one
+    does.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._port = listen_or_exit(self._endpoint, self._factory)
+        log.info(
+            "admin interface listening on https://{address}/",
+            address=describe_address(self._port.getHost()),
+        )
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return defer.maybeDeferred(port.stopListening)
+
+
+class StoreService(Service):
+    """
+    Opens the message store when the daemon starts: after twistd has forked
+    into the background, so that the store's lock and thread belong to the
+    process that serves.  A store that cannot be opened stops the daemon
+    with one line, as a port that cannot be bound does.
+
+    @ivar store: the store it opens.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.store.open()
+        except ConfigurationError as error:
+            raise SystemExit(f"secmsg: cannot start: {error}") from None
+
+
+PURGE_INTERVAL = 3600.0
+"""Seconds between two purges of what retention no longer keeps."""
+
+
+class RetentionService(TimerService):
+    """
+    Purges the store at startup and every L{PURGE_INTERVAL} after.
+    """
+
+    def __init__(
+        self, store: IMessageStore, clock: IReactorTime, retention: Retention
+    ) -> None:
+        super().__init__(PURGE_INTERVAL, self.purge)
+        self.clock = clock
+        self._store = store
+        self._retention = retention
+
+    def purge(self) -> defer.Deferred[None]:
+        """
+        Remove what is past its age or count; log what went, or why not.
+        """
+        purged = self._store.purge(clock_time(self.clock), self._retention)
+        purged.addCallbacks(self._purged, self._purge_failed)
+        return purged
+
+    def _purged(self, count: int) -> None:
+        if count:
+            log.info(
+                "retention: removed {count} message(s) past their age or count",
+                count=count,
+            )
+
+    def _purge_failed(self, failure: Failure) -> None:
+        log.error("retention: purge failed: {error}", error=failure.getErrorMessage())
+
+
+class AuditService(Service):
+    """
+    Writes the audit trail to the data directory while the daemon runs.
+
+    The trail is opened after twistd has forked, as the store is, and
+    observes the log from before the port opens until after the last
+    session has closed.
+    """
+
+    def __init__(self, directory: Path, publisher: LogPublisher) -> None:
+        self._directory = directory
+        self._publisher = publisher
+        self._trail: AuditTrail | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._trail = open_trail(self._directory)
+        self._publisher.addObserver(self._trail)
+        if self._trail.repaired:
+            audit(
+                "trail_repaired",
+                "the audit trail's last record was cut short ({length} bytes), "
+                "as by a crash in mid-write; the trail goes on after it",
+                LogLevel.warn,
+                length=self._trail.repaired,
+            )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._trail is not None:
+            self._publisher.removeObserver(self._trail)
+            self._trail.close()
+            self._trail = None
+
+
+CRL_CHECK_INTERVAL = 3600.0
+"""Seconds between two checks that the CRLs are still fresh."""
+
+
+class CRLFreshnessService(TimerService):
+    """
+    Warns, at startup and every L{CRL_CHECK_INTERVAL}, of each CRL in
+    force that is past its next update, so that a forgotten CRL renewal is
+    seen in the log before a revocation is missed.  Under
+    C{stale-crl = "refuse"} it also closes the live sessions such a CRL
+    covers, as new handshakes are refused.
+    """
+
+    def __init__(
+        self,
+        tls: VerifyingServerTLS,
+        clock: IReactorTime,
+        recheck: Callable[[], None],
+    ) -> None:
+        super().__init__(CRL_CHECK_INTERVAL, self.check)
+        self.clock = clock
+        self._tls = tls
+        self._recheck = recheck
+
+    def check(self) -> None:
+        """
+        Log a warning for each stale CRL, and close what refuse mode
+        refuses.
+        """
+        trust = self._tls.trust
+        warnings = trust.stale_crls(clock_time(self.clock))
+        for warning in warnings:
+            log.warn("{problem}; renew it and reload", problem=warning)
+        if warnings and trust.refuse_on_stale_crl:
+            self._recheck()

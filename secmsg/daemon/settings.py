@@ -1,0 +1,318 @@
+"""
+The daemon's settings: command-line flags over a TOML file over defaults.
+
+Every option can be set in the file given with C{--config}; a flag given on
+the command line overrides it.  Paths in the file are relative to the file's
+own directory, so that an instance directory can be moved whole; paths on
+the command line are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from secmsg.daemon.identity import IdentityField
+from secmsg.daemon.limits import Limits
+from secmsg.errors import ConfigurationError
+from secmsg.files import read_toml
+from secmsg.messages import Retention, WaitingLimit
+from secmsg.wire import MAX_LINE_LENGTH
+
+OPTIONS = (
+    "port",
+    "interface",
+    "cert",
+    "key",
+    "ca",
+    "crl",
+    "policy",
+    "data-dir",
+    "identity",
+    "max-line-length",
+    "retention-days",
+    "room-max",
+    "mailbox-max",
+    "mailbox-max-waiting",
+    "mailbox-max-waiting-bytes",
+    "history-max",
+    "handshake-timeout",
+    "idle-timeout",
+    "max-sessions",
+    "max-sessions-per-identity",
+    "max-sessions-per-address",
+    "max-handshakes",
+    "max-handshakes-per-address",
+    "logins-per-identity",
+    "logins-per-address",
+    "stale-crl",
+    "admin-port",
+    "admin-interface",
+)
+"""Every setting, by the name it has both as a flag and in the file."""
+
+HISTORY_MAX = 200
+"""The most messages one HISTORY gives, unless the operator says."""
+
+_PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir"}
+_REQUIRED = ("cert", "key", "ca", "policy", "data-dir")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Everything the daemon was told, checked and with defaults filled in.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None
+    policy: Path
+    data_dir: Path
+    port: int = 7443
+    interface: str = "127.0.0.1"
+    identity: IdentityField = IdentityField.CN
+    max_line_length: int = MAX_LINE_LENGTH
+    retention: Retention = field(default_factory=Retention)
+    waiting_limit: WaitingLimit = field(default_factory=WaitingLimit)
+    history_max: int = HISTORY_MAX
+    limits: Limits = field(default_factory=Limits)
+    refuse_on_stale_crl: bool = False
+    admin_port: int | None = None
+    admin_interface: str = "127.0.0.1"
+
+
+def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
+    """
+    Merge the flags given (L{None} for one not given) over the config file.
+
+    @raise ConfigurationError: naming the file or flag at fault.
+    """
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if config is not None:
+        merged.update(_read_config(Path(config)))
+        origins.update(dict.fromkeys(merged, config))
+    for name, value in flags.items():
+        if value is not None:
+            merged[name] = Path(value) if name in _PATHS else value
+            origins[name] = f"--{name}"
+    for name in _REQUIRED:
+        if name not in merged:
+            raise ConfigurationError(
+                f"--{name}", f"not set; give --{name} or set {name} in the config file"
+            )
+    return Settings(
+        cert=merged["cert"],
+        key=merged["key"],
+        ca=merged["ca"],
+        crl=merged.get("crl"),
+        policy=merged["policy"],
+        data_dir=merged["data-dir"],
+        port=_integer(merged, origins, "port", 7443, 0, 65535),
+        interface=str(merged.get("interface", "127.0.0.1")),
+        identity=_identity_field(merged, origins),
+        max_line_length=_integer(
+            merged, origins, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
+        ),
+        retention=Retention(
+            max_age=timedelta(
+                days=_integer(merged, origins, "retention-days", 30, 1, 36500)
+            ),
+            room_max=_integer(merged, origins, "room-max", 1000, 1, 10**9),
+            mailbox_max=_integer(merged, origins, "mailbox-max", 1000, 1, 10**9),
+        ),
+        waiting_limit=_waiting_limit(merged, origins),
+        history_max=_integer(merged, origins, "history-max", HISTORY_MAX, 1, 10000),
+        limits=_limits(merged, origins),
+        refuse_on_stale_crl=_choice(
+            merged, origins, "stale-crl", STALE_CRL_CHOICES, "serve"
+        )
+        == "refuse",
+        admin_port=(
+            _integer(merged, origins, "admin-port", 0, 0, 65535)
+            if "admin-port" in merged
+            else None
+        ),
+        admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
+    )
+
+
+STALE_CRL_CHOICES = ("serve", "refuse")
+"""What to do while a CRL is past its next update: keep serving with a
+warning, or refuse the certificates it covers."""
+
+
+def _waiting_limit(
+    merged: Mapping[str, Any], origins: Mapping[str, str]
+) -> WaitingLimit:
+    default = WaitingLimit()
+    return WaitingLimit(
+        messages=_integer(
+            merged, origins, "mailbox-max-waiting", default.messages, 1, 10**9
+        ),
+        text_bytes=_integer(
+            merged,
+            origins,
+            "mailbox-max-waiting-bytes",
+            default.text_bytes,
+            1,
+            2**40,
+        ),
+    )
+
+
+def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
+    default = Limits()
+    return Limits(
+        handshake_timeout=_integer(
+            merged, origins, "handshake-timeout", int(default.handshake_timeout), 1, 300
+        ),
+        idle_timeout=_integer(
+            merged, origins, "idle-timeout", int(default.idle_timeout), 10, 604800
+        ),
+        max_sessions=_integer(
+            merged, origins, "max-sessions", default.max_sessions, 1, 10**6
+        ),
+        max_per_identity=_integer(
+            merged,
+            origins,
+            "max-sessions-per-identity",
+            default.max_per_identity,
+            1,
+            10**6,
+        ),
+        max_per_address=_integer(
+            merged,
+            origins,
+            "max-sessions-per-address",
+            default.max_per_address,
+            1,
+            10**6,
+        ),
+        max_handshakes=_integer(
+            merged, origins, "max-handshakes", default.max_handshakes, 1, 10**6
+        ),
+        max_handshakes_per_address=_integer(
+            merged,
+            origins,
+            "max-handshakes-per-address",
+            default.max_handshakes_per_address,
+            1,
+            10**6,
+        ),
+        logins_per_identity=_integer(
+            merged,
+            origins,
+            "logins-per-identity",
+            default.logins_per_identity,
+            1,
+            10**6,
+        ),
+        logins_per_address=_integer(
+            merged,
+            origins,
+            "logins-per-address",
+            default.logins_per_address,
+            1,
+            10**6,
+        ),
+    )
+
+
+def prepare_data_dir(path: Path) -> None:
+    """
+    Create the data directory (private to the daemon's user) if missing,
+    and check that the daemon can write in it.
+
+    @raise ConfigurationError: it cannot be created or written.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            str(path), f"cannot create: {error.strerror}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigurationError(str(path), "not writable by the daemon")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    data = read_toml(path)
+    unknown = sorted(set(data) - set(OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            str(path),
+            f"unknown setting {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+        )
+    settings: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _PATHS:
+            if not isinstance(value, str):
+                raise ConfigurationError(str(path), f"{name} must be a path string")
+            settings[name] = path.parent / value
+        else:
+            settings[name] = value
+    return settings
+
+
+def _origin(origins: Mapping[str, str], name: str) -> str:
+    """
+    Where a setting came from, as the operator wrote it: the flag, or the
+    key in the config file.
+    """
+    origin = origins.get(name, f"--{name}")
+    return origin if origin.startswith("--") else f"{origin}: {name}"
+
+
+def _integer(
+    merged: Mapping[str, Any],
+    origins: Mapping[str, str],
+    name: str,
+    default: int,
+    low: int,
+    high: int,
+) -> int:
+    value = merged.get(name, default)
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and origins[name].startswith("--"):
+        # A flag's text; the file's values are TOML numbers, and a string
+        # or a fraction there is a mistake worth saying.
+        number = int(value) if value.isascii() and value.isdigit() else None
+    if number is None or not low <= number <= high:
+        raise ConfigurationError(
+            _origin(origins, name),
+            f"{value!r} is not a whole number from {low} to {high}",
+        )
+    return number
+
+
+def _identity_field(
+    merged: Mapping[str, Any], origins: Mapping[str, str]
+) -> IdentityField:
+    choices = tuple(field.value for field in IdentityField)
+    return IdentityField(
+        _choice(merged, origins, "identity", choices, IdentityField.CN.value)
+    )
+
+
+def _choice(
+    merged: Mapping[str, Any],
+    origins: Mapping[str, str],
+    name: str,
+    choices: tuple[str, ...],
+    default: str,
+) -> str:
+    value = merged.get(name, default)
+    if value not in choices:
+        raise ConfigurationError(
+            _origin(origins, name), f"{value!r} is not one of {', '.join(choices)}"
+        )
+    return value

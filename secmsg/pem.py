@@ -1,0 +1,82 @@
+"""
+Reading certificates and private keys from PEM, for the daemon, the client
+and the CA tool alike: one loader, so that a wrong file gets the same words
+whichever program reads it, and is named before anything is tried with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+
+from secmsg.errors import ConfigurationError
+
+
+def certificates_in(
+    data: bytes, path: Path, what: str = "certificate"
+) -> list[x509.Certificate]:
+    """
+    Every certificate of the PEM bundle C{data}, read from C{path}.
+
+    @param what: what the file should hold, for the error.
+    @raise ConfigurationError: naming C{path}: it holds none, or one of
+        them does not parse.
+    """
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigurationError(str(path), f"no PEM {what} in it") from None
+
+
+def private_key_in(data: bytes, path: Path) -> PrivateKeyTypes:
+    """
+    The unencrypted PEM private key C{data}, read from C{path}.
+
+    @raise ConfigurationError: naming C{path}: the key is encrypted (secmsg
+        starts unattended, so it asks for no passphrase), or there is none.
+    """
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ConfigurationError(
+            str(path), "the key is encrypted; secmsg needs an unencrypted key"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigurationError(str(path), "no PEM private key in it") from None
+
+
+def check_key_pair(
+    key: PrivateKeyTypes,
+    key_path: Path,
+    certificate: x509.Certificate,
+    certificate_path: Path,
+) -> None:
+    """
+    @raise ConfigurationError: naming C{key_path}: C{key} is not the
+        private key of C{certificate}.
+    """
+    if not key_matches(key, certificate):
+        raise ConfigurationError(
+            str(key_path), f"key does not match the certificate in {certificate_path}"
+        )
+
+
+def key_matches(key: PrivateKeyTypes, certificate: x509.Certificate) -> bool:
+    """
+    Whether C{key} is the private key of C{certificate}.
+    """
+    return _der(key.public_key()) == _der(certificate.public_key())
+
+
+def _der(public_key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -1,0 +1,278 @@
+"""
+Certificates for secmsg, made with cryptography: CAs, server and client
+certificates, and CRLs, each a function of its arguments and the time
+given; and writing a file in one step.  Which files a CA keeps, and
+whether one may be replaced, is L{secmsg.pki.authority}'s business.
+
+Keys are ECDSA P-256 unless RSA is asked for; every signature is SHA-256.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secmsg.errors import ConfigurationError
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+CRL_DAYS = 30
+
+RSA_SIZES = (3072, 4096)
+"""RSA moduli we make; smaller ones fall short of 128-bit security."""
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+_BACKDATE = timedelta(minutes=5)
+"""How far before now a certificate starts, for peers whose clocks lag."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """
+    A certificate and its private key.
+    """
+
+    certificate: x509.Certificate
+    key: PrivateKey
+
+
+@dataclass(frozen=True)
+class Names:
+    """
+    The subject alternative names of a leaf certificate.
+
+    @ivar dns: DNS names of a server.
+    @ivar ips: IP addresses of a server, as text.
+    @ivar emails: e-mail addresses (RFC 822 names).
+    @ivar uris: URIs.
+    """
+
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+
+    def general_names(self) -> list[x509.GeneralName]:
+        return [
+            *(x509.DNSName(name) for name in self.dns),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in self.ips),
+            *(x509.RFC822Name(email) for email in self.emails),
+            *(x509.UniformResourceIdentifier(uri) for uri in self.uris),
+        ]
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """
+    One revoked certificate as a CRL lists it.
+    """
+
+    serial: int
+    date: datetime
+    reason: x509.ReasonFlags
+
+
+def new_private_key(rsa_bits: int | None = None) -> PrivateKey:
+    """
+    An ECDSA P-256 key, or an RSA key of C{rsa_bits}.
+    """
+    if rsa_bits is None:
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+
+
+def create_ca(
+    subject: x509.Name,
+    now: datetime,
+    days: int = CA_DAYS,
+    key: PrivateKey | None = None,
+) -> Issued:
+    """
+    A self-signed CA that may sign leaf certificates and CRLs, nothing more:
+    its path length of 0 forbids it to sign other CAs.
+    """
+    key = key or new_private_key()
+    certificate = (
+        _builder(subject, subject, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(certificate, key)
+
+
+def issue(
+    ca: Issued,
+    common_name: str,
+    now: datetime,
+    days: int = LEAF_DAYS,
+    *,
+    server: bool = False,
+    names: Names = Names(),
+    key: PrivateKey | None = None,
+    units: tuple[str, ...] = (),
+) -> Issued:
+    """
+    A leaf certificate signed by C{ca}: for a client (clientAuth) or, with
+    C{server}, for a server (serverAuth).
+
+    @param units: organisational units for the subject (OU), which policy
+        rules can grant roles by.
+    """
+    key = key or new_private_key()
+    subject = x509.Name(
+        [
+            *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, u) for u in units),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    builder = (
+        _builder(subject, ca.certificate.subject, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    general_names = names.general_names()
+    if general_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(general_names), critical=False
+        )
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def sign_crl(
+    ca: Issued,
+    now: datetime,
+    number: int,
+    revoked: Sequence[Revocation] = (),
+    days: int = CRL_DAYS,
+) -> x509.CertificateRevocationList:
+    """
+    A CRL of C{ca} listing C{revoked}, valid for C{days}.
+
+    @param number: the CRL number, which must grow with every CRL a CA
+        signs so that a relying party can tell the newer of two.
+    """
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    for revocation in revoked:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(revocation.serial)
+            .revocation_date(revocation.date)
+        )
+        if revocation.reason is not x509.ReasonFlags.unspecified:
+            entry = entry.add_extension(
+                x509.CRLReason(revocation.reason), critical=False
+            )
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def pem(*objects: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+    """
+    Certificates or CRLs as one PEM bundle.
+    """
+    return b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects)
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    """
+    A private key as unencrypted PKCS#8 PEM, for a file only its owner reads.
+    """
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def install_file(path: Path, data: bytes, *, private: bool) -> None:
+    """
+    Put C{data} at C{path} in one step, replacing what was there, so that a
+    reader (the daemon reading a CRL at a reload, say) sees the old file or
+    the new one, never half.  Whether a file may be replaced at all is the
+    caller's to decide.
+
+    A private file has mode 0600 from the moment it exists.
+
+    @raise ConfigurationError: it cannot be written.
+    """
+    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        staging.unlink(missing_ok=True)
+        descriptor = os.open(
+            staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644
+        )
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    except OSError as failure:
+        raise ConfigurationError(
+            str(path), f"cannot write: {failure.strerror}"
+        ) from None
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    now: datetime,
+    days: int,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
+        )
+    )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )

@@ -1,4 +1,0 @@
-"""
-The message store: a SQLite provider for the daemon and a memory provider
-for tests, both of L{secmsg.interfaces.IMessageStore}.
-"""
