@@ -32,7 +32,7 @@ from secmsg.daemon.audit import (
     open_trail,
     verify_chain,
 )
-from secmsg.daemon.tls import TrustAnchors
+from secmsg.daemon.trust import TrustAnchors
 from tests.certs import CertificateAuthority
 from tests.harness import Instance, temporary_directory
 from tests.sessions import Network

@@ -13,13 +13,8 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.daemon.tls import (
-    TLSFiles,
-    TrustAnchors,
-    _PeerVerifier,
-    load_server_tls,
-    share_issuers,
-)
+from secmsg.daemon.tls import TLSFiles, _PeerVerifier, load_server_tls
+from secmsg.daemon.trust import TrustAnchors, share_issuers
 from tests.certs import CertificateAuthority, now
 from tests.harness import Instance
 

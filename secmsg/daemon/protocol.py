@@ -49,7 +49,8 @@ from secmsg.daemon.limits import (
     count_down,
 )
 from secmsg.daemon.metrics import Metrics
-from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure, share_issuers
+from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
+from secmsg.daemon.trust import share_issuers
 from secmsg.errors import (
     CertificateRefused,
     CommandError,

@@ -1,6 +1,8 @@
 """
-TLS for the secmsg daemon: the server context, the client-certificate
-verify callback and CRLs.  The client's side is L{secmsg.client.tls}.
+TLS for the secmsg daemon: the server context and the client-certificate
+verify callback.  What a certificate is judged by (the CAs, the CRLs, the
+key usage) is L{secmsg.daemon.trust}; the client's side is
+L{secmsg.client.tls}.
 
 The server context is built here from PEM files with pyOpenSSL, never
 mutated once a connection has used it: a reload builds a new one and
@@ -12,26 +14,15 @@ OpenSSL's verdict and only ever adds refusals of its own.
 
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.bindings.openssl.binding import Binding
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from OpenSSL import SSL
 from OpenSSL.crypto import (
     X509,
-    X509Store,
-    X509StoreContext,
-    X509StoreContextError,
-    X509StoreFlags,
 )
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
@@ -45,10 +36,17 @@ from zope.interface import implementer
 from secmsg.clock import clock_time
 from secmsg.daemon.identity import describe_subject
 from secmsg.daemon.interfaces import IHandshakeObserver
+from secmsg.daemon.trust import (
+    HOLDER_REASONS,
+    LeafCheck,
+    TrustAnchors,
+    check_client_usage,
+    load_crls,
+    refusal_for_openssl_error,
+)
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
 from secmsg.files import read_bytes
 from secmsg.pem import certificates_in, check_key_pair, private_key_in
-from secmsg.wire import escape_controls
 
 log = Logger()
 
@@ -80,75 +78,6 @@ _RELEASE_BUFFERS = SSL.MODE_RELEASE_BUFFERS
 buffered, and take them again for the next record: most sessions are idle
 most of the time, and the buffers were half of what one cost the daemon."""
 
-# OpenSSL's verification error numbers differ between its versions (an
-# invalid CA is 24 in OpenSSL 3.0 and 79 in 4.0), so they are looked up by
-# name in the OpenSSL that pyOpenSSL is linked against.
-_OPENSSL = Binding.lib
-_OPENSSL_REASONS = {
-    getattr(_OPENSSL, f"X509_V_ERR_{name}"): reason
-    for name, reason in [
-        ("UNABLE_TO_GET_ISSUER_CERT", RefusalReason.UNKNOWN_CA),
-        ("UNABLE_TO_GET_ISSUER_CERT_LOCALLY", RefusalReason.UNKNOWN_CA),
-        ("UNABLE_TO_VERIFY_LEAF_SIGNATURE", RefusalReason.UNKNOWN_CA),
-        ("CERT_SIGNATURE_FAILURE", RefusalReason.UNKNOWN_CA),
-        ("DEPTH_ZERO_SELF_SIGNED_CERT", RefusalReason.UNKNOWN_CA),
-        ("SELF_SIGNED_CERT_IN_CHAIN", RefusalReason.UNKNOWN_CA),
-        ("INVALID_CA", RefusalReason.UNKNOWN_CA),
-        ("CERT_UNTRUSTED", RefusalReason.UNKNOWN_CA),
-        ("CERT_NOT_YET_VALID", RefusalReason.NOT_YET_VALID),
-        ("CERT_HAS_EXPIRED", RefusalReason.EXPIRED),
-        ("CERT_REVOKED", RefusalReason.REVOKED),
-        ("UNABLE_TO_GET_CRL", RefusalReason.REVOCATION_UNKNOWN),
-        ("CRL_NOT_YET_VALID", RefusalReason.REVOCATION_UNKNOWN),
-        ("CRL_HAS_EXPIRED", RefusalReason.REVOCATION_UNKNOWN),
-        ("INVALID_PURPOSE", RefusalReason.WRONG_KEY_USAGE),
-        ("CERT_REJECTED", RefusalReason.WRONG_KEY_USAGE),
-    ]
-}
-
-_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
-
-
-def refusal_for_openssl_error(
-    error_number: int, depth: int, subject: str, vouched: bool = False
-) -> CertificateRefused:
-    """
-    Turn OpenSSL's numeric verification error into our words.
-
-    @param vouched: whether the certificate was issued by a CA this server
-        trusts (see L{CertificateRefused}).
-    """
-    reason = _OPENSSL_REASONS.get(error_number, RefusalReason.REJECTED)
-    details = [_error_words(error_number)]
-    if depth:
-        details.append(f"CA certificate at depth {depth}")
-    return CertificateRefused(reason, subject, "; ".join(details), vouched)
-
-
-_HOLDER_REASONS = frozenset(
-    {
-        RefusalReason.EXPIRED,
-        RefusalReason.NOT_YET_VALID,
-        RefusalReason.REVOKED,
-        RefusalReason.REVOCATION_UNKNOWN,
-        RefusalReason.WRONG_KEY_USAGE,
-    }
-)
-"""OpenSSL's refusals that can concern a certificate our CAs issued, as
-opposed to one no CA of ours signed: worth checking who signed it."""
-
-
-def _error_words(error_number: int) -> str:
-    words = Binding.ffi.string(_OPENSSL.X509_verify_cert_error_string(error_number))
-    return words.decode("ascii", "replace")
-
-
-def describe_issuer(crl: x509.CertificateRevocationList) -> str:
-    """
-    A CRL's issuer as an RFC 4514 string, safe to log or send.
-    """
-    return escape_controls(crl.issuer.rfc4514_string())
-
 
 def refusal_for_handshake_failure(failure: Failure) -> CertificateRefused:
     """
@@ -163,56 +92,6 @@ def refusal_for_handshake_failure(failure: Failure) -> CertificateRefused:
     else:
         detail = f"connection closed before the handshake completed ({failure.value})"
     return CertificateRefused(RefusalReason.HANDSHAKE_FAILED, detail=detail)
-
-
-def _check_client_usage(certificate: x509.Certificate) -> None:
-    """
-    Refuse a leaf certificate whose extended key usage does not name
-    clientAuth (OpenSSL refuses a list that lacks it, but accepts a
-    certificate with no extended key usage at all; we do not), or that is
-    itself a CA.
-    """
-    try:
-        usages = certificate.extensions.get_extension_for_oid(
-            ExtensionOID.EXTENDED_KEY_USAGE
-        ).value
-    except x509.ExtensionNotFound:
-        raise CertificateRefused(
-            RefusalReason.WRONG_KEY_USAGE,
-            describe_subject(certificate),
-            "no extended key usage; clientAuth is required",
-        ) from None
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        raise CertificateRefused(
-            RefusalReason.WRONG_KEY_USAGE,
-            describe_subject(certificate),
-            "extended key usage lacks clientAuth",
-        )
-    if _may_sign_certificates(certificate):
-        # A client certificate that is also a CA could mint certificates
-        # for any identity wherever its issuer's path length allows it.
-        raise CertificateRefused(
-            RefusalReason.WRONG_KEY_USAGE,
-            describe_subject(certificate),
-            "a CA certificate is not a client certificate",
-        )
-
-
-def _may_sign_certificates(certificate: x509.Certificate) -> bool:
-    extensions = certificate.extensions
-    try:
-        if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return True
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        return extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return False
-
-
-LeafCheck = Callable[[x509.Certificate], object]
-"""Called on a leaf certificate that chains; raises L{CertificateRefused}."""
 
 
 class TrustVerdict:
@@ -329,7 +208,7 @@ class _PeerVerifier:
             refusal = refusal_for_openssl_error(
                 error_number, depth, describe_subject(crypto_certificate)
             )
-            if refusal.reason in _HOLDER_REASONS:
+            if refusal.reason in HOLDER_REASONS:
                 refusal.vouched = self._trust.vouches_for(crypto_certificate)
             return refusal
         self._chain[depth] = crypto_certificate
@@ -339,34 +218,12 @@ class _PeerVerifier:
         chain = [self._chain[d] for d in sorted(self._chain)]
         self._chain.clear()
         try:
-            _check_client_usage(crypto_certificate)
+            check_client_usage(crypto_certificate)
             self._leaf_check(crypto_certificate)
         except CertificateRefused as refusal:
             refusal.vouched = True
             return refusal
         return self._verdict.again(chain)
-
-
-def share_issuers(chain: list[x509.Certificate]) -> list[x509.Certificate]:
-    """
-    A verified chain (leaf first) whose certificates above the leaf are
-    copies shared by every chain that holds them: each session keeps its
-    chain for the rechecks at a reload, and otherwise kept its own parsed
-    copy of the same few CAs.
-    """
-    return [chain[0], *(_shared_copy(certificate) for certificate in chain[1:])]
-
-
-def _shared_copy(certificate: x509.Certificate) -> x509.Certificate:
-    return _parsed_once(certificate.public_bytes(serialization.Encoding.DER))
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed_once(der: bytes) -> x509.Certificate:
-    # Only CAs of verified chains come here: a bound well above the CAs
-    # and intermediates one daemon trusts, which still caps a pathological
-    # PKI.
-    return x509.load_der_x509_certificate(der)
 
 
 @dataclass(frozen=True)
@@ -384,143 +241,6 @@ class TLSFiles:
     key: Path
     ca: Path
     crl: Path | None
-
-
-@dataclass(frozen=True)
-class TrustAnchors:
-    """
-    The CAs and CRLs a server context trusts, kept apart from the context so
-    that a live session's certificate can be checked again after a reload.
-    """
-
-    cas: tuple[x509.Certificate, ...]
-    crls: tuple[x509.CertificateRevocationList, ...]
-    refuse_on_stale_crl: bool = False
-
-    @property
-    def tolerated(self) -> frozenset[int]:
-        """
-        The OpenSSL verification errors that do not refuse a certificate.
-        """
-        if self.refuse_on_stale_crl:
-            return frozenset()
-        return frozenset({_OPENSSL.X509_V_ERR_CRL_HAS_EXPIRED})
-
-    def stale_crls(self, now: datetime) -> list[str]:
-        """
-        A warning for each CRL past its next update as of C{now}.
-        """
-        outcome = (
-            "refusing the certificates it covers"
-            if self.refuse_on_stale_crl
-            else "still serving; revocations since then are unknown"
-        )
-        return [
-            f"the CRL of {describe_issuer(crl)} is past its next update "
-            f"({crl.next_update_utc:%Y-%m-%d %H:%M}Z); {outcome}"
-            for crl in self.crls
-            if crl.next_update_utc is not None and crl.next_update_utc < now
-        ]
-
-    def recheck(
-        self, chain: list[x509.Certificate], now: datetime
-    ) -> CertificateRefused | None:
-        """
-        Verify a chain (leaf first) again, as of C{now}: the refusal, or
-        L{None}.
-        """
-        refusal = self._verify(chain, now, with_crls=True)
-        if refusal is None or not self._stale_only(refusal):
-            return refusal
-        # OpenSSL's verification without a callback stops at the stale CRL;
-        # verify without CRLs, then check revocation as OpenSSL would, but
-        # for the staleness.
-        return self._verify(chain, now, with_crls=False) or self._revocation(chain, now)
-
-    def vouches_for(self, certificate: x509.Certificate) -> bool:
-        """
-        Whether a CA of these signed C{certificate}: a certificate refused
-        for its dates or its revocation may be one we issued (and its
-        refusal then a fact about its holder) or one that merely names our
-        CA as its issuer, which OpenSSL refuses the same way before it
-        checks any signature.
-        """
-        for ca in self.cas:
-            if ca.subject != certificate.issuer:
-                continue
-            try:
-                certificate.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-                continue
-            return True
-        return False
-
-    def _stale_only(self, refusal: CertificateRefused) -> bool:
-        return bool(self.tolerated) and refusal.detail.startswith(
-            _error_words(_OPENSSL.X509_V_ERR_CRL_HAS_EXPIRED)
-        )
-
-    def _verify(
-        self, chain: list[x509.Certificate], now: datetime, with_crls: bool
-    ) -> CertificateRefused | None:
-        store = X509Store()
-        store.set_time(now)
-        self.fill(store, with_crls)
-        # A verified chain ends with the anchor it was verified against; only
-        # what lies between it and the leaf may help build the new chain.
-        leaf, intermediates = chain[0], chain[1:-1]
-        try:
-            X509StoreContext(
-                store,
-                X509.from_cryptography(leaf),
-                [X509.from_cryptography(cert) for cert in intermediates],
-            ).verify_certificate()
-        except X509StoreContextError as error:
-            code, depth = error.errors[0], error.errors[1]
-            return refusal_for_openssl_error(code, depth, describe_subject(chain[0]))
-        return None
-
-    def _revocation(
-        self, chain: list[x509.Certificate], now: datetime
-    ) -> CertificateRefused | None:
-        """
-        Check every certificate of the chain below its anchor against the
-        CRLs (each was checked against its CA's signature when it was
-        loaded), as CRL_CHECK_ALL does, except that a CRL past its next
-        update still counts: one is needed from each issuer, it must have
-        begun, and it must not list the certificate.
-        """
-        subject = describe_subject(chain[0])
-        for depth, certificate in enumerate(chain[:-1]):
-            crls = [crl for crl in self.crls if crl.issuer == certificate.issuer]
-            if not crls:
-                error = _OPENSSL.X509_V_ERR_UNABLE_TO_GET_CRL
-            elif any(crl.last_update_utc > now for crl in crls):
-                error = _OPENSSL.X509_V_ERR_CRL_NOT_YET_VALID
-            elif any(
-                crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
-                for crl in crls
-            ):
-                error = _OPENSSL.X509_V_ERR_CERT_REVOKED
-            else:
-                continue
-            return refusal_for_openssl_error(error, depth, subject)
-        return None
-
-    def fill(self, store: X509Store, with_crls: bool = True) -> None:
-        """
-        Add these CAs and CRLs to C{store} and switch CRL checking on.
-        """
-        for ca in self.cas:
-            store.add_cert(X509.from_cryptography(ca))
-        if not with_crls:
-            return
-        for crl in self.crls:
-            store.add_crl(crl)
-        if self.crls:
-            # Every certificate of the chain, intermediate CAs included, is
-            # checked; so every CA below the root needs a CRL from its issuer.
-            store.set_flags(X509StoreFlags.CRL_CHECK | X509StoreFlags.CRL_CHECK_ALL)
 
 
 @dataclass(frozen=True)
@@ -554,7 +274,7 @@ def load_server_tls(
             f"server certificate expired on {chain[0].not_valid_after_utc:%Y-%m-%d}",
         )
     cas = certificates_in(read_bytes(files.ca), files.ca, "CA certificate")
-    crls = _load_crls(files.crl, cas) if files.crl is not None else ()
+    crls = load_crls(files.crl, cas) if files.crl is not None else ()
     trust = TrustAnchors(tuple(cas), tuple(crls), refuse_on_stale_crl)
     return ServerTLS(_server_context(chain, key, trust), trust)
 
@@ -665,26 +385,3 @@ class _OptionalCertificate:
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:
         return self._verifying.connection(tlsProtocol, SSL.VERIFY_PEER)
-
-
-def _load_crls(
-    path: Path, cas: list[x509.Certificate]
-) -> list[x509.CertificateRevocationList]:
-    blocks = _PEM_CRL.findall(read_bytes(path))
-    if not blocks:
-        raise ConfigurationError(str(path), "no PEM CRL in it")
-    crls = []
-    for block in blocks:
-        try:
-            crl = x509.load_pem_x509_crl(block)
-        except ValueError:
-            raise ConfigurationError(str(path), "a CRL in it does not parse") from None
-        issuers = [ca for ca in cas if ca.subject == crl.issuer]
-        if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):
-            raise ConfigurationError(
-                str(path),
-                f"CRL of {crl.issuer.rfc4514_string()} is not signed by a CA "
-                "in the CA bundle",
-            )
-        crls.append(crl)
-    return crls
