@@ -21,7 +21,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from secmsg.clock import clock_time
-from secmsg.daemon.admin import AdminApi, AdminGate, AdminSite, CertificateGuard
+from secmsg.daemon.admin.api import AdminApi
+from secmsg.daemon.admin.guard import CertificateGuard
+from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
