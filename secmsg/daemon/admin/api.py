@@ -38,11 +38,11 @@ from secmsg.daemon.admin.http import (
 )
 from secmsg.daemon.audit import audit
 from secmsg.daemon.auth import SessionAvatar
-from secmsg.daemon.commands import kick_identity, refuse_store_failure, reload_as
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.identity import describe_subject, fingerprint
 from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.metrics import CONTENT_TYPE, Metrics
+from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
 from secmsg.daemon.reload import ReloadReport
 from secmsg.errors import (
     CommandError,
