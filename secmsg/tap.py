@@ -19,9 +19,12 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.web.resource import IResource
 
 from secmsg.clock import clock_time
-from secmsg.daemon.admin import AdminApi, AdminGate, AdminSite, CertificateGuard
+from secmsg.daemon.admin.api import AdminApi
+from secmsg.daemon.admin.guard import CertificateGuard
+from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
@@ -235,11 +238,7 @@ def build_daemon(
     rule = IdentityRule(settings.identity)
     hub = InProcessHub()
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
-    # The admin interface's operations need the reloader, which needs the
-    # realm: the realm finds them when the first request comes.
-    realm = PolicyRealm(
-        live.policy, hub, lambda avatar, client: admin.resource_for(avatar, client)
-    )
+    realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
     metrics = Metrics()
@@ -264,6 +263,9 @@ def build_daemon(
         sessions.rate_limiter,
         settings.max_line_length,
     )
+    # The admin interface's operations need the reloader, which needs the
+    # realm: they are registered with the realm once they exist.
+    realm.register(IResource, admin.resource_for)
     site = AdminSite(CertificateGuard(portal), metrics, sessions.refusal_records)
     return Daemon(
         TLSMemoryBIOFactory(tls, False, sessions, clock),

@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.client.tls import client_tls_options
-from secmsg.daemon.admin import CONNECTION_DEADLINE, AdminApi, AdminGate
+from secmsg.daemon.admin.api import AdminApi
+from secmsg.daemon.admin.http import CONNECTION_DEADLINE, AdminGate
 from secmsg.daemon.audit import RecordBudget
 from secmsg.daemon.limits import Limits
 from secmsg.messages import WaitingLimit

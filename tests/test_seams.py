@@ -4,11 +4,14 @@ Every provider at a seam provides its interface, checked by zope.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
 from secmsg import wire
@@ -28,6 +31,12 @@ from secmsg.rate import DEFAULT_RATE
 from tests.certs import now
 from tests.harness import Instance
 from tests.sessions import Network
+
+
+class IExample(Interface):
+    """
+    An interface only a test registers with the realm.
+    """
 
 
 class SeamTests(SynchronousTestCase):
@@ -72,6 +81,32 @@ class SeamTests(SynchronousTestCase):
         network = Network()
         realm = PolicyRealm(None, network.hub)
         self.assertTrue(verifyObject(IRealm, realm))
+
+    def test_realm_answers_a_registered_interface_with_its_view(self) -> None:
+        """
+        A login asking for an interface registered with the realm (as the
+        admin interface registers IResource) gets what its view makes of
+        the avatar and the mind, with nothing to undo at logout.
+        """
+        network = Network()
+        network.realm.register(IExample, lambda avatar, mind: (avatar.identity, mind))
+        certificate = network.ca.issue("alice").certificate
+        mind = SimpleNamespace(certificate_chain=[certificate])
+        interface, view, logout = network.realm.requestAvatar("alice", mind, IExample)
+        self.assertEqual((interface, view), (IExample, ("alice", mind)))
+        self.assertIsNone(logout())
+
+    def test_realm_refuses_an_interface_nothing_registered(self) -> None:
+        """
+        The realm serves no interface that nothing registered, and says
+        which it serves.
+        """
+        network = Network()
+        certificate = network.ca.issue("alice").certificate
+        mind = SimpleNamespace(certificate_chain=[certificate])
+        with self.assertRaises(NotImplementedError) as caught:
+            network.realm.requestAvatar("alice", mind, IExample)
+        self.assertEqual(str(caught.exception), "secmsg provides ISessionAvatar")
 
     def test_tls_connection_creator(self) -> None:
         """

@@ -21,8 +21,7 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
-from twisted.web.resource import IResource
-from zope.interface import Attribute, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, ISessionAvatar
@@ -136,9 +135,10 @@ def _roles_phrase(roles: tuple[str, ...]) -> str:
     return f"{noun} {', '.join(roles)}"
 
 
-WebAvatar = Callable[[SessionAvatar, Any], IResource]
-"""Makes the admin interface's resource for an avatar and the web client
-(the mind) it serves."""
+AvatarView = Callable[[SessionAvatar, Any], object]
+"""Makes what a login asking for another interface than L{ISessionAvatar}
+gets: a view of the avatar for the mind it serves, such as the admin
+interface's resource for an avatar and its web client."""
 
 
 @implementer(IRealm)
@@ -146,27 +146,36 @@ class PolicyRealm:
     """
     Gives each identity a L{SessionAvatar} by the current policy and its
     certificate.  For the line protocol it registers the session with the
-    hub for as long as the login lasts; for the admin interface it wraps
-    the same avatar in a web resource, so that both are authorized by the
-    same grant.
+    hub for as long as the login lasts; for another interface it hands the
+    same avatar to the view registered for it (the admin interface's web
+    resource), so that every way in is authorized by the same grant.  The
+    realm knows no view itself: whoever serves an interface registers it.
 
     @ivar policy: the policy in force; a reload replaces it.
     """
 
-    def __init__(self, policy: Policy, hub: IHub, web: WebAvatar | None = None) -> None:
+    def __init__(self, policy: Policy, hub: IHub) -> None:
         self.policy = policy
         self._hub = hub
-        self._web = web
+        self._views: dict[type[Interface], AvatarView] = {}
+
+    def register(self, interface: type[Interface], view: AvatarView) -> None:
+        """
+        Answer logins that ask for C{interface} with what C{view} makes of
+        the avatar and the mind.
+        """
+        self._views[interface] = view
 
     def requestAvatar(
-        self, avatarId: str, mind: Any, *interfaces: type
-    ) -> tuple[type, object, Callable[[], None]]:
+        self, avatarId: str, mind: Any, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], object, Callable[[], None]]:
         """
         The avatar for C{avatarId} as the interface asked for, and its
         logout.  Rules on certificate attributes are read from the leaf of
         the mind's verified chain.
 
-        @param mind: the L{IPeer} of a line session, or the web client.
+        @param mind: the L{IPeer} of a line session, or the mind of a
+            registered view (the admin interface's web client).
         @raise UnauthorizedLogin: the policy gives the identity no role.
         """
         grant = self.policy.grant_for(avatarId, mind.certificate_chain[0])
@@ -176,6 +185,10 @@ class PolicyRealm:
         if ISessionAvatar in interfaces:
             self._hub.attach(avatar, mind)
             return ISessionAvatar, avatar, lambda: self._hub.detach(mind)
-        if IResource in interfaces and self._web is not None:
-            return IResource, self._web(avatar, mind), lambda: None
-        raise NotImplementedError("secmsg provides ISessionAvatar and IResource")
+        for interface in interfaces:
+            if interface in self._views:
+                return interface, self._views[interface](avatar, mind), lambda: None
+        provided = " and ".join(
+            interface.__name__ for interface in (ISessionAvatar, *self._views)
+        )
+        raise NotImplementedError(f"secmsg provides {provided}")

@@ -10,30 +10,19 @@ never decide whether the caller may run them: the avatar did that.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from cryptography import x509
 from twisted.internet import defer
-from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
 
 from secmsg import wire
-from secmsg.daemon.audit import audit
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.identity import describe_subject
 from secmsg.daemon.interfaces import IHub, IMessageStore, ISessionAvatar
+from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
 from secmsg.daemon.reload import ReloadReport
-from secmsg.errors import (
-    ConfigurationError,
-    NotFound,
-    NotPermitted,
-    NotStored,
-    ServerFault,
-    StoreError,
-)
+from secmsg.errors import NotFound, NotPermitted
 from secmsg.messages import Kind, Stored
-
-log = Logger()
 
 
 class Session(Protocol):
@@ -51,8 +40,6 @@ class Session(Protocol):
         Close the session once the current reply has been sent.
         """
 
-
-T = TypeVar("T")
 
 Reply = bytes | defer.Deferred[bytes]
 """A command's reply, at once or once the store has answered."""
@@ -258,74 +245,3 @@ class Commands:
                 f"{report.checked} sessions; nothing changed",
             )
         return wire.reply(200, report.summary())
-
-
-def refuse_store_failure(result: defer.Deferred[T]) -> defer.Deferred[T]:
-    """
-    Turn a store that failed (a full disk, say) into a 503 for the client,
-    on the line and at the admin interface: it must never take a failure
-    for success.
-    """
-
-    def refused(failure: Failure) -> None:
-        failure.trap(StoreError)
-        log.error("message store failed: {error}", error=failure.getErrorMessage())
-        raise NotStored(f"not done, the message store failed: {failure.value}")
-
-    return result.addErrback(refused)
-
-
-def kick_identity(hub: IHub, by: str, peer: str, identity: str, reason: str) -> int:
-    """
-    Close every session of C{identity}, telling each who kicked it and
-    why, and record it; for KICK and the admin interface alike.
-
-    @param peer: where the kicker is connected from.
-    @return: how many sessions were closed.
-    @raise NotFound: the identity has no session.
-    """
-    count = hub.kick(identity, by, reason or "no reason given")
-    if not count:
-        raise NotFound(f"{identity} is not online")
-    audit(
-        "kick",
-        "{by} kicked {target} from {count} session(s)",
-        by=by,
-        peer=peer,
-        target=identity,
-        count=count,
-    )
-    return count
-
-
-def reload_as(
-    reload: Callable[[bool], ReloadReport], by: str, dry: bool
-) -> ReloadReport:
-    """
-    Reload (or with C{dry} only judge) on behalf of C{by}, and record it;
-    for RELOAD and the admin interface alike.
-
-    @raise ServerFault: a file is missing or invalid; nothing changed.
-    """
-    try:
-        report = reload(dry)
-    except ConfigurationError as error:
-        audit(
-            "reload",
-            "reload by {by} failed, configuration unchanged: {error}",
-            LogLevel.error,
-            by=by,
-            dry=dry,
-            outcome="failed",
-            error=str(error),
-        )
-        raise ServerFault(f"reload failed, configuration unchanged: {error}") from None
-    audit(
-        "reload",
-        "reload dry run by {by}: {summary}" if dry else "reload by {by}: {summary}",
-        by=by,
-        dry=dry,
-        outcome="ok",
-        summary=report.summary(),
-    )
-    return report

@@ -27,11 +27,12 @@ from secmsg import __version__
 from secmsg.clock import clock_time
 from secmsg.daemon.audit import AuditTrail, audit, open_trail
 from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.operations import reload_as
 from secmsg.daemon.protocol import SessionFactory, describe_address
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.tls import VerifyingServerTLS
-from secmsg.errors import ConfigurationError
+from secmsg.errors import ConfigurationError, ServerFault
 from secmsg.messages import Retention
 
 log = Logger()
@@ -100,26 +101,14 @@ class SecmsgService(Service):
         Reload as RELOAD does; a failure is logged and changes nothing.
         """
         try:
-            report = self._reload()
-        except ConfigurationError as error:
-            audit(
-                "reload",
-                "reload on SIGHUP failed, configuration unchanged: {error}",
-                LogLevel.error,
-                by="SIGHUP",
-                dry=False,
-                outcome="failed",
-                error=str(error),
+            # The service's reload takes no dry-run flag: SIGHUP never
+            # asks for one.
+            reload_as(
+                lambda _dry: self._reload(), "SIGHUP", dry=False, asked="on SIGHUP"
             )
+        except ServerFault:
+            # reload_as has recorded why, and there is no one to answer.
             return
-        audit(
-            "reload",
-            "reload on SIGHUP: {summary}",
-            by="SIGHUP",
-            dry=False,
-            outcome="ok",
-            summary=report.summary(),
-        )
 
     def stopService(self) -> defer.Deferred[None]:
         """

@@ -1,28 +1,17 @@
 """
-The HTTPS admin and metrics interface, on the same identities as the line
-protocol.
+The admin interface's API: what an admitted identity may ask, and what
+it gets.
 
-Every request is authenticated by its TLS client certificate and logged
-in through the same twisted.cred portal; the realm answers with an
-L{AdminResource} wrapped around the same kind of avatar a line session
-gets, so that an endpoint is allowed exactly when the policy grants its
-command (C{GET /v1/sessions} needs WHO, C{POST /v1/kick} needs KICK, and
-so on), and it draws on the identity's rate as its line sessions do.
-Without a certificate the answer is 401; with one the policy does not
-allow, 403 naming the rule.  Bodies and answers are JSON, errors have one
-shape: C{{"status": 403, "error": "forbidden", "detail": "..."}}.
-
-Each connection carries one request and is closed after its answer, so
-that every request is judged by a handshake against the trust in force
-(a reload that revokes a certificate leaves it no open connection to go
-on with), and a client cannot queue answers it never reads.  Connections
-are capped, in all and per address, and cut after L{CONNECTION_DEADLINE}.
-docs/admin-api.md and docs/openapi.json describe it.
+L{AdminResource} is one identity's view: it spends the identity's rate,
+records the request, refuses one a page of another site made a browser
+send, routes it, asks the avatar whether the endpoint's command is
+granted, and turns every refusal into the one error shape.  L{AdminApi}
+holds the endpoints themselves, which do what the line protocol's
+commands do through the same operations.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable
@@ -31,38 +20,31 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHandshakeListener,
-    IReactorTime,
-)
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import http, server
-from twisted.web.resource import IResource, Resource
-from zope.interface import implementer
+from twisted.web import server
+from twisted.web.resource import Resource
 
 from secmsg import wire
-from secmsg.daemon.audit import RecordBudget, RefusalRecords, audit
-from secmsg.daemon.auth import SessionAvatar, VerifiedCertificate
-from secmsg.daemon.commands import kick_identity, refuse_store_failure, reload_as
+from secmsg.daemon.admin.guard import WebClient
+from secmsg.daemon.admin.http import (
+    MAX_BODY,
+    ApiError,
+    BoundedRequest,
+    send_bytes,
+    send_error,
+    send_json,
+)
+from secmsg.daemon.audit import audit
+from secmsg.daemon.auth import SessionAvatar
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.identity import describe_subject, fingerprint
-from secmsg.daemon.interfaces import IHandshakeObserver, IHub
-from secmsg.daemon.limits import Limits, OldestMakesRoom, address_group
+from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.metrics import CONTENT_TYPE, Metrics
-from secmsg.daemon.protocol import describe_address
+from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
 from secmsg.daemon.reload import ReloadReport
-from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
 from secmsg.errors import (
-    CertificateRefused,
     CommandError,
     Malformed,
     NotFound,
@@ -75,239 +57,6 @@ from secmsg.rate import RateLimiter
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
-"""Bytes a request body may hold; the rest is not kept, and the request
-gets 413."""
-
-CONNECTION_DEADLINE = 30.0
-"""Seconds an admin connection may last, handshake, request and answer
-together; a client that dribbles bytes to hold it open is cut then."""
-
-_ERROR_WORDS = {
-    HTTPStatus.BAD_REQUEST: "bad request",
-    HTTPStatus.UNAUTHORIZED: "unauthorized",
-    HTTPStatus.FORBIDDEN: "forbidden",
-    HTTPStatus.NOT_FOUND: "not found",
-    HTTPStatus.METHOD_NOT_ALLOWED: "method not allowed",
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "content too large",
-    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "unsupported media type",
-    HTTPStatus.TOO_MANY_REQUESTS: "too many requests",
-    HTTPStatus.INTERNAL_SERVER_ERROR: "internal server error",
-    HTTPStatus.SERVICE_UNAVAILABLE: "service unavailable",
-    HTTPStatus.INSUFFICIENT_STORAGE: "insufficient storage",
-}
-"""The C{error} word of each status, fixed here rather than taken from
-Python's phrases, which change between versions."""
-
-
-class BoundedRequest(server.Request):
-    """
-    A request that keeps at most L{MAX_BODY} bytes of its body, and says
-    whether it was sent more, and whether its client has gone.
-    """
-
-    too_large = False
-    gone = False
-
-    def gotLength(self, length: int | None) -> None:
-        """
-        Keep the body in memory, never in a temporary file: at most
-        L{MAX_BODY} of it is kept, and a body declared longer is refused
-        as soon as it is read.
-        """
-        self.content = io.BytesIO()
-        if length is not None and length > MAX_BODY:
-            self.too_large = True
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.gone = True
-        super().connectionLost(reason)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.content.tell() + len(data) > MAX_BODY:
-            self.too_large = True
-            return
-        super().handleContentChunk(data)
-
-
-@implementer(IHandshakeObserver, IHandshakeListener)
-class AdminChannel(http.HTTPChannel):
-    """
-    An HTTP/1.1 connection of the admin interface, which learns from the
-    TLS layer why a certificate was refused, so that a refused handshake
-    is recorded as on the line port, and how to judge an accepted chain
-    again, should a reload change the trust before its request is answered.
-
-    @ivar verdict: the L{TrustVerdict} of the accepted chain, or L{None}
-        without a certificate.
-    """
-
-    site: AdminSite
-    verdict: TrustVerdict | None = None
-    _refusal: CertificateRefused | None = None
-    _handshake_done = False
-
-    def certificate_refused(self, refusal: CertificateRefused) -> None:
-        if self._refusal is None:
-            self._refusal = refusal
-
-    def certificate_accepted(self, verdict: TrustVerdict) -> None:
-        self.verdict = verdict
-
-    def handshakeCompleted(self) -> None:
-        """
-        Judge the chain again by the trust in force: a reload may have come
-        while the handshake was under way.
-        """
-        refusal = self.refusal_now()
-        if refusal is not None:
-            self._refusal = refusal
-            self.transport.abortConnection()
-            return
-        self._handshake_done = True
-
-    def refusal_now(self) -> CertificateRefused | None:
-        """
-        Why the trust in force refuses the peer's chain, or L{None}.
-        """
-        if self.verdict is None:
-            return None
-        return self.verdict.again(
-            self.transport.getHandle().get_verified_chain(as_cryptography=True)
-        )
-
-    def connectionLost(self, reason: Failure) -> None:
-        if not self._handshake_done:
-            self.site.handshake_refused(
-                describe_address(self.transport.getPeer()),
-                self._refusal or refusal_for_handshake_failure(reason),
-            )
-        super().connectionLost(reason)
-
-
-class AdminSite(server.Site):
-    """
-    The admin interface's HTTP site, to be served over TLS: one request a
-    connection, bodies bounded, no tracebacks shown.
-    """
-
-    protocol = AdminChannel
-    requestFactory = BoundedRequest
-    displayTracebacks = False
-    noisy = False
-
-    def __init__(
-        self, guard: Resource, metrics: Metrics, refusal_records: RefusalRecords
-    ) -> None:
-        super().__init__(guard, timeout=CONNECTION_DEADLINE)
-        self._metrics = metrics
-        self._refusal_records = refusal_records
-
-    def handshake_refused(self, address: str, refusal: CertificateRefused) -> None:
-        """
-        Count and record a connection that did not get past TLS.
-        """
-        self._metrics.handshake(refusal.reason.value)
-        if self._refusal_records.allow(refusal):
-            audit(
-                "handshake_refused",
-                "refused admin handshake from {peer}: subject {subject}: {reason}",
-                peer=address,
-                subject=refusal.subject or "(none)",
-                reason=refusal.describe(),
-            )
-
-
-class _DeadlineWrapper(ProtocolWrapper):
-    """
-    A connection that is aborted once L{CONNECTION_DEADLINE} has passed.
-    """
-
-    host = "?"
-    _deadline: IDelayedCall | None = None
-
-    def makeConnection(self, transport: Any) -> None:
-        self._deadline = self.factory.clock.callLater(
-            CONNECTION_DEADLINE, transport.abortConnection
-        )
-        super().makeConnection(transport)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        super().connectionLost(reason)
-
-
-class AdminGate(WrappingFactory):
-    """
-    Bounds the admin port's connections, per address and in all, as the
-    line port bounds those not logged in: past a bound the oldest
-    connection of the address (or of all) is cut to make room, so that
-    connections held open cannot keep a request out; and cuts each one
-    after L{CONNECTION_DEADLINE} whatever it is doing.
-    """
-
-    protocol = _DeadlineWrapper
-    noisy = False
-
-    def __init__(
-        self,
-        wrapped: Factory,
-        clock: IReactorTime,
-        limits: Limits,
-        anonymous_records: RecordBudget,
-    ) -> None:
-        super().__init__(wrapped)
-        self.clock = clock
-        self._anonymous_records = anonymous_records
-        self._open: OldestMakesRoom[_DeadlineWrapper] = OldestMakesRoom(
-            limits.max_handshakes_per_address, limits.max_handshakes
-        )
-
-    def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper:
-        wrapper = super().buildProtocol(addr)
-        wrapper.host = address_group(str(getattr(addr, "host", addr)))
-        displaced = self._open.add(wrapper, wrapper.host)
-        if displaced is not None:
-            if self._anonymous_records.allow():
-                audit(
-                    "limit_reached",
-                    "admin interface: cut the oldest connection from {peer} to "
-                    "make room",
-                    LogLevel.warn,
-                    peer=displaced.host,
-                    reason="admin connection limit",
-                )
-            # Older than the connection just made: it has its transport.
-            displaced.transport.abortConnection()
-        return wrapper
-
-    def unregisterProtocol(self, p: _DeadlineWrapper) -> None:
-        super().unregisterProtocol(p)
-        self._open.discard(p)
-
-
-@dataclass(frozen=True)
-class WebClient:
-    """
-    The twisted.cred mind of an admin request: the verified certificate
-    chain the realm reads attribute rules from, and where it comes from.
-    """
-
-    certificate_chain: list[x509.Certificate]
-    address: str
-
-
-class ApiError(Exception):
-    """
-    A request refused with C{status} and words for the client.
-    """
-
-    def __init__(self, status: HTTPStatus, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
 
 _COMMAND_STATUS = {
     400: HTTPStatus.BAD_REQUEST,
@@ -318,129 +67,6 @@ _COMMAND_STATUS = {
     503: HTTPStatus.SERVICE_UNAVAILABLE,
     507: HTTPStatus.INSUFFICIENT_STORAGE,
 }
-
-
-def send_json(request: BoundedRequest, status: HTTPStatus, body: Any) -> None:
-    """
-    Answer C{request} with C{body} as JSON, unless its client has gone.
-    """
-    if request.finished or request.gone:
-        return
-    request.setResponseCode(status.value)
-    request.setHeader(b"content-type", b"application/json")
-    send_bytes(request, json.dumps(body, ensure_ascii=True).encode() + b"\n")
-
-
-def send_bytes(request: BoundedRequest, data: bytes) -> None:
-    """
-    Finish C{request} with C{data}, whole, unless its client has gone.
-    """
-    if request.finished or request.gone:
-        return
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"server", b"secmsg")
-    request.setHeader(b"content-length", str(len(data)).encode())
-    request.write(data)
-    request.finish()
-
-
-def send_error(request: BoundedRequest, status: HTTPStatus, detail: str) -> None:
-    """
-    Answer with the one shape every error has.
-    """
-    send_json(
-        request,
-        status,
-        {"status": status.value, "error": _ERROR_WORDS[status], "detail": detail},
-    )
-
-
-class CertificateGuard(Resource):
-    """
-    The root of the admin site: logs each request in through the portal
-    with its client certificate, and lets the avatar resource the realm
-    gives answer it, as twisted.web.guard does with passwords.
-    """
-
-    isLeaf = True
-
-    def __init__(self, portal: Portal) -> None:
-        super().__init__()
-        self._portal = portal
-
-    def render(self, request: BoundedRequest) -> int:
-        # One request a connection: see the module's docstring.
-        request.channel.persistent = False
-        request.setHeader(b"connection", b"close")
-        address = describe_address(request.getClientAddress())
-        chain = request.channel.transport.getHandle().get_verified_chain(
-            as_cryptography=True
-        )
-        if not chain:
-            request.setHeader(b"www-authenticate", b'ClientCertificate realm="secmsg"')
-            send_error(
-                request,
-                HTTPStatus.UNAUTHORIZED,
-                "a client certificate is required: present one issued by this "
-                "server's CA (curl --cert FILE --key FILE)",
-            )
-            return server.NOT_DONE_YET
-        refusal = request.channel.refusal_now()
-        if refusal is not None:
-            _refused_since_handshake(request, address, refusal)
-            return server.NOT_DONE_YET
-        login = self._portal.login(
-            VerifiedCertificate(chain[0]), WebClient(chain, address), IResource
-        )
-        login.addCallback(_render_avatar, request)
-        login.addErrback(_login_refused, request, address)
-        return server.NOT_DONE_YET
-
-
-def _refused_since_handshake(
-    request: BoundedRequest, address: str, refusal: CertificateRefused
-) -> None:
-    """
-    Refuse a request whose certificate a reload since its handshake no
-    longer trusts, saying why.
-    """
-    audit(
-        "login_refused",
-        "refused admin request from {peer}, after a reload: subject {subject}: "
-        "{reason}",
-        LogLevel.warn,
-        peer=address,
-        subject=refusal.subject,
-        reason=refusal.describe(),
-    )
-    send_error(
-        request, HTTPStatus.FORBIDDEN, f"certificate refused: {refusal.reason.value}"
-    )
-
-
-def _render_avatar(
-    result: tuple[Any, Resource, Callable[[], None]], request: BoundedRequest
-) -> None:
-    _, resource, logout = result
-    try:
-        resource.render(request)
-    finally:
-        logout()
-
-
-def _login_refused(failure: Failure, request: BoundedRequest, address: str) -> None:
-    if not failure.check(UnauthorizedLogin):
-        log.failure("admin request failed", failure)
-        send_error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
-        return
-    audit(
-        "login_refused",
-        "refused admin request from {peer}: {reason}",
-        LogLevel.warn,
-        peer=address,
-        reason=str(failure.value),
-    )
-    send_error(request, HTTPStatus.FORBIDDEN, f"login refused: {failure.value}")
 
 
 @dataclass(frozen=True)
