@@ -19,14 +19,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from cryptography import x509
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from secmsg.daemon.identity import describe_subject, fingerprint
 from secmsg.errors import CertificateRefused
+
+if TYPE_CHECKING:
+    from secmsg.daemon.policy import Grant
 
 AUDIT_NAME = "audit.log"
 """The audit file's name in the data directory."""
@@ -42,7 +47,7 @@ GENESIS = "0" * 64
 
 AuditValue = str | int | float | bool | None
 
-_log = Logger(namespace="secmsg.daemon.audit")
+_log = Logger(namespace="secmsg.audit")
 
 
 def audit(
@@ -57,6 +62,75 @@ def audit(
     @param fields: what the audit record holds besides its time and name.
     """
     _log.emit(level, text, audit_event=event, audit_keys=tuple(fields), **fields)
+
+
+def record_login(
+    identity: str,
+    grant: Grant,
+    certificate: x509.Certificate,
+    peer: str,
+    *,
+    admin: bool = False,
+) -> None:
+    """
+    Record a login: who, with which roles, granted how, from where, with
+    which certificate.  An admin request is recorded as a line session's
+    login is, so that what either does can be traced to a certificate.
+    """
+    fields: dict[str, AuditValue] = {
+        "identity": identity,
+        "roles": ",".join(grant.roles),
+        "granted_by": grant.granted_by,
+        "peer": peer,
+        "subject": describe_subject(certificate),
+        "serial": f"{certificate.serial_number:x}",
+        "fingerprint": fingerprint(certificate),
+    }
+    if admin:
+        text = "admin request by {identity} (roles: {roles}) from {peer}"
+        fields["interface"] = "admin"
+    else:
+        text = (
+            "login {identity} (roles: {roles}) from {peer}, certificate serial {serial}"
+        )
+    audit("login", text, **fields)
+
+
+def record_denial(
+    identity: str, peer: str, verb: str, rule: str, *, admin: bool = False
+) -> None:
+    """
+    Record a command refused by the policy (or, at the admin interface, a
+    request refused before it was carried out), naming the rule.
+    """
+    where = " at the admin interface" if admin else ""
+    audit(
+        "denied",
+        "denied {verb} to {identity}" + where + ": {rule}",
+        LogLevel.warn,
+        identity=identity,
+        peer=peer,
+        verb=verb,
+        rule=rule,
+    )
+
+
+def record_session_closed(
+    identity: str, peer: str, reason: str, level: LogLevel = LogLevel.info
+) -> None:
+    """
+    Record that the daemon closed a session for a reason of its own.
+
+    @param level: C{warn} when the client's own conduct closed it.
+    """
+    audit(
+        "session_closed",
+        "closing {identity} from {peer}: {reason}",
+        level,
+        identity=identity,
+        peer=peer,
+        reason=reason,
+    )
 
 
 def record_line(event: LogEvent, seq: int, previous: str) -> bytes:

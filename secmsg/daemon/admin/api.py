@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
@@ -36,10 +36,9 @@ from secmsg.daemon.admin.http import (
     send_error,
     send_json,
 )
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import record_denial, record_login
 from secmsg.daemon.auth import SessionAvatar
 from secmsg.daemon.delivery import Delivery
-from secmsg.daemon.identity import describe_subject, fingerprint
 from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.metrics import CONTENT_TYPE, Metrics
 from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
@@ -235,7 +234,13 @@ class AdminResource(Resource):
         command = "?" if known is None else known.command or "HEALTHZ"
         try:
             self._spend_token(command)
-            self._record_login()
+            record_login(
+                self._avatar.identity,
+                self._avatar.grant,
+                self._client.certificate_chain[0],
+                self._address,
+                admin=True,
+            )
             self._refuse_cross_site(request, command)
             endpoint = self._endpoint(request)
             if endpoint.command is not None:
@@ -261,25 +266,6 @@ class AdminResource(Resource):
             self._api.metrics.rate_limited(command)
             raise RateLimited(max(1, math.ceil(wait * 1000)))
 
-    def _record_login(self) -> None:
-        """
-        Record who the request comes from and with which certificate, as a
-        line session's login is, so that what it does can be traced.
-        """
-        certificate = self._client.certificate_chain[0]
-        audit(
-            "login",
-            "admin request by {identity} (roles: {roles}) from {peer}",
-            identity=self._avatar.identity,
-            roles=",".join(self._avatar.roles),
-            granted_by=self._avatar.grant.granted_by,
-            peer=self._address,
-            subject=describe_subject(certificate),
-            serial=f"{certificate.serial_number:x}",
-            fingerprint=fingerprint(certificate),
-            interface="admin",
-        )
-
     def _refuse_cross_site(self, request: BoundedRequest, command: str) -> None:
         """
         Refuse, before anything is looked up or done, a request that a page
@@ -288,7 +274,12 @@ class AdminResource(Resource):
         """
         reason = _cross_site(request)
         if reason is not None:
-            self._record_denial(command, f"refused as cross-site: {reason}")
+            record_denial(
+                self._avatar.identity,
+                self._address,
+                command,
+                f"refused as cross-site: {reason}",
+            )
             raise ApiError(HTTPStatus.FORBIDDEN, f"refused as cross-site: {reason}")
 
     def _endpoint(self, request: BoundedRequest) -> Endpoint:
@@ -308,22 +299,8 @@ class AdminResource(Resource):
         try:
             self._avatar.authorize(command)
         except NotPermitted as denial:
-            self._record_denial(command, denial.rule)
+            record_denial(self._avatar.identity, self._address, command, denial.rule)
             raise
-
-    def _record_denial(self, command: str, rule: str) -> None:
-        """
-        Record a request refused before it was carried out, and why.
-        """
-        audit(
-            "denied",
-            "denied {verb} to {identity} at the admin interface: {rule}",
-            LogLevel.warn,
-            identity=self._avatar.identity,
-            peer=self._address,
-            verb=command,
-            rule=rule,
-        )
 
     def _body(self, request: BoundedRequest) -> dict[str, Any]:
         if request.method != b"POST":
