@@ -10,14 +10,22 @@ it with C{verifyObject}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
+from secmsg.messages import Draft, Retention, Stored
 
 if TYPE_CHECKING:
+    # The daemon's modules that provide or use these seams import this one,
+    # which comes first in the daemon's order: their types are named for
+    # the type checker only, as a runtime import would make a cycle (tls,
+    # the store's worker) or turn that order round (policy).
+    from secmsg.daemon.policy import Grant
+    from secmsg.daemon.store.worker import Job
     from secmsg.daemon.tls import TrustVerdict
 
 
@@ -52,7 +60,7 @@ class ISessionAvatar(Interface):
         Whether this session may be sent the messages of C{room}.
         """
 
-    def regrant(grant: Any) -> None:
+    def regrant(grant: Grant) -> None:
         """
         Replace the grant after a policy reload, so that the new policy
         applies to the live session at once.
@@ -177,7 +185,7 @@ class IHub(Interface):
         Whether C{identity} has a session.
         """
 
-    def deliver(message: Any, exclude: IPeer | None = None) -> set[str]:
+    def deliver(message: Stored, exclude: IPeer | None = None) -> set[str]:
         """
         Push a stored L{secmsg.messages.Stored} message to the sessions it
         is for: the recipient's, the room's members' that may read it, or
@@ -201,7 +209,7 @@ class IMessageStore(Interface):
     be.  Two providers: SQLite in the data directory, and memory for tests.
     """
 
-    def accept(draft: Any, recipients: Sequence[str]) -> Deferred:
+    def accept(draft: Draft, recipients: Sequence[str]) -> Deferred:
         """
         Store a L{secmsg.messages.Draft} with a mailbox entry for each of
         C{recipients}; fire with the L{secmsg.messages.Stored} message.
@@ -244,7 +252,7 @@ class IMessageStore(Interface):
         L{room_history} is.
         """
 
-    def remember(identity: str, when: Any) -> Deferred:
+    def remember(identity: str, when: datetime) -> Deferred:
         """
         Note that C{identity} logged in, so that messages to it are kept
         while it is offline.
@@ -269,7 +277,7 @@ class IMessageStore(Interface):
         fails) until it is acknowledged or removed by retention.
         """
 
-    def purge(now: Any, retention: Any) -> Deferred:
+    def purge(now: datetime, retention: Retention) -> Deferred:
         """
         Remove what L{secmsg.messages.Retention} no longer keeps; fire with
         how many messages went.
@@ -287,7 +295,7 @@ class IStoreWorker(Interface):
     in the daemon, the caller's own thread in tests.
     """
 
-    def submit(job: Any) -> Deferred:
+    def submit(job: Job) -> Deferred:
         """
         Run C{job} (a function of the connection); fire with its result
         once its transaction has committed, or fail with
