@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
-from secmsg.messages import Draft, Retention, Stored
+from secmsg.messages import Draft, Pending, Retention, Stored
 
 if TYPE_CHECKING:
     # The daemon's modules that provide or use these seams import this one,
@@ -85,7 +85,7 @@ class IPeer(Interface):
         for it must come first; nothing is sent once the session is closing.
         """
 
-    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred:
+    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred[bool]:
         """
         Send C{(id, line)} messages that waited for the session, now, while
         newer ones are held back.
@@ -209,26 +209,26 @@ class IMessageStore(Interface):
     be.  Two providers: SQLite in the data directory, and memory for tests.
     """
 
-    def accept(draft: Draft, recipients: Sequence[str]) -> Deferred:
+    def accept(draft: Draft, recipients: Sequence[str]) -> Deferred[Stored]:
         """
         Store a L{secmsg.messages.Draft} with a mailbox entry for each of
         C{recipients}; fire with the L{secmsg.messages.Stored} message.
         """
 
-    def pending(identity: str, after: int, limit: int) -> Deferred:
+    def pending(identity: str, after: int, limit: int) -> Deferred[list[Pending]]:
         """
         Fire with up to C{limit} L{secmsg.messages.Pending} messages of
         C{identity}'s mailbox that it has not acknowledged and whose ids are
         above C{after}, oldest first.
         """
 
-    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred:
+    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred[None]:
         """
         Note that each C{(identity, message id)} was pushed to a session of
         that identity, so that a later delivery of it is marked as a repeat.
         """
 
-    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred:
+    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred[int]:
         """
         Mark one message of C{identity}'s mailbox, or with C{up_to} every
         one up to and including it, as received; fire with how many were
@@ -238,21 +238,23 @@ class IMessageStore(Interface):
             message is not in C{identity}'s mailbox.
         """
 
-    def room_history(room: str, limit: int, budget: int) -> Deferred:
+    def room_history(room: str, limit: int, budget: int) -> Deferred[list[Stored]]:
         """
         Fire with the newest C{limit} messages said in C{room}, oldest
         first; fewer if their texts pass C{budget} bytes (the one that
         passes it is included, so that a caller can tell it was cut).
         """
 
-    def conversation(identity: str, other: str, limit: int, budget: int) -> Deferred:
+    def conversation(
+        identity: str, other: str, limit: int, budget: int
+    ) -> Deferred[list[Stored]]:
         """
         Fire with the newest C{limit} direct messages between two
         identities, either way, oldest first, within C{budget} as
         L{room_history} is.
         """
 
-    def remember(identity: str, when: datetime) -> Deferred:
+    def remember(identity: str, when: datetime) -> Deferred[None]:
         """
         Note that C{identity} logged in, so that messages to it are kept
         while it is offline.
@@ -277,13 +279,13 @@ class IMessageStore(Interface):
         fails) until it is acknowledged or removed by retention.
         """
 
-    def purge(now: datetime, retention: Retention) -> Deferred:
+    def purge(now: datetime, retention: Retention) -> Deferred[int]:
         """
         Remove what L{secmsg.messages.Retention} no longer keeps; fire with
         how many messages went.
         """
 
-    def close() -> Deferred:
+    def close() -> Deferred[None]:
         """
         Finish what was submitted and release the store.
         """
@@ -302,7 +304,7 @@ class IStoreWorker(Interface):
         L{secmsg.errors.StoreError}.
         """
 
-    def stop() -> Deferred:
+    def stop() -> Deferred[None]:
         """
         Finish every job submitted, refuse new ones, and close the
         connection; fire once that is done.
