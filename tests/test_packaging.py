@@ -51,4 +51,4 @@ class PackagingTests(SynchronousTestCase):
         )
         self.assertIn("secmsg/tap.py", names)
         for schema in ("v1.sql", "v2.sql", "upgrade-to-v2.sql"):
-            self.assertIn(f"secmsg/store/schema/{schema}", names)
+            self.assertIn(f"secmsg/daemon/store/schema/{schema}", names)
