@@ -15,7 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
-from secmsg.client.connect import SendOptions, parse_address
+from secmsg.cli.connect import SendOptions, parse_address
 from secmsg.client.display import help_commands, show_push, show_reply
 from secmsg.client.protocol import (
     ClientProtocol,

@@ -16,9 +16,9 @@ from pathlib import Path
 from twisted.python import usage
 
 from secmsg.cli import audit as audit_command
+from secmsg.cli import connect as connect_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
-from secmsg.client import connect as client_command
 from secmsg.client.protocol import ExitStatus
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
@@ -44,8 +44,8 @@ class Options(CommandOptions):
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
-        ["connect", None, client_command.ConnectOptions, "Talk to a secmsg daemon."],
-        ["send", None, client_command.SendOptions, "Send one message and exit."],
+        ["connect", None, connect_command.ConnectOptions, "Talk to a secmsg daemon."],
+        ["send", None, connect_command.SendOptions, "Send one message and exit."],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
     ]
 
@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         complain(_innermost(options).getSynopsis())
         complain(f"secmsg: {error} (--help lists the options)")
         return ExitStatus.USAGE
-    if options.subCommand in ("connect", "send"):
-        return _talk(options.subCommand, options.subOptions)
+    if options.subCommand == "connect":
+        return connect_command.run_connect(options.subOptions)
+    if options.subCommand == "send":
+        return connect_command.run_send(options.subOptions)
     now = datetime.now(UTC)
     intact = True
     try:
@@ -106,15 +108,3 @@ def _init(directory: Path, now: datetime) -> list[str]:
         f"  run it:   twistd -n secmsg --config {config}",
         f"  log in:   secmsg connect {SERVER_NAME} --instance {directory} --as {user}",
     ]
-
-
-def _talk(command: str, options: client_command.ConnectionOptions) -> int:
-    if command == "send":
-        return client_command.run_client(
-            options,
-            lambda reactor, session: client_command.run_send(reactor, session, options),
-        )
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return client_command.run_client(
-        options, client_command.connect_talk(sys.stdout, interactive)
-    )

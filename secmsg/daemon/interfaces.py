@@ -10,14 +10,22 @@ it with C{verifyObject}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
+from secmsg.messages import Draft, Pending, Retention, Stored
 
 if TYPE_CHECKING:
+    # The daemon's modules that provide or use these seams import this one,
+    # which comes first in the daemon's order: their types are named for
+    # the type checker only, as a runtime import would make a cycle (tls,
+    # the store's worker) or turn that order round (policy).
+    from secmsg.daemon.policy import Grant
+    from secmsg.daemon.store.worker import Job
     from secmsg.daemon.tls import TrustVerdict
 
 
@@ -52,7 +60,7 @@ class ISessionAvatar(Interface):
         Whether this session may be sent the messages of C{room}.
         """
 
-    def regrant(grant: Any) -> None:
+    def regrant(grant: Grant) -> None:
         """
         Replace the grant after a policy reload, so that the new policy
         applies to the live session at once.
@@ -77,7 +85,7 @@ class IPeer(Interface):
         for it must come first; nothing is sent once the session is closing.
         """
 
-    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred:
+    def send_waiting(lines: Sequence[tuple[int, bytes]]) -> Deferred[bool]:
         """
         Send C{(id, line)} messages that waited for the session, now, while
         newer ones are held back.
@@ -177,7 +185,7 @@ class IHub(Interface):
         Whether C{identity} has a session.
         """
 
-    def deliver(message: Any, exclude: IPeer | None = None) -> set[str]:
+    def deliver(message: Stored, exclude: IPeer | None = None) -> set[str]:
         """
         Push a stored L{secmsg.messages.Stored} message to the sessions it
         is for: the recipient's, the room's members' that may read it, or
@@ -201,26 +209,26 @@ class IMessageStore(Interface):
     be.  Two providers: SQLite in the data directory, and memory for tests.
     """
 
-    def accept(draft: Any, recipients: Sequence[str]) -> Deferred:
+    def accept(draft: Draft, recipients: Sequence[str]) -> Deferred[Stored]:
         """
         Store a L{secmsg.messages.Draft} with a mailbox entry for each of
         C{recipients}; fire with the L{secmsg.messages.Stored} message.
         """
 
-    def pending(identity: str, after: int, limit: int) -> Deferred:
+    def pending(identity: str, after: int, limit: int) -> Deferred[list[Pending]]:
         """
         Fire with up to C{limit} L{secmsg.messages.Pending} messages of
         C{identity}'s mailbox that it has not acknowledged and whose ids are
         above C{after}, oldest first.
         """
 
-    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred:
+    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred[None]:
         """
         Note that each C{(identity, message id)} was pushed to a session of
         that identity, so that a later delivery of it is marked as a repeat.
         """
 
-    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred:
+    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred[int]:
         """
         Mark one message of C{identity}'s mailbox, or with C{up_to} every
         one up to and including it, as received; fire with how many were
@@ -230,21 +238,23 @@ class IMessageStore(Interface):
             message is not in C{identity}'s mailbox.
         """
 
-    def room_history(room: str, limit: int, budget: int) -> Deferred:
+    def room_history(room: str, limit: int, budget: int) -> Deferred[list[Stored]]:
         """
         Fire with the newest C{limit} messages said in C{room}, oldest
         first; fewer if their texts pass C{budget} bytes (the one that
         passes it is included, so that a caller can tell it was cut).
         """
 
-    def conversation(identity: str, other: str, limit: int, budget: int) -> Deferred:
+    def conversation(
+        identity: str, other: str, limit: int, budget: int
+    ) -> Deferred[list[Stored]]:
         """
         Fire with the newest C{limit} direct messages between two
         identities, either way, oldest first, within C{budget} as
         L{room_history} is.
         """
 
-    def remember(identity: str, when: Any) -> Deferred:
+    def remember(identity: str, when: datetime) -> Deferred[None]:
         """
         Note that C{identity} logged in, so that messages to it are kept
         while it is offline.
@@ -269,13 +279,13 @@ class IMessageStore(Interface):
         fails) until it is acknowledged or removed by retention.
         """
 
-    def purge(now: Any, retention: Any) -> Deferred:
+    def purge(now: datetime, retention: Retention) -> Deferred[int]:
         """
         Remove what L{secmsg.messages.Retention} no longer keeps; fire with
         how many messages went.
         """
 
-    def close() -> Deferred:
+    def close() -> Deferred[None]:
         """
         Finish what was submitted and release the store.
         """
@@ -287,14 +297,14 @@ class IStoreWorker(Interface):
     in the daemon, the caller's own thread in tests.
     """
 
-    def submit(job: Any) -> Deferred:
+    def submit(job: Job) -> Deferred:
         """
         Run C{job} (a function of the connection); fire with its result
         once its transaction has committed, or fail with
         L{secmsg.errors.StoreError}.
         """
 
-    def stop() -> Deferred:
+    def stop() -> Deferred[None]:
         """
         Finish every job submitted, refuse new ones, and close the
         connection; fire once that is done.
