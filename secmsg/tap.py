@@ -9,6 +9,7 @@ line naming the file and the problem, before anything listens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,16 @@ from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
-from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.protocol import SessionFactory
-from secmsg.daemon.reload import ReloadableFiles, Reloader, load_live_configuration
+from secmsg.daemon.reload import (
+    ReloadableFiles,
+    Reloader,
+    ReloadReport,
+    load_live_configuration,
+)
 from secmsg.daemon.service import (
     AdminService,
     AuditService,
@@ -43,7 +49,13 @@ from secmsg.daemon.service import (
     SecmsgService,
     StoreService,
 )
-from secmsg.daemon.settings import OPTIONS, Settings, load_settings, prepare_data_dir
+from secmsg.daemon.settings import (
+    OPTIONS,
+    LineSettings,
+    Settings,
+    load_settings,
+    prepare_data_dir,
+)
 from secmsg.daemon.store.database import DATABASE_NAME, open_database
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ThreadWorker
@@ -219,6 +231,63 @@ class Daemon:
     portal: Portal
 
 
+@dataclass(frozen=True)
+class LineParts:
+    """
+    What the line sessions are built on: the hub and store they share with
+    the admin interface, the realm and portal they log in through, the
+    clock and the metrics.
+    """
+
+    hub: IHub
+    store: IMessageStore
+    realm: PolicyRealm
+    portal: Portal
+    clock: IReactorTime
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class LineSessions:
+    """
+    The line protocol's side of the daemon: delivery, which the admin
+    interface sends through too, and the factory of sessions.
+    """
+
+    delivery: Delivery
+    sessions: SessionFactory
+
+
+def build_line_sessions(
+    line: LineSettings, parts: LineParts, reload: Callable[[bool], ReloadReport]
+) -> LineSessions:
+    """
+    Wire delivery, the commands and the session factory, as the daemon
+    runs them and as the tests' sessions do.
+
+    @param reload: what RELOAD does, given whether it is a dry run.
+    """
+    delivery = Delivery(
+        parts.hub,
+        parts.store,
+        parts.clock,
+        lambda: parts.realm.policy.identities,
+        parts.metrics,
+        line.waiting_limit,
+    )
+    commands = Commands(parts.hub, parts.store, delivery, reload, line.history_max)
+    sessions = SessionFactory(
+        parts.portal,
+        commands,
+        parts.clock,
+        line.limits,
+        parts.metrics,
+        line.max_line_length,
+    )
+    parts.metrics.count_sessions(lambda: sessions.session_count)
+    return LineSessions(delivery, sessions)
+
+
 def build_daemon(
     settings: Settings, clock: IReactorTime, store: IMessageStore
 ) -> Daemon:
@@ -242,22 +311,15 @@ def build_daemon(
     portal = Portal(realm, [CertificateChecker(rule)])
     reloader = Reloader(files, clock, tls, realm, hub)
     metrics = Metrics()
-    delivery = Delivery(
-        hub,
-        store,
-        clock,
-        lambda: realm.policy.identities,
-        metrics,
-        settings.waiting_limit,
+    line = build_line_sessions(
+        settings.line,
+        LineParts(hub, store, realm, portal, clock, metrics),
+        reloader.reload,
     )
-    commands = Commands(hub, store, delivery, reloader.reload, settings.history_max)
-    sessions = SessionFactory(
-        portal, commands, clock, settings.limits, metrics, settings.max_line_length
-    )
-    metrics.count_sessions(lambda: sessions.session_count)
+    sessions = line.sessions
     admin = AdminApi(
         hub,
-        delivery,
+        line.delivery,
         reloader.reload,
         metrics,
         sessions.rate_limiter,

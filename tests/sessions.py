@@ -20,18 +20,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
-from secmsg.daemon.commands import Commands
-from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.limits import Limits
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import parse_policy
-from secmsg.daemon.protocol import SessionFactory, SessionProtocol
+from secmsg.daemon.protocol import SessionProtocol
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.settings import LineSettings
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.messages import WaitingLimit
+from secmsg.tap import LineParts, build_line_sessions
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY
 
@@ -112,24 +112,12 @@ class Network:
         self.clock = Clock()
         self.clock.advance(MOMENT.timestamp())
         self.metrics = Metrics()
-        delivery = Delivery(
-            self.hub,
-            self.store,
-            self.clock,
-            lambda: realm.policy.identities,
-            self.metrics,
-            waiting_limit or WaitingLimit(),
-        )
-        commands = Commands(
-            self.hub,
-            self.store,
-            delivery,
+        line = build_line_sessions(
+            LineSettings(limits or Limits(), waiting_limit or WaitingLimit()),
+            LineParts(self.hub, self.store, realm, portal, self.clock, self.metrics),
             reload or (lambda dry: ReloadReport(dry)),
-            200,
         )
-        self.factory = SessionFactory(
-            portal, commands, self.clock, limits or Limits(), self.metrics
-        )
+        self.factory = line.sessions
         self._ports = iter(range(50000, 60000))
 
     def connect(

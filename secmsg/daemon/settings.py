@@ -63,6 +63,20 @@ _REQUIRED = ("cert", "key", "ca", "policy", "data-dir")
 
 
 @dataclass(frozen=True)
+class LineSettings:
+    """
+    The settings the line sessions are built with, apart from where the
+    daemon listens and its files, so that tests build sessions as the
+    daemon does.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    waiting_limit: WaitingLimit = field(default_factory=WaitingLimit)
+    history_max: int = HISTORY_MAX
+    max_line_length: int = MAX_LINE_LENGTH
+
+
+@dataclass(frozen=True)
 class Settings:
     """
     Everything the daemon was told, checked and with defaults filled in.
@@ -85,6 +99,15 @@ class Settings:
     refuse_on_stale_crl: bool = False
     admin_port: int | None = None
     admin_interface: str = "127.0.0.1"
+
+    @property
+    def line(self) -> LineSettings:
+        """
+        What the line sessions are built with.
+        """
+        return LineSettings(
+            self.limits, self.waiting_limit, self.history_max, self.max_line_length
+        )
 
 
 def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settings:
