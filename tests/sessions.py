@@ -22,13 +22,14 @@ from twisted.internet.testing import StringTransport
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.limits import Limits
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import parse_policy
-from secmsg.daemon.protocol import SessionFactory, SessionProtocol
+from secmsg.daemon.protocol import SessionProtocol
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.messages import WaitingLimit
