@@ -13,7 +13,6 @@ to a bound, and answered after the greeting.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
@@ -35,12 +34,13 @@ from secmsg import __version__, wire
 from secmsg.daemon.audit import audit
 from secmsg.daemon.auth import VerifiedCertificate
 from secmsg.daemon.commands import Commands
+from secmsg.daemon.deadlines import Deadlines
 from secmsg.daemon.identity import describe_subject, fingerprint
 from secmsg.daemon.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
 from secmsg.daemon.limits import Limits, address_group
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.outbox import Outbox
-from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle, is_blank
+from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle
 from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure, share_issuers
 from secmsg.errors import CertificateRefused, RefusalReason
 from secmsg.rate import RateLimiter
@@ -53,9 +53,6 @@ EARLY_DATA_LIMIT = 65536
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
 
-EXPIRY_WARNING = 300.0
-"""Seconds before a certificate expires that its sessions are warned."""
-
 
 def describe_address(address: IAddress) -> str:
     """
@@ -66,86 +63,6 @@ def describe_address(address: IAddress) -> str:
     if host is None:
         return str(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class Deadlines:
-    """
-    The timers of a logged-in session: it is closed after the idle timeout
-    without a line from it, and when the first certificate of its chain
-    expires, after a warning L{EXPIRY_WARNING} seconds before.  One expiry
-    timer at a time, the warning arming the end, since every idle session
-    holds them.
-    """
-
-    __slots__ = ("_clock", "_expiry", "_idle", "_idle_timeout", "_session")
-
-    def __init__(
-        self, session: SessionProtocol, clock: IReactorTime, idle_timeout: float
-    ) -> None:
-        self._session = session
-        self._clock = clock
-        self._idle_timeout = idle_timeout
-        self._idle = clock.callLater(idle_timeout, self._idle_too_long)
-        remaining = self._expires().timestamp() - clock.seconds()
-        if remaining > EXPIRY_WARNING:
-            self._expiry = clock.callLater(
-                remaining - EXPIRY_WARNING, self._warn_of_expiry
-            )
-        else:
-            self._expiry = clock.callLater(max(0.0, remaining), self._expired)
-
-    def heard(self, frames: list[bytes | object]) -> None:
-        """
-        The peer sent lines: unless all are blank, its idle time starts
-        again.
-        """
-        idle = self._idle
-        if idle.active() and not all(is_blank(frame) for frame in frames):
-            idle.reset(self._idle_timeout)
-
-    def cancel(self) -> None:
-        """
-        The connection has ended: nothing is left to watch.
-        """
-        for timer in (self._idle, self._expiry):
-            if timer.active():
-                timer.cancel()
-
-    def _expires(self) -> datetime:
-        return min(c.not_valid_after_utc for c in self._session.certificate_chain)
-
-    def _warn_of_expiry(self) -> None:
-        expires = self._expires()
-        self._session.notice(
-            f"your certificate expires at {wire.format_time(expires)}; "
-            "this session ends then; reconnect with a renewed one"
-        )
-        self._expiry = self._clock.callLater(
-            max(0.0, expires.timestamp() - self._clock.seconds()), self._expired
-        )
-
-    def _expired(self) -> None:
-        self._close_for("certificate expired")
-
-    def _idle_too_long(self) -> None:
-        self._close_for(f"idle for {self._idle_timeout:g} s")
-
-    def _close_for(self, reason: str) -> None:
-        """
-        Close a session for a reason of the daemon's own, saying so to the
-        peer and the audit log.
-        """
-        session = self._session
-        if session.closing:
-            return
-        audit(
-            "session_closed",
-            "closing {identity} from {peer}: {reason}",
-            identity=session.avatar.identity,
-            peer=session.address,
-            reason=reason,
-        )
-        session.close(reason)
 
 
 @implementer(IHandshakeListener, IHandshakeObserver, IPeer, IPushProducer)
@@ -260,20 +177,15 @@ class SessionProtocol(Protocol):
         nothing; the operator does, within the audit trail's budget.
         """
         if self.factory.refusal_records.anonymous.allow():
-            audit(
-                "limit_reached",
-                "dropped {peer} before it logged in: {reason}",
-                LogLevel.warn,
-                peer=self.address,
-                reason=reason,
-            )
+            _record_displaced(self.address, reason)
         self._dropped_at_connect = True
         self._metrics.handshake("connection limit")
         self.drop()
 
     def _cancel_handshake_timer(self) -> None:
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _handshake_too_slow(self) -> None:
         if self._handshake_done or self.closing:
@@ -330,7 +242,7 @@ class SessionProtocol(Protocol):
         self.avatar, self._logout = avatar, logout
         self._metrics.handshake("accepted")
         _record_login(avatar, self.address, self.certificate)
-        self._greet(avatar)
+        self.transport.write(_greeting(avatar, self._rate_limiter))
         self.transport.registerProducer(self, True)
         self._make_parts()
         # Logged in: the handshake timeout has nothing left to watch.
@@ -358,24 +270,6 @@ class SessionProtocol(Protocol):
             self._metrics,
         )
 
-    def _greet(self, avatar: ISessionAvatar) -> None:
-        """
-        Tell the peer it is logged in, as whom, and at what rate.
-        """
-        grant = avatar.grant
-        rate = wire.format_rate(
-            grant.rate.per_second,
-            grant.rate.burst,
-            self._rate_limiter.available(avatar.identity, grant.rate),
-        )
-        self.transport.write(
-            wire.reply(
-                200,
-                f"secmsg {__version__} ready; you are {avatar.identity} "
-                f"(roles: {','.join(avatar.roles)}); {rate}",
-            )
-        )
-
     def _still_trusted(self, step: str) -> bool:
         """
         Judge the chain again by the trust in force, which a reload may
@@ -388,15 +282,7 @@ class SessionProtocol(Protocol):
         if refusal is None:
             return True
         self._metrics.handshake(refusal.reason.value)
-        audit(
-            "handshake_refused",
-            "refused {peer} at its {step}, after a reload: subject {subject}: {reason}",
-            LogLevel.warn,
-            peer=self.address,
-            step=step,
-            subject=refusal.subject,
-            reason=refusal.describe(),
-        )
+        _record_refused_after_reload(self.address, step, refusal)
         self.close(refusal.reason.value)
         return False
 
@@ -409,16 +295,7 @@ class SessionProtocol(Protocol):
         self._metrics.handshake("login refused")
         whose = fingerprint(self.certificate)
         if self.factory.refusal_records.holders.allow(f"{whose}: login refused"):
-            audit(
-                "login_refused",
-                "refused login from {peer}: subject {subject}: {reason}",
-                LogLevel.warn,
-                peer=self.address,
-                subject=describe_subject(self.certificate),
-                serial=f"{self.certificate.serial_number:x}",
-                fingerprint=whose,
-                reason=reason,
-            )
+            _record_login_refused(self.address, self.certificate, reason)
         self.close(f"login refused: {reason}")
 
     def dataReceived(self, data: bytes) -> None:
@@ -550,13 +427,7 @@ class SessionProtocol(Protocol):
     def _record_refusal(self, refusal: CertificateRefused) -> None:
         self._metrics.handshake(refusal.reason.value)
         if self.factory.refusal_records.allow(refusal):
-            audit(
-                "handshake_refused",
-                "refused handshake from {peer}: subject {subject}: {reason}",
-                peer=self.address,
-                subject=refusal.subject or "(none)",
-                reason=refusal.describe(),
-            )
+            _record_handshake_refused(self.address, refusal)
 
 
 def _record_login(
@@ -577,4 +448,82 @@ def _record_login(
         subject=describe_subject(certificate),
         serial=f"{certificate.serial_number:x}",
         fingerprint=fingerprint(certificate),
+    )
+
+
+def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
+    """
+    The reply that tells a peer it is logged in, as whom, and at what rate.
+    """
+    grant = avatar.grant
+    rate = wire.format_rate(
+        grant.rate.per_second,
+        grant.rate.burst,
+        rate_limiter.available(avatar.identity, grant.rate),
+    )
+    return wire.reply(
+        200,
+        f"secmsg {__version__} ready; you are {avatar.identity} "
+        f"(roles: {','.join(avatar.roles)}); {rate}",
+    )
+
+
+def _record_displaced(address: str, reason: str) -> None:
+    """
+    Record a connection dropped before it logged in, to make room.
+    """
+    audit(
+        "limit_reached",
+        "dropped {peer} before it logged in: {reason}",
+        LogLevel.warn,
+        peer=address,
+        reason=reason,
+    )
+
+
+def _record_handshake_refused(address: str, refusal: CertificateRefused) -> None:
+    """
+    Record a handshake that failed, or was refused by our verify callback.
+    """
+    audit(
+        "handshake_refused",
+        "refused handshake from {peer}: subject {subject}: {reason}",
+        peer=address,
+        subject=refusal.subject or "(none)",
+        reason=refusal.describe(),
+    )
+
+
+def _record_refused_after_reload(
+    address: str, step: str, refusal: CertificateRefused
+) -> None:
+    """
+    Record a chain that a reload since the verify callback no longer trusts.
+    """
+    audit(
+        "handshake_refused",
+        "refused {peer} at its {step}, after a reload: subject {subject}: {reason}",
+        LogLevel.warn,
+        peer=address,
+        step=step,
+        subject=refusal.subject,
+        reason=refusal.describe(),
+    )
+
+
+def _record_login_refused(
+    address: str, certificate: x509.Certificate, reason: str
+) -> None:
+    """
+    Record a verified certificate whose login the portal refused.
+    """
+    audit(
+        "login_refused",
+        "refused login from {peer}: subject {subject}: {reason}",
+        LogLevel.warn,
+        peer=address,
+        subject=describe_subject(certificate),
+        serial=f"{certificate.serial_number:x}",
+        fingerprint=fingerprint(certificate),
+        reason=reason,
     )
