@@ -29,12 +29,12 @@ from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
 from secmsg.daemon.metrics import Metrics
-from secmsg.daemon.protocol import SessionFactory
 from secmsg.daemon.reload import (
     ReloadableFiles,
     Reloader,

@@ -17,7 +17,7 @@ from secmsg.clock import clock_time
 from secmsg.daemon.commands import HISTORY_BYTES
 from secmsg.daemon.delivery import PAGE_SIZE, Delivery
 from secmsg.daemon.metrics import Metrics
-from secmsg.daemon.protocol import PIPELINE_DEPTH, PIPELINE_RESUME
+from secmsg.daemon.pipeline import PIPELINE_DEPTH, PIPELINE_RESUME
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.errors import MailboxFull, StoreError
 from secmsg.messages import Draft, Kind, Stored, WaitingLimit
