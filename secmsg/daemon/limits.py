@@ -13,6 +13,7 @@ import ipaddress
 import math
 import resource
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -144,6 +145,90 @@ class OldestMakesRoom(Generic[Connection]):
         del here[connection]
         if not here:
             del self._by_address[address]
+
+
+@dataclass(frozen=True)
+class Quota:
+    """
+    A bound on connections admitted at once that share a key (an identity,
+    an address, or the same key for all), and what a refusal past it says.
+
+    @ivar refusal: the refusal's text, with C{{key}} and C{{limit}} in it
+        filled in.
+    """
+
+    limit: int
+    refusal: str
+
+
+class Admissions(Generic[Connection]):
+    """
+    Connections in two stages.  While they wait, they are held within a
+    bound per address and one in all, where the oldest makes room
+    (L{OldestMakesRoom}): holding a connection open costs nothing, so
+    refusing the newest would let anyone lock an address out.  Once
+    admitted they are counted against quotas, where the newest is refused:
+    it has proved who it is, and may be told why.
+    """
+
+    def __init__(
+        self, waiting_per_address: int, waiting_in_all: int, quotas: Sequence[Quota]
+    ) -> None:
+        """
+        @param quotas: the bounds on connections admitted, checked in
+            order; L{admit} gives each one's key.
+        """
+        self._waiting: OldestMakesRoom[Connection] = OldestMakesRoom(
+            waiting_per_address, waiting_in_all
+        )
+        self._quotas = tuple(quotas)
+        self._counts: tuple[Counter[str], ...] = tuple(Counter() for _ in quotas)
+        self._admitted: dict[Connection, tuple[str, ...]] = {}
+
+    @property
+    def admitted(self) -> int:
+        """
+        How many connections are admitted now.
+        """
+        return len(self._admitted)
+
+    def arrive(self, connection: Connection, address: str) -> Connection | None:
+        """
+        Hold a new connection from C{address} (as
+        L{secmsg.daemon.limits.address_group} names it) while it waits.
+
+        @return: the oldest connection it displaces, no longer held, which
+            the caller drops; or L{None}.
+        """
+        return self._waiting.add(connection, address)
+
+    def admit(self, connection: Connection, keys: tuple[str, ...]) -> str | None:
+        """
+        Admit a waiting connection, unless a quota is full.
+
+        @param keys: the connection's key for each quota, in their order.
+        @return: why it is refused, or L{None}; a refused connection still
+            waits, until L{leave}.
+        """
+        for quota, counts, key in zip(self._quotas, self._counts, keys, strict=True):
+            if counts[key] >= quota.limit:
+                return quota.refusal.format(key=key, limit=quota.limit)
+        self._waiting.discard(connection)
+        self._admitted[connection] = keys
+        for counts, key in zip(self._counts, keys, strict=True):
+            counts[key] += 1
+        return None
+
+    def leave(self, connection: Connection) -> None:
+        """
+        Forget a connection that has ended, waiting or admitted.
+        """
+        self._waiting.discard(connection)
+        keys = self._admitted.pop(connection, None)
+        if keys is None:
+            return
+        for counts, key in zip(self._counts, keys, strict=True):
+            count_down(counts, key)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ to a bound, and answered after the greeting.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from twisted.cred.error import UnauthorizedLogin
@@ -26,30 +27,28 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import audit, record_login
 from secmsg.daemon.auth import VerifiedCertificate
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.deadlines import Deadlines
-from secmsg.daemon.identity import describe_subject, fingerprint
+from secmsg.daemon.handshake import Handshake, record_displaced, record_login_refused
+from secmsg.daemon.identity import fingerprint
 from secmsg.daemon.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
 from secmsg.daemon.limits import Limits, address_group
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.outbox import Outbox
 from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle
-from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
+from secmsg.daemon.tls import TrustVerdict
 from secmsg.daemon.trust import share_issuers
-from secmsg.errors import CertificateRefused, RefusalReason
+from secmsg.errors import CertificateRefused
 from secmsg.rate import RateLimiter
 
 log = Logger()
-
-EARLY_DATA_LIMIT = 65536
-"""Bytes a peer may send before its login completes; past it, it is dropped."""
 
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
@@ -64,6 +63,25 @@ def describe_address(address: IAddress) -> str:
     if host is None:
         return str(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPort:
+    """
+    What every session of a port shares, held once by the factory rather
+    than once by each of the thousands of sessions.
+
+    @ivar rate_limiter: the identities' token buckets, which the admin
+        interface draws on too.
+    """
+
+    portal: Portal
+    commands: Commands
+    clock: IReactorTime
+    limits: Limits
+    rate_limiter: RateLimiter
+    metrics: Metrics
+    max_line_length: int
 
 
 @implementer(IHandshakeListener, IHandshakeObserver, IPeer, IPushProducer)
@@ -97,26 +115,15 @@ class SessionProtocol(Protocol):
     # A daemon holds thousands of idle sessions: slots keep their state out
     # of a dictionary of its own in each (Twisted's attributes stay in one).
     __slots__ = (
-        "_clock",
-        "_commands",
         "_cutoff",
         "_deadlines",
-        "_dropped_at_connect",
-        "_early",
-        "_handshake_done",
-        "_handshake_timer",
-        "_limits",
+        "_handshake",
         "_logout",
         "_lost",
-        "_max_line_length",
-        "_metrics",
         "_outbox",
         "_pipeline",
-        "_portal",
-        "_rate_limiter",
-        "_refusal",
+        "_port",
         "_throttle",
-        "_verdict",
         "address",
         "avatar",
         "certificate",
@@ -125,31 +132,12 @@ class SessionProtocol(Protocol):
         "host",
     )
 
-    def __init__(
-        self,
-        portal: Portal,
-        commands: Commands,
-        clock: IReactorTime,
-        max_line_length: int,
-        limits: Limits,
-        rate_limiter: RateLimiter,
-        metrics: Metrics,
-    ) -> None:
-        self._portal = portal
-        self._commands = commands
-        self._clock = clock
-        self._max_line_length = max_line_length
-        self._limits = limits
-        self._rate_limiter = rate_limiter
-        self._metrics = metrics
+    def __init__(self, port: SessionPort) -> None:
+        self._port = port
         self._cutoff: IDelayedCall | None = None
-        self._early: bytearray | None = bytearray()
-        self._handshake_timer: IDelayedCall | None = None
+        # What the connection is until it logs in, made when it arrives.
+        self._handshake: Handshake | None = None
         self._deadlines: Deadlines | None = None
-        self._dropped_at_connect = False
-        self._refusal: CertificateRefused | None = None
-        self._verdict: TrustVerdict | None = None
-        self._handshake_done = False
         self._logout = None
         # The parts of a logged-in session, made at login.
         self._throttle: Throttle | None = None
@@ -166,10 +154,14 @@ class SessionProtocol(Protocol):
         peer = self.transport.getPeer()
         self.address = describe_address(peer)
         self.host = address_group(str(getattr(peer, "host", self.address)))
-        self.factory.session_started(self)
-        self._handshake_timer = self._clock.callLater(
-            self._limits.handshake_timeout, self._handshake_too_slow
+        self._handshake = Handshake(
+            self,
+            self._port.clock,
+            self._port.limits.handshake_timeout,
+            self._port.metrics,
+            self.factory.refusal_records,
         )
+        self.factory.session_started(self)
 
     def displace(self, reason: str) -> None:
         """
@@ -178,47 +170,36 @@ class SessionProtocol(Protocol):
         nothing; the operator does, within the audit trail's budget.
         """
         if self.factory.refusal_records.anonymous.allow():
-            _record_displaced(self.address, reason)
-        self._dropped_at_connect = True
-        self._metrics.handshake("connection limit")
-        self.drop()
-
-    def _cancel_handshake_timer(self) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _handshake_too_slow(self) -> None:
-        if self._handshake_done or self.closing:
-            return
-        self._refusal = CertificateRefused(
-            RefusalReason.HANDSHAKE_FAILED,
-            detail=f"not completed within {self._limits.handshake_timeout:g} s",
-        )
+            record_displaced(self.address, reason)
+        self._handshake.displaced = True
+        self._port.metrics.handshake("connection limit")
         self.drop()
 
     def certificate_refused(self, refusal: CertificateRefused) -> None:
-        if self._refusal is None:
-            self._refusal = refusal
+        self._handshake.refused(refusal)
 
     def certificate_accepted(self, verdict: TrustVerdict) -> None:
-        self._verdict = verdict
+        self._handshake.verdict = verdict
+
+    @property
+    def _handshake_done(self) -> bool:
+        return self._handshake is None or self._handshake.done
 
     def handshakeCompleted(self) -> None:
         """
         The peer's chain verified: log it in with its certificate, unless
         a reload since then no longer trusts it.
         """
-        self._handshake_done = True
+        self._handshake.done = True
         if self.closing:
             return
         self.certificate_chain = share_issuers(
             self.transport.getHandle().get_verified_chain(as_cryptography=True)
         )
         self.certificate = self.certificate_chain[0]
-        if not self._still_trusted("handshake"):
+        if not self._handshake.still_trusted(self.certificate_chain, "handshake"):
             return
-        login = self._portal.login(
+        login = self._port.portal.login(
             VerifiedCertificate(self.certificate), self, ISessionAvatar
         )
         login.addCallbacks(self._logged_in, self._login_refused)
@@ -229,11 +210,9 @@ class SessionProtocol(Protocol):
             # The peer left while the login was under way.
             logout()
             return
-        if not self._still_trusted("login"):
+        if not self._handshake.still_trusted(self.certificate_chain, "login"):
             logout()
             return
-        # A session is judged by every reload from now on.
-        self._verdict = None
         refusal = self.factory.admit(self, avatar.identity)
         if refusal is not None:
             logout()
@@ -241,16 +220,18 @@ class SessionProtocol(Protocol):
             self.end()
             return
         self.avatar, self._logout = avatar, logout
-        self._metrics.handshake("accepted")
-        _record_login(avatar, self.address, self.certificate)
-        self.transport.write(_greeting(avatar, self._rate_limiter))
+        self._port.metrics.handshake("accepted")
+        record_login(avatar.identity, avatar.grant, self.certificate, self.address)
+        self.transport.write(_greeting(avatar, self._port.rate_limiter))
         self.transport.registerProducer(self, True)
         self._make_parts()
-        # Logged in: the handshake timeout has nothing left to watch.
-        self._cancel_handshake_timer()
-        self._deadlines = Deadlines(self, self._clock, self._limits.idle_timeout)
-        self._commands.logged_in(self)
-        early, self._early = bytes(self._early), None
+        # A session is judged by every reload from now on, and timed by
+        # its deadlines.
+        early, self._handshake = self._handshake.logged_in(), None
+        self._deadlines = Deadlines(
+            self, self._port.clock, self._port.limits.idle_timeout
+        )
+        self._port.commands.logged_in(self)
         self._receive(early)
 
     def _make_parts(self) -> None:
@@ -264,28 +245,12 @@ class SessionProtocol(Protocol):
         self._outbox = Outbox(self, self._throttle)
         self._pipeline = Pipeline(
             self,
-            self._commands,
-            wire.LineFramer(self._max_line_length),
-            Strikes(self, self._rate_limiter, self._metrics),
+            self._port.commands,
+            wire.LineFramer(self._port.max_line_length),
+            Strikes(self, self._port.rate_limiter, self._port.metrics),
             self._outbox,
-            self._metrics,
+            self._port.metrics,
         )
-
-    def _still_trusted(self, step: str) -> bool:
-        """
-        Judge the chain again by the trust in force, which a reload may
-        have changed since the verify callback judged it; refuse it, saying
-        why as a reload says it to a live session, if it no longer stands.
-        """
-        if self._verdict is None:
-            return True
-        refusal = self._verdict.again(self.certificate_chain)
-        if refusal is None:
-            return True
-        self._metrics.handshake(refusal.reason.value)
-        _record_refused_after_reload(self.address, step, refusal)
-        self.close(refusal.reason.value)
-        return False
 
     def _login_refused(self, failure: Failure) -> None:
         if failure.check(UnauthorizedLogin):
@@ -293,10 +258,10 @@ class SessionProtocol(Protocol):
         else:
             log.failure("login failed", failure)
             reason = "internal error during login"
-        self._metrics.handshake("login refused")
+        self._port.metrics.handshake("login refused")
         whose = fingerprint(self.certificate)
         if self.factory.refusal_records.holders.allow(f"{whose}: login refused"):
-            _record_login_refused(self.address, self.certificate, reason)
+            record_login_refused(self.address, self.certificate, reason)
         self.close(f"login refused: {reason}")
 
     def dataReceived(self, data: bytes) -> None:
@@ -305,12 +270,7 @@ class SessionProtocol(Protocol):
         if self.avatar is not None:
             self._receive(data)
             return
-        self._early += data
-        if len(self._early) > EARLY_DATA_LIMIT:
-            self._refusal = CertificateRefused(
-                RefusalReason.HANDSHAKE_FAILED,
-                detail=f"more than {EARLY_DATA_LIMIT} bytes before login",
-            )
+        if not self._handshake.hold(data):
             self.drop()
 
     def _receive(self, data: bytes) -> None:
@@ -385,7 +345,7 @@ class SessionProtocol(Protocol):
             self._throttle.stop()
         # Armed first: a transport may report the loss from loseConnection
         # itself, and connectionLost must find the timer to cancel it.
-        self._cutoff = self._clock.callLater(
+        self._cutoff = self._port.clock.callLater(
             CLOSE_GRACE, self.transport.abortConnection
         )
         self.transport.loseConnection()
@@ -416,40 +376,13 @@ class SessionProtocol(Protocol):
             self._outbox.ended()
         if self._cutoff is not None and self._cutoff.active():
             self._cutoff.cancel()
-        self._cancel_handshake_timer()
         if self._deadlines is not None:
             self._deadlines.cancel()
         if self.avatar is not None:
             self._leave_hub()
-        elif not self._handshake_done and not self._dropped_at_connect:
-            self._record_refusal(self._refusal or refusal_for_handshake_failure(reason))
+        elif self._handshake is not None:
+            self._handshake.lost(reason)
         self.factory.session_ended(self)
-
-    def _record_refusal(self, refusal: CertificateRefused) -> None:
-        self._metrics.handshake(refusal.reason.value)
-        if self.factory.refusal_records.allow(refusal):
-            _record_handshake_refused(self.address, refusal)
-
-
-def _record_login(
-    avatar: ISessionAvatar, address: str, certificate: x509.Certificate
-) -> None:
-    """
-    Record a login: who, with what roles granted by which rule, from
-    where, with which certificate.
-    """
-    grant = avatar.grant
-    audit(
-        "login",
-        "login {identity} (roles: {roles}) from {peer}, certificate serial {serial}",
-        identity=avatar.identity,
-        roles=",".join(grant.roles),
-        granted_by=grant.granted_by,
-        peer=address,
-        subject=describe_subject(certificate),
-        serial=f"{certificate.serial_number:x}",
-        fingerprint=fingerprint(certificate),
-    )
 
 
 def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
@@ -466,65 +399,4 @@ def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
         200,
         f"secmsg {__version__} ready; you are {avatar.identity} "
         f"(roles: {','.join(avatar.roles)}); {rate}",
-    )
-
-
-def _record_displaced(address: str, reason: str) -> None:
-    """
-    Record a connection dropped before it logged in, to make room.
-    """
-    audit(
-        "limit_reached",
-        "dropped {peer} before it logged in: {reason}",
-        LogLevel.warn,
-        peer=address,
-        reason=reason,
-    )
-
-
-def _record_handshake_refused(address: str, refusal: CertificateRefused) -> None:
-    """
-    Record a handshake that failed, or was refused by our verify callback.
-    """
-    audit(
-        "handshake_refused",
-        "refused handshake from {peer}: subject {subject}: {reason}",
-        peer=address,
-        subject=refusal.subject or "(none)",
-        reason=refusal.describe(),
-    )
-
-
-def _record_refused_after_reload(
-    address: str, step: str, refusal: CertificateRefused
-) -> None:
-    """
-    Record a chain that a reload since the verify callback no longer trusts.
-    """
-    audit(
-        "handshake_refused",
-        "refused {peer} at its {step}, after a reload: subject {subject}: {reason}",
-        LogLevel.warn,
-        peer=address,
-        step=step,
-        subject=refusal.subject,
-        reason=refusal.describe(),
-    )
-
-
-def _record_login_refused(
-    address: str, certificate: x509.Certificate, reason: str
-) -> None:
-    """
-    Record a verified certificate whose login the portal refused.
-    """
-    audit(
-        "login_refused",
-        "refused login from {peer}: subject {subject}: {reason}",
-        LogLevel.warn,
-        peer=address,
-        subject=describe_subject(certificate),
-        serial=f"{certificate.serial_number:x}",
-        fingerprint=fingerprint(certificate),
-        reason=reason,
     )

@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from secmsg.daemon.audit import RecordBudget, RefusalRecords, audit
 from secmsg.daemon.interfaces import IHandshakeObserver
-from secmsg.daemon.limits import Limits, OldestMakesRoom, address_group
+from secmsg.daemon.limits import Admissions, Limits, address_group
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.protocol import describe_address
 from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
@@ -226,14 +226,16 @@ class AdminGate(WrappingFactory):
         super().__init__(wrapped)
         self.clock = clock
         self._anonymous_records = anonymous_records
-        self._open: OldestMakesRoom[_DeadlineWrapper] = OldestMakesRoom(
-            limits.max_handshakes_per_address, limits.max_handshakes
+        # Counted as the line port counts connections not logged in; a
+        # request logs in anew each time, so none is ever admitted.
+        self._open: Admissions[_DeadlineWrapper] = Admissions(
+            limits.max_handshakes_per_address, limits.max_handshakes, ()
         )
 
     def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper:
         wrapper = super().buildProtocol(addr)
         wrapper.host = address_group(str(getattr(addr, "host", addr)))
-        displaced = self._open.add(wrapper, wrapper.host)
+        displaced = self._open.arrive(wrapper, wrapper.host)
         if displaced is not None:
             if self._anonymous_records.allow():
                 audit(
@@ -250,7 +252,7 @@ class AdminGate(WrappingFactory):
 
     def unregisterProtocol(self, p: _DeadlineWrapper) -> None:
         super().unregisterProtocol(p)
-        self._open.discard(p)
+        self._open.leave(p)
 
 
 class ApiError(Exception):
