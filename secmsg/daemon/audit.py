@@ -116,16 +116,22 @@ def record_denial(
 
 
 def record_session_closed(
-    identity: str, peer: str, reason: str, level: LogLevel = LogLevel.info
+    identity: str,
+    peer: str,
+    reason: str,
+    level: LogLevel = LogLevel.info,
+    *,
+    dropped: bool = False,
 ) -> None:
     """
     Record that the daemon closed a session for a reason of its own.
 
     @param level: C{warn} when the client's own conduct closed it.
+    @param dropped: it was cut at once, with no last line to it.
     """
     audit(
         "session_closed",
-        "closing {identity} from {peer}: {reason}",
+        ("dropped" if dropped else "closing") + " {identity} from {peer}: {reason}",
         level,
         identity=identity,
         peer=peer,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IReactorTime
 
 from secmsg import wire
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import record_session_closed
 from secmsg.daemon.pipeline import is_blank
 
 if TYPE_CHECKING:
@@ -91,11 +91,5 @@ class Deadlines:
         session = self._session
         if session.closing:
             return
-        audit(
-            "session_closed",
-            "closing {identity} from {peer}: {reason}",
-            identity=session.avatar.identity,
-            peer=session.address,
-            reason=reason,
-        )
+        record_session_closed(session.avatar.identity, session.address, reason)
         session.close(reason)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import record_session_closed
 from secmsg.daemon.pipeline import Throttle
 
 if TYPE_CHECKING:
@@ -146,12 +146,11 @@ class Outbox:
         Drop a session that would make the daemon hold more than
         L{BACKLOG_LIMIT} bytes for it, and say why.
         """
-        audit(
-            "session_closed",
-            "dropped {identity} from {peer}: {reason}",
+        record_session_closed(
+            self._session.avatar.identity,
+            self._session.address,
+            f"more than {BACKLOG_LIMIT} bytes held for it: {why}",
             LogLevel.warn,
-            identity=self._session.avatar.identity,
-            peer=self._session.address,
-            reason=f"more than {BACKLOG_LIMIT} bytes held for it: {why}",
+            dropped=True,
         )
         self._session.drop()

@@ -19,7 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from secmsg import wire
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import audit, record_denial, record_session_closed
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.metrics import Metrics
 from secmsg.errors import (
@@ -237,13 +237,8 @@ class Strikes:
             reason = f"{REFUSED_FOR_RATE_IN_A_ROW} commands in a row past the rate"
         else:
             return None
-        audit(
-            "session_closed",
-            "closing {identity} from {peer}: {reason}",
-            LogLevel.warn,
-            identity=self._session.avatar.identity,
-            peer=self._session.address,
-            reason=reason,
+        record_session_closed(
+            self._session.avatar.identity, self._session.address, reason, LogLevel.warn
         )
         return reason
 
@@ -255,15 +250,7 @@ class Strikes:
         """
         identity = self._session.avatar.identity
         if isinstance(error, NotPermitted):
-            audit(
-                "denied",
-                "denied {verb} to {identity}: {rule}",
-                LogLevel.warn,
-                identity=identity,
-                peer=self._session.address,
-                verb=verb,
-                rule=error.rule,
-            )
+            record_denial(identity, self._session.address, verb, error.rule)
         elif isinstance(error, RateLimited):
             self._metrics.rate_limited(verb)
             if self.rate_refusals > 1:

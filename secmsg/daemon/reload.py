@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from secmsg.clock import clock_time
-from secmsg.daemon.audit import audit
+from secmsg.daemon.audit import record_session_closed
 from secmsg.daemon.auth import PolicyRealm
 from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
 from secmsg.daemon.policy import Grant, Policy, load_policy
@@ -286,11 +286,5 @@ def _close(avatar: ISessionAvatar, peer: IPeer, reason: str) -> None:
     Close a session the configuration in force no longer admits, saying
     why to it and to the audit trail.
     """
-    audit(
-        "session_closed",
-        "closing {identity} from {peer}: {reason}",
-        identity=avatar.identity,
-        peer=peer.address,
-        reason=reason,
-    )
+    record_session_closed(avatar.identity, peer.address, reason)
     peer.close(reason)
