@@ -11,7 +11,6 @@ of idle sessions.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
@@ -321,8 +320,12 @@ class Pipeline:
         self._outbox = outbox
         self._throttle = outbox.throttle
         self._metrics = metrics
-        self._frames: deque[bytes | object] = deque()
-        self._replies: deque[_Reply] = deque()
+        # Lists, not deques: an empty deque costs 760 bytes and an empty
+        # list 56, in each of thousands of idle sessions.  Both are short
+        # (the replies are bounded by PIPELINE_DEPTH, and the lines read
+        # are taken from the front in one slice per turn).
+        self._frames: list[bytes | object] = []
+        self._replies: list[_Reply] = []
         self._answering = False
         self.finishing = False
         self.last_words: str | None = None
@@ -353,17 +356,20 @@ class Pipeline:
             return
         self._answering = True
         frames, replies, session = self._frames, self._replies, self._session
+        taken = 0
         try:
             while (
-                frames
+                taken < len(frames)
                 and not self._throttle.paused
                 and not session.closing
                 and not self.finishing
                 and self._outbox.held is None
                 and len(replies) < PIPELINE_DEPTH
             ):
-                self._answer(frames.popleft())
+                taken += 1
+                self._answer(frames[taken - 1])
         finally:
+            del frames[:taken]
             self._answering = False
         if not session.closing:
             self._throttle.hold(len(replies), self._outbox.held is not None)
@@ -448,7 +454,7 @@ class Pipeline:
         entry.data = response
         replies, session = self._replies, self._session
         while replies and replies[0].data is not None:
-            ready = replies.popleft()
+            ready = replies.pop(0)
             if session.closing:
                 replies.clear()
                 return
