@@ -14,8 +14,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import __version__
-from secmsg.daemon.limits import Limits, address_group
-from secmsg.daemon.protocol import describe_address
+from secmsg.daemon.limits import Limits, address_group, describe_address
 from secmsg.rate import Rate, RateLimiter
 from tests.harness import POLICY, Instance, LineClient, capture_log
 from tests.sessions import STAMP, Network, VerifiedTransport

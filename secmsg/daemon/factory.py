@@ -1,10 +1,8 @@
 """
-The line port's factory, and the counting of who may connect and log in.
-
-L{Admissions} knows nothing of sessions: it counts connections that wait
-(to log in, or to be served) under bounds where the oldest makes room, and
-connections admitted under quotas that refuse the newest, so that the
-admin port's gate can count its connections the same way.
+The line port's factory: it builds each session, and decides who may
+connect and log in, with the line port's quotas on
+L{secmsg.daemon.limits.Admissions} (which the admin port's gate counts its
+connections with too) and the rate of logins.
 """
 
 from __future__ import annotations
@@ -31,8 +29,8 @@ class SessionFactory(Factory):
     connections and sessions against the L{Limits} (L{session_admissions}).
 
     Connections not yet logged in have budgets of their own, per address
-    and in all, apart from the sessions': past one,
-    the oldest connection not logged in is dropped to make room, so that
+    and in all, apart from the sessions': past one, the oldest connection
+    not logged in is dropped to make room, so that
     connections held open without a certificate cannot keep a client that
     has one from logging in.  Sessions are counted at login, per identity,
     per address and in all; a login past a limit is told why with C{503}.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 
 from secmsg.rate import Rate, RateLimiter
 
@@ -77,6 +77,17 @@ def address_group(host: str) -> str:
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host
+
+
+def describe_address(address: IAddress) -> str:
+    """
+    C{host:port} for IP addresses (C{[host]:port} for IPv6), the
+    address's own text otherwise.
+    """
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def count_down(counter: Counter[str], key: str) -> None:

@@ -1,13 +1,17 @@
 """
-The secmsg line protocol on top of an authenticated TLS connection.
+A session of the secmsg line protocol, on top of a TLS connection: its
+life from the handshake through login to its close.
 
-The protocol is thin: it frames lines, parses them with L{secmsg.wire},
-asks the avatar whether the verb is allowed, hands the command to
-L{secmsg.daemon.commands.Commands} and writes the one reply each command gets.
-Nothing is written to a peer, nor read from it, before its handshake has
-completed and its login succeeded: bytes that arrive before that (under TLS
-1.3 a client may send right after its side of the handshake) are held, up
-to a bound, and answered after the greeting.
+The session is thin: until login its L{secmsg.daemon.handshake.Handshake}
+times it and holds what it sends early; from login on, what it reads goes
+to its L{secmsg.daemon.pipeline.Pipeline} (which asks the avatar and hands
+each command to L{secmsg.daemon.commands.Commands}), what others send it
+to its L{secmsg.daemon.outbox.Outbox}, and its timers are its
+L{secmsg.daemon.deadlines.Deadlines}.  Nothing is written to a peer, nor
+read from it, before its handshake has completed and its login succeeded:
+bytes that arrive before that (under TLS 1.3 a client may send right after
+its side of the handshake) are held, up to a bound, and answered after the
+greeting.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IHandshakeListener,
     IPushProducer,
@@ -39,7 +42,7 @@ from secmsg.daemon.deadlines import Deadlines
 from secmsg.daemon.handshake import Handshake, record_displaced, record_login_refused
 from secmsg.daemon.identity import fingerprint
 from secmsg.daemon.interfaces import IHandshakeObserver, IPeer, ISessionAvatar
-from secmsg.daemon.limits import Limits, address_group
+from secmsg.daemon.limits import Limits, address_group, describe_address
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.outbox import Outbox
 from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle
@@ -52,17 +55,6 @@ log = Logger()
 
 CLOSE_GRACE = 10.0
 """Seconds a closing session gets to take its last line before it is cut."""
-
-
-def describe_address(address: IAddress) -> str:
-    """
-    C{host:port} for IP addresses (C{[host]:port} for IPv6), the
-    address's own text otherwise.
-    """
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +215,8 @@ class SessionProtocol(Protocol):
         self._port.metrics.handshake("accepted")
         record_login(avatar.identity, avatar.grant, self.certificate, self.address)
         self.transport.write(_greeting(avatar, self._port.rate_limiter))
-        self.transport.registerProducer(self, True)
         self._make_parts()
+        self.transport.registerProducer(self, True)
         # A session is judged by every reload from now on, and timed by
         # its deadlines.
         early, self._handshake = self._handshake.logged_in(), None
@@ -236,10 +228,10 @@ class SessionProtocol(Protocol):
 
     def _make_parts(self) -> None:
         """
-        Make what a logged-in session needs, once it is its transport's
-        producer: what it reads and answers, what it pushes, and whether it
-        reads.  Only now, so that connections that never log in cost none
-        of it.
+        Make what a logged-in session needs before it becomes its
+        transport's producer (which may pause it at once): what it reads
+        and answers, what it pushes, and whether it reads.  Only now, so
+        that connections that never log in cost none of it.
         """
         self._throttle = Throttle(self.transport)
         self._outbox = Outbox(self, self._throttle)

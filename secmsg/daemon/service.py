@@ -28,8 +28,8 @@ from secmsg.clock import clock_time
 from secmsg.daemon.audit import AuditTrail, audit, open_trail
 from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.limits import describe_address
 from secmsg.daemon.operations import reload_as
-from secmsg.daemon.protocol import describe_address
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.tls import VerifyingServerTLS

@@ -279,6 +279,7 @@ class AdminResource(Resource):
                 self._address,
                 command,
                 f"refused as cross-site: {reason}",
+                admin=True,
             )
             raise ApiError(HTTPStatus.FORBIDDEN, f"refused as cross-site: {reason}")
 
@@ -299,7 +300,9 @@ class AdminResource(Resource):
         try:
             self._avatar.authorize(command)
         except NotPermitted as denial:
-            record_denial(self._avatar.identity, self._address, command, denial.rule)
+            record_denial(
+                self._avatar.identity, self._address, command, denial.rule, admin=True
+            )
             raise
 
     def _body(self, request: BoundedRequest) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from twisted.web.resource import IResource, Resource
 from secmsg.daemon.admin.http import BoundedRequest, send_error
 from secmsg.daemon.audit import audit
 from secmsg.daemon.auth import VerifiedCertificate
-from secmsg.daemon.protocol import describe_address
+from secmsg.daemon.limits import describe_address
 from secmsg.errors import CertificateRefused
 
 log = Logger()

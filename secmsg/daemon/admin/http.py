@@ -35,9 +35,8 @@ from zope.interface import implementer
 
 from secmsg.daemon.audit import RecordBudget, RefusalRecords, audit
 from secmsg.daemon.interfaces import IHandshakeObserver
-from secmsg.daemon.limits import Admissions, Limits, address_group
+from secmsg.daemon.limits import Admissions, Limits, address_group, describe_address
 from secmsg.daemon.metrics import Metrics
-from secmsg.daemon.protocol import describe_address
 from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
 from secmsg.errors import CertificateRefused
 
