@@ -115,6 +115,23 @@ def record_denial(
     )
 
 
+def record_handshake_refused(
+    address: str, refusal: CertificateRefused, *, admin: bool = False
+) -> None:
+    """
+    Record a connection that did not get past TLS: its handshake failed,
+    or the verify callback refused its certificate.
+    """
+    audit(
+        "handshake_refused",
+        "refused " + ("admin " if admin else "") + "handshake from {peer}: "
+        "subject {subject}: {reason}",
+        peer=address,
+        subject=refusal.subject or "(none)",
+        reason=refusal.describe(),
+    )
+
+
 def record_session_closed(
     identity: str,
     peer: str,

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from secmsg.daemon.audit import RefusalRecords, audit
+from secmsg.daemon.audit import RefusalRecords, audit, record_handshake_refused
 from secmsg.daemon.identity import describe_subject, fingerprint
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
@@ -136,7 +136,7 @@ class Handshake:
         refusal = self._refusal or refusal_for_handshake_failure(reason)
         self._metrics.handshake(refusal.reason.value)
         if self._records.allow(refusal):
-            _record_handshake_refused(self._session.address, refusal)
+            record_handshake_refused(self._session.address, refusal)
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -177,16 +177,6 @@ def record_login_refused(
         serial=f"{certificate.serial_number:x}",
         fingerprint=fingerprint(certificate),
         reason=reason,
-    )
-
-
-def _record_handshake_refused(address: str, refusal: CertificateRefused) -> None:
-    audit(
-        "handshake_refused",
-        "refused handshake from {peer}: subject {subject}: {reason}",
-        peer=address,
-        subject=refusal.subject or "(none)",
-        reason=refusal.describe(),
     )
 
 

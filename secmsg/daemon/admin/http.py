@@ -33,7 +33,12 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from secmsg.daemon.audit import RecordBudget, RefusalRecords, audit
+from secmsg.daemon.audit import (
+    RecordBudget,
+    RefusalRecords,
+    audit,
+    record_handshake_refused,
+)
 from secmsg.daemon.interfaces import IHandshakeObserver
 from secmsg.daemon.limits import Admissions, Limits, address_group, describe_address
 from secmsg.daemon.metrics import Metrics
@@ -174,13 +179,7 @@ class AdminSite(server.Site):
         """
         self._metrics.handshake(refusal.reason.value)
         if self._refusal_records.allow(refusal):
-            audit(
-                "handshake_refused",
-                "refused admin handshake from {peer}: subject {subject}: {reason}",
-                peer=address,
-                subject=refusal.subject or "(none)",
-                reason=refusal.describe(),
-            )
+            record_handshake_refused(address, refusal, admin=True)
 
 
 class _DeadlineWrapper(ProtocolWrapper):
