@@ -135,8 +135,11 @@ def place(module: str) -> str:
     """
     Where a module lives: a wing's name, C{"cli"}, C{"tap"}, or C{"core"}
     for the modules directly in the package (and the package itself).
+    C{secmsg.__main__} is the command line's, as C{python -m secmsg}.
     """
     parts = module.split(".")
+    if module == "secmsg.__main__":
+        return "cli"
     if len(parts) >= 2 and parts[1] in WINGS + ON_TOP:
         return parts[1]
     return "core"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg import __version__
 from tests.harness import temporary_directory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,19 @@ class PackagingTests(SynchronousTestCase):
             check=True,
         )
         self.assertIn("secmsg", result.stdout)
+
+    def test_python_dash_m_runs_the_command(self) -> None:
+        """
+        C{python -m secmsg} is the C{secmsg} command.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "secmsg", "--version"],
+            capture_output=True,
+            text=True,
+            cwd=temporary_directory(self),
+            check=True,
+        )
+        self.assertEqual(result.stdout, f"secmsg {__version__}\n")
 
     def test_wheel_carries_plugin_without_shadowing_twisted(self) -> None:
         """
