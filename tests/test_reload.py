@@ -61,6 +61,26 @@ class ReloadTests(AdminAndBob):
         again = self.instance.connect(self.bob_pair)
         self.assertFalse(again.greeted)
 
+    def test_renewed_server_certificate_is_served_after_reload(self) -> None:
+        """
+        A RELOAD re-reads the server's own certificate and key: the next
+        handshake presents the renewed certificate, with no restart, and
+        the open sessions carry on.
+        """
+        renewed = self.ca.server()
+        self.instance.write("server.pem", renewed.certificate_pem)
+        self.instance.write("server.key", renewed.key_pem)
+        self.assertEqual(self.reload()[0][:4], "200 ")
+        carol = self.instance.connect(self.ca.issue("carol"))
+        self.assertTrue(carol.greeted)
+        served = carol.transport.getHandle().get_peer_certificate()
+        self.assertEqual(
+            served.to_cryptography().serial_number,
+            renewed.certificate.serial_number,
+        )
+        self.assertEqual(self.bob.take(), [])
+        self.assertIsNone(self.bob.lost)
+
     def test_new_policy_applies_to_live_session_at_once(self) -> None:
         """
         A demoted identity loses its commands in its open session.
