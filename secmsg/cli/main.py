@@ -1,7 +1,8 @@
 """
 The C{secmsg} command: C{init} makes a development instance, C{pki} runs
 the operator's CA, C{connect} and C{send} talk to a daemon, C{audit}
-checks the daemon's audit trail.
+checks the daemon's audit trail, C{check-config} checks the daemon's
+configuration without starting it.
 
 This is the client side's composition root, as L{secmsg.tap} is the
 daemon's: it reads the options and hands each piece what it needs.
@@ -16,6 +17,7 @@ from pathlib import Path
 from twisted.python import usage
 
 from secmsg.cli import audit as audit_command
+from secmsg.cli import check_config as check_config_command
 from secmsg.cli import connect as connect_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
@@ -40,13 +42,19 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|audit ..."
+    synopsis = "init|pki|connect|send|audit|check-config ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
         ["connect", None, connect_command.ConnectOptions, "Talk to a secmsg daemon."],
         ["send", None, connect_command.SendOptions, "Send one message and exit."],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
+        [
+            "check-config",
+            None,
+            check_config_command.Options,
+            "Check the daemon's configuration without starting it.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -76,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = _init(options.subOptions["directory"], now)
         elif options.subCommand == "audit":
             lines, intact = audit_command.run(options.subOptions)
+        elif options.subCommand == "check-config":
+            lines, intact = check_config_command.run(options.subOptions, now)
         else:
             lines = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
