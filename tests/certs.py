@@ -65,13 +65,15 @@ def _name(
 @dataclass
 class CertificateAuthority:
     """
-    A test CA that signs whatever a test asks for, good or bad.
+    A test CA that signs whatever a test asks for, good or bad; its
+    certificate began a year ago and lasts C{lifetime}.
     """
 
     name: str = "secmsg test CA"
     parent: CertificateAuthority | None = None
     pair: Pair = field(init=False)
     revoked: list[int] = field(default_factory=list)
+    lifetime: timedelta = timedelta(days=3650)
 
     def __post_init__(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -86,7 +88,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=3650))
+            .not_valid_after(start + self.lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False

@@ -316,9 +316,12 @@ def _check_crls(
 
 
 def _in(left: timedelta) -> str:
-    days = left.days
-    if days < 1:
+    """
+    How long is left, in whole days to the nearest.
+    """
+    if left < timedelta(days=1):
         return "in less than a day"
+    days = round(left / timedelta(days=1))
     return "in 1 day" if days == 1 else f"in {days} days"
 
 
