@@ -70,7 +70,7 @@ class Configuration:
         )
         self.write("ca.pem", self.ca.pem)
         self.write("server.pem", self.server.certificate_pem)
-        self.write("server.key", self.server.key_pem)
+        self.write("server.key", self.server.key_pem).chmod(0o600)
         self.write("crl.pem", self.ca.crl_pem(next_update=timedelta(days=90)))
         self.write("policy.toml", POLICY)
         self.config = self.write("secmsg.toml", CONFIG)
@@ -409,6 +409,20 @@ class WarningTests(SynchronousTestCase):
         findings = check(self.configuration.config, now() + timedelta(days=100))
         self.assertEqual(findings.problems, [])
         self.assertIn("is past its next update", "".join(findings.warnings))
+
+    def test_key_readable_by_others(self) -> None:
+        """
+        A server key that group or others may read is a warning.
+        """
+        key = self.directory / "server.key"
+        key.chmod(0o644)
+        self.assertEqual(
+            self.warnings(),
+            [
+                f"{key}: the private key is open to others than its owner (mode 0644); "
+                f"chmod 600 {key}"
+            ],
+        )
 
     def test_unreachable_role(self) -> None:
         """

@@ -215,6 +215,8 @@ def _check_tls(files: dict[str, Path], now: datetime, findings: Findings) -> boo
         key = findings.attempt(
             lambda: private_key_in(read_bytes(files["key"]), files["key"])
         )
+    if key is not None:
+        findings.warnings += _key_mode(files["key"])
     if chain is not None and key is not None:
         findings.attempt(
             lambda: check_key_pair(key, files["key"], chain[0], files["cert"])
@@ -232,6 +234,19 @@ def _check_tls(files: dict[str, Path], now: datetime, findings: Findings) -> boo
         _check_crls(files["crl"], cas, now, findings)
     required = {"cert", "key", "ca"} <= set(files)
     return required and len(findings.problems) == before
+
+
+def _key_mode(path: Path) -> list[str]:
+    """
+    A warning for a private key that others than its owner may read.
+    """
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        return [
+            f"{path}: the private key is open to others than its owner "
+            f"(mode {mode:04o}); chmod 600 {path}"
+        ]
+    return []
 
 
 def _server_chain(
