@@ -44,7 +44,7 @@ run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml $(FLAGS)
 
 ## Set up with the test extras (and sslyze for the TLS scan), check the code
-## with ruff, run the whole suite under pytest and again under trial, since
+## with ruff and mypy, run the whole suite under pytest and again under trial, since
 ## both must find and pass it.
 test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) lint
 	$(PYTHON) -m pytest -q
@@ -53,6 +53,7 @@ test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) lint
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check secmsg twisted tests bench
 	$(VENV)/bin/ruff format --check secmsg twisted tests bench
+	$(VENV)/bin/mypy
 
 ## Measure secmsg beside Mosquitto (about five minutes); the figures go to
 ## docs/benchmarks.md, docs/benchmarks.json and the plot in docs/.

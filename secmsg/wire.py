@@ -11,11 +11,13 @@ same grammar for people.
 
 from __future__ import annotations
 
+import enum
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from secmsg.errors import LineTooLong, Malformed, UnknownCommand
 from secmsg.messages import Kind, Stored
@@ -84,16 +86,19 @@ _MESSAGE_ID = re.compile(r"[1-9][0-9]{0,17}")
 _COUNT = re.compile(r"[1-9][0-9]{0,5}")
 
 
-class _Overlong:
+class _Overlong(enum.Enum):
     """
-    The type of L{OVERLONG}.
+    The type of L{OVERLONG}: an enumeration of one, so that a type checker
+    narrows C{frame is OVERLONG} to the bytes of a line in the other branch.
     """
+
+    OVERLONG = "OVERLONG"
 
     def __repr__(self) -> str:
         return "OVERLONG"
 
 
-OVERLONG = _Overlong()
+OVERLONG: Final = _Overlong.OVERLONG
 """What L{LineFramer.feed} yields in place of a line that was too long."""
 
 

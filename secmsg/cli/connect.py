@@ -160,7 +160,9 @@ class ConnectOptions(ConnectionOptions):
 
     synopsis = "HOST[:PORT] (--instance DIR --as NAME | --cert F --key F --ca F)"
 
-    def parseArgs(self, address: str) -> None:
+    # usage.Options calls parseArgs with the words left on the line, as
+    # many as the subclass takes; Twisted types it as taking none.
+    def parseArgs(self, address: str) -> None:  # type: ignore[override]
         self.address(address)
 
 
@@ -175,7 +177,9 @@ class SendOptions(ConnectionOptions):
         ["room", None, None, "Say it in this room (joining it first)."],
     ]
 
-    def parseArgs(self, address: str, *words: str) -> None:
+    # usage.Options calls parseArgs with the words left on the line, as
+    # many as the subclass takes; Twisted types it as taking none.
+    def parseArgs(self, address: str, *words: str) -> None:  # type: ignore[override]
         self.address(address)
         self["text"] = " ".join(words)
 

@@ -33,7 +33,9 @@ class InitOptions(CommandOptions):
 
     synopsis = "DIR"
 
-    def parseArgs(self, directory: str) -> None:
+    # usage.Options calls parseArgs with the words left on the line, as
+    # many as the subclass takes; Twisted types it as taking none.
+    def parseArgs(self, directory: str) -> None:  # type: ignore[override]
         self["directory"] = Path(directory)
 
 

@@ -145,7 +145,9 @@ class IssueOptions(_DirOptions):
         """
         self["san-uri"].append(uri)
 
-    def parseArgs(self, name: str) -> None:
+    # usage.Options calls parseArgs with the words left on the line, as
+    # many as the subclass takes; Twisted types it as taking none.
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
         self["name"] = name
 
     def postOptions(self) -> None:
@@ -184,7 +186,9 @@ class RevokeOptions(_DirOptions):
         ],
     ]
 
-    def parseArgs(self, name_or_serial: str) -> None:
+    # usage.Options calls parseArgs with the words left on the line, as
+    # many as the subclass takes; Twisted types it as taking none.
+    def parseArgs(self, name_or_serial: str) -> None:  # type: ignore[override]
         self["which"] = name_or_serial
 
 

@@ -62,10 +62,10 @@ async def run_console(
     session.listen(shown)
     try:
         commands = help_commands(await _wait(session.command(b"HELP"), loop))
-    except SessionEnded as ending:
+    except SessionEnded as early:
         if not announced:
-            print(escape_controls(ending.words))
-        return ending.status
+            print(escape_controls(early.words))
+        return early.status
     acknowledger.decide("ACK" in commands)
     if "PING" in commands:
         session.keep_alive(KEEPALIVE_INTERVAL)

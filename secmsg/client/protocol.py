@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from secmsg import wire
 from secmsg.client.tls import describe_tls_failure
 from secmsg.errors import RefusalReason, SecmsgError
+from secmsg.transport import IConnection
 
 GREETING_TIMEOUT = 30.0
 """Seconds to wait for the greeting once connected; a server that says
@@ -121,6 +122,8 @@ class ClientProtocol(Protocol):
         (unsafe to show until escaped).
     """
 
+    transport: IConnection
+
     def __init__(
         self, clock: IReactorTime, server_name: str, timeout: float = GREETING_TIMEOUT
     ) -> None:
@@ -133,9 +136,9 @@ class ClientProtocol(Protocol):
         self._server_name = server_name
         self._timeout = timeout
         self._framer = wire.LineFramer(MAX_SERVER_LINE)
-        self._pending: deque[tuple[defer.Deferred[list[wire.ReplyLine]], list]] = (
-            deque()
-        )
+        self._pending: deque[
+            tuple[defer.Deferred[list[wire.ReplyLine]], list[wire.ReplyLine]]
+        ] = deque()
         self._announced: SessionEnded | None = None
         self._ending_reason: SessionEnded | None = None
         self._quit_answered = False

@@ -15,13 +15,14 @@ from typing import TextIO
 
 from twisted.internet import stdio
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.client.protocol import ClientProtocol, ExitStatus
 from secmsg.errors import CommandError
 from secmsg.rate import Rate, RateLimiter
+from secmsg.transport import IConnection
 
 PIPELINE_LIMIT = 64
 """Commands the scripted mode sends ahead of their replies before it stops
@@ -98,6 +99,8 @@ class _ScriptFeeder(Protocol):
     @param rate: the greeting's commands a second, burst and commands left
         now, or L{None} for a server that gives none.
     """
+
+    transport: IConnection
 
     def __init__(
         self,
@@ -190,7 +193,7 @@ class _ScriptFeeder(Protocol):
         self._throttle()
         self._finish_if_done()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for frame in self._framer.finish():
             self._line_number += 1
             self._feed(frame)

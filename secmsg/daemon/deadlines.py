@@ -47,7 +47,7 @@ class Deadlines:
         else:
             self._expiry = clock.callLater(max(0.0, remaining), self._expired)
 
-    def heard(self, frames: list[bytes | object]) -> None:
+    def heard(self, frames: list[bytes | wire._Overlong]) -> None:
         """
         The peer sent lines: unless all are blank, its idle time starts
         again.

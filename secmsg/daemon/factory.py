@@ -76,7 +76,7 @@ class SessionFactory(Factory):
         self._admissions: Admissions[SessionProtocol] = session_admissions(limits)
         self._waiting: list[defer.Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> SessionProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SessionProtocol:
         protocol = SessionProtocol(self._port)
         protocol.factory = self
         return protocol

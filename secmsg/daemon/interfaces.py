@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -297,7 +297,7 @@ class IStoreWorker(Interface):
     in the daemon, the caller's own thread in tests.
     """
 
-    def submit(job: Job) -> Deferred:
+    def submit(job: Job) -> Deferred[Any]:
         """
         Run C{job} (a function of the connection); fire with its result
         once its transaction has committed, or fail with

@@ -30,10 +30,9 @@ from secmsg.errors import (
     UnknownCommand,
 )
 from secmsg.rate import RATE_EXEMPT, RateLimiter
+from secmsg.transport import IConnection
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import ITransport
-
     from secmsg.daemon.outbox import Outbox
     from secmsg.daemon.protocol import SessionProtocol
 
@@ -79,7 +78,7 @@ class _Reply:
         self.last_words = last_words
 
 
-def _named_verb(frame: bytes | object) -> str:
+def _named_verb(frame: bytes | wire._Overlong) -> str:
     """
     The command a line's first word names, upper-cased, or C{"?"}: what a
     line is counted and charged as before it is parsed.  C{QUIT} is named
@@ -95,7 +94,7 @@ def _named_verb(frame: bytes | object) -> str:
     return verb
 
 
-def is_blank(frame: bytes | object) -> bool:
+def is_blank(frame: bytes | wire._Overlong) -> bool:
     """
     Whether a framed line holds nothing but spaces and tabs: it gets no
     reply, and does not keep its session from being idle.
@@ -116,7 +115,7 @@ class Throttle:
 
     __slots__ = ("_producing", "_throttled", "_transport", "paused")
 
-    def __init__(self, transport: ITransport) -> None:
+    def __init__(self, transport: IConnection) -> None:
         self._transport = transport
         self.paused = False
         self._throttled = False
@@ -324,19 +323,19 @@ class Pipeline:
         # list 56, in each of thousands of idle sessions.  Both are short
         # (the replies are bounded by PIPELINE_DEPTH, and the lines read
         # are taken from the front in one slice per turn).
-        self._frames: list[bytes | object] = []
+        self._frames: list[bytes | wire._Overlong] = []
         self._replies: list[_Reply] = []
         self._answering = False
         self.finishing = False
         self.last_words: str | None = None
 
-    def frame(self, data: bytes) -> list[bytes | object]:
+    def frame(self, data: bytes) -> list[bytes | wire._Overlong]:
         """
         The lines in C{data} and what came before it, not yet queued.
         """
         return self._framer.feed(data)
 
-    def take(self, frames: list[bytes | object]) -> None:
+    def take(self, frames: list[bytes | wire._Overlong]) -> None:
         """
         Queue framed lines and answer what may be answered now.
         """
@@ -374,7 +373,7 @@ class Pipeline:
         if not session.closing:
             self._throttle.hold(len(replies), self._outbox.held is not None)
 
-    def _answer(self, frame: bytes | object) -> None:
+    def _answer(self, frame: bytes | wire._Overlong) -> None:
         """
         Queue the one reply a framed line gets (a blank line gets none); it
         is written once it and every reply before it are ready.

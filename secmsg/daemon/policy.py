@@ -313,8 +313,8 @@ def _declared_roles(roles: Mapping[str, Any], fail: _Fail) -> _Declared:
             tuple(inherits),
             _rate(role, where, fail),
         )
-    for name, (_, inherits, _) in declared.items():
-        _check_roles_exist(inherits, declared, f"[roles.{name}] inherits", fail)
+    for name, (_, parents, _) in declared.items():
+        _check_roles_exist(parents, declared, f"[roles.{name}] inherits", fail)
     return declared
 
 

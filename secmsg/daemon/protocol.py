@@ -29,7 +29,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -50,6 +50,7 @@ from secmsg.daemon.tls import TrustVerdict
 from secmsg.daemon.trust import share_issuers
 from secmsg.errors import CertificateRefused
 from secmsg.rate import RateLimiter
+from secmsg.transport import IConnection
 
 log = Logger()
 
@@ -103,6 +104,8 @@ class SessionProtocol(Protocol):
     @ivar certificate_chain: the verified chain, leaf first.
     @ivar closing: the session is ending; nothing more is sent or read.
     """
+
+    transport: IConnection
 
     # A daemon holds thousands of idle sessions: slots keep their state out
     # of a dictionary of its own in each (Twisted's attributes stay in one).
@@ -362,7 +365,7 @@ class SessionProtocol(Protocol):
             peer=self.address,
         )
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = self._lost = True
         if self._outbox is not None:
             self._outbox.ended()

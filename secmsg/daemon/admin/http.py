@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import LogLevel
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -44,6 +44,7 @@ from secmsg.daemon.limits import Admissions, Limits, address_group, describe_add
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.tls import TrustVerdict, refusal_for_handshake_failure
 from secmsg.errors import CertificateRefused
+from secmsg.transport import IConnection
 
 MAX_BODY = 64 * 1024
 """Bytes a request body may hold; the rest is not kept, and the request
@@ -76,6 +77,8 @@ class BoundedRequest(server.Request):
     whether it was sent more, and whether its client has gone.
     """
 
+    channel: AdminChannel
+    content: io.BytesIO
     too_large = False
     gone = False
 
@@ -112,6 +115,8 @@ class AdminChannel(http.HTTPChannel):
         without a certificate.
     """
 
+    transport: IConnection
+
     site: AdminSite
     verdict: TrustVerdict | None = None
     _refusal: CertificateRefused | None = None
@@ -146,7 +151,7 @@ class AdminChannel(http.HTTPChannel):
             self.transport.getHandle().get_verified_chain(as_cryptography=True)
         )
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._handshake_done:
             self.site.handshake_refused(
                 describe_address(self.transport.getPeer()),
@@ -187,6 +192,8 @@ class _DeadlineWrapper(ProtocolWrapper):
     A connection that is aborted once L{CONNECTION_DEADLINE} has passed.
     """
 
+    transport: IConnection
+
     host = "?"
     _deadline: IDelayedCall | None = None
 
@@ -196,7 +203,7 @@ class _DeadlineWrapper(ProtocolWrapper):
         )
         super().makeConnection(transport)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         super().connectionLost(reason)
@@ -230,7 +237,7 @@ class AdminGate(WrappingFactory):
             limits.max_handshakes_per_address, limits.max_handshakes, ()
         )
 
-    def buildProtocol(self, addr: IAddress) -> _DeadlineWrapper:
+    def buildProtocol(self, addr: IAddress | None) -> _DeadlineWrapper:
         wrapper = super().buildProtocol(addr)
         wrapper.host = address_group(str(getattr(addr, "host", addr)))
         displaced = self._open.arrive(wrapper, wrapper.host)
