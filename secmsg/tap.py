@@ -29,6 +29,7 @@ from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.delivery import Delivery
+from secmsg.daemon.expiry import TLSExpiry
 from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
@@ -285,6 +286,7 @@ def build_line_sessions(
         line.max_line_length,
     )
     parts.metrics.count_sessions(lambda: sessions.session_count)
+    parts.metrics.count_waiting(delivery.waiting)
     return LineSessions(delivery, sessions)
 
 
@@ -309,8 +311,10 @@ def build_daemon(
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
-    reloader = Reloader(files, clock, tls, realm, hub)
     metrics = Metrics()
+    metrics.configuration_loaded(True, clock.seconds())
+    metrics.registry.register(TLSExpiry(tls))
+    reloader = Reloader(files, clock, tls, realm, hub, metrics)
     line = build_line_sessions(
         settings.line,
         LineParts(hub, store, realm, portal, clock, metrics),

@@ -443,15 +443,18 @@ class AdminTests(SynchronousTestCase):
             after[("secmsg_handshakes_total", (("outcome", "accepted"),))], 2
         )
         self.assertEqual(
-            after[("secmsg_commands_total", (("code", "250"), ("verb", "MSG")))], 1
+            after[("secmsg_commands_total", (("code", "250"), ("command", "MSG")))], 1
         )
-        self.assertEqual(after[("secmsg_messages_total", (("event", "delivered"),))], 1)
+        self.assertEqual(after[("secmsg_messages_accepted_total", ())], 1)
+        self.assertEqual(
+            after[("secmsg_deliveries_total", (("outcome", "delivered"),))], 1
+        )
         self.assertEqual(self.web.request(self.alice, "GET", "/metrics").status, 403)
         self.assertEqual(
             samples()[
                 (
                     "secmsg_admin_requests_total",
-                    (("command", "METRICS"), ("status", "403")),
+                    (("code", "403"), ("command", "METRICS")),
                 )
             ],
             1,
@@ -495,7 +498,7 @@ class AdminTests(SynchronousTestCase):
         (refused,) = [r for r in records(trail) if r["event"] == "handshake_refused"]
         self.assertTrue(refused["reason"].startswith("unknown CA"))
         exposition = self.instance.daemon.metrics.exposition().decode()
-        self.assertIn('secmsg_handshakes_total{outcome="unknown CA"} 1.0', exposition)
+        self.assertIn('secmsg_handshakes_total{outcome="unknown_ca"} 1.0', exposition)
 
 
 class AdminLimitTests(SynchronousTestCase):

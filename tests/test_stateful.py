@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
 from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.reload import ReloadableFiles, Reloader
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS, load_server_tls
 from tests.certs import now
@@ -97,7 +98,7 @@ class SessionMachine(RuleBasedStateMachine):
             load_server_tls(files.tls, now(), False), IdentityRule().identity_of, clock
         )
         self.reloader = Reloader(
-            files, clock, tls, self.network.realm, self.network.hub
+            files, clock, tls, self.network.realm, self.network.hub, Metrics()
         )
 
     def write_policy(self) -> None:

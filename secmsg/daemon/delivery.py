@@ -73,6 +73,16 @@ class Delivery:
             or self._hub.is_online(identity)
         )
 
+    def waiting(self) -> int:
+        """
+        How many deliveries wait in mailboxes unacknowledged, for the
+        metrics: summed at each scrape over every identity a message can
+        be kept for, from the store's memory.
+        """
+        everyone = {*self._listed(), *self._store.identities(), *self._hub.online()}
+        waiting = self._store.waiting
+        return sum(waiting(identity)[0] for identity in everyone)
+
     def send(
         self,
         kind: Kind,
@@ -140,7 +150,7 @@ class Delivery:
     ) -> Stored:
         exclude = sender if message.kind is Kind.ROOM else None
         reached = self._hub.deliver(message, exclude) & recipients
-        self._metrics.message(1, len(reached), len(recipients - reached))
+        self._metrics.message(len(reached), len(recipients - reached))
         if reached:
             self._note_delivered([(identity, message.id) for identity in reached])
         return message

@@ -1,6 +1,9 @@
 """
 What the daemon counts, for Prometheus: sessions, handshakes, commands,
-messages, rate-limit hits and how long the store takes to accept.
+messages accepted and their deliveries, rate-limit hits, how long the
+store takes to accept, what waits in the mailboxes, the last reload's
+outcome and the build; with prometheus-client's own process and platform
+metrics beside them.
 
 Counting is on every command's path, so it is plain arithmetic on dicts
 held here; prometheus-client turns them into its text format only when
@@ -8,16 +11,25 @@ held here; prometheus-client turns them into its text format only when
 the global one, so that tests, and one day several daemons in a process,
 do not share counters).  Nothing here holds a message's text or an
 identity: labels are verbs, reply codes, refusal reasons and message
-kinds, so that their number stays small whatever clients do.
+kinds, so that their number stays small whatever clients do.  Label
+values are counted in the words the daemon logs ("login refused") and
+turned into snake_case ("login_refused") at the scrape, so that a query
+never needs quoting of spaces and the hot path never converts a thing.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,6 +37,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from secmsg import __version__
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The media type of L{Metrics.exposition}."""
@@ -40,21 +54,46 @@ class Metrics:
 
     def __init__(self) -> None:
         self._sessions: Callable[[], int] = lambda: 0
+        self._waiting: Callable[[], int] = lambda: 0
         self._handshakes: Counter[str] = Counter()
         self._commands: Counter[tuple[str, str]] = Counter()
         self._admin_requests: Counter[tuple[str, str]] = Counter()
-        self._messages: Counter[str] = Counter()
+        self._accepted = 0
+        self._deliveries: Counter[str] = Counter()
         self._rate_limited: Counter[str] = Counter()
         self._latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
+        self._reload_successful = True
+        self._reload_success_at = 0.0
         self.registry = CollectorRegistry()
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def count_sessions(self, count: Callable[[], int]) -> None:
         """
         Read the number of open sessions from C{count} at each scrape.
         """
         self._sessions = count
+
+    def count_waiting(self, count: Callable[[], int]) -> None:
+        """
+        Read the number of deliveries waiting in mailboxes from C{count} at
+        each scrape: the store keeps it in memory already.
+        """
+        self._waiting = count
+
+    def configuration_loaded(self, successful: bool, at: float) -> None:
+        """
+        Note a load of the reloadable configuration, at start or by a
+        reload, and whether it went through: a failed one leaves the
+        previous configuration in force, and the time of the last success.
+
+        @param at: seconds since the epoch.
+        """
+        self._reload_successful = successful
+        if successful:
+            self._reload_success_at = at
 
     def handshake(self, outcome: str) -> None:
         """
@@ -63,22 +102,23 @@ class Metrics:
         """
         self._handshakes[outcome] += 1
 
-    def command(self, verb: str, code: str) -> None:
-        self._commands[verb, code] += 1
+    def command(self, command: str, code: str) -> None:
+        self._commands[command, code] += 1
 
     def admin_request(self, command: str, status: int) -> None:
         self._admin_requests[command, str(status)] += 1
 
-    def rate_limited(self, verb: str) -> None:
-        self._rate_limited[verb] += 1
+    def rate_limited(self, command: str) -> None:
+        self._rate_limited[command] += 1
 
-    def message(self, accepted: int, delivered: int, queued: int) -> None:
+    def message(self, delivered: int, queued: int) -> None:
         """
-        Count a stored message and what became of it for its recipients.
+        Count a stored message and what became of it for its recipients:
+        pushed to an online session, or kept for an offline identity.
         """
-        self._messages["accepted"] += accepted
-        self._messages["delivered"] += delivered
-        self._messages["queued"] += queued
+        self._accepted += 1
+        self._deliveries["delivered"] += delivered
+        self._deliveries["queued"] += queued
 
     def store_latency(self, seconds: float) -> None:
         self._latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -94,40 +134,57 @@ class Metrics:
         """
         The metrics as prometheus-client's families, for the registry.
         """
-        sessions = GaugeMetricFamily("secmsg_sessions_open", "Sessions logged in now.")
-        sessions.add_metric([], self._sessions())
-        yield sessions
+        yield _gauge(
+            "secmsg_sessions_open", "Sessions logged in now.", self._sessions()
+        )
+        yield _gauge(
+            "secmsg_deliveries_waiting",
+            "Deliveries kept in mailboxes, unacknowledged: one for each "
+            "recipient of each message.",
+            self._waiting(),
+        )
         yield _counter(
             "secmsg_handshakes",
             "Connections that were greeted (accepted) or refused, by reason.",
             ["outcome"],
-            {(outcome,): n for outcome, n in self._handshakes.items()},
+            {(snake_case(outcome),): n for outcome, n in self._handshakes.items()},
         )
         yield _counter(
             "secmsg_commands",
-            "Commands answered, by verb and reply code.",
-            ["verb", "code"],
+            "Commands answered, by command and reply code.",
+            ["command", "code"],
             self._commands,
         )
         yield _counter(
             "secmsg_admin_requests",
-            "Requests to the admin interface, by command and HTTP status.",
-            ["command", "status"],
+            "Requests to the admin interface, by the command they need and "
+            "their HTTP status code.",
+            ["command", "code"],
             self._admin_requests,
         )
+        accepted = CounterMetricFamily(
+            "secmsg_messages_accepted", "Messages stored for their recipients."
+        )
+        accepted.add_metric([], self._accepted)
+        yield accepted
         yield _counter(
-            "secmsg_messages",
-            "Messages accepted (stored), and deliveries pushed to an online "
-            "identity (delivered) or kept for one offline (queued).",
-            ["event"],
-            {(event,): n for event, n in self._messages.items()},
+            "secmsg_deliveries",
+            "Deliveries of accepted messages, one per recipient: pushed to "
+            "an online session (delivered) or kept for an offline identity "
+            "(queued).",
+            ["outcome"],
+            {(outcome,): n for outcome, n in self._deliveries.items()},
         )
         yield _counter(
             "secmsg_rate_limited",
-            "Commands refused with 429, by verb.",
-            ["verb"],
-            {(verb,): n for verb, n in self._rate_limited.items()},
+            "Commands refused with 429, by command.",
+            ["command"],
+            {(command,): n for command, n in self._rate_limited.items()},
         )
+        yield self._latency()
+        yield from self._state()
+
+    def _latency(self) -> HistogramMetricFamily:
         latency = HistogramMetricFamily(
             "secmsg_store_accept_seconds",
             "Seconds from handing a message to the store to its commit.",
@@ -139,7 +196,43 @@ class Metrics:
             cumulative += count
             buckets.append((bound, cumulative))
         latency.add_metric([], buckets, self._latency_sum)
-        yield latency
+        return latency
+
+    def _state(self) -> Iterator[Metric]:
+        """
+        What is not counted: the build, and the configuration's last load.
+        """
+        build = GaugeMetricFamily(
+            "secmsg_build_info", "The secmsg version running.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
+        yield _gauge(
+            "secmsg_config_last_reload_successful",
+            "Whether the last reload went through (1) or failed and left the "
+            "previous configuration in force (0).",
+            int(self._reload_successful),
+        )
+        yield _gauge(
+            "secmsg_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded, at start or by a "
+            "reload, in seconds since the epoch.",
+            self._reload_success_at,
+        )
+
+
+def snake_case(words: str) -> str:
+    """
+    A label value from the daemon's words: "unknown CA" becomes
+    "unknown_ca", so that the values follow Prometheus's naming.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_")
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
 
 
 def _counter(

@@ -25,6 +25,7 @@ from secmsg.clock import clock_time
 from secmsg.daemon.audit import record_session_closed
 from secmsg.daemon.auth import PolicyRealm
 from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import Grant, Policy, load_policy
 from secmsg.daemon.tls import (
     ServerTLS,
@@ -32,6 +33,7 @@ from secmsg.daemon.tls import (
     VerifyingServerTLS,
     load_server_tls,
 )
+from secmsg.errors import ConfigurationError
 
 log = Logger()
 
@@ -169,6 +171,9 @@ class Reloader:
     """
     Re-reads the reloadable files and applies them to new handshakes, new
     logins and live sessions.
+
+    @param metrics: told how each reload went (a dry run is no reload:
+        it leaves the configuration in force as it was, whatever it finds).
     """
 
     def __init__(
@@ -178,12 +183,14 @@ class Reloader:
         tls: VerifyingServerTLS,
         realm: PolicyRealm,
         hub: IHub,
+        metrics: Metrics,
     ) -> None:
         self._files = files
         self._clock = clock
         self._tls = tls
         self._realm = realm
         self._hub = hub
+        self._metrics = metrics
 
     def reload(self, dry: bool = False) -> ReloadReport:
         """
@@ -194,7 +201,7 @@ class Reloader:
             invalid; the old configuration stays in force, whole.
         """
         now = clock_time(self._clock)
-        new = load_live_configuration(self._files, now)
+        new = self._load(now, dry)
         report = ReloadReport(dry, warnings=new.tls.trust.stale_crls(now))
         judged = [
             (avatar, peer, *self._judge(new, avatar, peer, now))
@@ -210,8 +217,17 @@ class Reloader:
         self._realm.policy = new.policy
         for avatar, peer, change, grant in judged:
             self._apply(avatar, peer, change, grant)
+        self._metrics.configuration_loaded(True, self._clock.seconds())
         log.info("{summary}", summary=report.summary())
         return report
+
+    def _load(self, now: datetime, dry: bool) -> LiveConfiguration:
+        try:
+            return load_live_configuration(self._files, now)
+        except ConfigurationError:
+            if not dry:
+                self._metrics.configuration_loaded(False, self._clock.seconds())
+            raise
 
     def recheck(self) -> None:
         """

@@ -246,10 +246,12 @@ class TLSFiles:
 @dataclass(frozen=True)
 class ServerTLS:
     """
-    A freshly built server context and the trust it was built with.
+    A freshly built server context, the server's own certificate in it
+    (whose expiry the metrics show) and the trust it was built with.
     """
 
     context: SSL.Context
+    certificate: x509.Certificate
     trust: TrustAnchors
 
 
@@ -276,7 +278,7 @@ def load_server_tls(
     cas = certificates_in(read_bytes(files.ca), files.ca, "CA certificate")
     crls = load_crls(files.crl, cas) if files.crl is not None else ()
     trust = TrustAnchors(tuple(cas), tuple(crls), refuse_on_stale_crl)
-    return ServerTLS(_server_context(chain, key, trust), trust)
+    return ServerTLS(_server_context(chain, key, trust), chain[0], trust)
 
 
 def _server_context(
@@ -325,6 +327,13 @@ class VerifyingServerTLS:
         The trust anchors new handshakes are verified against.
         """
         return self._tls.trust
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """
+        The server certificate new handshakes present.
+        """
+        return self._tls.certificate
 
     def use(self, tls: ServerTLS) -> None:
         """
