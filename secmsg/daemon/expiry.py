@@ -103,8 +103,11 @@ def _issuer(
     if so): of two generations of a CA, which share a subject, the one
     that issued it.
     """
+    # A CA's key is one that signs; cryptography types every kind of public
+    # key a certificate may hold, key-exchange ones included.
+    signed = crl.is_signature_valid
     return next(
         ca
         for ca in cas
-        if ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())
+        if ca.subject == crl.issuer and signed(ca.public_key())  # type: ignore[arg-type]
     )
