@@ -371,7 +371,9 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     daemon = build_daemon(settings, reactor, store)
     endpoint = _endpoint(reactor, settings.interface, settings.port)
     service = MultiService()
-    AuditService(settings.data_dir, globalLogPublisher).setServiceParent(service)
+    AuditService(settings.data_dir, globalLogPublisher, reactor).setServiceParent(
+        service
+    )
     StoreService(store).setServiceParent(service)
     SecmsgService(
         endpoint,

@@ -22,14 +22,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.cli import main as cli
 from secmsg.daemon.audit import (
     AUDIT_NAME,
-    GENESIS,
     AuditTrail,
     RecordBudget,
     RepeatBudget,
     audit,
-    line_hash,
-    numbered_lines,
     open_trail,
+)
+from secmsg.daemon.chain import (
+    GENESIS,
+    KEY_NAME,
+    ChainKey,
+    link,
+    load_key,
+    numbered_lines,
     verify_chain,
 )
 from secmsg.daemon.trust import TrustAnchors
@@ -47,13 +52,17 @@ class _Buffer(io.BytesIO):
         pass
 
 
+KEY = ChainKey(bytes(range(32)))
+"""A key for trails written to buffers, which have no data directory."""
+
+
 def record_events(testcase: SynchronousTestCase) -> _Buffer:
     """
     Write the audit events of the test to a buffer, as the daemon writes
     them to its file.
     """
     buffer = _Buffer()
-    trail = AuditTrail(buffer, GENESIS, 1)
+    trail = AuditTrail(buffer, KEY, GENESIS, 1)
     globalLogPublisher.addObserver(trail)
     testcase.addCleanup(globalLogPublisher.removeObserver, trail)
     return buffer
@@ -87,7 +96,7 @@ class EventTests(SynchronousTestCase):
     def test_login_of_a_subject_of_many_units_writes_a_bounded_record(self) -> None:
         """
         A certificate whose subject holds 1,200 units logs in with a record
-        of under a kilobyte, not 80: its subject is cut, with the whole's
+        of about a kilobyte, not 80: its subject is cut, with the whole's
         length and hash.
         """
         many = tuple(
@@ -101,7 +110,7 @@ class EventTests(SynchronousTestCase):
             for raw in self.buffer.getvalue().splitlines()
             if json.loads(raw)["event"] == "login"
         ]
-        self.assertLess(len(line), 1024)
+        self.assertLess(len(line), 1200)
         subject = json.loads(line)["subject"]
         self.assertTrue(subject.startswith("CN=alice,OU=engineering,"))
         self.assertRegex(
@@ -149,15 +158,15 @@ class EventTests(SynchronousTestCase):
 
     def test_events_chain_by_hash(self) -> None:
         """
-        Each record names the hash of the line before it; the first names
-        the genesis.
+        Each record names the link (the MAC) of the line before it; the
+        first names the genesis.
         """
         self.network.connect("alice")
         self.network.connect("bob")
         lines = self.buffer.getvalue().splitlines()
         self.assertEqual(json.loads(lines[0])["prev"], GENESIS)
         for before, after in itertools.pairwise(lines):
-            self.assertEqual(json.loads(after)["prev"], line_hash(before))
+            self.assertEqual(json.loads(after)["prev"], link(before))
 
 
 def write_trail(directory: Path, count: int) -> Path:
@@ -181,7 +190,7 @@ class ChainTests(SynchronousTestCase):
         self.path = write_trail(self.directory, 5)
 
     def verify(self, *paths: Path):  # type: ignore[no-untyped-def]
-        return verify_chain(numbered_lines(paths))
+        return verify_chain(numbered_lines(paths), load_key(self.directory / KEY_NAME))
 
     def test_file_is_private_and_intact(self) -> None:
         """
@@ -203,15 +212,15 @@ class ChainTests(SynchronousTestCase):
 
     def test_edited_deleted_and_inserted_records_are_found(self) -> None:
         """
-        Changing a record, removing one or adding one breaks the chain at
-        the record after it, and verify names that line.
+        Changing a record breaks its own MAC; removing one or adding one
+        breaks the chain at the record after it; verify names that line.
         """
         lines = self.path.read_bytes().splitlines(keepends=True)
         edited = [*lines[:2], lines[2].replace(b'"n":2', b'"n":7'), *lines[3:]]
         deleted = lines[:2] + lines[3:]
         inserted = [*lines[:2], lines[1], *lines[2:]]
         for name, tampered, line in [
-            ("edited", edited, 4),
+            ("edited", edited, 3),
             ("deleted", deleted, 3),
             ("inserted", inserted, 3),
         ]:
@@ -227,7 +236,7 @@ class ChainTests(SynchronousTestCase):
         numbers, which verify reports although the hashes chain.
         """
         buffer = _Buffer()
-        trail = AuditTrail(buffer, GENESIS, 1)
+        trail = AuditTrail(buffer, KEY, GENESIS, 1)
 
         def failing(data: bytes) -> int:
             raise OSError("no space left on device")
@@ -243,7 +252,9 @@ class ChainTests(SynchronousTestCase):
             globalLogPublisher.removeObserver(trail)
         self.flushLoggedErrors(OSError)
         lines = buffer.getvalue().splitlines()
-        verdict = verify_chain((f"line {n}", line) for n, line in enumerate(lines, 1))
+        verdict = verify_chain(
+            ((f"line {n}", line) for n, line in enumerate(lines, 1)), KEY
+        )
         (gap,) = verdict.breaks
         self.assertEqual(
             (gap.where, gap.problem),
@@ -281,7 +292,9 @@ class ChainTests(SynchronousTestCase):
         """
         rotating_dir = temporary_directory(self)
         rotating = LogFile(AUDIT_NAME, str(rotating_dir), rotateLength=600)
-        trail = AuditTrail(rotating, GENESIS, 1)
+        trail = AuditTrail(rotating, KEY, GENESIS, 1)
+        (rotating_dir / KEY_NAME).write_bytes(KEY.secret)
+        (rotating_dir / KEY_NAME).chmod(0o600)
         globalLogPublisher.addObserver(trail)
         try:
             for n in range(10):
@@ -294,8 +307,8 @@ class ChainTests(SynchronousTestCase):
             rotating_dir / f"{AUDIT_NAME}.1",
         )
         self.assertTrue(rotated.exists())
-        self.assertIsNone(self.verify(rotated, current).broken)
-        self.assertFalse(self.verify(current).anchored)
+        self.assertIsNone(verify_chain(numbered_lines([rotated, current]), KEY).broken)
+        self.assertFalse(verify_chain(numbered_lines([current]), KEY).anchored)
         # The command puts rotated files first, as a shell glob does not.
         with redirect_stdout(io.StringIO()):
             self.assertEqual(
@@ -319,8 +332,8 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(
             output.getvalue().splitlines(),
             [
-                f"{self.path}:2: chain broken: does not follow the line before it "
-                "(edited, inserted, or a record before it removed)",
+                f"{self.path}:2 (seq 3): chain broken: does not follow the line "
+                "before it (edited, inserted, or a record before it removed)",
                 "4 records, 1 broken",
             ],
         )

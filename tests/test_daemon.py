@@ -291,9 +291,11 @@ class DaemonTests(SynchronousTestCase):
 
     def test_audit_trail_answers_who_did_what(self) -> None:
         """
-        The real daemon's audit trail, 0600 in its data directory, records
-        alice's login, her denied KICK and her logout, never her message,
-        and C{secmsg audit verify} finds its chain intact.
+        The real daemon's audit trail, 0600 in its data directory with its
+        0600 key, records that it was keyed, alice's login, her denied KICK
+        and her logout, never her message; the daemon logs the trail's head
+        at shutdown, and C{secmsg audit verify --head} finds the chain
+        intact up to that head.
         """
         with self.daemon.client("alice") as alice, alice.makefile("rb") as lines:
             self.assertIn(b"you are alice", lines.readline())
@@ -304,25 +306,42 @@ class DaemonTests(SynchronousTestCase):
         self.daemon.stop()
         trail = self.directory / "data" / "audit.log"
         self.assertEqual(stat.S_IMODE(trail.stat().st_mode), 0o600)
+        key = self.directory / "data" / "audit.key"
+        self.assertEqual(stat.S_IMODE(key.stat().st_mode), 0o600)
         self.assertNotIn(b"words for bob", trail.read_bytes())
         events = [json.loads(line) for line in trail.read_text().splitlines()]
         self.assertEqual(
             [(e["event"], e.get("identity")) for e in events],
-            [("login", "alice"), ("denied", "alice"), ("logout", "alice")],
+            [
+                ("trail_keyed", None),
+                ("login", "alice"),
+                ("denied", "alice"),
+                ("logout", "alice"),
+            ],
         )
-        self.assertEqual(events[1]["rule"], "not granted by role user")
-        self.assertEqual(events[0]["peer"], events[2]["peer"])
+        self.assertEqual(events[2]["rule"], "not granted by role user")
+        self.assertEqual(events[1]["peer"], events[3]["peer"])
+        (head,) = [
+            line.partition("audit trail head ")[2].split()[0]
+            for line in self.daemon.log
+            if "audit trail head 4:" in line
+        ]
         verify = subprocess.run(
-            [BIN / "secmsg", "audit", "verify", str(trail)],
+            [BIN / "secmsg", "audit", "verify", "--head", head, str(trail)],
             capture_output=True,
             text=True,
             check=False,
         )
         self.assertEqual(verify.returncode, 0, verify.stderr)
         self.assertEqual(
-            verify.stdout,
-            "3 records, chain intact from the first record of the trail\n",
+            verify.stdout.splitlines(),
+            [
+                "4 records, chain intact from the first record of the trail; "
+                f"keyed with key id {events[0]['key']}",
+                "reaches the logged head 4",
+            ],
         )
+        self.assertNotIn(key.read_bytes().hex(), "\n".join(self.daemon.log))
 
 
 class AdminInterfaceTests(SynchronousTestCase):

@@ -80,18 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     if options.subCommand == "send":
         return connect_command.run_send(options.subOptions)
     now = datetime.now(UTC)
-    intact = True
+    status: int = ExitStatus.OK
     try:
         if options.subCommand == "init":
             lines = _init(options.subOptions["directory"], now)
         elif options.subCommand == "audit":
-            lines, intact = audit_command.run(options.subOptions)
+            lines, status = audit_command.run(options.subOptions)
         elif options.subCommand == "check-config":
-            lines, intact = check_config_command.run(options.subOptions, now)
+            lines, starts = check_config_command.run(options.subOptions, now)
+            status = ExitStatus.OK if starts else ExitStatus.FAILED
         else:
             lines = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
         complain(f"secmsg: {error}")
+        if options.subCommand == "audit":
+            return audit_command.VerifyStatus.TROUBLE
         return ExitStatus.FAILED
     try:
         print("\n".join(lines), flush=True)
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader (head, say) stopped early; that is its choice, not an
         # error.  Point stdout at nothing, so that exit does not complain.
         stop_writing(sys.stdout)
-    return ExitStatus.OK if intact else ExitStatus.FAILED
+    return status
 
 
 def _innermost(options: usage.Options) -> usage.Options:

@@ -1,21 +1,20 @@
 """
 The audit trail: one JSON object per line for each security event, in a
-file of its own, each line carrying the SHA-256 of the line before it.
+file of its own, each line linked to the line before it by a MAC under a
+key in the data directory (L{secmsg.daemon.chain}).
 
 Events are emitted through twisted.logger like any other log event, so
 that the operator's log shows them too; L{AuditTrail} is the observer that
 picks them out and writes them.  An event's fields are named explicitly
 where it is emitted, and none of them is ever message text or key material.
-Because each record names its predecessor's hash, editing, inserting or
-deleting a line breaks the chain at the next one, which L{verify_chain}
-finds.  docs/audit.md lists the events and their fields.
+Because each record's MAC covers the record and its predecessor's MAC,
+editing, inserting or deleting a line, or rewriting the tail without the
+key, breaks the chain, which L{secmsg.daemon.chain.verify_chain} finds.
+docs/audit.md lists the events and their fields.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +26,19 @@ from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from secmsg.daemon.chain import (
+    GENESIS,
+    KEY_NAME,
+    ChainKey,
+    Head,
+    create_key,
+    link,
+    load_key,
+    parse_record,
+    seal,
+)
 from secmsg.daemon.identity import describe_subject, fingerprint
-from secmsg.errors import CertificateRefused
+from secmsg.errors import CertificateRefused, ConfigurationError
 
 if TYPE_CHECKING:
     from secmsg.daemon.policy import Grant
@@ -41,9 +51,6 @@ ROTATE_BYTES = 10_000_000
 
 KEEP_ROTATED = 100
 """Rotated files kept; the oldest goes past this."""
-
-GENESIS = "0" * 64
-"""The C{prev} of the first record of a new trail."""
 
 AuditValue = str | int | float | bool | None
 
@@ -156,12 +163,14 @@ def record_session_closed(
     )
 
 
-def record_line(event: LogEvent, seq: int, previous: str) -> bytes:
+def record_line(event: LogEvent, seq: int, previous: str, key: ChainKey) -> bytes:
     """
-    The audit record of a log event, as one line without its line ending.
+    The audit record of a log event, as one keyed line without its line
+    ending.
 
     @param seq: its number in the trail, one more than the record before,
         so that a record that could not be written leaves a gap.
+    @param previous: the link of the line before (L{chain.link}).
     """
     moment = datetime.fromtimestamp(event["log_time"], UTC)
     record: dict[str, Any] = {
@@ -169,16 +178,8 @@ def record_line(event: LogEvent, seq: int, previous: str) -> bytes:
         "time": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "event": event["audit_event"],
     }
-    record.update((key, event[key]) for key in event["audit_keys"])
-    record["prev"] = previous
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode()
-
-
-def line_hash(line: bytes) -> str:
-    """
-    The hash the next record names as its C{prev}.
-    """
-    return hashlib.sha256(line).hexdigest()
+    record.update((name, event[name]) for name in event["audit_keys"])
+    return seal(record, previous, key)
 
 
 class RecordBudget:
@@ -308,34 +309,54 @@ class RefusalRecords:
 @implementer(ILogObserver)
 class AuditTrail:
     """
-    Writes each audit event that it observes as a chained line to C{file},
+    Writes each audit event that it observes as a keyed line to C{file},
     one write per line.
 
-    @param previous: the hash of the last line written before, so that a
+    @param previous: the link of the last line written before, so that a
         restarted daemon carries on the same chain.
     @param seq: the number of the next record.
+    @ivar head: the last record written, for the operator's log; L{None}
+        while the trail is empty.
     @ivar repaired: the length of a record that a crash cut short at the
         end of the file, which was ended there so that the trail goes on
         after it; 0 if there was none.
+    @ivar new_key: the key was made for this trail as it opened.
     """
 
     def __init__(
-        self, file: BinaryIO | LogFile, previous: str, seq: int, repaired: int = 0
+        self,
+        file: BinaryIO | LogFile,
+        key: ChainKey,
+        previous: str,
+        seq: int,
+        head: Head | None = None,
     ) -> None:
         self._file = file
+        self._key = key
         self._previous = previous
         self._seq = seq
-        self.repaired = repaired
+        self.head = head
+        self.repaired = 0
+        self.new_key = False
 
     def __call__(self, event: LogEvent) -> None:
         if "audit_event" not in event:
             return
-        line = record_line(event, self._seq, self._previous)
+        seq = self._seq
+        line = record_line(event, seq, self._previous, self._key)
         # Counted before it is written: a write that fails leaves a gap in
         # the numbers, which verify reports.
         self._seq += 1
         self._file.write(line + b"\n")
-        self._previous = line_hash(line)
+        self._previous = link(line)
+        self.head = Head(seq, self._previous)
+
+    @property
+    def key_id(self) -> str:
+        """
+        The id of the key the trail is written with.
+        """
+        return self._key.id
 
     def close(self) -> None:
         self._file.close()
@@ -344,31 +365,72 @@ class AuditTrail:
 def open_trail(directory: Path) -> AuditTrail:
     """
     The audit trail in C{directory}, carrying on from the last record
-    written there (in the current file, or in the newest rotated one).
+    written there (in the current file, or in the newest rotated one),
+    keyed with the key beside it, which is made if the trail has none.
+
+    @raise ConfigurationError: the key is open to others or is not a key,
+        or the trail was keyed with a key that is missing or another.
     """
-    current = directory / AUDIT_NAME
-    tail = _tail(current) or _tail(directory / f"{AUDIT_NAME}.1")
-    trail = LogFile(
+    tail = _tail(directory / AUDIT_NAME) or _tail(directory / f"{AUDIT_NAME}.1")
+    whole = None if tail is None else tail[1]
+    last_record = None if whole is None else parse_record(whole)
+    key, new_key = _trail_key(directory / KEY_NAME, last_record)
+    file = LogFile(
         AUDIT_NAME,
         str(directory),
         rotateLength=ROTATE_BYTES,
         defaultMode=0o600,
         maxRotatedFiles=KEEP_ROTATED,
     )
-    if tail is None:
-        return AuditTrail(trail, GENESIS, 1)
-    last, seq, cut_short = tail
-    if cut_short:
+    if tail is None or whole is None or last_record is None:
+        trail = AuditTrail(file, key, GENESIS, 1)
+    else:
+        trail = AuditTrail(
+            file,
+            key,
+            link(tail[0]),
+            last_record["seq"] + 1,
+            Head(last_record["seq"], link(whole)),
+        )
+    if tail is not None and tail[2]:
         # A crash in mid-write: end the fragment, and chain on from it so
         # that verify reports it and checks what follows.
-        trail.write(b"\n")
-    return AuditTrail(trail, line_hash(last), seq + 1, len(last) if cut_short else 0)
+        file.write(b"\n")
+        trail.repaired = len(tail[0])
+    trail.new_key = new_key
+    return trail
 
 
-def _tail(path: Path) -> tuple[bytes, int, bool] | None:
+def _trail_key(path: Path, last_record: dict[str, Any] | None) -> tuple[ChainKey, bool]:
     """
-    The last line of a trail file, the number of its last whole record,
-    and whether that line was cut short; L{None} for no file or an empty
+    The key to go on with after C{last_record}, and whether it was made
+    now: a trail keyed before goes on only with its own key, never with a
+    new one that would hide the loss of the old.
+    """
+    keyed_by = None if last_record is None else last_record.get("key")
+    retire = "or move the audit files aside to begin a new trail"
+    if not path.exists():
+        if keyed_by is not None:
+            raise ConfigurationError(
+                str(path),
+                f"missing, and the audit trail is keyed with it "
+                f"(key id {keyed_by}): restore it, {retire}",
+            )
+        return create_key(path), True
+    key = load_key(path)
+    if keyed_by is not None and keyed_by != key.id:
+        raise ConfigurationError(
+            str(path),
+            f"this is key id {key.id}, but the audit trail is keyed with "
+            f"key id {keyed_by}: restore that key, {retire}",
+        )
+    return key, False
+
+
+def _tail(path: Path) -> tuple[bytes, bytes | None, bool] | None:
+    """
+    The last line of a trail file, the line of its last whole record, and
+    whether the last line was cut short; L{None} for no file or an empty
     one.
     """
     try:
@@ -380,118 +442,7 @@ def _tail(path: Path) -> tuple[bytes, int, bool] | None:
     lines = data.split(b"\n")
     cut_short = lines[-1] != b""
     last = lines[-1] if cut_short else lines[-2]
-    seq = 0
-    for line in reversed(lines):
-        record = _record(line)
-        if record is not None:
-            seq = record["seq"]
-            break
-    return last, seq, cut_short
-
-
-def _record(line: bytes) -> dict[str, Any] | None:
-    """
-    A line as an audit record, or L{None} if it is not a whole one.
-    """
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("prev"), str)
-        or not isinstance(record.get("seq"), int)
-    ):
-        return None
-    return record
-
-
-@dataclass(frozen=True)
-class Break:
-    """
-    Where a chain is broken.
-
-    @ivar where: the file and line number of the first record that does not
-        follow the one before it.
-    @ivar problem: what is wrong with it, in words.
-    """
-
-    where: str
-    problem: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """
-    What L{verify_chain} found.
-
-    @ivar records: how many lines were read.
-    @ivar anchored: whether the first record starts a new trail; if not,
-        it continues one in a file that was not given.
-    @ivar breaks: every place where the chain does not hold, first first.
-    """
-
-    records: int
-    anchored: bool
-    breaks: tuple[Break, ...]
-
-    @property
-    def broken(self) -> Break | None:
-        """
-        The first break, or L{None} if the chain is intact.
-        """
-        return self.breaks[0] if self.breaks else None
-
-
-def verify_chain(lines: Iterable[tuple[str, bytes]]) -> Verdict:
-    """
-    Check that each record names the hash of the line before it and
-    carries the next number, and go on past a break to find the others.
-
-    @param lines: C{(where, line)} for each line, oldest first, across as
-        many files as given (rotated ones first).
-    """
-    count = 0
-    anchored = False
-    breaks: list[Break] = []
-    previous: str | None = None
-    last_seq: int | None = None
-    for where, line in lines:
-        count += 1
-        record = _record(line)
-        if record is None:
-            breaks.append(
-                Break(where, "not a whole audit record (a write cut short, or edited)")
-            )
-        elif previous is None:
-            anchored = record["prev"] == GENESIS
-        elif record["prev"] != previous:
-            breaks.append(
-                Break(
-                    where,
-                    "does not follow the line before it (edited, inserted, or "
-                    "a record before it removed)",
-                )
-            )
-        elif last_seq is not None and record["seq"] != last_seq + 1:
-            breaks.append(
-                Break(
-                    where,
-                    f"numbered {record['seq']} after {last_seq}: "
-                    "records in between were never written",
-                )
-            )
-        if record is not None:
-            last_seq = record["seq"]
-        previous = line_hash(line)
-    return Verdict(count, anchored, tuple(breaks))
-
-
-def numbered_lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
-    """
-    The lines of the files, in order, each with C{file:line} to name it.
-    """
-    for path in paths:
-        with path.open("rb") as file:
-            for number, line in enumerate(file, start=1):
-                yield f"{path}:{number}", line.rstrip(b"\n")
+    whole = next(
+        (line for line in reversed(lines) if parse_record(line) is not None), None
+    )
+    return last, whole, cut_short

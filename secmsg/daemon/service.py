@@ -230,24 +230,44 @@ class RetentionService(TimerService):
         log.error("retention: purge failed: {error}", error=failure.getErrorMessage())
 
 
-class AuditService(Service):
+HEAD_INTERVAL = 3600.0
+"""Seconds between two lines of the log naming the audit trail's head."""
+
+
+class AuditService(TimerService):
     """
-    Writes the audit trail to the data directory while the daemon runs.
+    Writes the audit trail to the data directory while the daemon runs,
+    and logs its head at startup, every L{HEAD_INTERVAL} and at shutdown.
 
     The trail is opened after twistd has forked, as the store is, and
     observes the log from before the port opens until after the last
-    session has closed.
+    session has closed.  The head goes to the operator's log, not to the
+    trail: shipped elsewhere, it is what shows that the trail's end was
+    cut (C{secmsg audit verify --head}).
     """
 
-    def __init__(self, directory: Path, publisher: LogPublisher) -> None:
+    def __init__(
+        self, directory: Path, publisher: LogPublisher, clock: IReactorTime
+    ) -> None:
+        super().__init__(HEAD_INTERVAL, self.log_head)
+        self.clock = clock
         self._directory = directory
         self._publisher = publisher
         self._trail: AuditTrail | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._trail = open_trail(self._directory)
+        try:
+            self._trail = open_trail(self._directory)
+        except ConfigurationError as error:
+            raise SystemExit(f"secmsg: cannot start: {error}") from None
         self._publisher.addObserver(self._trail)
+        if self._trail.new_key:
+            audit(
+                "trail_keyed",
+                "the audit trail is keyed from here on with a new key, key id {key_id}",
+                key_id=self._trail.key_id,
+            )
         if self._trail.repaired:
             audit(
                 "trail_repaired",
@@ -257,12 +277,25 @@ class AuditService(Service):
                 length=self._trail.repaired,
             )
 
-    def stopService(self) -> None:
-        super().stopService()
+    def log_head(self) -> None:
+        """
+        Name the trail's last record in the log, as C{--head} takes it.
+        """
+        if self._trail is None or self._trail.head is None:
+            return
+        log.info(
+            "audit trail head {head} (check: secmsg audit verify --head {head})",
+            head=str(self._trail.head),
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        stopped = super().stopService()
         if self._trail is not None:
+            self.log_head()
             self._publisher.removeObserver(self._trail)
             self._trail.close()
             self._trail = None
+        return stopped
 
 
 CRL_CHECK_INTERVAL = 3600.0
