@@ -341,17 +341,19 @@ class AuditTrail:
         self._file.close()
 
 
-def open_trail(directory: Path) -> AuditTrail:
+def open_trail(directory: Path, rotate_bytes: int = ROTATE_BYTES) -> AuditTrail:
     """
     The audit trail in C{directory}, carrying on from the last record
     written there (in the current file, or in the newest rotated one).
+
+    @param rotate_bytes: the size at which the file is rotated.
     """
     current = directory / AUDIT_NAME
     tail = _tail(current) or _tail(directory / f"{AUDIT_NAME}.1")
     trail = LogFile(
         AUDIT_NAME,
         str(directory),
-        rotateLength=ROTATE_BYTES,
+        rotateLength=rotate_bytes,
         defaultMode=0o600,
         maxRotatedFiles=KEEP_ROTATED,
     )
