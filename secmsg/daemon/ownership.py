@@ -45,12 +45,13 @@ def hand_over(directory: Path, owner: Owner) -> None:
     Links are never followed: the directory may already belong to the
     unprivileged user, who could have planted a link to a file of root's.
     A symbolic link is left alone; a file with more than one hard link is
-    refused, since changing it would change the file it shares.
+    refused, before anything is changed, since changing it would change
+    the file it shares.
 
     @raise ConfigurationError: a file cannot be handed over.
     """
-    _give(directory, owner)
     me = os.geteuid()
+    entries = []
     for entry in sorted(directory.iterdir()):
         status = entry.lstat()
         if status.st_uid != me or stat.S_ISLNK(status.st_mode):
@@ -61,7 +62,9 @@ def hand_over(directory: Path, owner: Owner) -> None:
                 "has other hard links; the daemon gives its own files to the "
                 "user it runs as and will not change a file it shares",
             )
-        _give(entry, owner)
+        entries.append(entry)
+    for path in (directory, *entries):
+        _give(path, owner)
 
 
 def _give(path: Path, owner: Owner) -> None:
