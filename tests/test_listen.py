@@ -15,6 +15,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from secmsg.daemon.limits import address_group
 from secmsg.daemon.listen import describe_listening, server_endpoint
 from secmsg.daemon.ownership import Owner, hand_over
 from secmsg.daemon.settings import Settings, load_settings
@@ -167,6 +168,20 @@ class ServerEndpointTests(SynchronousTestCase):
         self.assertEqual(
             describe_listening(IPv4Address("TCP", "127.0.0.1", 7443)), "127.0.0.1:7443"
         )
+
+
+class DualStackTests(SynchronousTestCase):
+    def test_ipv4_clients_of_a_dual_stack_socket_count_apart(self) -> None:
+        """
+        On an IPv6 socket that takes IPv4 too (systemd's ListenStream=7443,
+        tcp6:7443), IPv4 clients arrive as ::ffff:a.b.c.d; each counts as
+        its own address, not as one /64 that every IPv4 client shares.
+        """
+        self.assertEqual(address_group("::ffff:192.0.2.1"), "192.0.2.1")
+        self.assertNotEqual(
+            address_group("::ffff:192.0.2.1"), address_group("::ffff:198.51.100.7")
+        )
+        self.assertEqual(address_group("2001:db8::1"), "2001:db8::/64")
 
 
 class HandOverTests(SynchronousTestCase):
