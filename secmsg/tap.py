@@ -231,7 +231,7 @@ def makeService(options: Options) -> IService:
             {name: options[name] for name in OPTIONS},
             options["config"],
         )
-        return assemble(settings, reactor, _owner(options))
+        return assemble(settings, reactor, owner_of(options))
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
 
@@ -374,7 +374,7 @@ def build_daemon(
     )
 
 
-def _owner(options: Options) -> Owner | None:
+def owner_of(options: Options) -> Owner | None:
     """
     The user twistd's C{--uid}/C{--gid} will drop to once the daemon has
     started, whom its state must belong to; L{None} if it drops to none.

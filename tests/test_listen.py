@@ -6,6 +6,7 @@ and the refusal of endpoints that would bring their own TLS.
 from __future__ import annotations
 
 import os
+import pwd
 
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.endpoints import (
@@ -20,6 +21,7 @@ from secmsg.daemon.listen import describe_listening, server_endpoint
 from secmsg.daemon.ownership import Owner, hand_over
 from secmsg.daemon.settings import Settings, load_settings
 from secmsg.errors import ConfigurationError
+from secmsg.tap import Options, owner_of
 from tests.harness import temporary_directory
 
 REQUIRED = {
@@ -182,6 +184,28 @@ class DualStackTests(SynchronousTestCase):
             address_group("::ffff:192.0.2.1"), address_group("::ffff:198.51.100.7")
         )
         self.assertEqual(address_group("2001:db8::1"), "2001:db8::/64")
+
+
+class OwnerTests(SynchronousTestCase):
+    def test_owner_is_the_user_twistd_drops_to(self) -> None:
+        """
+        twistd's --uid (with its user's group when --gid is not given) is
+        whom the state is handed to; no --uid or --gid, no one.
+        """
+        options = Options()
+        self.assertIsNone(owner_of(options))
+        options.parent = {"uid": 0, "gid": None}
+        self.assertEqual(owner_of(options), Owner(0, pwd.getpwuid(0).pw_gid))
+        options.parent = {"uid": None, "gid": 65534}
+        self.assertEqual(owner_of(options), Owner(-1, 65534))
+
+    def test_listen_flag_repeats(self) -> None:
+        """
+        --listen may be given again and again; each is kept.
+        """
+        options = Options()
+        options.parseOptions(["--listen", "tcp:1", "--listen", "unix:/s"])
+        self.assertEqual(options["listen"], ["tcp:1", "unix:/s"])
 
 
 class HandOverTests(SynchronousTestCase):
