@@ -30,6 +30,14 @@ $(MOSQUITTO):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
 
+# systemd-socket-activate, which hands the daemon a listening socket as
+# systemd does, for tests/test_deployment.py's socket activation test.
+SOCKET_ACTIVATE := /usr/bin/systemd-socket-activate
+
+$(SOCKET_ACTIVATE):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+
 # matplotlib draws the benchmark's plot; nothing else needs it.
 $(VENV)/bench-installed: $(VENV)/installed
 	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
@@ -46,7 +54,7 @@ run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 ## Set up with the test extras (and sslyze for the TLS scan), check the code
 ## with ruff and mypy, run the whole suite under pytest and again under trial, since
 ## both must find and pass it.
-test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) lint
+test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) $(SOCKET_ACTIVATE) lint
 	$(PYTHON) -m pytest -q
 	$(PYTHON) -m twisted.trial tests
 

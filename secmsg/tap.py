@@ -9,6 +9,7 @@ line naming the file and the problem, before anything listens.
 
 from __future__ import annotations
 
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,9 @@ from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
+from secmsg.daemon.listen import server_endpoint
 from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.reload import (
     ReloadableFiles,
     Reloader,
@@ -80,6 +83,19 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file setting any of the options below."],
         ["port", "p", None, "TCP port to listen on. [default: 7443]"],
         ["interface", "i", None, "Address to listen on. [default: 127.0.0.1]"],
+        [
+            "admin-listen",
+            None,
+            None,
+            "Endpoint string of the admin interface, in place of "
+            "--admin-port and --admin-interface.",
+        ],
+        [
+            "audit-rotate-bytes",
+            None,
+            None,
+            "Size at which the audit trail is rotated. [default: 10000000]",
+        ],
         ["cert", None, None, "The server's certificate chain, leaf first (PEM)."],
         ["key", None, None, "The server's private key (PEM, unencrypted)."],
         ["ca", None, None, "CAs trusted to sign client certificates (PEM bundle)."],
@@ -191,6 +207,19 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = None
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Twisted endpoint string to listen on, in place of --port and
+        --interface; repeat it to listen on several (tcp:7443:interface=::,
+        unix:/run/secmsg/secmsg.sock, systemd:domain=INET:index=0).  secmsg
+        puts its own TLS on each, so ssl: and tls: are refused.
+        """
+        self["listen"] = [*(self["listen"] or ()), description]
+
 
 def makeService(options: Options) -> IService:
     """
@@ -203,7 +232,7 @@ def makeService(options: Options) -> IService:
             {name: options[name] for name in OPTIONS},
             options["config"],
         )
-        return assemble(settings, reactor)
+        return assemble(settings, reactor, owner_of(options))
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
 
@@ -349,7 +378,27 @@ def build_daemon(
     )
 
 
-def assemble(settings: Settings, reactor: Any) -> MultiService:
+def owner_of(options: Options) -> Owner | None:
+    """
+    The user twistd's C{--uid}/C{--gid} will drop to once the daemon has
+    started, whom its state must belong to; L{None} if it drops to none.
+
+    These are twistd's options, above ours, which it has already turned
+    into numbers; like twistd, a C{--uid} alone means that user's group.
+    """
+    twistd = getattr(options, "parent", None)
+    uid = twistd.get("uid") if twistd is not None else None
+    gid = twistd.get("gid") if twistd is not None else None
+    if uid is None and gid is None:
+        return None
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return Owner(-1 if uid is None else uid, gid)
+
+
+def assemble(
+    settings: Settings, reactor: Any, owner: Owner | None = None
+) -> MultiService:
     """
     The daemon as a service listening on the configured address, with its
     message store and the retention that trims it.
@@ -359,6 +408,8 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     L{StoreService} when the daemon starts.
 
     @param reactor: provides TCP listening, threads and the clock.
+    @param owner: the user the daemon will run as, whom the data directory
+        is handed to before it does; L{None} to keep it the current user's.
     @raise ConfigurationError: a file is missing or invalid.
     """
     prepare_data_dir(settings.data_dir)
@@ -369,14 +420,15 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     open_database(path).close()
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
-    endpoint = _endpoint(reactor, settings.interface, settings.port)
     service = MultiService()
-    AuditService(settings.data_dir, globalLogPublisher, reactor).setServiceParent(
-        service
-    )
+    AuditService(
+        settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
+    ).setServiceParent(service)
     StoreService(store).setServiceParent(service)
     SecmsgService(
-        endpoint,
+        _endpoints(
+            reactor, "listen", settings.listen, settings.interface, settings.port
+        ),
         daemon.factory,
         daemon.sessions,
         reactor,
@@ -387,12 +439,33 @@ def assemble(settings: Settings, reactor: Any) -> MultiService:
     CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(
         service
     )
-    if settings.admin_port is not None:
+    if settings.admin_port is not None or settings.admin_listen:
         AdminService(
-            _endpoint(reactor, settings.admin_interface, settings.admin_port),
+            _endpoints(
+                reactor,
+                "admin-listen",
+                settings.admin_listen,
+                settings.admin_interface,
+                settings.admin_port or 0,
+            ),
             daemon.admin,
         ).setServiceParent(service)
+    if owner is not None:
+        # Last, so that everything root opens is there to hand over.
+        HandOverService(settings.data_dir, owner).setServiceParent(service)
     return service
+
+
+def _endpoints(
+    reactor: Any, name: str, descriptions: tuple[str, ...], interface: str, port: int
+) -> list[IStreamServerEndpoint]:
+    """
+    The endpoints a listen setting names, or the one of the port and
+    interface settings when it names none.
+    """
+    if not descriptions:
+        return [_endpoint(reactor, interface, port)]
+    return [server_endpoint(reactor, text, name) for text in descriptions]
 
 
 def _endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:

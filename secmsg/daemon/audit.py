@@ -362,12 +362,13 @@ class AuditTrail:
         self._file.close()
 
 
-def open_trail(directory: Path) -> AuditTrail:
+def open_trail(directory: Path, rotate_bytes: int = ROTATE_BYTES) -> AuditTrail:
     """
     The audit trail in C{directory}, carrying on from the last record
     written there (in the current file, or in the newest rotated one),
     keyed with the key beside it, which is made if the trail has none.
 
+    @param rotate_bytes: the size at which the file is rotated.
     @raise ConfigurationError: the key is open to others or is not a key,
         or the trail was keyed with a key that is missing or another.
     """
@@ -378,7 +379,7 @@ def open_trail(directory: Path) -> AuditTrail:
     file = LogFile(
         AUDIT_NAME,
         str(directory),
-        rotateLength=ROTATE_BYTES,
+        rotateLength=rotate_bytes,
         defaultMode=0o600,
         maxRotatedFiles=KEEP_ROTATED,
     )

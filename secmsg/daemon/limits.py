@@ -68,12 +68,16 @@ class Limits:
 def address_group(host: str) -> str:
     """
     The address a per-address limit counts: the host itself, or its /64
-    for IPv6, the block one subscriber usually holds whole.
+    for IPv6, the block one subscriber usually holds whole.  An IPv4
+    client of a dual-stack socket (C{::ffff:192.0.2.1}) counts as its IPv4
+    address, not as one /64 shared by every IPv4 client.
     """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host

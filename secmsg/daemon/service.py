@@ -6,7 +6,7 @@ the way out.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,10 +25,10 @@ from twisted.python.failure import Failure
 
 from secmsg import __version__
 from secmsg.clock import clock_time
-from secmsg.daemon.audit import AuditTrail, audit, open_trail
+from secmsg.daemon.audit import ROTATE_BYTES, AuditTrail, audit, open_trail
 from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.interfaces import IMessageStore
-from secmsg.daemon.limits import describe_address
+from secmsg.daemon.listen import describe_listening
 from secmsg.daemon.operations import reload_as
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.store.sqlite import SQLiteStore
@@ -44,7 +44,7 @@ SHUTDOWN_GRACE = 5.0
 
 class SecmsgService(Service):
     """
-    Listens on one endpoint with the TLS-wrapped session factory.
+    Listens on its endpoints with the TLS-wrapped session factory.
 
     A port that cannot be bound stops the daemon before the reactor runs,
     with one line (which twistd, logging by then, writes to its log) and
@@ -57,7 +57,7 @@ class SecmsgService(Service):
 
     def __init__(
         self,
-        endpoint: IStreamServerEndpoint,
+        endpoints: Sequence[IStreamServerEndpoint],
         factory: Factory,
         sessions: SessionFactory,
         reactor: Any,
@@ -68,24 +68,26 @@ class SecmsgService(Service):
         @param reactor: provides L{IReactorTime} and
             L{twisted.internet.interfaces.IReactorFromThreads}.
         """
-        self._endpoint = endpoint
+        self._endpoints = endpoints
         self._factory = factory
         self._sessions = sessions
         self._reactor: IReactorTime = reactor
         self._reload = reload
         self._store = store
-        self._port: IListeningPort | None = None
+        self._ports: list[IListeningPort] = []
         self._previous_hangup: Any = None
         self._listening_for_hangup = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._port = listen_or_exit(self._endpoint, self._factory)
-        log.info(
-            "secmsg {version} listening on {address}",
-            version=__version__,
-            address=describe_address(self._port.getHost()),
-        )
+        for endpoint in self._endpoints:
+            port = listen_or_exit(endpoint, self._factory)
+            self._ports.append(port)
+            log.info(
+                "secmsg {version} listening on {address}",
+                version=__version__,
+                address=describe_listening(port.getHost()),
+            )
 
     def startService(self) -> None:
         super().startService()
@@ -121,21 +123,21 @@ class SecmsgService(Service):
             # A handler installed outside Python reads as None: restore the
             # default then.
             signal.signal(signal.SIGHUP, self._previous_hangup or signal.SIG_DFL)
-        stopped = defer.maybeDeferred(self._port.stopListening) if self._port else None
+        stopped = stop_listening(self._ports)
         closed = self._sessions.close_all("server shutting down")
         closed.addTimeout(SHUTDOWN_GRACE, self._reactor)
         closed.addErrback(lambda failure: failure.trap(defer.TimeoutError))
         # The store closes last: what the sessions sent before they closed
         # is committed first.
         closed.addCallback(lambda _: self._store.close())
-        waits = [closed] if stopped is None else [stopped, closed]
-        return defer.gatherResults(waits).addCallback(lambda _: None)
+        return defer.gatherResults([stopped, closed]).addCallback(lambda _: None)
 
 
 def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListeningPort:
     """
-    Listen at once, or stop the daemon with one line: TCP endpoints listen
-    synchronously, so the outcome is known before this returns.
+    Listen at once, or stop the daemon with one line: TCP, UNIX and adopted
+    (systemd) endpoints listen synchronously, so the outcome is known
+    before this returns.
     """
     outcome: list[IListeningPort | Failure] = []
     endpoint.listen(factory).addBoth(outcome.append)
@@ -145,32 +147,43 @@ def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListen
     return outcome[0]
 
 
+def stop_listening(ports: list[IListeningPort]) -> defer.Deferred[None]:
+    """
+    Stop listening on every port, and forget them, so that a second stop
+    has nothing left to do.
+    """
+    stopping = [defer.maybeDeferred(port.stopListening) for port in ports]
+    ports.clear()
+    return defer.gatherResults(stopping).addCallback(lambda _: None)
+
+
 class AdminService(Service):
     """
-    Serves the HTTPS admin interface on its own endpoint while the daemon
+    Serves the HTTPS admin interface on its own endpoints while the daemon
     runs; a port that cannot be bound stops the daemon, as the main one
     does.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
-        self._endpoint = endpoint
+    def __init__(
+        self, endpoints: Sequence[IStreamServerEndpoint], factory: Factory
+    ) -> None:
+        self._endpoints = endpoints
         self._factory = factory
-        self._port: IListeningPort | None = None
+        self._ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._port = listen_or_exit(self._endpoint, self._factory)
-        log.info(
-            "admin interface listening on https://{address}/",
-            address=describe_address(self._port.getHost()),
-        )
+        for endpoint in self._endpoints:
+            port = listen_or_exit(endpoint, self._factory)
+            self._ports.append(port)
+            log.info(
+                "admin interface listening on https://{address}/",
+                address=describe_listening(port.getHost()),
+            )
 
-    def stopService(self) -> defer.Deferred[None] | None:
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        if self._port is None:
-            return None
-        port, self._port = self._port, None
-        return defer.maybeDeferred(port.stopListening)
+        return stop_listening(self._ports)
 
 
 class StoreService(Service):
@@ -247,18 +260,23 @@ class AuditService(TimerService):
     """
 
     def __init__(
-        self, directory: Path, publisher: LogPublisher, clock: IReactorTime
+        self,
+        directory: Path,
+        publisher: LogPublisher,
+        clock: IReactorTime,
+        rotate_bytes: int = ROTATE_BYTES,
     ) -> None:
         super().__init__(HEAD_INTERVAL, self.log_head)
         self.clock = clock
         self._directory = directory
         self._publisher = publisher
+        self._rotate_bytes = rotate_bytes
         self._trail: AuditTrail | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         try:
-            self._trail = open_trail(self._directory)
+            self._trail = open_trail(self._directory, self._rotate_bytes)
         except ConfigurationError as error:
             raise SystemExit(f"secmsg: cannot start: {error}") from None
         self._publisher.addObserver(self._trail)

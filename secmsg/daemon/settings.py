@@ -16,8 +16,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from secmsg.daemon.audit import ROTATE_BYTES
 from secmsg.daemon.identity import IdentityField
 from secmsg.daemon.limits import Limits
+from secmsg.daemon.listen import plain_endpoint_problem
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.messages import Retention, WaitingLimit
@@ -52,6 +54,9 @@ OPTIONS = (
     "stale-crl",
     "admin-port",
     "admin-interface",
+    "listen",
+    "admin-listen",
+    "audit-rotate-bytes",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -99,6 +104,9 @@ class Settings:
     refuse_on_stale_crl: bool = False
     admin_port: int | None = None
     admin_interface: str = "127.0.0.1"
+    listen: tuple[str, ...] = ()
+    admin_listen: tuple[str, ...] = ()
+    audit_rotate_bytes: int = ROTATE_BYTES
 
     @property
     def line(self) -> LineSettings:
@@ -163,6 +171,13 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             else None
         ),
         admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
+        listen=_listen(merged, origins, "listen", ("port", "interface")),
+        admin_listen=_listen(
+            merged, origins, "admin-listen", ("admin-port", "admin-interface")
+        ),
+        audit_rotate_bytes=_integer(
+            merged, origins, "audit-rotate-bytes", ROTATE_BYTES, 1024, 2**40
+        ),
     )
 
 
@@ -246,6 +261,49 @@ def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
             10**6,
         ),
     )
+
+
+def _listen(
+    merged: Mapping[str, Any],
+    origins: Mapping[str, str],
+    name: str,
+    replaced: tuple[str, ...],
+) -> tuple[str, ...]:
+    """
+    The endpoint strings of C{listen} (or C{admin-listen}), which say in
+    full where to listen and so replace the port and interface settings:
+    both at the same level (flags, or the file) is a contradiction; a flag
+    of either kind overrides the file's other kind.
+    """
+    if name not in merged:
+        return ()
+    flag = origins[name].startswith("--")
+    given = [other for other in replaced if other in merged]
+    clash = [other for other in given if origins[other].startswith("--") == flag]
+    if clash:
+        raise ConfigurationError(
+            _origin(origins, name),
+            f"set together with {clash[0]}; {name} says where to listen in "
+            f"full, so give one or the other",
+        )
+    if given and not flag:
+        return ()
+    value = merged[name]
+    descriptions = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(descriptions, list)
+        or not descriptions
+        or not all(isinstance(item, str) and item.strip() for item in descriptions)
+    ):
+        raise ConfigurationError(
+            _origin(origins, name),
+            "must be endpoint strings, such as tcp:7443 or systemd:domain=INET:index=0",
+        )
+    for description in descriptions:
+        problem = plain_endpoint_problem(description)
+        if problem is not None:
+            raise ConfigurationError(_origin(origins, name), problem)
+    return tuple(descriptions)
 
 
 def prepare_data_dir(path: Path) -> None:
