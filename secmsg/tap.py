@@ -9,6 +9,7 @@ line naming the file and the problem, before anything listens.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
+from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.reload import (
     ReloadableFiles,
@@ -188,6 +190,13 @@ class Options(usage.Options):
             "While a CRL is past its next update: serve (warn hourly) or "
             "refuse. [default: serve]",
         ],
+        [
+            "log-format",
+            None,
+            None,
+            "The log, where twistd writes it: text, or json (an event a "
+            "line). [default: text]",
+        ],
     ]
 
 
@@ -202,7 +211,17 @@ def makeService(options: Options) -> IService:
             {name: options[name] for name in OPTIONS},
             options["config"],
         )
-        return assemble(settings, reactor)
+        if settings.log_format != "json":
+            return assemble(settings, reactor)
+        twistd = options.parent or {}
+        destination = LogDestination.of_twistd(
+            twistd.get("logfile"),
+            twistd.get("nodaemon", False),
+            twistd.get("syslog", False),
+        )
+        daemon = assemble(settings, reactor)
+        # Now, before twistd begins logging and redirects standard output.
+        return JSONLogRoot(daemon, destination.open(sys.stdout))
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
 

@@ -52,6 +52,7 @@ OPTIONS = (
     "stale-crl",
     "admin-port",
     "admin-interface",
+    "log-format",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -99,6 +100,7 @@ class Settings:
     refuse_on_stale_crl: bool = False
     admin_port: int | None = None
     admin_interface: str = "127.0.0.1"
+    log_format: str = "text"
 
     @property
     def line(self) -> LineSettings:
@@ -163,12 +165,18 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             else None
         ),
         admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
+        log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
     )
 
 
 STALE_CRL_CHOICES = ("serve", "refuse")
 """What to do while a CRL is past its next update: keep serving with a
 warning, or refuse the certificates it covers."""
+
+
+LOG_FORMATS = ("text", "json")
+"""How the daemon's log is written: twistd's text lines, or one JSON event
+a line with its named fields (L{secmsg.daemon.logs})."""
 
 
 def _waiting_limit(
