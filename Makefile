@@ -5,7 +5,7 @@ INSTANCE := dev
 
 .PHONY: run test lint bench bench-soak clean
 
-$(VENV)/installed: pyproject.toml
+$(VENV)/installed: pyproject.toml setup.cfg
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[test]'

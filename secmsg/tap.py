@@ -10,7 +10,8 @@ line naming the file and the problem, before anything listens.
 from __future__ import annotations
 
 import pwd
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
 from secmsg.daemon.listen import server_endpoint
+from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.reload import (
@@ -205,6 +207,13 @@ class Options(usage.Options):
             "While a CRL is past its next update: serve (warn hourly) or "
             "refuse. [default: serve]",
         ],
+        [
+            "log-format",
+            None,
+            None,
+            "The log, where twistd writes it: text, or json (an event a "
+            "line). [default: text]",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -232,9 +241,34 @@ def makeService(options: Options) -> IService:
             {name: options[name] for name in OPTIONS},
             options["config"],
         )
-        return assemble(settings, reactor, owner_of(options))
+        destination = _json_log_destination(settings, options)
+        daemon = assemble(settings, reactor, owner_of(options))
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
+    if destination is None:
+        return daemon
+    # Now, before twistd begins logging and redirects standard output.
+    return JSONLogRoot(daemon, destination.open(sys.stdout))
+
+
+def _json_log_destination(
+    settings: Settings, options: Options
+) -> LogDestination | None:
+    """
+    Where the JSON log goes, by twistd's own options, or L{None} for the
+    text log, which twistd writes itself.
+
+    @raise ConfigurationError: twistd's options send the log where JSON
+        cannot go (syslog).
+    """
+    if settings.log_format != "json":
+        return None
+    twistd: Mapping[str, Any] = options.parent or {}
+    return LogDestination.of_twistd(
+        twistd.get("logfile"),
+        twistd.get("nodaemon", False),
+        twistd.get("syslog", False),
+    )
 
 
 @dataclass(frozen=True)

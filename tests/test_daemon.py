@@ -109,9 +109,16 @@ class Daemon:
                 break
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.log.append(line)
-            if text in line:
-                return line
+            if text in self.shown(line):
+                return self.shown(line)
         raise AssertionError(f"daemon never logged {text!r}; log: {self.log}")
+
+    def shown(self, line: str) -> str:
+        """
+        A line of the log as L{wait_for} reads it and returns it: as
+        written, for the text log.
+        """
+        return line
 
     def drain_log(self) -> None:
         """

@@ -48,8 +48,8 @@ class PackagingTests(SynchronousTestCase):
     def test_wheel_carries_plugin_without_shadowing_twisted(self) -> None:
         """
         A built wheel holds twisted/plugins/secmsg_plugin.py and no
-        __init__.py under twisted/, which would hide Twisted itself, and the
-        store's schema files.
+        __init__.py under twisted/, which would hide Twisted itself, the
+        store's schema files, and the licence, named in its metadata.
         """
         out = temporary_directory(self)
         subprocess.run(
@@ -58,7 +58,8 @@ class PackagingTests(SynchronousTestCase):
             check=True,
         )
         (wheel,) = out.glob("secmsg-*.whl")
-        names = zipfile.ZipFile(wheel).namelist()
+        archive = zipfile.ZipFile(wheel)
+        names = archive.namelist()
         self.assertIn("twisted/plugins/secmsg_plugin.py", names)
         self.assertEqual(
             [n for n in names if n.startswith("twisted/") and "__init__" in n], []
@@ -66,3 +67,8 @@ class PackagingTests(SynchronousTestCase):
         self.assertIn("secmsg/tap.py", names)
         for schema in ("v1.sql", "v2.sql", "upgrade-to-v2.sql"):
             self.assertIn(f"secmsg/daemon/store/schema/{schema}", names)
+        dist_info = f"secmsg-{__version__}.dist-info"
+        self.assertIn(f"{dist_info}/licenses/LICENSE", names)
+        metadata = archive.read(f"{dist_info}/METADATA").decode().splitlines()
+        self.assertIn("License-Expression: MIT", metadata)
+        self.assertIn("Classifier: Framework :: Twisted", metadata)

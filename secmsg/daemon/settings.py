@@ -57,6 +57,7 @@ OPTIONS = (
     "listen",
     "admin-listen",
     "audit-rotate-bytes",
+    "log-format",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -107,6 +108,7 @@ class Settings:
     listen: tuple[str, ...] = ()
     admin_listen: tuple[str, ...] = ()
     audit_rotate_bytes: int = ROTATE_BYTES
+    log_format: str = "text"
 
     @property
     def line(self) -> LineSettings:
@@ -178,12 +180,18 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         audit_rotate_bytes=_integer(
             merged, origins, "audit-rotate-bytes", ROTATE_BYTES, 1024, 2**40
         ),
+        log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
     )
 
 
 STALE_CRL_CHOICES = ("serve", "refuse")
 """What to do while a CRL is past its next update: keep serving with a
 warning, or refuse the certificates it covers."""
+
+
+LOG_FORMATS = ("text", "json")
+"""How the daemon's log is written: twistd's text lines, or one JSON event
+a line with its named fields (L{secmsg.daemon.logs})."""
 
 
 def _waiting_limit(
