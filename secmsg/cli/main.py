@@ -16,6 +16,7 @@ from pathlib import Path
 from twisted.python import usage
 
 from secmsg.cli import audit as audit_command
+from secmsg.cli import backup as backup_command
 from secmsg.cli import connect as connect_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
@@ -40,13 +41,19 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|audit ..."
+    synopsis = "init|pki|connect|send|audit|backup ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
         ["connect", None, connect_command.ConnectOptions, "Talk to a secmsg daemon."],
         ["send", None, connect_command.SendOptions, "Send one message and exit."],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
+        [
+            "backup",
+            None,
+            backup_command.BackupOptions,
+            "Have a running daemon copy its message store to a file.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
         return connect_command.run_send(options.subOptions)
+    if options.subCommand == "backup":
+        return backup_command.run(options.subOptions)
     now = datetime.now(UTC)
     intact = True
     try:
