@@ -104,7 +104,7 @@ def run(options: BackupOptions) -> int:
         return ExitStatus.FAILED
     server_name = options["server-name"] or host
     tls = client_tls_options(server_name, files[2], files[0], files[1])
-    body = {"path": str(options["destination"]), "replace": options["force"]}
+    body = {"path": str(options["destination"]), "replace": bool(options["force"])}
     url = f"https://{_netloc(host, port)}/v1/backup"
 
     def ask(reactor: Any) -> Deferred[int]:
@@ -173,7 +173,8 @@ def _answered(response: Any) -> Deferred[int]:
             )
             return ExitStatus.OK
         detail = answer.get("detail") if isinstance(answer, dict) else None
-        complain(f"secmsg: backup not made ({response.code}): {detail or raw[:200]!r}")
+        words = detail or raw[:200].decode("utf-8", "replace")
+        complain(f"secmsg: backup not made ({response.code}): {words}")
         if response.code in (401, 403):
             return ExitStatus.NOT_PERMITTED
         return ExitStatus.FAILED
