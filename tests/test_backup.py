@@ -24,12 +24,13 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from secmsg.cli.backup import admin_address
 from secmsg.daemon.interfaces import IStoreWorker
 from secmsg.daemon.store import backup as backup_module
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ImmediateWorker, ThreadWorker
-from secmsg.errors import BackupRefused
+from secmsg.errors import BackupRefused, ConfigurationError
 from secmsg.tap import build_daemon
 from tests.harness import Instance, temporary_directory
 from tests.test_admin import OPENAPI, AdminClient
@@ -356,3 +357,22 @@ class RestoreTests(SynchronousTestCase):
             timeout=STARTUP_DEADLINE,
             check=False,
         )
+
+
+class CommandTests(SynchronousTestCase):
+    def test_a_daemon_without_an_admin_interface_is_named(self) -> None:
+        """
+        secmsg backup on a configuration with no admin-port, or one picked
+        at start, says so before it tries to connect.
+        """
+        directory = temporary_directory(self)
+        config = directory / "secmsg.toml"
+        base = 'cert = "s.pem"\nkey = "s.key"\nca = "ca.pem"\npolicy = "p.toml"\n'
+        base += 'data-dir = "data"\n'
+        for extra, words in (("", "sets no admin-port"), ("admin-port = 0\n", "is 0")):
+            config.write_text(base + extra)
+            with self.assertRaises(ConfigurationError) as raised:
+                admin_address(str(config))
+            self.assertIn(words, str(raised.exception))
+        config.write_text(base + 'admin-port = 7445\nadmin-interface = "::"\n')
+        self.assertEqual(admin_address(str(config)), ("::1", 7445))
