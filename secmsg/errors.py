@@ -237,6 +237,16 @@ class NotStored(CommandError):
     code = 503
 
 
+class BackupRefused(CommandError):
+    """
+    A backup of the message store that was not made: its destination is
+    in the way or cannot be written, or another is under way.  Nothing was
+    left at the destination.
+    """
+
+    code = 409
+
+
 class ServerFault(CommandError):
     """
     The server could not carry out a valid command (for example, a RELOAD

@@ -391,6 +391,7 @@ def build_daemon(
         metrics,
         sessions.rate_limiter,
         settings.max_line_length,
+        store.backup,
     )
     # The admin interface's operations need the reloader, which needs the
     # realm: they are registered with the realm once they exist.

@@ -46,7 +46,7 @@ commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]
-commands = ["KICK", "BROADCAST", "RELOAD", "METRICS"]
+commands = ["KICK", "BROADCAST", "RELOAD", "METRICS", "BACKUP"]
 
 [identities]
 admin = ["admin"]

@@ -549,7 +549,7 @@ class OpenApiTests(SynchronousTestCase):
         validate_spec(document)
         instance = Instance(self)
         web = AdminClient(instance)
-        served = AdminApi(None, None, None, None, None, 0).routes
+        served = AdminApi(None, None, None, None, None, 0, None).routes
         self.assertEqual(set(document["paths"]), {path.decode() for path in served})
         for path, methods in served.items():
             self.assertEqual(
@@ -569,6 +569,9 @@ class OpenApiTests(SynchronousTestCase):
             (admin, "POST", "/v1/broadcast", {"text": "hello"}),
             (admin, "POST", "/v1/messages", {"to": "nobody", "text": "hi"}),
             (admin, "POST", "/v1/messages", {"to": "alice", "text": "hi"}),
+            (admin, "POST", "/v1/backup", {"path": "relative.db"}),
+            (admin, "POST", "/v1/backup", {"path": "/nowhere/secmsg.db"}),
+            (zoe, "POST", "/v1/backup", {"path": "/nowhere/secmsg.db"}),
             (admin, "GET", "/metrics", None),
             (zoe, "GET", "/healthz", None),
             (admin, "PUT", "/healthz", None),

@@ -17,6 +17,7 @@ from pathlib import Path
 from twisted.python import usage
 
 from secmsg.cli import audit as audit_command
+from secmsg.cli import backup as backup_command
 from secmsg.cli import check_config as check_config_command
 from secmsg.cli import connect as connect_command
 from secmsg.cli import pki as pki_command
@@ -44,7 +45,7 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|audit|check-config ..."
+    synopsis = "init|pki|connect|send|audit|check-config|backup ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
@@ -56,6 +57,12 @@ class Options(CommandOptions):
             None,
             check_config_command.Options,
             "Check the daemon's configuration without starting it.",
+        ],
+        [
+            "backup",
+            None,
+            backup_command.BackupOptions,
+            "Have a running daemon copy its message store to a file.",
         ],
     ]
 
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
         return connect_command.run_send(options.subOptions)
+    if options.subCommand == "backup":
+        return backup_command.run(options.subOptions)
     now = datetime.now(UTC)
     status: int = ExitStatus.OK
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     # the type checker only, as a runtime import would make a cycle (tls,
     # the store's worker) or turn that order round (policy).
     from secmsg.daemon.policy import Grant
-    from secmsg.daemon.store.worker import Job
+    from secmsg.daemon.store.worker import Job, LongJob
     from secmsg.daemon.tls import TrustVerdict
 
 
@@ -285,6 +286,19 @@ class IMessageStore(Interface):
         how many messages went.
         """
 
+    def backup(destination: Path, replace: bool) -> Deferred[int]:
+        """
+        Write a consistent copy of the store to C{destination}, a file
+        readable by its owner only, whole or not at all, while the store
+        goes on serving; fire with its size in bytes.  Every message
+        confirmed before the backup began is in it.
+
+        @param replace: whether an existing C{destination} may be replaced.
+        @raise secmsg.errors.BackupRefused: (as the Deferred's failure) the
+            destination is in the way or cannot be written, a backup is
+            already under way, or this store has nothing on disk to copy.
+        """
+
     def close() -> Deferred[None]:
         """
         Finish what was submitted and release the store.
@@ -302,6 +316,14 @@ class IStoreWorker(Interface):
         Run C{job} (a function of the connection); fire with its result
         once its transaction has committed, or fail with
         L{secmsg.errors.StoreError}.
+        """
+
+    def submit_long(job: LongJob) -> Deferred[Any]:
+        """
+        Run C{job} (a function of the connection and of a pause) outside
+        any transaction, in its turn; it calls the pause between its steps,
+        which runs the jobs submitted meanwhile.  Fire with its result, or
+        fail with what it raised.
         """
 
     def stop() -> Deferred[None]:

@@ -12,6 +12,7 @@ recorded by one piece of code.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from twisted.internet import defer
@@ -112,3 +113,52 @@ def reload_as(
         summary=report.summary(),
     )
     return report
+
+
+def back_up(
+    backup: Callable[[Path, bool], defer.Deferred[int]],
+    by: str,
+    peer: str,
+    destination: Path,
+    replace: bool,
+) -> defer.Deferred[int]:
+    """
+    Back the message store up to C{destination} on behalf of C{by}, and
+    record it, made or not: who asked, from where, and where it went.
+
+    @param backup: the store's L{secmsg.daemon.interfaces.IMessageStore.backup}.
+    @return: fires with the copy's size in bytes; fails with
+        L{secmsg.errors.BackupRefused}, or L{NotStored} if the store failed.
+    """
+    fields: dict[str, str | bool] = {
+        "by": by,
+        "peer": peer,
+        "path": str(destination),
+        "replace": replace,
+    }
+
+    def made(size: int) -> int:
+        audit(
+            "backup",
+            "{by} backed the message store up to {path} ({size} bytes)",
+            LogLevel.info,
+            **fields,
+            outcome="ok",
+            size=size,
+        )
+        return size
+
+    def not_made(failure: Failure) -> Failure:
+        audit(
+            "backup",
+            "backup by {by} to {path} not made: {error}",
+            LogLevel.warn,
+            **fields,
+            outcome="refused",
+            error=failure.getErrorMessage(),
+        )
+        return failure
+
+    return refuse_store_failure(
+        backup(destination, replace).addCallbacks(made, not_made)
+    )

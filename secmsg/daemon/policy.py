@@ -156,9 +156,11 @@ class Grant:
     granted_by: str
 
 
-ADMIN_ONLY_COMMANDS = frozenset({"METRICS"})
+ADMIN_ONLY_COMMANDS = frozenset({"METRICS", "BACKUP"})
 """Commands a policy may grant that have no line of their own: reading
-the admin interface's /metrics."""
+the admin interface's /metrics, and backing the message store up through
+its /v1/backup (a file written on the daemon's host has no place on a
+client's line)."""
 
 GRANTABLE = COMMAND_NAMES | ADMIN_ONLY_COMMANDS
 """Every command name a role may grant."""

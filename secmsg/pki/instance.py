@@ -45,9 +45,9 @@ commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
 
 [roles.admin]
 inherits = ["user"]
-# METRICS has no line of its own: it lets the admin interface's /metrics
-# be read.
-commands = ["KICK", "BROADCAST", "RELOAD", "METRICS"]
+# METRICS and BACKUP have no line of their own: they let the admin
+# interface's /metrics be read and its /v1/backup copy the message store.
+commands = ["KICK", "BROADCAST", "RELOAD", "METRICS", "BACKUP"]
 
 # Roles by what a certificate says, for an identity not under [identities];
 # every rule it matches adds its roles.  See docs/policy.md.

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +42,12 @@ from secmsg.daemon.auth import SessionAvatar
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.metrics import CONTENT_TYPE, Metrics
-from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
+from secmsg.daemon.operations import (
+    back_up,
+    kick_identity,
+    refuse_store_failure,
+    reload_as,
+)
 from secmsg.daemon.reload import ReloadReport
 from secmsg.errors import (
     CommandError,
@@ -61,6 +67,7 @@ _COMMAND_STATUS = {
     400: HTTPStatus.BAD_REQUEST,
     403: HTTPStatus.FORBIDDEN,
     404: HTTPStatus.NOT_FOUND,
+    409: HTTPStatus.CONFLICT,
     429: HTTPStatus.TOO_MANY_REQUESTS,
     500: HTTPStatus.INTERNAL_SERVER_ERROR,
     503: HTTPStatus.SERVICE_UNAVAILABLE,
@@ -114,19 +121,25 @@ class AdminApi:
         metrics: Metrics,
         rate_limiter: RateLimiter,
         max_text: int,
+        backup: Callable[[Path, bool], defer.Deferred[int]],
     ) -> None:
+        """
+        @param backup: the message store's backup.
+        """
         self._hub = hub
         self._delivery = delivery
         self._reload = reload
         self.metrics = metrics
         self.rate_limiter = rate_limiter
         self._max_text = max_text
+        self._backup = backup
         self.routes: dict[bytes, dict[bytes, Endpoint]] = {
             b"/v1/sessions": {b"GET": Endpoint("WHO", self.sessions)},
             b"/v1/kick": {b"POST": Endpoint("KICK", self.kick)},
             b"/v1/reload": {b"POST": Endpoint("RELOAD", self.reload)},
             b"/v1/broadcast": {b"POST": Endpoint("BROADCAST", self.broadcast)},
             b"/v1/messages": {b"POST": Endpoint("MSG", self.message)},
+            b"/v1/backup": {b"POST": Endpoint("BACKUP", self.backup)},
             b"/metrics": {b"GET": Endpoint("METRICS", self.scrape)},
             b"/healthz": {b"GET": Endpoint(None, self.health)},
         }
@@ -200,6 +213,27 @@ class AdminApi:
                 Kind.DIRECT, None, call.avatar.identity, recipient, text
             )
         )
+
+    def backup(self, call: Call) -> defer.Deferred[dict[str, Any]]:
+        """
+        A copy of the message store at an absolute path on the daemon's
+        host, answered once it is whole there.
+        """
+        path = call.body.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                "path must be an absolute path on the daemon's host",
+            )
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "path holds a control character")
+        replace = call.body.get("replace", False)
+        if not isinstance(replace, bool):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "replace must be true or false")
+        made = back_up(
+            self._backup, call.avatar.identity, call.address, Path(path), replace
+        )
+        return made.addCallback(lambda size: {"path": path, "bytes": size})
 
     def scrape(self, call: Call) -> bytes:
         call.request.setHeader(b"content-type", CONTENT_TYPE.encode())

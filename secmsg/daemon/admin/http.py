@@ -60,6 +60,7 @@ _ERROR_WORDS = {
     HTTPStatus.FORBIDDEN: "forbidden",
     HTTPStatus.NOT_FOUND: "not found",
     HTTPStatus.METHOD_NOT_ALLOWED: "method not allowed",
+    HTTPStatus.CONFLICT: "conflict",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "content too large",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "unsupported media type",
     HTTPStatus.TOO_MANY_REQUESTS: "too many requests",

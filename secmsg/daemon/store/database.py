@@ -132,7 +132,7 @@ def _create(path: Path) -> None:
     finally:
         connection.close()
     os.replace(staging, path)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     log.info("created the message store {path}", path=str(path))
 
 
@@ -148,7 +148,7 @@ def _upgrade(connection: sqlite3.Connection, path: Path, version: int) -> None:
         target.close()
     backup = _free_name(path.with_name(f"{path.name}.v{version}.backup"))
     os.replace(staging, backup)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     script = "".join(
         schema(f"upgrade-to-v{step}.sql")
         for step in range(version + 1, CURRENT_VERSION + 1)
@@ -190,7 +190,7 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     """
     Make a rename in C{directory} durable.
     """

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.store.waiting import WaitingTotals
-from secmsg.errors import NotFound, StoreError
+from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
     Draft,
     Kind,
@@ -154,6 +155,14 @@ class MemoryStore:
                 if entry is not None and not entry.acknowledged:
                     self._waiting.remove(identity, 1, size)
         return defer.succeed(len(doomed))
+
+    def backup(self, destination: Path, replace: bool) -> defer.Deferred[int]:
+        return defer.fail(
+            BackupRefused(
+                f"not written to {destination}: this daemon keeps its "
+                "messages in memory, with nothing on disk to copy"
+            )
+        )
 
     def close(self) -> defer.Deferred[None]:
         return defer.succeed(None)

@@ -22,10 +22,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
+from secmsg.daemon.store.backup import backup_job
 from secmsg.daemon.store.database import open_database
 from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.daemon.store.worker import Job
-from secmsg.errors import NotFound, StoreError
+from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
     Draft,
     Kind,
@@ -110,6 +111,7 @@ class SQLiteStore:
         self._worker: IStoreWorker | None = None
         self._known: set[str] = set()
         self._waiting = WaitingTotals()
+        self._backing_up = False
 
     def open(self) -> None:
         """
@@ -264,6 +266,22 @@ class SQLiteStore:
             return removed
 
         return self._submit(job).addCallback(purged)
+
+    def backup(self, destination: Path, replace: bool) -> defer.Deferred[int]:
+        if self._worker is None:
+            return defer.fail(StoreError("the message store is not open"))
+        if self._backing_up:
+            # One at a time: a second would wait behind the first, holding
+            # back every job that comes after it.
+            return defer.fail(BackupRefused("a backup is already under way"))
+        self._backing_up = True
+        made = self._worker.submit_long(backup_job(self._path, destination, replace))
+
+        def ended(result: object) -> object:
+            self._backing_up = False
+            return result
+
+        return made.addBoth(ended)
 
     def close(self) -> defer.Deferred[None]:
         if self._worker is None:

@@ -34,10 +34,24 @@ BATCH_LIMIT = 512
 
 Job = Callable[[sqlite3.Connection], Any]
 
+Pause = Callable[[], None]
+"""Runs the jobs waiting now; a long job calls it between its steps."""
+
+LongJob = Callable[[sqlite3.Connection, Pause], Any]
+"""A job that runs outside any transaction and in steps (a backup), calling
+the L{Pause} it is given between them so that other jobs need not wait for
+it to end."""
+
 
 @dataclass
 class _Submitted:
     job: Job
+    done: defer.Deferred[Any] = field(default_factory=defer.Deferred)
+
+
+@dataclass
+class _SubmittedLong:
+    job: LongJob
     done: defer.Deferred[Any] = field(default_factory=defer.Deferred)
 
 
@@ -145,15 +159,21 @@ class ThreadWorker:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopped: defer.Deferred[None] = defer.Deferred()
         self._accepting = True
+        self._held: _SubmittedLong | object | None = None
         self._thread = threading.Thread(
             target=self._serve, name="secmsg-store", daemon=True
         )
         self._thread.start()
 
     def submit(self, job: Job) -> defer.Deferred[Any]:
+        return self._queued(_Submitted(job))
+
+    def submit_long(self, job: LongJob) -> defer.Deferred[Any]:
+        return self._queued(_SubmittedLong(job))
+
+    def _queued(self, submitted: _Submitted | _SubmittedLong) -> defer.Deferred[Any]:
         if not self._accepting:
             return defer.fail(StoreError("the message store is closed"))
-        submitted = _Submitted(job)
         self._jobs.put(submitted)
         return submitted.done
 
@@ -176,27 +196,62 @@ class ThreadWorker:
             self._call_from_thread(self._stopped.callback, None)
 
     def _serve_batches(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._jobs.get()]
-            while len(batch) < self._batch_limit and not self._jobs.empty():
-                batch.append(self._jobs.get())
-            if _STOP in batch:
-                stopping = True
-                batch = [item for item in batch if item is not _STOP]
-            if batch:
-                outcomes = run_batch(self._connection, [s.job for s in batch])
-                # One hand-back for the whole batch: each call from a thread
-                # wakes the reactor with a write to its waker pipe, and under
-                # load a batch holds hundreds of jobs.
-                self._call_from_thread(_fire_batch, [s.done for s in batch], outcomes)
+        while True:
+            item = self._held or self._jobs.get()
+            self._held = None
+            if item is _STOP:
+                return
+            if isinstance(item, _SubmittedLong):
+                self._run_long(item)
+            elif isinstance(item, _Submitted):
+                self._run_batch([item, *self._waiting(self._batch_limit - 1)])
+
+    def _waiting(self, limit: int) -> list[_Submitted]:
+        """
+        Up to C{limit} plain jobs waiting now, in order; a long job or the
+        stop that comes next is held for the loop, behind them.
+        """
+        taken: list[_Submitted] = []
+        while self._held is None and len(taken) < limit and not self._jobs.empty():
+            item = self._jobs.get()
+            if isinstance(item, _Submitted):
+                taken.append(item)
+            else:
+                self._held = item
+        return taken
+
+    def _run_batch(self, batch: list[_Submitted]) -> None:
+        outcomes = run_batch(self._connection, [s.job for s in batch])
+        # One hand-back for the whole batch: each call from a thread wakes
+        # the reactor with a write to its waker pipe, and under load a batch
+        # holds hundreds of jobs.
+        self._call_from_thread(_fire_batch, [s.done for s in batch], outcomes)
+
+    def _pause(self) -> None:
+        """
+        Between a long job's steps, serve what came meanwhile.
+        """
+        batch = self._waiting(self._batch_limit)
+        if batch:
+            self._run_batch(batch)
+
+    def _run_long(self, submitted: _SubmittedLong) -> None:
+        outcome: tuple[Any, Exception | None]
+        try:
+            outcome = (submitted.job(self._connection, self._pause), None)
+        except Exception as error:  # noqa: BLE001 -- handed to whoever asked
+            outcome = (None, error)
+        self._call_from_thread(_fire_batch, [submitted.done], [outcome])
 
     def _died(self, error: BaseException) -> None:
         self._accepting = False
         log.critical("the message store's thread died: {error!r}", error=error)
+        left = [] if self._held is None else [self._held]
+        self._held = None
         while not self._jobs.empty():
-            waiting = self._jobs.get()
-            if waiting is not _STOP:
+            left.append(self._jobs.get())
+        for waiting in left:
+            if isinstance(waiting, _Submitted | _SubmittedLong):
                 waiting.done.errback(StoreError("the message store stopped"))
 
 
@@ -215,6 +270,10 @@ class ImmediateWorker:
         ((result, error),) = run_batch(self._connection, [job])
         _fire(done, result, error)
         return done
+
+    def submit_long(self, job: LongJob) -> defer.Deferred[Any]:
+        # Nothing else runs while it does: there is nothing to pause for.
+        return defer.maybeDeferred(job, self._connection, lambda: None)
 
     def stop(self) -> defer.Deferred[None]:
         self._connection.close()
