@@ -315,7 +315,7 @@ class RestoreTests(SynchronousTestCase):
         self.send_to_bob(daemon, ["after"])
         daemon.stop()
 
-        # As docs/operations-backup.md says: the old database's side files
+        # As docs/operations.md says: the old database's side files
         # go with it, and the backup takes its place.
         data = directory / "data"
         for side in ("secmsg.db-wal", "secmsg.db-shm"):
