@@ -80,14 +80,9 @@ class SecmsgService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        for endpoint in self._endpoints:
-            port = listen_or_exit(endpoint, self._factory)
-            self._ports.append(port)
-            log.info(
-                "secmsg {version} listening on {address}",
-                version=__version__,
-                address=describe_listening(port.getHost()),
-            )
+        self._ports = listen_all(
+            self._endpoints, self._factory, "secmsg {version} listening on {address}"
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -133,6 +128,25 @@ class SecmsgService(Service):
         return defer.gatherResults([stopped, closed]).addCallback(lambda _: None)
 
 
+def listen_all(
+    endpoints: Sequence[IStreamServerEndpoint], factory: Factory, announce: str
+) -> list[IListeningPort]:
+    """
+    Listen on every endpoint, or stop the daemon; log each address.
+
+    @param announce: the log line's format, naming C{{address}} (and
+        C{{version}} if it likes).
+    """
+    ports = []
+    for endpoint in endpoints:
+        port = listen_or_exit(endpoint, factory)
+        ports.append(port)
+        log.info(
+            announce, version=__version__, address=describe_listening(port.getHost())
+        )
+    return ports
+
+
 def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListeningPort:
     """
     Listen at once, or stop the daemon with one line: TCP, UNIX and adopted
@@ -173,13 +187,11 @@ class AdminService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        for endpoint in self._endpoints:
-            port = listen_or_exit(endpoint, self._factory)
-            self._ports.append(port)
-            log.info(
-                "admin interface listening on https://{address}/",
-                address=describe_listening(port.getHost()),
-            )
+        self._ports = listen_all(
+            self._endpoints,
+            self._factory,
+            "admin interface listening on https://{address}/",
+        )
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
