@@ -40,6 +40,7 @@ from secmsg.daemon.limits import raise_open_file_limit
 from secmsg.daemon.listen import server_endpoint
 from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.reload import (
     ReloadableFiles,
@@ -104,6 +105,12 @@ class Options(usage.Options):
         ["crl", None, None, "CRLs of those CAs (PEM); optional."],
         ["policy", None, None, "Roles and identities (TOML)."],
         ["data-dir", None, None, "Directory for the daemon's state."],
+        [
+            "backup-dir",
+            None,
+            None,
+            "Directory secmsg backup writes its copies in (unset: no backups).",
+        ],
         [
             "identity",
             None,
@@ -391,7 +398,7 @@ def build_daemon(
         metrics,
         sessions.rate_limiter,
         settings.max_line_length,
-        store.backup,
+        Backups(settings.backup_dir, store.backup),
     )
     # The admin interface's operations need the reloader, which needs the
     # realm: they are registered with the realm once they exist.

@@ -8,6 +8,7 @@ place and delivered by the daemon started on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -100,6 +101,37 @@ class StoreBackupTests(SynchronousTestCase):
         self.assertEqual(notes.read_text(), "keep me")
         self.assertEqual(os.listdir(elsewhere), ["notes.txt"])
         self.assertEqual(sorted(os.listdir(self.directory / "data"))[0], "secmsg.db")
+
+    def test_a_place_others_could_swap_is_refused(self) -> None:
+        """
+        A backup goes only in a directory that no one but the daemon's user
+        (or root) may write, reached without a symbolic link at its end;
+        and replaces only a regular file: a symbolic link or a FIFO put
+        where an older backup was is refused, the FIFO without waiting.
+        """
+        shared = self.directory / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        private = self.directory / "private"
+        private.mkdir(mode=0o700)
+        older = private / "older.db"
+        self.successResultOf(self.store.backup(older, False))
+        (private / "link.db").symlink_to(older)
+        os.mkfifo(private / "fifo.db")
+        (self.directory / "via").symlink_to(private)
+        cases = [
+            (shared / "x.db", False, "may be written by others"),
+            (self.directory / "via" / "x.db", False, "cannot use the directory"),
+            (private / "link.db", True, "is not a SQLite database"),
+            (private / "fifo.db", True, "is not a SQLite database"),
+        ]
+        for destination, replace, words in cases:
+            failure = self.failureResultOf(
+                self.store.backup(destination, replace), BackupRefused
+            )
+            self.assertIn(words, str(failure.value), destination)
+        self.assertEqual(os.listdir(shared), [])
+        self.assertTrue((private / "link.db").is_symlink())
 
     def test_replace_takes_the_place_of_an_older_backup(self) -> None:
         """
@@ -217,24 +249,24 @@ class AdminBackupTests(SynchronousTestCase):
         store.open()
         self.addCleanup(store.close)
         self.instance.store = store
+        self.backups = temporary_directory(self)
         self.instance.daemon = build_daemon(
-            self.instance.settings(), self.instance.clock, store
+            dataclasses.replace(self.instance.settings(), backup_dir=self.backups),
+            self.instance.clock,
+            store,
         )
         self.web = AdminClient(self.instance)
         self.audit = record_events(self)
-        self.backups = temporary_directory(self)
 
     def test_backup_is_made_answered_and_recorded(self) -> None:
         """
-        An admin's backup is written where asked, answered with its path
-        and size (as docs/openapi.json says), and recorded: who, from
-        where, where to.
+        An admin's backup is written under the name given in the backup
+        directory, answered with its path and size (as docs/openapi.json
+        says), and recorded: who, from where, where to.
         """
         admin = self.instance.ca.issue("admin")
         destination = self.backups / "copy.db"
-        response = self.web.request(
-            admin, "POST", "/v1/backup", {"path": str(destination)}
-        )
+        response = self.web.request(admin, "POST", "/v1/backup", {"name": "copy.db"})
         self.assertEqual(response.status, 200, response.body)
         answer = response.json()
         self.assertEqual(
@@ -256,18 +288,22 @@ class AdminBackupTests(SynchronousTestCase):
 
     def test_refused_backups_are_answered_in_words_and_recorded(self) -> None:
         """
-        Without BACKUP: 403; a relative path or a bad flag: 400; a file in
-        the way: 409, recorded as refused with the reason.
+        Without BACKUP: 403; a path instead of a name, a hidden or
+        controlling name, or a bad flag: 400; a file in the way: 409,
+        recorded as refused with the reason.
         """
         admin, alice = self.instance.ca.issue("admin"), self.instance.ca.issue("alice")
         taken = self.backups / "taken"
         taken.write_text("x")
         asked = [
-            (alice, {"path": str(self.backups / "a.db")}, 403, "BACKUP"),
-            (admin, {"path": "relative.db"}, 400, "absolute path"),
-            (admin, {"path": "/tmp/x\n.db"}, 400, "control character"),
-            (admin, {"path": str(taken), "replace": "yes"}, 400, "true or false"),
-            (admin, {"path": str(taken)}, 409, "exists"),
+            (alice, {"name": "a.db"}, 403, "BACKUP"),
+            (admin, {"name": "/etc/cron.d/x"}, 400, "must be a file name"),
+            (admin, {"name": "../x.db"}, 400, "must be a file name"),
+            (admin, {"name": ".hidden"}, 400, "must be a file name"),
+            (admin, {"name": "x\u009b.db"}, 400, "must be a file name"),
+            (admin, {"path": "/tmp/x.db"}, 400, "must be a file name"),
+            (admin, {"name": "taken", "replace": "yes"}, 400, "true or false"),
+            (admin, {"name": "taken"}, 409, "exists"),
         ]
         for pair, body, status, words in asked:
             response = self.web.request(pair, "POST", "/v1/backup", body)
@@ -304,12 +340,12 @@ class RestoreTests(SynchronousTestCase):
         with daemon.client("bob") as bob, bob.makefile("rb") as lines:
             self.assertIn(b"you are bob", lines.readline())
         self.send_to_bob(daemon, ["before 1", "before 2"])
-        destination = temporary_directory(self) / "secmsg-backup.db"
-        result = self.backup(directory, destination)
+        destination = directory / "backups" / "secmsg-backup.db"
+        result = self.backup(directory, destination.name)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(f"backed up the message store to {destination}", result.stdout)
         self.assertEqual(stat.S_IMODE(destination.stat().st_mode), 0o600)
-        refused = self.backup(directory, destination)
+        refused = self.backup(directory, destination.name)
         self.assertEqual(refused.returncode, 1)
         self.assertIn("exists", refused.stderr)
         self.send_to_bob(daemon, ["after"])
@@ -339,14 +375,14 @@ class RestoreTests(SynchronousTestCase):
                 alice.sendall(f"MSG bob {text}\n".encode())
                 self.assertTrue(lines.readline().startswith(b"250 "))
 
-    def backup(self, directory: Path, destination: Path) -> subprocess.CompletedProcess:
+    def backup(self, directory: Path, name: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
                 BIN / "secmsg",
                 "backup",
                 "--config",
                 str(directory / "secmsg.toml"),
-                str(destination),
+                name,
                 "--instance",
                 str(directory),
                 "--as",

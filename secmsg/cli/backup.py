@@ -1,20 +1,20 @@
 """
-C{secmsg backup --config FILE DEST}: have the daemon that FILE configures
-write a consistent copy of its message store to DEST, while it serves.
+C{secmsg backup --config FILE NAME}: have the daemon that FILE configures
+write a consistent copy of its message store, named NAME, in its
+C{backup-dir}, while it serves.
 
 The daemon holds its database exclusively, so that a second daemon on the
 same data directory is refused; no other process reads it.  The command
 therefore asks the daemon itself, at its admin interface (C{POST
 /v1/backup}, which the policy command BACKUP grants), as an admin
-certificate given like C{secmsg connect}'s.  DEST is a path on the
-daemon's host, written by the daemon: FILE being the daemon's own
-configuration, the command runs on that host.
+certificate given like C{secmsg connect}'s.  The daemon writes only in the
+directory its operator named: a right to back up is not a right to write
+files wherever the daemon's user can.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -47,26 +47,29 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 -- names, not a
 
 class BackupOptions(ConnectionOptions):
     """
-    secmsg backup --config FILE DEST [--force] (--instance DIR --as NAME | ...)
+    secmsg backup --config FILE NAME [--force] (--instance DIR --as NAME | ...)
     """
 
     synopsis = (
-        "--config FILE DEST [--force] "
+        "--config FILE BACKUP [--force] "
         "(--instance DIR --as NAME | --cert F --key F --ca F)"
     )
     optParameters = [
         ["config", None, None, "The daemon's configuration file."],
     ]
     optFlags = [
-        ["force", None, "Replace DEST if it is an older backup."],
+        ["force", None, "Replace the backup of that name if there is one."],
     ]
 
     # usage.Options hands parseArgs the words left on the command line;
     # Twisted types it as taking none.
-    def parseArgs(self, destination: str) -> None:  # type: ignore[override]
-        # Absolute here, where the working directory is the user's: the
-        # daemon resolves nothing against its own.
-        self["destination"] = Path(os.path.abspath(destination))
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+        if "/" in name:
+            raise usage.UsageError(
+                f"{name!r}: give the backup's file name; the daemon writes it "
+                "in its backup-dir"
+            )
+        self["name"] = name
 
     def postOptions(self) -> None:
         if not self["config"]:
@@ -106,7 +109,7 @@ def run(options: BackupOptions) -> int:
         return ExitStatus.FAILED
     server_name = options["server-name"] or host
     tls = client_tls_options(server_name, files[2], files[0], files[1])
-    body = {"path": str(options["destination"]), "replace": bool(options["force"])}
+    body = {"name": options["name"], "replace": bool(options["force"])}
     url = f"https://{_netloc(host, port)}/v1/backup"
 
     def ask(reactor: Any) -> Deferred[int]:

@@ -11,7 +11,9 @@ recorded by one piece of code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,12 +25,14 @@ from secmsg.daemon.audit import audit
 from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.reload import ReloadReport
 from secmsg.errors import (
+    BackupRefused,
     ConfigurationError,
     NotFound,
     NotStored,
     ServerFault,
     StoreError,
 )
+from secmsg.wire import escape_controls
 
 log = Logger()
 
@@ -115,50 +119,92 @@ def reload_as(
     return report
 
 
+BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What a backup may be called: a file name, no path, not hidden."""
+
+
+@dataclass(frozen=True)
+class Backups:
+    """
+    Where backups go: the operator's C{backup-dir}, and nowhere else, so
+    that a right to back up is not a right to write files anywhere the
+    daemon's user can.
+
+    @ivar directory: the operator's C{backup-dir}, or L{None} if unset,
+        which turns backups off.
+    @ivar backup: the store's L{secmsg.daemon.interfaces.IMessageStore.backup}.
+    """
+
+    directory: Path | None
+    backup: Callable[[Path, bool], defer.Deferred[int]]
+
+    def destination(self, name: str) -> Path:
+        """
+        @raise BackupRefused: backups are off, or C{name} is no file name.
+        """
+        if self.directory is None:
+            raise BackupRefused(
+                "backups are off: set backup-dir in the daemon's configuration "
+                "to the directory they go in"
+            )
+        if not BACKUP_NAME.fullmatch(name):
+            raise BackupRefused(
+                f"{escape_controls(name)!r} is not a backup's name: letters, "
+                "digits and ._-, 1 to 128 characters, not starting with a dot; "
+                "backups go in the daemon's backup-dir"
+            )
+        return self.directory / name
+
+
 def back_up(
-    backup: Callable[[Path, bool], defer.Deferred[int]],
-    by: str,
-    peer: str,
-    destination: Path,
-    replace: bool,
+    backups: Backups, by: str, peer: str, name: str, replace: bool
 ) -> defer.Deferred[int]:
     """
-    Back the message store up to C{destination} on behalf of C{by}, and
-    record it, made or not: who asked, from where, and where it went.
+    Back the message store up to C{name} in the backup directory on behalf
+    of C{by}, and record it, made or not: who asked, from where, and where
+    it went.
 
-    @param backup: the store's L{secmsg.daemon.interfaces.IMessageStore.backup}.
     @return: fires with the copy's size in bytes; fails with
         L{secmsg.errors.BackupRefused}, or L{NotStored} if the store failed.
     """
-    fields: dict[str, str | bool] = {
-        "by": by,
-        "peer": peer,
-        "path": str(destination),
-        "replace": replace,
-    }
+    try:
+        destination = backups.destination(name)
+    except BackupRefused as refusal:
+        _record_backup(by, peer, escape_controls(name), replace, str(refusal))
+        return defer.fail(refusal)
+    path = str(destination)
 
     def made(size: int) -> int:
         audit(
             "backup",
             "{by} backed the message store up to {path} ({size} bytes)",
-            LogLevel.info,
-            **fields,
+            by=by,
+            peer=peer,
+            path=path,
+            replace=replace,
             outcome="ok",
             size=size,
         )
         return size
 
     def not_made(failure: Failure) -> Failure:
-        audit(
-            "backup",
-            "backup by {by} to {path} not made: {error}",
-            LogLevel.warn,
-            **fields,
-            outcome="refused",
-            error=failure.getErrorMessage(),
-        )
+        _record_backup(by, peer, path, replace, failure.getErrorMessage())
         return failure
 
     return refuse_store_failure(
-        backup(destination, replace).addCallbacks(made, not_made)
+        backups.backup(destination, replace).addCallbacks(made, not_made)
+    )
+
+
+def _record_backup(by: str, peer: str, path: str, replace: bool, error: str) -> None:
+    audit(
+        "backup",
+        "backup by {by} to {path} not made: {error}",
+        LogLevel.warn,
+        by=by,
+        peer=peer,
+        path=path,
+        replace=replace,
+        outcome="refused",
+        error=error,
     )

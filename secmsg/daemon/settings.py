@@ -58,13 +58,14 @@ OPTIONS = (
     "admin-listen",
     "audit-rotate-bytes",
     "log-format",
+    "backup-dir",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
 HISTORY_MAX = 200
 """The most messages one HISTORY gives, unless the operator says."""
 
-_PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir"}
+_PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir", "backup-dir"}
 _REQUIRED = ("cert", "key", "ca", "policy", "data-dir")
 
 
@@ -94,6 +95,7 @@ class Settings:
     crl: Path | None
     policy: Path
     data_dir: Path
+    backup_dir: Path | None = None
     port: int = 7443
     interface: str = "127.0.0.1"
     identity: IdentityField = IdentityField.CN
@@ -147,6 +149,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         crl=merged.get("crl"),
         policy=merged["policy"],
         data_dir=merged["data-dir"],
+        backup_dir=merged.get("backup-dir"),
         port=_integer(merged, origins, "port", 7443, 0, 65535),
         interface=str(merged.get("interface", "127.0.0.1")),
         identity=_identity_field(merged, origins),

@@ -82,6 +82,8 @@ ca = "ca.pem"
 crl = "crl.pem"
 policy = "policy.toml"
 data-dir = "data"
+# Where secmsg backup writes its copies of the message store.
+backup-dir = "backups"
 """
 
 
@@ -135,4 +137,7 @@ def create_instance(directory: Path, now: datetime) -> Path:
         DEVELOPMENT_CONFIG.format(config=config, server=SERVER_NAME).encode(),
         private=False,
     )
+    # Written only by the daemon's user: a backup refuses a directory that
+    # others could swap its copy in.
+    (directory / "backups").mkdir(mode=0o700, exist_ok=True)
     return config

@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +42,8 @@ from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.metrics import CONTENT_TYPE, Metrics
 from secmsg.daemon.operations import (
+    BACKUP_NAME,
+    Backups,
     back_up,
     kick_identity,
     refuse_store_failure,
@@ -121,10 +122,10 @@ class AdminApi:
         metrics: Metrics,
         rate_limiter: RateLimiter,
         max_text: int,
-        backup: Callable[[Path, bool], defer.Deferred[int]],
+        backups: Backups,
     ) -> None:
         """
-        @param backup: the message store's backup.
+        @param backups: where backups of the message store go.
         """
         self._hub = hub
         self._delivery = delivery
@@ -132,7 +133,7 @@ class AdminApi:
         self.metrics = metrics
         self.rate_limiter = rate_limiter
         self._max_text = max_text
-        self._backup = backup
+        self._backups = backups
         self.routes: dict[bytes, dict[bytes, Endpoint]] = {
             b"/v1/sessions": {b"GET": Endpoint("WHO", self.sessions)},
             b"/v1/kick": {b"POST": Endpoint("KICK", self.kick)},
@@ -216,24 +217,24 @@ class AdminApi:
 
     def backup(self, call: Call) -> defer.Deferred[dict[str, Any]]:
         """
-        A copy of the message store at an absolute path on the daemon's
-        host, answered once it is whole there.
+        A copy of the message store, under the name given, in the daemon's
+        backup directory, answered once it is whole there.
         """
-        path = call.body.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
+        name = call.body.get("name")
+        if not isinstance(name, str) or not BACKUP_NAME.fullmatch(name):
             raise ApiError(
                 HTTPStatus.BAD_REQUEST,
-                "path must be an absolute path on the daemon's host",
+                "name must be a file name (letters, digits and ._-, 1 to 128 "
+                "characters, not starting with a dot): backups go in the "
+                "daemon's backup-dir",
             )
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "path holds a control character")
         replace = call.body.get("replace", False)
         if not isinstance(replace, bool):
             raise ApiError(HTTPStatus.BAD_REQUEST, "replace must be true or false")
-        made = back_up(
-            self._backup, call.avatar.identity, call.address, Path(path), replace
+        made = back_up(self._backups, call.avatar.identity, call.address, name, replace)
+        return made.addCallback(
+            lambda size: {"path": str(self._backups.destination(name)), "bytes": size}
         )
-        return made.addCallback(lambda size: {"path": path, "bytes": size})
 
     def scrape(self, call: Call) -> bytes:
         call.request.setHeader(b"content-type", CONTENT_TYPE.encode())

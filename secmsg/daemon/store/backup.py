@@ -11,16 +11,23 @@ ends: a snapshot that holds every message confirmed before the backup
 began.  The copy is written under a temporary name in the destination's
 directory, mode 0600 from its first byte, synced, and only then given the
 destination's name, so that no half-written backup ever bears it.
+
+The directory is held open while the copy is made, and every name in it is
+looked up through that descriptor: a directory that others may write, a
+symbolic link, or anything but a regular file where a backup is to be
+replaced is refused, so that a backup lands in the directory that was
+checked and replaces nothing but an older backup.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
-import tempfile
+import stat
+from contextlib import suppress
 from pathlib import Path
 
-from secmsg.daemon.store.database import sync_directory
 from secmsg.daemon.store.worker import LongJob, Pause
 from secmsg.errors import BackupRefused
 
@@ -42,81 +49,145 @@ def backup_job(live: Path, destination: Path, replace: bool) -> LongJob:
     """
 
     def job(connection: sqlite3.Connection, pause: Pause) -> int:
-        check_destination(live, destination, replace)
-        return _write(connection, pause, destination, replace)
+        directory = open_directory(live, destination)
+        try:
+            check_destination(directory, destination, replace)
+            return _write(connection, pause, directory, destination, replace)
+        finally:
+            os.close(directory)
 
     return job
 
 
-def check_destination(live: Path, destination: Path, replace: bool) -> None:
+def open_directory(live: Path, destination: Path) -> int:
     """
-    Refuse a destination that a backup must not write: a relative path, a
-    place in the data directory, a missing directory, or a file already
-    there, unless C{replace} and it is a SQLite database (an older
-    backup), never anything else.
+    Open the directory a backup is to be written in, which must be the
+    daemon's own: absolute, not the data directory, not a symbolic link,
+    owned by the daemon's user or root and written by no one else.
 
+    @return: its descriptor, for the caller to close.
     @raise BackupRefused: saying why.
     """
     if not destination.is_absolute():
         raise BackupRefused(f"{destination} is not an absolute path")
-    if not destination.parent.is_dir():
-        raise BackupRefused(f"there is no directory {destination.parent}")
-    if destination.parent.resolve() == live.parent.resolve():
+    parent = destination.parent
+    try:
+        directory = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise BackupRefused(f"there is no directory {parent}") from None
+    except OSError as error:
         raise BackupRefused(
-            f"{destination} is in the data directory, beside the live store; "
-            "write backups elsewhere"
+            f"cannot use the directory {parent}: {error.strerror}"
+        ) from None
+    status = os.fstat(directory)
+    problem = _directory_problem(status, live, parent)
+    if problem is not None:
+        os.close(directory)
+        raise BackupRefused(problem)
+    return directory
+
+
+def _directory_problem(status: os.stat_result, live: Path, parent: Path) -> str | None:
+    if os.path.samestat(status, os.stat(live.parent)):
+        return (
+            f"a backup may not go in the data directory {parent}, beside the "
+            "live store; write it elsewhere"
         )
-    if not os.path.lexists(destination):
+    if status.st_uid not in (os.geteuid(), 0):
+        return f"{parent} belongs to another user; backups go in the daemon's own"
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (
+            f"{parent} may be written by others, who could swap what a backup "
+            "writes; make it 0700 or 0750"
+        )
+    return None
+
+
+def check_destination(directory: int, destination: Path, replace: bool) -> None:
+    """
+    Refuse a destination that a backup must not write: a file already
+    there, unless C{replace} and it is a regular file holding a SQLite
+    database (an older backup), never anything else.
+
+    @param directory: the descriptor of the destination's directory.
+    @raise BackupRefused: saying why.
+    """
+    try:
+        status = os.stat(destination.name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
         return
     if not replace:
         raise BackupRefused(
             f"{destination} exists; a backup replaces a file only if asked to"
         )
-    if destination.is_symlink() or not _is_database(destination):
+    if not stat.S_ISREG(status.st_mode) or not _is_database(
+        directory, destination.name
+    ):
         raise BackupRefused(
             f"{destination} is not a SQLite database; a backup replaces only "
             "an older backup"
         )
 
 
-def _is_database(path: Path) -> bool:
+def _is_database(directory: int, name: str) -> bool:
     try:
-        with path.open("rb") as file:
-            return file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+        # Not following a link, and never waiting on a FIFO put there.
+        file = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory
+        )
     except OSError:
         return False
+    try:
+        return (
+            stat.S_ISREG(os.fstat(file).st_mode)
+            and os.read(file, len(_SQLITE_HEADER)) == _SQLITE_HEADER
+        )
+    finally:
+        os.close(file)
 
 
 def _write(
-    connection: sqlite3.Connection, pause: Pause, destination: Path, replace: bool
+    connection: sqlite3.Connection,
+    pause: Pause,
+    directory: int,
+    destination: Path,
+    replace: bool,
 ) -> int:
+    staging = f".{destination.name}.{secrets.token_hex(8)}.partial"
     try:
-        descriptor, name = tempfile.mkstemp(
-            prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent
+        os.close(
+            os.open(
+                staging,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=directory,
+            )
         )
     except OSError as error:
         raise BackupRefused(
             f"cannot write in {destination.parent}: {error.strerror}"
         ) from None
-    os.close(descriptor)
-    staging = Path(name)
     try:
-        _copy(connection, pause, staging)
-        _put_in_place(staging, destination, replace)
-        return destination.stat().st_size
+        _copy(connection, pause, f"/proc/self/fd/{directory}/{staging}")
+        _put_in_place(directory, staging, destination, replace)
+        return os.stat(destination.name, dir_fd=directory).st_size
     except OSError as error:
         raise BackupRefused(f"cannot write {destination}: {error.strerror}") from None
     except sqlite3.Error as error:
         raise BackupRefused(f"the copy to {destination} failed: {error}") from None
     finally:
         for suffix in _SIDE_FILES:
-            Path(f"{staging}{suffix}").unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(staging + suffix, dir_fd=directory)
 
 
-def _copy(connection: sqlite3.Connection, pause: Pause, staging: Path) -> None:
+def _copy(connection: sqlite3.Connection, pause: Pause, staging: str) -> None:
     """
     Copy the database into C{staging} in steps, pausing between them, and
     make the copy a database of one file, on disk.
+
+    @param staging: the copy's path through the held directory's
+        descriptor, so that SQLite opens it, and its journal, there.
     """
     target = sqlite3.connect(staging, isolation_level=None)
     try:
@@ -133,19 +204,22 @@ def _copy(connection: sqlite3.Connection, pause: Pause, staging: Path) -> None:
         os.close(descriptor)
 
 
-def _put_in_place(staging: Path, destination: Path, replace: bool) -> None:
+def _put_in_place(
+    directory: int, staging: str, destination: Path, replace: bool
+) -> None:
     """
     Give the finished copy its name: replacing what is there only if
     asked, and otherwise by a link, which fails rather than replace a file
     that appeared meanwhile.
     """
+    name = destination.name
     if replace:
-        os.replace(staging, destination)
+        os.replace(staging, name, src_dir_fd=directory, dst_dir_fd=directory)
     else:
         try:
-            os.link(staging, destination)
+            os.link(staging, name, src_dir_fd=directory, dst_dir_fd=directory)
         except FileExistsError:
             raise BackupRefused(
                 f"{destination} appeared during the backup; it was left as it was"
             ) from None
-    sync_directory(destination.parent)
+    os.fsync(directory)
