@@ -18,11 +18,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from secmsg.daemon.limits import address_group
 from secmsg.daemon.listen import describe_listening, server_endpoint
-from secmsg.daemon.ownership import Owner, hand_over
+from secmsg.daemon.ownership import HandOverService, Owner, hand_over
 from secmsg.daemon.settings import Settings, load_settings
 from secmsg.errors import ConfigurationError
 from secmsg.tap import Options, owner_of
-from tests.harness import temporary_directory
+from tests.harness import capture_log, temporary_directory
 
 REQUIRED = {
     "cert": "c.pem",
@@ -244,3 +244,85 @@ class HandOverTests(SynchronousTestCase):
         self.assertIn("has other hard links", str(error))
         self.assertEqual(outside.stat().st_uid, 0)
         self.assertEqual(self.directory.stat().st_uid, 0)
+
+    def test_only_the_daemons_own_files_are_handed_over(self) -> None:
+        """
+        The database, its side files, the audit trail, its rotated files
+        and its key go to the user; a file of root's beside them that the
+        daemon did not make keeps its owner.
+        """
+        names = ["secmsg.db", "secmsg.db-wal", "audit.log", "audit.log.3", "audit.key"]
+        for name in [*names, "notes"]:
+            (self.directory / name).write_bytes(b"")
+        hand_over(self.directory, self.owner)
+        for name in names:
+            self.assertEqual((self.directory / name).stat().st_uid, 65534, name)
+        self.assertEqual((self.directory / "notes").stat().st_uid, 0)
+
+    def test_symbolic_link_in_the_daemons_name_is_not_followed(self) -> None:
+        """
+        A link put where the daemon's file would be, to a file of root's
+        outside, is skipped with a warning: its target keeps its owner.
+        """
+        texts = capture_log(self)
+        target = self.directory.parent / "shadow"
+        target.write_bytes(b"")
+        (self.directory / "secmsg.db-wal").symlink_to(target)
+        hand_over(self.directory, self.owner)
+        self.assertEqual((target.stat().st_uid, target.stat().st_gid), (0, 0))
+        self.assertEqual(self.directory.stat().st_uid, 65534)
+        self.assertEqual(
+            texts,
+            [
+                f"{self.directory / 'secmsg.db-wal'} is a symbolic link: "
+                "not followed, not handed over"
+            ],
+        )
+
+    def test_hard_link_refused_before_anything_changes(self) -> None:
+        """
+        A hard link to a file of root's among the daemon's files stops the
+        hand-over before any file, or the directory, is given away.
+        """
+        (self.directory / "audit.log").write_bytes(b"")
+        outside = self.directory.parent / "shadow"
+        outside.write_bytes(b"")
+        os.link(outside, self.directory / "secmsg.db-wal")
+        error = self.assertRaises(
+            ConfigurationError, hand_over, self.directory, self.owner
+        )
+        self.assertIn("secmsg.db-wal: has other hard links", str(error))
+        for path in (outside, self.directory / "audit.log", self.directory):
+            self.assertEqual(path.stat().st_uid, 0, path)
+
+    def test_other_than_a_regular_file_in_the_daemons_name_is_refused(self) -> None:
+        """
+        A FIFO of root's where the daemon's file would be is refused, and
+        opening it does not wait for a writer.
+        """
+        os.mkfifo(self.directory / "secmsg.db-shm")
+        error = self.assertRaises(
+            ConfigurationError, hand_over, self.directory, self.owner
+        )
+        self.assertIn("secmsg.db-shm: is not a regular file", str(error))
+        self.assertEqual(self.directory.stat().st_uid, 0)
+
+    def test_data_directory_given_as_a_symbolic_link_is_refused(self) -> None:
+        """
+        A data directory that is itself a symbolic link is refused, and the
+        daemon stops saying why; the directory it points to is unchanged.
+        """
+        (self.directory / "secmsg.db").write_bytes(b"")
+        link = self.directory.parent / "link"
+        link.symlink_to(self.directory)
+        service = HandOverService(link, self.owner)
+        with self.assertRaises(SystemExit) as raised:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(raised.exception),
+            f"secmsg: cannot start: {link}: is a symbolic link; the daemon "
+            "hands over only the data directory itself, never where a link "
+            "points",
+        )
+        for path in (self.directory, self.directory / "secmsg.db"):
+            self.assertEqual(path.stat().st_uid, 0)
