@@ -156,6 +156,8 @@ class KeyTests(SynchronousTestCase):
         first = json.loads((self.directory / AUDIT_NAME).read_bytes().split(b"\n")[0])
         self.assertEqual(first["event"], "trail_keyed")
         self.assertEqual(first["key_id"], first["key"])
+        self.assertIn(f"key id {first['key']} (check:", heads[-1])
+        self.assertIn(f"--key-id {first['key']})", heads[-1])
 
 
 class TamperTests(SynchronousTestCase):
@@ -294,20 +296,99 @@ class TroubleTests(SynchronousTestCase):
         self.assertIn("MACs not checked (--no-key)", lines[0])
         self.assertEqual(verify("--key", moved, self.path)[0], 0)
 
-    def test_another_key_or_an_unreadable_file_is_trouble(self) -> None:
+    def test_an_unreadable_file_is_trouble(self) -> None:
         """
-        A key that none of the records name, or a file that cannot be
-        read, is status 2, not a verdict of tampering.
+        A file that cannot be read is status 2, not a verdict of tampering.
         """
-        other = self.directory / "other.key"
-        other.write_bytes(bytes(32))
-        other.chmod(0o600)
-        status, _, complaint = verify("--key", other, self.path)
-        self.assertEqual(status, 2)
-        self.assertIn("give the key it was written with", complaint)
         status, _, complaint = verify(self.directory / "absent.log")
         self.assertEqual(status, 2)
         self.assertIn("cannot read", complaint)
+
+    def test_a_key_id_that_is_not_one_or_with_no_key_is_refused(self) -> None:
+        """
+        C{--key-id} must look like the id the daemon logs, and checks a
+        key: not with C{--no-key}, nor where there is none.
+        """
+        key_id = ChainKey(self.key.read_bytes()).id
+        status, _, complaint = verify("--key-id", "d7fc", self.path)
+        self.assertEqual(status, 2)
+        self.assertIn("not a key id (16 hex digits", complaint)
+        status, _, complaint = verify("--no-key", "--key-id", key_id, self.path)
+        self.assertEqual(status, 2)
+        self.assertIn("--key-id checks the key: not with --no-key", complaint)
+        self.key.unlink()
+        status, _, complaint = verify("--key-id", key_id, self.path)
+        self.assertEqual(status, 2)
+        self.assertIn(f"no audit key here to check against key id {key_id}", complaint)
+
+
+class DowngradeTests(SynchronousTestCase):
+    """
+    Someone who can write the trail (an archived copy, say) but not read
+    its key: an unkeyed rewrite, a rewrite under a key of their own, and
+    that key put beside the trail.
+    """
+
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        write_events(self.directory, 3)
+        self.path = self.directory / AUDIT_NAME
+        self.key = self.directory / KEY_NAME
+        self.key_id = ChainKey(self.key.read_bytes()).id
+
+    def test_an_unkeyed_rewrite_with_a_key_present_is_tampering(self) -> None:
+        """
+        A trail rewritten as plain hashes holds as a hash chain, but a key
+        is at hand, beside it or given, and no record is keyed: status 1,
+        saying why.
+        """
+        write_unkeyed(self.path, 3)
+        status, lines, _ = verify(self.path)
+        self.assertEqual(status, 1)
+        self.assertIn(
+            f"there is a key ({self.key}, key id {self.key_id}), but no record "
+            "is keyed: an unkeyed rewrite?",
+            lines[0],
+        )
+        self.assertEqual(lines[-1], "3 records, 0 broken, not keyed with this key")
+        moved = self.key.rename(self.directory / "kept.key")
+        status, lines, _ = verify("--key", moved, "--key-id", self.key_id, self.path)
+        self.assertEqual(status, 1)
+        self.assertIn("no record is keyed: an unkeyed rewrite?", lines[0])
+
+    def test_a_trail_keyed_under_another_key_is_tampering(self) -> None:
+        """
+        Given the daemon's key, a trail rewritten under another one fails
+        at every record, and verify says what that means: status 1.
+        """
+        kept = self.key.rename(self.directory / "kept.key")
+        self.path.unlink()
+        write_events(self.directory, 3)
+        planted = ChainKey(self.key.read_bytes()).id
+        status, lines, _ = verify("--key", kept, self.path)
+        self.assertEqual(status, 1)
+        self.assertIn(
+            f"records are keyed with key id {planted}, not with this key "
+            f"({kept}, key id {self.key_id}): rewritten under another key",
+            lines[0],
+        )
+        self.assertIn("chain broken: made with another key", lines[1])
+        self.assertEqual(lines[-1], "3 records, 3 broken, not keyed with this key")
+
+    def test_a_planted_key_is_caught_with_the_logged_key_id(self) -> None:
+        """
+        A trail rewritten under a key put beside it verifies against that
+        key; C{--key-id}, the id the daemon logged, shows the key is not
+        its: status 2, saying so.
+        """
+        self.key.unlink()
+        self.path.unlink()
+        write_events(self.directory, 3)
+        self.assertEqual(verify(self.path)[0], 0)
+        status, lines, complaint = verify("--key-id", self.key_id, self.path)
+        self.assertEqual((status, lines), (2, []))
+        self.assertIn(f"not {self.key_id} (--key-id): it is not the key", complaint)
+        self.assertIn("put beside the trail", complaint)
 
 
 class UpgradeTests(SynchronousTestCase):
@@ -325,6 +406,7 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(status, 0)
         self.assertIn("3 records, chain intact from the first record", lines[0])
         self.assertIn("unkeyed: plain hashes", lines[0])
+        self.assertFalse((self.directory / KEY_NAME).exists())
 
     def test_a_trail_keyed_at_the_restart_after_upgrading_verifies(self) -> None:
         """

@@ -412,17 +412,34 @@ class WarningTests(SynchronousTestCase):
 
     def test_key_readable_by_others(self) -> None:
         """
-        A server key that group or others may read is a warning.
+        A server key that others may read, or its group write, is a
+        warning, saying which.
         """
         key = self.directory / "server.key"
-        key.chmod(0o644)
-        self.assertEqual(
-            self.warnings(),
-            [
-                f"{key}: the private key is open to others than its owner (mode 0644); "
-                f"chmod 600 {key}"
-            ],
-        )
+        for mode, reasons in (
+            (0o644, "others can read it"),
+            (0o660, "its group can write it"),
+            (0o666, "others can read it, others can write it, its group can write it"),
+        ):
+            key.chmod(mode)
+            self.assertEqual(
+                self.warnings(),
+                [
+                    f"{key}: the private key is open too widely ({reasons}; "
+                    f"mode {mode:04o}): chmod 640 {key} with the daemon's group "
+                    "as its group, or 600 if the daemon runs as its owner"
+                ],
+            )
+
+    def test_key_readable_by_its_group_only_is_as_systemd_wants(self) -> None:
+        """
+        Mode 0640, which the systemd unit asks for so that the daemon's
+        user reads the key through its group at a reload, is no warning.
+        """
+        key = self.directory / "server.key"
+        for mode in (0o600, 0o640, 0o400, 0o440):
+            key.chmod(mode)
+            self.assertEqual(self.warnings(), [], oct(mode))
 
     def test_unreachable_role(self) -> None:
         """

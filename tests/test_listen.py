@@ -104,6 +104,36 @@ class ListenSettingTests(SynchronousTestCase):
             self.assertIn("is a TLS endpoint; secmsg puts its own TLS", str(error))
             self.assertIn("give the plain one beneath, such as tcp:7443", str(error))
 
+    def test_tls_endpoints_are_refused_however_they_are_spelled(self) -> None:
+        """
+        Twisted's parser drops backslashes, ignores a leading keyword and
+        unwraps haproxy:, so the type is read as it reads it: an escaped,
+        upper-case or wrapped ssl: or tls: is refused like the plain one.
+        """
+        for description in (
+            "\\ssl:7443:privateKey=k.pem",
+            "s\\sl:7443",
+            "SSL:7443",
+            "tls:7443",
+            "a=b:ssl:7443",
+            "haproxy:ssl:7443",
+        ):
+            error = self.assertRaises(
+                ConfigurationError, self.settings, admin_listen=[description]
+            )
+            self.assertIn("is a TLS endpoint; secmsg puts its own TLS", str(error))
+            self.assertIn("such as tcp:7443 (Twisted reads its type as", str(error))
+
+    def test_a_lone_trailing_backslash_is_refused_saying_so(self) -> None:
+        """
+        A backslash that escapes nothing is a clear refusal, not a crash
+        in Twisted's tokenizer.
+        """
+        error = self.assertRaises(
+            ConfigurationError, self.settings, admin_listen=["tcp:7443\\"]
+        )
+        self.assertIn("ends in a backslash that escapes nothing", str(error))
+
     def test_listen_of_the_wrong_shape_is_refused(self) -> None:
         """
         An empty list, a number or an empty string is not somewhere to

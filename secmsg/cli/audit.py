@@ -2,12 +2,16 @@
 C{secmsg audit verify FILE...}: check an audit trail's chain, with the
 key that makes its links, and name its first broken record if not; with
 C{--head}, check that the trail still reaches a head the daemon logged,
-which is what shows a cut end.
+which is what shows a cut end; with C{--key-id}, that the key is the one
+the daemon logged, which is what shows a key planted beside the trail.
+A trail with no keyed record while a key is at hand is tampering: an
+unkeyed rewrite would otherwise pass as a trail from before keys.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 
 from twisted.python import usage
@@ -34,21 +38,29 @@ class VerifyStatus(enum.IntEnum):
     INTACT = 0
     TAMPERED = 1
     TROUBLE = 2
-    """A file or the key could not be read, or no key to check with."""
+    """A file or the key could not be read, no key to check with, or a key
+    other than the one C{--key-id} names."""
 
 
 class VerifyOptions(CommandOptions):
     """
-    secmsg audit verify [--key FILE | --no-key] [--head SEQ:HASH] FILE...
+    secmsg audit verify [--key FILE | --no-key] [--key-id ID] [--head SEQ:HASH]
+    FILE...
     """
 
     synopsis = (
-        "[--key FILE | --no-key] [--head SEQ:HASH] FILE... "
+        "[--key FILE | --no-key] [--key-id ID] [--head SEQ:HASH] FILE... "
         "(rotated files first: audit.log.2 audit.log.1 audit.log)"
     )
     optParameters = [
         ["key", None, None, f"The trail's key (default: {KEY_NAME} beside it)."],
         ["head", None, None, "A head the daemon logged, SEQ:HASH, to reach."],
+        [
+            "key-id",
+            None,
+            None,
+            "The id the key must have, as the daemon logged it (trail_keyed, head).",
+        ],
     ]
     optFlags = [
         ["no-key", None, "Check only the order of keyed records, not their MACs."],
@@ -62,6 +74,14 @@ class VerifyOptions(CommandOptions):
     def postOptions(self) -> None:
         if self["key"] is not None and self["no-key"]:
             raise usage.UsageError("give --key or --no-key, not both")
+        if self["key-id"] is not None:
+            if self["no-key"]:
+                raise usage.UsageError("--key-id checks the key: not with --no-key")
+            if not re.fullmatch(r"[0-9a-f]{16}", self["key-id"]):
+                raise usage.UsageError(
+                    f"not a key id (16 hex digits, as the daemon logs it): "
+                    f"{self['key-id']}"
+                )
         if self["head"] is not None:
             try:
                 self["head"] = Head.parse(self["head"])
@@ -95,8 +115,8 @@ def run(options: Options) -> tuple[list[str], VerifyStatus]:
 
     @return: the lines to print, and what was found.
     @raise ConfigurationError: a file or the key cannot be read, the key
-        is open to others or is not the trail's, or there is none and the
-        trail is keyed: nothing could be concluded.
+        is open to others or is not the one C{--key-id} names, or there is
+        none and the trail is keyed: nothing could be concluded.
     """
     verify = options.subOptions
     files: list[Path] = verify["files"]
@@ -104,6 +124,7 @@ def run(options: Options) -> tuple[list[str], VerifyStatus]:
     key = _key(
         key_path, explicit=verify["key"] is not None, wanted=not verify["no-key"]
     )
+    _check_key_id(key, key_path, verify["key-id"])
     try:
         verdict = verify_chain(numbered_lines(files), key, verify["head"])
     except OSError as error:
@@ -111,8 +132,9 @@ def run(options: Options) -> tuple[list[str], VerifyStatus]:
             str(error.filename), f"cannot read: {error.strerror}"
         ) from None
     _check_key_use(verdict, key, key_path, checked=not verify["no-key"])
-    intact = not verdict.breaks
-    lines = _intact(verdict, key) if intact else _breaks(verdict)
+    problems = _key_problems(verdict, key, key_path)
+    intact = not verdict.breaks and not problems
+    lines = _intact(verdict, key) if intact else _breaks(verdict, problems)
     if verify["head"] is not None:
         reached, words = _reaches(verdict, verify["head"])
         lines.append(words)
@@ -135,12 +157,36 @@ def _key(path: Path, *, explicit: bool, wanted: bool) -> ChainKey | None:
     return load_key(path)
 
 
+def _check_key_id(key: ChainKey | None, path: Path, expected: str | None) -> None:
+    """
+    Refuse a key other than the one the daemon logged: anyone who can
+    write beside the trail can put a key of their own there, with a trail
+    rewritten under it.
+    """
+    if expected is None:
+        return
+    if key is None:
+        raise ConfigurationError(
+            str(path),
+            f"no audit key here to check against key id {expected} "
+            "(--key-id): give --key FILE",
+        )
+    if key.id != expected:
+        raise ConfigurationError(
+            str(path),
+            f"this key's id is {key.id}, not {expected} (--key-id): it is not "
+            "the key the daemon logged, perhaps put beside the trail by "
+            "someone who could write there; give the daemon's key with "
+            "--key FILE",
+        )
+
+
 def _check_key_use(
     verdict: Verdict, key: ChainKey | None, path: Path, *, checked: bool
 ) -> None:
     """
     Refuse a verdict that says nothing about the MACs: keyed records and
-    no key, or a key that is none of the trail's.
+    no key.
     """
     if checked and verdict.unchecked is not None:
         raise ConfigurationError(
@@ -149,24 +195,49 @@ def _check_key_use(
             "keyed: give --key FILE (the audit.key of the daemon's data "
             "directory), or --no-key to check only their order",
         )
-    if key is not None and verdict.key_ids and key.id not in verdict.key_ids:
-        raise ConfigurationError(
-            str(path),
-            f"this is key id {key.id}, but the trail is keyed with key id "
-            f"{', '.join(verdict.key_ids)}: give the key it was written with",
-        )
 
 
-def _breaks(verdict: Verdict) -> list[str]:
+def _key_problems(verdict: Verdict, key: ChainKey | None, path: Path) -> list[str]:
+    """
+    What shows that a trail was rewritten without its key, though each of
+    its links may hold: no record keyed at all, or records keyed under
+    another key.  The daemon keys every record once it has a key, and
+    never changes key within a trail.
+    """
+    if key is None:
+        return []
+    if not verdict.keyed:
+        return [
+            f"there is a key ({path}, key id {key.id}), but no record is "
+            "keyed: an unkeyed rewrite? (files from before the daemon was "
+            "keyed verify together with the newer ones it keyed)"
+        ]
+    others = [each for each in verdict.key_ids if each != key.id]
+    if others:
+        return [
+            f"records are keyed with key id {', '.join(others)}, not with this "
+            f"key ({path}, key id {key.id}): rewritten under another key, or "
+            "this is not the trail's key (pin it with --key-id)"
+        ]
+    return []
+
+
+def _breaks(verdict: Verdict, problems: list[str]) -> list[str]:
     lines = [
-        f"{each.where}"
-        + ("" if each.seq is None else f" (seq {each.seq})")
-        + f": chain broken: {each.problem}"
-        for each in verdict.breaks[:SHOWN_BREAKS]
+        *problems,
+        *(
+            f"{each.where}"
+            + ("" if each.seq is None else f" (seq {each.seq})")
+            + f": chain broken: {each.problem}"
+            for each in verdict.breaks[:SHOWN_BREAKS]
+        ),
     ]
     if len(verdict.breaks) > SHOWN_BREAKS:
         lines.append(f"and {len(verdict.breaks) - SHOWN_BREAKS} more breaks")
-    lines.append(f"{_records(verdict.records)}, {len(verdict.breaks)} broken")
+    lines.append(
+        f"{_records(verdict.records)}, {len(verdict.breaks)} broken"
+        + (", not keyed with this key" if problems else "")
+    )
     return lines
 
 

@@ -238,15 +238,28 @@ def _check_tls(files: dict[str, Path], now: datetime, findings: Findings) -> boo
 
 def _key_mode(path: Path) -> list[str]:
     """
-    A warning for a private key that others than its owner may read.
+    A warning for a private key that others than its owner and group may
+    read or write, or that its group may change.  Group read is as it
+    should be under systemd (contrib/systemd/): the daemon's user reads
+    the key through its group at each reload, mode 0640.
     """
     mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        return [
-            f"{path}: the private key is open to others than its owner "
-            f"(mode {mode:04o}); chmod 600 {path}"
-        ]
-    return []
+    reasons = [
+        words
+        for bits, words in (
+            (0o004, "others can read it"),
+            (0o002, "others can write it"),
+            (0o020, "its group can write it"),
+        )
+        if mode & bits
+    ]
+    if not reasons:
+        return []
+    return [
+        f"{path}: the private key is open too widely ({', '.join(reasons)}; "
+        f"mode {mode:04o}): chmod 640 {path} with the daemon's group as its "
+        "group, or 600 if the daemon runs as its owner"
+    ]
 
 
 def _server_chain(

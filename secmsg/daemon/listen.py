@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import _parse, serverFromString
 from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
 
 from secmsg.daemon.limits import describe_address
@@ -25,21 +25,52 @@ from secmsg.errors import ConfigurationError
 TLS_TYPES = ("ssl", "tls")
 """Endpoint types that would do TLS themselves, in place of the daemon's."""
 
+WRAPPER_TYPES = ("haproxy",)
+"""Endpoint types whose arguments are the endpoint they wrap."""
+
+
+def endpoint_types(description: str) -> list[str]:
+    """
+    The endpoint types Twisted reads in C{description}, lower-cased: its
+    own, and for a wrapper (C{haproxy:tcp:7443}) the wrapped one's too.
+    Read by Twisted's own parser, after its unescaping, so that
+    C{\\ssl:7443} or C{a=b:ssl:7443} shows as the C{ssl} it resolves to.
+
+    @raise ValueError: the string cannot be parsed at all.
+    """
+    try:
+        # Private, but it is what serverFromString itself reads the string
+        # with: a copy of its rules could drift from them.
+        arguments, _ = _parse(description)
+    except RuntimeError:
+        # The tokenizer's StopIteration, turned into this by its generator.
+        raise ValueError("it ends in a backslash that escapes nothing") from None
+    kinds: list[str] = []
+    for argument in arguments:
+        kinds.append(str(argument).strip().lower())
+        if kinds[-1] not in WRAPPER_TYPES:
+            break
+    return kinds
+
 
 def plain_endpoint_problem(description: str) -> str | None:
     """
     Why an endpoint string cannot be listened on, as far as can be told
     without a reactor; L{None} if nothing is wrong with it yet.
     """
-    kind = description.split(":", 1)[0].strip().lower()
-    if not kind:
+    try:
+        kinds = endpoint_types(description)
+    except ValueError as error:
+        return f"{description!r}: not an endpoint string: {error}"
+    if not kinds or not kinds[-1]:
         return f"{description!r} names no endpoint type, as tcp:7443 does"
-    if kind in TLS_TYPES:
+    tls = [kind for kind in kinds if kind in TLS_TYPES]
+    if tls:
         return (
             f"{description!r} is a TLS endpoint; secmsg puts its own TLS "
             "(client certificates checked against its CA and CRLs, renewed "
             "on reload) on every endpoint, so give the plain one beneath, "
-            "such as tcp:7443"
+            f"such as tcp:7443 (Twisted reads its type as {tls[0]})"
         )
     return None
 

@@ -309,13 +309,17 @@ class AuditService(TimerService):
 
     def log_head(self) -> None:
         """
-        Name the trail's last record in the log, as C{--head} takes it.
+        Name the trail's last record in the log, as C{--head} takes it,
+        and the id of its key, as C{--key-id} does: shipped elsewhere, they
+        show a cut end and a key planted beside the trail.
         """
         if self._trail is None or self._trail.head is None:
             return
         log.info(
-            "audit trail head {head} (check: secmsg audit verify --head {head})",
+            "audit trail head {head} key id {key_id} (check: secmsg audit "
+            "verify --head {head} --key-id {key_id})",
             head=str(self._trail.head),
+            key_id=self._trail.key_id,
         )
 
     def stopService(self) -> defer.Deferred[None]:
