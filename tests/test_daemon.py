@@ -58,11 +58,18 @@ def lift_rate(directory: Path) -> None:
     policy.write_text(text.replace("\nrate = 20\n", "\nrate = 1e9\n"))
 
 
-def twistd(directory: Path, *flags: str) -> list[str]:
+def twistd(
+    directory: Path, *flags: str, twistd_flags: tuple[str, ...] = ()
+) -> list[str]:
+    """
+    The command line of a daemon in the foreground on C{directory}'s
+    config, with C{twistd_flags} for twistd itself (C{--uid}, say).
+    """
     return [
         str(BIN / "twistd"),
         "--nodaemon",
         "--pidfile=",
+        *twistd_flags,
         "secmsg",
         "--config",
         str(directory / "secmsg.toml"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
+from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance, twistd
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 UNPRIVILEGED = "nobody"
@@ -58,19 +58,6 @@ class CommandDaemon(Daemon):
         self.listening = self.wait_for(listening)
 
 
-def secmsg_command(directory: Path, *flags: str, twistd_flags: tuple = ()) -> list[str]:
-    return [
-        str(BIN / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        *twistd_flags,
-        "secmsg",
-        "--config",
-        str(directory / "secmsg.toml"),
-        *flags,
-    ]
-
-
 def client_context(directory: Path, name: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=directory / "ca.pem")
     clients = directory / "clients"
@@ -98,7 +85,7 @@ class SocketActivationTests(SynchronousTestCase):
             "--fdname=secmsg",
             "-l",
             f"127.0.0.1:{port}",
-            *secmsg_command(self.directory, "--listen", "systemd:domain=INET:index=0"),
+            *twistd(self.directory, "--listen", "systemd:domain=INET:index=0"),
         ]
         daemon = CommandDaemon(self, self.directory, command, "Listening on 127.0.0.1:")
         daemon.port = port
@@ -123,7 +110,7 @@ class UnixSocketTests(SynchronousTestCase):
         daemon = CommandDaemon(
             self,
             directory,
-            secmsg_command(directory, "--listen", f"unix:{path}"),
+            twistd(directory, "--listen", f"unix:{path}"),
             f"listening on unix:{path}",
         )
         raw = socket.socket(socket.AF_UNIX)
@@ -165,7 +152,7 @@ class PrivilegeDropTests(SynchronousTestCase):
         daemon = CommandDaemon(
             self,
             self.directory,
-            secmsg_command(
+            twistd(
                 self.directory,
                 "--port",
                 "0",
