@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from secmsg.daemon.identity import fingerprint
 from secmsg.daemon.metrics import snake_case
 from secmsg.daemon.tls import VerifyingServerTLS
+from secmsg.daemon.trust import TrustAnchors
 
 FINGERPRINT_SHOWN = 8
 """Hex digits of a CA's fingerprint in its label: enough to tell the CAs
@@ -46,6 +47,10 @@ class TLSExpiry:
 
     def __init__(self, tls: VerifyingServerTLS) -> None:
         self._tls = tls
+        # The CRLs' times by the trust they were read from: finding each
+        # CRL's CA checks signatures, which a scrape need not repeat until a
+        # reload brings other trust.
+        self._next_updates: tuple[TrustAnchors, dict[str, float]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         """
@@ -72,9 +77,14 @@ class TLSExpiry:
             "When the CRL in force of each CA is due to be replaced.",
             labels=["ca"],
         )
-        for label, next_update in sorted(_next_updates(trust.cas, trust.crls).items()):
+        for label, next_update in sorted(self._crl_updates(trust).items()):
             crls.add_metric([label], next_update)
         yield crls
+
+    def _crl_updates(self, trust: TrustAnchors) -> dict[str, float]:
+        if self._next_updates is None or self._next_updates[0] is not trust:
+            self._next_updates = (trust, _next_updates(trust.cas, trust.crls))
+        return self._next_updates[1]
 
 
 def _next_updates(
