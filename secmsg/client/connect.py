@@ -156,6 +156,21 @@ def run_client(dial: Dial, talk: Talk, report: Callable[[str], None]) -> int:
     @param report: writes a line for the user; the command line's escapes
         it and writes it to standard error.
     """
+
+    async def work(reactor: Any) -> ExitStatus:
+        return await talk(reactor, await dial(reactor))
+
+    return run_reactor(work, report)
+
+
+def run_reactor(
+    work: Callable[[Any], Coroutine[Any, Any, ExitStatus]],
+    report: Callable[[str], None],
+) -> int:
+    """
+    Run the asyncio reactor until C{work}, given the reactor, is done;
+    C{report} why a session it had ended, and return the exit status.
+    """
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
@@ -171,8 +186,7 @@ def run_client(dial: Dial, talk: Talk, report: Callable[[str], None]) -> int:
 
     async def session() -> None:
         try:
-            client = await dial(reactor)
-            status = await talk(reactor, client)
+            status = await work(reactor)
         except SessionEnded as ending:
             if not interrupted:
                 report(f"secmsg: {ending.words}")
