@@ -13,10 +13,14 @@ gets the text exactly as it was sent.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from secmsg import wire
 from secmsg.client.received import Message, message_from_push
+
+_PUSH_WORD = re.compile(r"[A-Z]{1,32}")
+"""How every line the server sends unasked starts (docs/protocol.md)."""
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -74,6 +78,6 @@ def server_line_record(text: str) -> dict[str, Any]:
     if message is not None:
         return {"push": line.kind, **message_record(message)}
     word, _, rest = text.partition(" ")
-    if word == "REDELIVERED" or not (word.isascii() and word.isupper()):
+    if word == "REDELIVERED" or not _PUSH_WORD.fullmatch(word):
         return {"push": None, "text": text}
     return {"push": word, "text": rest}
