@@ -60,8 +60,6 @@ class Client:
     A logged-in session, for a program.
 
     @ivar identity: who the server says we are.
-    @ivar ended: fires with the L{SessionEnded} that says why the session
-        is over.
     @ivar kicked: whether an operator kicked us; a program that reconnects
         by itself had better not then.
     """
@@ -79,7 +77,8 @@ class Client:
         self._clock = clock
         self._timeout = timeout
         self._arrived: defer.DeferredQueue[Message | None] = defer.DeferredQueue()
-        self.ended: defer.Deferred[SessionEnded] = defer.Deferred()
+        self._ending: SessionEnded | None = None
+        self._waiting: list[defer.Deferred[SessionEnded]] = []
         session.ended.addCallback(self._end)
         session.listen(self._pushed)
 
@@ -90,9 +89,23 @@ class Client:
             self._arrived.put(message)
 
     def _end(self, ending: SessionEnded) -> SessionEnded:
+        self._ending = ending
         self._arrived.put(None)
-        self.ended.callback(ending)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(ending)
         return ending
+
+    def ended(self) -> defer.Deferred[SessionEnded]:
+        """
+        Fires with the L{SessionEnded} that says why the session is over;
+        each call has its own, since awaiting one takes its result.
+        """
+        if self._ending is not None:
+            return defer.succeed(self._ending)
+        waiter: defer.Deferred[SessionEnded] = defer.Deferred()
+        self._waiting.append(waiter)
+        return waiter
 
     async def messages(self) -> AsyncIterator[Message]:
         """
@@ -141,13 +154,13 @@ class Client:
         """
         Say QUIT and wait for the session to end; past the timeout, hang up.
         """
-        if not self.ended.called:
+        if self._ending is None:
             quitting = self._session.command(b"QUIT")
             quitting.addTimeout(self._timeout, self._clock)
             with suppress(SessionEnded, defer.TimeoutError):
                 await quitting
             self._session.close()
-        await self.ended
+        await self.ended()
 
     async def _command(self, verb: str, *words: str) -> wire.ReplyLine:
         """

@@ -144,7 +144,7 @@ class Listener:
             return failed.status
         except SessionEnded:
             pass
-        ending = await client.ended
+        ending = await client.ended()
         if self._stopping:
             return ExitStatus.OK
         return self._unless_final(ending, client.kicked)
