@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,9 +29,11 @@ from secmsg.client.protocol import (
     Greeting,
     SessionEnded,
 )
-from secmsg.client.received import Message
+from secmsg.client.received import Message, show_message
 from secmsg.client.tls import client_tls_options
 from tests.harness import Instance
+
+WHEN = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
 
 
 class RecordingClient(Client):
@@ -56,12 +60,19 @@ class RecordingClient(Client):
 class Writer:
     """
     Standard output as the listener sees it, noting each write and flush;
-    C{failure} is raised by the flush, after the write has gone.
+    C{failure} is raised by the flush, after the write has gone;
+    C{after_flush} is called once a flush is done.
     """
 
-    def __init__(self, events: list[str], failure: OSError | None = None) -> None:
+    def __init__(
+        self,
+        events: list[str],
+        failure: OSError | None = None,
+        after_flush: Callable[[], None] = lambda: None,
+    ) -> None:
         self.events = events
         self.failure = failure
+        self.after_flush = after_flush
         self.lines: list[str] = []
 
     def write(self, text: str, /) -> object:
@@ -73,6 +84,7 @@ class Writer:
         if self.failure is not None:
             raise self.failure
         self.events.append("flush")
+        self.after_flush()
 
 
 class ListenerTests(SynchronousTestCase):
@@ -189,6 +201,26 @@ class ListenerTests(SynchronousTestCase):
         self.assertNotIn("ack 1", self.events)
         self.assertEqual(len(self.waiting_for_bob()), 1)
 
+    def test_a_line_written_is_not_written_again_when_redelivered(self) -> None:
+        """
+        A session lost before its ACK was answered: the message comes again
+        at the next login, and is acknowledged without a second line.
+        """
+
+        def lose_the_first_session() -> None:
+            if len(self.sessions) == 1:
+                self.sessions[0].transport.abortConnection()
+
+        writer = Writer(self.events, after_flush=lose_the_first_session)
+        self.listen(writer)
+        self.send_to_bob()
+        self.clock.advance(0.5)
+        self.instance.flush()
+        self.assertEqual(self.dials, 2)
+        self.assertEqual(len(writer.lines), 1)
+        self.assertEqual(self.events, ["write", "flush", "ack 1", "ack 1"])
+        self.assertEqual(self.waiting_for_bob(), [])
+
     def test_pushes_it_does_not_know_are_ignored(self) -> None:
         """
         A presence line or notice a newer daemon sends is passed over, and
@@ -287,7 +319,20 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(least.next_wait(), 0.5)
 
 
-class JsonLineTests(SynchronousTestCase):
+class LineFormTests(SynchronousTestCase):
+    def test_a_plain_line_is_the_terminal_s_escaped(self) -> None:
+        """
+        Without --json a message is the terminal client's line: who, where,
+        when, and its text with escape sequences shown, not acted on.
+        """
+        message = Message(
+            3, "2026-06-01T09:29:00Z", "room", "eve", "#ops", "\x1b[2Jhi", True
+        )
+        self.assertEqual(
+            show_message(message, WHEN),
+            "[09:29:00] #ops <eve> \\x1b[2Jhi (again)",
+        )
+
     @given(st.text())
     def test_a_json_line_drives_no_terminal_and_keeps_the_text(self, text: str) -> None:
         """

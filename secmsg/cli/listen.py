@@ -8,6 +8,7 @@ and C{send} (L{ConnectionOptions}), and adds C{--json} and C{--join}.
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import Any
 
@@ -43,23 +44,26 @@ class ListenOptions(ConnectionOptions):
 
     def opt_join(self, room: str) -> None:
         """
-        Join this room at every login, so that what is said in it arrives
-        too; give it once for each room.
+        Join this room at every login; give it once for each room.
         """
         if not wire.ROOM_NAME.fullmatch(room.lower()):
             raise usage.UsageError(f"--join {room!r} is not a room (#name)")
         self["join"].append(room)
 
-    # usage.Options calls parseArgs with the words left on the line, as
-    # many as the subclass takes; Twisted types it as taking none.
-    def parseArgs(self, address: str) -> None:  # type: ignore[override]
-        self.address(address)
+    def parseArgs(self, *words: str) -> None:
+        if len(words) != 1:
+            raise usage.UsageError("give the daemon's HOST[:PORT], and only that")
+        self.address(words[0])
 
 
 def run_listen(options: ListenOptions) -> int:
     """
     Run C{secmsg listen} until it is stopped; return its exit status.
     """
+
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Lines are UTF-8 for their reader, whatever the locale says.
+        sys.stdout.reconfigure(encoding="utf-8")
 
     async def work(reactor: Any) -> ExitStatus:
         async def dial() -> Client:
