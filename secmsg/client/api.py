@@ -172,12 +172,13 @@ class Client:
             reply within the timeout (then the session is closed).
         """
         line = _checked_line(verb, *words)
+        reply = await self._answer(line)
         for _ in range(RETRIES_PAST_RATE):
-            reply = await self._answer(line)
             wait = _RETRY_IN.search(reply.text) if reply.code == 429 else None
             if wait is None:
                 break
             await task.deferLater(self._clock, int(wait.group(1)) / 1000)
+            reply = await self._answer(line)
         if reply.code >= 400:
             raise Refused(reply.code, reply.text)
         return reply

@@ -175,7 +175,10 @@ class Listener:
                 self._unconfirmed.add(message.id)
             acknowledged = defer.Deferred.fromCoroutine(client.ack(message.id))
             acknowledged.addCallbacks(
-                self._confirmed, self._unanswered, callbackArgs=(message.id,)
+                self._confirmed,
+                self._unanswered,
+                callbackArgs=(message.id,),
+                errbackArgs=(message.id,),
             )
 
     def _write(self, line: str) -> None:
@@ -194,12 +197,13 @@ class Listener:
     def _confirmed(self, _: None, message_id: int) -> None:
         self._unconfirmed.discard(message_id)
 
-    def _unanswered(self, failure: Failure) -> None:
+    def _unanswered(self, failure: Failure, message_id: int) -> None:
         """
         An ACK the session ended before answering: the message comes again
         at the next login, and is then not written again.  One the server
-        refused is said in words.
+        refused is said in words, and is not the server's to send again.
         """
         failure.trap(SessionEnded, Refused)
         if failure.check(Refused):
-            self._report(f"secmsg: ACK refused: {failure.value}")
+            self._unconfirmed.discard(message_id)
+            self._report(f"secmsg: ACK {message_id} refused: {failure.value}")
