@@ -79,8 +79,8 @@ class Listening:
             self.process.kill()
         self.process.wait(timeout=STARTUP_DEADLINE)
         for stream in (self.process.stdout, self.process.stderr):
-            assert stream is not None
-            stream.close()
+            if stream is not None:
+                stream.close()
 
 
 class HeldProxy:
@@ -206,6 +206,25 @@ class ListenAgainstDaemonTests(SynchronousTestCase):
         third = Listening(self, self.address, *self.as_user("bob"), "--json")
         self.send("--to", "bob", text="after")
         self.assertEqual(third.message()["text"], "after")
+
+    def test_a_reader_that_goes_stops_it_without_acknowledging(self) -> None:
+        """
+        A listener whose reader has closed the pipe stops quietly with 0
+        at the next message, and that message comes again, redelivered,
+        to the next listener.
+        """
+        gone = Listening(self, self.address, *self.as_user("bob"), "--json")
+        assert gone.process.stdout is not None
+        gone.process.stdout.close()
+        self.send("--to", "bob", text="for the next one")
+        self.assertEqual(gone.process.wait(timeout=STARTUP_DEADLINE), 0)
+        assert gone.process.stderr is not None
+        self.assertEqual(gone.process.stderr.read(), b"")
+        after = Listening(self, self.address, *self.as_user("bob"), "--json")
+        again = after.message()
+        self.assertEqual(
+            (again["text"], again["redelivered"]), ("for the next one", True)
+        )
 
     def test_send_reads_its_text_from_standard_input(self) -> None:
         """
