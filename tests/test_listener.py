@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
 from secmsg.client.api import KEEPALIVE_INTERVAL, Client
-from secmsg.client.backoff import Backoff
+from secmsg.client.backoff import STEADY, Backoff
 from secmsg.client.jsonlines import json_line, message_record, server_line_record
 from secmsg.client.listener import Listener
 from secmsg.client.protocol import (
@@ -252,7 +252,8 @@ class ListenerTests(SynchronousTestCase):
         """
         While the daemon cannot be reached the waits double (from half a
         second, at the least jitter) and each failure is said; once
-        logged in, the next loss waits the shortest time again.
+        logged in for a minute, the next loss waits the shortest time
+        again.
         """
         self.refusals = [
             SessionEnded(ExitStatus.CONNECTION, "cannot connect") for _ in range(3)
@@ -272,11 +273,22 @@ class ListenerTests(SynchronousTestCase):
                 for wait in ("0.5", "1.0", "2.0")
             ],
         )
+        # A session closed at once goes on growing the wait (to 4 s)...
+        self.instance.daemon.sessions.close_all("server shutting down")
+        self.instance.flush()
+        self.clock.advance(3.99)
+        self.assertEqual(self.dials, 4)
+        self.clock.advance(0.01)
+        self.instance.flush()
+        self.assertEqual(self.dials, 5)
+        # ...and one that lasted a minute starts it again from the shortest.
+        self.clock.advance(STEADY)
+        self.instance.flush()
         self.instance.daemon.sessions.close_all("server shutting down")
         self.instance.flush()
         self.clock.advance(0.5)
         self.instance.flush()
-        self.assertEqual(self.dials, 5)
+        self.assertEqual(self.dials, 6)
         self.send_to_bob()
         self.assertEqual(self.events, ["write", "flush", "ack 1"])
 

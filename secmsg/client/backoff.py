@@ -15,6 +15,12 @@ FIRST_WAIT = 1.0
 LONGEST_WAIT = 60.0
 """The cap: however long the daemon is away, a bot tries once a minute."""
 
+STEADY = 60.0
+"""Seconds a session must have lasted for its end to start the waits again
+from the shortest: a daemon that greets and at once closes (its store
+failing, say) is waited for longer each time, as one that cannot be
+reached is."""
+
 
 class Backoff:
     """

@@ -16,7 +16,8 @@ ours was sent (in a room this one is not in, say) that this listener never
 handed on.  C{ACK} draws on a bucket ten times the size of the others.
 
 When a session ends the listener connects again, after a wait that grows
-(L{Backoff}), unless the server refused our certificate or an operator
+(L{Backoff}) and starts again from the shortest after a session that
+lasted (L{STEADY}), unless the server refused our certificate or an operator
 kicked us: coming back would be against their word.
 """
 
@@ -30,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from secmsg.client.api import Client, Refused
-from secmsg.client.backoff import Backoff
+from secmsg.client.backoff import STEADY, Backoff
 from secmsg.client.protocol import ExitStatus, SessionEnded
 from secmsg.client.received import Message
 
@@ -127,7 +128,7 @@ class Listener:
         except SessionEnded as refused:
             return self._unless_final(refused, kicked=False)
         self._client = client
-        self._backoff.reset()
+        logged_in = self._clock.seconds()
         self._report(f"secmsg: listening as {client.identity}")
         try:
             for room in self._rooms:
@@ -147,6 +148,8 @@ class Listener:
         ending = await client.ended()
         if self._stopping:
             return ExitStatus.OK
+        if self._clock.seconds() - logged_in >= STEADY:
+            self._backoff.reset()
         return self._unless_final(ending, client.kicked)
 
     def _unless_final(
