@@ -144,6 +144,7 @@ class Listener:
             await client.close()
             return failed.status
         except SessionEnded:
+            # It ended during a JOIN; the ending is read just below.
             pass
         ending = await client.ended()
         if self._stopping:
