@@ -4,7 +4,8 @@ turns them into a session of the client (L{secmsg.client.connect}).
 
 Both take the daemon's C{HOST[:PORT]} and our certificate, key and CA,
 named one by one or as a name in a C{secmsg init} or C{secmsg pki}
-directory; C{send} adds the recipient and the text.
+directory; C{send} adds the recipient and the text (C{-}: read from
+standard input).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from secmsg import wire
+from secmsg.cli.message_text import read_message_text
 from secmsg.cli.options import CommandOptions, complain, stop_writing
 from secmsg.client.connect import (
     Credentials,
@@ -159,6 +161,9 @@ class ConnectOptions(ConnectionOptions):
     """
 
     synopsis = "HOST[:PORT] (--instance DIR --as NAME | --cert F --key F --ca F)"
+    optFlags = [
+        ["json", None, "Scripted: write each server line as a JSON object."],
+    ]
 
     # usage.Options calls parseArgs with the words left on the line, as
     # many as the subclass takes; Twisted types it as taking none.
@@ -171,7 +176,7 @@ class SendOptions(ConnectionOptions):
     secmsg send HOST[:PORT] (--to NAME | --room #ROOM) TEXT
     """
 
-    synopsis = "HOST[:PORT] (--to NAME | --room #ROOM) [certificate options] TEXT"
+    synopsis = "HOST[:PORT] (--to NAME | --room #ROOM) [certificate options] (TEXT | -)"
     optParameters = [
         ["to", None, None, "Send a direct message to this identity."],
         ["room", None, None, "Say it in this room (joining it first)."],
@@ -191,6 +196,9 @@ class SendOptions(ConnectionOptions):
             raise usage.UsageError(f"--to {self['to']!r} is not an identity")
         if self["room"] and not wire.ROOM_NAME.fullmatch(self["room"].lower()):
             raise usage.UsageError(f"--room {self['room']!r} is not a room (#name)")
+        if self["text"] == "-":
+            command = f"SAY {self['room']} " if self["room"] else f"MSG {self['to']} "
+            self["text"] = read_message_text(sys.stdin.buffer, command)
         if not self["text"].strip(" \t"):
             raise usage.UsageError("give the text to send")
         try:
@@ -204,10 +212,11 @@ class SendOptions(ConnectionOptions):
 def run_connect(options: ConnectOptions) -> int:
     """
     Run C{secmsg connect}; return its exit status.  The console opens only
-    when both standard input and standard output are a terminal.
+    when both standard input and standard output are a terminal, and no
+    JSON is asked for.
     """
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    talk = connect_talk(sys.stdout, interactive, stop_writing)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["json"]
+    talk = connect_talk(sys.stdout, interactive, stop_writing, options["json"])
     return run_client(_dial(options), talk, complain)
 
 

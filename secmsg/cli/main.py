@@ -1,8 +1,8 @@
 """
 The C{secmsg} command: C{init} makes a development instance, C{pki} runs
-the operator's CA, C{connect} and C{send} talk to a daemon, C{audit}
-checks the daemon's audit trail, C{check-config} checks the daemon's
-configuration without starting it.
+the operator's CA, C{connect}, C{send} and C{listen} talk to a daemon,
+C{audit} checks the daemon's audit trail, C{check-config} checks the
+daemon's configuration without starting it.
 
 This is the client side's composition root, as L{secmsg.tap} is the
 daemon's: it reads the options and hands each piece what it needs.
@@ -20,6 +20,7 @@ from secmsg.cli import audit as audit_command
 from secmsg.cli import backup as backup_command
 from secmsg.cli import check_config as check_config_command
 from secmsg.cli import connect as connect_command
+from secmsg.cli import listen as listen_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
 from secmsg.client.protocol import ExitStatus
@@ -45,12 +46,18 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|audit|check-config|backup ..."
+    synopsis = "init|pki|connect|send|listen|audit|check-config|backup ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
         ["connect", None, connect_command.ConnectOptions, "Talk to a secmsg daemon."],
         ["send", None, connect_command.SendOptions, "Send one message and exit."],
+        [
+            "listen",
+            None,
+            listen_command.ListenOptions,
+            "Stay connected and write each message received to standard output.",
+        ],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
         [
             "check-config",
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
         return connect_command.run_send(options.subOptions)
+    if options.subCommand == "listen":
+        return listen_command.run_listen(options.subOptions)
     if options.subCommand == "backup":
         return backup_command.run(options.subOptions)
     now = datetime.now(UTC)
