@@ -52,6 +52,7 @@ from secmsg.daemon.service import (
     AdminService,
     AuditService,
     CRLFreshnessService,
+    ListenFirstService,
     RetentionService,
     SecmsgService,
     StoreService,
@@ -60,8 +61,8 @@ from secmsg.daemon.settings import (
     OPTIONS,
     LineSettings,
     Settings,
+    check_data_dir,
     load_settings,
-    prepare_data_dir,
 )
 from secmsg.daemon.store.database import DATABASE_NAME, open_database
 from secmsg.daemon.store.sqlite import SQLiteStore
@@ -445,29 +446,28 @@ def assemble(
     The daemon as a service listening on the configured address, with its
     message store and the retention that trims it.
 
-    The database is opened here once, so that a corrupt, locked or newer
-    one stops the daemon before it starts, and is opened for good by
-    L{StoreService} when the daemon starts.
+    Nothing is written here: the ports are bound first when the daemon
+    starts (L{ListenFirstService}), and only then are the data directory,
+    the audit trail and the database made, so that a daemon that cannot
+    listen leaves nothing behind.  A database already there is opened here
+    once, so that a corrupt, locked or newer one stops the daemon before
+    it starts, and is opened for good by L{StoreService} when it starts.
 
     @param reactor: provides TCP listening, threads and the clock.
     @param owner: the user the daemon will run as, whom the data directory
         is handed to before it does; L{None} to keep it the current user's.
     @raise ConfigurationError: a file is missing or invalid.
     """
-    prepare_data_dir(settings.data_dir)
+    check_data_dir(settings.data_dir)
     shortfall = raise_open_file_limit(settings.limits.open_files)
     if shortfall is not None:
         log.warn("{shortfall}", shortfall=shortfall)
     path = settings.data_dir / DATABASE_NAME
-    open_database(path).close()
+    if path.exists():
+        open_database(path).close()
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
-    service = MultiService()
-    AuditService(
-        settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
-    ).setServiceParent(service)
-    StoreService(store).setServiceParent(service)
-    SecmsgService(
+    line = SecmsgService(
         _endpoints(
             reactor, "listen", settings.listen, settings.interface, settings.port
         ),
@@ -476,26 +476,47 @@ def assemble(
         reactor,
         daemon.reloader.reload,
         store,
+    )
+    admin = _admin_service(settings, reactor, daemon.admin)
+    service = MultiService()
+    ListenFirstService(
+        [line] if admin is None else [line, admin], settings.data_dir
     ).setServiceParent(service)
+    AuditService(
+        settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
+    ).setServiceParent(service)
+    StoreService(store).setServiceParent(service)
+    line.setServiceParent(service)
     RetentionService(store, reactor, settings.retention).setServiceParent(service)
     CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(
         service
     )
-    if settings.admin_port is not None or settings.admin_listen:
-        AdminService(
-            _endpoints(
-                reactor,
-                "admin-listen",
-                settings.admin_listen,
-                settings.admin_interface,
-                settings.admin_port or 0,
-            ),
-            daemon.admin,
-        ).setServiceParent(service)
+    if admin is not None:
+        admin.setServiceParent(service)
     if owner is not None:
         # Last, so that everything root opens is there to hand over.
         HandOverService(settings.data_dir, owner).setServiceParent(service)
     return service
+
+
+def _admin_service(
+    settings: Settings, reactor: Any, gate: AdminGate
+) -> AdminService | None:
+    """
+    The admin interface's service, or L{None} when no setting turns it on.
+    """
+    if settings.admin_port is None and not settings.admin_listen:
+        return None
+    return AdminService(
+        _endpoints(
+            reactor,
+            "admin-listen",
+            settings.admin_listen,
+            settings.admin_interface,
+            settings.admin_port or 0,
+        ),
+        gate,
+    )
 
 
 def _endpoints(
