@@ -1,6 +1,7 @@
 """
 Starting the daemon where it cannot serve, in its own process as
-L{tests.test_daemon} runs it: a port another process holds.
+L{tests.test_daemon} runs it: a port another process holds; and a
+second instance beside the first, with ports of its own.
 
 Slow tests, as those of L{tests.test_daemon}, whose helpers they use.
 """
@@ -12,7 +13,11 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_daemon import STARTUP_DEADLINE, init_instance, twistd
+from tests.harness import temporary_directory
+from tests.test_daemon import BIN, STARTUP_DEADLINE, init_instance, twistd
+from tests.test_deployment import CommandDaemon, free_port
+
+LISTENING = "listening on 127.0.0.1:"
 
 
 def refusal_of(testcase: SynchronousTestCase, command: list[str]) -> str:
@@ -86,3 +91,73 @@ class TakenPortTests(SynchronousTestCase):
             "admin-listen in the config file",
         )
         self.assertEqual(sorted(self.data.iterdir()), [])
+
+
+class SecondInstanceTests(SynchronousTestCase):
+    """
+    A second daemon beside the first, as C{make run INSTANCE=dev2
+    PORT=7501 ADMIN_PORT=7446} makes it.
+    """
+
+    def test_instance_made_with_its_ports_serves_beside_the_first(self) -> None:
+        """
+        secmsg init --port --admin-port writes the ports in the config, and
+        a daemon run from it with its own pidfile and no flags listens on
+        them while the first instance's daemon runs.
+        """
+        first = init_instance(self)
+        CommandDaemon(
+            self,
+            first,
+            twistd(
+                first,
+                "--port",
+                "0",
+                twistd_flags=("--pidfile", str(first / "secmsg.pid")),
+            ),
+            LISTENING,
+        )
+        second = temporary_directory(self) / "dev2"
+        port, admin_port = free_port(), free_port()
+        made = subprocess.run(
+            [
+                BIN / "secmsg",
+                "init",
+                str(second),
+                *("--port", str(port), "--admin-port", str(admin_port)),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(made.returncode, 0, made.stderr)
+        config = (second / "secmsg.toml").read_text()
+        self.assertIn(f"\nport = {port}\n", config)
+        self.assertIn(f"\nadmin-port = {admin_port}\n", config)
+        daemon = CommandDaemon(
+            self,
+            second,
+            twistd(second, twistd_flags=("--pidfile", str(second / "secmsg.pid"))),
+            f"{LISTENING}{port}",
+        )
+        daemon.wait_for(f"admin interface listening on https://127.0.0.1:{admin_port}/")
+
+    def test_init_refuses_what_is_not_a_port(self) -> None:
+        """
+        A port out of range is refused, saying what a port is, and no
+        instance is made.
+        """
+        directory = temporary_directory(self) / "dev2"
+        for flag in ("--port", "--admin-port"):
+            with self.subTest(flag=flag):
+                result = subprocess.run(
+                    [BIN / "secmsg", "init", str(directory), flag, "65536"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(
+                    "a port is a number from 1 to 65535, not '65536'", result.stderr
+                )
+                self.assertFalse(directory.exists())
