@@ -13,6 +13,7 @@ import pwd
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -42,6 +43,7 @@ from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
+from secmsg.daemon.pidfile import pidfile_problem
 from secmsg.daemon.reload import (
     ReloadableFiles,
     Reloader,
@@ -236,6 +238,18 @@ class Options(usage.Options):
         puts its own TLS on each, so ssl: and tls: are refused.
         """
         self["listen"] = [*(self["listen"] or ()), description]
+
+    def postOptions(self) -> None:
+        """
+        Refuse to start where a daemon already runs with twistd's pidfile:
+        twistd checks it before making the service, so this is the last
+        moment to say so in secmsg's words rather than twistd's.
+        """
+        twistd = getattr(self, "parent", None)
+        pidfile = twistd.get("pidfile") if twistd is not None else None
+        problem = pidfile_problem(Path(pidfile)) if pidfile else None
+        if problem is not None:
+            raise SystemExit(f"secmsg: cannot start: {problem}")
 
 
 def makeService(options: Options) -> IService:

@@ -1,18 +1,21 @@
 """
 Starting the daemon where it cannot serve, in its own process as
-L{tests.test_daemon} runs it: a port another process holds; and a
-second instance beside the first, with ports of its own.
+L{tests.test_daemon} runs it: a port another process holds, a pidfile a
+running daemon holds, and one that a killed daemon left behind.
 
 Slow tests, as those of L{tests.test_daemon}, whose helpers they use.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.daemon.pidfile import pidfile_problem
 from tests.harness import temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, init_instance, twistd
 from tests.test_deployment import CommandDaemon, free_port
@@ -93,10 +96,71 @@ class TakenPortTests(SynchronousTestCase):
         self.assertEqual(sorted(self.data.iterdir()), [])
 
 
+class PidfileTests(SynchronousTestCase):
+    """
+    twistd's pidfile, as C{make run} gives it: a running daemon's stops a
+    second one with words that say what to do; a dead one's does not.
+    """
+
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+        self.pidfile = self.directory / "secmsg.pid"
+        self.command = twistd(
+            self.directory, "--port", "0", twistd_flags=("--pidfile", str(self.pidfile))
+        )
+
+    def test_second_daemon_on_a_running_daemons_pidfile_says_what_runs(self) -> None:
+        """
+        The refusal names the pidfile and the running daemon's pid, and
+        how to run a second instance, not twistd's advice about
+        --logfile; the first daemon goes on serving.
+        """
+        first = CommandDaemon(self, self.directory, self.command, LISTENING)
+        refusal = refusal_of(self, self.command)
+        self.assertTrue(
+            refusal.startswith(
+                f"a daemon is already running with the pidfile {self.pidfile} "
+                f"(pid {first.process.pid}): stop it (kill {first.process.pid}), "
+                "or give a second daemon an instance of its own"
+            ),
+            refusal,
+        )
+        self.assertIn("make run INSTANCE=dev2 PORT=7501 ADMIN_PORT=7446", refusal)
+        self.assertNotIn("--logfile", refusal)
+        self.assertIsNone(first.process.poll())
+        self.assertEqual(int(self.pidfile.read_text()), first.process.pid)
+
+    def test_pidfile_of_a_killed_daemon_does_not_stop_the_next(self) -> None:
+        """
+        After a kill -9 the pidfile stays, naming a process that is gone:
+        the next daemon starts all the same, and the pidfile is its own.
+        """
+        killed = CommandDaemon(self, self.directory, self.command, LISTENING)
+        killed.process.kill()
+        killed.process.wait(timeout=STARTUP_DEADLINE)
+        self.assertEqual(int(self.pidfile.read_text()), killed.process.pid)
+        second = CommandDaemon(self, self.directory, self.command, LISTENING)
+        self.assertEqual(int(self.pidfile.read_text()), second.process.pid)
+
+    def test_pidfile_holding_no_pid_is_named_with_its_fix(self) -> None:
+        """
+        An empty pidfile, as a crash while writing it leaves, is refused
+        saying to remove it, and is left as it was.
+        """
+        self.pidfile.write_text("")
+        refusal = refusal_of(self, self.command)
+        self.assertEqual(
+            refusal,
+            f"the pidfile {self.pidfile} holds no process id, as a crash while "
+            "writing it leaves it; if no daemon runs with it, remove it",
+        )
+        self.assertEqual(self.pidfile.read_text(), "")
+
+
 class SecondInstanceTests(SynchronousTestCase):
     """
-    A second daemon beside the first, as C{make run INSTANCE=dev2
-    PORT=7501 ADMIN_PORT=7446} makes it.
+    A second daemon beside the first, as the refusal and C{make run
+    INSTANCE=dev2 PORT=7501 ADMIN_PORT=7446} make it.
     """
 
     def test_instance_made_with_its_ports_serves_beside_the_first(self) -> None:
@@ -161,3 +225,46 @@ class SecondInstanceTests(SynchronousTestCase):
                     "a port is a number from 1 to 65535, not '65536'", result.stderr
                 )
                 self.assertFalse(directory.exists())
+
+
+class PidfileProblemTests(SynchronousTestCase):
+    """
+    The check behind the refusal, without a daemon.
+    """
+
+    def setUp(self) -> None:
+        self.pidfile = temporary_directory(self) / "secmsg.pid"
+
+    def test_no_pidfile_is_no_problem(self) -> None:
+        """
+        Where there is no pidfile a daemon starts.
+        """
+        self.assertIsNone(pidfile_problem(self.pidfile))
+
+    def test_pidfile_of_a_live_process_names_it(self) -> None:
+        """
+        A pidfile naming a live process (this one) is a daemon running.
+        """
+        self.pidfile.write_text(f"{os.getpid()}\n")
+        problem = pidfile_problem(self.pidfile)
+        self.assertIsNotNone(problem)
+        self.assertIn(f"(pid {os.getpid()}): stop it", str(problem))
+
+    def test_pid_of_zero_or_below_is_no_pid(self) -> None:
+        """
+        0 and -1 would name process groups to a signal, not one daemon.
+        """
+        for text in ("0", "-1", "twistd"):
+            with self.subTest(text=text):
+                self.pidfile.write_text(text)
+                self.assertIn("holds no process id", str(pidfile_problem(self.pidfile)))
+
+    def test_unreadable_pidfile_says_why(self) -> None:
+        """
+        A pidfile that is a directory cannot be read, and the check says so.
+        """
+        Path(self.pidfile).mkdir()
+        self.assertIn(
+            f"cannot read the pidfile {self.pidfile}: ",
+            str(pidfile_problem(self.pidfile)),
+        )
