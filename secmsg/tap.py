@@ -55,6 +55,7 @@ from secmsg.daemon.service import (
     AuditService,
     CRLFreshnessService,
     ListenFirstService,
+    ReportedStart,
     RetentionService,
     SecmsgService,
     StoreService,
@@ -245,8 +246,7 @@ class Options(usage.Options):
         twistd checks it before making the service, so this is the last
         moment to say so in secmsg's words rather than twistd's.
         """
-        twistd = getattr(self, "parent", None)
-        pidfile = twistd.get("pidfile") if twistd is not None else None
+        pidfile = _twistd_options(self).get("pidfile")
         problem = pidfile_problem(Path(pidfile)) if pidfile else None
         if problem is not None:
             raise SystemExit(f"secmsg: cannot start: {problem}")
@@ -264,7 +264,10 @@ def makeService(options: Options) -> IService:
             options["config"],
         )
         destination = _json_log_destination(settings, options)
-        daemon = assemble(settings, reactor, owner_of(options))
+        daemon = ReportedStart(
+            assemble(settings, reactor, owner_of(options)),
+            lambda: _twistd_options(options).get("statusPipe"),
+        )
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
     if destination is None:
@@ -285,12 +288,20 @@ def _json_log_destination(
     """
     if settings.log_format != "json":
         return None
-    twistd: Mapping[str, Any] = options.parent or {}
+    twistd = _twistd_options(options)
     return LogDestination.of_twistd(
         twistd.get("logfile"),
         twistd.get("nodaemon", False),
         twistd.get("syslog", False),
     )
+
+
+def _twistd_options(options: Options) -> Mapping[str, Any]:
+    """
+    twistd's own options, above ours, as twistd keeps them: it adds its
+    status pipe there when it forks into the background.
+    """
+    return getattr(options, "parent", None) or {}
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ have stops it with, SIGHUP's reload, and the retention it runs.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -26,6 +28,7 @@ from secmsg.daemon.service import (
     PURGE_INTERVAL,
     AuditService,
     ListenFirstService,
+    ReportedStart,
     RetentionService,
     SecmsgService,
     StoreService,
@@ -152,6 +155,43 @@ class ListenFirstTests(SynchronousTestCase):
         self.assertEqual(str(raised.exception), "secmsg: cannot start: taken")
         self.assertIsNone(second.saw_data_dir)
         self.assertFalse(self.data_dir.exists())
+
+
+class _Refusing(Service):
+    """
+    A service that refuses to start, as a taken port makes the daemon.
+    """
+
+    def privilegedStartService(self) -> None:
+        raise SystemExit("secmsg: cannot start: cannot listen on 127.0.0.1:7443")
+
+
+class ReportedStartTests(SynchronousTestCase):
+    def test_refusal_reaches_twistds_status_pipe(self) -> None:
+        """
+        A refusal is written to the status pipe as twistd writes an
+        error, for the process waiting on it, and still stops the start.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        service = ReportedStart(_Refusing(), lambda: write)
+        with self.assertRaises(SystemExit):
+            service.privilegedStartService()
+        self.assertEqual(os.read(read, 100), b"1 cannot listen on 127.0.0.1:7443")
+
+    def test_refusal_in_the_foreground_is_only_raised(self) -> None:
+        """
+        Without a status pipe (twistd in the foreground) the refusal
+        goes up as it was.
+        """
+        service = ReportedStart(_Refusing(), lambda: None)
+        with self.assertRaises(SystemExit) as raised:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(raised.exception),
+            "secmsg: cannot start: cannot listen on 127.0.0.1:7443",
+        )
 
 
 class _RefusingEndpoint:

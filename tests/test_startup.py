@@ -95,6 +95,40 @@ class TakenPortTests(SynchronousTestCase):
         )
         self.assertEqual(sorted(self.data.iterdir()), [])
 
+    def test_daemon_in_the_background_reports_the_refusal_and_exits(self) -> None:
+        """
+        Started in the background, the daemon's refusal reaches the
+        process twistd left waiting, which shows it and exits 1 rather
+        than waiting for ever; the whole line is in the log file.
+        """
+        log = self.directory / "twistd.log"
+        result = subprocess.run(
+            [
+                str(BIN / "twistd"),
+                *("--pidfile", str(self.directory / "secmsg.pid")),
+                *("--logfile", str(log)),
+                *("secmsg", "--config", str(self.directory / "secmsg.toml")),
+                *("--port", str(self.taken)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(
+            f"An error has occurred: b'cannot listen on 127.0.0.1:{self.taken}: "
+            "address already in use; choose another",
+            result.stderr,
+        )
+        self.assertIn(
+            f"secmsg: cannot start: cannot listen on 127.0.0.1:{self.taken}: "
+            "address already in use; choose another with --port, or with port "
+            "or listen in the config file\n",
+            log.read_text(),
+        )
+        self.assertEqual(sorted(self.data.iterdir()), [])
+
 
 class PidfileTests(SynchronousTestCase):
     """

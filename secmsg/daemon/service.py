@@ -5,6 +5,7 @@ the way out.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from twisted.application.internet import TimerService
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
@@ -51,6 +52,45 @@ ADMIN_PORT_FIX = (
     "in the config file"
 )
 """How an operator moves the admin interface off an address it cannot have."""
+
+
+STATUS_BYTES = 98
+"""What twistd's waiting process reads of a refusal: 100 bytes, less the
+two of the status that precedes it."""
+
+
+class ReportedStart(MultiService):
+    """
+    The daemon's services, whose refusal to start also reaches the process
+    that started twistd in the background.
+
+    Forking into the background, twistd leaves its first process waiting
+    for a word from the daemon on a status pipe that it holds open itself.
+    twistd writes that word for an exception, but not for the
+    C{SystemExit} with which the daemon refuses to start, and without it
+    the waiting process would wait for ever.  The refusal is written there
+    first, as twistd writes an error: the waiting process shows it, says
+    to look at the log, and exits with status 1.
+    """
+
+    def __init__(self, daemon: IService, status_pipe: Callable[[], int | None]) -> None:
+        """
+        @param status_pipe: twistd's status pipe once it has forked, or
+            L{None} in the foreground.
+        """
+        super().__init__()
+        self._status_pipe = status_pipe
+        daemon.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except SystemExit as refusal:
+            pipe = self._status_pipe()
+            if pipe is not None:
+                reason = str(refusal).removeprefix("secmsg: cannot start: ")
+                os.write(pipe, b"1 " + reason.encode()[:STATUS_BYTES])
+            raise
 
 
 class Listener(Protocol):
