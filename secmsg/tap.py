@@ -265,8 +265,7 @@ def makeService(options: Options) -> IService:
         )
         destination = _json_log_destination(settings, options)
         daemon = ReportedStart(
-            assemble(settings, reactor, owner_of(options)),
-            lambda: _twistd_options(options).get("statusPipe"),
+            assemble(settings, reactor, owner_of(options)), _twistd_options(options)
         )
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None

@@ -6,7 +6,9 @@ have stops it with, SIGHUP's reload, and the retention it runs.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -167,6 +169,10 @@ class _Refusing(Service):
 
 
 class ReportedStartTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+
     def test_refusal_reaches_twistds_status_pipe(self) -> None:
         """
         A refusal is written to the status pipe as twistd writes an
@@ -175,22 +181,39 @@ class ReportedStartTests(SynchronousTestCase):
         read, write = os.pipe()
         self.addCleanup(os.close, read)
         self.addCleanup(os.close, write)
-        service = ReportedStart(_Refusing(), lambda: write)
+        service = ReportedStart(_Refusing(), {"statusPipe": write})
         with self.assertRaises(SystemExit):
             service.privilegedStartService()
         self.assertEqual(os.read(read, 100), b"1 cannot listen on 127.0.0.1:7443")
 
-    def test_refusal_in_the_foreground_is_only_raised(self) -> None:
+    def test_refusal_removes_the_pidfile_naming_this_process_only(self) -> None:
         """
-        Without a status pipe (twistd in the foreground) the refusal
-        goes up as it was.
+        A refused start leaves no pidfile of its own behind, as twistd
+        leaves none after an error; another process's pidfile stays.
         """
-        service = ReportedStart(_Refusing(), lambda: None)
+        directory = temporary_directory(self)
+        for content, stays in ((f"{os.getpid()}\n", False), ("1\n", True)):
+            with self.subTest(content=content):
+                pidfile = directory / "secmsg.pid"
+                pidfile.write_text(content)
+                service = ReportedStart(_Refusing(), {"pidfile": str(pidfile)})
+                with self.assertRaises(SystemExit):
+                    service.privilegedStartService()
+                self.assertEqual(pidfile.exists(), stays)
+
+    def test_refusal_is_written_once_and_exits_1(self) -> None:
+        """
+        The refusal goes to stderr, which twistd logs, before the pidfile
+        and the pipe are seen to; the exit carries the status alone, so
+        that the line is not written a second time.
+        """
+        service = ReportedStart(_Refusing(), {})
         with self.assertRaises(SystemExit) as raised:
             service.privilegedStartService()
+        self.assertEqual(raised.exception.code, 1)
         self.assertEqual(
-            str(raised.exception),
-            "secmsg: cannot start: cannot listen on 127.0.0.1:7443",
+            self.stderr.getvalue(),
+            "secmsg: cannot start: cannot listen on 127.0.0.1:7443\n",
         )
 
 

@@ -99,13 +99,15 @@ class TakenPortTests(SynchronousTestCase):
         """
         Started in the background, the daemon's refusal reaches the
         process twistd left waiting, which shows it and exits 1 rather
-        than waiting for ever; the whole line is in the log file.
+        than waiting for ever; the whole line is in the log file, and the
+        pidfile is gone with the daemon.
         """
         log = self.directory / "twistd.log"
+        pidfile = self.directory / "secmsg.pid"
         result = subprocess.run(
             [
                 str(BIN / "twistd"),
-                *("--pidfile", str(self.directory / "secmsg.pid")),
+                *("--pidfile", str(pidfile)),
                 *("--logfile", str(log)),
                 *("secmsg", "--config", str(self.directory / "secmsg.toml")),
                 *("--port", str(self.taken)),
@@ -128,6 +130,7 @@ class TakenPortTests(SynchronousTestCase):
             log.read_text(),
         )
         self.assertEqual(sorted(self.data.iterdir()), [])
+        self.assertFalse(pidfile.exists())
 
 
 class PidfileTests(SynchronousTestCase):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -61,36 +62,57 @@ two of the status that precedes it."""
 
 class ReportedStart(MultiService):
     """
-    The daemon's services, whose refusal to start also reaches the process
-    that started twistd in the background.
+    The daemon's services, whose refusal to start is reported as twistd
+    reports an error, which the refusal's C{SystemExit} skips.
 
     Forking into the background, twistd leaves its first process waiting
-    for a word from the daemon on a status pipe that it holds open itself.
-    twistd writes that word for an exception, but not for the
-    C{SystemExit} with which the daemon refuses to start, and without it
-    the waiting process would wait for ever.  The refusal is written there
-    first, as twistd writes an error: the waiting process shows it, says
-    to look at the log, and exits with status 1.
+    for a word from the daemon on a status pipe that it holds open itself;
+    without one the waiting process would wait for ever.  The refusal goes
+    to the log first, then twistd's pidfile, naming a daemon that is
+    stopping, is removed as twistd removes it after an error, and last the
+    refusal is written to the pipe: the waiting process, which exits as
+    soon as it reads it, finds both done.  It shows the refusal, says to
+    look at the log, and exits with status 1.
     """
 
-    def __init__(self, daemon: IService, status_pipe: Callable[[], int | None]) -> None:
+    def __init__(self, daemon: IService, twistd: Mapping[str, Any]) -> None:
         """
-        @param status_pipe: twistd's status pipe once it has forked, or
-            L{None} in the foreground.
+        @param twistd: twistd's options, where it puts its status pipe
+            when it forks.
         """
         super().__init__()
-        self._status_pipe = status_pipe
+        self._twistd = twistd
         daemon.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except SystemExit as refusal:
-            pipe = self._status_pipe()
+            if not isinstance(refusal.code, str):
+                raise
+            # twistd logs what is written to stderr, as the line SystemExit
+            # would print at the very end.
+            print(refusal.code, file=sys.stderr, flush=True)
+            pidfile = self._twistd.get("pidfile")
+            if pidfile:
+                remove_own_pidfile(Path(pidfile))
+            pipe = self._twistd.get("statusPipe")
             if pipe is not None:
-                reason = str(refusal).removeprefix("secmsg: cannot start: ")
+                reason = refusal.code.removeprefix("secmsg: cannot start: ")
                 os.write(pipe, b"1 " + reason.encode()[:STATUS_BYTES])
-            raise
+            raise SystemExit(1) from None
+
+
+def remove_own_pidfile(pidfile: Path) -> None:
+    """
+    Remove a pidfile that names this process, and only such a one.
+    """
+    try:
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
+    except OSError:
+        # Gone already, or not ours to remove: the refusal matters more.
+        return
 
 
 class Listener(Protocol):
