@@ -28,12 +28,32 @@ from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
 
 
+def _port(text: str) -> int:
+    """
+    A TCP port, as init's --port and --admin-port take it.
+    """
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise ValueError(f"a port is a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
 class InitOptions(CommandOptions):
     """
-    secmsg init DIR
+    secmsg init DIR [--port PORT] [--admin-port PORT]
     """
 
     synopsis = "DIR"
+
+    optParameters = [
+        ["port", None, 7443, "Port the instance's daemon listens on.", _port],
+        [
+            "admin-port",
+            None,
+            None,
+            "Port of its HTTPS admin interface. [default: off]",
+            _port,
+        ],
+    ]
 
     # usage.Options calls parseArgs with the words left on the line, as
     # many as the subclass takes; Twisted types it as taking none.
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     status: int = ExitStatus.OK
     try:
         if options.subCommand == "init":
-            lines = _init(options.subOptions["directory"], now)
+            lines = _init(options.subOptions, now)
         elif options.subCommand == "audit":
             lines, status = audit_command.run(options.subOptions)
         elif options.subCommand == "check-config":
@@ -133,8 +153,9 @@ def _innermost(options: usage.Options) -> usage.Options:
     return options
 
 
-def _init(directory: Path, now: datetime) -> list[str]:
-    config = create_instance(directory, now)
+def _init(options: InitOptions, now: datetime) -> list[str]:
+    directory = options["directory"]
+    config = create_instance(directory, now, options["port"], options["admin-port"])
     user = next(iter(DEVELOPMENT_USERS))
     return [
         f"made a development instance in {directory}",
