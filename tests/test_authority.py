@@ -22,7 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.cli import main as cli
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki import certificates as pki
-from secmsg.pki.authority import Request, create_authority, open_authority
+from secmsg.pki.authority import create_authority, open_authority
+from secmsg.pki.requests import Request
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -48,8 +49,8 @@ class AuthorityTests(SynchronousTestCase):
 
     def issue(self, request: Request, now: datetime = NOW) -> x509.Certificate:
         with open_authority(self.directory) as authority:
-            _, certificate, _ = authority.issue(request, now)
-        return load(certificate)
+            issuance = authority.issue(request, now)
+        return load(issuance.certificate)
 
     def verify_client(self, certificate: x509.Certificate) -> None:
         store = verification.Store([load(self.directory / "ca.pem")])
@@ -305,7 +306,7 @@ class AuthorityTests(SynchronousTestCase):
         short = temporary_directory(self) / "short"
         create_authority(short, SUBJECT, NOW, days=100)
         with open_authority(short) as authority:
-            _, path, _ = authority.issue(Request("alice"), NOW)
+            path = authority.issue(Request("alice"), NOW).certificate
             with self.assertRaises(AuthorityError):
                 authority.issue(Request("bob", days=200), NOW)
         self.assertLessEqual(
