@@ -17,7 +17,9 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.client.tls import client_tls_options
 from secmsg.errors import AuthorityError
+from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
     create_authority,
     create_issuing_authority,
@@ -26,7 +28,7 @@ from secmsg.pki.authority import (
 )
 from secmsg.pki.requests import Request
 from tests.certs import Pair, now
-from tests.harness import Instance, capture_log, temporary_directory
+from tests.harness import Instance, LineClient, capture_log, temporary_directory
 from tests.test_authority import NOW
 from tests.test_signing_requests import snapshot
 
@@ -53,14 +55,15 @@ class TwoLevels:
         with open_authority(self.root) as root:
             create_issuing_authority(self.issuing, root, name("test issuing"), moment)
 
-    def issue(self, user: str) -> Pair:
+    def issue(self, user: str, request: Request | None = None) -> Pair:
         """
-        A client certificate of the issuing CA, with its key.
+        A client certificate of the issuing CA (or what C{request} asks
+        for), with its key.
         """
         with open_authority(self.issuing) as authority:
-            issuance = authority.issue(Request(user), self.moment)
+            issuance = authority.issue(request or Request(user), self.moment)
         key = serialization.load_pem_private_key(
-            (self.issuing / "clients" / f"{user}.key").read_bytes(), None
+            (issuance.certificate.with_suffix(".key")).read_bytes(), None
         )
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise TypeError("secmsg makes ECDSA keys unless told otherwise")
@@ -228,6 +231,28 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
         issuing = self.levels.bundle()[0]
         with_chain = Pair(alice.certificate, alice.key, (issuing,))
         self.assertTrue(self.instance.connect(with_chain).greeted)
+
+    def test_server_of_the_issuing_ca_is_verified_by_the_same_bundle(self) -> None:
+        """
+        A server certificate of the issuing CA is verified by a client
+        that trusts the issuing CA's ca.pem, and the session is greeted.
+        """
+        names = pki.Names(dns=("localhost",))
+        server = self.levels.issue("localhost", Request("localhost", True, names))
+        self.instance.write("server.pem", server.certificate_pem)
+        self.instance.write("server.key", server.key_pem)
+        self.instance.daemon.reloader.reload()
+        alice = self.levels.issue("alice")
+        options = client_tls_options(
+            "localhost",
+            (self.levels.issuing / "ca.pem").read_bytes(),
+            alice.certificate_pem,
+            alice.key_pem,
+        )
+        client = LineClient(())
+        self.instance.connect_protocol(client, options)
+        self.instance.flush()
+        self.assertTrue(client.greeted)
 
     def test_revoked_by_the_issuing_ca_is_refused(self) -> None:
         """

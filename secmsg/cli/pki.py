@@ -69,7 +69,7 @@ class Options(DirOptions):
         "and sign the CRL the daemon reads."
     )
     subCommands = [
-        ["init", None, InitOptions, "Make a CA in DIR (ECDSA P-256 unless --rsa)."],
+        ["init", None, InitOptions, "Make a CA, a root CA or an issuing CA in DIR."],
         ["request", None, RequestOptions, "Make a key and a signing request."],
         ["sign", None, SignOptions, "Sign a client certificate for a request."],
         ["issue", None, IssueOptions, "Make a key and a certificate for NAME."],

@@ -380,7 +380,7 @@ class CRLOptions(DirOptions):
             "365 for a root]",
             _days,
         ],
-        ["root-crl", None, None, "An issuing CA's new CRL from its root, to use."],
+        ["root-crl", None, None, "Take in the root's new CRL (an issuing CA only)."],
         _PASSPHRASE_FD_OPTION,
     ]
 
