@@ -476,3 +476,27 @@ class CommandLineTests(SynchronousTestCase):
         for _, out, err in outputs:
             self.assertNotIn("PRIVATE KEY", out + err)
             self.assertNotIn("BEGIN", out + err)
+
+    def test_each_pki_command_says_what_it_does(self) -> None:
+        """
+        secmsg pki --help lists every subcommand, and it and each
+        subcommand's --help give the command's own usage line and
+        description, not the program's docstring.
+        """
+        helps = {}
+        for command in ["", *_PKI_COMMANDS]:
+            words = [command] if command else []
+            with self.assertRaises(SystemExit) as caught:
+                self.secmsg("pki", *words, "--help")
+            self.assertEqual(caught.exception.code, 0)
+            helps[command] = sys.stdout.getvalue()
+        for command, text in helps.items():
+            self.assertIn(f"Usage: secmsg pki {command}".rstrip(), text)
+            self.assertNotIn("python -m secmsg", text)
+            self.assertNotIn("C{", text)
+        listed = helps[""].split("Commands:")[1].split()
+        for command in _PKI_COMMANDS:
+            self.assertIn(command, listed)
+
+
+_PKI_COMMANDS = ("init", "request", "sign", "issue", "renew", "revoke", "crl", "list")

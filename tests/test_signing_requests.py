@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.cli import main as cli
@@ -174,9 +174,9 @@ class SigningRequestTests(SynchronousTestCase):
         """
         A request whose signature fails, whose CN is no name token or is
         missing or doubled, whose subject holds more than CN and OU, that
-        asks to be a CA, holds a weak or foreign key, or asks for an OU or
-        a subject alternative name not granted, is refused in one line and
-        the CA directory is as it was.
+        asks to be a CA, holds a weak or foreign key, asks for an OU or a
+        subject alternative name not granted, or does not parse, is refused
+        in one line and the CA directory is as it was.
         """
         before = snapshot(self.ca)
         for csr, words in _bad_requests():
@@ -244,6 +244,18 @@ def _bad_requests() -> list[tuple[x509.CertificateSigningRequest, str]]:
             "RSA 2048-bit",
         ),
         (csr_for(ed25519.Ed25519PrivateKey.generate(), [cn("alice")]), "a kind"),
+        (
+            csr_for(
+                key,
+                [cn("alice")],
+                (
+                    x509.UnrecognizedExtension(
+                        ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\1"
+                    ),
+                ),
+            ),
+            "the request is malformed",
+        ),
     ]
 
 
@@ -318,6 +330,22 @@ class SigningRequestCommandLineTests(SynchronousTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(len(err.splitlines()), 1)
         self.assertIn("--ou 'ops'", err)
+        self.assertEqual(snapshot(self.ca), before)
+
+    def test_out_into_a_missing_directory_signs_nothing(self) -> None:
+        """
+        sign --out into a directory that does not exist is a usage error
+        found before anything is signed.
+        """
+        self.secmsg("pki", "init", str(self.ca))
+        self.secmsg("pki", "request", "carol", "--dir", str(self.user))
+        before = snapshot(self.ca)
+        status, _, err = self.secmsg(
+            "pki", "--dir", str(self.ca), "sign", str(self.user / "carol.csr"),
+            "--out", str(self.user / "missing" / "carol.pem"),
+        )  # fmt: skip
+        self.assertEqual(status, 2)
+        self.assertIn("no such directory", err)
         self.assertEqual(snapshot(self.ca), before)
 
     def test_not_a_request_is_named(self) -> None:

@@ -71,6 +71,15 @@ _LEAF_DAYS_OPTION: list[Any] = [
 ]
 
 
+def _check_out(out: str | None) -> None:
+    """
+    Refuse an --out whose directory is missing before anything is signed,
+    rather than after.
+    """
+    if out is not None and not Path(out).parent.is_dir():
+        raise usage.UsageError(f"--out {out!r}: no such directory")
+
+
 class DirOptions(CommandOptions):
     """
     Options of a command that works on a CA directory.
@@ -295,6 +304,9 @@ class SignOptions(DirOptions, _SubjectOptions):
     def parseArgs(self, csr: str) -> None:  # type: ignore[override]
         self["csr"] = Path(csr)
 
+    def postOptions(self) -> None:
+        _check_out(self["out"])
+
     def grant(self) -> Grant:
         return Grant(tuple(self["ou"]), self.names())
 
@@ -332,6 +344,7 @@ class RenewOptions(DirOptions):
     def postOptions(self) -> None:
         if self["csr"] and self["rsa"]:
             raise usage.UsageError("--rsa makes a key; a --csr brings its own")
+        _check_out(self["out"])
 
 
 class RevokeOptions(DirOptions):

@@ -104,9 +104,12 @@ class CertificateAuthority:
         """
         Whether this CA may sign CAs (a root), rather than leaf certificates.
         """
-        constraints = self.certificate.extensions.get_extension_for_class(
-            x509.BasicConstraints
-        ).value
+        try:
+            constraints = self.certificate.extensions.get_extension_for_class(
+                x509.BasicConstraints
+            ).value
+        except x509.ExtensionNotFound:
+            return False
         return bool(constraints.path_length)
 
     def signer(self) -> pki.Issued:

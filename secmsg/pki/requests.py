@@ -175,6 +175,16 @@ def check_signing_request(
 
     @raise AuthorityError: in one line, the first thing wrong with it.
     """
+    try:
+        return _checked(csr, grant)
+    except (ValueError, x509.DuplicateExtension) as failure:
+        # cryptography parses a request's parts only when they are read.
+        raise AuthorityError(f"the request is malformed: {failure}") from None
+
+
+def _checked(
+    csr: x509.CertificateSigningRequest, grant: Grant
+) -> CheckedSigningRequest:
     if not csr.is_signature_valid:
         raise AuthorityError(
             "the request's signature does not verify: it was altered, or "
@@ -237,8 +247,10 @@ def _common_name(subject: x509.Name) -> str:
             "the identity it is for"
         )
     name = names[0].value
-    check_name(name if isinstance(name, str) else repr(name))
-    return str(name)
+    if not isinstance(name, str):
+        raise AuthorityError("the request's CN is not text")
+    check_name(name)
+    return name
 
 
 def _refuse_ca_rights(extension: x509.Extension[x509.ExtensionType]) -> None:
