@@ -169,3 +169,33 @@ class PassphraseTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertIn("the passphrase is empty", err)
         self.assertFalse((self.directory / "ca.key").exists())
+
+    def test_issuing_ca_under_an_encrypted_root(self) -> None:
+        """
+        init --intermediate opens an encrypted root with
+        --root-passphrase-fd; a wrong one leaves no issuing CA and the root
+        as it was, and the right one makes it, itself encrypted with its
+        own passphrase.
+        """
+        root, issuing = self.directory / "root", self.directory / "issuing"
+        fd = self.descriptor(SECRET)
+        self.assertEqual(
+            self.secmsg("pki", "init", str(root), "--root", "--passphrase-fd", fd)[0], 0
+        )
+        before = snapshot(root)
+        status, _, err = self.secmsg(
+            "pki", "init", str(issuing), "--intermediate", "--root-dir", str(root),
+            "--root-passphrase-fd", self.descriptor("not it"),
+        )  # fmt: skip
+        self.assertEqual(status, 1)
+        self.assertIn(f"wrong passphrase for {root / 'ca.key'}", err)
+        self.assertFalse(issuing.exists())
+        self.assertEqual(snapshot(root), before)
+        status, _, err = self.secmsg(
+            "pki", "init", str(issuing), "--intermediate", "--root-dir", str(root),
+            "--root-passphrase-fd", self.descriptor(SECRET),
+            "--passphrase-fd", self.descriptor(SECRET + " too"),
+        )  # fmt: skip
+        self.assertEqual(status, 0, err)
+        key = (issuing / "ca.key").read_bytes()
+        serialization.load_pem_private_key(key, (SECRET + " too").encode())

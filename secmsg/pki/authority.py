@@ -373,9 +373,11 @@ def create_issuing_authority(
         days = (root.certificate.not_valid_after_utc - now).days
     root.check_lifetime("--days", now, days)
     root_crl = read_bytes(root.crl_path)
+    # The root's passphrase first: a wrong one leaves no directory behind.
+    signer = root.signer()
     with _new_directory(directory, replace):
         key = pki.new_private_key(rsa_bits)
-        ca = pki.create_ca(subject, now, days, key, issuer=root.signer())
+        ca = pki.create_ca(subject, now, days, key, issuer=signer)
         root.inventory.records.append(
             Record(
                 _common_name(subject),
