@@ -142,15 +142,7 @@ class CertificateAuthority:
         check_rsa_bits(request.rsa_bits)
         names = checked_names(request)
         kind = "server" if request.server else "client"
-        folder = self.directory / f"{kind}s"
-        certificate_path = folder / f"{request.name}.pem"
-        key_path = folder / f"{request.name}.key"
-        if not request.replace:
-            for path in (certificate_path, key_path):
-                if path.exists():
-                    raise AuthorityError(
-                        f"{path} already exists; not overwritten (--force replaces it)"
-                    )
+        certificate_path, key_path = self._leaf_files(request, kind)
         days = self._leaf_days(request.days, now)
         earlier = self.inventory.in_force(request.name, kind, now)
         key, public_key = None, request.public_key
@@ -171,14 +163,7 @@ class CertificateAuthority:
         record = Record(request.name, certificate.serial_number, kind, expires)
         self.inventory.records.append(record)
         self.save_inventory()
-        folder.mkdir(mode=0o700, exist_ok=True)
-        if key is not None:
-            pki.install_file(key_path, pki.private_pem(key), private=True)
-        pki.install_file(certificate_path, pki.pem(certificate), private=False)
-        if key is None:
-            # The key of the certificate just replaced, if the CA made it:
-            # it no longer matches the certificate beside it.
-            key_path.unlink(missing_ok=True)
+        _write_leaf(certificate, key, certificate_path, key_path)
         superseded = earlier if request.replace else []
         if superseded:
             self._revoke_records(superseded, "superseded", now)
@@ -279,6 +264,20 @@ class CertificateAuthority:
                 f"(secmsg pki init DIR --intermediate --root-dir {self.directory}); "
                 "issue from one of those"
             )
+
+    def _leaf_files(self, request: Request, kind: str) -> tuple[Path, Path]:
+        """
+        Where a leaf certificate and its key go, if they may.
+        """
+        folder = self.directory / f"{kind}s"
+        paths = folder / f"{request.name}.pem", folder / f"{request.name}.key"
+        if not request.replace:
+            for path in paths:
+                if path.exists():
+                    raise AuthorityError(
+                        f"{path} already exists; not overwritten (--force replaces it)"
+                    )
+        return paths
 
     def _leaf_days(self, days: int | None, now: datetime) -> int:
         if days is None:
@@ -499,6 +498,25 @@ def _install(
     )
     authority.sign_crl(now)
     return authority
+
+
+def _write_leaf(
+    certificate: x509.Certificate,
+    key: pki.PrivateKey | None,
+    certificate_path: Path,
+    key_path: Path,
+) -> None:
+    """
+    Write a leaf certificate and, if the CA made it, its key.  For one
+    signed from a request, a key left from the certificate it replaces is
+    removed: it no longer matches the certificate beside it.
+    """
+    certificate_path.parent.mkdir(mode=0o700, exist_ok=True)
+    if key is not None:
+        pki.install_file(key_path, pki.private_pem(key), private=True)
+    pki.install_file(certificate_path, pki.pem(certificate), private=False)
+    if key is None:
+        key_path.unlink(missing_ok=True)
 
 
 @contextmanager
