@@ -7,6 +7,8 @@ time it is given.
 
 from __future__ import annotations
 
+import io
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.cli import main as cli
 from secmsg.cli import pki as pki_command
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
@@ -187,3 +190,24 @@ class ExpiringTests(SynchronousTestCase):
         with open_authority(self.directory) as authority:
             renew(authority, "alice", NOW + timedelta(days=31))
         self.assertEqual(self.expiring(1, timedelta(days=31)), ([], 0))
+
+    def test_exit_status_on_the_command_line(self) -> None:
+        """
+        secmsg pki list --expiring exits 3 with the table when something
+        is due and 0 with no output at all when nothing is, for cron.
+        """
+        d = str(temporary_directory(self) / "cli")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(cli.main(["pki", "init", d]), 0)
+        self.assertEqual(
+            cli.main(["pki", "--dir", d, "issue", "dave", "--days", "10"]), 0
+        )
+        out.truncate(0)
+        out.seek(0)
+        self.assertEqual(cli.main(["pki", "--dir", d, "list", "--expiring", "5"]), 0)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(cli.main(["pki", "--dir", d, "list", "--expiring", "30"]), 3)
+        self.assertEqual(
+            [line.split()[0] for line in out.getvalue().splitlines()], ["NAME", "dave"]
+        )
