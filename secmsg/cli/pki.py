@@ -70,7 +70,7 @@ class Options(DirOptions):
     )
     subCommands = [
         ["init", None, InitOptions, "Make a CA, a root CA or an issuing CA in DIR."],
-        ["request", None, RequestOptions, "Make a key and a signing request."],
+        ["request", None, RequestOptions, "On a user's machine: make a key and a CSR."],
         ["sign", None, SignOptions, "Sign a client certificate for a request."],
         ["issue", None, IssueOptions, "Make a key and a certificate for NAME."],
         ["renew", None, RenewOptions, "Replace NAME's certificate, revoking the old."],
