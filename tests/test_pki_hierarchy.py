@@ -232,27 +232,29 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
         with_chain = Pair(alice.certificate, alice.key, (issuing,))
         self.assertTrue(self.instance.connect(with_chain).greeted)
 
-    def test_server_of_the_issuing_ca_is_verified_by_the_same_bundle(self) -> None:
+    def test_server_of_the_issuing_ca_presents_its_chain(self) -> None:
         """
-        A server certificate of the issuing CA is verified by a client
-        that trusts the issuing CA's ca.pem, and the session is greeted.
+        A server certificate of the issuing CA is written with the issuing
+        CA after it, so that a client trusting the root alone, or the
+        issuing CA's ca.pem, verifies the daemon and is greeted.
         """
         names = pki.Names(dns=("localhost",))
         server = self.levels.issue("localhost", Request("localhost", True, names))
-        self.instance.write("server.pem", server.certificate_pem)
+        written = self.levels.issuing / "servers" / "localhost.pem"
+        self.assertEqual(len(x509.load_pem_x509_certificates(written.read_bytes())), 2)
+        self.instance.write("server.pem", written.read_bytes())
         self.instance.write("server.key", server.key_pem)
         self.instance.daemon.reloader.reload()
         alice = self.levels.issue("alice")
-        options = client_tls_options(
-            "localhost",
-            (self.levels.issuing / "ca.pem").read_bytes(),
-            alice.certificate_pem,
-            alice.key_pem,
-        )
-        client = LineClient(())
-        self.instance.connect_protocol(client, options)
-        self.instance.flush()
-        self.assertTrue(client.greeted)
+        root_pem = (self.levels.root / "ca.pem").read_bytes()
+        for trusted in (root_pem, (self.levels.issuing / "ca.pem").read_bytes()):
+            options = client_tls_options(
+                "localhost", trusted, alice.certificate_pem, alice.key_pem
+            )
+            client = LineClient(())
+            self.instance.connect_protocol(client, options)
+            self.instance.flush()
+            self.assertTrue(client.greeted)
 
     def test_revoked_by_the_issuing_ca_is_refused(self) -> None:
         """

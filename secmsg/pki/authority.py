@@ -163,7 +163,7 @@ class CertificateAuthority:
         record = Record(request.name, certificate.serial_number, kind, expires)
         self.inventory.records.append(record)
         self.save_inventory()
-        _write_leaf(certificate, key, certificate_path, key_path)
+        _write_leaf([certificate, *self.issuers()], key, certificate_path, key_path)
         superseded = earlier if request.replace else []
         if superseded:
             self._revoke_records(superseded, "superseded", now)
@@ -243,6 +243,15 @@ class CertificateAuthority:
                 f"the revocation is in the inventory but the CRL was not written "
                 f"({error}); write it with: secmsg pki --dir {self.directory} crl"
             ) from None
+
+    def issuers(self) -> list[x509.Certificate]:
+        """
+        What a certificate of this CA is written with after it: nothing for
+        a CA of one level; for an issuing CA, itself, so that a server
+        presents the chain up to the root (a daemon's C{cert} is a chain,
+        leaf first), which is all a peer trusting the root alone needs.
+        """
+        return [self.certificate] if self.chain else []
 
     def check_lifetime(self, what: str, now: datetime, days: int) -> None:
         """
@@ -501,20 +510,21 @@ def _install(
 
 
 def _write_leaf(
-    certificate: x509.Certificate,
+    chain: list[x509.Certificate],
     key: pki.PrivateKey | None,
     certificate_path: Path,
     key_path: Path,
 ) -> None:
     """
-    Write a leaf certificate and, if the CA made it, its key.  For one
-    signed from a request, a key left from the certificate it replaces is
-    removed: it no longer matches the certificate beside it.
+    Write a leaf certificate (and the issuing CA after it, if any) and, if
+    the CA made it, its key.  For one signed from a request, a key left
+    from the certificate it replaces is removed: it no longer matches the
+    certificate beside it.
     """
     certificate_path.parent.mkdir(mode=0o700, exist_ok=True)
     if key is not None:
         pki.install_file(key_path, pki.private_pem(key), private=True)
-    pki.install_file(certificate_path, pki.pem(certificate), private=False)
+    pki.install_file(certificate_path, pki.pem(*chain), private=False)
     if key is None:
         key_path.unlink(missing_ok=True)
 
