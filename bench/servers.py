@@ -115,7 +115,7 @@ def make_pki(directory: Path, names: list[str], known: list[str]) -> Credentials
     now = datetime.now(UTC)
     with open_authority(instance) as authority:
         for name in names:
-            issued = pki.issue(authority.ca, name, now, days=2)
+            issued = pki.issue(authority.signer(), name, now, days=2)
             pki.install_file(
                 clients / f"{name}.key", pki.private_pem(issued.key), private=True
             )

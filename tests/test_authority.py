@@ -22,7 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.cli import main as cli
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki import certificates as pki
-from secmsg.pki.authority import Request, create_authority, open_authority
+from secmsg.pki.authority import create_authority, open_authority
+from secmsg.pki.requests import Request
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -48,8 +49,8 @@ class AuthorityTests(SynchronousTestCase):
 
     def issue(self, request: Request, now: datetime = NOW) -> x509.Certificate:
         with open_authority(self.directory) as authority:
-            _, certificate, _ = authority.issue(request, now)
-        return load(certificate)
+            issuance = authority.issue(request, now)
+        return load(issuance.certificate)
 
     def verify_client(self, certificate: x509.Certificate) -> None:
         store = verification.Store([load(self.directory / "ca.pem")])
@@ -305,7 +306,7 @@ class AuthorityTests(SynchronousTestCase):
         short = temporary_directory(self) / "short"
         create_authority(short, SUBJECT, NOW, days=100)
         with open_authority(short) as authority:
-            _, path, _ = authority.issue(Request("alice"), NOW)
+            path = authority.issue(Request("alice"), NOW).certificate
             with self.assertRaises(AuthorityError):
                 authority.issue(Request("bob", days=200), NOW)
         self.assertLessEqual(
@@ -475,3 +476,27 @@ class CommandLineTests(SynchronousTestCase):
         for _, out, err in outputs:
             self.assertNotIn("PRIVATE KEY", out + err)
             self.assertNotIn("BEGIN", out + err)
+
+    def test_each_pki_command_says_what_it_does(self) -> None:
+        """
+        secmsg pki --help lists every subcommand, and it and each
+        subcommand's --help give the command's own usage line and
+        description, not the program's docstring.
+        """
+        helps = {}
+        for command in ["", *_PKI_COMMANDS]:
+            words = [command] if command else []
+            with self.assertRaises(SystemExit) as caught:
+                self.secmsg("pki", *words, "--help")
+            self.assertEqual(caught.exception.code, 0)
+            helps[command] = sys.stdout.getvalue()
+        for command, text in helps.items():
+            self.assertIn(f"Usage: secmsg pki {command}".rstrip(), text)
+            self.assertNotIn("python -m secmsg", text)
+            self.assertNotIn("C{", text)
+        listed = helps[""].split("Commands:")[1].split()
+        for command in _PKI_COMMANDS:
+            self.assertIn(command, listed)
+
+
+_PKI_COMMANDS = ("init", "request", "sign", "issue", "renew", "revoke", "crl", "list")

@@ -128,14 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             lines, starts = check_config_command.run(options.subOptions, now)
             status = ExitStatus.OK if starts else ExitStatus.FAILED
         else:
-            lines = pki_command.run(options.subOptions, now)
+            lines, status = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:
         complain(f"secmsg: {error}")
         if options.subCommand == "audit":
             return audit_command.VerifyStatus.TROUBLE
         return ExitStatus.FAILED
     try:
-        print("\n".join(lines), flush=True)
+        if lines:
+            print("\n".join(lines), flush=True)
     except BrokenPipeError:
         # The reader (head, say) stopped early; that is its choice, not an
         # error.  Point stdout at nothing, so that exit does not complain.

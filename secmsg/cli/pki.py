@@ -1,241 +1,97 @@
 """
-C{secmsg pki}: the operator's certificate authority on the command line.
+C{secmsg pki}: the operator's certificate authority on the command line,
+and the user's side of it (C{request}).
 
 Each subcommand works on the CA directory given by C{--dir} (before or
 after the subcommand's name; the current directory by default) and prints
-what it did.  Nothing here prints a private key.
+what it did.  Nothing here prints a private key or a passphrase.  The
+options are L{secmsg.cli.pki_options}'s.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import enum
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.python import usage
 
-from secmsg.cli.options import CommandOptions
+from secmsg.cli.passphrase import new_passphrase, passphrase_source
+from secmsg.cli.pki_options import (
+    CRLOptions,
+    DirOptions,
+    InitOptions,
+    IssueOptions,
+    ListOptions,
+    RenewOptions,
+    RequestOptions,
+    RevokeOptions,
+    SignOptions,
+)
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
-    REVOCATION_REASONS,
     CertificateAuthority,
-    Record,
-    Request,
+    Issuance,
     create_authority,
+    create_issuing_authority,
     open_authority,
+    take_root_crl,
 )
+from secmsg.pki.inventory import Record
+from secmsg.pki.lifecycle import make_signing_request, renew, sign_request
+from secmsg.pki.requests import load_signing_request
 
 
-def _rsa_bits(text: str) -> int:
+class ListStatus(enum.IntEnum):
     """
-    A key size, as --rsa takes it; which sizes are made is checked later.
-    """
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"--rsa takes a number of bits, not {text!r}")
-    return int(text)
-
-
-def _days(text: str) -> int:
-    """
-    A number of days, as --days takes it.
-    """
-    if not (text.isascii() and text.isdigit() and int(text) >= 1):
-        raise ValueError(f"--days takes a whole number of days from 1, not {text!r}")
-    return int(text)
-
-
-_RSA_OPTION = [
-    "rsa",
-    None,
-    None,
-    "An RSA key of 3072 or 4096 bits instead of ECDSA P-256.",
-    _rsa_bits,
-]
-
-
-class _DirOptions(CommandOptions):
-    optParameters = [
-        ["dir", None, None, "The CA directory. [default: the current directory]"],
-    ]
-
-    def directory(self, parent: usage.Options) -> Path:
-        return Path(self["dir"] or parent["dir"] or ".")
-
-
-class InitOptions(_DirOptions):
-    """
-    secmsg pki init [DIR] [--cn NAME] [--org NAME] [--days N] [--rsa BITS]
+    The exit statuses of C{secmsg pki list --expiring}, for cron and
+    monitoring; a CA that cannot be read exits 1 and a usage error 2, as
+    every C{secmsg pki} command does.
     """
 
-    synopsis = "[DIR] [options]"
-    optParameters = [
-        ["cn", None, "secmsg CA", "The CA's common name."],
-        ["org", None, None, "The CA's organisation name, if any."],
-        ["days", None, pki.CA_DAYS, "How many days the CA is valid.", _days],
-        _RSA_OPTION,
-    ]
-    optFlags = [
-        ["force", None, "Replace an existing CA (its certificates die with it)."]
-    ]
-
-    def parseArgs(self, directory: str | None = None) -> None:
-        if directory is not None:
-            self["dir"] = directory
+    NONE_EXPIRING = 0
+    EXPIRING = 3
+    """Some certificate in use expires within the days given, or has."""
 
 
-class IssueOptions(_DirOptions):
+class Options(DirOptions):
     """
-    secmsg pki issue NAME [--server [--dns NAME ...] [--ip ADDRESS ...]]
+    secmsg pki [--dir DIR] COMMAND ...
     """
 
-    synopsis = "NAME [options]"
-    optParameters = [
-        [
-            "days",
-            None,
-            None,
-            f"How many days the certificate is valid. [default: {pki.LEAF_DAYS}, "
-            "or until the CA expires if sooner]",
-            _days,
-        ],
-        _RSA_OPTION,
-    ]
-    optFlags = [
-        ["server", None, "A server certificate (serverAuth), not a client's."],
-        ["force", None, "Replace existing files for NAME."],
-    ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name in ("dns", "ip", "san-email", "san-uri", "ou"):
-            self[name] = []
-
-    def opt_ou(self, unit: str) -> None:
-        """
-        An organisational unit (OU) in the subject, which policy rules can
-        grant roles by (repeatable).
-        """
-        if not 1 <= len(unit) <= 64 or not unit.isprintable():
-            raise usage.UsageError("--ou takes 1 to 64 printable characters")
-        self["ou"].append(unit)
-
-    def opt_dns(self, name: str) -> None:
-        """
-        A DNS name of the server (repeatable). [default: NAME]
-        """
-        self["dns"].append(name)
-
-    def opt_ip(self, address: str) -> None:
-        """
-        An IP address of the server (repeatable).
-        """
-        self["ip"].append(address)
-
-    def opt_san_email(self, address: str) -> None:
-        """
-        An e-mail address in the subject alternative name (repeatable).
-        """
-        self["san-email"].append(address)
-
-    def opt_san_uri(self, uri: str) -> None:
-        """
-        A URI in the subject alternative name (repeatable).
-        """
-        self["san-uri"].append(uri)
-
-    # usage.Options calls parseArgs with the words left on the line, as
-    # many as the subclass takes; Twisted types it as taking none.
-    def parseArgs(self, name: str) -> None:  # type: ignore[override]
-        self["name"] = name
-
-    def postOptions(self) -> None:
-        if (self["dns"] or self["ip"]) and not self["server"]:
-            raise usage.UsageError("--dns and --ip are for --server certificates")
-
-    def request(self) -> Request:
-        return Request(
-            self["name"],
-            server=self["server"],
-            names=pki.Names(
-                dns=tuple(self["dns"]),
-                ips=tuple(self["ip"]),
-                emails=tuple(self["san-email"]),
-                uris=tuple(self["san-uri"]),
-            ),
-            days=self["days"],
-            rsa_bits=self["rsa"],
-            replace=self["force"],
-            units=tuple(self["ou"]),
-        )
-
-
-class RevokeOptions(_DirOptions):
-    """
-    secmsg pki revoke NAME|SERIAL [--reason WORD]
-    """
-
-    synopsis = "NAME|SERIAL [--reason WORD]"
-    optParameters = [
-        [
-            "reason",
-            None,
-            "unspecified",
-            f"Why: one of {', '.join(REVOCATION_REASONS)}.",
-        ],
-    ]
-
-    # usage.Options calls parseArgs with the words left on the line, as
-    # many as the subclass takes; Twisted types it as taking none.
-    def parseArgs(self, name_or_serial: str) -> None:  # type: ignore[override]
-        self["which"] = name_or_serial
-
-
-class CRLOptions(_DirOptions):
-    """
-    secmsg pki crl [--days N]
-    """
-
-    synopsis = "[--days N]"
-
-    optParameters = [
-        ["days", None, pki.CRL_DAYS, "Days until the CRL's next update.", _days],
-    ]
-
-
-class ListOptions(_DirOptions):
-    """
-    secmsg pki list
-    """
-
-
-class Options(_DirOptions):
-    """
-    secmsg pki [--dir DIR] init|issue|revoke|crl|list ...
-    """
-
-    synopsis = "[--dir DIR] init|issue|revoke|crl|list ..."
+    synopsis = "[--dir DIR] init|request|sign|issue|renew|revoke|crl|list ..."
+    longdesc = (
+        "Run a certificate authority for secmsg in a directory: make the CA, "
+        "sign users' requests or issue keys and certificates, renew, revoke, "
+        "and sign the CRL the daemon reads."
+    )
     subCommands = [
-        ["init", None, InitOptions, "Make a CA in DIR (ECDSA P-256 unless --rsa)."],
-        ["issue", None, IssueOptions, "Issue a client or server certificate."],
-        ["revoke", None, RevokeOptions, "Revoke certificates and write a fresh CRL."],
+        ["init", None, InitOptions, "Make a CA, a root CA or an issuing CA in DIR."],
+        ["request", None, RequestOptions, "On a user's machine: make a key and a CSR."],
+        ["sign", None, SignOptions, "Sign a client certificate for a request."],
+        ["issue", None, IssueOptions, "Make a key and a certificate for NAME."],
+        ["renew", None, RenewOptions, "Replace NAME's certificate, revoking the old."],
+        ["revoke", None, RevokeOptions, "Revoke certificates and sign a fresh CRL."],
         ["crl", None, CRLOptions, "Sign the CRL again with a new next update."],
-        ["list", None, ListOptions, "List what the CA has issued."],
+        ["list", None, ListOptions, "List what the CA has issued, or what expires."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(
-                "give a pki command: init, issue, revoke, crl or list"
+                "give a pki command: init, request, sign, issue, renew, revoke, "
+                "crl or list"
             )
 
 
-def run(options: Options, now: datetime) -> list[str]:
+def run(options: Options, now: datetime) -> tuple[list[str], int]:
     """
     Carry out a parsed C{secmsg pki} command.
 
-    @return: the lines to print.
+    @return: the lines to print, and the exit status.
     @raise AuthorityError: the request cannot be carried out; nothing changed.
     @raise secmsg.errors.ConfigurationError: a file of the CA is unreadable
         or damaged.
@@ -243,72 +99,185 @@ def run(options: Options, now: datetime) -> list[str]:
     sub = options.subOptions
     directory = sub.directory(options)
     if options.subCommand == "init":
-        return _init(directory, sub, now)
-    with open_authority(directory) as authority:
-        if options.subCommand == "issue":
-            return _issue(authority, sub.request(), now)
-        if options.subCommand == "revoke":
-            return _revoke(authority, sub["which"], sub["reason"], now)
-        if options.subCommand == "crl":
-            crl = authority.sign_crl(now, sub["days"])
-            number = authority.inventory.crl_number
-            return [
-                f"signed {authority.crl_path} (CRL number {number}, "
-                f"next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC)"
-            ]
-        return format_table(authority.inventory.records, now)
+        return _init(directory, sub, now), 0
+    if options.subCommand == "request":
+        return _request(directory, sub), 0
+    if options.subCommand == "list":
+        with open_authority(directory) as authority:
+            return _list(authority, sub, now)
+    passphrase = passphrase_source(sub["passphrase-fd"], str(directory / "ca.key"))
+    with open_authority(directory, passphrase) as authority:
+        return _signing_command(authority, options, now), 0
+
+
+def _signing_command(
+    authority: CertificateAuthority, options: Options, now: datetime
+) -> list[str]:
+    command, sub = options.subCommand, options.subOptions
+    if command == "issue":
+        return _issued(authority, authority.issue(sub.request(), now))
+    if command == "sign":
+        return _sign(authority, sub, now)
+    if command == "renew":
+        return _renew(authority, sub, now)
+    if command == "revoke":
+        return _revoke(authority, sub["which"], sub["reason"], now)
+    return _crl(authority, sub, now)
 
 
 def _init(directory: Path, options: InitOptions, now: datetime) -> list[str]:
+    passphrase = None
+    if options["passphrase"] or options["passphrase-fd"] is not None:
+        passphrase = new_passphrase(options["passphrase-fd"])
     try:
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, options["cn"])]
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, options.common_name())]
         if options["org"]:
             attributes.append(
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, options["org"])
             )
-        authority = create_authority(
+        subject = x509.Name(attributes)
+    except ValueError as error:
+        # cryptography's words for a --cn or --org it cannot encode.
+        raise AuthorityError(f"--cn or --org: {error}") from None
+    if options["intermediate"]:
+        return _init_issuing(directory, options, subject, passphrase, now)
+    authority = create_authority(
+        directory,
+        subject,
+        now,
+        days=options["days"] or pki.CA_DAYS,
+        rsa_bits=options["rsa"],
+        replace=options["force"],
+        root=options["root"],
+        passphrase=passphrase,
+    )
+    lines = _made(authority, "a root CA" if options["root"] else "a CA")
+    if options["root"]:
+        lines[1:] = [
+            f"  next:  secmsg pki init ISSUINGDIR --intermediate --root-dir "
+            f"{directory}, then keep {directory} offline",
+        ]
+    return lines
+
+
+def _init_issuing(
+    directory: Path,
+    options: InitOptions,
+    subject: x509.Name,
+    passphrase: bytes | None,
+    now: datetime,
+) -> list[str]:
+    root_directory = Path(options["root-dir"])
+    root_passphrase = passphrase_source(
+        options["root-passphrase-fd"], str(root_directory / "ca.key")
+    )
+    with open_authority(root_directory, root_passphrase) as root:
+        authority = create_issuing_authority(
             directory,
-            x509.Name(attributes),
+            root,
+            subject,
             now,
             days=options["days"],
             rsa_bits=options["rsa"],
             replace=options["force"],
+            passphrase=passphrase,
         )
-    except ValueError as error:
-        # cryptography's words for a --cn or --org it cannot encode.
-        raise AuthorityError(f"--cn or --org: {error}") from None
-    certificate = authority.ca.certificate
+    lines = _made(authority, f"an issuing CA under {root_directory}")
+    lines.append(
+        f"  the root's CRL is copied in; bring a new one with: secmsg pki --dir "
+        f"{directory} crl --root-crl FILE"
+    )
+    return lines
+
+
+def _made(authority: CertificateAuthority, what: str) -> list[str]:
+    directory, certificate = authority.directory, authority.certificate
     return [
-        f"made a CA in {directory}: {certificate.subject.rfc4514_string()}, "
+        f"made {what} in {directory}: {certificate.subject.rfc4514_string()}, "
         f"valid until {certificate.not_valid_after_utc:%Y-%m-%d}",
         f"  give the daemon:  ca = {directory / 'ca.pem'}, crl = {authority.crl_path}",
         f"  keep private:     {directory / 'ca.key'}",
     ]
 
 
-def _issue(
-    authority: CertificateAuthority, request: Request, now: datetime
-) -> list[str]:
-    earlier = [
-        r
-        for r in authority.inventory.records
-        if r.name == request.name and r.revoked is None and r.not_after > now
+def _request(directory: Path, options: RequestOptions) -> list[str]:
+    key, csr = make_signing_request(
+        directory,
+        options["name"],
+        names=options.names(),
+        units=tuple(options["ou"]),
+        rsa_bits=options["rsa"],
+        replace=options["force"],
+    )
+    return [
+        f"made a key and a signing request for {options['name']}",
+        f"  private key:     {key} (0600; it stays on this machine)",
+        f"  signing request: {csr} (give this to the CA: secmsg pki sign {csr.name})",
     ]
-    try:
-        record, certificate, key = authority.issue(request, now)
-    except ValueError as error:
-        raise AuthorityError(str(error)) from None
+
+
+def _sign(
+    authority: CertificateAuthority, options: SignOptions, now: datetime
+) -> list[str]:
+    csr = load_signing_request(options["csr"])
+    issuance = sign_request(
+        authority,
+        csr,
+        options.grant(),
+        now,
+        days=options["days"],
+        replace=options["force"],
+    )
+    return _issued(authority, issuance, options["out"])
+
+
+def _renew(
+    authority: CertificateAuthority, options: RenewOptions, now: datetime
+) -> list[str]:
+    csr = load_signing_request(Path(options["csr"])) if options["csr"] else None
+    issuance = renew(
+        authority,
+        options["name"],
+        now,
+        days=options["days"],
+        rsa_bits=options["rsa"],
+        csr=csr,
+    )
+    return _issued(authority, issuance, options["out"])
+
+
+def _issued(
+    authority: CertificateAuthority, issuance: Issuance, out: str | None = None
+) -> list[str]:
+    record = issuance.record
     lines = [
         f"issued a {record.kind} certificate for {record.name}, serial "
         f"{record.serial:x}, valid until {record.not_after:%Y-%m-%d}",
-        f"  certificate: {certificate}",
-        f"  private key: {key} (0600; hand it to its owner only)",
+        f"  certificate: {issuance.certificate}",
     ]
+    if out is not None:
+        data = issuance.certificate.read_bytes()
+        pki.install_file(Path(out), data, private=False)
+        lines.append(f"  and a copy: {out} (for its owner)")
+    if issuance.key is not None:
+        lines.append(f"  private key: {issuance.key} (0600; hand it to its owner only)")
+    else:
+        lines.append("  private key: none here; it stays with its owner")
+    if issuance.ignored:
+        lines.append(
+            f"  ignored the request's own {', '.join(issuance.ignored)}: "
+            "the CA decides a certificate's extensions"
+        )
+    lines.extend(
+        f"  revoked the certificate it supersedes, {r.serial:x}; "
+        f"wrote {authority.crl_path} (a running daemon applies it on RELOAD or SIGHUP)"
+        for r in issuance.superseded
+    )
     lines.extend(
         f"  note: the earlier certificate {r.serial:x} for {r.name} stays valid "
         f"until it expires; revoke it with: "
         f"secmsg pki --dir {authority.directory} revoke {r.serial:x}"
-        for r in earlier
+        for r in issuance.earlier
     )
     return lines
 
@@ -326,6 +295,34 @@ def _revoke(
         "a running daemon applies it on RELOAD or SIGHUP"
     )
     return lines
+
+
+def _crl(
+    authority: CertificateAuthority, options: CRLOptions, now: datetime
+) -> list[str]:
+    lines = []
+    if options["root-crl"]:
+        number = take_root_crl(authority, Path(options["root-crl"]))
+        lines.append(f"took the root's CRL number {number} from {options['root-crl']}")
+    crl = authority.sign_crl(now, options["days"])
+    number = authority.inventory.crl_number
+    lines.append(
+        f"signed {authority.crl_path} (CRL number {number}, "
+        f"next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC)"
+    )
+    return lines
+
+
+def _list(
+    authority: CertificateAuthority, options: ListOptions, now: datetime
+) -> tuple[list[str], int]:
+    if options["expiring"] is None:
+        return format_table(authority.inventory.records, now), 0
+    within = timedelta(days=options["expiring"])
+    expiring = authority.inventory.expiring(now, within)
+    if not expiring:
+        return [], ListStatus.NONE_EXPIRING
+    return format_table(expiring, now), ListStatus.EXPIRING
 
 
 def format_table(records: list[Record], now: datetime) -> list[str]:

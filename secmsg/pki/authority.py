@@ -1,234 +1,179 @@
 """
 An operator's certificate authority in a directory, as C{secmsg pki} keeps it.
 
-    DIR/ca.pem, DIR/ca.key       the CA (the key 0600)
-    DIR/crl.pem                  its current CRL, which the daemon reads
+    DIR/ca.pem, DIR/ca.key       the CA (the key 0600, encrypted if asked);
+                                 an issuing CA's ca.pem holds its root after it
+    DIR/crl.pem                  its current CRL (and its root's), which the
+                                 daemon reads
+    DIR/root-crl.pem             an issuing CA's copy of its root's CRL
     DIR/inventory.json           every certificate issued, and revocations
-    DIR/clients/NAME.pem, .key   client certificates
+    DIR/clients/NAME.pem, .key   client certificates (no key for one signed
+                                 from a request)
     DIR/servers/NAME.pem, .key   server certificates
 
 The inventory is the authority's memory: the CRL is made from it, so a CRL
 can always be signed again, and C{list} reads it.  Every change takes the
 directory's lock and writes each file in one step, so that two commands
 at once cannot lose a revocation and the daemon never reads half a CRL.
+A CA of one level signs leaf certificates; a root (path length 1) signs
+only issuing CAs (path length 0), so that its key can stay offline.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import ipaddress
-import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.files import read_bytes
-from secmsg.pem import certificates_in, check_key_pair, private_key_in
+from secmsg.pem import certificates_in, check_key_pair
 from secmsg.pki import certificates as pki
-from secmsg.wire import NAME_TOKEN
-
-INVENTORY_VERSION = 1
+from secmsg.pki.inventory import REVOCATION_REASONS, Inventory, Record
+from secmsg.pki.keys import Passphrase, is_encrypted, load_key
+from secmsg.pki.requests import Request, check_name, check_rsa_bits, checked_names
 
 CA_FILES = ("ca.pem", "ca.key", "inventory.json")
 """The files that make a directory a CA's."""
 
-REVOCATION_REASONS = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key-compromise": x509.ReasonFlags.key_compromise,
-    "ca-compromise": x509.ReasonFlags.ca_compromise,
-    "affiliation-changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
-    "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
-}
-"""The words C{revoke --reason} takes, and the CRL reason each stands for;
-certificateHold is left out because secmsg's revocations are final."""
-
-_DNS_NAME = re.compile(
-    # No wildcards: a secmsg server certificate names the hosts it serves.
-    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-)
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
-_EMAIL = re.compile(r"[!-?A-~]+@[!-?A-~]+")
-
-
-@dataclass
-class Record:
-    """
-    One issued certificate, as the inventory remembers it.
-
-    @ivar kind: C{"client"}, C{"server"} or C{"ca"}.
-    @ivar revoked: when it was revoked, or L{None}.
-    @ivar reason: the C{--reason} word it was revoked for.
-    """
-
-    name: str
-    serial: int
-    kind: str
-    not_after: datetime
-    revoked: datetime | None = None
-    reason: str = "unspecified"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "serial": f"{self.serial:x}",
-            "kind": self.kind,
-            "not_after": self.not_after.isoformat(),
-            "revoked": self.revoked.isoformat() if self.revoked else None,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Record:
-        revoked = data["revoked"]
-        if data["reason"] not in REVOCATION_REASONS:
-            raise ValueError(f"unknown reason {data['reason']!r}")
-        return cls(
-            name=str(data["name"]),
-            serial=int(data["serial"], 16),
-            kind=str(data["kind"]),
-            not_after=_aware(data["not_after"]),
-            revoked=_aware(revoked) if revoked else None,
-            reason=data["reason"],
-        )
-
-
-@dataclass
-class Inventory:
-    """
-    What the authority has issued and revoked, and the last CRL number used.
-    """
-
-    records: list[Record] = field(default_factory=list)
-    crl_number: int = 0
-
-    def to_json(self) -> bytes:
-        document = {
-            "version": INVENTORY_VERSION,
-            "crl_number": self.crl_number,
-            "certificates": [record.to_json() for record in self.records],
-        }
-        return json.dumps(document, indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, path: Path) -> Inventory:
-        try:
-            document = json.loads(read_bytes(path))
-            if document["version"] != INVENTORY_VERSION:
-                raise ConfigurationError(
-                    str(path), f"inventory version {document['version']!r} unknown"
-                )
-            number = document["crl_number"]
-            if not isinstance(number, int) or isinstance(number, bool):
-                raise TypeError("crl_number is not a number")
-            return cls(
-                [Record.from_json(entry) for entry in document["certificates"]],
-                number,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as failure:
-            raise ConfigurationError(
-                str(path), f"not a secmsg inventory: {failure!r}"
-            ) from None
+ROOT_CRL_DAYS = 365
+"""How long a root's CRL lasts by default: a root is brought online
+rarely, and its CRL (which lists only issuing CAs) is signed then."""
 
 
 @dataclass(frozen=True)
-class Request:
+class Issuance:
     """
-    What C{secmsg pki issue} was asked for.
+    What issuing a certificate did.
 
-    @ivar name: the certificate's CN and its files' name.
-    @ivar server: a server certificate (serverAuth) rather than a client's.
-    @ivar names: its subject alternative names; a server certificate
-        without DNS names or IP addresses is made for C{name}.
-    @ivar days: how long it is valid; L{None} for a year, or until the CA
-        expires if that is sooner.
-    @ivar rsa_bits: an RSA key of this size, or L{None} for ECDSA P-256.
-    @ivar replace: whether existing files for C{name} may be replaced.
-    @ivar units: organisational units (OU) for its subject.
+    @ivar key: its new private key's file, or L{None} for a certificate
+        signed from a request, whose key the CA never saw.
+    @ivar superseded: the certificates for the same name it revoked.
+    @ivar earlier: those it left in force, as nothing was replaced.
+    @ivar ignored: the extensions a signing request asked for, which the
+        CA decided itself.
     """
 
-    name: str
-    server: bool = False
-    names: pki.Names = field(default_factory=pki.Names)
-    days: int | None = None
-    rsa_bits: int | None = None
-    replace: bool = False
-    units: tuple[str, ...] = ()
+    record: Record
+    certificate: Path
+    key: Path | None
+    superseded: list[Record]
+    earlier: list[Record]
+    ignored: tuple[str, ...] = ()
 
 
 class CertificateAuthority:
     """
-    A CA directory, opened for one command under its lock.
+    A CA directory, opened for one command under its lock.  Its key is read
+    when something is first signed, so that listing needs no passphrase.
     """
 
-    def __init__(self, directory: Path, ca: pki.Issued, inventory: Inventory) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        certificates: list[x509.Certificate],
+        inventory: Inventory,
+        passphrase: Passphrase | None = None,
+        key: pki.PrivateKey | None = None,
+    ) -> None:
+        """
+        @param certificates: its own certificate, then its root's for an
+            issuing CA.
+        @param key: its key, when it was just made; otherwise it is read
+            from C{ca.key} when first needed, with C{passphrase}.
+        """
         self.directory = directory
-        self.ca = ca
+        self.certificate = certificates[0]
+        self.chain = certificates[1:]
         self.inventory = inventory
+        self._passphrase = passphrase
+        self._signer = pki.Issued(self.certificate, key) if key else None
 
     @property
     def crl_path(self) -> Path:
         return self.directory / "crl.pem"
 
-    def issue(self, request: Request, now: datetime) -> tuple[Record, Path, Path]:
+    @property
+    def is_root(self) -> bool:
         """
-        Issue a certificate, write it and its key, and remember it.
+        Whether this CA may sign CAs (a root), rather than leaf certificates.
+        """
+        try:
+            constraints = self.certificate.extensions.get_extension_for_class(
+                x509.BasicConstraints
+            ).value
+        except x509.ExtensionNotFound:
+            return False
+        return bool(constraints.path_length)
 
-        @return: its record, its certificate file and its key file.
-        @raise AuthorityError: the request is invalid or would outlive the CA.
-        @raise ConfigurationError: its files exist and may not be replaced.
+    def signer(self) -> pki.Issued:
         """
-        _check_file_name(request.name)
+        The CA certificate with its key, read (and its passphrase asked
+        for) the first time.
+
+        @raise AuthorityError: the key's passphrase is wrong or missing.
+        @raise ConfigurationError: the key is not the CA certificate's.
+        """
+        if self._signer is None:
+            path = self.directory / "ca.key"
+            key = load_key(path, self._passphrase)
+            check_key_pair(key, path, self.certificate, self.directory / "ca.pem")
+            self._signer = pki.Issued(self.certificate, key)
+        return self._signer
+
+    def issue(self, request: Request, now: datetime) -> Issuance:
+        """
+        Issue a certificate, write it (and its key, unless it is for a
+        signing request's) and remember it; with C{request.replace}, revoke
+        the certificates in force for the same name as superseded once it
+        is written.
+
+        @raise AuthorityError: the request is invalid, would outlive the CA,
+            or its files exist and may not be replaced.
+        """
+        self._refuse_if_root()
+        check_name(request.name)
         check_rsa_bits(request.rsa_bits)
-        names = _checked_names(request)
+        names = checked_names(request)
         kind = "server" if request.server else "client"
-        folder = self.directory / f"{kind}s"
-        certificate_path = folder / f"{request.name}.pem"
-        key_path = folder / f"{request.name}.key"
-        if not request.replace:
-            for path in (certificate_path, key_path):
-                if path.exists():
-                    raise AuthorityError(
-                        f"{path} already exists; not overwritten (--force replaces it)"
-                    )
-        days = request.days
-        if days is None:
-            left = self.ca.certificate.not_valid_after_utc - now
-            days = max(1, min(pki.LEAF_DAYS, left.days))
-        self._check_lifetime("--days", now, days)
-        folder.mkdir(mode=0o700, exist_ok=True)
-        issued = pki.issue(
-            self.ca,
+        certificate_path, key_path = self._leaf_files(request, kind)
+        days = self._leaf_days(request.days, now)
+        earlier = self.inventory.in_force(request.name, kind, now)
+        key, public_key = None, request.public_key
+        if public_key is None:
+            key = pki.new_private_key(request.rsa_bits)
+            public_key = key.public_key()
+        certificate = pki.sign_leaf(
+            self.signer(),
+            public_key,
             request.name,
             now,
             days,
             server=request.server,
             names=names,
-            key=pki.new_private_key(request.rsa_bits),
             units=request.units,
         )
-        record = Record(
-            request.name,
-            issued.certificate.serial_number,
-            kind,
-            issued.certificate.not_valid_after_utc,
-        )
+        expires = certificate.not_valid_after_utc
+        record = Record(request.name, certificate.serial_number, kind, expires)
         self.inventory.records.append(record)
-        self._save_inventory()
-        pki.install_file(key_path, pki.private_pem(issued.key), private=True)
-        pki.install_file(certificate_path, pki.pem(issued.certificate), private=False)
-        return record, certificate_path, key_path
+        self.save_inventory()
+        _write_leaf([certificate, *self.issuers()], key, certificate_path, key_path)
+        superseded = earlier if request.replace else []
+        if superseded:
+            self._revoke_records(superseded, "superseded", now)
+        return Issuance(
+            record,
+            certificate_path,
+            key_path if key is not None else None,
+            superseded,
+            [] if request.replace else earlier,
+        )
 
     def revoke(self, name_or_serial: str, reason: str, now: datetime) -> list[Record]:
         """
@@ -249,7 +194,46 @@ class CertificateAuthority:
                 f"nothing to revoke: {name_or_serial!r} {already} "
                 "(secmsg pki list shows what is)"
             )
-        for record in unrevoked:
+        self._revoke_records(unrevoked, reason, now)
+        return unrevoked
+
+    def sign_crl(
+        self, now: datetime, days: int | None = None
+    ) -> x509.CertificateRevocationList:
+        """
+        Sign and write a CRL of every revocation, with the next CRL number;
+        an issuing CA writes its root's CRL after its own, so that the one
+        file holds every CRL the daemon needs.  The inventory is saved
+        first, so that a crash between the two leaves a CRL that C{secmsg
+        pki crl} can sign again.
+
+        @param days: until its next update; L{None} for a month, or for a
+            year from a root.
+        @raise AuthorityError: the CRL would outlive the CA.
+        """
+        if days is None:
+            days = ROOT_CRL_DAYS if self.is_root else pki.CRL_DAYS
+        self.check_lifetime("the CRL's --days", now, days)
+        signer = self.signer()
+        self.inventory.crl_number += 1
+        self.save_inventory()
+        revoked = [
+            pki.Revocation(r.serial, r.revoked, REVOCATION_REASONS[r.reason])
+            for r in self.inventory.records
+            if r.revoked is not None
+        ]
+        crl = pki.sign_crl(signer, now, self.inventory.crl_number, revoked, days)
+        data = pki.pem(crl)
+        if self.chain:
+            data += read_bytes(self.directory / "root-crl.pem")
+        pki.install_file(self.crl_path, data, private=False)
+        return crl
+
+    def _revoke_records(
+        self, records: list[Record], reason: str, now: datetime
+    ) -> None:
+        self.signer()
+        for record in records:
             record.revoked = now
             record.reason = reason
         try:
@@ -259,38 +243,57 @@ class CertificateAuthority:
                 f"the revocation is in the inventory but the CRL was not written "
                 f"({error}); write it with: secmsg pki --dir {self.directory} crl"
             ) from None
-        return unrevoked
 
-    def sign_crl(
-        self, now: datetime, days: int = pki.CRL_DAYS
-    ) -> x509.CertificateRevocationList:
+    def issuers(self) -> list[x509.Certificate]:
         """
-        Sign and write a CRL of every revocation, with the next CRL number.
-        The inventory is saved first, so that a crash between the two leaves
-        a CRL that C{secmsg pki crl} can sign again.
-
-        @raise AuthorityError: the CRL would outlive the CA.
+        What a certificate of this CA is written with after it: nothing for
+        a CA of one level; for an issuing CA, itself, so that a server
+        presents the chain up to the root (a daemon's C{cert} is a chain,
+        leaf first), which is all a peer trusting the root alone needs.
         """
-        self._check_lifetime("the CRL's --days", now, days)
-        self.inventory.crl_number += 1
-        self._save_inventory()
-        revoked = [
-            pki.Revocation(r.serial, r.revoked, REVOCATION_REASONS[r.reason])
-            for r in self.inventory.records
-            if r.revoked is not None
-        ]
-        crl = pki.sign_crl(self.ca, now, self.inventory.crl_number, revoked, days)
-        pki.install_file(self.crl_path, pki.pem(crl), private=False)
-        return crl
+        return [self.certificate] if self.chain else []
 
-    def _check_lifetime(self, what: str, now: datetime, days: int) -> None:
-        expires = self.ca.certificate.not_valid_after_utc
+    def check_lifetime(self, what: str, now: datetime, days: int) -> None:
+        """
+        @raise AuthorityError: C{days} from C{now} is less than a day or
+            would outlive this CA.
+        """
+        expires = self.certificate.not_valid_after_utc
         if days < 1:
             raise AuthorityError(f"{what} must be at least 1, not {days}")
         if now + timedelta(days=days) > expires:
             raise AuthorityError(
                 f"{what} {days} would outlive the CA, which expires {expires:%Y-%m-%d}"
             )
+
+    def _refuse_if_root(self) -> None:
+        if self.is_root:
+            raise AuthorityError(
+                f"{self.directory} is a root CA, which signs issuing CAs only "
+                f"(secmsg pki init DIR --intermediate --root-dir {self.directory}); "
+                "issue from one of those"
+            )
+
+    def _leaf_files(self, request: Request, kind: str) -> tuple[Path, Path]:
+        """
+        Where a leaf certificate and its key go, if they may.
+        """
+        folder = self.directory / f"{kind}s"
+        paths = folder / f"{request.name}.pem", folder / f"{request.name}.key"
+        if not request.replace:
+            for path in paths:
+                if path.exists():
+                    raise AuthorityError(
+                        f"{path} already exists; not overwritten (--force replaces it)"
+                    )
+        return paths
+
+    def _leaf_days(self, days: int | None, now: datetime) -> int:
+        if days is None:
+            left = self.certificate.not_valid_after_utc - now
+            days = max(1, min(pki.LEAF_DAYS, left.days))
+        self.check_lifetime("--days", now, days)
+        return days
 
     def _matching(self, name_or_serial: str) -> list[Record]:
         """
@@ -304,7 +307,10 @@ class CertificateAuthority:
         serial = _parse_serial(name_or_serial)
         return [r for r in issued if r.serial == serial]
 
-    def _save_inventory(self) -> None:
+    def save_inventory(self) -> None:
+        """
+        Write the inventory as it is now, in one step.
+        """
         pki.install_file(
             self.directory / "inventory.json", self.inventory.to_json(), private=False
         )
@@ -318,41 +324,126 @@ def create_authority(
     days: int = pki.CA_DAYS,
     rsa_bits: int | None = None,
     replace: bool = False,
+    root: bool = False,
+    passphrase: bytes | None = None,
 ) -> CertificateAuthority:
     """
-    Make a CA in C{directory} (created 0700 if missing) with an empty CRL.
+    Make a self-signed CA in C{directory} (created 0700 if missing) with an
+    empty CRL: one that signs leaf certificates or, with C{root}, one that
+    signs only issuing CAs (L{create_issuing_authority}).
 
+    @param passphrase: encrypt its key with this.
     @raise AuthorityError: the directory holds a CA and C{replace} is false,
         or the request is invalid.
     """
     check_rsa_bits(rsa_bits)
     if days < 1:
         raise AuthorityError(f"--days must be at least 1, not {days}")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(directory):
-        if not replace:
-            for name in CA_FILES:
-                if (directory / name).exists():
-                    raise AuthorityError(
-                        f"{directory / name} already exists; not overwritten "
-                        "(--force replaces the CA, and every certificate it "
-                        "issued stops being trusted)"
-                    )
-        ca = pki.create_ca(subject, now, days, pki.new_private_key(rsa_bits))
-        pki.install_file(directory / "ca.key", pki.private_pem(ca.key), private=True)
-        pki.install_file(directory / "ca.pem", pki.pem(ca.certificate), private=False)
-        record = Record(
-            "ca", ca.certificate.serial_number, "ca", ca.certificate.not_valid_after_utc
+    with _new_directory(directory, replace):
+        key = pki.new_private_key(rsa_bits)
+        ca = pki.create_ca(subject, now, days, key, path_length=1 if root else 0)
+        return _install(directory, ca, [], passphrase, now)
+
+
+def create_issuing_authority(
+    directory: Path,
+    root: CertificateAuthority,
+    subject: x509.Name,
+    now: datetime,
+    *,
+    days: int | None = None,
+    rsa_bits: int | None = None,
+    replace: bool = False,
+    passphrase: bytes | None = None,
+) -> CertificateAuthority:
+    """
+    Make in C{directory} an issuing CA (path length 0) signed by C{root},
+    remembered in the root's inventory so that the root can revoke it.
+    Its C{ca.pem} holds it and then the root, and its C{crl.pem} its CRL
+    and then the root's: the two files the daemon needs, as for a CA of
+    one level.
+
+    @param days: its lifetime; L{None} for as long as the root has left.
+    @raise AuthorityError: C{root} is not a root, its directory is this
+        one, the new CA would outlive it or bear its name, or the directory
+        already holds a CA.
+    """
+    if not root.is_root:
+        raise AuthorityError(
+            f"{root.directory} is not a root CA (secmsg pki init DIR --root makes one)"
         )
-        authority = CertificateAuthority(directory, ca, Inventory([record]))
-        authority.sign_crl(now)
-        return authority
+    if directory.resolve() == root.directory.resolve():
+        raise AuthorityError("the issuing CA needs a directory of its own")
+    if subject == root.certificate.subject:
+        raise AuthorityError("the issuing CA needs a name (--cn) other than its root's")
+    check_rsa_bits(rsa_bits)
+    if days is None:
+        days = (root.certificate.not_valid_after_utc - now).days
+    root.check_lifetime("--days", now, days)
+    root_crl = read_bytes(root.crl_path)
+    # The root's passphrase first: a wrong one leaves no directory behind.
+    signer = root.signer()
+    with _new_directory(directory, replace):
+        key = pki.new_private_key(rsa_bits)
+        ca = pki.create_ca(subject, now, days, key, issuer=signer)
+        root.inventory.records.append(
+            Record(
+                _common_name(subject),
+                ca.certificate.serial_number,
+                "issuing",
+                ca.certificate.not_valid_after_utc,
+            )
+        )
+        root.save_inventory()
+        pki.install_file(directory / "root-crl.pem", root_crl, private=False)
+        return _install(directory, ca, [root.certificate], passphrase, now)
+
+
+def take_root_crl(authority: CertificateAuthority, path: Path) -> int:
+    """
+    Keep a fresh CRL of an issuing CA's root (signed while the root was
+    online), for the next L{CertificateAuthority.sign_crl} to write after
+    the issuing CA's own.
+
+    @return: the root CRL's number.
+    @raise AuthorityError: this CA has no root, the file is not a CRL
+        signed by it, or it is older than the one in use; nothing is
+        changed then.
+    """
+    if not authority.chain:
+        raise AuthorityError(
+            f"{authority.directory} is not an issuing CA; --root-crl is for one"
+        )
+    authority.signer()  # the CRL is signed next: refuse a wrong passphrase first
+    root = authority.chain[0]
+    try:
+        crl = x509.load_pem_x509_crl(read_bytes(path))
+    except ValueError:
+        raise AuthorityError(f"{path} holds no PEM CRL") from None
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+        raise AuthorityError(f"{path} is not a CRL signed by the root in ca.pem")
+    kept = authority.directory / "root-crl.pem"
+    number, in_use = (
+        _crl_number(crl),
+        _crl_number(x509.load_pem_x509_crl(read_bytes(kept))),
+    )
+    if number < in_use:
+        raise AuthorityError(
+            f"{path} is CRL number {number}, older than the root's CRL in use "
+            f"({in_use})"
+        )
+    pki.install_file(kept, pki.pem(crl), private=False)
+    return number
 
 
 @contextmanager
-def open_authority(directory: Path) -> Iterator[CertificateAuthority]:
+def open_authority(
+    directory: Path, passphrase: Passphrase | None = None
+) -> Iterator[CertificateAuthority]:
     """
-    The CA in C{directory}, held under its lock for the C{with} block.
+    The CA in C{directory}, held under its lock for the C{with} block.  An
+    unencrypted key is checked at once; an encrypted one, with its
+    passphrase, when something is first signed.
 
     @raise AuthorityError: it holds no CA.
     @raise ConfigurationError: its CA is damaged, or its key is not the
@@ -364,14 +455,78 @@ def open_authority(directory: Path) -> Iterator[CertificateAuthority]:
             f"secmsg pki init {directory}"
         )
     with _locked(directory):
-        certificate_path, key_path = directory / "ca.pem", directory / "ca.key"
-        certificate = certificates_in(
-            read_bytes(certificate_path), certificate_path, "CA certificate"
-        )[0]
-        key = private_key_in(read_bytes(key_path), key_path)
-        check_key_pair(key, key_path, certificate, certificate_path)
+        path = directory / "ca.pem"
+        certificates = certificates_in(read_bytes(path), path, "CA certificate")
         inventory = Inventory.from_json(directory / "inventory.json")
-        yield CertificateAuthority(directory, pki.Issued(certificate, key), inventory)
+        authority = CertificateAuthority(directory, certificates, inventory, passphrase)
+        if not is_encrypted(directory / "ca.key"):
+            authority.signer()
+        yield authority
+
+
+@contextmanager
+def _new_directory(directory: Path, replace: bool) -> Iterator[None]:
+    """
+    C{directory}, created 0700 if missing and locked, if it holds no CA or
+    C{replace} allows replacing it.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _locked(directory):
+        if not replace:
+            for name in CA_FILES:
+                if (directory / name).exists():
+                    raise AuthorityError(
+                        f"{directory / name} already exists; not overwritten "
+                        "(--force replaces the CA, and every certificate it "
+                        "issued stops being trusted)"
+                    )
+        yield
+
+
+def _install(
+    directory: Path,
+    ca: pki.Issued,
+    chain: list[x509.Certificate],
+    passphrase: bytes | None,
+    now: datetime,
+) -> CertificateAuthority:
+    """
+    Write a new CA's key, certificate (and chain), inventory and first CRL.
+    """
+    key_pem = pki.private_pem(ca.key, passphrase)
+    pki.install_file(directory / "ca.key", key_pem, private=True)
+    pki.install_file(
+        directory / "ca.pem", pki.pem(ca.certificate, *chain), private=False
+    )
+    certificate = ca.certificate
+    record = Record(
+        "ca", certificate.serial_number, "ca", certificate.not_valid_after_utc
+    )
+    authority = CertificateAuthority(
+        directory, [certificate, *chain], Inventory([record]), key=ca.key
+    )
+    authority.sign_crl(now)
+    return authority
+
+
+def _write_leaf(
+    chain: list[x509.Certificate],
+    key: pki.PrivateKey | None,
+    certificate_path: Path,
+    key_path: Path,
+) -> None:
+    """
+    Write a leaf certificate (and the issuing CA after it, if any) and, if
+    the CA made it, its key.  For one signed from a request, a key left
+    from the certificate it replaces is removed: it no longer matches the
+    certificate beside it.
+    """
+    certificate_path.parent.mkdir(mode=0o700, exist_ok=True)
+    if key is not None:
+        pki.install_file(key_path, pki.private_pem(key), private=True)
+    pki.install_file(certificate_path, pki.pem(*chain), private=False)
+    if key is None:
+        key_path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -384,56 +539,16 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
-def check_rsa_bits(rsa_bits: int | None) -> None:
-    """
-    @raise AuthorityError: C{rsa_bits} is neither L{None} (ECDSA) nor a size
-        secmsg makes.
-    """
-    if rsa_bits is not None and rsa_bits not in pki.RSA_SIZES:
-        sizes = " or ".join(str(size) for size in pki.RSA_SIZES)
-        raise AuthorityError(f"RSA keys are {sizes} bits, not {rsa_bits}")
+def _common_name(subject: x509.Name) -> str:
+    names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else subject.rfc4514_string()
 
 
-def _check_file_name(name: str) -> None:
-    if not NAME_TOKEN.fullmatch(name) or name.startswith("."):
-        raise AuthorityError(
-            f"{name!r} is not a usable name: letters, digits and ._@+-, "
-            "1 to 64 characters, not starting with a dot"
-        )
-
-
-def _checked_names(request: Request) -> pki.Names:
-    names = request.names
-    if request.server and not (names.dns or names.ips):
-        names = dataclasses.replace(names, dns=(request.name,))
-    for host in names.dns:
-        if _is_ip_address(host) or not _DNS_NAME.fullmatch(host):
-            raise AuthorityError(f"{host!r} is not a DNS name (--ip takes addresses)")
-    for address in names.ips:
-        if not _is_ip_address(address):
-            raise AuthorityError(f"{address!r} is not an IP address")
-    for email in names.emails:
-        if not _EMAIL.fullmatch(email):
-            raise AuthorityError(f"{email!r} is not an e-mail address")
-    for uri in names.uris:
-        if not _URI.fullmatch(uri):
-            raise AuthorityError(f"{uri!r} is not a URI")
-    return names
-
-
-def _aware(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    return moment
-
-
-def _is_ip_address(text: str) -> bool:
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
     try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def _parse_serial(text: str) -> int | None:

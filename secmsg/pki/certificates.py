@@ -1,6 +1,7 @@
 """
-Certificates for secmsg, made with cryptography: CAs, server and client
-certificates, and CRLs, each a function of its arguments and the time
+Certificates for secmsg, made with cryptography: CAs (roots and the
+issuing CAs under them), server and client certificates, signing requests
+and CRLs, each a function of its arguments and the time
 given; and writing a file in one step.  Which files a CA keeps, and
 whether one may be replaced, is L{secmsg.pki.authority}'s business.
 
@@ -31,6 +32,7 @@ RSA_SIZES = (3072, 4096)
 """RSA moduli we make; smaller ones fall short of 128-bit security."""
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 _BACKDATE = timedelta(minutes=5)
 """How far before now a certificate starts, for peers whose clocks lag."""
@@ -96,19 +98,33 @@ def create_ca(
     now: datetime,
     days: int = CA_DAYS,
     key: PrivateKey | None = None,
+    *,
+    path_length: int = 0,
+    issuer: Issued | None = None,
 ) -> Issued:
     """
-    A self-signed CA that may sign leaf certificates and CRLs, nothing more:
-    its path length of 0 forbids it to sign other CAs.
+    A CA that may sign certificates and CRLs, nothing more: self-signed, or
+    signed by C{issuer} (an issuing CA under a root).
+
+    @param path_length: how many CAs may stand below it: 0 for a CA that
+        signs leaf certificates only, 1 for a root over issuing CAs.
     """
     key = key or new_private_key()
-    certificate = (
-        _builder(subject, subject, key.public_key(), now, days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    signing_key = issuer.key if issuer else key
+    issuer_name = issuer.certificate.subject if issuer else subject
+    builder = (
+        _builder(subject, issuer_name, key.public_key(), now, days)
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=path_length), critical=True
+        )
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .sign(key, hashes.SHA256())
     )
-    return Issued(certificate, key)
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+    return Issued(builder.sign(signing_key, hashes.SHA256()), key)
 
 
 def issue(
@@ -123,24 +139,54 @@ def issue(
     units: tuple[str, ...] = (),
 ) -> Issued:
     """
-    A leaf certificate signed by C{ca}: for a client (clientAuth) or, with
-    C{server}, for a server (serverAuth).
+    A new key and a leaf certificate for it signed by C{ca}, as
+    L{sign_leaf} makes one.
+    """
+    key = key or new_private_key()
+    certificate = sign_leaf(
+        ca,
+        key.public_key(),
+        common_name,
+        now,
+        days,
+        server=server,
+        names=names,
+        units=units,
+    )
+    return Issued(certificate, key)
+
+
+def sign_leaf(
+    ca: Issued,
+    public_key: PublicKey,
+    common_name: str,
+    now: datetime,
+    days: int = LEAF_DAYS,
+    *,
+    server: bool = False,
+    names: Names = Names(),
+    units: tuple[str, ...] = (),
+) -> x509.Certificate:
+    """
+    A leaf certificate for C{public_key} signed by C{ca}: for a client
+    (clientAuth) or, with C{server}, for a server (serverAuth).  Every
+    extension is decided here, whoever holds the key and whatever a
+    signing request asked for.
 
     @param units: organisational units for the subject (OU), which policy
         rules can grant roles by.
     """
-    key = key or new_private_key()
-    subject = x509.Name(
-        [
-            *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, u) for u in units),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
     usage = (
         ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     )
     builder = (
-        _builder(subject, ca.certificate.subject, key.public_key(), now, days)
+        _builder(
+            leaf_subject(common_name, units),
+            ca.certificate.subject,
+            public_key,
+            now,
+            days,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -154,7 +200,41 @@ def issue(
         builder = builder.add_extension(
             x509.SubjectAlternativeName(general_names), critical=False
         )
-    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def leaf_subject(common_name: str, units: tuple[str, ...] = ()) -> x509.Name:
+    """
+    The subject of a leaf certificate: its organisational units, then its CN.
+    """
+    return x509.Name(
+        [
+            *(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, u) for u in units),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def signing_request(
+    key: PrivateKey,
+    common_name: str,
+    *,
+    names: Names = Names(),
+    units: tuple[str, ...] = (),
+) -> x509.CertificateSigningRequest:
+    """
+    A certificate signing request for C{key}, asking for what a client
+    certificate would hold; the CA decides what it grants.
+    """
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        leaf_subject(common_name, units)
+    )
+    general_names = names.general_names()
+    if general_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(general_names), critical=False
+        )
+    return builder.sign(key, hashes.SHA256())
 
 
 def sign_crl(
@@ -195,21 +275,29 @@ def sign_crl(
     return builder.sign(ca.key, hashes.SHA256())
 
 
-def pem(*objects: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+def pem(
+    *objects: x509.Certificate
+    | x509.CertificateRevocationList
+    | x509.CertificateSigningRequest,
+) -> bytes:
     """
-    Certificates or CRLs as one PEM bundle.
+    Certificates, CRLs or signing requests as one PEM bundle.
     """
     return b"".join(o.public_bytes(serialization.Encoding.PEM) for o in objects)
 
 
-def private_pem(key: PrivateKey) -> bytes:
+def private_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     """
-    A private key as unencrypted PKCS#8 PEM, for a file only its owner reads.
+    A private key as PKCS#8 PEM, for a file only its owner reads: encrypted
+    with C{passphrase} (the best encryption cryptography offers) if given.
     """
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
     return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
 
 
@@ -246,7 +334,7 @@ def install_file(path: Path, data: bytes, *, private: bool) -> None:
 def _builder(
     subject: x509.Name,
     issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    public_key: PublicKey,
     now: datetime,
     days: int,
 ) -> x509.CertificateBuilder:

@@ -14,7 +14,8 @@ from cryptography.x509.oid import NameOID
 
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
-from secmsg.pki.authority import CA_FILES, Request, create_authority, open_authority
+from secmsg.pki.authority import CA_FILES, create_authority, open_authority
+from secmsg.pki.requests import Request
 
 DEVELOPMENT_USERS = {"admin": ["admin"], "alice": ["user"], "bob": ["user"]}
 
