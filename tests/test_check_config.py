@@ -387,12 +387,24 @@ class WarningTests(SynchronousTestCase):
         )
         self.assertIn("no CRL of the CA CN=old CA", warnings[1])
 
-    def test_crl_next_update_within_thirty_days(self) -> None:
+    def test_crl_just_signed_is_not_a_warning(self) -> None:
         """
-        A CRL due within 30 days is a warning naming its issuer and how to
-        renew it.
+        A CRL signed for the usual 30 days is fine: a warning for it would
+        greet every operator who has just run secmsg pki crl.
         """
-        self.configuration.write("crl.pem", self.configuration.ca.crl_pem())
+        self.configuration.write(
+            "crl.pem", self.configuration.ca.crl_pem(next_update=timedelta(days=30))
+        )
+        self.assertEqual(self.warnings(), [])
+
+    def test_crl_next_update_within_a_week(self) -> None:
+        """
+        A CRL due within a week has missed its signing schedule: a warning
+        naming its issuer and how to renew it.
+        """
+        self.configuration.write(
+            "crl.pem", self.configuration.ca.crl_pem(next_update=timedelta(days=3))
+        )
         [warning] = self.warnings()
         self.assertTrue(
             warning.startswith(
@@ -400,7 +412,7 @@ class WarningTests(SynchronousTestCase):
                 "next update on"
             )
         )
-        self.assertIn("in 7 days; sign it again before then (secmsg pki crl)", warning)
+        self.assertIn("in 3 days; sign it again before then (secmsg pki crl)", warning)
 
     def test_crl_past_its_next_update(self) -> None:
         """

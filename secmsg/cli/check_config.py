@@ -42,7 +42,13 @@ from secmsg.wire import escape_controls
 
 WARN_WITHIN = timedelta(days=30)
 """How far ahead an expiring certificate or CRL is worth a warning: time
-to issue or sign a new one without hurry."""
+to issue a new one without hurry."""
+
+CRL_WARN_WITHIN = timedelta(days=7)
+"""How far ahead a CRL's next update is worth a warning.  A CRL is signed
+for 30 days and signed again on a schedule (weekly, by the units in
+contrib/systemd), so a CRL with a week left has missed several runs; a
+30-day window would warn about every CRL just signed."""
 
 _FILES = ("cert", "key", "ca", "crl", "policy", "data-dir")
 
@@ -329,7 +335,7 @@ def _check_crls(
     findings.warnings += [f"{path}: {stale}" for stale in trust.stale_crls(now)]
     for crl in crls:
         left = crl.next_update_utc - now if crl.next_update_utc else None
-        if left is not None and timedelta(0) <= left < WARN_WITHIN:
+        if left is not None and timedelta(0) <= left < CRL_WARN_WITHIN:
             findings.warnings.append(
                 f"{path}: the CRL of {describe_issuer(crl)} has its next update on "
                 f"{crl.next_update_utc:%Y-%m-%d %H:%M}Z, {_in(left)}; sign it again "
