@@ -66,6 +66,23 @@ class GreetingAndHelpTests(SynchronousTestCase):
             self.assertEqual(lines[-1], f"211 {len(listed)} commands")
             self.assertTrue(all(line.startswith("211-") for line in lines[:-1]))
 
+    def test_help_columns_line_up(self) -> None:
+        """
+        HELP's summaries start in one column, past the longest usage and
+        two spaces, whatever the commands listed.
+        """
+        admin = Network().connect("admin")
+        admin.take()
+        lines = admin.send("HELP")[:-1]
+        specs = [wire.COMMANDS[line[4:].split()[0]] for line in lines]
+        columns = {
+            line.index(spec.summary) for line, spec in zip(lines, specs, strict=True)
+        }
+        widest = max(len(spec.usage) for spec in specs)
+        self.assertEqual(columns, {len("211-") + widest + 2})
+        for line, spec in zip(lines, specs, strict=True):
+            self.assertEqual(line[4:].split("  ")[0], spec.usage)
+
     def test_whoami_lists_certificate_and_grant(self) -> None:
         """
         WHOAMI shows identity, roles, commands, subject and expiry.

@@ -130,11 +130,10 @@ class Commands:
 
     def help(self, session: Session) -> bytes:
         allowed = session.avatar.commands
-        lines = [
-            f"{spec.usage:<26} {spec.summary}"
-            for verb, spec in wire.COMMANDS.items()
-            if verb in allowed
-        ]
+        specs = [spec for verb, spec in wire.COMMANDS.items() if verb in allowed]
+        # One column for the usages, as wide as the widest one shown.
+        width = max((len(spec.usage) for spec in specs), default=0)
+        lines = [f"{spec.usage:<{width}}  {spec.summary}" for spec in specs]
         return wire.listing(211, lines, f"{len(lines)} commands")
 
     def whoami(self, session: Session) -> bytes:
