@@ -486,8 +486,9 @@ class PushLine:
     A line the server sent unasked, split into its fields: C{MSG} id, time,
     sender and text; C{SAY} id, time, room, sender and text; C{BROADCAST}
     id, time, sender and text; C{KICKED} kicker and reason; C{CLOSED}
-    reason; C{NOTICE} text.  A line of no kind the client knows has C{kind}
-    C{""} and the whole line as its field.
+    reason; C{NOTICE} text; C{JOINED} and C{PARTED} room and identity;
+    C{ONLINE} and C{OFFLINE} identity.  A line of no kind the client knows
+    has C{kind} C{""} and the whole line as its field.
 
     @ivar redelivery: the message was pushed before (C{REDELIVERED} prefix).
     """
@@ -504,6 +505,10 @@ PUSH_WORDS = {
     "KICKED": 1,
     "CLOSED": 0,
     "NOTICE": 0,
+    "JOINED": 1,
+    "PARTED": 1,
+    "ONLINE": 0,
+    "OFFLINE": 0,
 }
 """How many single-word fields each push has before its free text."""
 

@@ -577,6 +577,7 @@ class WaitingLimitTests(SynchronousTestCase):
         alice, bob = network.connect("alice"), network.connect("bob")
         for session in (alice, bob):
             session.send("JOIN #ops")
+        alice.take()
         self.assertEqual(alice.send("MSG bob hi"), ["250 1"])
         bob.take()
         self.assertEqual(

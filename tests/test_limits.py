@@ -484,6 +484,7 @@ class RoomRuleTests(SynchronousTestCase):
         """
         self.alice.send("JOIN #news")
         self.admin.send("JOIN #news")
+        self.assertEqual(self.alice.take(), ["JOINED #news admin"])
         self.assertEqual(self.alice.send("SAY #news hi")[0][:3], "403")
         self.assertEqual(self.admin.send("SAY #news release today"), ["250 1"])
         self.assertEqual(

@@ -349,6 +349,7 @@ class RoutingTests(SynchronousTestCase):
         """
         self.assertEqual(self.alice.send("JOIN #Ops"), ["200 joined #ops"])
         self.assertEqual(self.bob.send("JOIN #ops"), ["200 joined #ops"])
+        self.assertEqual(self.alice.take(), ["JOINED #ops bob"])
         self.assertEqual(self.alice.send("SAY #ops deploy at 5"), ["250 1"])
         self.assertEqual(self.bob.take(), [f"SAY 1 {STAMP} #ops alice deploy at 5"])
         self.assertEqual(self.alice.take(), [])
@@ -373,6 +374,7 @@ class RoutingTests(SynchronousTestCase):
         self.bob.send("JOIN #ops")
         self.bob2.send("JOIN #ops")
         self.bob.send("JOIN #dev")
+        self.assertEqual(self.alice.take(), ["JOINED #ops bob"])
         self.assertEqual(
             self.alice.send("ROOMS"), ["211-#dev 1", "211-#ops 2", "211 2 rooms"]
         )
@@ -412,6 +414,7 @@ class RoutingTests(SynchronousTestCase):
         """
         self.alice.send("JOIN #ops")
         self.bob.send("JOIN #ops")
+        self.alice.take()
         refusal = ["400 text holds U+200B ZERO WIDTH SPACE, an invisible character"]
         for sender, line in (
             (self.alice, "MSG bob pay\u200bpal"),

@@ -15,6 +15,14 @@ from datetime import UTC, datetime
 
 from secmsg.wire import PushLine, ReplyLine, escape_controls
 
+_PRESENCE = {
+    "JOINED": "{1} joined {0}",
+    "PARTED": "{1} left {0}",
+    "ONLINE": "{0} is online",
+    "OFFLINE": "{0} went offline",
+}
+"""How each presence push is shown, by its fields."""
+
 
 def show_push(push: PushLine, arrived: datetime) -> str:
     """
@@ -41,6 +49,8 @@ def show_push(push: PushLine, arrived: datetime) -> str:
     if push.kind == "CLOSED":
         (reason,) = fields
         return f"{stamp} the server closed the session: {reason}"
+    if push.kind in _PRESENCE:
+        return f"{stamp} {_PRESENCE[push.kind].format(*fields)}"
     return f"{stamp} {fields[0]}"
 
 

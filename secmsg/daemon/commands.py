@@ -124,8 +124,10 @@ class Commands:
 
     def logged_in(self, session: Session) -> defer.Deferred[None]:
         """
-        A session has been greeted: send it what waited for it.
+        A session has been greeted: announce it to those who watch
+        presence, and send it what waited for it.
         """
+        self._hub.greeted(session)
         return self._delivery.catch_up(session, session.avatar)
 
     def help(self, session: Session) -> bytes:

@@ -87,20 +87,18 @@ class SessionProtocol(Protocol):
     buffer, the session stops reading the peer's commands (and answering
     those it has read) until the buffer drains, so that a client cannot make
     the daemon hold unbounded replies.  Messages from others are still
-    pushed, up to L{secmsg.daemon.outbox.BACKLOG_LIMIT}.
+    pushed, and presence announced, up to L{secmsg.daemon.outbox.BACKLOG_LIMIT}.
 
-    A session lives within its L{Limits}: its login must complete within
-    the handshake timeout, it is closed after the idle timeout without a
-    line from it, when its certificate expires, and after too many bad
-    lines or refusals for the rate in a row; each of these is said to the
-    peer when it can be, and recorded in the audit log.
+    A session lives within its L{Limits}: its login must complete within the
+    handshake timeout, it is closed after the idle timeout without a line
+    from it, when its certificate expires, and after too many bad lines or
+    refusals for the rate in a row; each is said to the peer when it can be,
+    and recorded in the audit log.
 
     @ivar address: where the peer connects from, C{host:port}.
-    @ivar host: the peer's address without its port, which the
-        per-address limit counts.
+    @ivar host: the peer's address without its port, for the per-address limit.
     @ivar avatar: the L{ISessionAvatar} once logged in, else L{None}.
-    @ivar certificate: the verified leaf certificate, once the handshake
-        has completed.
+    @ivar certificate: the verified leaf certificate, once the handshake is done.
     @ivar certificate_chain: the verified chain, leaf first.
     @ivar closing: the session is ending; nothing more is sent or read.
     """
@@ -290,9 +288,7 @@ class SessionProtocol(Protocol):
             self._throttle.read_on()
 
     def stopProducing(self) -> None:
-        """
-        The connection is going away; connectionLost follows.
-        """
+        """The connection is going away; connectionLost follows."""
         self.closing = True
 
     def finish(self) -> None:
@@ -307,6 +303,9 @@ class SessionProtocol(Protocol):
     def release(self) -> None:
         self._outbox.release()
         self._pipeline.answer_waiting()
+
+    def announce(self, line: bytes) -> None:
+        self._outbox.announce(line)
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
