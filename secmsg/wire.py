@@ -422,6 +422,9 @@ COMMANDS: dict[str, CommandSpec] = {
     ),
     "WHO": CommandSpec("WHO [#room]", "who is online, or in a room", _optional_room),
     "PING": CommandSpec("PING", "check that the server answers", _nothing),
+    "CAPS": CommandSpec(
+        "CAPS", "the protocol version, capabilities and limits", _nothing
+    ),
     "QUIT": CommandSpec("QUIT", "end the session", _nothing),
     "MSG": CommandSpec(
         "MSG <identity> <text>", "send a direct message", _identity_and_text

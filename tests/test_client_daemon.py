@@ -73,6 +73,8 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             result.stdout.splitlines(),
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 20/s, burst 60, 60 left",
                 "200 PONG",
                 "211-alice",

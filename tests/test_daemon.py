@@ -230,6 +230,8 @@ class DaemonTests(SynchronousTestCase):
             out.splitlines(),
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 20/s, burst 60, 60 left",
                 "200 PONG",
                 "221 bye",

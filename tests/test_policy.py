@@ -52,7 +52,7 @@ class GrantTests(SynchronousTestCase):
         self.assertEqual(grant.roles, ("guest",))
         self.assertEqual(
             grant.commands,
-            frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"}),
+            frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK", "CAPS"}),
         )
 
     def test_same_roles_granted_the_same_way_share_one_grant(self) -> None:
@@ -78,9 +78,10 @@ class GrantTests(SynchronousTestCase):
         """
         policy = parse('default_roles = []\n[roles.r]\n[identities]\nann = ["r"]\n')
         self.assertIsNone(policy.grant_for("zoe", CERTIFICATE))
-        # A role that grants nothing still leaves ACK, for one's own mail.
+        # A role that grants nothing still leaves ACK, for one's own mail,
+        # and CAPS, to learn what the server offers.
         self.assertEqual(
-            policy.grant_for("ann", CERTIFICATE).commands, frozenset({"ACK"})
+            policy.grant_for("ann", CERTIFICATE).commands, frozenset({"ACK", "CAPS"})
         )
 
     def test_presence_is_a_right_a_role_may_grant(self) -> None:

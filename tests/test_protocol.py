@@ -23,6 +23,7 @@ from tests.sessions import STAMP, Network
 
 GREETING = (
     "200 secmsg 0.1.0 ready; you are {} (roles: {}); "
+    "protocol 1.0; capabilities store,ack-upto,history,rooms,broadcast,presence; "
     "rate 1000000/s, burst 3000000, 3000000 left"
 )
 

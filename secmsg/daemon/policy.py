@@ -173,10 +173,11 @@ holds it when others are about, so it is granted, not given to all."""
 GRANTABLE = COMMAND_NAMES | ADMIN_ONLY_COMMANDS | PUSH_ONLY_RIGHTS
 """Every command name a role may grant."""
 
-ALWAYS_GRANTED = frozenset({"ACK"})
+ALWAYS_GRANTED = frozenset({"ACK", "CAPS"})
 """Commands every admitted identity has, whatever its roles: ACK only
 touches one's own mailbox, and without it every message would come back
-at every login."""
+at every login; CAPS says what the server offers, which a client needs
+to know whatever it may do."""
 
 
 @dataclass(frozen=True)

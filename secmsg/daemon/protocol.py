@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
+from secmsg.capabilities import CAPABILITIES, PROTOCOL_VERSION, format_offer
 from secmsg.daemon.audit import audit, record_login
 from secmsg.daemon.auth import VerifiedCertificate
 from secmsg.daemon.commands import Commands
@@ -379,9 +380,14 @@ class SessionProtocol(Protocol):
         self.factory.session_ended(self)
 
 
+_OFFER = format_offer(PROTOCOL_VERSION, CAPABILITIES)
+"""What the greeting says this server speaks and offers."""
+
+
 def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
     """
-    The reply that tells a peer it is logged in, as whom, and at what rate.
+    The reply that tells a peer it is logged in, as whom, what the server
+    offers (read by a client before anything else), and at what rate.
     """
     grant = avatar.grant
     rate = wire.format_rate(
@@ -392,5 +398,6 @@ def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
     return wire.reply(
         200,
         f"secmsg {__version__} ready; you are {avatar.identity} "
-        f"(roles: {','.join(avatar.roles)}); {rate}",
+        f"(roles: {','.join(avatar.roles)}); "
+        f"{_OFFER}; {rate}",
     )
