@@ -203,6 +203,23 @@ class OnlinePresenceTests(PresenceCase):
         self.assertEqual(self.admin.take(), ["OFFLINE carol"])
 
 
+class ShutdownPresenceTests(PresenceCase):
+    def test_shutdown_tells_each_session_only_that_it_closes(self) -> None:
+        """
+        At shutdown every session hears CLOSED and nothing of the others
+        leaving its rooms or going offline: they are all going, and telling
+        each of the rest would cost the square of their number.
+        """
+        for client in (self.admin, self.alice, self.bob):
+            self.send(client, "JOIN #ops")
+        self.admin.take()
+        self.alice.take()
+        self.instance.daemon.sessions.close_all("server shutting down")
+        self.instance.flush()
+        for client in (self.admin, self.alice, self.bob):
+            self.assertEqual(client.take(), ["CLOSED server shutting down"])
+
+
 class RefusedLoginPresenceTests(PresenceCase):
     def settings(self) -> dict[str, object]:
         return {"limits": Limits(max_sessions=3)}

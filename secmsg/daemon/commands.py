@@ -159,6 +159,13 @@ class Commands:
         self._hub.greeted(session)
         return self._delivery.catch_up(session, session.avatar)
 
+    def shutting_down(self) -> None:
+        """
+        Every session is about to be closed: none is to hear of the others
+        leaving.
+        """
+        self._hub.shutting_down()
+
     def help(self, session: Session) -> bytes:
         allowed = session.avatar.commands
         specs = [spec for verb, spec in wire.COMMANDS.items() if verb in allowed]

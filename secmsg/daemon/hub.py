@@ -42,6 +42,7 @@ class InProcessHub:
         # login, and must not be announced until it is not.
         self._greeted: set[IPeer] = set()
         self._watchers: dict[IPeer, str] = {}
+        self._quiet = False
 
     def attach(self, avatar: ISessionAvatar, peer: IPeer) -> None:
         self._avatars[peer] = avatar
@@ -74,6 +75,9 @@ class InProcessHub:
             self._leave(peer, room, identity)
         if was_greeted and not any(p in self._greeted for p in peers):
             self._tell_watchers(wire.push("OFFLINE", identity), identity)
+
+    def shutting_down(self) -> None:
+        self._quiet = True
 
     def regranted(self, peer: IPeer) -> None:
         if peer in self._greeted:
@@ -184,6 +188,8 @@ class InProcessHub:
         Announce C{line}, about C{identity}, to the members of C{room} that
         may read it, but C{identity}'s own.
         """
+        if self._quiet:
+            return
         members = self._rooms.get(room, {})
         # Listed first: an announcement may drop a peer that stopped
         # reading, and with it the peer's entry here.
@@ -200,6 +206,8 @@ class InProcessHub:
         Announce C{line}, about C{identity}, to the sessions that hold
         PRESENCE, but C{identity}'s own.
         """
+        if self._quiet:
+            return
         hearers = [peer for peer, who in self._watchers.items() if who != identity]
         for peer in hearers:
             peer.announce(line)

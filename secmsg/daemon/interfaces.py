@@ -154,6 +154,14 @@ class IHub(Interface):
         PRESENCE are told C{OFFLINE}.
         """
 
+    def shutting_down() -> None:
+        """
+        Every session of this daemon is about to be closed: tell no one of
+        the departures that follow, since whoever would hear of them here
+        is going too, and telling each of the others' would cost the
+        square of their number.
+        """
+
     def regranted(peer: IPeer) -> None:
         """
         A reload changed the grant of C{peer}'s avatar: whether it holds
