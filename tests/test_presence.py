@@ -15,6 +15,8 @@ from secmsg.client.display import show_push
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.limits import Limits
 from tests.harness import POLICY, Instance, LineClient
+from tests.sessions import STAMP, Network
+from tests.test_delivery import _WaitingStore
 
 PRESENCE_POLICY = (
     POLICY.replace('"METRICS", "BACKUP"]', '"METRICS", "BACKUP", "PRESENCE"]')
@@ -232,6 +234,25 @@ class RefusedLoginPresenceTests(PresenceCase):
         carol = self.instance.connect(self.instance.ca.issue("carol"))
         self.assertEqual(carol.take()[0][:4], "503 ")
         self.assertEqual(self.admin.take(), [])
+
+
+class HeldPresenceTests(SynchronousTestCase):
+    def test_presence_waits_behind_what_waited_at_login(self) -> None:
+        """
+        Carol coming online while the admin's waiting mail is still being
+        read is told after that mail, in its place among the pushes.
+        """
+        store = _WaitingStore()
+        network = Network(PRESENCE_POLICY, store=store)
+        network.connect("alice").send("MSG admin old")
+        store.commit()
+        store.slow_mailboxes = True
+        admin = network.connect("admin")
+        admin.take()
+        network.connect("carol")
+        self.assertEqual(admin.take(), [])
+        store.read_mailboxes()
+        self.assertEqual(admin.take(), [f"MSG 1 {STAMP} alice old", "ONLINE carol"])
 
 
 class _Avatar:
