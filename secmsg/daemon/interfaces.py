@@ -158,8 +158,8 @@ class IHub(Interface):
         """
         Every session of this daemon is about to be closed: tell no one of
         the departures that follow, since whoever would hear of them here
-        is going too, and telling each of the others' would cost the
-        square of their number.
+        is going too, and telling each session of all the others would
+        cost the square of their number.  There is no way back.
         """
 
     def regranted(peer: IPeer) -> None:
