@@ -28,6 +28,9 @@ ACK_EVERY = 1.0
 """Seconds between a secmsg receiver's ACK UPTO, when something new came:
 a client that keeps its mailbox empty without an ACK per message."""
 
+PRESENCE_PUSHES = (b"JOINED ", b"PARTED ", b"ONLINE ", b"OFFLINE ")
+"""The presence pushes a secmsg session may be sent, which are no problem."""
+
 
 def payload(sent_ns: int) -> bytes:
     """
@@ -193,6 +196,9 @@ class SecmsgSession(Session):
                 self.recorder.arrived(now, sent_at(text))
             elif line[:1].isdigit():
                 self._reply(line, now)
+            elif line.startswith(PRESENCE_PUSHES):
+                # Members joining the room, told to the others: expected.
+                continue
             else:
                 verb, _, rest = line.partition(b" ")
                 if verb == b"CLOSED":

@@ -30,7 +30,7 @@ from secmsg.daemon.admin.api import AdminApi
 from secmsg.daemon.admin.guard import CertificateGuard
 from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
-from secmsg.daemon.commands import Commands
+from secmsg.daemon.commands import Commands, Terms
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.expiry import TLSExpiry
 from secmsg.daemon.factory import SessionFactory
@@ -371,7 +371,13 @@ def build_line_sessions(
         parts.metrics,
         line.waiting_limit,
     )
-    commands = Commands(parts.hub, parts.store, delivery, reload, line.history_max)
+    terms = Terms(
+        line.history_max,
+        line.max_line_length,
+        line.limits.idle_timeout,
+        line.waiting_limit,
+    )
+    commands = Commands(parts.hub, parts.store, delivery, reload, terms)
     sessions = SessionFactory(
         parts.portal,
         commands,

@@ -422,6 +422,9 @@ COMMANDS: dict[str, CommandSpec] = {
     ),
     "WHO": CommandSpec("WHO [#room]", "who is online, or in a room", _optional_room),
     "PING": CommandSpec("PING", "check that the server answers", _nothing),
+    "CAPS": CommandSpec(
+        "CAPS", "the protocol version, capabilities and limits", _nothing
+    ),
     "QUIT": CommandSpec("QUIT", "end the session", _nothing),
     "MSG": CommandSpec(
         "MSG <identity> <text>", "send a direct message", _identity_and_text
@@ -486,8 +489,9 @@ class PushLine:
     A line the server sent unasked, split into its fields: C{MSG} id, time,
     sender and text; C{SAY} id, time, room, sender and text; C{BROADCAST}
     id, time, sender and text; C{KICKED} kicker and reason; C{CLOSED}
-    reason; C{NOTICE} text.  A line of no kind the client knows has C{kind}
-    C{""} and the whole line as its field.
+    reason; C{NOTICE} text; C{JOINED} and C{PARTED} room and identity;
+    C{ONLINE} and C{OFFLINE} identity.  A line of no kind the client knows
+    has C{kind} C{""} and the whole line as its field.
 
     @ivar redelivery: the message was pushed before (C{REDELIVERED} prefix).
     """
@@ -504,6 +508,10 @@ PUSH_WORDS = {
     "KICKED": 1,
     "CLOSED": 0,
     "NOTICE": 0,
+    "JOINED": 1,
+    "PARTED": 1,
+    "ONLINE": 0,
+    "OFFLINE": 0,
 }
 """How many single-word fields each push has before its free text."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -95,6 +95,22 @@ class LineClient(Protocol):
         """
         lines, self.lines = self.lines, []
         return lines
+
+
+PRESENCE_PUSHES = (b"JOINED ", b"PARTED ", b"ONLINE ", b"OFFLINE ")
+"""How the presence pushes begin."""
+
+
+def next_but_presence(lines: IO[bytes]) -> bytes:
+    """
+    The next line read from a session that is not a presence push: the
+    development instance tells its users who comes and goes, which a test
+    of something else reads past, as a client that ignores them does.
+    """
+    line = lines.readline()
+    while line.startswith(PRESENCE_PUSHES):
+        line = lines.readline()
+    return line
 
 
 def capture_log(testcase: SynchronousTestCase) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pexpect
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import temporary_directory
+from tests.harness import next_but_presence, temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 
@@ -73,6 +73,8 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             result.stdout.splitlines(),
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 20/s, burst 60, 60 left",
                 "200 PONG",
                 "211-alice",
@@ -140,7 +142,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
                 "send", self.address, *self.as_user("alice"), "--to", "bob", "hi bob"
             )
             self.assertEqual((sent.returncode, sent.stderr), (0, ""))
-            self.assertRegex(lines.readline(), rb"^MSG 1 \S+Z alice hi bob\n$")
+            self.assertRegex(next_but_presence(lines), rb"^MSG 1 \S+Z alice hi bob\n$")
         cases = [
             (self.as_user("alice"), ["--to", "zed"], 6, "404 no such identity zed"),
             (self.as_user("guest1"), ["--to", "bob"], 5, "403 MSG not permitted"),

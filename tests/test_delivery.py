@@ -48,6 +48,8 @@ class StoreAndForwardTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left",
                 f"MSG 1 {STAMP} alice one",
                 f"MSG 2 {STAMP} alice two",
@@ -367,6 +369,8 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
@@ -392,6 +396,8 @@ class StoreFailureAndOrderTests(SynchronousTestCase):
             bob.take(),
             [
                 "200 secmsg 0.1.0 ready; you are bob (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
@@ -577,6 +583,7 @@ class WaitingLimitTests(SynchronousTestCase):
         alice, bob = network.connect("alice"), network.connect("bob")
         for session in (alice, bob):
             session.send("JOIN #ops")
+        alice.take()
         self.assertEqual(alice.send("MSG bob hi"), ["250 1"])
         bob.take()
         self.assertEqual(

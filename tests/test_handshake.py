@@ -62,6 +62,8 @@ class HandshakeTests:
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
@@ -79,6 +81,8 @@ class HandshakeTests:
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are alice (roles: user)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left",
                 "200 PONG",
                 "211-alice",
@@ -267,6 +271,8 @@ class PolicyLoginTests(SynchronousTestCase):
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are carol (roles: guest)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )
@@ -289,6 +295,8 @@ class PolicyLoginTests(SynchronousTestCase):
             client.lines,
             [
                 "200 secmsg 0.1.0 ready; you are carol@example.org (roles: guest)"
+                "; protocol 1.0; capabilities store,ack-upto,history,"
+                "rooms,broadcast,presence"
                 "; rate 1000000/s, burst 3000000, 3000000 left"
             ],
         )

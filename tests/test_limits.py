@@ -380,6 +380,8 @@ class SessionLimitTests(SynchronousTestCase):
             [
                 [
                     f"200 secmsg {__version__} ready; you are alice (roles: user)"
+                    "; protocol 1.0; capabilities store,ack-upto,history,"
+                    "rooms,broadcast,presence"
                     "; rate 1000000/s, burst 3000000, 3000000 left"
                 ],
                 ["503 too many sessions from 127.0.0.1 (limit 1)"],
@@ -484,6 +486,7 @@ class RoomRuleTests(SynchronousTestCase):
         """
         self.alice.send("JOIN #news")
         self.admin.send("JOIN #news")
+        self.assertEqual(self.alice.take(), ["JOINED #news admin"])
         self.assertEqual(self.alice.send("SAY #news hi")[0][:3], "403")
         self.assertEqual(self.admin.send("SAY #news release today"), ["250 1"])
         self.assertEqual(

@@ -20,6 +20,7 @@ from secmsg.daemon.policy import (
     parse_policy,
 )
 from secmsg.errors import PolicyError
+from secmsg.pki.instance import DEVELOPMENT_POLICY
 from secmsg.rate import DEFAULT_RATE, Rate
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY, temporary_directory
@@ -51,7 +52,7 @@ class GrantTests(SynchronousTestCase):
         self.assertEqual(grant.roles, ("guest",))
         self.assertEqual(
             grant.commands,
-            frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK"}),
+            frozenset({"HELP", "WHOAMI", "WHO", "PING", "QUIT", "ACK", "CAPS"}),
         )
 
     def test_same_roles_granted_the_same_way_share_one_grant(self) -> None:
@@ -77,10 +78,37 @@ class GrantTests(SynchronousTestCase):
         """
         policy = parse('default_roles = []\n[roles.r]\n[identities]\nann = ["r"]\n')
         self.assertIsNone(policy.grant_for("zoe", CERTIFICATE))
-        # A role that grants nothing still leaves ACK, for one's own mail.
+        # A role that grants nothing still leaves ACK, for one's own mail,
+        # and CAPS, to learn what the server offers.
         self.assertEqual(
-            policy.grant_for("ann", CERTIFICATE).commands, frozenset({"ACK"})
+            policy.grant_for("ann", CERTIFICATE).commands, frozenset({"ACK", "CAPS"})
         )
+
+    def test_presence_is_a_right_a_role_may_grant(self) -> None:
+        """
+        PRESENCE, which is no command, is granted like one: inherited, and
+        held only by the roles that grant it.
+        """
+        granting = parse(
+            '[roles.watcher]\ncommands = ["PRESENCE"]\n'
+            '[roles.lead]\ninherits = ["watcher"]\n[roles.plain]\n'
+            '[identities]\nann = ["lead"]\nbea = ["plain"]\n'
+        )
+        self.assertIn(policy.PRESENCE, granting.grant_for("ann", CERTIFICATE).commands)
+        self.assertNotIn(
+            policy.PRESENCE, granting.grant_for("bea", CERTIFICATE).commands
+        )
+
+    def test_the_development_policy_grants_presence_to_users(self) -> None:
+        """
+        The policy secmsg init writes lets its users be told who comes and
+        goes, and still loads.
+        """
+        development = parse(
+            DEVELOPMENT_POLICY.format(identities='admin = ["admin"]\nann = ["user"]')
+        )
+        self.assertIn(policy.PRESENCE, development.role_commands["user"])
+        self.assertIn(policy.PRESENCE, development.role_commands["admin"])
 
 
 class RefusalTests(SynchronousTestCase):
@@ -100,6 +128,12 @@ class RefusalTests(SynchronousTestCase):
             '[roles.r]\ncommands = ["PING", "FLY"]',
             "[roles.r] grants unknown command FLY",
         )
+
+    def test_an_unknown_command_names_presence_among_the_known(self) -> None:
+        """
+        The refusal lists every right a role may grant, PRESENCE too.
+        """
+        self.assertRefused('[roles.r]\ncommands = ["FLY"]', "PING, PRESENCE, QUIT")
 
     def test_lower_case_command_is_unknown(self) -> None:
         """

@@ -23,6 +23,7 @@ from tests.sessions import STAMP, Network
 
 GREETING = (
     "200 secmsg 0.1.0 ready; you are {} (roles: {}); "
+    "protocol 1.0; capabilities store,ack-upto,history,rooms,broadcast,presence; "
     "rate 1000000/s, burst 3000000, 3000000 left"
 )
 
@@ -65,6 +66,23 @@ class GreetingAndHelpTests(SynchronousTestCase):
             )
             self.assertEqual(lines[-1], f"211 {len(listed)} commands")
             self.assertTrue(all(line.startswith("211-") for line in lines[:-1]))
+
+    def test_help_columns_line_up(self) -> None:
+        """
+        HELP's summaries start in one column, past the longest usage and
+        two spaces, whatever the commands listed.
+        """
+        admin = Network().connect("admin")
+        admin.take()
+        lines = admin.send("HELP")[:-1]
+        specs = [wire.COMMANDS[line[4:].split()[0]] for line in lines]
+        columns = {
+            line.index(spec.summary) for line, spec in zip(lines, specs, strict=True)
+        }
+        widest = max(len(spec.usage) for spec in specs)
+        self.assertEqual(columns, {len("211-") + widest + 2})
+        for line, spec in zip(lines, specs, strict=True):
+            self.assertEqual(line[4:].split("  ")[0], spec.usage)
 
     def test_whoami_lists_certificate_and_grant(self) -> None:
         """
@@ -332,6 +350,7 @@ class RoutingTests(SynchronousTestCase):
         """
         self.assertEqual(self.alice.send("JOIN #Ops"), ["200 joined #ops"])
         self.assertEqual(self.bob.send("JOIN #ops"), ["200 joined #ops"])
+        self.assertEqual(self.alice.take(), ["JOINED #ops bob"])
         self.assertEqual(self.alice.send("SAY #ops deploy at 5"), ["250 1"])
         self.assertEqual(self.bob.take(), [f"SAY 1 {STAMP} #ops alice deploy at 5"])
         self.assertEqual(self.alice.take(), [])
@@ -356,6 +375,7 @@ class RoutingTests(SynchronousTestCase):
         self.bob.send("JOIN #ops")
         self.bob2.send("JOIN #ops")
         self.bob.send("JOIN #dev")
+        self.assertEqual(self.alice.take(), ["JOINED #ops bob"])
         self.assertEqual(
             self.alice.send("ROOMS"), ["211-#dev 1", "211-#ops 2", "211 2 rooms"]
         )
@@ -395,6 +415,7 @@ class RoutingTests(SynchronousTestCase):
         """
         self.alice.send("JOIN #ops")
         self.bob.send("JOIN #ops")
+        self.alice.take()
         refusal = ["400 text holds U+200B ZERO WIDTH SPACE, an invisible character"]
         for sender, line in (
             (self.alice, "MSG bob pay\u200bpal"),

@@ -228,7 +228,10 @@ class DryRunTests(AdminAndBob):
             (POLICY + '[[rooms]]\npattern = "#ops-*"\njoin = ["admin"]\n').encode(),
         )
         self.admin.take()
-        self.assertIn("rights changed in 1 session", self.ask("RELOAD")[0])
+        # The admin, still in the room, is told that bob has left it.
+        parted, reply = self.ask("RELOAD")
+        self.assertEqual(parted, "PARTED #ops-db bob")
+        self.assertIn("rights changed in 1 session", reply)
         self.assertEqual(
             self.bob.take()[-1],
             "NOTICE you have left #ops-db: the policy no longer lets you join it",

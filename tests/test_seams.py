@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from secmsg import wire
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm, SessionAvatar
-from secmsg.daemon.commands import Commands
+from secmsg.daemon.commands import Commands, Terms
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
@@ -125,5 +125,6 @@ class SeamTests(SynchronousTestCase):
         """
         hub, store = InProcessHub(), MemoryStore()
         delivery = Delivery(hub, store, Clock(), frozenset, Metrics(), WaitingLimit())
-        commands = Commands(hub, store, delivery, ReloadReport, 200)
+        terms = Terms(200, 4096, 900.0, WaitingLimit())
+        commands = Commands(hub, store, delivery, ReloadReport, terms)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

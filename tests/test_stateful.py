@@ -4,7 +4,8 @@ argument, leave, and the operator reloads between policies, in any order.
 
 After every step: each command got exactly one reply, nobody holds a
 command the policy in force does not grant, a command outside one's grant
-was refused with 403, and no reply was a server fault.
+was refused with 403, no reply was a server fault, every push was of a
+kind the client knows, and no session was told of its own presence.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ ARGUMENTS = st.sampled_from(
 )
 
 _FINAL_REPLY = re.compile(r"[0-9]{3} ")
+
+_PRESENCE = frozenset({"JOINED", "PARTED", "ONLINE", "OFFLINE"})
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -136,6 +139,16 @@ class SessionMachine(RuleBasedStateMachine):
         assert len(replies) == 1, (verb, argument, lines)
         (reply,) = replies
         assert not reply.startswith("5"), reply
+        pushes = [
+            push
+            for push in map(wire.parse_server_line, lines)
+            if isinstance(push, wire.PushLine)
+        ]
+        assert all(push.kind for push in pushes), lines
+        assert not any(
+            push.kind in _PRESENCE and push.fields[-1] == avatar.identity
+            for push in pushes
+        ), lines
         if verb not in avatar.commands:
             assert reply.startswith("403 "), (verb, reply)
         if reply.startswith("2"):

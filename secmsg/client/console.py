@@ -21,7 +21,13 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
 
 from secmsg import wire
-from secmsg.client.display import acknowledgeable, help_commands, show_push, show_reply
+from secmsg.client.display import (
+    acknowledgeable,
+    help_commands,
+    show_offer,
+    show_push,
+    show_reply,
+)
 from secmsg.client.protocol import ClientProtocol, ExitStatus, Greeting, SessionEnded
 from secmsg.errors import CommandError
 from secmsg.wire import PushLine, escape_controls
@@ -47,6 +53,7 @@ async def run_console(
     """
     loop = asyncio.get_running_loop()
     print(escape_controls(greeting.text))
+    print(show_offer(greeting.offer))
     announced: list[PushLine] = []
 
     acknowledger = _Acknowledger(session)

@@ -13,7 +13,21 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from secmsg.capabilities import Offer
 from secmsg.wire import PushLine, ReplyLine, escape_controls
+
+USED_CAPABILITIES = ("store", "presence")
+"""What the terminal client makes use of, of what a server may offer: it
+acknowledges each stored message once shown (store), and shows who joins,
+leaves, comes online and goes offline in words (presence)."""
+
+_PRESENCE = {
+    "JOINED": "{1} joined {0}",
+    "PARTED": "{1} left {0}",
+    "ONLINE": "{0} is online",
+    "OFFLINE": "{0} went offline",
+}
+"""How each presence push is shown, by its fields."""
 
 
 def show_push(push: PushLine, arrived: datetime) -> str:
@@ -41,7 +55,23 @@ def show_push(push: PushLine, arrived: datetime) -> str:
     if push.kind == "CLOSED":
         (reason,) = fields
         return f"{stamp} the server closed the session: {reason}"
+    if push.kind in _PRESENCE:
+        return f"{stamp} {_PRESENCE[push.kind].format(*fields)}"
     return f"{stamp} {fields[0]}"
+
+
+def show_offer(offer: Offer | None) -> str:
+    """
+    One line on what the server speaks and which of it this client uses,
+    shown on connecting.
+    """
+    if offer is None:
+        return "the server names no protocol version; using no capabilities"
+    used = [name for name in USED_CAPABILITIES if name in offer.capabilities]
+    return (
+        f"protocol {offer.version}; this client uses "
+        f"{', '.join(used) or 'no capabilities'}"
+    )
 
 
 def _stamp(sent: str, arrived: datetime) -> str:

@@ -23,6 +23,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from secmsg import wire
+from secmsg.capabilities import Offer, parse_offer
 from secmsg.client.tls import describe_tls_failure
 from secmsg.errors import RefusalReason, SecmsgError
 from secmsg.transport import IConnection
@@ -78,11 +79,15 @@ class SessionEnded(SecmsgError):
 @dataclass(frozen=True)
 class Greeting:
     """
-    The server's greeting: who it says we are.
+    The server's greeting: who it says we are, and what it speaks.
+
+    @ivar offer: the protocol version and capabilities it names, or
+        L{None} from a server that names none.
     """
 
     text: str
     identity: str
+    offer: Offer | None = None
 
 
 def ending_for_push(push: wire.PushLine) -> SessionEnded | None:
@@ -243,7 +248,9 @@ class ClientProtocol(Protocol):
             else ("", "", "")
         )
         if identity:
-            self.greeted.callback(Greeting(line.text, identity.split(" ")[0]))
+            self.greeted.callback(
+                Greeting(line.text, identity.split(" ")[0], parse_offer(line.text))
+            )
             return
         ending = None
         if isinstance(line, wire.PushLine):

@@ -10,19 +10,22 @@ never decide whether the caller may run them: the avatar did that.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography import x509
 from twisted.internet import defer
 
 from secmsg import wire
+from secmsg.capabilities import CAPABILITIES, PROTOCOL_VERSION
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.identity import describe_subject
 from secmsg.daemon.interfaces import IHub, IMessageStore, ISessionAvatar
 from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
+from secmsg.daemon.policy import PRESENCE
 from secmsg.daemon.reload import ReloadReport
 from secmsg.errors import NotFound, NotPermitted
-from secmsg.messages import Kind, Stored
+from secmsg.messages import Kind, Stored, WaitingLimit
 
 
 class Session(Protocol):
@@ -76,6 +79,31 @@ def _history_listing(messages: list[Stored]) -> bytes:
     return wire.listing(211, lines, summary)
 
 
+@dataclass(frozen=True)
+class Terms:
+    """
+    What the operator's settings hold every session to, which HISTORY
+    applies and CAPS tells a client, so that it can keep within them.
+
+    @ivar history_max: the most messages one HISTORY gives.
+    @ivar max_line_length: the most bytes a line may hold.
+    @ivar idle_timeout: seconds a session may be silent before it is closed.
+    @ivar waiting_limit: what may wait unacknowledged for one identity.
+    """
+
+    history_max: int
+    max_line_length: int
+    idle_timeout: float
+    waiting_limit: WaitingLimit
+
+
+def _number(value: float) -> str:
+    """
+    A number as CAPS writes it: whole numbers without a fraction.
+    """
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
 class Commands:
     """
     The handlers of every verb, sharing one hub and one reload.
@@ -87,15 +115,16 @@ class Commands:
         store: IMessageStore,
         delivery: Delivery,
         reload: Callable[[bool], ReloadReport],
-        history_max: int,
+        terms: Terms,
     ) -> None:
         self._hub = hub
         self._store = store
         self._delivery = delivery
         self._reload = reload
-        self._history_max = history_max
+        self._terms = terms
         self._handlers: dict[str, Handler] = {
             "HELP": self.help,
+            "CAPS": self.caps,
             "WHOAMI": self.whoami,
             "WHO": self.who,
             "PING": self.ping,
@@ -124,18 +153,49 @@ class Commands:
 
     def logged_in(self, session: Session) -> defer.Deferred[None]:
         """
-        A session has been greeted: send it what waited for it.
+        A session has been greeted: announce it to those who watch
+        presence, and send it what waited for it.
         """
+        self._hub.greeted(session)
         return self._delivery.catch_up(session, session.avatar)
+
+    def shutting_down(self) -> None:
+        """
+        Every session is about to be closed: none is to hear of the others
+        leaving.
+        """
+        self._hub.shutting_down()
 
     def help(self, session: Session) -> bytes:
         allowed = session.avatar.commands
-        lines = [
-            f"{spec.usage:<26} {spec.summary}"
-            for verb, spec in wire.COMMANDS.items()
-            if verb in allowed
-        ]
+        specs = [spec for verb, spec in wire.COMMANDS.items() if verb in allowed]
+        # One column for the usages, as wide as the widest one shown.
+        width = max((len(spec.usage) for spec in specs), default=0)
+        lines = [f"{spec.usage:<{width}}  {spec.summary}" for spec in specs]
         return wire.listing(211, lines, f"{len(lines)} commands")
+
+    def caps(self, session: Session) -> bytes:
+        avatar = session.avatar
+        terms = self._terms
+        parameters = {
+            "store": f"waiting-messages={terms.waiting_limit.messages} "
+            f"waiting-bytes={terms.waiting_limit.text_bytes}",
+            "history": f"max={terms.history_max} default={HISTORY_DEFAULT} "
+            f"bytes={HISTORY_BYTES}",
+            "presence": f"online={'yes' if PRESENCE in avatar.commands else 'no'}",
+        }
+        rate = avatar.grant.rate
+        lines = [
+            f"limits line-bytes={terms.max_line_length} "
+            f"idle-seconds={_number(terms.idle_timeout)} "
+            f"rate={_number(rate.per_second)} burst={rate.burst}",
+            *(f"{name} {parameters.get(name, '')}".rstrip() for name in CAPABILITIES),
+        ]
+        return wire.listing(
+            211,
+            lines,
+            f"protocol {PROTOCOL_VERSION}, {len(CAPABILITIES)} capabilities",
+        )
 
     def whoami(self, session: Session) -> bytes:
         avatar = session.avatar
@@ -219,7 +279,7 @@ class Commands:
 
     def history(self, session: Session, target: str, count: str = "") -> Reply:
         identity = session.avatar.identity
-        limit = min(int(count or HISTORY_DEFAULT), self._history_max)
+        limit = min(int(count or HISTORY_DEFAULT), self._terms.history_max)
         if target.startswith("#"):
             session.avatar.authorize_room("HISTORY", "read", target)
             if not self._hub.in_room(session, target):

@@ -167,9 +167,11 @@ class SessionFactory(Factory):
 
     def close_all(self, reason: str) -> defer.Deferred[None]:
         """
-        Close every connection, telling logged-in peers C{CLOSED <reason>};
-        the Deferred fires once all of them are gone.
+        Close every connection, telling logged-in peers C{CLOSED <reason>}
+        and nothing of each other leaving; the Deferred fires once all of
+        them are gone.
         """
+        self._port.commands.shutting_down()
         if not self._sessions:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()

@@ -5,6 +5,15 @@ Room membership belongs to a session, as in IRC: a person with two sessions
 can be in a room with one and not the other.  The hub delivers messages the
 store has already accepted; each is formatted once and the same bytes
 pushed to every session that gets it.
+
+Presence is told as it happens, and kept nowhere: a room's readers hear
+C{JOINED} when an identity's first session enters it and C{PARTED} when
+its last one leaves (by PART, a reload, or the session ending), and the
+sessions that hold PRESENCE hear C{ONLINE} at an identity's first greeted
+session and C{OFFLINE} when its last one ends.  Each line is formatted
+once per event; finding who hears it costs a look at the room's members
+(or the PRESENCE holders) and at the identity's own few sessions, never at
+every pair of members.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from zope.interface import implementer
 
 from secmsg import wire
 from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.daemon.policy import PRESENCE
 from secmsg.errors import NotFound
 from secmsg.messages import Kind, Stored
 
@@ -27,21 +37,61 @@ class InProcessHub:
         self._avatars: dict[IPeer, ISessionAvatar] = {}
         self._by_identity: dict[str, list[IPeer]] = {}
         self._rooms: dict[str, dict[IPeer, str]] = {}
+        # Sessions greeted, and those of them that hold PRESENCE, with
+        # their identities: an attached session may yet be refused at
+        # login, and must not be announced until it is not.
+        self._greeted: set[IPeer] = set()
+        self._watchers: dict[IPeer, str] = {}
+        self._quiet = False
 
     def attach(self, avatar: ISessionAvatar, peer: IPeer) -> None:
         self._avatars[peer] = avatar
         self._by_identity.setdefault(avatar.identity, []).append(peer)
 
+    def greeted(self, peer: IPeer) -> None:
+        avatar = self._avatars.get(peer)
+        if avatar is None:
+            return
+        identity = avatar.identity
+        first = not any(p in self._greeted for p in self._by_identity[identity])
+        self._greeted.add(peer)
+        if first:
+            self._tell_watchers(wire.push("ONLINE", identity), identity)
+        self._watch(peer, avatar)
+
     def detach(self, peer: IPeer) -> None:
         avatar = self._avatars.pop(peer, None)
         if avatar is None:
             return
-        peers = self._by_identity[avatar.identity]
+        identity = avatar.identity
+        peers = self._by_identity[identity]
         peers.remove(peer)
         if not peers:
-            del self._by_identity[avatar.identity]
+            del self._by_identity[identity]
+        self._watchers.pop(peer, None)
+        was_greeted = peer in self._greeted
+        self._greeted.discard(peer)
         for room in self.rooms_of(peer):
-            self._leave(peer, room)
+            self._leave(peer, room, identity)
+        if was_greeted and not any(p in self._greeted for p in peers):
+            self._tell_watchers(wire.push("OFFLINE", identity), identity)
+
+    def shutting_down(self) -> None:
+        self._quiet = True
+
+    def regranted(self, peer: IPeer) -> None:
+        if peer in self._greeted:
+            self._watch(peer, self._avatars[peer])
+
+    def _watch(self, peer: IPeer, avatar: ISessionAvatar) -> None:
+        """
+        Count a greeted session among those told who comes and goes, or
+        not, as its grant says.
+        """
+        if PRESENCE in avatar.commands:
+            self._watchers[peer] = avatar.identity
+        else:
+            self._watchers.pop(peer, None)
 
     def sessions(self) -> list[tuple[ISessionAvatar, IPeer]]:
         return [(avatar, peer) for peer, avatar in self._avatars.items()]
@@ -63,13 +113,17 @@ class InProcessHub:
         members = self._rooms.setdefault(room, {})
         if peer in members:
             return False
-        members[peer] = self._avatars[peer].identity
+        identity = self._avatars[peer].identity
+        first = not self._has_session_in(identity, members)
+        members[peer] = identity
+        if first:
+            self._tell_room(room, wire.push("JOINED", room, identity), identity)
         return True
 
     def part(self, peer: IPeer, room: str) -> None:
         if peer not in self._rooms.get(room, {}):
             raise NotFound(f"you are not in {room}")
-        self._leave(peer, room)
+        self._leave(peer, room, self._avatars[peer].identity)
 
     def rooms_of(self, peer: IPeer) -> list[str]:
         return sorted(room for room, members in self._rooms.items() if peer in members)
@@ -114,8 +168,46 @@ class InProcessHub:
             peer.kick(by, reason)
         return len(peers)
 
-    def _leave(self, peer: IPeer, room: str) -> None:
+    def _leave(self, peer: IPeer, room: str, identity: str) -> None:
         members = self._rooms[room]
         del members[peer]
         if not members:
             del self._rooms[room]
+        elif not self._has_session_in(identity, members):
+            self._tell_room(room, wire.push("PARTED", room, identity), identity)
+
+    def _has_session_in(self, identity: str, members: dict[IPeer, str]) -> bool:
+        """
+        Whether another session of C{identity} is among C{members}: a look
+        at the identity's few sessions, not at the room's many members.
+        """
+        return any(peer in members for peer in self._by_identity.get(identity, ()))
+
+    def _tell_room(self, room: str, line: bytes, identity: str) -> None:
+        """
+        Announce C{line}, about C{identity}, to the members of C{room} that
+        may read it, but C{identity}'s own.
+        """
+        if self._quiet:
+            return
+        members = self._rooms.get(room, {})
+        # Listed first: an announcement may drop a peer that stopped
+        # reading, and with it the peer's entry here.
+        hearers = [
+            peer
+            for peer, who in members.items()
+            if who != identity and self._avatars[peer].may_read(room)
+        ]
+        for peer in hearers:
+            peer.announce(line)
+
+    def _tell_watchers(self, line: bytes, identity: str) -> None:
+        """
+        Announce C{line}, about C{identity}, to the sessions that hold
+        PRESENCE, but C{identity}'s own.
+        """
+        if self._quiet:
+            return
+        hearers = [peer for peer, who in self._watchers.items() if who != identity]
+        for peer in hearers:
+            peer.announce(line)

@@ -101,6 +101,14 @@ class IPeer(Interface):
         send, and push as usual from then on.
         """
 
+    def announce(line: bytes) -> None:
+        """
+        Send a formatted presence line (C{JOINED}, C{PARTED}, C{ONLINE},
+        C{OFFLINE}): stored nowhere, so never sent again, but held back
+        with the pushes until L{release} so that it keeps its place among
+        them.
+        """
+
     def close(reason: str) -> None:
         """
         Tell the peer C{CLOSED <reason>} and end the session.
@@ -131,9 +139,33 @@ class IHub(Interface):
         Register a session that has just logged in.
         """
 
+    def greeted(peer: IPeer) -> None:
+        """
+        An attached session has been greeted: if it is its identity's
+        first, tell the sessions that hold PRESENCE C{ONLINE <identity>};
+        from now on it is told so of others if it holds PRESENCE itself.
+        """
+
     def detach(peer: IPeer) -> None:
         """
-        Forget a session that has ended, and its room memberships.
+        Forget a session that has ended, and its room memberships: a room
+        it was its identity's last session in is told C{PARTED}, and if it
+        was the identity's last greeted session, the sessions that hold
+        PRESENCE are told C{OFFLINE}.
+        """
+
+    def shutting_down() -> None:
+        """
+        Every session of this daemon is about to be closed: tell no one of
+        the departures that follow, since whoever would hear of them here
+        is going too, and telling each session of all the others would
+        cost the square of their number.  There is no way back.
+        """
+
+    def regranted(peer: IPeer) -> None:
+        """
+        A reload changed the grant of C{peer}'s avatar: whether it holds
+        PRESENCE follows the new one.
         """
 
     def sessions() -> list[tuple[ISessionAvatar, IPeer]]:
@@ -155,12 +187,16 @@ class IHub(Interface):
 
     def join(peer: IPeer, room: str) -> bool:
         """
-        Add a session to a room; return whether it was not already in.
+        Add a session to a room; return whether it was not already in.  If
+        it is its identity's first session there, the room's members that
+        may read it (but that identity's) are told C{JOINED <room>
+        <identity>}.
         """
 
     def part(peer: IPeer, room: str) -> None:
         """
-        Take a session out of a room.
+        Take a session out of a room; if it was its identity's last there,
+        the room's readers are told C{PARTED <room> <identity>}.
 
         @raise secmsg.errors.NotFound: it was not in the room.
         """

@@ -22,6 +22,11 @@ BACKLOG_LIMIT = 1 << 20
 """Bytes of messages pushed to a peer that has stopped reading before it is
 dropped: a reader that never reads must not make the daemon hold its mail."""
 
+NOT_STORED = 0
+"""The id a held line that delivers no stored message (a presence line) is
+kept under: no message has it, so L{Outbox.release} never takes the line
+for one L{Outbox.send_waiting} already sent."""
+
 
 class Outbox:
     """
@@ -71,6 +76,12 @@ class Outbox:
                 )
             return
         self._push_now(line)
+
+    def announce(self, line: bytes) -> None:
+        """
+        Send, or hold back in its place among the messages, a presence line.
+        """
+        self.push(line, NOT_STORED)
 
     def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:
         """

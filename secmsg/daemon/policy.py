@@ -162,13 +162,22 @@ the admin interface's /metrics, and backing the message store up through
 its /v1/backup (a file written on the daemon's host has no place on a
 client's line)."""
 
-GRANTABLE = COMMAND_NAMES | ADMIN_ONLY_COMMANDS
+PRESENCE = "PRESENCE"
+"""The right to be told who comes online and goes offline."""
+
+PUSH_ONLY_RIGHTS = frozenset({PRESENCE})
+"""Rights a policy may grant that are no command at all: PRESENCE has a
+session told as identities come online and go offline, which tells whoever
+holds it when others are about, so it is granted, not given to all."""
+
+GRANTABLE = COMMAND_NAMES | ADMIN_ONLY_COMMANDS | PUSH_ONLY_RIGHTS
 """Every command name a role may grant."""
 
-ALWAYS_GRANTED = frozenset({"ACK"})
+ALWAYS_GRANTED = frozenset({"ACK", "CAPS"})
 """Commands every admitted identity has, whatever its roles: ACK only
 touches one's own mailbox, and without it every message would come back
-at every login."""
+at every login; CAPS says what the server offers, which a client needs
+to know whatever it may do."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg import __version__, wire
+from secmsg.capabilities import CAPABILITIES, PROTOCOL_VERSION, format_offer
 from secmsg.daemon.audit import audit, record_login
 from secmsg.daemon.auth import VerifiedCertificate
 from secmsg.daemon.commands import Commands
@@ -87,20 +88,18 @@ class SessionProtocol(Protocol):
     buffer, the session stops reading the peer's commands (and answering
     those it has read) until the buffer drains, so that a client cannot make
     the daemon hold unbounded replies.  Messages from others are still
-    pushed, up to L{secmsg.daemon.outbox.BACKLOG_LIMIT}.
+    pushed, and presence announced, up to L{secmsg.daemon.outbox.BACKLOG_LIMIT}.
 
-    A session lives within its L{Limits}: its login must complete within
-    the handshake timeout, it is closed after the idle timeout without a
-    line from it, when its certificate expires, and after too many bad
-    lines or refusals for the rate in a row; each of these is said to the
-    peer when it can be, and recorded in the audit log.
+    A session lives within its L{Limits}: its login must complete within the
+    handshake timeout, it is closed after the idle timeout without a line
+    from it, when its certificate expires, and after too many bad lines or
+    refusals for the rate in a row; each is said to the peer when it can be,
+    and recorded in the audit log.
 
     @ivar address: where the peer connects from, C{host:port}.
-    @ivar host: the peer's address without its port, which the
-        per-address limit counts.
+    @ivar host: the peer's address without its port, for the per-address limit.
     @ivar avatar: the L{ISessionAvatar} once logged in, else L{None}.
-    @ivar certificate: the verified leaf certificate, once the handshake
-        has completed.
+    @ivar certificate: the verified leaf certificate, once the handshake is done.
     @ivar certificate_chain: the verified chain, leaf first.
     @ivar closing: the session is ending; nothing more is sent or read.
     """
@@ -290,9 +289,7 @@ class SessionProtocol(Protocol):
             self._throttle.read_on()
 
     def stopProducing(self) -> None:
-        """
-        The connection is going away; connectionLost follows.
-        """
+        """The connection is going away; connectionLost follows."""
         self.closing = True
 
     def finish(self) -> None:
@@ -307,6 +304,9 @@ class SessionProtocol(Protocol):
     def release(self) -> None:
         self._outbox.release()
         self._pipeline.answer_waiting()
+
+    def announce(self, line: bytes) -> None:
+        self._outbox.announce(line)
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
@@ -380,9 +380,14 @@ class SessionProtocol(Protocol):
         self.factory.session_ended(self)
 
 
+_OFFER = format_offer(PROTOCOL_VERSION, CAPABILITIES)
+"""What the greeting says this server speaks and offers."""
+
+
 def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
     """
-    The reply that tells a peer it is logged in, as whom, and at what rate.
+    The reply that tells a peer it is logged in, as whom, what the server
+    offers (read by a client before anything else), and at what rate.
     """
     grant = avatar.grant
     rate = wire.format_rate(
@@ -393,5 +398,6 @@ def _greeting(avatar: ISessionAvatar, rate_limiter: RateLimiter) -> bytes:
     return wire.reply(
         200,
         f"secmsg {__version__} ready; you are {avatar.identity} "
-        f"(roles: {','.join(avatar.roles)}); {rate}",
+        f"(roles: {','.join(avatar.roles)}); "
+        f"{_OFFER}; {rate}",
     )

@@ -292,6 +292,7 @@ class Reloader:
             _close(avatar, peer, change.closed)
             return
         avatar.regrant(grant)
+        self._hub.regranted(peer)
         for room in change.parts if change is not None else ():
             self._hub.part(peer, room)
             peer.notice(f"you have left {room}: the policy no longer lets you join it")

@@ -42,7 +42,9 @@ burst = 60
 
 [roles.user]
 inherits = ["guest"]
-commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY"]
+# PRESENCE is no command: it pushes ONLINE and OFFLINE as identities come
+# and go, which WHO tells anyone who asks anyway.
+commands = ["MSG", "JOIN", "PART", "SAY", "ROOMS", "HISTORY", "PRESENCE"]
 
 [roles.admin]
 inherits = ["user"]
