@@ -32,9 +32,9 @@ from secmsg.client.profiles import (
     profile_name,
     profile_path,
 )
+from secmsg.client.protocol import DEFAULT_PORT
 from secmsg.errors import ConfigurationError
 
-DEFAULT_PORT = 7443
 REPLY_TIMEOUT = 30.0
 """Seconds to wait for the server at each step, by default."""
 
@@ -210,7 +210,9 @@ class ConnectionOptions(CommandOptions):
             check_key_private(settings.key)
         if settings.cert is None or settings.key is None or settings.ca is None:
             raise usage.UsageError(_missing_files(settings))
-        self.credentials = Credentials(settings.cert, settings.key, settings.ca)
+        self.credentials = Credentials(
+            settings.cert, settings.key, settings.ca, self._ca_named_by(profile)
+        )
         self["server-name"] = settings.server_name
 
     @property
@@ -250,6 +252,18 @@ class ConnectionOptions(CommandOptions):
             ca=ca,
             server_name=self["server-name"],
         )
+
+    def _ca_named_by(self, profile: Profile | None) -> str:
+        """
+        What named the CA file in use, in the user's terms.
+        """
+        if self["ca"]:
+            return "--ca"
+        if self["instance"]:
+            return "--instance"
+        if self.environment.get("SECMSG_CA"):
+            return "SECMSG_CA"
+        return "--ca" if profile is None else f"profile {profile.name}"
 
     def _is_profile(self, word: str) -> bool:
         return bool(PROFILE_NAME.fullmatch(word)) and word in self._read_profiles()
