@@ -248,3 +248,23 @@ class CommandLineWordsTests(SynchronousTestCase):
                 if line.startswith("  ") and not line.lstrip().startswith("--")
             }
             self.assertLessEqual(len(columns), 1, text)
+
+    def test_help_under_python_m_shows_no_docstring(self) -> None:
+        """
+        python -m secmsg's help is the options alone, not the docstring of
+        secmsg/__main__.py in epytext markup.
+        """
+        result = subprocess.run(
+            [str(BIN / "python"), "-m", "secmsg", "connect", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(
+            result.stdout.rstrip().endswith(
+                "--version       Print secmsg's version and exit."
+            )
+        )
+        self.assertNotIn("C{", result.stdout)

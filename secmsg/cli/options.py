@@ -25,6 +25,9 @@ class CommandOptions(usage.Options):
     """
 
     synopsis = "[options]"
+    # Without one, usage.Options shows __main__'s docstring under the
+    # options: under python -m secmsg, that of secmsg/__main__.py.
+    longdesc = ""
 
     def opt_version(self) -> None:
         """
