@@ -268,3 +268,16 @@ class CommandLineWordsTests(SynchronousTestCase):
             )
         )
         self.assertNotIn("C{", result.stdout)
+
+    def test_commands_described_in_the_options_column(self) -> None:
+        """
+        secmsg's and secmsg pki's help describe their commands in the
+        column their options are described in, not one of their own.
+        """
+        for command in ([], ["pki"], ["profile"]):
+            text = secmsg(*command, "--help").stdout
+            starts = {
+                len(match.group())
+                for match in re.finditer(r"^ +-?-?[\w-]+=? +(?=\S)", text, re.MULTILINE)
+            }
+            self.assertEqual(len(starts), 1, text)
