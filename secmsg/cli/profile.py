@@ -42,9 +42,10 @@ class AddOptions(CommandOptions):
     ]
     optFlags = [["force", None, "Replace a profile of the same name."]]
 
-    # usage.Options calls parseArgs with the words left on the line, as
-    # many as the subclass takes; Twisted types it as taking none.
-    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+    def parseArgs(self, *words: str) -> None:
+        if len(words) != 1:
+            raise usage.UsageError("give the profile's NAME, one word")
+        (name,) = words
         if not PROFILE_NAME.fullmatch(name):
             raise usage.UsageError(
                 f"{name!r} is not a profile name (letters, digits, _ and -)"
