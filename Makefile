@@ -43,13 +43,22 @@ $(VENV)/bench-installed: $(VENV)/installed
 	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
+# The ports of the instance: written into a new one's secmsg.toml by
+# secmsg init, and given to the daemon when set.
+PORT :=
+ADMIN_PORT :=
+PORT_FLAGS := $(if $(PORT),--port $(PORT)) $(if $(ADMIN_PORT),--admin-port $(ADMIN_PORT))
+
 $(INSTANCE)/secmsg.toml: | $(VENV)/installed
-	$(VENV)/bin/secmsg init $(INSTANCE)
+	$(VENV)/bin/secmsg init $(INSTANCE) $(PORT_FLAGS)
 
 ## Set up, make a development instance if there is none, and run the daemon;
-## FLAGS="--port 7500 --admin-port 7445" passes options to it.
+## FLAGS="--idle-timeout 60" passes options to it.  A second daemon beside
+## the first needs an instance and ports of its own:
+## make run INSTANCE=dev2 PORT=7501 ADMIN_PORT=7446 (the ports are kept in
+## dev2/secmsg.toml, so later runs need only INSTANCE=dev2).
 run: $(VENV)/installed $(INSTANCE)/secmsg.toml
-	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml $(FLAGS)
+	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml $(PORT_FLAGS) $(FLAGS)
 
 ## Set up with the test extras (and sslyze for the TLS scan), check the code
 ## with ruff and mypy, run the whole suite under pytest and again under trial, since

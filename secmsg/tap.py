@@ -13,6 +13,7 @@ import pwd
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -42,6 +43,7 @@ from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
+from secmsg.daemon.pidfile import pidfile_problem
 from secmsg.daemon.reload import (
     ReloadableFiles,
     Reloader,
@@ -52,6 +54,8 @@ from secmsg.daemon.service import (
     AdminService,
     AuditService,
     CRLFreshnessService,
+    ListenFirstService,
+    ReportedStart,
     RetentionService,
     SecmsgService,
     StoreService,
@@ -60,8 +64,8 @@ from secmsg.daemon.settings import (
     OPTIONS,
     LineSettings,
     Settings,
+    check_data_dir,
     load_settings,
-    prepare_data_dir,
 )
 from secmsg.daemon.store.database import DATABASE_NAME, open_database
 from secmsg.daemon.store.sqlite import SQLiteStore
@@ -236,6 +240,17 @@ class Options(usage.Options):
         """
         self["listen"] = [*(self["listen"] or ()), description]
 
+    def postOptions(self) -> None:
+        """
+        Refuse to start where a daemon already runs with twistd's pidfile:
+        twistd checks it before making the service, so this is the last
+        moment to say so in secmsg's words rather than twistd's.
+        """
+        pidfile = _twistd_options(self).get("pidfile")
+        problem = pidfile_problem(Path(pidfile)) if pidfile else None
+        if problem is not None:
+            raise SystemExit(f"secmsg: cannot start: {problem}")
+
 
 def makeService(options: Options) -> IService:
     """
@@ -249,7 +264,9 @@ def makeService(options: Options) -> IService:
             options["config"],
         )
         destination = _json_log_destination(settings, options)
-        daemon = assemble(settings, reactor, owner_of(options))
+        daemon = ReportedStart(
+            assemble(settings, reactor, owner_of(options)), _twistd_options(options)
+        )
     except ConfigurationError as error:
         raise SystemExit(f"secmsg: cannot start: {error}") from None
     if destination is None:
@@ -270,12 +287,20 @@ def _json_log_destination(
     """
     if settings.log_format != "json":
         return None
-    twistd: Mapping[str, Any] = options.parent or {}
+    twistd = _twistd_options(options)
     return LogDestination.of_twistd(
         twistd.get("logfile"),
         twistd.get("nodaemon", False),
         twistd.get("syslog", False),
     )
+
+
+def _twistd_options(options: Options) -> Mapping[str, Any]:
+    """
+    twistd's own options, above ours, as twistd keeps them: it adds its
+    status pipe there when it forks into the background.
+    """
+    return getattr(options, "parent", None) or {}
 
 
 @dataclass(frozen=True)
@@ -445,29 +470,28 @@ def assemble(
     The daemon as a service listening on the configured address, with its
     message store and the retention that trims it.
 
-    The database is opened here once, so that a corrupt, locked or newer
-    one stops the daemon before it starts, and is opened for good by
-    L{StoreService} when the daemon starts.
+    Nothing is written here: the ports are bound first when the daemon
+    starts (L{ListenFirstService}), and only then are the data directory,
+    the audit trail and the database made, so that a daemon that cannot
+    listen leaves nothing behind.  A database already there is opened here
+    once, so that a corrupt, locked or newer one stops the daemon before
+    it starts, and is opened for good by L{StoreService} when it starts.
 
     @param reactor: provides TCP listening, threads and the clock.
     @param owner: the user the daemon will run as, whom the data directory
         is handed to before it does; L{None} to keep it the current user's.
     @raise ConfigurationError: a file is missing or invalid.
     """
-    prepare_data_dir(settings.data_dir)
+    check_data_dir(settings.data_dir)
     shortfall = raise_open_file_limit(settings.limits.open_files)
     if shortfall is not None:
         log.warn("{shortfall}", shortfall=shortfall)
     path = settings.data_dir / DATABASE_NAME
-    open_database(path).close()
+    if path.exists():
+        open_database(path).close()
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
-    service = MultiService()
-    AuditService(
-        settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
-    ).setServiceParent(service)
-    StoreService(store).setServiceParent(service)
-    SecmsgService(
+    line = SecmsgService(
         _endpoints(
             reactor, "listen", settings.listen, settings.interface, settings.port
         ),
@@ -476,26 +500,47 @@ def assemble(
         reactor,
         daemon.reloader.reload,
         store,
+    )
+    admin = _admin_service(settings, reactor, daemon.admin)
+    service = MultiService()
+    ListenFirstService(
+        [line] if admin is None else [line, admin], settings.data_dir
     ).setServiceParent(service)
+    AuditService(
+        settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
+    ).setServiceParent(service)
+    StoreService(store).setServiceParent(service)
+    line.setServiceParent(service)
     RetentionService(store, reactor, settings.retention).setServiceParent(service)
     CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(
         service
     )
-    if settings.admin_port is not None or settings.admin_listen:
-        AdminService(
-            _endpoints(
-                reactor,
-                "admin-listen",
-                settings.admin_listen,
-                settings.admin_interface,
-                settings.admin_port or 0,
-            ),
-            daemon.admin,
-        ).setServiceParent(service)
+    if admin is not None:
+        admin.setServiceParent(service)
     if owner is not None:
         # Last, so that everything root opens is there to hand over.
         HandOverService(settings.data_dir, owner).setServiceParent(service)
     return service
+
+
+def _admin_service(
+    settings: Settings, reactor: Any, gate: AdminGate
+) -> AdminService | None:
+    """
+    The admin interface's service, or L{None} when no setting turns it on.
+    """
+    if settings.admin_port is None and not settings.admin_listen:
+        return None
+    return AdminService(
+        _endpoints(
+            reactor,
+            "admin-listen",
+            settings.admin_listen,
+            settings.admin_interface,
+            settings.admin_port or 0,
+        ),
+        gate,
+    )
 
 
 def _endpoints(

@@ -20,6 +20,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.cli.connect import ConnectOptions, SendOptions
+from secmsg.cli.connection import ConnectionOptions
+from secmsg.cli.listen import ListenOptions
 from secmsg.client.profiles import (
     Profile,
     Settings,
@@ -215,8 +217,8 @@ class ProfileOptionsTests(SynchronousTestCase):
         self.environment = {"XDG_CONFIG_HOME": str(self.config), "HOME": "/nowhere"}
 
     def parse(
-        self, options: ConnectOptions | SendOptions, *argv: str, **environment: str
-    ) -> ConnectOptions | SendOptions:
+        self, options: ConnectionOptions, *argv: str, **environment: str
+    ) -> ConnectionOptions:
         options.environment = {**self.environment, **environment}
         options.parseOptions(list(argv))
         return options
@@ -286,6 +288,16 @@ class ProfileOptionsTests(SynchronousTestCase):
         self.assertEqual(options["host"], "chat.example")
         options = self.parse(SendOptions(), "work", "--to", "bob", "hi")
         self.assertEqual(options["text"], "hi")
+
+    def test_listen_takes_a_profile_as_connect_does(self) -> None:
+        """
+        listen shares the options, profiles included: a profile's name in
+        the server's place, or --profile with no server at all.
+        """
+        for argv in (["work"], ["--profile", "work", "--json"]):
+            options = self.parse(ListenOptions(), *argv)
+            self.assertEqual(options["host"], "chat.example")
+            self.assertEqual(options.credentials.ca, self.files / "ca.pem")
 
     def test_profiles_key_open_to_others_refused(self) -> None:
         """

@@ -11,7 +11,12 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.identity import IdentityField
-from secmsg.daemon.settings import OPTIONS, load_settings, prepare_data_dir
+from secmsg.daemon.settings import (
+    OPTIONS,
+    check_data_dir,
+    load_settings,
+    prepare_data_dir,
+)
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Retention, WaitingLimit
 from tests.harness import temporary_directory
@@ -174,3 +179,26 @@ class SettingsTests(SynchronousTestCase):
         path.write_text("")
         error = self.assertRaises(ConfigurationError, prepare_data_dir, path)
         self.assertIn("cannot create", str(error))
+
+    def test_data_dir_check_makes_nothing(self) -> None:
+        """
+        The check made before the daemon listens leaves a missing data
+        directory, and the directories above it, unmade.
+        """
+        data = self.directory / "state" / "data"
+        check_data_dir(data)
+        self.assertFalse((self.directory / "state").exists())
+
+    def test_data_dir_check_refuses_a_file_in_the_way(self) -> None:
+        """
+        A file where the data directory, or one above it, would be is
+        refused before the daemon starts, naming the file.
+        """
+        blocker = self.directory / "file"
+        blocker.write_text("")
+        for data in (blocker, blocker / "data"):
+            with self.subTest(data=data):
+                error = self.assertRaises(ConfigurationError, check_data_dir, data)
+                self.assertEqual(
+                    str(error), f"{data}: cannot create: {blocker} is not a directory"
+                )

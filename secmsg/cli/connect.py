@@ -5,7 +5,7 @@ turns them into a session of the client (L{secmsg.client.connect}).
 Both take the daemon's C{HOST[:PORT]} and our certificate, key and CA,
 named one by one, as a name in a C{secmsg init} or C{secmsg pki}
 directory, or by a profile (L{secmsg.cli.connection}); C{send} adds the
-recipient and the text.
+recipient and the text (C{-}: read from standard input).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.python import usage
 from secmsg import wire
 from secmsg.cli.connection import ConnectionOptions as ConnectionOptions
 from secmsg.cli.connection import parse_address as parse_address
+from secmsg.cli.message_text import read_message_text
 from secmsg.cli.options import complain, stop_writing
 from secmsg.client.connect import (
     Dial,
@@ -40,6 +41,9 @@ class ConnectOptions(ConnectionOptions):
         "HOST[:PORT]|PROFILE "
         "[--profile NAME | --instance DIR --as NAME | --cert F --key F --ca F]"
     )
+    optFlags = [
+        ["json", None, "Scripted: write each server line as a JSON object."],
+    ]
 
     def parseArgs(self, *words: str) -> None:
         rest = self.take_server(words)
@@ -53,7 +57,8 @@ class SendOptions(ConnectionOptions):
     """
 
     synopsis = (
-        "HOST[:PORT]|PROFILE (--to NAME | --room #ROOM) [certificate options] TEXT"
+        "HOST[:PORT]|PROFILE (--to NAME | --room #ROOM) [certificate options] "
+        "(TEXT | -)"
     )
     optParameters = [
         ["to", None, None, "Send a direct message to this identity."],
@@ -72,6 +77,9 @@ class SendOptions(ConnectionOptions):
             raise usage.UsageError(f"--to {self['to']!r} is not an identity")
         if self["room"] and not wire.ROOM_NAME.fullmatch(self["room"].lower()):
             raise usage.UsageError(f"--room {self['room']!r} is not a room (#name)")
+        if self["text"] == "-":
+            command = f"SAY {self['room']} " if self["room"] else f"MSG {self['to']} "
+            self["text"] = read_message_text(sys.stdin.buffer, command)
         if not self["text"].strip(" \t"):
             raise usage.UsageError("give the text to send")
         try:
@@ -85,10 +93,11 @@ class SendOptions(ConnectionOptions):
 def run_connect(options: ConnectOptions) -> int:
     """
     Run C{secmsg connect}; return its exit status.  The console opens only
-    when both standard input and standard output are a terminal.
+    when both standard input and standard output are a terminal, and no
+    JSON is asked for.
     """
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    talk = connect_talk(sys.stdout, interactive, stop_writing)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["json"]
+    talk = connect_talk(sys.stdout, interactive, stop_writing, options["json"])
     return run_client(_dial(options), talk, complain)
 
 

@@ -1,9 +1,9 @@
 """
 The C{secmsg} command: C{init} makes a development instance, C{pki} runs
-the operator's CA, C{connect} and C{send} talk to a daemon (C{profile}
-keeps named sets of their options), C{audit}
-checks the daemon's audit trail, C{check-config} checks the daemon's
-configuration without starting it.
+the operator's CA, C{connect}, C{send} and C{listen} talk to a daemon
+(C{profile} keeps named sets of their options), C{audit} checks the
+daemon's audit trail, C{check-config} checks the daemon's configuration
+without starting it.
 
 This is the client side's composition root, as L{secmsg.tap} is the
 daemon's: it reads the options and hands each piece what it needs.
@@ -22,6 +22,7 @@ from secmsg.cli import audit as audit_command
 from secmsg.cli import backup as backup_command
 from secmsg.cli import check_config as check_config_command
 from secmsg.cli import connect as connect_command
+from secmsg.cli import listen as listen_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli import profile as profile_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
@@ -30,12 +31,32 @@ from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
 
 
+def _port(text: str) -> int:
+    """
+    A TCP port, as init's --port and --admin-port take it.
+    """
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise ValueError(f"a port is a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
 class InitOptions(CommandOptions):
     """
-    secmsg init DIR
+    secmsg init DIR [--port PORT] [--admin-port PORT]
     """
 
     synopsis = "DIR"
+
+    optParameters = [
+        ["port", None, 7443, "Port the instance's daemon listens on.", _port],
+        [
+            "admin-port",
+            None,
+            None,
+            "Port of its HTTPS admin interface. [default: off]",
+            _port,
+        ],
+    ]
 
     # usage.Options calls parseArgs with the words left on the line, as
     # many as the subclass takes; Twisted types it as taking none.
@@ -48,17 +69,23 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|profile|audit|check-config|backup ..."
+    synopsis = "init|pki|connect|send|listen|profile|audit|check-config|backup ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
         ["connect", None, connect_command.ConnectOptions, "Talk to a secmsg daemon."],
         ["send", None, connect_command.SendOptions, "Send one message and exit."],
         [
+            "listen",
+            None,
+            listen_command.ListenOptions,
+            "Stay connected and write each message received to standard output.",
+        ],
+        [
             "profile",
             None,
             profile_command.Options,
-            "Keep named servers and certificates for connect and send.",
+            "Keep named servers and certificates for connect, send and listen.",
         ],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
         [
@@ -100,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
         return connect_command.run_send(options.subOptions)
+    if options.subCommand == "listen":
+        return listen_command.run_listen(options.subOptions)
     if options.subCommand == "backup":
         return backup_command.run(options.subOptions)
     now = datetime.now(UTC)
     status: int = ExitStatus.OK
     try:
         if options.subCommand == "init":
-            lines = _init(options.subOptions["directory"], now)
+            lines = _init(options.subOptions, now)
         elif options.subCommand == "audit":
             lines, status = audit_command.run(options.subOptions)
         elif options.subCommand == "check-config":
@@ -140,8 +169,9 @@ def _innermost(options: usage.Options) -> usage.Options:
     return options
 
 
-def _init(directory: Path, now: datetime) -> list[str]:
-    config = create_instance(directory, now)
+def _init(options: InitOptions, now: datetime) -> list[str]:
+    directory = options["directory"]
+    config = create_instance(directory, now, options["port"], options["admin-port"])
     user = next(iter(DEVELOPMENT_USERS))
     return [
         f"made a development instance in {directory}",

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.client.console import run_console
+from secmsg.client.jsonlines import json_line, server_line_record
 from secmsg.client.protocol import (
     ClientProtocol,
     ExitStatus,
@@ -170,6 +171,21 @@ def run_client(dial: Dial, talk: Talk, report: Callable[[str], None]) -> int:
     @param report: writes a line for the user; the command line's escapes
         it and writes it to standard error.
     """
+
+    async def work(reactor: Any) -> ExitStatus:
+        return await talk(reactor, await dial(reactor))
+
+    return run_reactor(work, report)
+
+
+def run_reactor(
+    work: Callable[[Any], Coroutine[Any, Any, ExitStatus]],
+    report: Callable[[str], None],
+) -> int:
+    """
+    Run the asyncio reactor until C{work}, given the reactor, is done;
+    C{report} why a session it had ended, and return the exit status.
+    """
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
@@ -185,8 +201,7 @@ def run_client(dial: Dial, talk: Talk, report: Callable[[str], None]) -> int:
 
     async def session() -> None:
         try:
-            client = await dial(reactor)
-            status = await talk(reactor, client)
+            status = await work(reactor)
         except SessionEnded as ending:
             if not interrupted:
                 report(f"secmsg: {ending.words}")
@@ -221,7 +236,10 @@ def local_now(clock: IReactorTime) -> datetime:
 
 
 def connect_talk(
-    out: TextIO, interactive: bool, reader_gone: Callable[[TextIO], None]
+    out: TextIO,
+    interactive: bool,
+    reader_gone: Callable[[TextIO], None],
+    as_json: bool = False,
 ) -> Talk:
     """
     What C{secmsg connect} does with its session: the console on a
@@ -229,12 +247,14 @@ def connect_talk(
 
     @param reader_gone: told that C{out}'s reader has gone (the scripted
         mode's L{run_scripted}).
+    @param as_json: the scripted mode writes each server line as JSON.
     """
+    render = _json_server_line if as_json else wire.escape_controls
 
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
             return await run_scripted(
-                session, standard_input, out, sys.stderr, reactor, reader_gone
+                session, standard_input, out, sys.stderr, reactor, reader_gone, render
             )
         greeting = await session.greeted
         console = run_console(session, greeting, lambda: local_now(reactor))
@@ -243,3 +263,7 @@ def connect_talk(
         return await defer.Deferred.fromFuture(asyncio.ensure_future(console))
 
     return talk
+
+
+def _json_server_line(text: str) -> str:
+    return json_line(server_line_record(text))

@@ -40,6 +40,7 @@ async def run_scripted(
     err: TextIO,
     clock: IReactorTime,
     reader_gone: Callable[[TextIO], None],
+    render: Callable[[str], str] = wire.escape_controls,
 ) -> ExitStatus:
     """
     Send standard input's lines, print every server line, and end once the
@@ -53,11 +54,13 @@ async def run_scripted(
     @param reader_gone: told that C{out}'s reader has gone, so that nothing
         more written to C{out}, at exit included, fails; the command line
         points it at the null device.
+    @param render: a server line as it is written: escaped, or as JSON
+        (L{secmsg.client.jsonlines}).
     """
 
     def printed(text: str) -> None:
         try:
-            out.write(wire.escape_controls(text) + "\n")
+            out.write(render(text) + "\n")
             out.flush()
         except BrokenPipeError:
             # The reader (head, say) has had enough: leave, as it chose.

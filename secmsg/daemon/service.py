@@ -5,15 +5,18 @@ the way out.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.internet import TimerService
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTime,
@@ -31,6 +34,7 @@ from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.listen import describe_listening
 from secmsg.daemon.operations import reload_as
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.settings import prepare_data_dir
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.tls import VerifyingServerTLS
 from secmsg.errors import ConfigurationError, ServerFault
@@ -41,10 +45,116 @@ log = Logger()
 SHUTDOWN_GRACE = 5.0
 """Seconds the sessions get to receive their CLOSED line at shutdown."""
 
+LINE_PORT_FIX = "choose another with --port, or with port or listen in the config file"
+"""How an operator moves the line protocol off an address it cannot have."""
+
+ADMIN_PORT_FIX = (
+    "choose another with --admin-port, or with admin-port or admin-listen "
+    "in the config file"
+)
+"""How an operator moves the admin interface off an address it cannot have."""
+
+
+STATUS_BYTES = 98
+"""What twistd's waiting process reads of a refusal: 100 bytes, less the
+two of the status that precedes it."""
+
+
+class ReportedStart(MultiService):
+    """
+    The daemon's services, whose refusal to start is reported as twistd
+    reports an error, which the refusal's C{SystemExit} skips.
+
+    Forking into the background, twistd leaves its first process waiting
+    for a word from the daemon on a status pipe that it holds open itself;
+    without one the waiting process would wait for ever.  The refusal goes
+    to the log first, then twistd's pidfile, naming a daemon that is
+    stopping, is removed as twistd removes it after an error, and last the
+    refusal is written to the pipe: the waiting process, which exits as
+    soon as it reads it, finds both done.  It shows the refusal, says to
+    look at the log, and exits with status 1.
+    """
+
+    def __init__(self, daemon: IService, twistd: Mapping[str, Any]) -> None:
+        """
+        @param twistd: twistd's options, where it puts its status pipe
+            when it forks.
+        """
+        super().__init__()
+        self._twistd = twistd
+        daemon.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except SystemExit as refusal:
+            if not isinstance(refusal.code, str):
+                raise
+            # twistd logs what is written to stderr, as the line SystemExit
+            # would print at the very end.
+            print(refusal.code, file=sys.stderr, flush=True)
+            pidfile = self._twistd.get("pidfile")
+            if pidfile:
+                remove_own_pidfile(Path(pidfile))
+            pipe = self._twistd.get("statusPipe")
+            if pipe is not None:
+                reason = refusal.code.removeprefix("secmsg: cannot start: ")
+                os.write(pipe, b"1 " + reason.encode()[:STATUS_BYTES])
+            raise SystemExit(1) from None
+
+
+def remove_own_pidfile(pidfile: Path) -> None:
+    """
+    Remove a pidfile that names this process, and only such a one.
+    """
+    try:
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
+    except OSError:
+        # Gone already, or not ours to remove: the refusal matters more.
+        return
+
+
+class Listener(Protocol):
+    """
+    A service whose ports L{ListenFirstService} binds before anything else
+    of the daemon starts.
+    """
+
+    def listen(self) -> None:
+        """
+        Bind this service's ports, or stop the daemon with one line.
+        """
+
+
+class ListenFirstService(Service):
+    """
+    Binds every port of the daemon, then makes its data directory: the
+    first of the daemon's services to start, so that a port that cannot be
+    bound stops the daemon before anything is written in the data
+    directory (a database, an audit trail and its key) for a daemon that
+    will never serve.  The ports stay their services', which stop
+    listening when they stop.
+    """
+
+    def __init__(self, listeners: Sequence[Listener], data_dir: Path) -> None:
+        self._listeners = listeners
+        self._data_dir = data_dir
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for listener in self._listeners:
+            listener.listen()
+        try:
+            prepare_data_dir(self._data_dir)
+        except ConfigurationError as error:
+            raise SystemExit(f"secmsg: cannot start: {error}") from None
+
 
 class SecmsgService(Service):
     """
-    Listens on its endpoints with the TLS-wrapped session factory.
+    Listens on its endpoints with the TLS-wrapped session factory, when
+    L{ListenFirstService} tells it to.
 
     A port that cannot be bound stops the daemon before the reactor runs,
     with one line (which twistd, logging by then, writes to its log) and
@@ -78,10 +188,15 @@ class SecmsgService(Service):
         self._previous_hangup: Any = None
         self._listening_for_hangup = False
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+    def listen(self) -> None:
+        """
+        Bind the line protocol's ports, or stop the daemon with one line.
+        """
         self._ports = listen_all(
-            self._endpoints, self._factory, "secmsg {version} listening on {address}"
+            self._endpoints,
+            self._factory,
+            "secmsg {version} listening on {address}",
+            LINE_PORT_FIX,
         )
 
     def startService(self) -> None:
@@ -129,17 +244,22 @@ class SecmsgService(Service):
 
 
 def listen_all(
-    endpoints: Sequence[IStreamServerEndpoint], factory: Factory, announce: str
+    endpoints: Sequence[IStreamServerEndpoint],
+    factory: Factory,
+    announce: str,
+    fix: str,
 ) -> list[IListeningPort]:
     """
     Listen on every endpoint, or stop the daemon; log each address.
 
     @param announce: the log line's format, naming C{{address}} (and
         C{{version}} if it likes).
+    @param fix: what the operator can do about an address that cannot be
+        had, for the line that stops the daemon.
     """
     ports = []
     for endpoint in endpoints:
-        port = listen_or_exit(endpoint, factory)
+        port = listen_or_exit(endpoint, factory, fix)
         ports.append(port)
         log.info(
             announce, version=__version__, address=describe_listening(port.getHost())
@@ -147,18 +267,40 @@ def listen_all(
     return ports
 
 
-def listen_or_exit(endpoint: IStreamServerEndpoint, factory: Factory) -> IListeningPort:
+def listen_or_exit(
+    endpoint: IStreamServerEndpoint, factory: Factory, fix: str
+) -> IListeningPort:
     """
-    Listen at once, or stop the daemon with one line: TCP, UNIX and adopted
-    (systemd) endpoints listen synchronously, so the outcome is known
-    before this returns.
+    Listen at once, or stop the daemon with one line naming the address
+    and C{fix}: TCP, UNIX and adopted (systemd) endpoints listen
+    synchronously, so the outcome is known before this returns.
     """
     outcome: list[IListeningPort | Failure] = []
     endpoint.listen(factory).addBoth(outcome.append)
-    if not outcome or isinstance(outcome[0], Failure):
-        problem = outcome[0].getErrorMessage() if outcome else "no answer"
-        raise SystemExit(f"secmsg: cannot start: cannot listen: {problem}")
+    if not outcome:
+        raise SystemExit("secmsg: cannot start: cannot listen: no answer")
+    if isinstance(outcome[0], Failure):
+        problem = listen_problem(outcome[0])
+        raise SystemExit(f"secmsg: cannot start: {problem}; {fix}")
     return outcome[0]
+
+
+def listen_problem(failure: Failure) -> str:
+    """
+    Why listening failed, in words that name the address: Twisted's own
+    message repeats its exception's name and the errno.
+    """
+    error = failure.value
+    if not isinstance(error, CannotListenError):
+        return f"cannot listen: {failure.getErrorMessage()}"
+    if error.interface is None:
+        # A UNIX socket, whose port is its path.
+        address = f"unix:{error.port}"
+    else:
+        host = error.interface or "*"
+        address = f"[{host}]:{error.port}" if ":" in host else f"{host}:{error.port}"
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    return f"cannot listen on {address}: {reason.lower()}"
 
 
 def stop_listening(ports: list[IListeningPort]) -> defer.Deferred[None]:
@@ -174,8 +316,8 @@ def stop_listening(ports: list[IListeningPort]) -> defer.Deferred[None]:
 class AdminService(Service):
     """
     Serves the HTTPS admin interface on its own endpoints while the daemon
-    runs; a port that cannot be bound stops the daemon, as the main one
-    does.
+    runs, listening when L{ListenFirstService} tells it to; a port that
+    cannot be bound stops the daemon, as the main one does.
     """
 
     def __init__(
@@ -185,12 +327,15 @@ class AdminService(Service):
         self._factory = factory
         self._ports: list[IListeningPort] = []
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+    def listen(self) -> None:
+        """
+        Bind the admin interface's ports, or stop the daemon with one line.
+        """
         self._ports = listen_all(
             self._endpoints,
             self._factory,
             "admin interface listening on https://{address}/",
+            ADMIN_PORT_FIX,
         )
 
     def stopService(self) -> defer.Deferred[None]:
@@ -265,10 +410,11 @@ class AuditService(TimerService):
     and logs its head at startup, every L{HEAD_INTERVAL} and at shutdown.
 
     The trail is opened after twistd has forked, as the store is, and
-    observes the log from before the port opens until after the last
-    session has closed.  The head goes to the operator's log, not to the
-    trail: shipped elsewhere, it is what shows that the trail's end was
-    cut (C{secmsg audit verify --head}).
+    once the ports are bound (L{ListenFirstService}), but before they
+    take a connection, which waits for the reactor; it observes the log
+    until after the last session has closed.  The head goes to the
+    operator's log, not to the trail: shipped elsewhere, it is what shows
+    that the trail's end was cut (C{secmsg audit verify --head}).
     """
 
     def __init__(

@@ -334,6 +334,29 @@ def prepare_data_dir(path: Path) -> None:
         raise ConfigurationError(str(path), "not writable by the daemon")
 
 
+def check_data_dir(path: Path) -> None:
+    """
+    Check, creating nothing, that the daemon will be able to make or write
+    in its data directory: what L{prepare_data_dir} does once the daemon
+    knows it can listen, told before it starts.
+
+    @raise ConfigurationError: it, or the directory it would be made in,
+        is not a writable directory.
+    """
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigurationError(
+            str(path), f"cannot create: {existing} is not a directory"
+        )
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    if existing == path:
+        raise ConfigurationError(str(path), "not writable by the daemon")
+    raise ConfigurationError(
+        str(path), f"cannot create: {existing} is not writable by the daemon"
+    )
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     data = read_toml(path)
     unknown = sorted(set(data) - set(OPTIONS))

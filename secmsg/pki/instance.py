@@ -74,8 +74,9 @@ DEVELOPMENT_CONFIG = """\
 # A secmsg development instance made by `secmsg init`.
 # Run it with: twistd -n secmsg --config {config}
 # Paths are relative to this file's directory.
-port = 7443
+port = {port}
 interface = "127.0.0.1"
+{admin_port}
 cert = "servers/{server}.pem"
 key = "servers/{server}.key"
 ca = "ca.pem"
@@ -87,11 +88,17 @@ backup-dir = "backups"
 """
 
 
-def create_instance(directory: Path, now: datetime) -> Path:
+def create_instance(
+    directory: Path, now: datetime, port: int = 7443, admin_port: int | None = None
+) -> Path:
     """
     Write a ready-to-run development instance into C{directory}: a CA and
     its CRL, a server certificate for localhost, 127.0.0.1 and ::1, client
     certificates for the L{DEVELOPMENT_USERS}, a policy and a config file.
+
+    @param port: the port its config file listens on.
+    @param admin_port: the admin interface's port in its config file;
+        L{None} for none, a commented-out line then.
 
     @return: the config file.
     @raise AuthorityError: the directory already holds some of it; nothing
@@ -134,7 +141,14 @@ def create_instance(directory: Path, now: datetime) -> Path:
     )
     pki.install_file(
         config,
-        DEVELOPMENT_CONFIG.format(config=config, server=SERVER_NAME).encode(),
+        DEVELOPMENT_CONFIG.format(
+            config=config,
+            server=SERVER_NAME,
+            port=port,
+            admin_port="# admin-port = 7445"
+            if admin_port is None
+            else f"admin-port = {admin_port}",
+        ).encode(),
         private=False,
     )
     # Written only by the daemon's user: a backup refuses a directory that
