@@ -230,7 +230,8 @@ class ConnectionOptions(CommandOptions):
         What the options themselves say: the files named one by one or by
         C{--instance} and C{--as}, and the server if a word named it.
         """
-        server = self.get("host") and f"{self['host']}:{self['port']}"
+        host = self.get("host")
+        server = None if host is None else _address_text(host, self["port"])
         ca = Path(self["ca"]) if self["ca"] else None
         if self["instance"]:
             if not self["as"]:
@@ -308,6 +309,13 @@ class ConnectionOptions(CommandOptions):
                 str(self._path()),
                 f"[{profile.name}]: server {server!r} is not HOST[:PORT]",
             ) from None
+
+
+def _address_text(host: str, port: int) -> str:
+    """
+    C{HOST:PORT} as L{parse_address} reads it, an IPv6 address bracketed.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _missing_files(settings: Settings) -> str:
