@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 
 import pexpect
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
+from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
@@ -24,6 +27,7 @@ from secmsg.client.completion import (
     Names,
     argument_kinds,
 )
+from secmsg.client.console import NAMES_REFRESH, _Refresher
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 
@@ -99,6 +103,60 @@ class CompletionTests(SynchronousTestCase):
         self.assertEqual(
             names.of(frozenset([IDENTITY, ROOM])), ["#tea", "carol", "dave"]
         )
+
+
+class _Session:
+    """
+    Records the commands sent; each is answered when the test says.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, defer.Deferred[list[wire.ReplyLine]]]] = []
+
+    def command(self, line: bytes) -> defer.Deferred[list[wire.ReplyLine]]:
+        answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
+        self.sent.append((line, answered))
+        return answered
+
+
+class RefreshTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.session = _Session()
+        self.names = Names()
+        self.refresh = _Refresher(
+            self.session,
+            self.names,
+            ["HELP", "WHO", "MSG"],
+            lambda: datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+
+    def test_who_asked_at_most_every_interval(self) -> None:
+        """
+        Completing an identity asks WHO, whose answer is kept; asking again
+        within NAMES_REFRESH seconds sends nothing, and after it, WHO again.
+        ROOMS, which the policy does not grant here, is never asked.
+        """
+        self.refresh(frozenset([IDENTITY, ROOM]))
+        ((line, answered),) = self.session.sent
+        self.assertEqual(line, b"WHO")
+        answered.callback(replies("211-carol", "211 1 online"))
+        self.assertEqual(self.names.identities, {"carol"})
+        self.clock.advance(NAMES_REFRESH - 1)
+        self.refresh(frozenset([IDENTITY]))
+        self.assertEqual(len(self.session.sent), 1)
+        self.clock.advance(1)
+        self.refresh(frozenset([IDENTITY]))
+        self.assertEqual([sent for sent, _ in self.session.sent], [b"WHO", b"WHO"])
+
+    def test_refused_who_changes_nothing(self) -> None:
+        """
+        An error reply to WHO leaves the names as they were.
+        """
+        self.names.take_who(replies("211-bob", "211 1 online"))
+        self.refresh(frozenset([IDENTITY]))
+        self.session.sent[0][1].callback(replies("503 try later"))
+        self.assertEqual(self.names.identities, {"bob"})
 
 
 class ConsoleAgainstDaemonTests(SynchronousTestCase):
