@@ -55,8 +55,8 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         """
         Lines from standard input are sent, every server line is written to
         standard output, blank lines get nothing, a line with a control
-        character is refused here with its number, and the client exits 0
-        once the last command is answered.
+        character is refused here with its number, and the client exits 7
+        (a line not sent) once the last command is answered.
         """
         result = secmsg(
             "connect",
@@ -64,7 +64,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
             *self.as_user("alice"),
             stdin="PING\n\n\r\r\nWHO\n",
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.returncode, 7, result.stderr)
         self.assertEqual(
             result.stderr,
             "secmsg: line 3 not sent: control characters are not allowed\n",
@@ -343,9 +343,9 @@ class HostileServerTests(SynchronousTestCase):
 
     def test_terminal_output_is_escaped(self) -> None:
         """
-        The terminal client shows the push escaped, and leaves out of its
-        command list a HELP word that is an escape sequence: the title is
-        not set and the screen is not cleared.
+        The terminal client leaves out of its command list a HELP word that
+        is an escape sequence, and shows the push (after that list) escaped:
+        the title is not set and the screen is not cleared.
         """
         console = pexpect.spawn(
             str(BIN / "secmsg"),
@@ -355,9 +355,9 @@ class HostileServerTests(SynchronousTestCase):
             env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
         )
         self.addCleanup(console.close, force=True)
-        console.expect_exact("eve to you: \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e")
-        seen = console.before + console.after
         console.expect_exact("commands: MSG;")
+        seen = console.before + console.after
+        console.expect_exact("eve to you: \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e")
         seen += console.before + console.after
         console.send("PING\r")
         console.expect(pexpect.EOF)

@@ -92,7 +92,7 @@ class ListenOptionsTests(SynchronousTestCase):
         """
         for argv, words in [
             (["localhost", "--join", "ops"], "--join 'ops' is not a room"),
-            ([], "give the daemon's HOST[:PORT]"),
+            ([], "missing HOST[:PORT], the server to connect to"),
             (["a", "b"], "give the daemon's HOST[:PORT]"),
         ]:
             with self.assertRaises(usage.UsageError) as caught:

@@ -2,8 +2,9 @@
 C{secmsg listen}: its options, and the glue that turns them into a
 L{Listener} writing to standard output.
 
-It takes the same daemon address and certificate options as C{connect}
-and C{send} (L{ConnectionOptions}), and adds C{--json} and C{--join}.
+It takes the same daemon address, certificate options and profiles as
+C{connect} and C{send} (L{ConnectionOptions}), and adds C{--json} and
+C{--join}.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from twisted.python import usage
 
 from secmsg import wire
-from secmsg.cli.connect import ConnectionOptions
+from secmsg.cli.connection import ConnectionOptions
 from secmsg.cli.options import complain, stop_writing
 from secmsg.client.api import Client, start
 from secmsg.client.connect import connect, local_now, run_reactor
@@ -27,12 +28,12 @@ from secmsg.client.received import Message, show_message
 
 class ListenOptions(ConnectionOptions):
     """
-    secmsg listen HOST[:PORT] [--json] [--join #ROOM]... [certificate options]
+    secmsg listen HOST[:PORT]|PROFILE [--json] [--join #ROOM]... [certificate options]
     """
 
     synopsis = (
-        "HOST[:PORT] [--json] [--join #ROOM]... "
-        "(--instance DIR --as NAME | --cert F --key F --ca F)"
+        "HOST[:PORT]|PROFILE [--json] [--join #ROOM]... "
+        "[--profile NAME | --instance DIR --as NAME | --cert F --key F --ca F]"
     )
     optFlags = [
         ["json", None, "Write each message as a JSON object on one line."],
@@ -51,9 +52,8 @@ class ListenOptions(ConnectionOptions):
         self["join"].append(room)
 
     def parseArgs(self, *words: str) -> None:
-        if len(words) != 1:
+        if self.take_server(words):
             raise usage.UsageError("give the daemon's HOST[:PORT], and only that")
-        self.address(words[0])
 
 
 def run_listen(options: ListenOptions) -> int:

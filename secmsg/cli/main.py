@@ -1,8 +1,9 @@
 """
 The C{secmsg} command: C{init} makes a development instance, C{pki} runs
-the operator's CA, C{connect}, C{send} and C{listen} talk to a daemon,
-C{audit} checks the daemon's audit trail, C{check-config} checks the
-daemon's configuration without starting it.
+the operator's CA, C{connect}, C{send} and C{listen} talk to a daemon
+(C{profile} keeps named sets of their options), C{audit} checks the
+daemon's audit trail, C{check-config} checks the daemon's configuration
+without starting it.
 
 This is the client side's composition root, as L{secmsg.tap} is the
 daemon's: it reads the options and hands each piece what it needs.
@@ -10,6 +11,7 @@ daemon's: it reads the options and hands each piece what it needs.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from secmsg.cli import check_config as check_config_command
 from secmsg.cli import connect as connect_command
 from secmsg.cli import listen as listen_command
 from secmsg.cli import pki as pki_command
+from secmsg.cli import profile as profile_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
 from secmsg.client.protocol import ExitStatus
 from secmsg.errors import AuthorityError, ConfigurationError
@@ -66,7 +69,7 @@ class Options(CommandOptions):
     secmsg COMMAND [options]
     """
 
-    synopsis = "init|pki|connect|send|listen|audit|check-config|backup ..."
+    synopsis = "init|pki|connect|send|listen|profile|audit|check-config|backup ..."
     subCommands = [
         ["init", None, InitOptions, "Make a ready-to-run development instance in DIR."],
         ["pki", None, pki_command.Options, "Run a certificate authority for secmsg."],
@@ -77,6 +80,12 @@ class Options(CommandOptions):
             None,
             listen_command.ListenOptions,
             "Stay connected and write each message received to standard output.",
+        ],
+        [
+            "profile",
+            None,
+            profile_command.Options,
+            "Keep named servers and certificates for connect, send and listen.",
         ],
         ["audit", None, audit_command.Options, "Verify the daemon's audit trail."],
         [
@@ -109,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         complain(_innermost(options).getSynopsis())
         complain(f"secmsg: {error} (--help lists the options)")
         return ExitStatus.USAGE
+    except ConfigurationError as error:
+        # The profile file, read while the options are (a word may name a
+        # profile), is broken or lacks the profile named.
+        complain(f"secmsg: {error}")
+        return ExitStatus.FAILED
     if options.subCommand == "connect":
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         elif options.subCommand == "check-config":
             lines, starts = check_config_command.run(options.subOptions, now)
             status = ExitStatus.OK if starts else ExitStatus.FAILED
+        elif options.subCommand == "profile":
+            lines = profile_command.run(options.subOptions, os.environ)
         else:
             lines, status = pki_command.run(options.subOptions, now)
     except (AuthorityError, ConfigurationError) as error:

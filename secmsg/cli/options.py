@@ -8,9 +8,11 @@ naming the whole command in its usage line.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 from twisted.python import usage
 
@@ -25,6 +27,9 @@ class CommandOptions(usage.Options):
     """
 
     synopsis = "[options]"
+    # Without one, usage.Options shows __main__'s docstring under the
+    # options: under python -m secmsg, that of secmsg/__main__.py.
+    longdesc = ""
 
     def opt_version(self) -> None:
         """
@@ -71,6 +76,31 @@ class CommandOptions(usage.Options):
                 positional.append(word)
         super().parseOptions([*flags, "--", *positional])
 
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        Twisted's usage, with the commands' descriptions in the column of
+        the options' rather than in one of their own.
+        """
+        text = super().getUsage(width)
+        options, heading, _ = text.partition("Commands:\n")
+        found = _OPTION_NAME.search(options)
+        commands: list[list[Any]] = getattr(self, "subCommands", None) or []
+        if not heading or found is None or not commands:
+            return text
+        column = len(found.group())
+        wanted = max(column, 4 + max(len(command[0]) for command in commands) + 2)
+        if wanted > column:
+            options = _OPTION_NAME.sub(lambda name: name.group().ljust(wanted), options)
+            options = re.sub(
+                f"^ {{{column}}}(?=\\S)", " " * wanted, options, flags=re.M
+            )
+        lines = []
+        for name, _, _, description in sorted(commands, key=lambda command: command[0]):
+            wrapped = textwrap.wrap(description, (width or _terminal_width()) - wanted)
+            lines.append(f"    {name:<{wanted - 4}}{wrapped[0] if wrapped else ''}")
+            lines.extend(" " * wanted + more for more in wrapped[1:])
+        return options + heading + "\n".join(lines) + "\n"
+
     def getSynopsis(self) -> str:
         words: list[str] = []
         level: usage.Options = self
@@ -78,6 +108,17 @@ class CommandOptions(usage.Options):
             words.insert(0, level.parent.subCommand)
             level = level.parent
         return " ".join(["Usage: secmsg", *words, self.synopsis])
+
+
+_OPTION_NAME = re.compile(r"^ *(?:-\w, )?--\S+ +(?=\S)", re.MULTILINE)
+"""An option's name in Twisted's usage, up to the column of its description."""
+
+
+def _terminal_width() -> int:
+    """
+    The width Twisted's usage wraps to when given none.
+    """
+    return int(os.environ.get("COLUMNS", "80"))
 
 
 def _next(words: Iterator[str]) -> list[str]:

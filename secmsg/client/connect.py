@@ -30,9 +30,14 @@ from twisted.python.failure import Failure
 from secmsg import wire
 from secmsg.client.console import run_console
 from secmsg.client.jsonlines import json_line, server_line_record
-from secmsg.client.protocol import ClientProtocol, ExitStatus, SessionEnded
+from secmsg.client.protocol import (
+    ClientProtocol,
+    ExitStatus,
+    SessionEnded,
+    refusal_status,
+)
 from secmsg.client.script import run_scripted, standard_input
-from secmsg.client.tls import client_tls_options, load_client_files
+from secmsg.client.tls import CaOrigin, client_tls_options, load_client_files
 from secmsg.errors import ConfigurationError
 
 Talk = Callable[[Any, ClientProtocol], Coroutine[Any, Any, ExitStatus]]
@@ -47,11 +52,16 @@ class Credentials:
     """
     The files a connection needs: our certificate and key, the CA that
     signed the server's certificate.
+
+    @ivar ca_named_by: what named the CA file (C{--ca}, C{--instance},
+        C{SECMSG_CA}, C{profile NAME}), for the words when the server's
+        certificate does not verify against it.
     """
 
     certificate: Path
     key: Path
     ca: Path
+    ca_named_by: str = "--ca"
 
 
 def connect(
@@ -78,7 +88,8 @@ def connect(
     endpoint = wrapClientTLS(
         tls, HostnameEndpoint(reactor, host, port, timeout=timeout)
     )
-    session = ClientProtocol(reactor, server_name, timeout)
+    origin = CaOrigin(credentials.ca, credentials.ca_named_by)
+    session = ClientProtocol(reactor, server_name, timeout, origin)
     connecting = connectProtocol(endpoint, session)
     connecting.addErrback(_connect_failed, f"{host}:{port}")
     return connecting
@@ -101,8 +112,8 @@ async def send_message(
 ) -> ExitStatus:
     """
     Send the one message, C{to} an identity or in a C{room} (joining it
-    first); on anything but 250 write the reply to standard error and
-    return the status that names it.  A server that greets and then says
+    first); on anything but 250 say so on standard error, with the reply,
+    and return the status that names it.  A server that greets and then says
     nothing for C{timeout} seconds is given up on.
     """
     await session.greeted
@@ -111,7 +122,7 @@ async def send_message(
         name = room.encode("utf-8", "surrogateescape")
         joined = await _answer(reactor, session, b"JOIN " + name, timeout)
         if joined[-1].code != 200:
-            return _refused(joined[-1])
+            return _refused("JOIN", joined[-1])
         replies = await _answer(
             reactor, session, b"SAY " + name + b" " + words, timeout
         )
@@ -121,7 +132,7 @@ async def send_message(
             reactor, session, b"MSG " + recipient + b" " + words, timeout
         )
     if replies[-1].code != 250:
-        return _refused(replies[-1])
+        return _refused("SAY" if room else "MSG", replies[-1])
     # The message is accepted; however the goodbye goes, that stays true.
     with suppress(SessionEnded, defer.TimeoutError):
         await _answer(reactor, session, b"QUIT", timeout)
@@ -142,11 +153,14 @@ async def _answer(
         ) from None
 
 
-def _refused(reply: wire.ReplyLine) -> ExitStatus:
-    sys.stderr.write(wire.escape_controls(f"{reply.code} {reply.text}") + "\n")
-    return {403: ExitStatus.NOT_PERMITTED, 404: ExitStatus.NO_SUCH_RECIPIENT}.get(
-        reply.code, ExitStatus.FAILED
+def _refused(verb: str, reply: wire.ReplyLine) -> ExitStatus:
+    sys.stderr.write(
+        wire.escape_controls(
+            f"secmsg: the server refused {verb}: {reply.code} {reply.text}"
+        )
+        + "\n"
     )
+    return refusal_status(reply.code)
 
 
 def run_client(dial: Dial, talk: Talk, report: Callable[[str], None]) -> int:

@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import TypeVar
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
 
 from secmsg import wire
+from secmsg.client.completion import IDENTITY, ROOM, CommandCompleter, Names
 from secmsg.client.display import (
     acknowledgeable,
     help_commands,
@@ -39,6 +39,10 @@ KEEPALIVE_INTERVAL = 60.0
 closes one that sends nothing for its idle timeout (15 minutes unless the
 operator says otherwise), and a person reading a room sends nothing."""
 
+NAMES_REFRESH = 30.0
+"""Seconds that a WHO or ROOMS answer serves completion before Tab asks
+again: who is online changes, but not with every key pressed."""
+
 T = TypeVar("T")
 
 
@@ -55,35 +59,37 @@ async def run_console(
     print(escape_controls(greeting.text))
     print(show_offer(greeting.offer))
     announced: list[PushLine] = []
-
-    acknowledger = _Acknowledger(session)
+    names = Names()
+    try:
+        commands = help_commands(await _wait(session.command(b"HELP"), loop))
+    except SessionEnded as early:
+        print(escape_controls(early.words))
+        return early.status
 
     def shown(push: PushLine) -> None:
         if push.kind in ("KICKED", "CLOSED"):
             announced.append(push)
+        names.saw(push)
         print(show_push(push, now()))
         message_id = acknowledgeable(push)
-        if message_id is not None:
-            acknowledger.shown(message_id)
+        if message_id is not None and "ACK" in commands:
+            _acknowledge(session, message_id)
 
-    session.listen(shown)
-    try:
-        commands = help_commands(await _wait(session.command(b"HELP"), loop))
-    except SessionEnded as early:
-        if not announced:
-            print(escape_controls(early.words))
-        return early.status
-    acknowledger.decide("ACK" in commands)
     if "PING" in commands:
         session.keep_alive(KEEPALIVE_INTERVAL)
+    refresher = _Refresher(session, names, commands, now)
     prompt: PromptSession[str] = PromptSession(
-        completer=WordCompleter([*commands, *QUIT_WORDS], ignore_case=True),
+        completer=CommandCompleter([*commands, *QUIT_WORDS], names, refresher),
         complete_while_typing=False,
     )
     print(
         escape_controls(" ".join(["commands:", *commands]))
         + "; /quit or Ctrl-D to leave"
     )
+    # Messages that waited for us follow the banner, not split it; the
+    # session holds them until there is a listener.
+    session.listen(shown)
+    refresher(frozenset([IDENTITY, ROOM]))
     session.ended.addCallback(lambda ending: _leave_prompt(prompt, ending))
     with patch_stdout(raw=True):
         while not session.ended.called:
@@ -93,7 +99,7 @@ async def run_console(
                 line = QUIT_WORDS[0]
             except KeyboardInterrupt:
                 continue
-            if session.ended.called or await _one_command(session, line, loop):
+            if session.ended.called or await _one_command(session, line, names, loop):
                 break
     ending = await _wait(session.ended, loop)
     if ending.status is not ExitStatus.OK and not announced:
@@ -102,7 +108,7 @@ async def run_console(
 
 
 async def _one_command(
-    session: ClientProtocol, line: str, loop: asyncio.AbstractEventLoop
+    session: ClientProtocol, line: str, names: Names, loop: asyncio.AbstractEventLoop
 ) -> bool:
     """
     Send what the user typed and show the reply.
@@ -126,39 +132,83 @@ async def _one_command(
         return True
     for shown in show_reply(replies):
         print(shown)
+    _learn(names, line, replies)
     return replies[-1].code == 221
 
 
-class _Acknowledger:
+def _learn(names: Names, line: str, replies: list[wire.ReplyLine]) -> None:
     """
-    Says ACK for each message once it has been shown, so that a person at a
-    terminal never has to: the server keeps a message until then, and sends
-    it again at the next login if the session ends first.  Messages shown
-    before HELP has said whether ACK is allowed wait for that answer.
+    Keep what the user's own WHO, ROOMS or JOIN told of names to complete.
+    """
+    if replies[-1].code >= 400:
+        return
+    verb, _, rest = line.strip(" ").partition(" ")
+    verb = verb.upper()
+    if verb == "WHO" and not rest.strip(" "):
+        names.take_who(replies)
+    elif verb == "ROOMS":
+        names.take_rooms(replies)
+    elif verb == "JOIN":
+        names.joined(rest.strip(" "))
+
+
+class _Refresher:
+    """
+    Asks the server for the names completion offers: WHO for identities,
+    ROOMS for rooms, each if the policy grants it, at the start and again
+    when one of them is about to be completed and its last answer is older
+    than L{NAMES_REFRESH} seconds.
     """
 
-    def __init__(self, session: ClientProtocol) -> None:
+    def __init__(
+        self,
+        session: ClientProtocol,
+        names: Names,
+        commands: list[str],
+        now: Callable[[], datetime],
+    ) -> None:
         self._session = session
-        self._allowed: bool | None = None
-        self._waiting: list[str] = []
+        self._names = names
+        self._now = now
+        self._lines = {
+            kind: line
+            for kind, verb, line in (
+                (IDENTITY, "WHO", b"WHO"),
+                (ROOM, "ROOMS", b"ROOMS"),
+            )
+            if verb in commands
+        }
+        self._asked: dict[str, datetime] = {}
 
-    def shown(self, message_id: str) -> None:
-        if self._allowed is None:
-            self._waiting.append(message_id)
-        elif self._allowed:
-            self._acknowledge(message_id)
+    def __call__(self, kinds: frozenset[str]) -> None:
+        now = self._now()
+        for kind in kinds & self._lines.keys():
+            last = self._asked.get(kind)
+            if last is not None and (now - last).total_seconds() < NAMES_REFRESH:
+                continue
+            self._asked[kind] = now
+            asking = self._session.command(self._lines[kind])
+            asking.addCallback(self._answered, kind)
+            asking.addErrback(lambda failure: failure.trap(SessionEnded))
 
-    def decide(self, allowed: bool) -> None:
-        self._allowed = allowed
-        waiting, self._waiting = self._waiting, []
-        if allowed:
-            for message_id in waiting:
-                self._acknowledge(message_id)
+    def _answered(self, replies: list[wire.ReplyLine], kind: str) -> None:
+        if replies[-1].code >= 400:
+            return
+        if kind == IDENTITY:
+            self._names.take_who(replies)
+        else:
+            self._names.take_rooms(replies)
 
-    def _acknowledge(self, message_id: str) -> None:
-        self._session.command(b"ACK " + message_id.encode()).addErrback(
-            lambda failure: failure.trap(SessionEnded)
-        )
+
+def _acknowledge(session: ClientProtocol, message_id: str) -> None:
+    """
+    Say ACK for a message once it has been shown, so that a person at a
+    terminal never has to: the server keeps a message until then, and
+    sends it again at the next login if the session ends first.
+    """
+    session.command(b"ACK " + message_id.encode()).addErrback(
+        lambda failure: failure.trap(SessionEnded)
+    )
 
 
 def _leave_prompt(prompt: PromptSession[str], ending: SessionEnded) -> SessionEnded:

@@ -18,19 +18,40 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from secmsg import wire
 from secmsg.capabilities import Offer, parse_offer
-from secmsg.client.tls import describe_tls_failure
+from secmsg.client.tls import CaOrigin, describe_tls_failure
 from secmsg.errors import RefusalReason, SecmsgError
 from secmsg.transport import IConnection
 
 GREETING_TIMEOUT = 30.0
 """Seconds to wait for the greeting once connected; a server that says
 nothing for that long is not one we can talk to."""
+
+DEFAULT_PORT = 7443
+"""The port a daemon's line protocol listens on unless told otherwise."""
+
+QUIET_AFTER_HANDSHAKE = 3.0
+"""Seconds of silence after the TLS handshake before the client asks, as
+HTTP would, what answered: a secmsg daemon greets within a round trip of
+the handshake, while an HTTPS server (the daemon's admin port, on the same
+certificates) waits to be asked."""
+
+HTTP_PROBE = b"HEAD / HTTP/1.0\r\n\r\n"
+"""What the client asks a silent server: an HTTP server answers it with a
+status line; a secmsg daemon would answer it with one error reply."""
+
+PROBE_WAIT = 2.0
+"""Seconds to wait for an answer to L{HTTP_PROBE}."""
+
+_NOT_HERE = (
+    f"The messaging port is another ({DEFAULT_PORT} unless the operator chose one)."
+)
 
 MAX_SERVER_LINE = 1024 * 1024
 """The longest server line kept; a longer one is shown as a notice, so that
@@ -60,8 +81,21 @@ class ExitStatus(enum.IntEnum):
     """The server refused our certificate, or our identity at login."""
     NOT_PERMITTED = 5
     NO_SUCH_RECIPIENT = 6
+    NOT_SENT = 7
+    """A line of a script that the client would not send (not UTF-8, a
+    control or invisible character, too long), so the server never saw it."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C, as shells number it."""
+
+
+def refusal_status(code: int) -> ExitStatus:
+    """
+    The exit status that names an error reply: 403 and 404 have their own,
+    for a script to tell them apart; any other is L{ExitStatus.FAILED}.
+    """
+    return {403: ExitStatus.NOT_PERMITTED, 404: ExitStatus.NO_SUCH_RECIPIENT}.get(
+        code, ExitStatus.FAILED
+    )
 
 
 class SessionEnded(SecmsgError):
@@ -117,9 +151,15 @@ or identity: a RELOAD re-checked it and closed us."""
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
+@implementer(IHandshakeListener)
 class ClientProtocol(Protocol):
     """
     One session with a secmsg daemon, over a TLS transport.
+
+    A server that completes the TLS handshake and then says nothing for
+    L{QUIET_AFTER_HANDSHAKE} seconds is asked L{HTTP_PROBE}, so that
+    dialling the admin port is told in words within seconds rather than
+    after the greeting's timeout.
 
     @ivar greeted: fires with the L{Greeting}, or fails with L{SessionEnded}.
     @ivar ended: fires with the L{SessionEnded} that says why it is over.
@@ -130,8 +170,16 @@ class ClientProtocol(Protocol):
     transport: IConnection
 
     def __init__(
-        self, clock: IReactorTime, server_name: str, timeout: float = GREETING_TIMEOUT
+        self,
+        clock: IReactorTime,
+        server_name: str,
+        timeout: float = GREETING_TIMEOUT,
+        ca: CaOrigin | None = None,
     ) -> None:
+        """
+        @param ca: where the CA file came from, for the words when the
+            server's certificate does not verify.
+        """
         self.greeted: defer.Deferred[Greeting] = defer.Deferred()
         self.ended: defer.Deferred[SessionEnded] = defer.Deferred()
         self.on_line: Callable[[str], None] = lambda line: None
@@ -148,9 +196,38 @@ class ClientProtocol(Protocol):
         self._ending_reason: SessionEnded | None = None
         self._quit_answered = False
         self._greeting_timer: IDelayedCall | None = None
+        self._quiet_timer: IDelayedCall | None = None
+        self._ca = ca
 
     def connectionMade(self) -> None:
         self._greeting_timer = self._clock.callLater(self._timeout, self._no_greeting)
+
+    def handshakeCompleted(self) -> None:
+        if not self.greeted.called and self._timeout > QUIET_AFTER_HANDSHAKE:
+            self._quiet_timer = self._clock.callLater(
+                QUIET_AFTER_HANDSHAKE, self._quiet
+            )
+
+    def _quiet(self) -> None:
+        """
+        Ask a server silent since the handshake what it is.  Should a slow
+        secmsg daemon greet after all, its reply to the question is
+        nobody's.
+        """
+        asked: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
+        asked.addErrback(lambda failure: failure.trap(SessionEnded))
+        self._pending.append((asked, []))
+        self.transport.write(HTTP_PROBE)
+        self._quiet_timer = self._clock.callLater(PROBE_WAIT, self._still_quiet)
+
+    def _still_quiet(self) -> None:
+        self._quiet_timer = None
+        self._announced = SessionEnded(
+            ExitStatus.CONNECTION,
+            "the server completed the TLS handshake but sends nothing, where a "
+            f"secmsg daemon greets at once: is this its messaging port? {_NOT_HERE}",
+        )
+        self.transport.abortConnection()
 
     def _no_greeting(self) -> None:
         self._greeting_timer = None
@@ -159,6 +236,15 @@ class ClientProtocol(Protocol):
             f"no greeting from the server within {self._timeout:g} seconds",
         )
         self.transport.abortConnection()
+
+    def _stop_waiting(self) -> None:
+        """
+        Cancel the timers of the wait for the greeting.
+        """
+        for timer in (self._greeting_timer, self._quiet_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._greeting_timer = self._quiet_timer = None
 
     def listen(self, on_push: Callable[[wire.PushLine], None]) -> None:
         """
@@ -239,9 +325,7 @@ class ClientProtocol(Protocol):
                 self._on_push(line)
 
     def _greeting(self, line: wire.ReplyLine | wire.PushLine) -> None:
-        if self._greeting_timer is not None:
-            self._greeting_timer.cancel()
-            self._greeting_timer = None
+        self._stop_waiting()
         _, _, identity = (
             line.text.partition("you are ")
             if isinstance(line, wire.ReplyLine) and line.code == 200
@@ -253,7 +337,12 @@ class ClientProtocol(Protocol):
             )
             return
         ending = None
-        if isinstance(line, wire.PushLine):
+        if isinstance(line, wire.PushLine) and line.fields[0].startswith("HTTP/"):
+            ending = SessionEnded(
+                ExitStatus.CONNECTION,
+                f"an HTTPS server answered: is this the admin port? {_NOT_HERE}",
+            )
+        elif isinstance(line, wire.PushLine):
             ending = ending_for_push(line)
         elif 400 <= line.code < 600:
             # A limit reached at login (503 too many sessions for ...).
@@ -284,8 +373,7 @@ class ClientProtocol(Protocol):
             answered.callback(lines)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        if self._greeting_timer is not None:
-            self._greeting_timer.cancel()
+        self._stop_waiting()
         ending = self._ending_reason = self._ending(reason)
         if not self.greeted.called:
             self.greeted.errback(ending)
@@ -299,7 +387,7 @@ class ClientProtocol(Protocol):
         if self._quit_answered:
             return SessionEnded(ExitStatus.OK, "bye")
         if not self.greeted.called:
-            refused, words = describe_tls_failure(reason, self._server_name)
+            refused, words = describe_tls_failure(reason, self._server_name, self._ca)
             status = (
                 ExitStatus.CERTIFICATE_REFUSED if refused else ExitStatus.CONNECTION
             )

@@ -4,6 +4,10 @@ terminal, its lines are sent as commands, the server's lines are written
 (escaped) to standard output, and the session ends once the last command is
 answered, as C{nc} would.  The lines are paced to the rate the server's
 greeting gives, with the same token buckets the server keeps.
+
+A line the server refuses (an error reply) or the client will not send is
+also said on standard error, and the exit status is that of the first
+line that went wrong (L{ExitStatus}).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from secmsg import wire
-from secmsg.client.protocol import ClientProtocol, ExitStatus
+from secmsg.client.protocol import ClientProtocol, ExitStatus, refusal_status
 from secmsg.errors import CommandError
 from secmsg.rate import Rate, RateLimiter
 from secmsg.transport import IConnection
@@ -67,11 +71,12 @@ async def run_scripted(
     session.on_line = printed
     greeting = await session.greeted
     rate = wire.parse_greeting_rate(greeting.text)
-    attach_stdin(_ScriptFeeder(session, err, clock, rate))
+    feeder = _ScriptFeeder(session, err, clock, rate)
+    attach_stdin(feeder)
     ending = await session.ended
     if ending.status is not ExitStatus.OK:
         raise ending
-    return ending.status
+    return feeder.status
 
 
 def standard_input(protocol: Protocol) -> object:
@@ -101,6 +106,8 @@ class _ScriptFeeder(Protocol):
 
     @param rate: the greeting's commands a second, burst and commands left
         now, or L{None} for a server that gives none.
+    @ivar status: the exit status of the first line that went wrong (not
+        sent, or refused by the server), or L{ExitStatus.OK}.
     """
 
     transport: IConnection
@@ -124,7 +131,9 @@ class _ScriptFeeder(Protocol):
             per_second, burst, left = rate
             self._rate = Rate(per_second * 0.9, burst)
             self._buckets.begin(_OURS, self._rate, left - 1)
-        self._waiting: deque[bytes] = deque()
+        self._waiting: deque[tuple[int, bytes]] = deque()
+        self.status = ExitStatus.OK
+        self._first_wrong: int | None = None
         self._pacing: IDelayedCall | None = None
         self._framer = wire.LineFramer(wire.MAX_LINE_LENGTH * 16)
         self._line_number = 0
@@ -157,12 +166,12 @@ class _ScriptFeeder(Protocol):
         and come back when the next one may go.
         """
         while self._waiting and self._pacing is None:
-            wait = self._wait_for(self._waiting[0])
+            wait = self._wait_for(self._waiting[0][1])
             if wait:
                 self._pacing = self._clock.callLater(wait, self._paced)
                 return
-            frame = self._waiting.popleft()
-            self._session.command(frame).addBoth(self._answered)
+            number, frame = self._waiting.popleft()
+            self._session.command(frame).addBoth(self._answered, number, frame)
 
     def _paced(self) -> None:
         self._pacing = None
@@ -185,16 +194,39 @@ class _ScriptFeeder(Protocol):
                 raise wire.line_too_long(self._framer.max_length)
             text = wire.decode_line(frame)
         except CommandError as error:
-            self._err.write(
-                f"secmsg: line {self._line_number} not sent: {error.text}\n"
+            self._went_wrong(
+                self._line_number,
+                ExitStatus.NOT_SENT,
+                f"line {self._line_number} not sent: {error.text}",
             )
             return
         if not wire.is_blank(text):
-            self._waiting.append(frame)
+            self._waiting.append((self._line_number, frame))
 
-    def _answered(self, result: object) -> None:
+    def _answered(self, result: object, number: int, frame: bytes) -> None:
+        if isinstance(result, list) and result and result[-1].code >= 400:
+            # The verb only: the rest of the line may be a message.
+            verb = frame.lstrip(b" ").split(b" ", 1)[0].upper().decode()
+            what = verb if verb in wire.COMMANDS else "the line"
+            reply = result[-1]
+            self._went_wrong(
+                number,
+                refusal_status(reply.code),
+                f"line {number}: the server refused {what}: {reply.code} {reply.text}",
+            )
         self._throttle()
         self._finish_if_done()
+
+    def _went_wrong(self, number: int, status: ExitStatus, words: str) -> None:
+        """
+        Say on standard error what went wrong with line C{number}; the
+        first line of the script that went wrong gives the exit status,
+        though a later one refused here may be said before it is answered.
+        """
+        self._err.write(wire.escape_controls(f"secmsg: {words}") + "\n")
+        if self._first_wrong is None or number < self._first_wrong:
+            self._first_wrong = number
+            self.status = status
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for frame in self._framer.finish():

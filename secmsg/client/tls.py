@@ -12,6 +12,7 @@ words the server's log uses (L{RefusalReason}).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from OpenSSL import SSL
@@ -45,6 +46,51 @@ _CERTIFICATE_ALERTS = {
 }
 
 _ALERT = re.compile(r"alert (.+)$")
+
+_NOT_TLS = frozenset(
+    ["wrong version number", "packet length too long", "unknown protocol"]
+)
+"""What OpenSSL says when the peer's first bytes are not a TLS record: an
+HTTP, SSH or other plain service answered the ClientHello."""
+
+
+_UNVERIFIED = (
+    "the server's certificate did not verify against our CA file (another CA, "
+    "expired, or not a server certificate; --ca names the CA file)"
+)
+
+
+@dataclass(frozen=True)
+class CaOrigin:
+    """
+    Which CA file the server's certificate is verified against, and which
+    option or setting named it, so that a certificate that does not verify
+    is explained in the user's terms.
+
+    @ivar named_by: C{--ca}, C{--instance}, C{SECMSG_CA} or C{profile
+        NAME}.
+    """
+
+    path: Path
+    named_by: str = "--ca"
+
+    def unverified(self) -> str:
+        """
+        The words for a server certificate that did not verify against it.
+        """
+        if self.named_by == "--ca":
+            return _UNVERIFIED
+        if self.named_by == "--instance":
+            return (
+                f"the instance's CA ({self.path}) did not sign the server's "
+                "certificate: is it a server of a different instance? (or the "
+                "certificate has expired, or is not a server certificate)"
+            )
+        return (
+            f"the server's certificate did not verify against the CA file "
+            f"{self.path}, named by {self.named_by} (another CA, expired, or "
+            "not a server certificate)"
+        )
 
 
 def client_tls_options(
@@ -110,10 +156,14 @@ def server_alert(failure: Failure) -> str | None:
     return None
 
 
-def describe_tls_failure(failure: Failure, server_name: str) -> tuple[bool, str]:
+def describe_tls_failure(
+    failure: Failure, server_name: str, ca: CaOrigin | None = None
+) -> tuple[bool, str]:
     """
     Say in words why a connection ended before the server greeted us.
 
+    @param ca: where the CA file came from, for the words when the
+        server's certificate does not verify.
     @return: whether the server refused our certificate, and the words.
     """
     alert = server_alert(failure)
@@ -129,10 +179,11 @@ def describe_tls_failure(failure: Failure, server_name: str) -> tuple[bool, str]
     if failure.check(SSL.Error):
         reasons = [str(e[2]) for e in failure.value.args[0] if len(e) == 3]
         if "certificate verify failed" in reasons:
+            return False, _UNVERIFIED if ca is None else ca.unverified()
+        if _NOT_TLS.intersection(reasons):
             return False, (
-                "the server's certificate did not verify against our CA file "
-                "(another CA, expired, or not a server certificate; --ca names "
-                "the CA file)"
+                "the server does not speak TLS (a plain TCP or HTTP service?): "
+                "check the host and port"
             )
         return False, f"TLS failed: {', '.join(reasons) or failure.getErrorMessage()}"
     return False, "the connection closed before the server greeted us"

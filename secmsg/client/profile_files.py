@@ -1,0 +1,114 @@
+"""
+The profile file on disk: reading it, checking that a profile's key is
+private, and adding a profile in one step.
+
+What the file means is L{secmsg.client.profiles}; this module only moves
+its text, so that a reader never sees half a file and the file is never
+anyone's but its owner's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from secmsg.client.profiles import (
+    Profile,
+    format_profile,
+    format_profiles,
+    key_exposure,
+    parse_profiles,
+)
+from secmsg.errors import ConfigurationError
+
+
+def read_profiles(path: Path) -> dict[str, Profile]:
+    """
+    The profiles in the file at C{path}; none if there is no file.
+
+    @raise ConfigurationError: it cannot be read, or is not a profile file.
+    """
+    return parse_profiles(_text(path), path)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        raise ConfigurationError(str(path), "not valid TOML: not UTF-8") from None
+    except OSError as failure:
+        raise ConfigurationError(
+            str(path), f"cannot read: {failure.strerror}"
+        ) from None
+
+
+def check_key_private(key: Path) -> None:
+    """
+    Refuse a profile's key that group or others may read.  A key that is
+    not there is left for the loading of the files to name.
+
+    @raise ConfigurationError: saying so, with the C{chmod} that fixes it.
+    """
+    try:
+        mode = key.stat().st_mode
+    except OSError:
+        return
+    problem = key_exposure(mode, key)
+    if problem is not None:
+        raise ConfigurationError("refusing the profile's key", problem)
+
+
+def add_profile(path: Path, profile: Profile, replace: bool) -> None:
+    """
+    Write C{profile} into the file at C{path}, made with its directory if
+    need be (the directory 0700, the file 0600).  A new profile is added
+    after the others, leaving the file's text as it was; one that replaces
+    another rewrites the file.
+
+    @param replace: whether a profile of the same name may be replaced.
+    @raise ConfigurationError: the profile exists and may not be replaced,
+        the file is not a profile file, or it cannot be written.
+    """
+    text = _text(path)
+    profiles = parse_profiles(text, path)
+    if profile.name in profiles and not replace:
+        raise ConfigurationError(
+            str(path), f"has a profile {profile.name} already (--force replaces it)"
+        )
+    if profile.name in profiles:
+        text = format_profiles({**profiles, profile.name: profile})
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + format_profile(
+            profile
+        )
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as failure:
+        raise ConfigurationError(
+            str(path.parent), f"cannot make the directory: {failure.strerror}"
+        ) from None
+    _write_private(path, text.encode("utf-8"))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """
+    Put C{data} at C{path} in one step, mode 0600 from the moment the file
+    exists, so that a reader sees the old file or the new one, never half.
+    """
+    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        staging.unlink(missing_ok=True)
+        descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    except OSError as failure:
+        raise ConfigurationError(
+            str(path), f"cannot write: {failure.strerror}"
+        ) from None
+    finally:
+        staging.unlink(missing_ok=True)
