@@ -33,7 +33,7 @@ from secmsg.client.profiles import (
     profile_path,
 )
 from secmsg.errors import ConfigurationError
-from tests.harness import temporary_directory
+from tests.harness import next_but_presence, temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 WHERE = Path("/home/u/.config/secmsg/client.toml")
@@ -458,7 +458,9 @@ class ProfileCommandTests(SynchronousTestCase):
                 self.environment, "send", "--profile", "alice", "--to", "bob", "hi bob"
             )
             self.assertEqual((sent.returncode, sent.stderr), (0, ""))
-            self.assertRegex(lines.readline(), rb"^MSG \d+ \S+Z alice hi bob\n$")
+            self.assertRegex(
+                next_but_presence(lines), rb"^MSG \d+ \S+Z alice hi bob\n$"
+            )
         by_environment = secmsg(
             {**self.environment, "SECMSG_PROFILE": "bob"}, "connect", stdin="PING\n"
         )
