@@ -414,6 +414,20 @@ class WarningTests(SynchronousTestCase):
         )
         self.assertIn("in 3 days; sign it again before then (secmsg pki crl)", warning)
 
+    def test_long_lived_crl_warns_in_the_last_quarter_of_its_life(self) -> None:
+        """
+        A CRL signed for a year (a root's, whose key is kept offline) is a
+        warning with two months left, time to bring the root online; a
+        week's warning would be too late for it.
+        """
+        self.configuration.write(
+            "crl.pem", self.configuration.ca.crl_pem(next_update=timedelta(days=365))
+        )
+        findings = check(self.configuration.config, now() + timedelta(days=305))
+        due = [w for w in findings.warnings if "has its next update on" in w]
+        self.assertEqual(len(due), 1)
+        self.assertIn("in 60 days; sign it again", due[0])
+
     def test_crl_past_its_next_update(self) -> None:
         """
         A stale CRL is a warning in the daemon's own words.

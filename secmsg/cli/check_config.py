@@ -44,11 +44,29 @@ WARN_WITHIN = timedelta(days=30)
 """How far ahead an expiring certificate or CRL is worth a warning: time
 to issue a new one without hurry."""
 
-CRL_WARN_WITHIN = timedelta(days=7)
-"""How far ahead a CRL's next update is worth a warning.  A CRL is signed
-for 30 days and signed again on a schedule (weekly, by the units in
+CRL_WARN_AT_LEAST = timedelta(days=7)
+"""The least warning a CRL's next update is given.  A CRL is signed for 30
+days and signed again on a schedule (weekly, by the units in
 contrib/systemd), so a CRL with a week left has missed several runs; a
 30-day window would warn about every CRL just signed."""
+
+CRL_WARN_SHARE = 4
+"""A CRL is worth a warning in the last quarter of its life, if that is
+longer than L{CRL_WARN_AT_LEAST}: a root's CRL, signed for a year by a key
+kept offline, needs weeks to bring the root online and sign it again."""
+
+
+def crl_warning_window(crl: x509.CertificateRevocationList) -> timedelta:
+    """
+    How far ahead of this CRL's next update a warning is due: a share of
+    its life, so that a short-lived CRL signed on a schedule does not warn
+    and a long-lived one warns in time.
+    """
+    if crl.next_update_utc is None:
+        return CRL_WARN_AT_LEAST
+    life = crl.next_update_utc - crl.last_update_utc
+    return max(CRL_WARN_AT_LEAST, life / CRL_WARN_SHARE)
+
 
 _FILES = ("cert", "key", "ca", "crl", "policy", "data-dir")
 
@@ -335,7 +353,7 @@ def _check_crls(
     findings.warnings += [f"{path}: {stale}" for stale in trust.stale_crls(now)]
     for crl in crls:
         left = crl.next_update_utc - now if crl.next_update_utc else None
-        if left is not None and timedelta(0) <= left < CRL_WARN_WITHIN:
+        if left is not None and timedelta(0) <= left < crl_warning_window(crl):
             findings.warnings.append(
                 f"{path}: the CRL of {describe_issuer(crl)} has its next update on "
                 f"{crl.next_update_utc:%Y-%m-%d %H:%M}Z, {_in(left)}; sign it again "
