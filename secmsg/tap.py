@@ -233,8 +233,8 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """
-        Twisted endpoint string to listen on, in place of --port and
-        --interface; repeat it to listen on several (tcp:7443:interface=::,
+        Twisted endpoint string to listen on, in place of --port and --interface;
+        repeat it to listen on several (tcp:7443:interface=::,
         unix:/run/secmsg/secmsg.sock, systemd:domain=INET:index=0).  secmsg
         puts its own TLS on each, so ssl: and tls: are refused.
         """

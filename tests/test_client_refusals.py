@@ -8,6 +8,7 @@ help texts that read the right way round.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -248,6 +249,26 @@ class CommandLineWordsTests(SynchronousTestCase):
                 if line.startswith("  ") and not line.lstrip().startswith("--")
             }
             self.assertLessEqual(len(columns), 1, text)
+
+    def test_help_to_a_reader_that_has_gone_is_quiet(self) -> None:
+        """
+        secmsg connect --help | head, with head gone before the help is
+        written, ends with status 0 and no traceback.
+        """
+        reading, writing = os.pipe()
+        os.close(reading)
+        try:
+            result = subprocess.run(
+                [str(BIN / "secmsg"), "connect", "--help"],
+                stdout=writing,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=STARTUP_DEADLINE,
+                check=False,
+            )
+        finally:
+            os.close(writing)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
 
     def test_help_under_python_m_shows_no_docstring(self) -> None:
         """

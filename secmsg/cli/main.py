@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         # profile), is broken or lacks the profile named.
         complain(f"secmsg: {error}")
         return ExitStatus.FAILED
+    except BrokenPipeError:
+        # --help's reader (head, say) stopped early: its choice, not ours.
+        stop_writing(sys.stdout)
+        return ExitStatus.OK
     if options.subCommand == "connect":
         return connect_command.run_connect(options.subOptions)
     if options.subCommand == "send":
