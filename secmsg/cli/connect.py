@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from secmsg import wire
@@ -22,8 +21,6 @@ from secmsg.cli.connection import parse_address as parse_address
 from secmsg.cli.message_text import read_message_text
 from secmsg.cli.options import complain, stop_writing
 from secmsg.client.connect import (
-    Dial,
-    connect,
     connect_talk,
     run_client,
     send_message,
@@ -98,7 +95,7 @@ def run_connect(options: ConnectOptions) -> int:
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["json"]
     talk = connect_talk(sys.stdout, interactive, stop_writing, options["json"])
-    return run_client(_dial(options), talk, complain)
+    return run_client(options.dial, talk, complain)
 
 
 def run_send(options: SendOptions) -> int:
@@ -117,23 +114,4 @@ def run_send(options: SendOptions) -> int:
             room=options["room"],
         )
 
-    return run_client(_dial(options), talk, complain)
-
-
-def _dial(options: ConnectionOptions) -> Dial:
-    """
-    The client's L{connect}, with the address, names, files and timeout
-    the options give.
-    """
-
-    def dial(reactor: Any) -> Deferred[ClientProtocol]:
-        return connect(
-            reactor,
-            options["host"],
-            options["port"],
-            options.server_name,
-            options.credentials,
-            options["timeout"],
-        )
-
-    return dial
+    return run_client(options.dial, talk, complain)

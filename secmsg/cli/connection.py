@@ -17,11 +17,13 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from secmsg.cli.options import CommandOptions
-from secmsg.client.connect import Credentials
+from secmsg.client.connect import Credentials, connect
 from secmsg.client.profile_files import check_key_private, read_profiles
 from secmsg.client.profiles import (
     PROFILE_NAME,
@@ -32,7 +34,7 @@ from secmsg.client.profiles import (
     profile_name,
     profile_path,
 )
-from secmsg.client.protocol import DEFAULT_PORT
+from secmsg.client.protocol import DEFAULT_PORT, ClientProtocol
 from secmsg.errors import ConfigurationError
 
 REPLY_TIMEOUT = 30.0
@@ -224,6 +226,20 @@ class ConnectionOptions(CommandOptions):
         """
         name: str = self["server-name"] or self["host"]
         return name
+
+    def dial(self, reactor: Any) -> Deferred[ClientProtocol]:
+        """
+        Connect and log in with the address, names, files and timeout these
+        options give, as every subcommand that talks to a daemon does.
+        """
+        return connect(
+            reactor,
+            self["host"],
+            self["port"],
+            self.server_name,
+            self.credentials,
+            self["timeout"],
+        )
 
     def _command_line(self) -> Settings:
         """

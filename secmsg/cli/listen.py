@@ -19,7 +19,7 @@ from secmsg import wire
 from secmsg.cli.connection import ConnectionOptions
 from secmsg.cli.options import complain, stop_writing
 from secmsg.client.api import Client, start
-from secmsg.client.connect import connect, local_now, run_reactor
+from secmsg.client.connect import local_now, run_reactor
 from secmsg.client.jsonlines import json_line, message_record
 from secmsg.client.listener import Listener, Render
 from secmsg.client.protocol import ExitStatus
@@ -67,14 +67,7 @@ def run_listen(options: ListenOptions) -> int:
 
     async def work(reactor: Any) -> ExitStatus:
         async def dial() -> Client:
-            session = await connect(
-                reactor,
-                options["host"],
-                options["port"],
-                options.server_name,
-                options.credentials,
-                options["timeout"],
-            )
+            session = await options.dial(reactor)
             return await start(reactor, session, options["timeout"])
 
         listener = Listener(
