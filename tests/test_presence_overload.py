@@ -251,3 +251,44 @@ class DropDuringReloadTests(ReloadCase):
         self.assertEqual(
             self.send(admin, "WHO"), ["211-admin", "211-alice", "211 2 online"]
         )
+
+
+class ReloadAnnouncesUnderNewGrantsTests(ReloadCase):
+    def test_a_watcher_losing_presence_hears_nothing_of_the_same_reload(
+        self,
+    ) -> None:
+        """
+        A reload that refuses carol and takes PRESENCE from dana tells the
+        admin, who keeps it, that carol went offline, and dana nothing,
+        though carol's session was closed before dana's was regranted.
+        """
+        carol, dana, admin = self.log_in("carol", "dana", "admin")
+        policy = PRESENCE_POLICY.replace(
+            'default_roles = ["guest"]', "default_roles = []"
+        )
+        policy = policy.replace('carol = ["user"]\n', "").replace(
+            'dana = ["admin"]', 'dana = ["user"]'
+        )
+        self.assertEqual(self.reload(admin, policy)[0][:4], "200 ")
+        self.assertEqual(carol.take(), ["CLOSED refused by the new policy"])
+        self.assertEqual(admin.take(), ["OFFLINE carol"])
+        self.assertEqual(dana.take(), [])
+
+    def test_a_member_losing_read_hears_nothing_of_the_same_reload(self) -> None:
+        """
+        A reload that takes alice out of #ops, and from bob the right to
+        read it, tells the admin that alice left and bob nothing, though
+        alice was parted before bob was regranted.
+        """
+        alice, bob, admin = self.log_in("alice", "bob", "admin")
+        for client in (alice, bob, admin):
+            self.send(client, "JOIN #ops")
+        admin.take()
+        bob.take()
+        policy = PRESENCE_POLICY + (
+            '[[rooms]]\npattern = "#ops"\njoin = ["user"]\nread = ["admin"]\n'
+        )
+        policy = policy.replace('alice = ["user"]', 'alice = ["guest"]')
+        self.assertEqual(self.reload(admin, policy)[0][:4], "200 ")
+        self.assertEqual(admin.take(), ["PARTED #ops alice"])
+        self.assertEqual(bob.take(), [])
