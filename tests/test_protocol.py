@@ -463,12 +463,15 @@ class BackpressureTests(AliceAndBob):
     def test_reader_that_never_reads_is_dropped(self) -> None:
         """
         Messages to a session whose output stays full are held up to a
-        bound; past it the session is dropped, logged, and no longer online.
+        bound; past it the session is sent nothing more, dropped on the next
+        turn, logged, and no longer online.
         """
         self.bob.protocol.pauseProducing()
         text = "x" * 4000
         replies = [self.alice.send(f"MSG bob {text}")[0] for _ in range(300)]
         self.assertEqual({reply.split()[0] for reply in replies}, {"250"})
+        self.assertTrue(self.bob.protocol.closing)
+        self.network.clock.advance(0)
         self.assertTrue(self.bob.transport.disconnected)
         self.assertLess(len(self.bob.transport.value()), 2 * 1024 * 1024)
         self.assertTrue(any("dropped bob" in line for line in self.log))

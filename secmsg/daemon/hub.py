@@ -14,6 +14,12 @@ session and C{OFFLINE} when its last one ends.  Each line is formatted
 once per event; finding who hears it costs a look at the room's members
 (or the PRESENCE holders) and at the identity's own few sessions, never at
 every pair of members.
+
+The hub is never entered again from inside one of its own announcements or
+deliveries: a session that falls too far behind is cut on the reactor's
+next turn (L{secmsg.daemon.outbox}), not while it is being told something,
+and a session that ends is taken out of every room and table before anyone
+is told that it left.
 """
 
 from __future__ import annotations
@@ -71,9 +77,13 @@ class InProcessHub:
         self._watchers.pop(peer, None)
         was_greeted = peer in self._greeted
         self._greeted.discard(peer)
-        for room in self.rooms_of(peer):
-            self._leave(peer, room, identity)
-        if was_greeted and not any(p in self._greeted for p in peers):
+        # Out of every room and table before anyone is told: whatever the
+        # announcements lead to finds the hub already without this session.
+        left = [room for room in self.rooms_of(peer) if self._remove(peer, room)]
+        offline = was_greeted and not any(p in self._greeted for p in peers)
+        for room in left:
+            self._tell_room(room, wire.push("PARTED", room, identity), identity)
+        if offline:
             self._tell_watchers(wire.push("OFFLINE", identity), identity)
 
     def shutting_down(self) -> None:
@@ -123,7 +133,9 @@ class InProcessHub:
     def part(self, peer: IPeer, room: str) -> None:
         if peer not in self._rooms.get(room, {}):
             raise NotFound(f"you are not in {room}")
-        self._leave(peer, room, self._avatars[peer].identity)
+        identity = self._avatars[peer].identity
+        if self._remove(peer, room):
+            self._tell_room(room, wire.push("PARTED", room, identity), identity)
 
     def rooms_of(self, peer: IPeer) -> list[str]:
         return sorted(room for room, members in self._rooms.items() if peer in members)
@@ -139,10 +151,15 @@ class InProcessHub:
         The members of C{room} whose avatars may be sent its messages.
         """
         return [
-            peer
-            for peer in self._rooms.get(room, {})
-            if self._avatars[peer].may_read(room)
+            peer for peer in self._rooms.get(room, {}) if self._may_read(peer, room)
         ]
+
+    def _may_read(self, peer: IPeer, room: str) -> bool:
+        """
+        Whether C{peer} is attached still and its avatar may read C{room}.
+        """
+        avatar = self._avatars.get(peer)
+        return avatar is not None and avatar.may_read(room)
 
     def is_online(self, identity: str) -> bool:
         return identity in self._by_identity
@@ -155,8 +172,8 @@ class InProcessHub:
         else:
             peers = list(self._avatars)
         line = wire.message_push(message)
-        # Names first: a push may drop a peer that stopped reading, and with
-        # it the peer's entry here.
+        # Names first: what a push leads to (a kick, a close) must not change
+        # who this message is for.
         recipients = [(p, self._avatars[p].identity) for p in peers if p is not exclude]
         for peer, _ in recipients:
             peer.push(line, message.id)
@@ -168,13 +185,19 @@ class InProcessHub:
             peer.kick(by, reason)
         return len(peers)
 
-    def _leave(self, peer: IPeer, room: str, identity: str) -> None:
+    def _remove(self, peer: IPeer, room: str) -> bool:
+        """
+        Take C{peer} out of C{room}, telling no one.
+
+        @return: whether its identity has left the room and others remain
+            to be told.
+        """
         members = self._rooms[room]
-        del members[peer]
+        identity = members.pop(peer)
         if not members:
             del self._rooms[room]
-        elif not self._has_session_in(identity, members):
-            self._tell_room(room, wire.push("PARTED", room, identity), identity)
+            return False
+        return not self._has_session_in(identity, members)
 
     def _has_session_in(self, identity: str, members: dict[IPeer, str]) -> bool:
         """
@@ -191,12 +214,12 @@ class InProcessHub:
         if self._quiet:
             return
         members = self._rooms.get(room, {})
-        # Listed first: an announcement may drop a peer that stopped
-        # reading, and with it the peer's entry here.
+        # Listed first: what an announcement leads to must not change who
+        # hears it.
         hearers = [
             peer
             for peer, who in members.items()
-            if who != identity and self._avatars[peer].may_read(room)
+            if who != identity and self._may_read(peer, room)
         ]
         for peer in hearers:
             peer.announce(line)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 
 from secmsg.daemon.audit import record_session_closed
@@ -35,6 +36,11 @@ class Outbox:
     what L{send_waiting} sent meanwhile is not sent again.  While the peer
     does not read, what is written to it counts against L{BACKLOG_LIMIT}.
 
+    Past it the session is dropped on the reactor's next turn, not at once:
+    a push comes from the hub telling many sessions something, and a drop
+    at once would have the hub take this session out of its rooms in the
+    middle of that.  Nothing more is sent to it, nor read from it, meanwhile.
+
     @ivar held: the messages held back, C{(id, line)}, or L{None} once
         released.
     @ivar throttle: the session's L{Throttle}, whose C{paused} says whether
@@ -43,7 +49,9 @@ class Outbox:
 
     __slots__ = (
         "_backlog",
+        "_clock",
         "_drain_waiters",
+        "_dropping",
         "_held_bytes",
         "_sent_while_held",
         "_session",
@@ -51,9 +59,13 @@ class Outbox:
         "throttle",
     )
 
-    def __init__(self, session: SessionProtocol, throttle: Throttle) -> None:
+    def __init__(
+        self, session: SessionProtocol, throttle: Throttle, clock: IReactorTime
+    ) -> None:
         self._session = session
         self.throttle = throttle
+        self._clock = clock
+        self._dropping: IDelayedCall | None = None
         self.held: list[tuple[int, bytes]] | None = []
         self._held_bytes = 0
         # Made when first needed, and forgotten at release: thousands of
@@ -66,6 +78,8 @@ class Outbox:
         """
         Send, or hold back, the line that delivers message C{message_id}.
         """
+        if self._session.closing:
+            return
         held = self.held
         if held is not None:
             held.append((message_id, line))
@@ -125,8 +139,11 @@ class Outbox:
 
     def ended(self) -> None:
         """
-        The connection is gone: tell those waiting to send more not to.
+        The connection is gone: tell those waiting to send more not to, and
+        drop nothing later.
         """
+        if self._dropping is not None and self._dropping.active():
+            self._dropping.cancel()
         self._wake(False)
 
     def _wake(self, open_: bool) -> None:
@@ -155,7 +172,8 @@ class Outbox:
     def _drop_overloaded(self, why: str) -> None:
         """
         Drop a session that would make the daemon hold more than
-        L{BACKLOG_LIMIT} bytes for it, and say why.
+        L{BACKLOG_LIMIT} bytes for it, and say why: closing now, so that
+        nothing more is sent to it, and cut on the next turn.
         """
         record_session_closed(
             self._session.avatar.identity,
@@ -164,4 +182,5 @@ class Outbox:
             LogLevel.warn,
             dropped=True,
         )
-        self._session.drop()
+        self._session.closing = True
+        self._dropping = self._clock.callLater(0, self._session.drop)

@@ -236,7 +236,7 @@ class SessionProtocol(Protocol):
         that connections that never log in cost none of it.
         """
         self._throttle = Throttle(self.transport)
-        self._outbox = Outbox(self, self._throttle)
+        self._outbox = Outbox(self, self._throttle, self._port.clock)
         self._pipeline = Pipeline(
             self,
             self._port.commands,

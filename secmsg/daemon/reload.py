@@ -215,8 +215,7 @@ class Reloader:
         # nothing can fail half way.
         self._tls.use(new.tls)
         self._realm.policy = new.policy
-        for avatar, peer, change, grant in judged:
-            self._apply(avatar, peer, change, grant)
+        self._apply(judged)
         self._metrics.configuration_loaded(True, self._clock.seconds())
         log.info("{summary}", summary=report.summary())
         return report
@@ -283,19 +282,38 @@ class Reloader:
 
     def _apply(
         self,
-        avatar: ISessionAvatar,
-        peer: IPeer,
-        change: SessionChange | None,
-        grant: Grant | None,
+        judged: list[tuple[ISessionAvatar, IPeer, SessionChange | None, Grant | None]],
     ) -> None:
-        if grant is None:
-            _close(avatar, peer, change.closed)
-            return
-        avatar.regrant(grant)
-        self._hub.regranted(peer)
-        for room in change.parts if change is not None else ():
-            self._hub.part(peer, room)
-            peer.notice(f"you have left {room}: the policy no longer lets you join it")
+        """
+        Give every session that stays its new rights first, then take
+        sessions out of rooms and close those refused: what that announces
+        is heard by the rights of the new policy only, not by a session
+        that loses them in this same reload.
+        """
+        for avatar, peer, _, grant in judged:
+            if grant is not None:
+                avatar.regrant(grant)
+                self._hub.regranted(peer)
+        for avatar, peer, change, grant in judged:
+            if change is None:
+                continue
+            if grant is None:
+                _close(avatar, peer, change.closed)
+            else:
+                self._part(peer, change.parts)
+
+    def _part(self, peer: IPeer, rooms: tuple[str, ...]) -> None:
+        """
+        Take C{peer} out of the rooms the new policy no longer lets it
+        join, and tell it so; a room it has left meanwhile (its session
+        ended while others were told something) is passed over.
+        """
+        for room in rooms:
+            if self._hub.in_room(peer, room):
+                self._hub.part(peer, room)
+                peer.notice(
+                    f"you have left {room}: the policy no longer lets you join it"
+                )
 
 
 def _close(avatar: ISessionAvatar, peer: IPeer, reason: str) -> None:
