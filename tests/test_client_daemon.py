@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pexpect
@@ -22,9 +23,12 @@ from tests.harness import next_but_presence, temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 
-def secmsg(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def secmsg(
+    *argv: str, stdin: str = "", environment: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """
-    Run the secmsg command to its end, with a generous bound.
+    Run the secmsg command to its end, with a generous bound, with
+    C{environment} over the usual one.
     """
     return subprocess.run(
         [str(BIN / "secmsg"), *argv],
@@ -33,6 +37,7 @@ def secmsg(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=STARTUP_DEADLINE,
         check=False,
+        env={**os.environ, **(environment or {})},
     )
 
 

@@ -26,18 +26,8 @@ from secmsg.client.protocol import (
 )
 from secmsg.client.tls import client_tls_options
 from tests.harness import Instance
+from tests.test_client_daemon import secmsg
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
-
-
-def secmsg(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "secmsg"), *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_DEADLINE,
-        check=False,
-    )
 
 
 class _Answering(Protocol):

@@ -9,7 +9,6 @@ the banner.
 from __future__ import annotations
 
 import os
-import subprocess
 from datetime import UTC, datetime
 
 import pexpect
@@ -28,6 +27,7 @@ from secmsg.client.completion import (
     argument_kinds,
 )
 from secmsg.client.console import NAMES_REFRESH, _Refresher
+from tests.test_client_daemon import secmsg as run_secmsg
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 
@@ -169,14 +169,7 @@ class ConsoleAgainstDaemonTests(SynchronousTestCase):
         return ["--instance", str(self.directory), "--as", name]
 
     def secmsg(self, *argv: str, stdin: str = "") -> str:
-        result = subprocess.run(
-            [str(BIN / "secmsg"), *argv],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=STARTUP_DEADLINE,
-            check=False,
-        )
+        result = run_secmsg(*argv, stdin=stdin)
         self.assertEqual(result.returncode, 0, result.stderr)
         return result.stdout
 

@@ -34,7 +34,8 @@ from secmsg.client.profiles import (
 )
 from secmsg.errors import ConfigurationError
 from tests.harness import next_but_presence, temporary_directory
-from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
+from tests.test_client_daemon import secmsg as run_secmsg
+from tests.test_daemon import Daemon, init_instance
 
 WHERE = Path("/home/u/.config/secmsg/client.toml")
 
@@ -334,15 +335,7 @@ def secmsg(
     """
     Run the secmsg command with C{environment} over the usual one.
     """
-    return subprocess.run(
-        [str(BIN / "secmsg"), *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_DEADLINE,
-        check=False,
-        env={**os.environ, **environment},
-    )
+    return run_secmsg(*argv, stdin=stdin, environment=environment)
 
 
 class ProfileCommandTests(SynchronousTestCase):
