@@ -9,15 +9,18 @@ C{crl.pem} alone, and refuses one that either CA's CRL revokes.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import X509
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.client.tls import client_tls_options
+from secmsg.client.tls import client_tls_options, describe_tls_failure
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
@@ -55,12 +58,14 @@ class TwoLevels:
         with open_authority(self.root) as root:
             create_issuing_authority(self.issuing, root, name("test issuing"), moment)
 
-    def issue(self, user: str, request: Request | None = None) -> Pair:
+    def issue(
+        self, user: str, request: Request | None = None, issuing: Path | None = None
+    ) -> Pair:
         """
         A client certificate of the issuing CA (or what C{request} asks
-        for), with its key.
+        for), with its key; of the issuing CA in C{issuing}, if given.
         """
-        with open_authority(self.issuing) as authority:
+        with open_authority(issuing or self.issuing) as authority:
             issuance = authority.issue(request or Request(user), self.moment)
         key = serialization.load_pem_private_key(
             (issuance.certificate.with_suffix(".key")).read_bytes(), None
@@ -69,6 +74,15 @@ class TwoLevels:
             raise TypeError("secmsg makes ECDSA keys unless told otherwise")
         certificate = x509.load_pem_x509_certificate(issuance.certificate.read_bytes())
         return Pair(certificate, key)
+
+    def sibling(self, common_name: str) -> Path:
+        """
+        Another issuing CA under the same root, in a directory of its own.
+        """
+        directory = self.issuing.with_name(common_name)
+        with open_authority(self.root) as root:
+            create_issuing_authority(directory, root, name(common_name), self.moment)
+        return directory
 
     def bundle(self) -> list[x509.Certificate]:
         """
@@ -281,3 +295,97 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
             issuing.sign_crl(now())
         self.configure()
         self.assertRefused(alice, "revoked")
+
+
+class SiblingIssuingCATests(SynchronousTestCase):
+    """
+    Two issuing CAs under one root, over real TLS in memory: a daemon given
+    one's ca.pem (which holds the root too) accepts the client certificates
+    that CA issued, and not those of its sibling, with or without CRLs.
+    """
+
+    FOREIGN = (
+        "unknown CA (not issued directly by a CA of the CA bundle "
+        "(its issuer is CN=test sibling)"
+    )
+
+    def setUp(self) -> None:
+        self.levels = TwoLevels(self, now())
+        sibling = self.levels.sibling("test sibling")
+        stranger = self.levels.issue("alice", issuing=sibling)
+        self.stranger = stranger
+        self.stranger_ca = x509.load_pem_x509_certificates(
+            (sibling / "ca.pem").read_bytes()
+        )[0]
+        self.alice = self.levels.issue("alice")
+        self.log = capture_log(self)
+
+    def daemon(self, crl: bool) -> Instance:
+        """
+        A daemon given the first issuing CA's ca.pem and, if C{crl}, its
+        crl.pem (a daemon may have no CRL configured).
+        """
+        instance = Instance(self) if crl else Instance(self, crl=None)
+        instance.write("ca.pem", (self.levels.issuing / "ca.pem").read_bytes())
+        instance.write("crl.pem", (self.levels.issuing / "crl.pem").read_bytes())
+        instance.daemon.reloader.reload()
+        return instance
+
+    def assertForeignRefused(self, instance: Instance) -> None:
+        """
+        The sibling's alice, sending her CA along as a TLS client may (the
+        secmsg client sends its certificate alone), is refused in words.
+        """
+        options = optionsForClientTLS(
+            "localhost",
+            trustRoot=Certificate.loadPEM(instance.ca.pem),
+            clientCertificate=PrivateCertificate.loadPEM(
+                self.stranger.certificate_pem + self.stranger.key_pem
+            ),
+            extraCertificateOptions={
+                "extraCertChain": [X509.from_cryptography(self.stranger_ca)]
+            },
+        )
+        client = LineClient((b"PING\n",))
+        instance.connect_protocol(client, options)
+        instance.flush()
+        self.assertEqual(client.lines, [])
+        refusals = [line for line in self.log if "refused handshake" in line]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertIn(f": {self.FOREIGN}", refusals[0])
+        assert client.lost is not None
+        refused, words = describe_tls_failure(client.lost, "localhost")
+        self.assertTrue(refused, words)
+
+    def test_sibling_certificate_refused_without_crls(self) -> None:
+        """
+        With no CRL configured, the sibling's alice is refused for her
+        issuer, and the daemon's own CA's alice is greeted.
+        """
+        instance = self.daemon(crl=False)
+        self.assertForeignRefused(instance)
+        self.assertTrue(instance.connect(self.alice).greeted)
+
+    def test_sibling_certificate_refused_with_crls_for_its_issuer(self) -> None:
+        """
+        With the CRLs configured, the sibling's alice is refused for her
+        issuer, not merely as of unknown revocation status; the daemon's
+        own CA's alice is greeted.
+        """
+        instance = self.daemon(crl=True)
+        self.assertForeignRefused(instance)
+        self.assertTrue(instance.connect(self.alice).greeted)
+
+    def test_session_closed_when_its_issuer_leaves_the_bundle(self) -> None:
+        """
+        A reload to a bundle of the root alone closes a session whose
+        certificate the issuing CA signed, though its chain still verifies
+        to the root: the root issues no client certificates.
+        """
+        instance = self.daemon(crl=False)
+        alice = instance.connect(self.alice)
+        self.assertTrue(alice.greeted)
+        instance.write("ca.pem", (self.levels.root / "ca.pem").read_bytes())
+        instance.daemon.reloader.reload()
+        instance.flush()
+        self.assertEqual(alice.take()[-1], "CLOSED unknown CA")
