@@ -83,6 +83,26 @@ class AuthorityTests(SynchronousTestCase):
         self.assertTrue(crl.is_signature_valid(ca.public_key()))
         self.assertIsInstance(ca.public_key(), ec.EllipticCurvePublicKey)
 
+    def test_public_files_are_readable_by_all_whatever_the_umask(self) -> None:
+        """
+        Under umask 077, as secmsg-crl.service runs, the CA certificate, the
+        CRL and a client certificate are still 0644 (the daemon's user reads
+        them), and the keys still 0600.
+        """
+        previous = os.umask(0o077)
+        self.addCleanup(os.umask, previous)
+        directory = temporary_directory(self) / "ca"
+        create_authority(directory, SUBJECT, NOW)
+        with open_authority(directory) as authority:
+            authority.issue(Request("alice"), NOW)
+            authority.sign_crl(NOW)
+        public = ["ca.pem", "crl.pem", "inventory.json", "clients/alice.pem"]
+        private = ["ca.key", "clients/alice.key"]
+        self.assertEqual(
+            {name: mode(directory / name) for name in public + private},
+            {name: 0o644 if name in public else 0o600 for name in public + private},
+        )
+
     def test_existing_ca_is_not_overwritten(self) -> None:
         """
         A second CA in the same directory is refused and changes nothing.
