@@ -8,6 +8,8 @@ C{crl.pem} alone, and refuses one that either CA's CRL revokes.
 
 from __future__ import annotations
 
+import io
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +22,12 @@ from OpenSSL.crypto import X509
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.cli import main as cli
 from secmsg.client.tls import client_tls_options, describe_tls_failure
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
+    ROOT_CRL_DAYS,
     create_authority,
     create_issuing_authority,
     open_authority,
@@ -203,6 +207,22 @@ class HierarchyTests(SynchronousTestCase):
             ):
                 take_root_crl(issuing, path)
             self.assertIn(words, str(caught.exception))
+
+    def test_crl_of_the_issuing_ca_says_when_the_roots_runs_out(self) -> None:
+        """
+        secmsg pki crl of an issuing CA (the weekly job's) says when the
+        root's CRL it holds runs out, and how to bring a new one in.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        directory = str(self.levels.issuing)
+        self.assertEqual(cli.main(["pki", "--dir", directory, "crl"]), 0)
+        due = NOW + timedelta(days=ROOT_CRL_DAYS)
+        self.assertIn(
+            f"the root's CRL in it runs out {due:%Y-%m-%d}: before then",
+            out.getvalue(),
+        )
+        self.assertIn(f"pki --dir {directory} crl --root-crl FILE", out.getvalue())
 
 
 class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
