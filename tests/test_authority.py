@@ -339,7 +339,9 @@ class AuthorityTests(SynchronousTestCase):
             ):
                 pass
             self.assertIn(words, str(caught.exception))
-            self.assertIn("init --force` cut short", str(caught.exception))
+            self.assertIn(
+                "init --force` was cut short, run it again", str(caught.exception)
+            )
             create_authority(self.directory, SUBJECT, NOW, replace=True)
             with open_authority(self.directory) as authority:
                 self.assertEqual(authority.inventory.records[0].kind, "ca")

@@ -42,7 +42,9 @@ from secmsg.pki.requests import Request, check_name, check_rsa_bits, checked_nam
 CA_FILES = ("ca.pem", "ca.key", "inventory.json")
 """The files that make a directory a CA's."""
 
-_INTERRUPTED_INIT = "a `secmsg pki init --force` cut short leaves them so: run it again"
+_INTERRUPTED_INIT = (
+    "if a `secmsg pki init --force` was cut short, run it again (it makes a new CA)"
+)
 
 ROOT_CRL_DAYS = 365
 """How long a root's CRL lasts by default: a root is brought online
