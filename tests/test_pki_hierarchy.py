@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 from OpenSSL.crypto import X509
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -46,6 +47,24 @@ def name(common_name: str) -> x509.Name:
 
 def constraints(certificate: x509.Certificate) -> x509.BasicConstraints:
     return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+
+
+def presenting(
+    pair: Pair, issuing: x509.Certificate, server_ca_pem: bytes
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client options that present C{pair} with its issuing CA after it, as
+    a TLS client may (the secmsg client presents its certificate alone),
+    trusting C{server_ca_pem} for the daemon's certificate.
+    """
+    return optionsForClientTLS(
+        "localhost",
+        trustRoot=Certificate.loadPEM(server_ca_pem),
+        clientCertificate=PrivateCertificate.loadPEM(
+            pair.certificate_pem + pair.key_pem
+        ),
+        extraCertificateOptions={"extraCertChain": [X509.from_cryptography(issuing)]},
+    )
 
 
 class TwoLevels:
@@ -263,8 +282,12 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
         alice = self.levels.issue("alice")
         self.assertTrue(self.instance.connect(alice).greeted)
         issuing = self.levels.bundle()[0]
-        with_chain = Pair(alice.certificate, alice.key, (issuing,))
-        self.assertTrue(self.instance.connect(with_chain).greeted)
+        client = LineClient(())
+        self.instance.connect_protocol(
+            client, presenting(alice, issuing, self.instance.ca.pem)
+        )
+        self.instance.flush()
+        self.assertTrue(client.greeted)
 
     def test_server_of_the_issuing_ca_presents_its_chain(self) -> None:
         """
@@ -357,16 +380,7 @@ class SiblingIssuingCATests(SynchronousTestCase):
         secmsg client sends its certificate alone), is refused in words:
         the log's, and the client's from the TLS alert.
         """
-        options = optionsForClientTLS(
-            "localhost",
-            trustRoot=Certificate.loadPEM(instance.ca.pem),
-            clientCertificate=PrivateCertificate.loadPEM(
-                self.stranger.certificate_pem + self.stranger.key_pem
-            ),
-            extraCertificateOptions={
-                "extraCertChain": [X509.from_cryptography(self.stranger_ca)]
-            },
-        )
+        options = presenting(self.stranger, self.stranger_ca, instance.ca.pem)
         client = LineClient((b"PING\n",))
         instance.connect_protocol(client, options)
         instance.flush()
