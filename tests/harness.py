@@ -172,14 +172,14 @@ class Instance:
 
     def settings(self) -> Settings:
         d = self.directory
+        overrides = {"crl": d / "crl.pem", **self._overrides}
         return Settings(
             cert=d / "server.pem",
             key=d / "server.key",
             ca=d / "ca.pem",
-            crl=d / "crl.pem",
             policy=d / "policy.toml",
             data_dir=d / "data",
-            **self._overrides,
+            **overrides,
         )
 
     def connect(

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -82,6 +83,26 @@ class AuthorityTests(SynchronousTestCase):
         ca = load(self.directory / "ca.pem")
         self.assertTrue(crl.is_signature_valid(ca.public_key()))
         self.assertIsInstance(ca.public_key(), ec.EllipticCurvePublicKey)
+
+    def test_public_files_are_readable_by_all_whatever_the_umask(self) -> None:
+        """
+        Under umask 077, as secmsg-crl.service runs, the CA certificate, the
+        CRL and a client certificate are still 0644 (the daemon's user reads
+        them), and the keys still 0600.
+        """
+        previous = os.umask(0o077)
+        self.addCleanup(os.umask, previous)
+        directory = temporary_directory(self) / "ca"
+        create_authority(directory, SUBJECT, NOW)
+        with open_authority(directory) as authority:
+            authority.issue(Request("alice"), NOW)
+            authority.sign_crl(NOW)
+        public = ["ca.pem", "crl.pem", "inventory.json", "clients/alice.pem"]
+        private = ["ca.key", "clients/alice.key"]
+        self.assertEqual(
+            {name: mode(directory / name) for name in public + private},
+            {name: 0o644 if name in public else 0o600 for name in public + private},
+        )
 
     def test_existing_ca_is_not_overwritten(self) -> None:
         """
@@ -298,6 +319,33 @@ class AuthorityTests(SynchronousTestCase):
             pass
         self.assertIn("key does not match the certificate", str(caught.exception))
 
+    def test_init_force_cut_short_is_refused_until_run_again(self) -> None:
+        """
+        A crash in init --force before ca.pem, or before the inventory, is
+        written leaves files of two CAs: the directory is refused in words
+        that say to run it again, and running it again mends it.
+        """
+        for crashing, words in [
+            ("ca.pem", "key does not match the certificate"),
+            ("inventory.json", "the inventory of another CA"),
+        ]:
+            patched = self.patch(pki, "install_file", _crashing_at(crashing))
+            with self.assertRaises(_Crash):
+                create_authority(self.directory, SUBJECT, NOW, replace=True)
+            patched.restore()
+            with (
+                self.assertRaises(ConfigurationError) as caught,
+                open_authority(self.directory),
+            ):
+                pass
+            self.assertIn(words, str(caught.exception))
+            self.assertIn(
+                "init --force` was cut short, run it again", str(caught.exception)
+            )
+            create_authority(self.directory, SUBJECT, NOW, replace=True)
+            with open_authority(self.directory) as authority:
+                self.assertEqual(authority.inventory.records[0].kind, "ca")
+
     def test_default_validity_stops_at_the_cas_expiry(self) -> None:
         """
         Without --days, a certificate lasts a year or until the CA expires,
@@ -353,6 +401,26 @@ class AuthorityTests(SynchronousTestCase):
         with self.assertRaises(AuthorityError) as caught, open_authority(empty):
             pass
         self.assertIn("secmsg pki init", str(caught.exception))
+
+
+class _Crash(Exception):
+    """
+    Stands for the process dying at the point where it is raised.
+    """
+
+
+def _crashing_at(name: str) -> Callable[..., None]:
+    """
+    L{pki.install_file}, but for a file called C{name}, where it crashes.
+    """
+    install = pki.install_file
+
+    def install_or_crash(path: Path, data: bytes, *, private: bool) -> None:
+        if path.name == name:
+            raise _Crash()
+        install(path, data, private=private)
+
+    return install_or_crash
 
 
 class CommandLineTests(SynchronousTestCase):

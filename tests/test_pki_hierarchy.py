@@ -8,19 +8,27 @@ C{crl.pem} alone, and refuses one that either CA's CRL revokes.
 
 from __future__ import annotations
 
+import io
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import X509
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.client.tls import client_tls_options
+from secmsg.cli import main as cli
+from secmsg.client.tls import client_tls_options, describe_tls_failure
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
+    ROOT_CRL_DAYS,
     create_authority,
     create_issuing_authority,
     open_authority,
@@ -41,6 +49,24 @@ def constraints(certificate: x509.Certificate) -> x509.BasicConstraints:
     return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
 
 
+def presenting(
+    pair: Pair, issuing: x509.Certificate, server_ca_pem: bytes
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client options that present C{pair} with its issuing CA after it, as
+    a TLS client may (the secmsg client presents its certificate alone),
+    trusting C{server_ca_pem} for the daemon's certificate.
+    """
+    return optionsForClientTLS(
+        "localhost",
+        trustRoot=Certificate.loadPEM(server_ca_pem),
+        clientCertificate=PrivateCertificate.loadPEM(
+            pair.certificate_pem + pair.key_pem
+        ),
+        extraCertificateOptions={"extraCertChain": [X509.from_cryptography(issuing)]},
+    )
+
+
 class TwoLevels:
     """
     A root and an issuing CA under it, made with secmsg's own CA tool at
@@ -55,12 +81,14 @@ class TwoLevels:
         with open_authority(self.root) as root:
             create_issuing_authority(self.issuing, root, name("test issuing"), moment)
 
-    def issue(self, user: str, request: Request | None = None) -> Pair:
+    def issue(
+        self, user: str, request: Request | None = None, issuing: Path | None = None
+    ) -> Pair:
         """
         A client certificate of the issuing CA (or what C{request} asks
-        for), with its key.
+        for), with its key; of the issuing CA in C{issuing}, if given.
         """
-        with open_authority(self.issuing) as authority:
+        with open_authority(issuing or self.issuing) as authority:
             issuance = authority.issue(request or Request(user), self.moment)
         key = serialization.load_pem_private_key(
             (issuance.certificate.with_suffix(".key")).read_bytes(), None
@@ -69,6 +97,15 @@ class TwoLevels:
             raise TypeError("secmsg makes ECDSA keys unless told otherwise")
         certificate = x509.load_pem_x509_certificate(issuance.certificate.read_bytes())
         return Pair(certificate, key)
+
+    def sibling(self, common_name: str) -> Path:
+        """
+        Another issuing CA under the same root, in a directory of its own.
+        """
+        directory = self.issuing.with_name(common_name)
+        with open_authority(self.root) as root:
+            create_issuing_authority(directory, root, name(common_name), self.moment)
+        return directory
 
     def bundle(self) -> list[x509.Certificate]:
         """
@@ -190,6 +227,22 @@ class HierarchyTests(SynchronousTestCase):
                 take_root_crl(issuing, path)
             self.assertIn(words, str(caught.exception))
 
+    def test_crl_of_the_issuing_ca_says_when_the_roots_runs_out(self) -> None:
+        """
+        secmsg pki crl of an issuing CA (the weekly job's) says when the
+        root's CRL it holds runs out, and how to bring a new one in.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        directory = str(self.levels.issuing)
+        self.assertEqual(cli.main(["pki", "--dir", directory, "crl"]), 0)
+        due = NOW + timedelta(days=ROOT_CRL_DAYS)
+        self.assertIn(
+            f"the root's CRL in it runs out {due:%Y-%m-%d}: before then",
+            out.getvalue(),
+        )
+        self.assertIn(f"pki --dir {directory} crl --root-crl FILE", out.getvalue())
+
 
 class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
     """
@@ -229,8 +282,12 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
         alice = self.levels.issue("alice")
         self.assertTrue(self.instance.connect(alice).greeted)
         issuing = self.levels.bundle()[0]
-        with_chain = Pair(alice.certificate, alice.key, (issuing,))
-        self.assertTrue(self.instance.connect(with_chain).greeted)
+        client = LineClient(())
+        self.instance.connect_protocol(
+            client, presenting(alice, issuing, self.instance.ca.pem)
+        )
+        self.instance.flush()
+        self.assertTrue(client.greeted)
 
     def test_server_of_the_issuing_ca_presents_its_chain(self) -> None:
         """
@@ -281,3 +338,94 @@ class DaemonAcceptsTwoLevelsTests(SynchronousTestCase):
             issuing.sign_crl(now())
         self.configure()
         self.assertRefused(alice, "revoked")
+
+
+class SiblingIssuingCATests(SynchronousTestCase):
+    """
+    Two issuing CAs under one root, over real TLS in memory: a daemon given
+    one's ca.pem (which holds the root too) accepts the client certificates
+    that CA issued, and not those of its sibling, with or without CRLs.
+    """
+
+    FOREIGN = (
+        "unknown CA (not issued directly by a CA of the CA bundle "
+        "(its issuer is CN=test sibling)"
+    )
+
+    def setUp(self) -> None:
+        self.levels = TwoLevels(self, now())
+        sibling = self.levels.sibling("test sibling")
+        stranger = self.levels.issue("alice", issuing=sibling)
+        self.stranger = stranger
+        self.stranger_ca = x509.load_pem_x509_certificates(
+            (sibling / "ca.pem").read_bytes()
+        )[0]
+        self.alice = self.levels.issue("alice")
+        self.log = capture_log(self)
+
+    def daemon(self, crl: bool) -> Instance:
+        """
+        A daemon given the first issuing CA's ca.pem and, if C{crl}, its
+        crl.pem (a daemon may have no CRL configured).
+        """
+        instance = Instance(self) if crl else Instance(self, crl=None)
+        instance.write("ca.pem", (self.levels.issuing / "ca.pem").read_bytes())
+        instance.write("crl.pem", (self.levels.issuing / "crl.pem").read_bytes())
+        instance.daemon.reloader.reload()
+        return instance
+
+    def assertForeignRefused(self, instance: Instance, client_words: str) -> None:
+        """
+        The sibling's alice, sending her CA along as a TLS client may (the
+        secmsg client sends its certificate alone), is refused in words:
+        the log's, and the client's from the TLS alert.
+        """
+        options = presenting(self.stranger, self.stranger_ca, instance.ca.pem)
+        client = LineClient((b"PING\n",))
+        instance.connect_protocol(client, options)
+        instance.flush()
+        self.assertEqual(client.lines, [])
+        refusals = [line for line in self.log if "refused handshake" in line]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertIn(f": {self.FOREIGN}", refusals[0])
+        assert client.lost is not None
+        refused, words = describe_tls_failure(client.lost, "localhost")
+        self.assertEqual(
+            (refused, words),
+            (True, f"the server refused our certificate: {client_words}"),
+        )
+
+    def test_sibling_certificate_refused_without_crls(self) -> None:
+        """
+        With no CRL configured, the sibling's alice is refused for her
+        issuer, and the daemon's own CA's alice is greeted.
+        """
+        instance = self.daemon(crl=False)
+        # OpenSSL accepted the chain; the refusal is the daemon's own, whose
+        # alert tells the client to read the log, as for other such.
+        self.assertForeignRefused(instance, "rejected; the server's log says why")
+        self.assertTrue(instance.connect(self.alice).greeted)
+
+    def test_sibling_certificate_refused_with_crls_for_its_issuer(self) -> None:
+        """
+        With the CRLs configured, the sibling's alice is refused for her
+        issuer, not merely as of unknown revocation status; the daemon's
+        own CA's alice is greeted.
+        """
+        instance = self.daemon(crl=True)
+        self.assertForeignRefused(instance, "unknown CA")
+        self.assertTrue(instance.connect(self.alice).greeted)
+
+    def test_session_closed_when_its_issuer_leaves_the_bundle(self) -> None:
+        """
+        A reload to a bundle of the root alone closes a session whose
+        certificate the issuing CA signed, though its chain still verifies
+        to the root: the root issues no client certificates.
+        """
+        instance = self.daemon(crl=False)
+        alice = instance.connect(self.alice)
+        self.assertTrue(alice.greeted)
+        instance.write("ca.pem", (self.levels.root / "ca.pem").read_bytes())
+        instance.daemon.reloader.reload()
+        instance.flush()
+        self.assertEqual(alice.take()[-1], "CLOSED unknown CA")

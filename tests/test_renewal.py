@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.cli import main as cli
 from secmsg.cli import pki as pki_command
 from secmsg.errors import AuthorityError
+from secmsg.pki import authority as authority_module
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import create_authority, open_authority
 from secmsg.pki.lifecycle import make_signing_request, renew
@@ -142,6 +143,79 @@ class RenewalTests(SynchronousTestCase):
             third = authority.issue(Request("alice"), NOW)
         self.assertEqual([r.serial for r in third.earlier], [second.serial_number])
         self.assertFalse(superseded(self.directory, second.serial_number))
+
+
+class InterruptedRenewalTests(SynchronousTestCase):
+    """
+    A renewal cut short after the new certificate is recorded leaves the
+    old one revoked in the inventory, so that the next CRL lists it.
+    """
+
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self) / "ca"
+
+    def revocations(self) -> dict[int, str | None]:
+        """
+        Each client certificate's revocation reason in the inventory.
+        """
+        with open_authority(self.directory) as authority:
+            records = authority.inventory.records
+        return {
+            r.serial: r.reason if r.revoked else None
+            for r in records
+            if r.kind == "client"
+        }
+
+    def test_crash_before_the_crl_leaves_the_old_revoked(self) -> None:
+        """
+        A crash while the new certificate's files are written (after the
+        inventory is saved) leaves the old one superseded in the
+        inventory, and secmsg pki crl then lists it.
+        """
+        create_authority(self.directory, SUBJECT, NOW)
+        with open_authority(self.directory) as authority:
+            old = authority.issue(Request("alice"), NOW).record
+
+        def crash(*arguments: object) -> None:
+            raise _Crash()
+
+        self.patch(authority_module, "_write_leaf", crash)
+        with self.assertRaises(_Crash), open_authority(self.directory) as authority:
+            renew(authority, "alice", NOW)
+        self.assertEqual(self.revocations()[old.serial], "superseded")
+        with open_authority(self.directory) as authority:
+            authority.sign_crl(NOW)
+        self.assertTrue(superseded(self.directory, old.serial))
+
+    def test_crl_that_cannot_be_signed_leaves_the_old_revoked(self) -> None:
+        """
+        A renewal near the CA's end, whose CRL of 30 days would outlive
+        it, says how to finish; the old certificate is superseded in the
+        inventory, and the CRL signed with fewer days lists it.
+        """
+        create_authority(self.directory, SUBJECT, NOW, days=40)
+        with open_authority(self.directory) as authority:
+            old = authority.issue(Request("alice"), NOW).record
+        later = NOW + timedelta(days=20)
+        with (
+            self.assertRaises(AuthorityError) as caught,
+            open_authority(self.directory) as authority,
+        ):
+            renew(authority, "alice", later)
+        self.assertIn("the revocation is in the inventory", str(caught.exception))
+        self.assertIn("would outlive the CA", str(caught.exception))
+        revocations = self.revocations()
+        self.assertEqual(revocations[old.serial], "superseded")
+        self.assertEqual(list(revocations.values()).count(None), 1)
+        with open_authority(self.directory) as authority:
+            authority.sign_crl(later, days=5)
+        self.assertTrue(superseded(self.directory, old.serial))
+
+
+class _Crash(Exception):
+    """
+    Stands for the process dying at the point where it is raised.
+    """
 
 
 class ExpiringTests(SynchronousTestCase):

@@ -61,7 +61,8 @@ class PeerVerifierTests(SynchronousTestCase):
         root = CertificateAuthority()
         intermediate = root.intermediate("secmsg issuing CA")
         verdict = _RecordingVerdict()
-        verifier = _PeerVerifier(None, lambda leaf: None, verdict, _NO_TRUST)
+        trust = TrustAnchors((root.pair.certificate, intermediate.pair.certificate), ())
+        verifier = _PeerVerifier(None, lambda leaf: None, verdict, trust)
         first = [
             intermediate.issue("alice").certificate,
             intermediate.pair.certificate,
@@ -80,13 +81,12 @@ class PeerVerifierTests(SynchronousTestCase):
         Once a pass has judged the chain, no certificate is reachable from
         the callback that pyOpenSSL keeps for the connection's lifetime (it
         wraps the verifier with C{functools.wraps}): an idle session must
-        not hold copies of its chain in the verifier.
+        not hold copies of its chain in the verifier, only the trust's CAs.
         """
         root = CertificateAuthority()
         chain = [root.issue("alice").certificate, root.pair.certificate]
-        verifier = _PeerVerifier(
-            None, lambda leaf: None, _AcceptingVerdict(), _NO_TRUST
-        )
+        trust = TrustAnchors((root.pair.certificate,), ())
+        verifier = _PeerVerifier(None, lambda leaf: None, _AcceptingVerdict(), trust)
 
         @functools.wraps(verifier)
         def callback(*arguments: object) -> bool:
@@ -95,11 +95,7 @@ class PeerVerifierTests(SynchronousTestCase):
         for depth in reversed(range(len(chain))):
             certificate = X509.from_cryptography(chain[depth])
             self.assertTrue(callback(None, certificate, 0, depth, 1))
-        self.assertEqual(_certificates_reachable(callback), [])
-
-
-_NO_TRUST = TrustAnchors((), ())
-"""Trust that holds no certificate of its own, for what a verifier keeps."""
+        self.assertEqual(_certificates_reachable(callback), list(trust.cas))
 
 
 class _AcceptingVerdict:

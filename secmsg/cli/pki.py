@@ -31,6 +31,7 @@ from secmsg.cli.pki_options import (
     SignOptions,
 )
 from secmsg.errors import AuthorityError
+from secmsg.files import read_bytes
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
     CertificateAuthority,
@@ -310,7 +311,27 @@ def _crl(
         f"signed {authority.crl_path} (CRL number {number}, "
         f"next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC)"
     )
-    return lines
+    return lines + _root_crl_due(authority)
+
+
+def _root_crl_due(authority: CertificateAuthority) -> list[str]:
+    """
+    For an issuing CA, when the root's CRL it keeps runs out: only the
+    root, offline, signs the next one, so each C{crl} (the weekly job's
+    too) says when it is due.
+    """
+    if not authority.chain:
+        return []
+    path = authority.directory / "root-crl.pem"
+    try:
+        crl = x509.load_pem_x509_crl(read_bytes(path))
+    except ValueError:
+        raise AuthorityError(f"{path} holds no PEM CRL") from None
+    return [
+        f"the root's CRL in it runs out {crl.next_update_utc:%Y-%m-%d}: before "
+        "then, sign the root's CRL where its key is and bring it in with "
+        f"secmsg pki --dir {authority.directory} crl --root-crl FILE"
+    ]
 
 
 def _list(

@@ -56,7 +56,13 @@ def describe_subject(certificate: x509.Certificate) -> str:
     fields, then how long the whole was and the SHA-256 of the subject's
     DER, by which an operator can still tell which certificate it was.
     """
-    subject = certificate.subject
+    return describe_name(certificate.subject)
+
+
+def describe_name(subject: x509.Name) -> str:
+    """
+    A certificate's subject or issuer as L{describe_subject} shows it.
+    """
     whole = escape_controls(subject.rfc4514_string())
     if len(whole) <= SUBJECT_SHOWN:
         return whole

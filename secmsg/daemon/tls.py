@@ -205,18 +205,16 @@ class _PeerVerifier:
             # complained of, and calls again once the chain has verified.
             return None
         if not preverify_ok:
-            refusal = refusal_for_openssl_error(
-                error_number, depth, describe_subject(crypto_certificate)
-            )
-            if refusal.reason in HOLDER_REASONS:
-                refusal.vouched = self._trust.vouches_for(crypto_certificate)
-            return refusal
+            return self._openssl_refusal(crypto_certificate, error_number, depth)
         self._chain[depth] = crypto_certificate
         if depth:
             return None
         # The leaf ends a pass; a later one must not inherit this one's CAs.
         chain = [self._chain[d] for d in sorted(self._chain)]
         self._chain.clear()
+        foreign = self._trust.issuer_refusal(crypto_certificate)
+        if foreign is not None:
+            return foreign
         try:
             check_client_usage(crypto_certificate)
             self._leaf_check(crypto_certificate)
@@ -224,6 +222,28 @@ class _PeerVerifier:
             refusal.vouched = True
             return refusal
         return self._verdict.again(chain)
+
+    def _openssl_refusal(
+        self, certificate: x509.Certificate, error_number: int, depth: int
+    ) -> CertificateRefused:
+        """
+        OpenSSL's refusal in our words.  One for the dates or revocation
+        of a leaf is a fact about its holder only if a CA of the bundle
+        issued it; otherwise the refusal says who did.
+        """
+        refusal = refusal_for_openssl_error(
+            error_number, depth, describe_subject(certificate)
+        )
+        if refusal.reason not in HOLDER_REASONS:
+            return refusal
+        if not depth:
+            foreign = self._trust.issuer_refusal(certificate)
+            if foreign is not None:
+                return foreign
+            refusal.vouched = True
+            return refusal
+        refusal.vouched = self._trust.vouches_for(certificate)
+        return refusal
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from OpenSSL.crypto import (
     X509StoreFlags,
 )
 
-from secmsg.daemon.identity import describe_subject
+from secmsg.daemon.identity import describe_name, describe_subject
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
 from secmsg.files import read_bytes
 from secmsg.wire import escape_controls
@@ -218,12 +218,14 @@ class TrustAnchors:
         L{None}.
         """
         refusal = self._verify(chain, now, with_crls=True)
-        if refusal is None or not self._stale_only(refusal):
-            return refusal
-        # OpenSSL's verification without a callback stops at the stale CRL;
-        # verify without CRLs, then check revocation as OpenSSL would, but
-        # for the staleness.
-        return self._verify(chain, now, with_crls=False) or self._revocation(chain, now)
+        if refusal is not None and self._stale_only(refusal):
+            # OpenSSL's verification without a callback stops at the stale
+            # CRL; verify without CRLs, then check revocation as OpenSSL
+            # would, but for the staleness.
+            refusal = self._verify(chain, now, with_crls=False) or self._revocation(
+                chain, now
+            )
+        return refusal or self.issuer_refusal(chain[0])
 
     def vouches_for(self, certificate: x509.Certificate) -> bool:
         """
@@ -242,6 +244,26 @@ class TrustAnchors:
                 continue
             return True
         return False
+
+    def issuer_refusal(
+        self, certificate: x509.Certificate
+    ) -> CertificateRefused | None:
+        """
+        Refuse a client certificate that no CA of these issued directly.
+        OpenSSL accepts a chain through any intermediate up to an anchor:
+        a daemon given an issuing CA's bundle (it and its root) would
+        accept the certificates of every other issuing CA under that root.
+        The bundle's CAs, and only they, issue the certificates accepted.
+        """
+        if self.vouches_for(certificate):
+            return None
+        return CertificateRefused(
+            RefusalReason.UNKNOWN_CA,
+            describe_subject(certificate),
+            "not issued directly by a CA of the CA bundle (its issuer is "
+            f"{describe_name(certificate.issuer)}); only they may issue client "
+            "certificates",
+        )
 
     def _stale_only(self, refusal: CertificateRefused) -> bool:
         return bool(self.tolerated) and refusal.detail.startswith(

@@ -33,7 +33,7 @@ from cryptography import x509
 
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.files import read_bytes
-from secmsg.pem import certificates_in, check_key_pair
+from secmsg.pem import certificates_in, key_matches
 from secmsg.pki import certificates as pki
 from secmsg.pki.inventory import REVOCATION_REASONS, Inventory, Record
 from secmsg.pki.keys import Passphrase, is_encrypted, load_key
@@ -41,6 +41,10 @@ from secmsg.pki.requests import Request, check_name, check_rsa_bits, checked_nam
 
 CA_FILES = ("ca.pem", "ca.key", "inventory.json")
 """The files that make a directory a CA's."""
+
+_INTERRUPTED_INIT = (
+    "if a `secmsg pki init --force` was cut short, run it again (it makes a new CA)"
+)
 
 ROOT_CRL_DAYS = 365
 """How long a root's CRL lasts by default: a root is brought online
@@ -123,7 +127,12 @@ class CertificateAuthority:
         if self._signer is None:
             path = self.directory / "ca.key"
             key = load_key(path, self._passphrase)
-            check_key_pair(key, path, self.certificate, self.directory / "ca.pem")
+            if not key_matches(key, self.certificate):
+                raise ConfigurationError(
+                    str(path),
+                    f"key does not match the certificate in "
+                    f"{self.directory / 'ca.pem'}; {_INTERRUPTED_INIT}",
+                )
             self._signer = pki.Issued(self.certificate, key)
         return self._signer
 
@@ -131,8 +140,8 @@ class CertificateAuthority:
         """
         Issue a certificate, write it (and its key, unless it is for a
         signing request's) and remember it; with C{request.replace}, revoke
-        the certificates in force for the same name as superseded once it
-        is written.
+        the certificates in force for the same name as superseded, in the
+        inventory as it is remembered and on the CRL once it is written.
 
         @raise AuthorityError: the request is invalid, would outlive the CA,
             or its files exist and may not be replaced.
@@ -161,12 +170,16 @@ class CertificateAuthority:
         )
         expires = certificate.not_valid_after_utc
         record = Record(request.name, certificate.serial_number, kind, expires)
+        superseded = earlier if request.replace else []
+        # Revoked in the same save that records the new certificate: after
+        # a crash or a CRL that cannot be signed, the inventory still says
+        # so, and the next CRL it is signed from lists them.
+        _mark_revoked(superseded, "superseded", now)
         self.inventory.records.append(record)
         self.save_inventory()
         _write_leaf([certificate, *self.issuers()], key, certificate_path, key_path)
-        superseded = earlier if request.replace else []
         if superseded:
-            self._revoke_records(superseded, "superseded", now)
+            self._sign_recorded_revocations(now)
         return Issuance(
             record,
             certificate_path,
@@ -233,12 +246,18 @@ class CertificateAuthority:
         self, records: list[Record], reason: str, now: datetime
     ) -> None:
         self.signer()
-        for record in records:
-            record.revoked = now
-            record.reason = reason
+        _mark_revoked(records, reason, now)
+        self.save_inventory()
+        self._sign_recorded_revocations(now)
+
+    def _sign_recorded_revocations(self, now: datetime) -> None:
+        """
+        Sign the CRL after revocations the inventory holds (saved), saying
+        how to finish if it cannot be.
+        """
         try:
             self.sign_crl(now)
-        except ConfigurationError as error:
+        except (AuthorityError, ConfigurationError) as error:
             raise AuthorityError(
                 f"the revocation is in the inventory but the CRL was not written "
                 f"({error}); write it with: secmsg pki --dir {self.directory} crl"
@@ -458,6 +477,11 @@ def open_authority(
         path = directory / "ca.pem"
         certificates = certificates_in(read_bytes(path), path, "CA certificate")
         inventory = Inventory.from_json(directory / "inventory.json")
+        if not inventory.is_of(certificates[0].serial_number):
+            raise ConfigurationError(
+                str(directory / "inventory.json"),
+                f"the inventory of another CA than {path}'s; {_INTERRUPTED_INIT}",
+            )
         authority = CertificateAuthority(directory, certificates, inventory, passphrase)
         if not is_encrypted(directory / "ca.key"):
             authority.signer()
@@ -491,7 +515,11 @@ def _install(
     now: datetime,
 ) -> CertificateAuthority:
     """
-    Write a new CA's key, certificate (and chain), inventory and first CRL.
+    Write a new CA's key, certificate (and chain), inventory and first CRL,
+    in that order: the daemon reads C{ca.pem}, so an old CA's stays in
+    force until the new key is in place, and a write cut short leaves a
+    key, certificate or inventory that does not match the one before it,
+    which L{open_authority} refuses in words.
     """
     key_pem = pki.private_pem(ca.key, passphrase)
     pki.install_file(directory / "ca.key", key_pem, private=True)
@@ -507,6 +535,12 @@ def _install(
     )
     authority.sign_crl(now)
     return authority
+
+
+def _mark_revoked(records: list[Record], reason: str, now: datetime) -> None:
+    for record in records:
+        record.revoked = now
+        record.reason = reason
 
 
 def _write_leaf(

@@ -308,17 +308,20 @@ def install_file(path: Path, data: bytes, *, private: bool) -> None:
     the new one, never half.  Whether a file may be replaced at all is the
     caller's to decide.
 
-    A private file has mode 0600 from the moment it exists.
+    A private file has mode 0600 from the moment it exists; a public one
+    (a certificate, a CRL) 0644 whatever the umask, since the daemon's
+    user must read it: a job that signs the CRL under C{UMask=0077} would
+    otherwise leave a CRL only its owner reads.
 
     @raise ConfigurationError: it cannot be written.
     """
     staging = path.with_name(f".{path.name}.{os.getpid()}.new")
+    mode = 0o600 if private else 0o644
     try:
         staging.unlink(missing_ok=True)
-        descriptor = os.open(
-            staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644
-        )
+        descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), mode)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -112,6 +112,14 @@ class Inventory:
                 str(path), f"not a secmsg inventory: {failure!r}"
             ) from None
 
+    def is_of(self, serial: int) -> bool:
+        """
+        Whether this is the inventory of the CA with C{serial}, as far as
+        it says: one of another CA must not lend it its revocations.
+        """
+        own = [r.serial for r in self.records if r.kind == "ca"]
+        return not own or serial in own
+
     def in_force(self, name: str, kind: str, now: datetime) -> list[Record]:
         """
         The certificates of C{name} and C{kind} that are neither revoked nor

@@ -111,8 +111,8 @@ def renew(
     A new certificate for the identity of C{name}'s newest unrevoked
     certificate, with the same kind, units and names: for a new key (of
     the old one's type unless C{rsa_bits} says), or for the key of C{csr}.
-    The old certificate is revoked as superseded once the new one is
-    written.
+    The old certificate is revoked as superseded as the new one is
+    recorded, and on the CRL once the new one is written.
 
     @raise AuthorityError: C{name} has no certificate to renew, or the
         request is refused.
