@@ -67,7 +67,7 @@ from secmsg.daemon.settings import (
     check_data_dir,
     load_settings,
 )
-from secmsg.daemon.store.database import DATABASE_NAME, open_database
+from secmsg.daemon.store.database import DATABASE_NAME, check_database
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ThreadWorker
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
@@ -479,9 +479,11 @@ def assemble(
     Nothing is written here: the ports are bound first when the daemon
     starts (L{ListenFirstService}), and only then are the data directory,
     the audit trail and the database made, so that a daemon that cannot
-    listen leaves nothing behind.  A database already there is opened here
-    once, so that a corrupt, locked or newer one stops the daemon before
-    it starts, and is opened for good by L{StoreService} when it starts.
+    listen leaves nothing behind.  A database already there is checked
+    here, read-only, so that a corrupt, locked or newer one stops the
+    daemon before it starts; L{StoreService} opens it when it starts, and
+    only then is it made WAL or upgraded, so that a daemon that cannot
+    listen leaves an older database for the older daemon to go on with.
 
     @param reactor: provides TCP listening, threads and the clock.
     @param owner: the user the daemon will run as, whom the data directory
@@ -494,7 +496,7 @@ def assemble(
         log.warn("{shortfall}", shortfall=shortfall)
     path = settings.data_dir / DATABASE_NAME
     if path.exists():
-        open_database(path).close()
+        check_database(path)
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(

@@ -1,6 +1,7 @@
 """
 Starting the daemon where it cannot serve, in its own process as
-L{tests.test_daemon} runs it: a port another process holds, a pidfile a
+L{tests.test_daemon} runs it: a port another process holds (with an
+older version's database, which it must leave as it was), a pidfile a
 running daemon holds, and one that a killed daemon left behind.
 
 Slow tests, as those of L{tests.test_daemon}, whose helpers they use.
@@ -16,9 +17,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.pidfile import pidfile_problem
+from secmsg.daemon.store.database import DATABASE_NAME
 from tests.harness import temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, init_instance, twistd
 from tests.test_deployment import CommandDaemon, free_port
+from tests.test_store import contents, make_version_1
 
 LISTENING = "listening on 127.0.0.1:"
 
@@ -94,6 +97,20 @@ class TakenPortTests(SynchronousTestCase):
             "admin-listen in the config file",
         )
         self.assertEqual(sorted(self.data.iterdir()), [])
+
+    def test_taken_port_leaves_an_older_database_as_it_was(self) -> None:
+        """
+        A new daemon that cannot listen leaves an older version's database
+        byte for byte as it was, neither made WAL nor upgraded, with no
+        backup beside it: the version it came from still opens it.
+        """
+        make_version_1(self.data / DATABASE_NAME, wal=True)
+        before = contents(self.data)
+        refusal = refusal_of(self, twistd(self.directory, "--port", str(self.taken)))
+        self.assertTrue(
+            refusal.startswith(f"cannot listen on 127.0.0.1:{self.taken}: "), refusal
+        )
+        self.assertEqual(contents(self.data), before)
 
     def test_daemon_in_the_background_reports_the_refusal_and_exits(self) -> None:
         """
