@@ -59,6 +59,7 @@ from secmsg.daemon.service import (
     RetentionService,
     SecmsgService,
     StoreService,
+    remove_own_pidfile,
 )
 from secmsg.daemon.settings import (
     OPTIONS,
@@ -244,12 +245,17 @@ class Options(usage.Options):
         """
         Refuse to start where a daemon already runs with twistd's pidfile:
         twistd checks it before making the service, so this is the last
-        moment to say so in secmsg's words rather than twistd's.
+        moment to say so in secmsg's words rather than twistd's.  A pidfile
+        naming this very process (pid 1 in a container, again) is removed,
+        as twistd removes one whose process is gone.
         """
         pidfile = _twistd_options(self).get("pidfile")
-        problem = pidfile_problem(Path(pidfile)) if pidfile else None
+        if not pidfile:
+            return
+        problem = pidfile_problem(Path(pidfile))
         if problem is not None:
             raise SystemExit(f"secmsg: cannot start: {problem}")
+        remove_own_pidfile(Path(pidfile))
 
 
 def makeService(options: Options) -> IService:
