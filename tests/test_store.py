@@ -587,6 +587,19 @@ class DatabaseCheckTests(SynchronousTestCase):
         self.assertEqual(checked, opened)
         self.assertIn("newer than this daemon", checked)
 
+    def test_check_of_what_cannot_be_read_says_so(self) -> None:
+        """
+        A database path SQLite cannot open (a directory) is refused as
+        unreadable, naming it.
+        """
+        self.path.mkdir()
+        with self.assertRaises(ConfigurationError) as caught:
+            check_database(self.path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.path}: cannot read the database (disk I/O error)",
+        )
+
     def test_check_refuses_a_database_another_daemon_holds(self) -> None:
         """
         A database another daemon has open is refused by the check as at

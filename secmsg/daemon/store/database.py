@@ -90,7 +90,7 @@ def check_database(path: Path) -> None:
             connection.close()
     except sqlite3.Error as error:
         text = str(error)
-        if "unable to open" in text:
+        if "unable to open" in text or "disk I/O" in text:
             raise ConfigurationError(
                 str(path), f"cannot read the database ({text})"
             ) from None
