@@ -59,6 +59,7 @@ from secmsg.daemon.service import (
     RetentionService,
     SecmsgService,
     StoreService,
+    remove_own_pidfile,
 )
 from secmsg.daemon.settings import (
     OPTIONS,
@@ -67,7 +68,7 @@ from secmsg.daemon.settings import (
     check_data_dir,
     load_settings,
 )
-from secmsg.daemon.store.database import DATABASE_NAME, open_database
+from secmsg.daemon.store.database import DATABASE_NAME, check_database
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ThreadWorker
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
@@ -244,12 +245,17 @@ class Options(usage.Options):
         """
         Refuse to start where a daemon already runs with twistd's pidfile:
         twistd checks it before making the service, so this is the last
-        moment to say so in secmsg's words rather than twistd's.
+        moment to say so in secmsg's words rather than twistd's.  A pidfile
+        naming this very process (pid 1 in a container, again) is removed,
+        as twistd removes one whose process is gone.
         """
         pidfile = _twistd_options(self).get("pidfile")
-        problem = pidfile_problem(Path(pidfile)) if pidfile else None
+        if not pidfile:
+            return
+        problem = pidfile_problem(Path(pidfile))
         if problem is not None:
             raise SystemExit(f"secmsg: cannot start: {problem}")
+        remove_own_pidfile(Path(pidfile))
 
 
 def makeService(options: Options) -> IService:
@@ -479,9 +485,11 @@ def assemble(
     Nothing is written here: the ports are bound first when the daemon
     starts (L{ListenFirstService}), and only then are the data directory,
     the audit trail and the database made, so that a daemon that cannot
-    listen leaves nothing behind.  A database already there is opened here
-    once, so that a corrupt, locked or newer one stops the daemon before
-    it starts, and is opened for good by L{StoreService} when it starts.
+    listen leaves nothing behind.  A database already there is checked
+    here, read-only, so that a corrupt, locked or newer one stops the
+    daemon before it starts; L{StoreService} opens it when it starts, and
+    only then is it made WAL or upgraded, so that a daemon that cannot
+    listen leaves an older database for the older daemon to go on with.
 
     @param reactor: provides TCP listening, threads and the clock.
     @param owner: the user the daemon will run as, whom the data directory
@@ -494,7 +502,7 @@ def assemble(
         log.warn("{shortfall}", shortfall=shortfall)
     path = settings.data_dir / DATABASE_NAME
     if path.exists():
-        open_database(path).close()
+        check_database(path)
     store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(

@@ -43,6 +43,7 @@ from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Retention
 from secmsg.tap import assemble
 from tests.harness import Instance, capture_log, temporary_directory
+from tests.test_store import contents, make_version_1
 
 
 class HangupTests(SynchronousTestCase):
@@ -99,6 +100,28 @@ class AssemblyTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             open_database(path)
         self.assertIn("database is locked", str(caught.exception))
+
+    def test_older_database_is_upgraded_when_the_store_starts_not_before(
+        self,
+    ) -> None:
+        """
+        Making the service only checks an older version's database, byte
+        for byte leaving it as it was: it is backed up and upgraded when
+        the store starts, once the ports are bound.
+        """
+        settings = Instance(self).settings()
+        prepare_data_dir(settings.data_dir)
+        path = settings.data_dir / DATABASE_NAME
+        make_version_1(path, wal=True)
+        before = contents(settings.data_dir)
+        service = assemble(settings, _ThreadsReactor())
+        self.assertEqual(contents(settings.data_dir), before)
+        store_service = next(s for s in service if isinstance(s, StoreService))
+        store_service.privilegedStartService()
+        (thread,) = [t for t in threading.enumerate() if t.name == "secmsg-store"]
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(store_service.store.close)
+        self.assertTrue((settings.data_dir / f"{DATABASE_NAME}.v1.backup").exists())
 
     def test_assembling_writes_nothing_and_listening_starts_first(self) -> None:
         """

@@ -1,7 +1,9 @@
 """
 Starting the daemon where it cannot serve, in its own process as
-L{tests.test_daemon} runs it: a port another process holds, a pidfile a
-running daemon holds, and one that a killed daemon left behind.
+L{tests.test_daemon} runs it: a port another process holds (with an
+older version's database, which it must leave as it was), a pidfile a
+running daemon holds, one that names the daemon itself or another
+program, and one that a killed daemon left behind.
 
 Slow tests, as those of L{tests.test_daemon}, whose helpers they use.
 """
@@ -15,12 +17,25 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.daemon.pidfile import pidfile_problem
+from secmsg.daemon import pidfile as pidfile_module
+from secmsg.daemon.pidfile import looks_like_daemon, pidfile_problem
+from secmsg.daemon.store.database import DATABASE_NAME
 from tests.harness import temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, init_instance, twistd
 from tests.test_deployment import CommandDaemon, free_port
+from tests.test_store import contents, make_version_1
 
 LISTENING = "listening on 127.0.0.1:"
+
+
+def unrelated_process(testcase: SynchronousTestCase) -> subprocess.Popen[bytes]:
+    """
+    A live process that is not secmsg, killed and reaped at cleanup.
+    """
+    process = subprocess.Popen(["sleep", "600"])
+    testcase.addCleanup(process.wait)
+    testcase.addCleanup(process.kill)
+    return process
 
 
 def refusal_of(testcase: SynchronousTestCase, command: list[str]) -> str:
@@ -95,6 +110,20 @@ class TakenPortTests(SynchronousTestCase):
         )
         self.assertEqual(sorted(self.data.iterdir()), [])
 
+    def test_taken_port_leaves_an_older_database_as_it_was(self) -> None:
+        """
+        A new daemon that cannot listen leaves an older version's database
+        byte for byte as it was, neither made WAL nor upgraded, with no
+        backup beside it: the version it came from still opens it.
+        """
+        make_version_1(self.data / DATABASE_NAME, wal=True)
+        before = contents(self.data)
+        refusal = refusal_of(self, twistd(self.directory, "--port", str(self.taken)))
+        self.assertTrue(
+            refusal.startswith(f"cannot listen on 127.0.0.1:{self.taken}: "), refusal
+        )
+        self.assertEqual(contents(self.data), before)
+
     def test_daemon_in_the_background_reports_the_refusal_and_exits(self) -> None:
         """
         Started in the background, the daemon's refusal reaches the
@@ -166,6 +195,36 @@ class PidfileTests(SynchronousTestCase):
         self.assertNotIn("--logfile", refusal)
         self.assertIsNone(first.process.poll())
         self.assertEqual(int(self.pidfile.read_text()), first.process.pid)
+
+    def test_pidfile_naming_the_daemon_itself_does_not_stop_it(self) -> None:
+        """
+        In a container the daemon is pid 1 at every start, and the last
+        run's pidfile names it: it starts, and the pidfile is its own.
+        """
+        # The shell writes its own pid, which twistd then runs as.
+        command = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.pidfile)]
+        daemon = CommandDaemon(
+            self, self.directory, [*command, *self.command], LISTENING
+        )
+        self.assertEqual(int(self.pidfile.read_text()), daemon.process.pid)
+
+    def test_pidfile_naming_another_program_is_not_advised_killed(self) -> None:
+        """
+        A pidfile naming a live process that is not secmsg (its pid reused
+        after a reboot) is refused saying to remove the pidfile, never to
+        kill the process; both are left as they were.
+        """
+        other = unrelated_process(self)
+        self.pidfile.write_text(f"{other.pid}\n")
+        refusal = refusal_of(self, self.command)
+        self.assertEqual(
+            refusal,
+            f"process {other.pid}, which does not look like secmsg, holds the pid "
+            f"in {self.pidfile}: if no secmsg daemon runs, remove {self.pidfile}",
+        )
+        self.assertNotIn("kill", refusal)
+        self.assertIsNone(other.poll())
+        self.assertEqual(self.pidfile.read_text(), f"{other.pid}\n")
 
     def test_pidfile_of_a_killed_daemon_does_not_stop_the_next(self) -> None:
         """
@@ -278,14 +337,97 @@ class PidfileProblemTests(SynchronousTestCase):
         """
         self.assertIsNone(pidfile_problem(self.pidfile))
 
-    def test_pidfile_of_a_live_process_names_it(self) -> None:
+    def test_pidfile_of_this_process_is_no_problem(self) -> None:
         """
-        A pidfile naming a live process (this one) is a daemon running.
+        A pidfile naming the process that checks it is an earlier run's,
+        under the same pid: no daemon runs with it.
         """
         self.pidfile.write_text(f"{os.getpid()}\n")
-        problem = pidfile_problem(self.pidfile)
-        self.assertIsNotNone(problem)
-        self.assertIn(f"(pid {os.getpid()}): stop it", str(problem))
+        self.assertIsNone(pidfile_problem(self.pidfile))
+
+    def fake_command_line(self, pid: int, arguments: list[bytes] | None) -> None:
+        """
+        Read command lines from a procfs of the test's, giving C{pid}
+        C{arguments} (L{None}: none, as procfs hides it).
+        """
+        proc = temporary_directory(self)
+        self.patch(pidfile_module, "PROC", proc)
+        if arguments is not None:
+            (proc / str(pid)).mkdir()
+            (proc / str(pid) / "cmdline").write_bytes(b"\0".join(arguments) + b"\0")
+
+    def test_pidfile_of_a_live_daemon_says_to_stop_it(self) -> None:
+        """
+        A live process running twistd secmsg is a daemon running, to stop.
+        """
+        pid = unrelated_process(self).pid
+        self.fake_command_line(
+            pid, [b"/venv/bin/python", b"/venv/bin/twistd", b"secmsg"]
+        )
+        self.pidfile.write_text(f"{pid}\n")
+        problem = str(pidfile_problem(self.pidfile))
+        self.assertTrue(
+            problem.startswith(
+                f"a daemon is already running with the pidfile {self.pidfile} "
+                f"(pid {pid}): stop it (kill {pid})"
+            ),
+            problem,
+        )
+
+    def test_pidfile_of_another_program_says_to_remove_it(self) -> None:
+        """
+        A live process that is not secmsg (a sleep) is named as such, with
+        the advice to remove the pidfile and none to kill it.
+        """
+        pid = unrelated_process(self).pid
+        self.pidfile.write_text(f"{pid}\n")
+        self.assertEqual(
+            pidfile_problem(self.pidfile),
+            f"process {pid}, which does not look like secmsg, holds the pid in "
+            f"{self.pidfile}: if no secmsg daemon runs, remove {self.pidfile}",
+        )
+
+    def test_process_that_cannot_be_told_is_not_called_a_daemon(self) -> None:
+        """
+        Where the command line cannot be read, the refusal says what to do
+        in either case, and calls the process no daemon.
+        """
+        pid = unrelated_process(self).pid
+        self.fake_command_line(pid, None)
+        self.pidfile.write_text(f"{pid}\n")
+        problem = str(pidfile_problem(self.pidfile))
+        self.assertTrue(
+            problem.startswith(
+                f"process {pid} holds the pid in {self.pidfile}: if it is a "
+                f"secmsg daemon, stop it (kill {pid}), or give a second daemon"
+            ),
+            problem,
+        )
+        self.assertTrue(
+            problem.endswith(f"; if no secmsg daemon runs, remove {self.pidfile}"),
+            problem,
+        )
+
+    def test_what_looks_like_a_daemon(self) -> None:
+        """
+        twistd or python -m twisted running secmsg looks like a daemon;
+        another program, or another twistd, or no arguments, does not.
+        """
+        cases = [
+            (
+                ["/opt/secmsg/bin/python", "/opt/secmsg/bin/twistd", "-n", "secmsg"],
+                True,
+            ),
+            (["twistd", "--pidfile=", "secmsg", "--config", "/etc/x.toml"], True),
+            (["python3", "-m", "twisted", "secmsg"], True),
+            (["twistd", "-n", "web", "--path", "/srv"], False),
+            (["sleep", "600"], False),
+            (["/home/me/secmsg/.venv/bin/python", "-m", "pytest"], False),
+            ([], False),
+        ]
+        for arguments, expected in cases:
+            with self.subTest(arguments=arguments):
+                self.assertEqual(looks_like_daemon(arguments), expected)
 
     def test_pid_of_zero_or_below_is_no_pid(self) -> None:
         """

@@ -26,7 +26,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
-from secmsg.daemon.store.database import CURRENT_VERSION, open_database, schema
+from secmsg.daemon.store.database import (
+    CURRENT_VERSION,
+    check_database,
+    open_database,
+    schema,
+)
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.daemon.store.sqlite import SQLiteStore, known_identities
 from secmsg.daemon.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
@@ -424,30 +429,42 @@ def structure(path: Path) -> dict[str, object]:
         connection.close()
 
 
+def make_version_1(path: Path, wal: bool = False) -> None:
+    """
+    A version-1 database at C{path} holding one message for bob; with
+    C{wal}, in WAL mode and closed, as a daemon of that version leaves it.
+    """
+    connection = sqlite3.connect(path)
+    connection.executescript(schema("v1.sql"))
+    connection.execute(
+        "INSERT INTO messages (kind, sender, target, body, created)"
+        " VALUES ('MSG', 'alice', 'bob', 'kept', 0)"
+    )
+    connection.execute("INSERT INTO mailbox (recipient, message_id) VALUES ('bob', 1)")
+    connection.commit()
+    if wal:
+        connection.execute("PRAGMA journal_mode = WAL")
+    connection.close()
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    """
+    Every file in C{directory} by name, byte for byte.
+    """
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
 class DatabaseTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = temporary_directory(self)
         self.path = self.directory / "secmsg.db"
-
-    def make_version_1(self) -> None:
-        connection = sqlite3.connect(self.path)
-        connection.executescript(schema("v1.sql"))
-        connection.execute(
-            "INSERT INTO messages (kind, sender, target, body, created)"
-            " VALUES ('MSG', 'alice', 'bob', 'kept', 0)"
-        )
-        connection.execute(
-            "INSERT INTO mailbox (recipient, message_id) VALUES ('bob', 1)"
-        )
-        connection.commit()
-        connection.close()
 
     def test_upgrade_from_version_1_matches_a_new_database(self) -> None:
         """
         A version-1 database is backed up, then upgraded in place to the
         same structure a new one has, keeping its messages.
         """
-        self.make_version_1()
+        make_version_1(self.path)
         open_database(self.path).close()
         fresh = self.directory / "fresh.db"
         open_database(fresh).close()
@@ -502,6 +519,99 @@ class DatabaseTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             open_database(path)
         self.assertIn(str(path), str(caught.exception))
+
+
+class DatabaseCheckTests(SynchronousTestCase):
+    """
+    The check made before the daemon binds its ports: it refuses what
+    open_database refuses, in the same words, and writes nothing.
+    """
+
+    def setUp(self) -> None:
+        self.directory = temporary_directory(self)
+        self.path = self.directory / "secmsg.db"
+
+    def test_check_of_an_old_database_changes_nothing(self) -> None:
+        """
+        A version-1 database, in either journal mode, passes the check
+        and is left byte for byte as it was: not made WAL, not upgraded,
+        no backup, no -wal or -shm file beside it.
+        """
+        for wal in (False, True):
+            with self.subTest(wal=wal):
+                self.path.unlink(missing_ok=True)
+                make_version_1(self.path, wal)
+                before = contents(self.directory)
+                check_database(self.path)
+                self.assertEqual(contents(self.directory), before)
+
+    def test_check_of_a_current_database_writes_nothing_beside_it(self) -> None:
+        """
+        A database a daemon made and closed, in WAL mode, is checked
+        without the -wal and -shm files a read-only open would make.
+        """
+        open_database(self.path).close()
+        before = contents(self.directory)
+        check_database(self.path)
+        self.assertEqual(contents(self.directory), before)
+
+    def refusals(self) -> tuple[str, str]:
+        """
+        What open_database and check_database say of C{self.path}.
+        """
+        with self.assertRaises(ConfigurationError) as checked:
+            check_database(self.path)
+        with self.assertRaises(ConfigurationError) as opened:
+            open_database(self.path)
+        return str(checked.exception), str(opened.exception)
+
+    def test_check_refuses_what_open_refuses_in_its_words(self) -> None:
+        """
+        A corrupt file, a SQLite database that is not secmsg's, and a
+        newer one are refused by the check as at open.
+        """
+        self.path.write_bytes(b"this is no database" * 100)
+        checked, opened = self.refusals()
+        self.assertEqual(checked, opened)
+        self.assertIn("not a usable database", checked)
+        self.path.unlink()
+        sqlite3.connect(self.path).execute("CREATE TABLE other (x)").connection.close()
+        checked, opened = self.refusals()
+        self.assertEqual(checked, opened)
+        self.assertIn("not a secmsg database", checked)
+        self.path.unlink()
+        newer = open_database(self.path)
+        newer.execute("UPDATE version SET version = ?", (CURRENT_VERSION + 1,))
+        newer.close()
+        checked, opened = self.refusals()
+        self.assertEqual(checked, opened)
+        self.assertIn("newer than this daemon", checked)
+
+    def test_check_of_what_cannot_be_read_says_so(self) -> None:
+        """
+        A database path SQLite cannot open (a directory) is refused as
+        unreadable, naming it.
+        """
+        self.path.mkdir()
+        with self.assertRaises(ConfigurationError) as caught:
+            check_database(self.path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.path}: cannot read the database (disk I/O error)",
+        )
+
+    def test_check_refuses_a_database_another_daemon_holds(self) -> None:
+        """
+        A database another daemon has open is refused by the check as at
+        open, naming a second daemon, and its files are left alone.
+        """
+        holder = open_database(self.path)
+        self.addCleanup(holder.close)
+        before = sorted(self.directory.iterdir())
+        checked, opened = self.refusals()
+        self.assertEqual(checked, opened)
+        self.assertIn("another secmsg daemon", checked)
+        self.assertEqual(sorted(self.directory.iterdir()), before)
 
 
 class WorkerTests(SynchronousTestCase):

@@ -7,12 +7,22 @@ of C{--logfile}, and leaves a newcomer who ran C{make run} twice guessing.
 This check comes first and says what is running and what to do instead.
 A pidfile whose process is gone (after C{kill -9}, say) is left to twistd,
 which removes it and starts.
+
+A live pid is not always a daemon: after a reboot the pid may be another
+program's, and in a container the daemon often runs as pid 1 with its
+pidfile on a volume, so that the pidfile of the last run names the daemon
+itself.  The process's command line (C{/proc/N/cmdline}) tells which, so
+that the refusal never advises killing what is not secmsg.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+PROC = Path("/proc")
+"""Where the command lines of the processes are read (Linux's procfs)."""
 
 SECOND_INSTANCE = (
     "or give a second daemon an instance of its own, with its own pidfile "
@@ -26,7 +36,9 @@ SECOND_INSTANCE = (
 def pidfile_problem(pidfile: Path) -> str | None:
     """
     Why a daemon cannot start with C{pidfile}, in one line; L{None} if it
-    can: there is none, or the process it names is gone.
+    can: there is none, the process it names is gone, or it names this
+    very process, left by an earlier run under the same pid (which the
+    caller removes: twistd would take it for another server's).
     """
     try:
         text = pidfile.read_text(errors="replace")
@@ -40,12 +52,51 @@ def pidfile_problem(pidfile: Path) -> str | None:
             f"the pidfile {pidfile} holds no process id, as a crash while "
             "writing it leaves it; if no daemon runs with it, remove it"
         )
-    if not _running(pid):
+    if pid == os.getpid() or not _running(pid):
         return None
+    arguments = command_line(pid)
+    if arguments is None:
+        return (
+            f"process {pid} holds the pid in {pidfile}: if it is a secmsg "
+            f"daemon, stop it (kill {pid}), {SECOND_INSTANCE}; if no secmsg "
+            f"daemon runs, remove {pidfile}"
+        )
+    if not looks_like_daemon(arguments):
+        return (
+            f"process {pid}, which does not look like secmsg, holds the pid in "
+            f"{pidfile}: if no secmsg daemon runs, remove {pidfile}"
+        )
     return (
         f"a daemon is already running with the pidfile {pidfile} (pid {pid}): "
         f"stop it (kill {pid}), {SECOND_INSTANCE}"
     )
+
+
+def command_line(pid: int) -> list[str] | None:
+    """
+    The arguments process C{pid} runs with, or L{None} where they cannot
+    be read: there is no procfs, or it hides other users' processes.
+    """
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return [
+        argument.decode(errors="replace") for argument in raw.split(b"\0") if argument
+    ]
+
+
+def looks_like_daemon(arguments: Sequence[str]) -> bool:
+    """
+    Whether a process running with C{arguments} looks like a secmsg daemon:
+    twistd (or C{python -m twisted}) with secmsg among its arguments (the
+    plugin's name, or its configuration's path).  A kernel thread or a
+    zombie has no arguments, and looks like none.
+    """
+    runner = "twisted" in arguments or any(
+        os.path.basename(argument).startswith("twistd") for argument in arguments
+    )
+    return runner and any("secmsg" in argument for argument in arguments)
 
 
 def _pid_in(text: str) -> int | None:

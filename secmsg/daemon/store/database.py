@@ -1,6 +1,7 @@
 """
 Opening the SQLite database: create it whole, upgrade it after a backup,
-or refuse to start with one line saying why.
+or refuse to start with one line saying why; and checking, read-only, that
+an existing one will open.
 
 The schema is versioned: C{schema/vN.sql} makes a new database of version
 N, and C{schema/upgrade-to-vN.sql} takes one from N-1 to N.  A new database
@@ -62,6 +63,58 @@ def open_database(path: Path) -> sqlite3.Connection:
         ) from None
 
 
+def check_database(path: Path) -> None:
+    """
+    Check, changing nothing, that L{open_database} will open the existing
+    database at C{path}: that it is a secmsg database, whole, not held by
+    another daemon, and of a version this daemon reads or upgrades.
+
+    This is what the daemon asks before it binds its ports; the database
+    is made WAL and upgraded (after its backup) only once they are bound,
+    so that a daemon that cannot listen leaves an older one as it was,
+    for the version it was made by to go on with.
+
+    @raise ConfigurationError: with the words L{open_database} refuses it
+        with.
+    """
+    try:
+        connection = sqlite3.connect(
+            _read_only_uri(path), uri=True, timeout=0, isolation_level=None
+        )
+        try:
+            # The first read takes the lock, so a database another daemon
+            # holds, or a file that is none, is refused here as at open.
+            connection.execute("SELECT count(*) FROM sqlite_master")
+            _checked_version(connection, path)
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        text = str(error)
+        if "unable to open" in text or "disk I/O" in text:
+            raise ConfigurationError(
+                str(path), f"cannot read the database ({text})"
+            ) from None
+        raise ConfigurationError(str(path), _explain(error)) from None
+
+
+def _read_only_uri(path: Path) -> str:
+    """
+    The URI that opens C{path} read-only without writing beside it.
+
+    A WAL database opened read-only makes its C{-wal} and C{-shm} files
+    where there are none.  With no C{-wal} file, its pages are all in the
+    database and no daemon holds it (L{open_database} opens the C{-wal}
+    before it returns): it is read as immutable, which writes nothing.  A
+    C{-wal} file is that of a daemon running, whose lock refuses the read,
+    or of one killed before it closed the database, which is read through,
+    and for which SQLite leaves an index (C{-shm}) beside it.
+    """
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    if path.with_name(f"{path.name}-wal").exists():
+        return uri
+    return f"{uri}&immutable=1"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """
     Connect and take the database's lock, before anything is changed.
@@ -118,6 +171,9 @@ def _configure(connection: sqlite3.Connection) -> None:
     # machine loses power, not only if the daemon is killed.
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute("PRAGMA foreign_keys = ON")
+    # A read opens the -wal file now, not at the first write: check_database
+    # takes a database without one for a database no daemon holds.
+    connection.execute("SELECT count(*) FROM version")
 
 
 def _create(path: Path) -> None:
