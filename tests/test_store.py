@@ -587,6 +587,22 @@ class DatabaseCheckTests(SynchronousTestCase):
         self.assertEqual(checked, opened)
         self.assertIn("newer than this daemon", checked)
 
+    def test_a_version_that_is_no_number_is_refused_in_words(self) -> None:
+        """
+        A version table holding text, or a version below 1, is refused as
+        not secmsg's, by the check and at open, rather than crashing the
+        daemon's start.
+        """
+        for version in ("two", 0, 2.5):
+            with self.subTest(version=version):
+                self.path.unlink(missing_ok=True)
+                made = open_database(self.path)
+                made.execute("UPDATE version SET version = ?", (version,))
+                made.close()
+                checked, opened = self.refusals()
+                self.assertEqual(checked, opened)
+                self.assertIn("is not a version number", checked)
+
     def test_check_of_what_cannot_be_read_says_so(self) -> None:
         """
         A database path SQLite cannot open (a directory) is refused as

@@ -154,13 +154,19 @@ def _checked_version(connection: sqlite3.Connection, path: Path) -> int:
             f"not a usable database (quick_check: {verdict}); restore a backup "
             "or move it away",
         )
-    if int(version) > CURRENT_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise ConfigurationError(
+            str(path),
+            f"not a secmsg database (its schema version {version!r} is not a "
+            "version number)",
+        )
+    if version > CURRENT_VERSION:
         raise ConfigurationError(
             str(path),
             f"database version {version} is newer than this daemon's "
             f"({CURRENT_VERSION}); run a newer secmsg",
         )
-    return int(version)
+    return version
 
 
 def _configure(connection: sqlite3.Connection) -> None:
