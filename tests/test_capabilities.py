@@ -37,7 +37,8 @@ class ServerOfferTests(SynchronousTestCase):
             history_max=50,
             max_line_length=2048,
             waiting_limit=WaitingLimit(messages=500, text_bytes=1 << 20),
-            limits=Limits(idle_timeout=600.0),
+            # A whole number, as the config file's TOML gives it.
+            limits=Limits(idle_timeout=600),
         )
 
     def log_in(self, identity: str) -> tuple[str, LineClient]:

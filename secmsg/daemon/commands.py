@@ -101,7 +101,7 @@ def _number(value: float) -> str:
     """
     A number as CAPS writes it: whole numbers without a fraction.
     """
-    return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 class Commands:
