@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from secmsg.errors import AuthorityError
 from secmsg.pki import authority as authority_module
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import create_authority, open_authority
-from secmsg.pki.lifecycle import make_signing_request, renew
-from secmsg.pki.requests import Request, load_signing_request
+from secmsg.pki.lifecycle import make_signing_request, renew, sign_request
+from secmsg.pki.requests import Grant, Request, load_signing_request
 from tests.harness import temporary_directory
 from tests.test_authority import NOW, SUBJECT, load, load_crl
 from tests.test_signing_requests import snapshot
@@ -107,6 +108,57 @@ class RenewalTests(SynchronousTestCase):
         self.assertEqual(load(issuance.certificate).public_key(), csr.public_key())
         self.assertFalse((self.directory / "clients" / "alice.key").exists())
         self.assertTrue(superseded(self.directory, old.serial_number))
+
+    def test_renew_of_a_signed_request_makes_no_key_here_unasked(self) -> None:
+        """
+        A certificate signed from a request has its key with its owner:
+        renewing it without a request is refused, naming the two ways on,
+        and changes nothing; --new-key makes a key here when asked to.
+        """
+        _, csr_path = make_signing_request(temporary_directory(self), "carol")
+        with open_authority(self.directory) as authority:
+            sign_request(authority, load_signing_request(csr_path), Grant(), NOW)
+        before = snapshot(self.directory)
+        with (
+            self.assertRaises(AuthorityError) as caught,
+            open_authority(self.directory) as authority,
+        ):
+            renew(authority, "carol", NOW)
+        self.assertIn("'carol' keeps its own key", str(caught.exception))
+        self.assertIn("--csr carol.csr), or give --new-key", str(caught.exception))
+        self.assertEqual(snapshot(self.directory), before)
+        with open_authority(self.directory) as authority:
+            issuance = renew(authority, "carol", NOW, new_key=True)
+        self.assertEqual(issuance.key, self.directory / "clients" / "carol.key")
+
+    def test_renew_out_does_not_overwrite_unasked(self) -> None:
+        """
+        renew --out over an existing file is refused before anything is
+        signed; --force replaces it.
+        """
+        self.issue(Request("alice"))
+        out = temporary_directory(self) / "alice.pem"
+        out.write_bytes(b"the owner's copy")
+        before = snapshot(self.directory)
+        argv = [
+            "pki",
+            "--dir",
+            str(self.directory),
+            "renew",
+            "alice",
+            "--out",
+            str(out),
+        ]
+        stderr = io.StringIO()
+        with redirect_stderr(stderr):
+            self.assertEqual(cli.main(argv), 2)
+        self.assertIn("already exists; not overwritten (--force", stderr.getvalue())
+        self.assertEqual(
+            (snapshot(self.directory), out.read_bytes()), (before, b"the owner's copy")
+        )
+        with redirect_stdout(io.StringIO()):
+            self.assertEqual(cli.main([*argv, "--force"]), 0)
+        self.assertTrue(out.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----"))
 
     def test_renewals_that_cannot_be_are_refused(self) -> None:
         """

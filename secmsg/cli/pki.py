@@ -213,7 +213,8 @@ def _request(directory: Path, options: RequestOptions) -> list[str]:
     return [
         f"made a key and a signing request for {options['name']}",
         f"  private key:     {key} (0600; it stays on this machine)",
-        f"  signing request: {csr} (give this to the CA: secmsg pki sign {csr.name})",
+        f"  signing request: {csr} (give this to the CA, who runs: "
+        f"secmsg pki --dir CA_DIR sign {csr.name})",
     ]
 
 
@@ -243,6 +244,7 @@ def _renew(
         days=options["days"],
         rsa_bits=options["rsa"],
         csr=csr,
+        new_key=options["new-key"],
     )
     return _issued(authority, issuance, options["out"])
 

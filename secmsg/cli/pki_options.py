@@ -71,13 +71,19 @@ _LEAF_DAYS_OPTION: list[Any] = [
 ]
 
 
-def _check_out(out: str | None) -> None:
+def _check_out(out: str | None, force: bool) -> None:
     """
-    Refuse an --out whose directory is missing before anything is signed,
-    rather than after.
+    Refuse an --out whose directory is missing, or that names a file there
+    already without --force, before anything is signed rather than after.
     """
-    if out is not None and not Path(out).parent.is_dir():
+    if out is None:
+        return
+    if not Path(out).parent.is_dir():
         raise usage.UsageError(f"--out {out!r}: no such directory")
+    if Path(out).exists() and not force:
+        raise usage.UsageError(
+            f"--out {out!r} already exists; not overwritten (--force replaces it)"
+        )
 
 
 class DirOptions(CommandOptions):
@@ -305,7 +311,7 @@ class SignOptions(DirOptions, _SubjectOptions):
         self["csr"] = Path(csr)
 
     def postOptions(self) -> None:
-        _check_out(self["out"])
+        _check_out(self["out"], self["force"])
 
     def grant(self) -> Grant:
         return Grant(tuple(self["ou"]), self.names())
@@ -313,10 +319,10 @@ class SignOptions(DirOptions, _SubjectOptions):
 
 class RenewOptions(DirOptions):
     """
-    secmsg pki renew NAME [--csr CSR] [--days N]
+    secmsg pki renew NAME [--csr CSR | --new-key] [--days N]
     """
 
-    synopsis = "NAME [--csr CSR] [options]"
+    synopsis = "NAME [--csr CSR | --new-key] [options]"
     longdesc = (
         "Issue NAME a new certificate like its last one (same kind, OUs and "
         "names), for a new key or for the key of a signing request (--csr), "
@@ -335,6 +341,14 @@ class RenewOptions(DirOptions):
         ],
         _PASSPHRASE_FD_OPTION,
     ]
+    optFlags = [
+        [
+            "new-key",
+            None,
+            "Make the new key here, for a certificate whose key its owner kept.",
+        ],
+        ["force", None, "Replace an existing --out file."],
+    ]
 
     # usage.Options calls parseArgs with the words left on the line, as
     # many as the subclass takes; Twisted types it as taking none.
@@ -342,9 +356,11 @@ class RenewOptions(DirOptions):
         self["name"] = name
 
     def postOptions(self) -> None:
-        if self["csr"] and self["rsa"]:
-            raise usage.UsageError("--rsa makes a key; a --csr brings its own")
-        _check_out(self["out"])
+        if self["csr"] and (self["rsa"] or self["new-key"]):
+            raise usage.UsageError(
+                "--rsa and --new-key make a key; a --csr brings its own"
+            )
+        _check_out(self["out"], self["force"])
 
 
 class RevokeOptions(DirOptions):

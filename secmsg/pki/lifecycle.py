@@ -106,6 +106,7 @@ def renew(
     days: int | None = None,
     rsa_bits: int | None = None,
     csr: x509.CertificateSigningRequest | None = None,
+    new_key: bool = False,
 ) -> Issuance:
     """
     A new certificate for the identity of C{name}'s newest unrevoked
@@ -114,10 +115,18 @@ def renew(
     The old certificate is revoked as superseded as the new one is
     recorded, and on the CRL once the new one is written.
 
-    @raise AuthorityError: C{name} has no certificate to renew, or the
-        request is refused.
+    A certificate signed from a request has its key with its owner only;
+    making a new key here for it takes C{new_key}, so that a renewal never
+    quietly undoes the promise that the CA does not see the key.
+
+    @raise AuthorityError: C{name} has no certificate to renew, its key is
+        kept by its owner and neither C{csr} nor C{new_key} is given, or
+        the request is refused.
     """
     old = _renewable(authority, name)
+    kind = "server" if _is_server(old) else "client"
+    if csr is None and not new_key:
+        _refuse_key_kept_elsewhere(authority.directory / f"{kind}s" / f"{name}.key")
     request = Request(
         name,
         server=_is_server(old),
@@ -142,6 +151,21 @@ def renew(
     request = dataclasses.replace(request, rsa_bits=None, public_key=checked.public_key)
     issuance = authority.issue(request, now)
     return dataclasses.replace(issuance, ignored=checked.ignored)
+
+
+def _refuse_key_kept_elsewhere(key: Path) -> None:
+    """
+    Refuse to make a key at the CA for a certificate whose key is not here.
+    """
+    if key.exists():
+        return
+    name = key.stem
+    raise AuthorityError(
+        f"{name!r} keeps its own key (no {key} here): renew from a new request "
+        f"(its owner runs secmsg pki request {name} --force; then here, "
+        f"secmsg pki renew {name} --csr {name}.csr), or give --new-key to make "
+        "one here to hand over"
+    )
 
 
 def _renewable(authority: CertificateAuthority, name: str) -> x509.Certificate:
