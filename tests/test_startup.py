@@ -18,7 +18,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon import pidfile as pidfile_module
-from secmsg.daemon.pidfile import looks_like_daemon, pidfile_problem
+from secmsg.daemon.pidfile import another_instance, looks_like_daemon, pidfile_problem
 from secmsg.daemon.store.database import DATABASE_NAME
 from tests.harness import temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, init_instance, twistd
@@ -191,7 +191,8 @@ class PidfileTests(SynchronousTestCase):
             ),
             refusal,
         )
-        self.assertIn("make run INSTANCE=dev2 PORT=7501 ADMIN_PORT=7446", refusal)
+        other = another_instance(self.directory.resolve().name)
+        self.assertIn(f"make run INSTANCE={other} PORT=7501 ADMIN_PORT=7446", refusal)
         self.assertNotIn("--logfile", refusal)
         self.assertIsNone(first.process.poll())
         self.assertEqual(int(self.pidfile.read_text()), first.process.pid)
@@ -330,6 +331,16 @@ class PidfileProblemTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.pidfile = temporary_directory(self) / "secmsg.pid"
+
+    def test_advice_never_names_the_instance_already_running(self) -> None:
+        """
+        The second instance the refusal suggests is named after the one
+        running, never the same: dev beside dev, dev3 beside dev2.
+        """
+        self.assertEqual(
+            [another_instance(name) for name in ("dev", "dev2", "dev9", "7", "")],
+            ["dev2", "dev3", "dev10", "dev8", "dev2"],
+        )
 
     def test_no_pidfile_is_no_problem(self) -> None:
         """

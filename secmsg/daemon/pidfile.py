@@ -24,13 +24,30 @@ from pathlib import Path
 PROC = Path("/proc")
 """Where the command lines of the processes are read (Linux's procfs)."""
 
-SECOND_INSTANCE = (
-    "or give a second daemon an instance of its own, with its own pidfile "
-    "and ports (secmsg init DIR --port 7501 --admin-port 7446, then twistd "
-    "--pidfile DIR/secmsg.pid secmsg --config DIR/secmsg.toml; in a clone of "
-    "secmsg, make run INSTANCE=dev2 PORT=7501 ADMIN_PORT=7446 does both)"
-)
-"""How to run a second daemon beside the first, for the refusal."""
+
+def another_instance(name: str) -> str:
+    """
+    A name for a second instance beside the one called C{name}, for the
+    refusal's advice: C{dev} gives C{dev2}, C{dev2} gives C{dev3}, so that
+    the advice never names the instance already running.
+    """
+    stem = name.rstrip("0123456789")
+    number = int(name[len(stem) :] or 1)
+    return f"{stem or 'dev'}{number + 1}"
+
+
+def _second_instance(pidfile: Path) -> str:
+    """
+    How to run a second daemon beside the one holding C{pidfile}.
+    """
+    other = another_instance(pidfile.resolve().parent.name)
+    return (
+        "or give a second daemon an instance of its own, with its own pidfile "
+        f"and ports (secmsg init {other} --port 7501 --admin-port 7446, then "
+        f"twistd --pidfile {other}/secmsg.pid secmsg --config {other}/secmsg.toml; "
+        f"in a clone of secmsg, make run INSTANCE={other} PORT=7501 "
+        "ADMIN_PORT=7446 does both; any ports no other instance has will do)"
+    )
 
 
 def pidfile_problem(pidfile: Path) -> str | None:
@@ -58,7 +75,7 @@ def pidfile_problem(pidfile: Path) -> str | None:
     if arguments is None:
         return (
             f"process {pid} holds the pid in {pidfile}: if it is a secmsg "
-            f"daemon, stop it (kill {pid}), {SECOND_INSTANCE}; if no secmsg "
+            f"daemon, stop it (kill {pid}), {_second_instance(pidfile)}; if no secmsg "
             f"daemon runs, remove {pidfile}"
         )
     if not looks_like_daemon(arguments):
@@ -68,7 +85,7 @@ def pidfile_problem(pidfile: Path) -> str | None:
         )
     return (
         f"a daemon is already running with the pidfile {pidfile} (pid {pid}): "
-        f"stop it (kill {pid}), {SECOND_INSTANCE}"
+        f"stop it (kill {pid}), {_second_instance(pidfile)}"
     )
 
 
