@@ -292,6 +292,7 @@ class SecondInstanceTests(SynchronousTestCase):
             check=False,
         )
         self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertIn(f"secmsg connect localhost:{port} --instance", made.stdout)
         config = (second / "secmsg.toml").read_text()
         self.assertIn(f"\nport = {port}\n", config)
         self.assertIn(f"\nadmin-port = {admin_port}\n", config)

@@ -26,7 +26,7 @@ from secmsg.cli import listen as listen_command
 from secmsg.cli import pki as pki_command
 from secmsg.cli import profile as profile_command
 from secmsg.cli.options import CommandOptions, complain, stop_writing
-from secmsg.client.protocol import ExitStatus
+from secmsg.client.protocol import DEFAULT_PORT, ExitStatus
 from secmsg.errors import AuthorityError, ConfigurationError
 from secmsg.pki.instance import DEVELOPMENT_USERS, SERVER_NAME, create_instance
 
@@ -181,5 +181,14 @@ def _init(options: InitOptions, now: datetime) -> list[str]:
     return [
         f"made a development instance in {directory}",
         f"  run it:   twistd -n secmsg --config {config}",
-        f"  log in:   secmsg connect {SERVER_NAME} --instance {directory} --as {user}",
+        f"  log in:   secmsg connect {_address(options['port'])} --instance "
+        f"{directory} --as {user}",
     ]
+
+
+def _address(port: int) -> str:
+    """
+    The development server's address as C{secmsg connect} takes it: the
+    port only where it is not the one the client dials by default.
+    """
+    return SERVER_NAME if port == DEFAULT_PORT else f"{SERVER_NAME}:{port}"
