@@ -189,6 +189,20 @@ class RefusalsAgainstDaemonTests(SynchronousTestCase):
             "an HTTPS server answered: is this the admin port?", result.stderr
         )
 
+    def test_admin_port_answer_is_not_shown_raw(self) -> None:
+        """
+        The scripted mode, which shows every line a server sends, shows
+        none of the HTTP reply that told it this is the admin port.
+        """
+        result = secmsg(
+            "connect", f"localhost:{self.admin_port}", *self.alice, stdin="PING\n"
+        )
+        self.assertEqual(result.returncode, ExitStatus.CONNECTION, result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertIn(
+            "an HTTPS server answered: is this the admin port?", result.stderr
+        )
+
     def test_server_of_another_instance_under_instance(self) -> None:
         """
         Under --instance, a server the instance's CA did not sign is said

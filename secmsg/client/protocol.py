@@ -195,6 +195,7 @@ class ClientProtocol(Protocol):
         self._announced: SessionEnded | None = None
         self._ending_reason: SessionEnded | None = None
         self._quit_answered = False
+        self._not_greeted = False
         self._greeting_timer: IDelayedCall | None = None
         self._quiet_timer: IDelayedCall | None = None
         self._ca = ca
@@ -305,11 +306,16 @@ class ClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         for frame in self._framer.feed(data):
+            if self._not_greeted:
+                # What a server that did not greet us goes on to send (an
+                # HTTP reply's headers, say) is not secmsg's to show.
+                return
             if frame is wire.OVERLONG:
                 text = f"(the server sent a line over {MAX_SERVER_LINE} bytes)"
             else:
                 text = frame.decode("utf-8", "replace")
-            self.on_line(text)
+            if self.greeted.called or not text.startswith("HTTP/"):
+                self.on_line(text)
             self._line(wire.parse_server_line(text))
 
     def _line(self, line: wire.ReplyLine | wire.PushLine) -> None:
@@ -352,6 +358,7 @@ class ClientProtocol(Protocol):
         self._announced = ending or SessionEnded(
             ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
         )
+        self._not_greeted = True
         self.greeted.errback(self._announced)
         self.transport.loseConnection()
 
