@@ -251,6 +251,22 @@ class ProfileOptionsTests(SynchronousTestCase):
         )
         self.assertEqual(options["host"], "localhost")
 
+    def test_word_naming_no_profile_said_so_when_files_are_missing(self) -> None:
+        """
+        connect wrok, a typo for a profile, with no files named: the
+        refusal says the word was taken as a host since no profile has
+        that name; a host with a dot is not said to be a missing profile.
+        """
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse(ConnectOptions(), "wrok")
+        self.assertIn(
+            f"'wrok' is taken as a host: {self.file} has no profile of that name",
+            str(caught.exception),
+        )
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse(ConnectOptions(), "chat.example")
+        self.assertNotIn("profile of that name", str(caught.exception))
+
     def test_profile_option_and_environment_choose_a_profile(self) -> None:
         """
         --profile, or SECMSG_PROFILE when it is not given, chooses the

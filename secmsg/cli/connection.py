@@ -211,7 +211,7 @@ class ConnectionOptions(CommandOptions):
         if chosen.key_from_profile and settings.key is not None:
             check_key_private(settings.key)
         if settings.cert is None or settings.key is None or settings.ca is None:
-            raise usage.UsageError(_missing_files(settings))
+            raise usage.UsageError(_missing_files(settings) + self._not_a_profile())
         self.credentials = Credentials(
             settings.cert, settings.key, settings.ca, self._ca_named_by(profile)
         )
@@ -281,6 +281,20 @@ class ConnectionOptions(CommandOptions):
         if self.environment.get("SECMSG_CA"):
             return "SECMSG_CA"
         return "--ca" if profile is None else f"profile {profile.name}"
+
+    def _not_a_profile(self) -> str:
+        """
+        For a refusal: that the word given as the server, which could have
+        named a profile, names none, since a typo there looks like a host.
+        """
+        host = self.get("host")
+        if self._word_profile is not None or self._named_profile() is not None:
+            return ""
+        if host is None or not PROFILE_NAME.fullmatch(host):
+            return ""
+        return (
+            f"; {host!r} is taken as a host: {self._path()} has no profile of that name"
+        )
 
     def _is_profile(self, word: str) -> bool:
         return bool(PROFILE_NAME.fullmatch(word)) and word in self._read_profiles()
