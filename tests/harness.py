@@ -101,6 +101,12 @@ PRESENCE_PUSHES = (b"JOINED ", b"PARTED ", b"ONLINE ", b"OFFLINE ")
 """How the presence pushes begin."""
 
 
+TERMINAL_CONTROLS = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
+"""Any run of the terminal control sequences prompt_toolkit draws with: a
+console test joins the letters of what it expects with it, since the
+terminal may redraw between what was typed and what Tab added."""
+
+
 def next_but_presence(lines: IO[bytes]) -> bytes:
     """
     The next line read from a session that is not a presence push: the

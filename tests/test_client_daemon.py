@@ -19,7 +19,7 @@ from pathlib import Path
 import pexpect
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import next_but_presence, temporary_directory
+from tests.harness import TERMINAL_CONTROLS, next_but_presence, temporary_directory
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
 
@@ -222,7 +222,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         self.assertEqual(sent.returncode, 0, sent.stderr)
         console.expect(r"\] alice to you: hello")
         console.send("PI\t")
-        console.expect("PING")
+        console.expect(TERMINAL_CONTROLS.join("PING"))
         console.send("\r")
         console.expect("PONG")
         # A paste holding a newline would be two commands: refused whole.

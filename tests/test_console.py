@@ -27,6 +27,7 @@ from secmsg.client.completion import (
     argument_kinds,
 )
 from secmsg.client.console import NAMES_REFRESH, _Refresher
+from tests.harness import TERMINAL_CONTROLS
 from tests.test_client_daemon import secmsg as run_secmsg
 from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance
 
@@ -157,10 +158,6 @@ class RefreshTests(SynchronousTestCase):
         self.refresh(frozenset([IDENTITY]))
         self.session.sent[0][1].callback(replies("503 try later"))
         self.assertEqual(self.names.identities, {"bob"})
-
-
-TERMINAL_CONTROLS = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
-"""Any run of the terminal control sequences prompt_toolkit draws with."""
 
 
 class ConsoleAgainstDaemonTests(SynchronousTestCase):
