@@ -22,6 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.cli import main as cli
 from secmsg.errors import AuthorityError, ConfigurationError
+from secmsg.files import install_file
+from secmsg.pki import authority as authority_module
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import create_authority, open_authority
 from secmsg.pki.requests import Request
@@ -329,7 +331,9 @@ class AuthorityTests(SynchronousTestCase):
             ("ca.pem", "key does not match the certificate"),
             ("inventory.json", "the inventory of another CA"),
         ]:
-            patched = self.patch(pki, "install_file", _crashing_at(crashing))
+            patched = self.patch(
+                authority_module, "install_file", _crashing_at(crashing)
+            )
             with self.assertRaises(_Crash):
                 create_authority(self.directory, SUBJECT, NOW, replace=True)
             patched.restore()
@@ -411,9 +415,9 @@ class _Crash(Exception):
 
 def _crashing_at(name: str) -> Callable[..., None]:
     """
-    L{pki.install_file}, but for a file called C{name}, where it crashes.
+    L{install_file}, but for a file called C{name}, where it crashes.
     """
-    install = pki.install_file
+    install = install_file
 
     def install_or_crash(path: Path, data: bytes, *, private: bool) -> None:
         if path.name == name:

@@ -31,7 +31,7 @@ from secmsg.cli.pki_options import (
     SignOptions,
 )
 from secmsg.errors import AuthorityError
-from secmsg.files import read_bytes
+from secmsg.files import install_file, read_bytes
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import (
     CertificateAuthority,
@@ -260,7 +260,7 @@ def _issued(
     ]
     if out is not None:
         data = issuance.certificate.read_bytes()
-        pki.install_file(Path(out), data, private=False)
+        install_file(Path(out), data, private=False)
         lines.append(f"  and a copy: {out} (for its owner)")
     if issuance.key is not None:
         lines.append(f"  private key: {issuance.key} (0600; hand it to its owner only)")

@@ -9,7 +9,6 @@ anyone's but its owner's.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from secmsg.client.profiles import (
@@ -20,6 +19,7 @@ from secmsg.client.profiles import (
     parse_profiles,
 )
 from secmsg.errors import ConfigurationError
+from secmsg.files import install_file
 
 
 def read_profiles(path: Path) -> dict[str, Profile]:
@@ -89,26 +89,4 @@ def add_profile(path: Path, profile: Profile, replace: bool) -> None:
         raise ConfigurationError(
             str(path.parent), f"cannot make the directory: {failure.strerror}"
         ) from None
-    _write_private(path, text.encode("utf-8"))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """
-    Put C{data} at C{path} in one step, mode 0600 from the moment the file
-    exists, so that a reader sees the old file or the new one, never half.
-    """
-    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
-    try:
-        staging.unlink(missing_ok=True)
-        descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, path)
-    except OSError as failure:
-        raise ConfigurationError(
-            str(path), f"cannot write: {failure.strerror}"
-        ) from None
-    finally:
-        staging.unlink(missing_ok=True)
+    install_file(path, text.encode("utf-8"), private=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography import x509
 
 from secmsg.errors import AuthorityError, ConfigurationError
-from secmsg.files import read_bytes
+from secmsg.files import install_file, read_bytes
 from secmsg.pem import certificates_in, key_matches
 from secmsg.pki import certificates as pki
 from secmsg.pki.inventory import REVOCATION_REASONS, Inventory, Record
@@ -239,7 +239,7 @@ class CertificateAuthority:
         data = pki.pem(crl)
         if self.chain:
             data += read_bytes(self.directory / "root-crl.pem")
-        pki.install_file(self.crl_path, data, private=False)
+        install_file(self.crl_path, data, private=False)
         return crl
 
     def _revoke_records(
@@ -330,7 +330,7 @@ class CertificateAuthority:
         """
         Write the inventory as it is now, in one step.
         """
-        pki.install_file(
+        install_file(
             self.directory / "inventory.json", self.inventory.to_json(), private=False
         )
 
@@ -414,7 +414,7 @@ def create_issuing_authority(
             )
         )
         root.save_inventory()
-        pki.install_file(directory / "root-crl.pem", root_crl, private=False)
+        install_file(directory / "root-crl.pem", root_crl, private=False)
         return _install(directory, ca, [root.certificate], passphrase, now)
 
 
@@ -451,7 +451,7 @@ def take_root_crl(authority: CertificateAuthority, path: Path) -> int:
             f"{path} is CRL number {number}, older than the root's CRL in use "
             f"({in_use})"
         )
-    pki.install_file(kept, pki.pem(crl), private=False)
+    install_file(kept, pki.pem(crl), private=False)
     return number
 
 
@@ -522,10 +522,8 @@ def _install(
     which L{open_authority} refuses in words.
     """
     key_pem = pki.private_pem(ca.key, passphrase)
-    pki.install_file(directory / "ca.key", key_pem, private=True)
-    pki.install_file(
-        directory / "ca.pem", pki.pem(ca.certificate, *chain), private=False
-    )
+    install_file(directory / "ca.key", key_pem, private=True)
+    install_file(directory / "ca.pem", pki.pem(ca.certificate, *chain), private=False)
     certificate = ca.certificate
     record = Record(
         "ca", certificate.serial_number, "ca", certificate.not_valid_after_utc
@@ -557,8 +555,8 @@ def _write_leaf(
     """
     certificate_path.parent.mkdir(mode=0o700, exist_ok=True)
     if key is not None:
-        pki.install_file(key_path, pki.private_pem(key), private=True)
-    pki.install_file(certificate_path, pki.pem(*chain), private=False)
+        install_file(key_path, pki.private_pem(key), private=True)
+    install_file(certificate_path, pki.pem(*chain), private=False)
     if key is None:
         key_path.unlink(missing_ok=True)
 

@@ -11,18 +11,14 @@ Keys are ECDSA P-256 unless RSA is asked for; every signature is SHA-256.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from secmsg.errors import ConfigurationError
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -299,39 +295,6 @@ def private_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-
-
-def install_file(path: Path, data: bytes, *, private: bool) -> None:
-    """
-    Put C{data} at C{path} in one step, replacing what was there, so that a
-    reader (the daemon reading a CRL at a reload, say) sees the old file or
-    the new one, never half.  Whether a file may be replaced at all is the
-    caller's to decide.
-
-    A private file has mode 0600 from the moment it exists; a public one
-    (a certificate, a CRL) 0644 whatever the umask, since the daemon's
-    user must read it: a job that signs the CRL under C{UMask=0077} would
-    otherwise leave a CRL only its owner reads.
-
-    @raise ConfigurationError: it cannot be written.
-    """
-    staging = path.with_name(f".{path.name}.{os.getpid()}.new")
-    mode = 0o600 if private else 0o644
-    try:
-        staging.unlink(missing_ok=True)
-        descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(descriptor, "wb") as file:
-            os.fchmod(file.fileno(), mode)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, path)
-    except OSError as failure:
-        raise ConfigurationError(
-            str(path), f"cannot write: {failure.strerror}"
-        ) from None
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def _builder(

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from secmsg.errors import AuthorityError
+from secmsg.files import install_file
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import CA_FILES, create_authority, open_authority
 from secmsg.pki.requests import Request
@@ -139,10 +140,10 @@ def create_instance(
         f"{user} = {roles!r}".replace("'", '"')
         for user, roles in DEVELOPMENT_USERS.items()
     )
-    pki.install_file(
+    install_file(
         policy, DEVELOPMENT_POLICY.format(identities=identities).encode(), private=False
     )
-    pki.install_file(
+    install_file(
         config,
         DEVELOPMENT_CONFIG.format(
             config=config,

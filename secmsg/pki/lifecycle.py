@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secmsg.errors import AuthorityError, ConfigurationError
-from secmsg.files import read_bytes
+from secmsg.files import install_file, read_bytes
 from secmsg.pem import certificates_in
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import CertificateAuthority, Issuance
@@ -64,8 +64,8 @@ def make_signing_request(
     key = pki.new_private_key(rsa_bits)
     csr = pki.signing_request(key, name, names=names, units=units)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pki.install_file(key_path, pki.private_pem(key), private=True)
-    pki.install_file(csr_path, pki.pem(csr), private=False)
+    install_file(key_path, pki.private_pem(key), private=True)
+    install_file(csr_path, pki.pem(csr), private=False)
     return key_path, csr_path
 
 
