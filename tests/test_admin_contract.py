@@ -92,3 +92,21 @@ class TextContractTests(SynchronousTestCase):
             [False, False, True, True],
         )
         self.assertTrue(_pattern(document, "KickRequest", "reason").search(""))
+
+
+class BodyContractTests(SynchronousTestCase):
+    def test_every_post_requires_its_json_body(self) -> None:
+        """
+        Guards the contract against inviting a bodiless POST: the daemon
+        answers a POST without Content-Type: application/json with 415, so
+        a document that calls a body optional tells a client to send what
+        is refused.
+        """
+        document = _document()
+        optional = [
+            path
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+            if method == "post" and not operation["requestBody"].get("required")
+        ]
+        self.assertEqual(optional, [])
