@@ -586,7 +586,12 @@ class OpenApiTests(SynchronousTestCase):
             self.assertIn(str(response.status), documented, (method, path))
             answer = documented[str(response.status)]
             if "$ref" in answer:
-                answer = document["components"]["responses"]["Error"]
+                answer = document["components"]["responses"][
+                    answer["$ref"].rsplit("/", 1)[1]
+                ]
+            for header, described in answer.get("headers", {}).items():
+                if described.get("required"):
+                    self.assertIn(header.lower(), response.headers, (method, path))
             content = answer["content"]
             if "application/json" in content:
                 schema = {
