@@ -1,12 +1,22 @@
 """
 The admin interface against its contract, docs/openapi.json: what the
-document says a request may hold is what the daemon takes.
+document says a request may hold is what the daemon takes, and
+schemathesis drives every operation of it against a real daemon over
+mutual TLS, as an admin, a guest, an identity past its rate and a client
+without a certificate, checking each answer's status, type, headers and
+body against the document.
+
+C{API_EXAMPLES} sets how many cases each operation gets (C{make fuzz-api}
+asks for many more); the run is derandomized, so its outcome is the same
+every time for the same document and daemon.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
 from secmsg.errors import Malformed
+from tests.harness import temporary_directory
+from tests.test_daemon import BIN, STARTUP_DEADLINE, Daemon, init_instance, lift_rate
 
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
@@ -110,3 +122,158 @@ class BodyContractTests(SynchronousTestCase):
             if method == "post" and not operation["requestBody"].get("required")
         ]
         self.assertEqual(optional, [])
+
+
+API_EXAMPLES = int(os.environ.get("API_EXAMPLES", "50"))
+"""Cases schemathesis generates for each operation in its fuzzing phase,
+beside the document's examples and its coverage phase's cases."""
+
+SEED = 19
+"""The run's seed: with derandomized generation, the same cases each run."""
+
+CONTRACT_POLICY = """\
+guest = ["guest"]
+carol = ["spent"]
+
+# An identity whose first request spends its rate for a long while.
+[roles.spent]
+inherits = ["guest"]
+rate = 0.001
+burst = 1
+"""
+"""Added to the end of secmsg init's policy, its [identities] table: a
+guest, and an identity whose requests get 429."""
+
+
+class ContractRunTests(SynchronousTestCase):
+    """
+    schemathesis's examples, coverage and fuzzing phases, with every check
+    that applies to a document without links or security schemes, against
+    a daemon of a development instance on a loopback port; alice and bob
+    are logged in on its line port, so that there are sessions to list and
+    to kick.
+    """
+
+    def setUp(self) -> None:
+        self.directory = init_instance(self)
+        for name in ("guest", "carol"):
+            issued = subprocess.run(
+                [BIN / "secmsg", "pki", "--dir", self.directory, "issue", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            self.assertEqual(issued.returncode, 0, issued.stderr)
+        lift_rate(self.directory)
+        with (self.directory / "policy.toml").open("a") as policy:
+            policy.write(CONTRACT_POLICY)
+        self.daemon = Daemon(self, self.directory, "--admin-port", "0")
+        line = self.daemon.wait_for("admin interface listening on https://")
+        self.admin_port = int(line.rsplit(":", 1)[1].rstrip("/"))
+        self.daemon.drain_log()
+        self.sessions = [self.daemon.client(name) for name in ("alice", "bob")]
+        for session in self.sessions:
+            self.addCleanup(session.close)
+            self.assertIn(b"200 secmsg ", session.recv(4096))
+
+    def run_contract(self, name: str | None, *excluded: str) -> str:
+        """
+        Run schemathesis against the admin interface as C{name} (without a
+        certificate for L{None}), leaving out the checks C{excluded}; fail
+        with its report unless every check passed on every operation, and
+        unless the daemon logged no failure.
+        """
+        certificate: list[str | Path] = []
+        if name is not None:
+            clients = self.directory / "clients"
+            certificate = [
+                "--request-cert",
+                clients / f"{name}.pem",
+                "--request-cert-key",
+                clients / f"{name}.key",
+            ]
+        exclusions = ["--exclude-checks", ",".join(excluded)] if excluded else []
+        result = subprocess.run(
+            [
+                BIN / "schemathesis",
+                "--no-color",
+                "run",
+                OPENAPI,
+                "--url",
+                f"https://localhost:{self.admin_port}",
+                "--tls-verify",
+                self.directory / "ca.pem",
+                *certificate,
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--checks",
+                "all",
+                *exclusions,
+                "--max-examples",
+                str(API_EXAMPLES),
+                "--seed",
+                str(SEED),
+                # Derandomized, and so with no database of past cases.
+                "--generation-deterministic",
+                "--workers",
+                "1",
+                "--request-timeout",
+                str(STARTUP_DEADLINE),
+            ],
+            # Away from the checkout, so that no schemathesis.toml there or
+            # above it changes the run, and its files land in the test's
+            # own directory.
+            cwd=temporary_directory(self),
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_DEADLINE * 4 + API_EXAMPLES * 2,
+            check=False,
+        )
+        report = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, report)
+        operations = sum(len(methods) for methods in _document()["paths"].values())
+        self.assertIn(f"Tested: {operations}", report)
+        # Closed first, so that the daemon has no session to see out as it
+        # stops, and its log is whole.
+        for session in self.sessions:
+            session.close()
+        self.daemon.stop()
+        self.assertEqual(
+            [line for line in self.daemon.log if "Traceback" in line], [], report
+        )
+        return report
+
+    def test_an_admin_gets_answers_as_the_contract_says(self) -> None:
+        """
+        Guards every operation's answers to an identity granted all of
+        them: kicks, reloads, backups and messages carried out or refused,
+        each as documented.
+        """
+        self.run_contract("admin")
+
+    def test_a_guest_gets_answers_as_the_contract_says(self) -> None:
+        """
+        Guards the answers to an identity granted little: 403 naming the
+        rule for what it may not do, documented wherever it can come.
+        """
+        self.run_contract("guest")
+
+    def test_an_identity_past_its_rate_gets_answers_as_the_contract_says(
+        self,
+    ) -> None:
+        """
+        Guards 429 and its Retry-After wherever they can come.  An
+        identity's token is spent before its request is routed, so a
+        method a path does not take gets 429 too, not 405.
+        """
+        self.run_contract("carol", "unsupported_method")
+
+    def test_a_client_without_a_certificate_gets_answers_as_the_contract_says(
+        self,
+    ) -> None:
+        """
+        Guards 401 and its WWW-Authenticate wherever they can come.  A
+        client without a certificate is told nothing of the interface,
+        not even which methods a path takes, so it gets 401, not 405.
+        """
+        self.run_contract(None, "unsupported_method")
