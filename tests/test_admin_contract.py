@@ -13,9 +13,11 @@ every time for the same document and daemon.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -167,14 +169,19 @@ class ContractRunTests(SynchronousTestCase):
         lift_rate(self.directory)
         with (self.directory / "policy.toml").open("a") as policy:
             policy.write(CONTRACT_POLICY)
-        self.daemon = Daemon(self, self.directory, "--admin-port", "0")
+        # Its config named relative to the working directory, as make run
+        # names dev/secmsg.toml.
+        self.daemon = Daemon(
+            self, Path(os.path.relpath(self.directory)), "--admin-port", "0"
+        )
         line = self.daemon.wait_for("admin interface listening on https://")
         self.admin_port = int(line.rsplit(":", 1)[1].rstrip("/"))
         self.daemon.drain_log()
         self.sessions = [self.daemon.client(name) for name in ("alice", "bob")]
         for session in self.sessions:
             self.addCleanup(session.close)
-            self.assertIn(b"200 secmsg ", session.recv(4096))
+            with session.makefile("rb") as lines:
+                self.assertTrue(lines.readline().startswith(b"200 secmsg "))
 
     def run_contract(self, name: str | None, *excluded: str) -> str:
         """
@@ -242,6 +249,33 @@ class ContractRunTests(SynchronousTestCase):
             [line for line in self.daemon.log if "Traceback" in line], [], report
         )
         return report
+
+    def test_a_backup_is_made_by_a_daemon_on_a_relative_config(self) -> None:
+        """
+        Guards make run's daemon, whose config and so backup-dir are named
+        relative to the working directory: its backups are made, in that
+        directory, rather than refused for want of an absolute path.
+        """
+        context = ssl.create_default_context(cafile=self.directory / "ca.pem")
+        clients = self.directory / "clients"
+        context.load_cert_chain(clients / "admin.pem", clients / "admin.key")
+        connection = http.client.HTTPSConnection(
+            "localhost", self.admin_port, context=context, timeout=STARTUP_DEADLINE
+        )
+        self.addCleanup(connection.close)
+        connection.request(
+            "POST",
+            "/v1/backup",
+            json.dumps({"name": "copy.db"}),
+            {"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        self.assertEqual(response.status, 200, answer)
+        copy = self.directory / "backups" / "copy.db"
+        self.assertTrue(copy.is_file())
+        self.assertTrue(Path(answer["path"]).is_absolute())
+        self.assertTrue(copy.samefile(answer["path"]))
 
     def test_an_admin_gets_answers_as_the_contract_says(self) -> None:
         """
