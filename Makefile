@@ -84,7 +84,7 @@ bench-soak: $(VENV)/installed
 	$(PYTHON) bench/sessions_load.py
 
 ## The admin interface against docs/openapi.json at length: schemathesis
-## with API_EXAMPLES cases an operation (make test runs 50), as an admin, a
+## with API_EXAMPLES cases an operation (make test runs 25), as an admin, a
 ## guest, an identity past its rate and a client without a certificate.
 API_EXAMPLES := 1000
 
