@@ -83,5 +83,16 @@ bench-soak: $(VENV)/installed
 	$(PYTHON) bench/store_throughput.py
 	$(PYTHON) bench/sessions_load.py
 
+## The admin interface against docs/openapi.json at length: schemathesis
+## with API_EXAMPLES cases an operation (make test runs 25), as an admin, a
+## guest, an identity past its rate and a client without a certificate.
+API_EXAMPLES := 1000
+
+.PHONY: fuzz-api fuzz
+fuzz-api: $(VENV)/installed
+	API_EXAMPLES=$(API_EXAMPLES) $(PYTHON) -m pytest -q tests/test_admin_contract.py
+
+fuzz: fuzz-api
+
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) *.egg-info build _trial_temp .hypothesis

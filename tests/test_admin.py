@@ -415,6 +415,19 @@ class AdminTests(SynchronousTestCase):
         wrong = self.web.request(self.admin, "DELETE", "/v1/sessions")
         self.assertEqual(wrong.headers["allow"], "GET")
 
+    def test_a_reason_that_is_no_string_is_400_asking_for_a_string(self) -> None:
+        """
+        Guards the words of a refused kick reason: it may be empty, so the
+        refusal of one that is no string must not ask for a non-empty one.
+        """
+        response = self.web.request(
+            self.admin, "POST", "/v1/kick", {"identity": "alice", "reason": None}
+        )
+        self.assertEqual(
+            (response.status, response.json()["detail"]),
+            (400, "reason must be a string"),
+        )
+
     def test_metrics_parse_and_move_with_traffic(self) -> None:
         """
         /metrics is Prometheus text that prometheus-client parses; sessions,
@@ -586,7 +599,12 @@ class OpenApiTests(SynchronousTestCase):
             self.assertIn(str(response.status), documented, (method, path))
             answer = documented[str(response.status)]
             if "$ref" in answer:
-                answer = document["components"]["responses"]["Error"]
+                answer = document["components"]["responses"][
+                    answer["$ref"].rsplit("/", 1)[1]
+                ]
+            for header, described in answer.get("headers", {}).items():
+                if described.get("required"):
+                    self.assertIn(header.lower(), response.headers, (method, path))
             content = answer["content"]
             if "application/json" in content:
                 schema = {

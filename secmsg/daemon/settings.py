@@ -149,7 +149,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         crl=merged.get("crl"),
         policy=merged["policy"],
         data_dir=merged["data-dir"],
-        backup_dir=merged.get("backup-dir"),
+        backup_dir=_absolute(merged.get("backup-dir")),
         port=_integer(merged, origins, "port", 7443, 0, 65535),
         interface=str(merged.get("interface", "127.0.0.1")),
         identity=_identity_field(merged, origins),
@@ -374,6 +374,16 @@ def _read_config(path: Path) -> dict[str, Any]:
         else:
             settings[name] = value
     return settings
+
+
+def _absolute(path: Path | None) -> Path | None:
+    """
+    C{path} from the working directory the daemon starts in, as it was
+    meant: a backup is refused any directory not named absolutely, which
+    a relative one could name differently later (twistd's --rundir).
+    Not resolved, so that a symbolic link in it is still refused.
+    """
+    return None if path is None else path.absolute()
 
 
 def _origin(origins: Mapping[str, str], name: str) -> str:

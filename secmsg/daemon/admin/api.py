@@ -460,8 +460,9 @@ def _text(body: dict[str, Any], key: str, limit: int, required: bool = True) -> 
     C{limit} bytes, no control or invisible characters.
     """
     value = body.get(key, None if required else "")
-    if not isinstance(value, str) or (required and not value.strip(" \t")):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{key} must be a non-empty string")
+    wanted = "a non-empty string" if required else "a string"
+    if not isinstance(value, str) or (required and wire.is_blank(value)):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{key} must be {wanted}")
     encoded = value.encode("utf-8", "surrogatepass")
     if len(encoded) > limit:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"{key} may hold {limit} bytes")
