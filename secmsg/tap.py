@@ -177,6 +177,20 @@ class Options(usage.Options):
             "Sessions from one address at once. [default: 64]",
         ],
         [
+            "max-rooms",
+            None,
+            None,
+            "Rooms held at once; a JOIN that would make one more is refused "
+            "(403). [default: 10000]",
+        ],
+        [
+            "max-rooms-per-identity",
+            None,
+            None,
+            "Rooms one identity is in at once; one more is refused (403). "
+            "[default: 100]",
+        ],
+        [
             "admin-port",
             None,
             None,
@@ -382,6 +396,7 @@ def build_line_sessions(
         line.max_line_length,
         line.limits.idle_timeout,
         line.waiting_limit,
+        line.limits.rooms.max_per_identity,
     )
     commands = Commands(parts.hub, parts.store, delivery, reload, terms)
     sessions = SessionFactory(
@@ -414,7 +429,7 @@ def build_daemon(
     )
     live = load_live_configuration(files, clock_time(clock))
     rule = IdentityRule(settings.identity)
-    hub = InProcessHub()
+    hub = InProcessHub(settings.limits.rooms)
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])

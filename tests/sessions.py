@@ -102,8 +102,9 @@ class Network:
         limits: Limits | None = None,
         waiting_limit: WaitingLimit | None = None,
     ) -> None:
+        limits = limits or Limits()
         self.ca = CertificateAuthority()
-        self.hub = InProcessHub()
+        self.hub = InProcessHub(limits.rooms)
         self.store = store or MemoryStore()
         self.realm = realm = PolicyRealm(
             parse_policy(tomllib.loads(policy), "test"), self.hub
@@ -113,7 +114,7 @@ class Network:
         self.clock.advance(MOMENT.timestamp())
         self.metrics = Metrics()
         line = build_line_sessions(
-            LineSettings(limits or Limits(), waiting_limit or WaitingLimit()),
+            LineSettings(limits, waiting_limit or WaitingLimit()),
             LineParts(self.hub, self.store, realm, portal, self.clock, self.metrics),
             reload or (lambda dry: ReloadReport(dry)),
         )

@@ -13,7 +13,7 @@ from secmsg.capabilities import CAPABILITIES, Offer, format_offer, parse_offer
 from secmsg.client.display import show_offer
 from secmsg.client.protocol import ClientProtocol
 from secmsg.client.tls import client_tls_options
-from secmsg.daemon.limits import Limits
+from secmsg.daemon.limits import Limits, RoomLimits
 from secmsg.messages import WaitingLimit
 from tests.harness import POLICY, Instance, LineClient
 
@@ -38,7 +38,7 @@ class ServerOfferTests(SynchronousTestCase):
             max_line_length=2048,
             waiting_limit=WaitingLimit(messages=500, text_bytes=1 << 20),
             # A whole number, as the config file's TOML gives it.
-            limits=Limits(idle_timeout=600),
+            limits=Limits(idle_timeout=600, rooms=RoomLimits(max_per_identity=7)),
         )
 
     def log_in(self, identity: str) -> tuple[str, LineClient]:
@@ -76,7 +76,7 @@ class ServerOfferTests(SynchronousTestCase):
                 "211-store waiting-messages=500 waiting-bytes=1048576",
                 "211-ack-upto",
                 "211-history max=50 default=20 bytes=65536",
-                "211-rooms",
+                "211-rooms max=7",
                 "211-broadcast",
                 "211-presence online=no",
                 "211 protocol 1.0, 6 capabilities",

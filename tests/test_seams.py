@@ -125,6 +125,6 @@ class SeamTests(SynchronousTestCase):
         """
         hub, store = InProcessHub(), MemoryStore()
         delivery = Delivery(hub, store, Clock(), frozenset, Metrics(), WaitingLimit())
-        terms = Terms(200, 4096, 900.0, WaitingLimit())
+        terms = Terms(200, 4096, 900.0, WaitingLimit(), 100)
         commands = Commands(hub, store, delivery, ReloadReport, terms)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.identity import IdentityField
+from secmsg.daemon.limits import RoomLimits
 from secmsg.daemon.settings import (
     OPTIONS,
     check_data_dir,
@@ -100,6 +101,43 @@ class SettingsTests(SynchronousTestCase):
                 ConfigurationError, load_settings, flags, str(self.config)
             )
             self.assertIn(words, str(error))
+
+    def test_room_limit_settings(self) -> None:
+        """
+        The bounds on rooms default to 10000 held and 100 an identity, are
+        set from the file or flags, and a value out of range or of the
+        wrong kind is refused naming the setting and its range.
+        """
+        defaults = load_settings(no_flags(), str(self.config))
+        self.assertEqual(defaults.limits.rooms, RoomLimits(10_000, 100))
+        self.config.write_text(CONFIG + "max-rooms = 500\n")
+        settings = load_settings(
+            no_flags(max_rooms_per_identity="12"), str(self.config)
+        )
+        self.assertEqual(settings.limits.rooms, RoomLimits(500, 12))
+        self.assertEqual(settings.line.limits.rooms, RoomLimits(500, 12))
+        for flags, words in [
+            (
+                no_flags(max_rooms="0"),
+                "--max-rooms: '0' is not a whole number from 1 to 50000",
+            ),
+            (
+                no_flags(max_rooms_per_identity="50001"),
+                "--max-rooms-per-identity: '50001' is not a whole number "
+                "from 1 to 50000",
+            ),
+            (no_flags(max_rooms_per_identity="-1"), "--max-rooms-per-identity"),
+        ]:
+            error = self.assertRaises(
+                ConfigurationError, load_settings, flags, str(self.config)
+            )
+            self.assertIn(words, str(error))
+        for line in ('max-rooms = "10"', "max-rooms-per-identity = 2.5"):
+            self.config.write_text(CONFIG + line + "\n")
+            error = self.assertRaises(
+                ConfigurationError, load_settings, no_flags(), str(self.config)
+            )
+            self.assertIn(f"secmsg.toml: {line.split()[0]}", str(error))
 
     def test_flags_override_the_file(self) -> None:
         """

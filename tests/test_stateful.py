@@ -5,7 +5,8 @@ argument, leave, and the operator reloads between policies, in any order.
 After every step: each command got exactly one reply, nobody holds a
 command the policy in force does not grant, a command outside one's grant
 was refused with 403, no reply was a server fault, every push was of a
-kind the client knows, and no session was told of its own presence.
+kind the client knows, no session was told of its own presence, and no
+identity is in more rooms, nor the daemon holds more, than the limits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
 from secmsg.daemon.identity import IdentityRule
+from secmsg.daemon.limits import Limits, RoomLimits
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.reload import ReloadableFiles, Reloader
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS, load_server_tls
@@ -47,6 +49,11 @@ POLICIES = (POLICY, STRICTER)
 
 IDENTITIES = ("alice", "bob", "admin", "zoe")
 
+ROOM_LIMITS = RoomLimits(max_rooms=1, max_per_identity=1)
+"""Fewer rooms than the arguments name, so that JOIN meets both limits:
+one identity in a room is refused another by its own, any other by the
+daemon's."""
+
 ARGUMENTS = st.sampled_from(
     [
         "",
@@ -56,6 +63,7 @@ ARGUMENTS = st.sampled_from(
         "#ops-db",
         "#lobby",
         "#lobby hi all",
+        "#tea",
         "UPTO 3",
         "1",
         "DRY",
@@ -78,7 +86,11 @@ class SessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="secmsg-stateful-"))
-        self.network = Network(POLICY, reload=lambda dry: self.reloader.reload(dry))
+        self.network = Network(
+            POLICY,
+            reload=lambda dry: self.reloader.reload(dry),
+            limits=Limits(rooms=ROOM_LIMITS),
+        )
         clock = self.network.clock
         clock.advance(now().timestamp() - clock.seconds())
         ca, server = self.network.ca, self.network.ca.server()
@@ -154,6 +166,44 @@ class SessionMachine(RuleBasedStateMachine):
         if reply.startswith("2"):
             assert verb in avatar.commands, (verb, reply)
 
+    @rule(session=sessions, room=st.sampled_from(("#lobby", "#tea", "#ops-db")))
+    def join(self, session: Session, room: str) -> None:
+        """
+        JOIN as the model expects: refused by the policy, by the rooms the
+        identity is in, or by the rooms the daemon holds, changing nothing;
+        else taken.
+        """
+        if session.closed or session in self.gone:
+            return
+        hub, avatar, peer = self.network.hub, session.protocol.avatar, session.protocol
+        before = hub.rooms()
+        theirs = {
+            joined
+            for other, other_peer in hub.sessions()
+            if other.identity == avatar.identity
+            for joined in hub.rooms_of(other_peer)
+        }
+        already = hub.in_room(peer, room)
+        lines = session.send(f"JOIN {room}")
+        (reply,) = [line for line in lines if _FINAL_REPLY.match(line)]
+        grant = avatar.grant
+        if "JOIN" not in avatar.commands or grant.rooms.refusal(
+            "join", room, grant.lineage
+        ):
+            expected = "403 JOIN not permitted for "
+        elif already:
+            expected = f"200 already in {room}"
+        elif room not in theirs and len(theirs) >= ROOM_LIMITS.max_per_identity:
+            expected = "(max-rooms-per-identity); PART one to join another"
+        elif room not in before and len(before) >= ROOM_LIMITS.max_rooms:
+            expected = "(max-rooms); join one that has members"
+        else:
+            expected = f"200 joined {room}"
+        assert expected in reply, (expected, reply, before, theirs)
+        if reply.startswith("403 "):
+            assert hub.rooms() == before, (reply, before, hub.rooms())
+            assert not hub.in_room(peer, room), reply
+
     @rule(session=sessions)
     def leave(self, session: Session) -> None:
         if session not in self.gone:
@@ -183,6 +233,17 @@ class SessionMachine(RuleBasedStateMachine):
             assert avatar.commands == grant.commands, avatar.identity
             for room in self.network.hub.rooms_of(peer):
                 assert grant.rooms.refusal("join", room, grant.lineage) is None
+
+    @invariant()
+    def nobody_is_in_more_rooms_than_the_limits(self) -> None:
+        hub = self.network.hub
+        rooms: dict[str, set[str]] = {}
+        for avatar, peer in hub.sessions():
+            rooms.setdefault(avatar.identity, set()).update(hub.rooms_of(peer))
+        assert all(
+            len(joined) <= ROOM_LIMITS.max_per_identity for joined in rooms.values()
+        ), rooms
+        assert len(hub.rooms()) <= ROOM_LIMITS.max_rooms, hub.rooms()
 
 
 SessionMachine.TestCase.settings = settings(

@@ -89,12 +89,14 @@ class Terms:
     @ivar max_line_length: the most bytes a line may hold.
     @ivar idle_timeout: seconds a session may be silent before it is closed.
     @ivar waiting_limit: what may wait unacknowledged for one identity.
+    @ivar max_rooms_per_identity: the most rooms one identity may be in.
     """
 
     history_max: int
     max_line_length: int
     idle_timeout: float
     waiting_limit: WaitingLimit
+    max_rooms_per_identity: int
 
 
 def _number(value: float) -> str:
@@ -182,6 +184,7 @@ class Commands:
             f"waiting-bytes={terms.waiting_limit.text_bytes}",
             "history": f"max={terms.history_max} default={HISTORY_DEFAULT} "
             f"bytes={HISTORY_BYTES}",
+            "rooms": f"max={terms.max_rooms_per_identity}",
             "presence": f"online={'yes' if PRESENCE in avatar.commands else 'no'}",
         }
         rate = avatar.grant.rate

@@ -15,6 +15,11 @@ once per event; finding who hears it costs a look at the room's members
 (or the PRESENCE holders) and at the identity's own few sessions, never at
 every pair of members.
 
+Rooms are bounded (L{RoomLimits}): the rooms an identity is in, counted
+across its sessions since presence and C{ROOMS} count identities, not
+sessions, and the rooms the daemon holds.  A JOIN past either is refused
+with C{403} in words and changes nothing.
+
 The hub is never entered again from inside one of its own announcements or
 deliveries: a session that falls too far behind is cut on the reactor's
 next turn (L{secmsg.daemon.outbox}), not while it is being told something,
@@ -24,12 +29,15 @@ is told that it left.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from zope.interface import implementer
 
 from secmsg import wire
 from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
+from secmsg.daemon.limits import RoomLimits, count_down
 from secmsg.daemon.policy import PRESENCE
-from secmsg.errors import NotFound
+from secmsg.errors import NotFound, NotPermitted
 from secmsg.messages import Kind, Stored
 
 
@@ -39,10 +47,13 @@ class InProcessHub:
     Routing for one daemon, held in memory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, room_limits: RoomLimits | None = None) -> None:
+        self._room_limits = room_limits or RoomLimits()
         self._avatars: dict[IPeer, ISessionAvatar] = {}
         self._by_identity: dict[str, list[IPeer]] = {}
         self._rooms: dict[str, dict[IPeer, str]] = {}
+        # How many rooms each identity is in, by any of its sessions.
+        self._rooms_per_identity: Counter[str] = Counter()
         # Sessions greeted, and those of them that hold PRESENCE, with
         # their identities: an attached session may yet be refused at
         # login, and must not be announced until it is not.
@@ -120,15 +131,42 @@ class InProcessHub:
         }
 
     def join(self, peer: IPeer, room: str) -> bool:
-        members = self._rooms.setdefault(room, {})
+        members = self._rooms.get(room, {})
         if peer in members:
             return False
         identity = self._avatars[peer].identity
         first = not self._has_session_in(identity, members)
-        members[peer] = identity
+        if first:
+            self._check_room_limits(identity, room)
+            self._rooms_per_identity[identity] += 1
+        self._rooms.setdefault(room, members)[peer] = identity
         if first:
             self._tell_room(room, wire.push("JOINED", room, identity), identity)
         return True
+
+    def _check_room_limits(self, identity: str, room: str) -> None:
+        """
+        Refuse C{identity} one more room, or the daemon one more, past the
+        operator's bounds, saying which and what to do.
+
+        @raise NotPermitted: naming the bound.
+        """
+        limits = self._room_limits
+        joined = self._rooms_per_identity[identity]
+        if joined >= limits.max_per_identity:
+            raise NotPermitted(
+                "JOIN",
+                identity,
+                f"already in {joined} rooms, the most one identity may be in "
+                f"(max-rooms-per-identity); PART one to join another",
+            )
+        if room not in self._rooms and len(self._rooms) >= limits.max_rooms:
+            raise NotPermitted(
+                "JOIN",
+                identity,
+                f"the server holds {len(self._rooms)} rooms, the most it may "
+                f"(max-rooms); join one that has members, or try again later",
+            )
 
     def part(self, peer: IPeer, room: str) -> None:
         if peer not in self._rooms.get(room, {}):
@@ -194,10 +232,13 @@ class InProcessHub:
         """
         members = self._rooms[room]
         identity = members.pop(peer)
+        left = not self._has_session_in(identity, members)
+        if left:
+            count_down(self._rooms_per_identity, identity)
         if not members:
             del self._rooms[room]
             return False
-        return not self._has_session_in(identity, members)
+        return left
 
     def _has_session_in(self, identity: str, members: dict[IPeer, str]) -> bool:
         """

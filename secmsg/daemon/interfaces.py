@@ -191,6 +191,10 @@ class IHub(Interface):
         it is its identity's first session there, the room's members that
         may read it (but that identity's) are told C{JOINED <room>
         <identity>}.
+
+        @raise secmsg.errors.NotPermitted: the identity is in as many rooms
+            as it may be, or the room is new and the daemon holds as many
+            as it may; nothing changed.
         """
 
     def part(peer: IPeer, room: str) -> None:

@@ -1,10 +1,12 @@
 """
 The bounds a session lives within: how long its handshake and its silences
 may last, how many sessions one identity, one address and the daemon may
-hold, and how fast an identity may send commands.
+hold, how many rooms one identity and the daemon may be in, and how fast
+an identity may send commands.
 
 Past a bound the daemon answers in words (C{503} for a session limit,
-C{429} for the rate) and carries on serving everyone else.
+C{403} for a room limit, C{429} for the rate) and carries on serving
+everyone else.
 """
 
 from __future__ import annotations
@@ -14,12 +16,29 @@ import math
 import resource
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from secmsg.rate import Rate, RateLimiter
+
+
+@dataclass(frozen=True)
+class RoomLimits:
+    """
+    The operator's bounds on rooms, which JOIN creates: without them one
+    identity could join rooms without end, costing the daemon memory for
+    each and making every C{ROOMS} reply as long as their number.
+
+    @ivar max_rooms: rooms the daemon holds at once; a JOIN that would
+        create one more is refused, one into a room that exists is not.
+    @ivar max_per_identity: rooms one identity is in at once, by any of
+        its sessions; its second session in a room it is in costs nothing.
+    """
+
+    max_rooms: int = 10000
+    max_per_identity: int = 100
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class Limits:
     @ivar logins_per_address: logins a minute from one address, any of
         them at once; more than one identity's, so that no one identity can
         use up its address's.
+    @ivar rooms: the bounds on the rooms sessions are in.
     """
 
     handshake_timeout: float = 10.0
@@ -53,6 +73,7 @@ class Limits:
     max_handshakes_per_address: int = 32
     logins_per_identity: int = 60
     logins_per_address: int = 600
+    rooms: RoomLimits = field(default_factory=RoomLimits)
 
     @property
     def open_files(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 from secmsg.daemon.audit import ROTATE_BYTES
 from secmsg.daemon.identity import IdentityField
-from secmsg.daemon.limits import Limits
+from secmsg.daemon.limits import Limits, RoomLimits
 from secmsg.daemon.listen import plain_endpoint_problem
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
@@ -51,6 +51,8 @@ OPTIONS = (
     "max-handshakes-per-address",
     "logins-per-identity",
     "logins-per-address",
+    "max-rooms",
+    "max-rooms-per-identity",
     "stale-crl",
     "admin-port",
     "admin-interface",
@@ -64,6 +66,11 @@ OPTIONS = (
 
 HISTORY_MAX = 200
 """The most messages one HISTORY gives, unless the operator says."""
+
+MAX_ROOMS_CEILING = 50000
+"""The most rooms an operator may let the daemon hold, or one identity be
+in: ROOMS lists every room in one reply, which must stay well within the
+100,000 lines secmsg's client takes in one."""
 
 _PATHS = {"cert", "key", "ca", "crl", "policy", "data-dir", "backup-dir"}
 _REQUIRED = ("cert", "key", "ca", "policy", "data-dir")
@@ -270,6 +277,28 @@ def _limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> Limits:
             default.logins_per_address,
             1,
             10**6,
+        ),
+        rooms=_room_limits(merged, origins),
+    )
+
+
+def _room_limits(merged: Mapping[str, Any], origins: Mapping[str, str]) -> RoomLimits:
+    """
+    The bounds on rooms, each at most L{MAX_ROOMS_CEILING}: ROOMS lists
+    every room in one reply.
+    """
+    default = RoomLimits()
+    return RoomLimits(
+        max_rooms=_integer(
+            merged, origins, "max-rooms", default.max_rooms, 1, MAX_ROOMS_CEILING
+        ),
+        max_per_identity=_integer(
+            merged,
+            origins,
+            "max-rooms-per-identity",
+            default.max_per_identity,
+            1,
+            MAX_ROOMS_CEILING,
         ),
     )
 
