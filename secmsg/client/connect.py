@@ -213,7 +213,7 @@ def run_reactor(
 
     def begin() -> None:
         done = defer.Deferred.fromCoroutine(session())
-        done.addErrback(_unexpected, report)
+        done.addErrback(_unexpected, report, outcome)
         done.addBoth(lambda _: None if interrupted else reactor.stop())
 
     reactor.callWhenRunning(begin)
@@ -224,8 +224,15 @@ def run_reactor(
     return outcome[0]
 
 
-def _unexpected(failure: Failure, report: Callable[[str], None]) -> None:
+def _unexpected(
+    failure: Failure, report: Callable[[str], None], outcome: list[int]
+) -> None:
+    """
+    Say what went wrong and record the run as failed, so that the reactor's
+    stopping is not taken for an interruption.
+    """
     report(f"secmsg: unexpected failure: {failure.getErrorMessage()}")
+    outcome.append(ExitStatus.FAILED)
 
 
 def local_now(clock: IReactorTime) -> datetime:

@@ -77,9 +77,10 @@ def show_offer(offer: Offer | None) -> str:
 def _stamp(sent: str, arrived: datetime) -> str:
     try:
         moment = datetime.strptime(sent, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
+        # A time at the calendar's edge may not exist in the local zone.
+        local = moment.astimezone(arrived.tzinfo)
+    except (ValueError, OverflowError):
         return f"[{arrived:%H:%M:%S}]"
-    local = moment.astimezone(arrived.tzinfo)
     if local.date() == arrived.date():
         return f"[{local:%H:%M:%S}]"
     return f"[{local:%Y-%m-%d %H:%M:%S}]"

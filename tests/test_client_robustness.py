@@ -1,0 +1,169 @@
+"""
+What the client does with a broken or hostile server, over real TLS in
+memory on the test clock: a greeting or reply it cannot make sense of, a
+message time at the calendar's edge, a server that goes silent, and the
+run that fails unexpectedly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg import wire
+from secmsg.client.api import Client, start
+from secmsg.client.display import show_push
+from secmsg.client.protocol import ClientProtocol, ExitStatus
+from secmsg.client.tls import client_tls_options
+from secmsg.errors import Malformed
+from tests.harness import Instance
+
+GREETING = b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
+
+
+class _Scripted(Protocol):
+    """
+    A server that greets with C{greeting} and answers each line it hears
+    with what C{answer} makes of it (nothing, for a silent server).
+    """
+
+    def __init__(
+        self, greeting: bytes, answer: Callable[[bytes], bytes] = lambda line: b""
+    ) -> None:
+        self.greeting = greeting
+        self.answer = answer
+        self.heard: list[bytes] = []
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self.heard.append(line)
+            self.transport.write(self.answer(line))
+
+
+class _HostileServerCase(SynchronousTestCase):
+    """
+    A client session against a L{_Scripted} server, over TLS in memory.
+    """
+
+    def setUp(self) -> None:
+        self.instance = Instance(self)
+        self.alice = self.instance.ca.issue("alice")
+
+    def session(self, server: Protocol, timeout: float = 30) -> ClientProtocol:
+        session = ClientProtocol(self.instance.clock, "localhost", timeout)
+        options = client_tls_options(
+            "localhost",
+            self.instance.ca.pem,
+            self.alice.certificate_pem,
+            self.alice.key_pem,
+        )
+        pair = self.instance.ca.server()
+        certificate = PrivateCertificate.loadPEM(pair.certificate_pem + pair.key_pem)
+        factory = TLSMemoryBIOFactory(
+            certificate.options(),
+            False,
+            Factory.forProtocol(lambda: server),
+            self.instance.clock,
+        )
+        self.instance.connect_protocol(session, options, factory)
+        self.instance.flush()
+        return session
+
+    def client(self, server: Protocol, timeout: float = 30) -> Client:
+        started = defer.Deferred.fromCoroutine(
+            start(self.instance.clock, self.session(server, timeout), timeout, None)
+        )
+        self.instance.flush()
+        return self.successResultOf(started)
+
+
+class HostileGreetingTests(SynchronousTestCase):
+    def test_a_rate_of_thousands_of_digits_is_no_rate(self) -> None:
+        """
+        Guards against a greeting whose burst has more digits than Python
+        converts, which raised ValueError out of the scripted mode.
+        """
+        greeting = "secmsg ready; you are a (roles: r); rate 1/s, burst " + "9" * 5000
+        self.assertIsNone(wire.parse_greeting_rate(greeting + ", 1 left"))
+
+    def test_an_absurd_rate_is_clamped(self) -> None:
+        """
+        Guards against a greeting's tiny rate holding a script's first
+        command back for days, and a huge burst being believed.
+        """
+        greeting = "secmsg ready; you are a (roles: r); "
+        self.assertEqual(
+            wire.parse_greeting_rate(greeting + "rate 0.000001/s, burst 1, 0 left"),
+            (wire.SLOWEST_GREETING_RATE, 1, 0),
+        )
+        self.assertEqual(
+            wire.parse_greeting_rate(greeting + "rate 5/s, burst 999999999, 999 left"),
+            (5.0, wire.LARGEST_GREETING_BURST, 999),
+        )
+
+
+class CalendarEdgeTests(SynchronousTestCase):
+    def test_a_time_past_the_local_calendar_shows_the_arrival(self) -> None:
+        """
+        Guards against a message sent at 9999-12-31T23:59:59Z, east of UTC,
+        raising OverflowError out of the console and the listener.
+        """
+        tokyo = timezone(timedelta(hours=9))
+        arrived = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC).astimezone(tokyo)
+        push = wire.parse_server_line("MSG 7 9999-12-31T23:59:59Z bob hi")
+        self.assertEqual(show_push(push, arrived), "[18:30:05] bob to you: hi")
+
+
+class HostileReplyTests(_HostileServerCase):
+    def test_a_sent_reply_without_an_id_is_malformed(self) -> None:
+        """
+        Guards against a 250 reply whose first word is not a number raising
+        ValueError out of L{Client.send}.
+        """
+        client = self.client(_Scripted(GREETING, lambda line: b"250 soon\n"))
+        sent = defer.Deferred.fromCoroutine(client.send("bob", "hi"))
+        self.instance.flush()
+        failure = self.failureResultOf(sent, Malformed)
+        self.assertIn("gives no message id: soon", str(failure.value))
+
+
+_FAILING_RUN = """
+from secmsg.client.connect import run_reactor
+
+async def work(reactor):
+    raise RuntimeError("boom")
+
+raise SystemExit(run_reactor(work, print))
+"""
+
+
+class UnexpectedFailureTests(SynchronousTestCase):
+    def test_an_unexpected_failure_exits_1_not_interrupted(self) -> None:
+        """
+        Guards against an unexpected exception being reported as an
+        interruption with status 130.
+        """
+        run = subprocess.run(
+            [sys.executable, "-c", _FAILING_RUN],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(run.returncode, ExitStatus.FAILED, run.stderr)
+        self.assertIn("secmsg: unexpected failure: boom", run.stdout)
+        self.assertNotIn("interrupted", run.stdout)
