@@ -7,6 +7,7 @@ run that fails unexpectedly.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,13 +16,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
 from secmsg.client.api import Client, start
 from secmsg.client.display import show_push
-from secmsg.client.protocol import ClientProtocol, ExitStatus
+from secmsg.client.protocol import (
+    CLOSE_GRACE,
+    ClientProtocol,
+    ExitStatus,
+    SessionEnded,
+)
+from secmsg.client.script import run_scripted
 from secmsg.client.tls import client_tls_options
 from secmsg.errors import Malformed
 from tests.harness import Instance
@@ -63,6 +72,8 @@ class _HostileServerCase(SynchronousTestCase):
         self.instance = Instance(self)
         self.alice = self.instance.ca.issue("alice")
 
+    pump: IOPump
+
     def session(self, server: Protocol, timeout: float = 30) -> ClientProtocol:
         session = ClientProtocol(self.instance.clock, "localhost", timeout)
         options = client_tls_options(
@@ -79,9 +90,18 @@ class _HostileServerCase(SynchronousTestCase):
             Factory.forProtocol(lambda: server),
             self.instance.clock,
         )
-        self.instance.connect_protocol(session, options, factory)
+        self.pump = self.instance.connect_protocol(session, options, factory)
         self.instance.flush()
         return session
+
+    def mute_the_server(self) -> None:
+        """
+        From now on nothing the server sends arrives, its TLS close_notify
+        included, though the connection stays open: a server gone silent.
+        """
+        server = self.pump.serverIO
+        server.write = lambda data: None  # type: ignore[method-assign]
+        server.loseConnection = lambda: None  # type: ignore[method-assign]
 
     def client(self, server: Protocol, timeout: float = 30) -> Client:
         started = defer.Deferred.fromCoroutine(
@@ -139,6 +159,73 @@ class HostileReplyTests(_HostileServerCase):
         self.instance.flush()
         failure = self.failureResultOf(sent, Malformed)
         self.assertIn("gives no message id: soon", str(failure.value))
+
+
+class SilentServerTests(_HostileServerCase):
+    def test_a_script_unanswered_within_the_timeout_exits_3(self) -> None:
+        """
+        Guards against the scripted mode waiting forever for the reply of a
+        server that greets and then goes silent.
+        """
+        session = self.session(_Scripted(GREETING), timeout=3)
+        err = io.StringIO()
+
+        def attach(feeder: Protocol) -> None:
+            feeder.makeConnection(StringTransport())
+            feeder.dataReceived(b"WHO\n")
+            feeder.connectionLost()
+
+        ran = defer.Deferred.fromCoroutine(
+            run_scripted(
+                session, attach, io.StringIO(), err, self.instance.clock, print, 3
+            )
+        )
+        self.instance.flush()
+        self.mute_the_server()
+        self.instance.clock.advance(3)
+        self.instance.flush()
+        self.assertNoResult(ran)
+        self.instance.clock.advance(CLOSE_GRACE)
+        self.instance.flush()
+        ending = self.failureResultOf(ran, SessionEnded).value
+        self.assertEqual(ending.status, ExitStatus.CONNECTION)
+        self.assertEqual(ending.words, "no reply from the server within 3 seconds")
+
+    def test_closing_drops_a_server_that_never_closes_tls(self) -> None:
+        """
+        Guards against a closed session waiting forever for the close_notify
+        of a server that keeps the connection open without a word, which
+        kept listen from exiting on SIGTERM.
+        """
+        session = self.session(_Scripted(GREETING))
+        self.mute_the_server()
+        session.close()
+        self.instance.flush()
+        self.instance.clock.advance(CLOSE_GRACE - 1)
+        self.instance.flush()
+        self.assertNoResult(session.ended)
+        self.instance.clock.advance(1)
+        self.instance.flush()
+        ending = self.successResultOf(session.ended)
+        self.assertEqual((ending.status, ending.words), (ExitStatus.OK, "bye"))
+
+    def test_a_program_s_close_ends_though_the_server_is_silent(self) -> None:
+        """
+        Guards against L{Client.close} bounding only its QUIT and then
+        waiting forever for a silent server to close TLS.
+        """
+        client = self.client(_Scripted(GREETING), timeout=3)
+        self.mute_the_server()
+        closed = defer.Deferred.fromCoroutine(client.close())
+        # Three seconds for QUIT, then a grace of the timeout's three.
+        self.instance.clock.advance(3)
+        self.instance.flush()
+        self.instance.clock.advance(2)
+        self.instance.flush()
+        self.assertNoResult(closed)
+        self.instance.clock.advance(1)
+        self.instance.flush()
+        self.successResultOf(closed)
 
 
 _FAILING_RUN = """

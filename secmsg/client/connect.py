@@ -246,6 +246,7 @@ def connect_talk(
     out: TextIO,
     interactive: bool,
     reader_gone: Callable[[TextIO], None],
+    timeout: float,
     as_json: bool = False,
 ) -> Talk:
     """
@@ -254,6 +255,7 @@ def connect_talk(
 
     @param reader_gone: told that C{out}'s reader has gone (the scripted
         mode's L{run_scripted}).
+    @param timeout: seconds the scripted mode waits for each reply.
     @param as_json: the scripted mode writes each server line as JSON.
     """
     render = _json_server_line if as_json else wire.escape_controls
@@ -261,7 +263,14 @@ def connect_talk(
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
             return await run_scripted(
-                session, standard_input, out, sys.stderr, reactor, reader_gone, render
+                session,
+                standard_input,
+                out,
+                sys.stderr,
+                reactor,
+                reader_gone,
+                timeout,
+                render,
             )
         greeting = await session.greeted
         console = run_console(session, greeting, lambda: local_now(reactor))

@@ -49,6 +49,11 @@ status line; a secmsg daemon would answer it with one error reply."""
 PROBE_WAIT = 2.0
 """Seconds to wait for an answer to L{HTTP_PROBE}."""
 
+CLOSE_GRACE = 5.0
+"""Seconds, at most, that a closing session waits for the server to close
+TLS in turn before the client drops the connection: a server that keeps it
+open without a word must not keep the client from exiting."""
+
 _NOT_HERE = (
     f"The messaging port is another ({DEFAULT_PORT} unless the operator chose one)."
 )
@@ -198,6 +203,7 @@ class ClientProtocol(Protocol):
         self._not_greeted = False
         self._greeting_timer: IDelayedCall | None = None
         self._quiet_timer: IDelayedCall | None = None
+        self._hanging_up: IDelayedCall | None = None
         self._ca = ca
 
     def connectionMade(self) -> None:
@@ -302,7 +308,26 @@ class ClientProtocol(Protocol):
         Leave without a word: the session ends as the user wanted it to.
         """
         self._announced = self._announced or SessionEnded(ExitStatus.OK, "bye")
+        self._hang_up()
+
+    def abandon(self, words: str) -> None:
+        """
+        Hang up on a server that stopped answering: the session ends with
+        L{ExitStatus.CONNECTION} and C{words}, unless it was already ending.
+        """
+        self._announced = self._announced or SessionEnded(ExitStatus.CONNECTION, words)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """
+        Close the connection, and drop it if the server has not closed TLS
+        in turn within a short grace.
+        """
         self.transport.loseConnection()
+        if self._hanging_up is None:
+            self._hanging_up = self._clock.callLater(
+                min(self._timeout, CLOSE_GRACE), self.transport.abortConnection
+            )
 
     def dataReceived(self, data: bytes) -> None:
         for frame in self._framer.feed(data):
@@ -360,7 +385,7 @@ class ClientProtocol(Protocol):
         )
         self._not_greeted = True
         self.greeted.errback(self._announced)
-        self.transport.loseConnection()
+        self._hang_up()
 
     def _reply(self, line: wire.ReplyLine) -> None:
         if not self._pending:
@@ -381,6 +406,8 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._stop_waiting()
+        if self._hanging_up is not None and self._hanging_up.active():
+            self._hanging_up.cancel()
         ending = self._ending_reason = self._ending(reason)
         if not self.greeted.called:
             self.greeted.errback(ending)
