@@ -22,8 +22,10 @@ from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
+from secmsg.client import completion, protocol
 from secmsg.client.api import Client, start
-from secmsg.client.display import show_push
+from secmsg.client.completion import Names
+from secmsg.client.display import show_push, show_reply
 from secmsg.client.protocol import (
     CLOSE_GRACE,
     ClientProtocol,
@@ -227,6 +229,56 @@ class SilentServerTests(_HostileServerCase):
         self.instance.flush()
         self.successResultOf(closed)
 
+
+def _long_listing(line: bytes) -> bytes:
+    """
+    A ROOMS reply of five rooms, and a PING's reply.
+    """
+    if line == b"ROOMS":
+        return b"".join(b"210-#r%d 1\n" % n for n in range(5)) + b"210 5 rooms\n"
+    return b"200 PONG\n"
+
+
+class LongReplyTests(_HostileServerCase):
+    def test_an_over_long_reply_is_cut_and_the_session_goes_on(self) -> None:
+        """
+        Guards against one reply of more lines than the client keeps (a
+        user in very many rooms) ending the session: the rest is read and
+        counted, and the next command is answered.
+        """
+        self.patch(protocol, "MAX_REPLY_LINES", 3)
+        session = self.session(_Scripted(GREETING, _long_listing))
+        rooms = session.command(b"ROOMS")
+        self.instance.flush()
+        reply = self.successResultOf(rooms)
+        self.assertEqual(
+            [line.text for line in reply], ["#r0 1", "#r1 1", "#r2 1", "5 rooms"]
+        )
+        self.assertEqual(reply.cut, 2)
+        self.assertEqual(show_reply(reply, reply.cut)[-1], "  (2 more lines not shown)")
+        pinged = session.command(b"PING")
+        self.instance.flush()
+        self.assertEqual(self.successResultOf(pinged)[-1].code, 200)
+        self.assertFalse(session.ended.called)
+
+
+class CompletionNamesTests(SynchronousTestCase):
+    def test_names_are_capped_dropping_the_least_recently_seen(self) -> None:
+        """
+        Guards against the names kept for completion growing without end
+        (a WHO of a million made one Tab take seconds).
+        """
+        self.patch(completion, "MAX_NAMES", 3)
+        names = Names()
+        names.take_who([wire.ReplyLine(210, n, False) for n in ("a", "b", "c", "3")])
+        names.saw(wire.parse_server_line(f"MSG 7 {_SENT} a hi"))
+        names.take_who(
+            [wire.ReplyLine(210, "d", False), wire.ReplyLine(210, "1", True)]
+        )
+        self.assertEqual(names.identities, {"a", "c", "d"})
+
+
+_SENT = "2026-06-01T09:29:00Z"
 
 _FAILING_RUN = """
 from secmsg.client.connect import run_reactor

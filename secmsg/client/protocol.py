@@ -63,8 +63,9 @@ MAX_SERVER_LINE = 1024 * 1024
 no server can make the client hold unbounded memory."""
 
 MAX_REPLY_LINES = 100_000
-"""Lines one reply may hold; a server sending more is hostile or broken,
-and the client hangs up rather than hold them all."""
+"""Lines of one reply kept before its final line; the client reads and
+drops the rest, counting them, rather than hold them all or give up a
+session over one long listing (a user in very many rooms)."""
 
 UNCLAIMED_PUSHES = 1000
 """Pushes kept for a listener that has not started yet; older ones go."""
@@ -113,6 +114,16 @@ class SessionEnded(SecmsgError):
         super().__init__(words)
         self.status = status
         self.words = words
+
+
+class Reply(list[wire.ReplyLine]):
+    """
+    The lines of one reply, its final line last.
+
+    @ivar cut: lines past L{MAX_REPLY_LINES} that were read and dropped.
+    """
+
+    cut = 0
 
 
 @dataclass(frozen=True)
@@ -194,9 +205,7 @@ class ClientProtocol(Protocol):
         self._server_name = server_name
         self._timeout = timeout
         self._framer = wire.LineFramer(MAX_SERVER_LINE)
-        self._pending: deque[
-            tuple[defer.Deferred[list[wire.ReplyLine]], list[wire.ReplyLine]]
-        ] = deque()
+        self._pending: deque[tuple[defer.Deferred[Reply], Reply]] = deque()
         self._announced: SessionEnded | None = None
         self._ending_reason: SessionEnded | None = None
         self._quit_answered = False
@@ -221,9 +230,9 @@ class ClientProtocol(Protocol):
         secmsg daemon greet after all, its reply to the question is
         nobody's.
         """
-        asked: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
+        asked: defer.Deferred[Reply] = defer.Deferred()
         asked.addErrback(lambda failure: failure.trap(SessionEnded))
-        self._pending.append((asked, []))
+        self._pending.append((asked, Reply()))
         self.transport.write(HTTP_PROBE)
         self._quiet_timer = self._clock.callLater(PROBE_WAIT, self._still_quiet)
 
@@ -263,17 +272,18 @@ class ClientProtocol(Protocol):
         while self._unclaimed:
             on_push(self._unclaimed.popleft())
 
-    def command(self, line: bytes) -> defer.Deferred[list[wire.ReplyLine]]:
+    def command(self, line: bytes) -> defer.Deferred[Reply]:
         """
         Send one command line (without its line ending).
 
-        @return: fires with the lines of its reply, or fails with
+        @return: fires with the lines of its reply (at most
+            L{MAX_REPLY_LINES} before the final one), or fails with
             L{SessionEnded} if the session ends first.
         """
         if self._ending_reason is not None:
             return defer.fail(self._ending_reason)
-        answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
-        self._pending.append((answered, []))
+        answered: defer.Deferred[Reply] = defer.Deferred()
+        self._pending.append((answered, Reply()))
         self.transport.write(line + b"\n")
         return answered
 
@@ -391,14 +401,11 @@ class ClientProtocol(Protocol):
         if not self._pending:
             return
         answered, lines = self._pending[0]
-        lines.append(line)
-        if len(lines) > MAX_REPLY_LINES:
-            self._announced = SessionEnded(
-                ExitStatus.FAILED,
-                f"the server sent a reply of over {MAX_REPLY_LINES} lines",
-            )
-            self.transport.abortConnection()
-        elif line.final:
+        if not line.final and len(lines) >= MAX_REPLY_LINES:
+            lines.cut += 1
+        else:
+            lines.append(line)
+        if line.final:
             self._pending.popleft()
             if line.code == 221:
                 self._quit_answered = True
