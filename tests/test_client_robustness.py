@@ -150,6 +150,22 @@ class CalendarEdgeTests(SynchronousTestCase):
         self.assertEqual(show_push(push, arrived), "[18:30:05] bob to you: hi")
 
 
+class HostileIdentityTests(_HostileServerCase):
+    def test_a_greeting_naming_no_identity_is_refused(self) -> None:
+        """
+        Guards against an identity with invisible or bidirectional
+        characters from the greeting reaching the console's prompt (and a
+        program's L{Client.identity}) raw.
+        """
+        for name in ("al\u202eice", "bob\u200b", "\x1b[2Jeve"):
+            greeting = f"200 secmsg ready; you are {name} (roles: user)\n"
+            session = self.session(_Scripted(greeting.encode()))
+            ending = self.failureResultOf(session.greeted, SessionEnded).value
+            self.assertEqual(ending.status, ExitStatus.FAILED)
+            self.assertIn("which is not an identity's name", ending.words)
+            self.assertEqual(wire.escape_controls(ending.words), ending.words)
+
+
 class HostileReplyTests(_HostileServerCase):
     def test_a_sent_reply_without_an_id_is_malformed(self) -> None:
         """

@@ -164,6 +164,38 @@ _CERTIFICATE_CLOSINGS = frozenset(
 or identity: a RELOAD re-checked it and closed us."""
 
 
+def _not_a_greeting(
+    line: wire.ReplyLine | wire.PushLine, identity: str
+) -> SessionEnded:
+    """
+    Why the first line the server sent is no greeting we can go on with:
+    an HTTPS server's, a refusal, or an identity that is not a name (whose
+    invisible or control characters would reach the prompt).
+    """
+    if isinstance(line, wire.PushLine) and line.fields[0].startswith("HTTP/"):
+        return SessionEnded(
+            ExitStatus.CONNECTION,
+            f"an HTTPS server answered: is this the admin port? {_NOT_HERE}",
+        )
+    ending = None
+    if isinstance(line, wire.PushLine):
+        ending = ending_for_push(line)
+    elif 400 <= line.code < 600:
+        # A limit reached at login (503 too many sessions for ...).
+        ending = SessionEnded(
+            ExitStatus.FAILED, f"the server refused the session: {line.text}"
+        )
+    elif identity:
+        ending = SessionEnded(
+            ExitStatus.FAILED,
+            "the server greeted us as "
+            f"{wire.escape_controls(identity)}, which is not an identity's name",
+        )
+    return ending or SessionEnded(
+        ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
+    )
+
+
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
@@ -367,32 +399,16 @@ class ClientProtocol(Protocol):
 
     def _greeting(self, line: wire.ReplyLine | wire.PushLine) -> None:
         self._stop_waiting()
-        _, _, identity = (
+        _, _, named = (
             line.text.partition("you are ")
             if isinstance(line, wire.ReplyLine) and line.code == 200
             else ("", "", "")
         )
-        if identity:
-            self.greeted.callback(
-                Greeting(line.text, identity.split(" ")[0], parse_offer(line.text))
-            )
+        identity = named.split(" ")[0]
+        if wire.NAME_TOKEN.fullmatch(identity):
+            self.greeted.callback(Greeting(line.text, identity, parse_offer(line.text)))
             return
-        ending = None
-        if isinstance(line, wire.PushLine) and line.fields[0].startswith("HTTP/"):
-            ending = SessionEnded(
-                ExitStatus.CONNECTION,
-                f"an HTTPS server answered: is this the admin port? {_NOT_HERE}",
-            )
-        elif isinstance(line, wire.PushLine):
-            ending = ending_for_push(line)
-        elif 400 <= line.code < 600:
-            # A limit reached at login (503 too many sessions for ...).
-            ending = SessionEnded(
-                ExitStatus.FAILED, f"the server refused the session: {line.text}"
-            )
-        self._announced = ending or SessionEnded(
-            ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
-        )
+        self._announced = _not_a_greeting(line, identity)
         self._not_greeted = True
         self.greeted.errback(self._announced)
         self._hang_up()
