@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -22,10 +23,13 @@ from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
+from secmsg.cli.connection import is_host
 from secmsg.client import completion, protocol
 from secmsg.client.api import Client, start
 from secmsg.client.completion import Names
 from secmsg.client.display import show_push, show_reply
+from secmsg.client.profile_files import add_profile, read_profiles
+from secmsg.client.profiles import Profile, Settings, format_profile, parse_profiles
 from secmsg.client.protocol import (
     CLOSE_GRACE,
     ClientProtocol,
@@ -34,8 +38,8 @@ from secmsg.client.protocol import (
 )
 from secmsg.client.script import run_scripted
 from secmsg.client.tls import client_tls_options
-from secmsg.errors import Malformed
-from tests.harness import Instance
+from secmsg.errors import ConfigurationError, Malformed
+from tests.harness import Instance, temporary_directory
 
 GREETING = b"200 secmsg 0.1.0 ready; you are alice (roles: user)\n"
 
@@ -295,6 +299,52 @@ class CompletionNamesTests(SynchronousTestCase):
 
 
 _SENT = "2026-06-01T09:29:00Z"
+
+
+def _profile(cert: str) -> Profile:
+    return Profile(
+        "work", Settings("localhost", Path(cert), Path("/k.key"), Path("/ca.pem"))
+    )
+
+
+class ProfileWritingTests(SynchronousTestCase):
+    def test_a_path_past_ascii_is_written_in_ascii_and_reads_back(self) -> None:
+        """
+        Guards against profile add writing characters raw that TOML then
+        refuses to read (DEL, say), which broke the whole client.toml.
+        """
+        profile = _profile("/certs/caf\u00e9\u202e.pem")
+        text = format_profile(profile)
+        self.assertTrue(text.isascii())
+        where = Path("/home/u/.config/secmsg/client.toml")
+        self.assertEqual(parse_profiles(text, where), {"work": profile})
+
+    def test_a_path_with_a_control_or_not_utf8_is_refused(self) -> None:
+        """
+        Guards against profile add writing a file it cannot read back (a
+        DEL in a path) or crashing on a path that is not UTF-8: either is
+        refused in words, and the file is left as it was.
+        """
+        path = temporary_directory(self) / "client.toml"
+        add_profile(path, Profile("home", Settings("localhost")), replace=False)
+        before = path.read_bytes()
+        for cert in ("/c\x7f.pem", "/c\udcff.pem"):
+            with self.assertRaises(ConfigurationError) as caught:
+                add_profile(path, _profile(cert), replace=False)
+            self.assertIn("holds a control character or bytes", str(caught.exception))
+            self.assertTrue(str(caught.exception).isascii())
+        self.assertEqual(path.read_bytes(), before)
+        self.assertEqual(list(read_profiles(path)), ["home"])
+
+    def test_an_ipv6_scope_is_an_interface_name(self) -> None:
+        """
+        Guards against a scoped IPv6 address taking any text after its %.
+        """
+        self.assertTrue(is_host("fe80::1%eth0"))
+        self.assertTrue(is_host("fe80::1%2"))
+        for bad in ("fe80::1%eth0 x", "fe80::1%\x1b[2J", "fe80::1%a/b", "fe80::1%"):
+            self.assertFalse(is_host(bad), bad)
+
 
 _FAILING_RUN = """
 from secmsg.client.connect import run_reactor
