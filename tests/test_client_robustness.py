@@ -23,6 +23,7 @@ from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg import wire
+from secmsg.cli.backup import BackupOptions
 from secmsg.cli.connection import is_host
 from secmsg.client import completion, protocol
 from secmsg.client.api import Client, start
@@ -372,3 +373,27 @@ class UnexpectedFailureTests(SynchronousTestCase):
         self.assertEqual(run.returncode, ExitStatus.FAILED, run.stderr)
         self.assertIn("secmsg: unexpected failure: boom", run.stdout)
         self.assertNotIn("interrupted", run.stdout)
+
+
+class BackupServerNameTests(SynchronousTestCase):
+    def test_backup_checks_no_profile_s_server_name(self) -> None:
+        """
+        Guards against backup --profile checking the admin interface's
+        certificate against the profile's server-name, which is its
+        messaging server's; --server-name on the command line still counts.
+        """
+        config = temporary_directory(self)
+        files = temporary_directory(self)
+        (config / "secmsg").mkdir()
+        (config / "secmsg" / "client.toml").write_text(
+            f'[work]\nserver = "chat.example:7500"\ncert = "{files}/a.pem"\n'
+            f'key = "{files}/a.key"\nca = "{files}/ca.pem"\n'
+            'server-name = "chat.internal"\n'
+        )
+        environment = {"XDG_CONFIG_HOME": str(config), "HOME": "/nowhere"}
+        for extra, expected in [([], None), (["--server-name", "admin.x"], "admin.x")]:
+            options = BackupOptions()
+            options.environment = environment
+            argv = ["--config", "d.toml", "--profile", "work", *extra, "nightly"]
+            options.parseOptions(argv)
+            self.assertEqual(options["server-name"], expected)
