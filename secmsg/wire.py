@@ -231,19 +231,33 @@ def format_rate(per_second: float, burst: int, left: int) -> str:
 
 
 _GREETING_RATE = re.compile(
-    r"; rate ([0-9]+(?:\.[0-9]+)?)/s, burst ([0-9]+), ([0-9]+) left$"
+    r"; rate ([0-9]{1,12}(?:\.[0-9]{1,12})?)/s, burst ([0-9]{1,12}), "
+    r"([0-9]{1,12}) left$"
 )
+"""The rate in a greeting; the digits are bounded so that a hostile server
+cannot make the client convert a number of thousands of digits."""
+
+SLOWEST_GREETING_RATE = 0.1
+"""Commands a second a client paces itself to at the slowest, whatever a
+greeting says: a server that claims less would otherwise hold a script's
+first command back for days."""
+
+LARGEST_GREETING_BURST = 10**6
+"""The largest burst a client believes from a greeting."""
 
 
 def parse_greeting_rate(text: str) -> tuple[float, int, int] | None:
     """
     The commands a second, the burst and the commands left now that a
-    greeting gives, or L{None} if it gives none.
+    greeting gives, or L{None} if it gives none; an absurd rate is taken
+    as the nearest of L{SLOWEST_GREETING_RATE} and L{LARGEST_GREETING_BURST}.
     """
     match = _GREETING_RATE.search(text)
     if match is None or float(match.group(1)) <= 0 or int(match.group(2)) < 1:
         return None
-    return float(match.group(1)), int(match.group(2)), int(match.group(3))
+    burst = min(int(match.group(2)), LARGEST_GREETING_BURST)
+    per_second = max(float(match.group(1)), SLOWEST_GREETING_RATE)
+    return per_second, burst, min(int(match.group(3)), burst)
 
 
 def format_time(moment: datetime) -> str:

@@ -74,7 +74,12 @@ class BackupOptions(ConnectionOptions):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("give --config FILE, the daemon's configuration")
+        # The admin interface is never a profile's server, so a profile's
+        # server name is not what its certificate is for: only
+        # --server-name is.
+        given = self["server-name"]
         super().postOptions()
+        self["server-name"] = given
 
 
 def admin_address(config: str) -> tuple[str, int]:

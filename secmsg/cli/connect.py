@@ -94,7 +94,9 @@ def run_connect(options: ConnectOptions) -> int:
     JSON is asked for.
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["json"]
-    talk = connect_talk(sys.stdout, interactive, stop_writing, options["json"])
+    talk = connect_talk(
+        sys.stdout, interactive, stop_writing, options["timeout"], options["json"]
+    )
     return run_client(options.dial, talk, complain)
 
 

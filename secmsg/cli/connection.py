@@ -79,13 +79,18 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def is_host(text: str) -> bool:
     """
-    Whether C{text} is an IP address or a DNS host name.
+    Whether C{text} is an IP address or a DNS host name.  An IPv6 address's
+    scope (C{fe80::1%eth0}) is an interface's name or number, not any text.
     """
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return bool(_HOST_NAME.fullmatch(text))
-    return True
+    _, percent, scope = text.partition("%")
+    return not percent or bool(_SCOPE.fullmatch(scope))
+
+
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 _HOST_NAME = re.compile(

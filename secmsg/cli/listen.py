@@ -13,6 +13,7 @@ import io
 import sys
 from typing import Any
 
+from twisted.internet import defer
 from twisted.python import usage
 
 from secmsg import wire
@@ -22,7 +23,7 @@ from secmsg.client.api import Client, start
 from secmsg.client.connect import local_now, run_reactor
 from secmsg.client.jsonlines import json_line, message_record
 from secmsg.client.listener import Listener, Render
-from secmsg.client.protocol import ExitStatus
+from secmsg.client.protocol import CLOSE_GRACE, ExitStatus
 from secmsg.client.received import Message, show_message
 
 
@@ -80,13 +81,29 @@ def run_listen(options: ListenOptions) -> int:
         )
         # SIGTERM and Ctrl-C stop the reactor; leave with QUIT first, so
         # that the acknowledgements sent are answered.
-        reactor.addSystemEventTrigger("before", "shutdown", listener.stop)
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", _stop_within, listener, reactor, options["timeout"]
+        )
         status = await listener.run()
         if status is ExitStatus.OK:
             stop_writing(sys.stdout)
         return status
 
     return run_reactor(work, complain)
+
+
+def _stop_within(
+    listener: Listener, reactor: Any, timeout: float
+) -> defer.Deferred[None]:
+    """
+    Stop the listener, but let the reactor stop however the server answers:
+    its QUIT has the timeout and its hang-up a grace, and past both the
+    reactor stops anyway.
+    """
+    stopping = listener.stop()
+    stopping.addTimeout(timeout + CLOSE_GRACE, reactor)
+    stopping.addErrback(lambda failure: failure.trap(defer.TimeoutError))
+    return stopping
 
 
 def _render(as_json: bool, clock: Any) -> Render:

@@ -121,7 +121,7 @@ class Client:
 
         @raise Malformed: C{to} is not an identity, or the text cannot be
             sent (a control character, a line ending, too long); nothing
-            was sent.
+            was sent; or the server's reply gives no message id.
         @raise Refused: the server did not take it.
         """
         if not wire.NAME_TOKEN.fullmatch(to):
@@ -132,7 +132,8 @@ class Client:
         """
         Say C{text} in a room our session has joined; return its id.
 
-        @raise Malformed: not a room, or the text cannot be sent.
+        @raise Malformed: not a room, or the text cannot be sent; or the
+            server's reply gives no message id.
         @raise Refused: the server did not take it.
         """
         return _message_id(await self._command("SAY", _room(room), text))
@@ -223,7 +224,16 @@ def _room(room: str) -> str:
 
 
 def _message_id(reply: wire.ReplyLine) -> int:
-    return int(reply.text.split(" ", 1)[0])
+    """
+    The id a 250 reply gives the message sent.
+
+    @raise Malformed: the reply gives none (a broken or hostile server).
+    """
+    word = reply.text.split(" ", 1)[0]
+    if not (word.isascii() and word.isdigit() and len(word) <= 20):
+        shown = wire.escape_controls(reply.text)
+        raise Malformed(f"the server's reply gives no message id: {shown}")
+    return int(word)
 
 
 async def connect(

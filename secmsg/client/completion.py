@@ -26,6 +26,11 @@ ROOM = "room"
 
 _SPACES = re.compile(" +")
 
+MAX_NAMES = 10_000
+"""Identities, and rooms, kept for completion each; past it the least
+recently seen go, so that a server listing millions cannot make the
+console's memory grow without end or one Tab take seconds."""
+
 
 def argument_kinds(verb: str, position: int) -> frozenset[str]:
     """
@@ -48,29 +53,55 @@ def argument_kinds(verb: str, position: int) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def _keep(recent: dict[str, None], names: Iterable[str]) -> None:
+    """
+    Keep C{names} as the most recently seen in C{recent} (oldest first),
+    dropping the oldest past L{MAX_NAMES}.
+    """
+    for name in names:
+        recent.pop(name, None)
+        recent[name] = None
+    while len(recent) > MAX_NAMES:
+        del recent[next(iter(recent))]
+
+
 class Names:
     """
-    The identities and rooms the console knows of, for completion.
+    The identities and rooms the console knows of, for completion: at
+    most L{MAX_NAMES} of each, the most recently seen.
     """
 
     def __init__(self) -> None:
-        self.identities: set[str] = set()
-        self.rooms: set[str] = set()
+        self._identities: dict[str, None] = {}
+        self._rooms: dict[str, None] = {}
+
+    @property
+    def identities(self) -> set[str]:
+        """
+        The identities kept.
+        """
+        return set(self._identities)
+
+    @property
+    def rooms(self) -> set[str]:
+        """
+        The rooms kept.
+        """
+        return set(self._rooms)
 
     def take_who(self, lines: list[wire.ReplyLine]) -> None:
         """
         Keep the identities a C{WHO} reply lists.
         """
-        self.identities |= {
-            line.text for line in lines[:-1] if wire.NAME_TOKEN.fullmatch(line.text)
-        }
+        listed = (line.text for line in lines[:-1])
+        _keep(self._identities, (n for n in listed if wire.NAME_TOKEN.fullmatch(n)))
 
     def take_rooms(self, lines: list[wire.ReplyLine]) -> None:
         """
         Keep the rooms a C{ROOMS} reply lists (C{#room count}).
         """
         rooms = (line.text.split(" ", 1)[0] for line in lines[:-1])
-        self.rooms |= {room for room in rooms if wire.ROOM_NAME.fullmatch(room)}
+        _keep(self._rooms, (room for room in rooms if wire.ROOM_NAME.fullmatch(room)))
 
     def saw(self, push: wire.PushLine) -> None:
         """
@@ -87,11 +118,11 @@ class Names:
         Keep a room we joined or saw.
         """
         if wire.ROOM_NAME.fullmatch(room.lower()):
-            self.rooms.add(room.lower())
+            _keep(self._rooms, [room.lower()])
 
     def _identity(self, name: str) -> None:
         if wire.NAME_TOKEN.fullmatch(name):
-            self.identities.add(name)
+            _keep(self._identities, [name])
 
     def of(self, kinds: frozenset[str]) -> list[str]:
         """
@@ -99,9 +130,9 @@ class Names:
         """
         names: set[str] = set()
         if IDENTITY in kinds:
-            names |= self.identities
+            names.update(self._identities)
         if ROOM in kinds:
-            names |= self.rooms
+            names.update(self._rooms)
         return sorted(names)
 
 

@@ -213,7 +213,7 @@ def run_reactor(
 
     def begin() -> None:
         done = defer.Deferred.fromCoroutine(session())
-        done.addErrback(_unexpected, report)
+        done.addErrback(_unexpected, report, outcome)
         done.addBoth(lambda _: None if interrupted else reactor.stop())
 
     reactor.callWhenRunning(begin)
@@ -224,8 +224,15 @@ def run_reactor(
     return outcome[0]
 
 
-def _unexpected(failure: Failure, report: Callable[[str], None]) -> None:
+def _unexpected(
+    failure: Failure, report: Callable[[str], None], outcome: list[int]
+) -> None:
+    """
+    Say what went wrong and record the run as failed, so that the reactor's
+    stopping is not taken for an interruption.
+    """
     report(f"secmsg: unexpected failure: {failure.getErrorMessage()}")
+    outcome.append(ExitStatus.FAILED)
 
 
 def local_now(clock: IReactorTime) -> datetime:
@@ -239,6 +246,7 @@ def connect_talk(
     out: TextIO,
     interactive: bool,
     reader_gone: Callable[[TextIO], None],
+    timeout: float,
     as_json: bool = False,
 ) -> Talk:
     """
@@ -247,6 +255,7 @@ def connect_talk(
 
     @param reader_gone: told that C{out}'s reader has gone (the scripted
         mode's L{run_scripted}).
+    @param timeout: seconds the scripted mode waits for each reply.
     @param as_json: the scripted mode writes each server line as JSON.
     """
     render = _json_server_line if as_json else wire.escape_controls
@@ -254,7 +263,14 @@ def connect_talk(
     async def talk(reactor: Any, session: ClientProtocol) -> ExitStatus:
         if not interactive:
             return await run_scripted(
-                session, standard_input, out, sys.stderr, reactor, reader_gone, render
+                session,
+                standard_input,
+                out,
+                sys.stderr,
+                reactor,
+                reader_gone,
+                timeout,
+                render,
             )
         greeting = await session.greeted
         console = run_console(session, greeting, lambda: local_now(reactor))

@@ -61,7 +61,8 @@ async def run_console(
     announced: list[PushLine] = []
     names = Names()
     try:
-        commands = help_commands(await _wait(session.command(b"HELP"), loop))
+        helped = await _wait(session.command(b"HELP"), loop)
+        commands = help_commands(helped)
     except SessionEnded as early:
         print(escape_controls(early.words))
         return early.status
@@ -130,7 +131,7 @@ async def _one_command(
         replies = await _wait(session.command(raw), loop)
     except SessionEnded:
         return True
-    for shown in show_reply(replies):
+    for shown in show_reply(replies, replies.cut):
         print(shown)
     _learn(names, line, replies)
     return replies[-1].code == 221

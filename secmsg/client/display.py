@@ -77,9 +77,10 @@ def show_offer(offer: Offer | None) -> str:
 def _stamp(sent: str, arrived: datetime) -> str:
     try:
         moment = datetime.strptime(sent, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
+        # A time at the calendar's edge may not exist in the local zone.
+        local = moment.astimezone(arrived.tzinfo)
+    except (ValueError, OverflowError):
         return f"[{arrived:%H:%M:%S}]"
-    local = moment.astimezone(arrived.tzinfo)
     if local.date() == arrived.date():
         return f"[{local:%H:%M:%S}]"
     return f"[{local:%Y-%m-%d %H:%M:%S}]"
@@ -95,10 +96,12 @@ def acknowledgeable(push: PushLine) -> str | None:
     return None
 
 
-def show_reply(lines: list[ReplyLine]) -> list[str]:
+def show_reply(lines: list[ReplyLine], cut: int = 0) -> list[str]:
     """
     The lines of a reply as a person wants to read them: a listing's items
     indented under its summary, a message's id, an error with its code.
+
+    @param cut: the listing's items that were dropped, too many to keep.
     """
     final = lines[-1]
     text = escape_controls(final.text)
@@ -107,6 +110,8 @@ def show_reply(lines: list[ReplyLine]) -> list[str]:
     if final.code == 250:
         return [f"sent (id {text})"]
     items = [f"  {escape_controls(line.text)}" for line in lines[:-1]]
+    if cut:
+        items.append(f"  ({cut} more lines not shown)")
     return [text, *items] if items else [text]
 
 

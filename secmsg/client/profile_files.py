@@ -13,6 +13,7 @@ from pathlib import Path
 
 from secmsg.client.profiles import (
     Profile,
+    check_writable,
     format_profile,
     format_profiles,
     key_exposure,
@@ -69,8 +70,10 @@ def add_profile(path: Path, profile: Profile, replace: bool) -> None:
 
     @param replace: whether a profile of the same name may be replaced.
     @raise ConfigurationError: the profile exists and may not be replaced,
-        the file is not a profile file, or it cannot be written.
+        a value would not read back, the file is not a profile file, or it
+        cannot be written; the file is then left as it was.
     """
+    check_writable(profile)
     text = _text(path)
     profiles = parse_profiles(text, path)
     if profile.name in profiles and not replace:
@@ -83,6 +86,7 @@ def add_profile(path: Path, profile: Profile, replace: bool) -> None:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + format_profile(
             profile
         )
+    _check_reads_back(text, path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as failure:
@@ -90,3 +94,15 @@ def add_profile(path: Path, profile: Profile, replace: bool) -> None:
             str(path.parent), f"cannot make the directory: {failure.strerror}"
         ) from None
     install_file(path, text.encode("utf-8"), private=True)
+
+
+def _check_reads_back(text: str, path: Path) -> None:
+    """
+    Refuse to install a text that the client would then fail to read.
+    """
+    try:
+        parse_profiles(text, path)
+    except ConfigurationError as failure:
+        raise ConfigurationError(
+            str(path), f"left as it was: the new text would not read ({failure})"
+        ) from None

@@ -48,6 +48,11 @@ _KEYS = {
 
 T = TypeVar("T")
 
+_UNWRITABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What a profile's value may not hold: a control character, which TOML
+forbids raw and no terminal should be sent, or a byte that is not UTF-8
+(a lone surrogate, as Python decodes one in a path)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -150,6 +155,23 @@ def _bad(where: Path, problem: str) -> ConfigurationError:
     return ConfigurationError(str(where), problem)
 
 
+def check_writable(profile: Profile) -> None:
+    """
+    Refuse a profile whose file would not read back as it was given.
+
+    @raise ConfigurationError: naming the value that holds a control
+        character or bytes that are not UTF-8.
+    """
+    for key, field in _KEYS.items():
+        value = getattr(profile.settings, field)
+        if value is not None and _UNWRITABLE.search(str(value)):
+            raise ConfigurationError(
+                f"profile {profile.name}",
+                f"{key} {str(value)!a} holds a control character or bytes "
+                "that are not UTF-8; rename it, or give it on the command line",
+            )
+
+
 def format_profile(profile: Profile) -> str:
     """
     A profile as a TOML table, in the keys L{parse_profiles} reads.
@@ -159,8 +181,9 @@ def format_profile(profile: Profile) -> str:
         value = getattr(profile.settings, field)
         if value is not None:
             # A JSON string is a TOML basic string: quotes, backslashes and
-            # control characters come out escaped in a form TOML reads.
-            lines.append(f"{key} = {json.dumps(str(value), ensure_ascii=False)}")
+            # every character past ASCII come out escaped in a form TOML
+            # reads (raw, DEL is not TOML).
+            lines.append(f"{key} = {json.dumps(str(value))}")
     return "\n".join(lines) + "\n"
 
 

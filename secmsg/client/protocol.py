@@ -49,6 +49,11 @@ status line; a secmsg daemon would answer it with one error reply."""
 PROBE_WAIT = 2.0
 """Seconds to wait for an answer to L{HTTP_PROBE}."""
 
+CLOSE_GRACE = 5.0
+"""Seconds, at most, that a closing session waits for the server to close
+TLS in turn before the client drops the connection: a server that keeps it
+open without a word must not keep the client from exiting."""
+
 _NOT_HERE = (
     f"The messaging port is another ({DEFAULT_PORT} unless the operator chose one)."
 )
@@ -58,8 +63,9 @@ MAX_SERVER_LINE = 1024 * 1024
 no server can make the client hold unbounded memory."""
 
 MAX_REPLY_LINES = 100_000
-"""Lines one reply may hold; a server sending more is hostile or broken,
-and the client hangs up rather than hold them all."""
+"""Lines of one reply kept before its final line; the client reads and
+drops the rest, counting them, rather than hold them all or give up a
+session over one long listing (a user in very many rooms)."""
 
 UNCLAIMED_PUSHES = 1000
 """Pushes kept for a listener that has not started yet; older ones go."""
@@ -110,6 +116,16 @@ class SessionEnded(SecmsgError):
         self.words = words
 
 
+class Reply(list[wire.ReplyLine]):
+    """
+    The lines of one reply, its final line last.
+
+    @ivar cut: lines past L{MAX_REPLY_LINES} that were read and dropped.
+    """
+
+    cut = 0
+
+
 @dataclass(frozen=True)
 class Greeting:
     """
@@ -146,6 +162,38 @@ _CERTIFICATE_CLOSINGS = frozenset(
 )
 """The CLOSED reasons that mean the server no longer accepts our certificate
 or identity: a RELOAD re-checked it and closed us."""
+
+
+def _not_a_greeting(
+    line: wire.ReplyLine | wire.PushLine, identity: str
+) -> SessionEnded:
+    """
+    Why the first line the server sent is no greeting we can go on with:
+    an HTTPS server's, a refusal, or an identity that is not a name (whose
+    invisible or control characters would reach the prompt).
+    """
+    if isinstance(line, wire.PushLine) and line.fields[0].startswith("HTTP/"):
+        return SessionEnded(
+            ExitStatus.CONNECTION,
+            f"an HTTPS server answered: is this the admin port? {_NOT_HERE}",
+        )
+    ending = None
+    if isinstance(line, wire.PushLine):
+        ending = ending_for_push(line)
+    elif 400 <= line.code < 600:
+        # A limit reached at login (503 too many sessions for ...).
+        ending = SessionEnded(
+            ExitStatus.FAILED, f"the server refused the session: {line.text}"
+        )
+    elif identity:
+        ending = SessionEnded(
+            ExitStatus.FAILED,
+            "the server greeted us as "
+            f"{wire.escape_controls(identity)}, which is not an identity's name",
+        )
+    return ending or SessionEnded(
+        ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
+    )
 
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -189,15 +237,14 @@ class ClientProtocol(Protocol):
         self._server_name = server_name
         self._timeout = timeout
         self._framer = wire.LineFramer(MAX_SERVER_LINE)
-        self._pending: deque[
-            tuple[defer.Deferred[list[wire.ReplyLine]], list[wire.ReplyLine]]
-        ] = deque()
+        self._pending: deque[tuple[defer.Deferred[Reply], Reply]] = deque()
         self._announced: SessionEnded | None = None
         self._ending_reason: SessionEnded | None = None
         self._quit_answered = False
         self._not_greeted = False
         self._greeting_timer: IDelayedCall | None = None
         self._quiet_timer: IDelayedCall | None = None
+        self._hanging_up: IDelayedCall | None = None
         self._ca = ca
 
     def connectionMade(self) -> None:
@@ -215,9 +262,9 @@ class ClientProtocol(Protocol):
         secmsg daemon greet after all, its reply to the question is
         nobody's.
         """
-        asked: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
+        asked: defer.Deferred[Reply] = defer.Deferred()
         asked.addErrback(lambda failure: failure.trap(SessionEnded))
-        self._pending.append((asked, []))
+        self._pending.append((asked, Reply()))
         self.transport.write(HTTP_PROBE)
         self._quiet_timer = self._clock.callLater(PROBE_WAIT, self._still_quiet)
 
@@ -257,17 +304,18 @@ class ClientProtocol(Protocol):
         while self._unclaimed:
             on_push(self._unclaimed.popleft())
 
-    def command(self, line: bytes) -> defer.Deferred[list[wire.ReplyLine]]:
+    def command(self, line: bytes) -> defer.Deferred[Reply]:
         """
         Send one command line (without its line ending).
 
-        @return: fires with the lines of its reply, or fails with
+        @return: fires with the lines of its reply (at most
+            L{MAX_REPLY_LINES} before the final one), or fails with
             L{SessionEnded} if the session ends first.
         """
         if self._ending_reason is not None:
             return defer.fail(self._ending_reason)
-        answered: defer.Deferred[list[wire.ReplyLine]] = defer.Deferred()
-        self._pending.append((answered, []))
+        answered: defer.Deferred[Reply] = defer.Deferred()
+        self._pending.append((answered, Reply()))
         self.transport.write(line + b"\n")
         return answered
 
@@ -302,7 +350,26 @@ class ClientProtocol(Protocol):
         Leave without a word: the session ends as the user wanted it to.
         """
         self._announced = self._announced or SessionEnded(ExitStatus.OK, "bye")
+        self._hang_up()
+
+    def abandon(self, words: str) -> None:
+        """
+        Hang up on a server that stopped answering: the session ends with
+        L{ExitStatus.CONNECTION} and C{words}, unless it was already ending.
+        """
+        self._announced = self._announced or SessionEnded(ExitStatus.CONNECTION, words)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """
+        Close the connection, and drop it if the server has not closed TLS
+        in turn within a short grace.
+        """
         self.transport.loseConnection()
+        if self._hanging_up is None:
+            self._hanging_up = self._clock.callLater(
+                min(self._timeout, CLOSE_GRACE), self.transport.abortConnection
+            )
 
     def dataReceived(self, data: bytes) -> None:
         for frame in self._framer.feed(data):
@@ -332,48 +399,29 @@ class ClientProtocol(Protocol):
 
     def _greeting(self, line: wire.ReplyLine | wire.PushLine) -> None:
         self._stop_waiting()
-        _, _, identity = (
+        _, _, named = (
             line.text.partition("you are ")
             if isinstance(line, wire.ReplyLine) and line.code == 200
             else ("", "", "")
         )
-        if identity:
-            self.greeted.callback(
-                Greeting(line.text, identity.split(" ")[0], parse_offer(line.text))
-            )
+        identity = named.split(" ")[0]
+        if wire.NAME_TOKEN.fullmatch(identity):
+            self.greeted.callback(Greeting(line.text, identity, parse_offer(line.text)))
             return
-        ending = None
-        if isinstance(line, wire.PushLine) and line.fields[0].startswith("HTTP/"):
-            ending = SessionEnded(
-                ExitStatus.CONNECTION,
-                f"an HTTPS server answered: is this the admin port? {_NOT_HERE}",
-            )
-        elif isinstance(line, wire.PushLine):
-            ending = ending_for_push(line)
-        elif 400 <= line.code < 600:
-            # A limit reached at login (503 too many sessions for ...).
-            ending = SessionEnded(
-                ExitStatus.FAILED, f"the server refused the session: {line.text}"
-            )
-        self._announced = ending or SessionEnded(
-            ExitStatus.FAILED, "the server did not greet us as a secmsg server does"
-        )
+        self._announced = _not_a_greeting(line, identity)
         self._not_greeted = True
         self.greeted.errback(self._announced)
-        self.transport.loseConnection()
+        self._hang_up()
 
     def _reply(self, line: wire.ReplyLine) -> None:
         if not self._pending:
             return
         answered, lines = self._pending[0]
-        lines.append(line)
-        if len(lines) > MAX_REPLY_LINES:
-            self._announced = SessionEnded(
-                ExitStatus.FAILED,
-                f"the server sent a reply of over {MAX_REPLY_LINES} lines",
-            )
-            self.transport.abortConnection()
-        elif line.final:
+        if not line.final and len(lines) >= MAX_REPLY_LINES:
+            lines.cut += 1
+        else:
+            lines.append(line)
+        if line.final:
             self._pending.popleft()
             if line.code == 221:
                 self._quit_answered = True
@@ -381,6 +429,8 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._stop_waiting()
+        if self._hanging_up is not None and self._hanging_up.active():
+            self._hanging_up.cancel()
         ending = self._ending_reason = self._ending(reason)
         if not self.greeted.called:
             self.greeted.errback(ending)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from twisted.internet import stdio
+from twisted.internet import defer, stdio
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -40,6 +40,7 @@ async def run_scripted(
     err: TextIO,
     clock: IReactorTime,
     reader_gone: Callable[[TextIO], None],
+    timeout: float,
     render: Callable[[str], str] = wire.escape_controls,
 ) -> ExitStatus:
     """
@@ -50,10 +51,14 @@ async def run_scripted(
     server holds the client up rather than losing lines.
 
     @param attach_stdin: connects a protocol to standard input.
-    @param clock: what pacing to the server's rate is timed by.
+    @param clock: what pacing to the server's rate, and the wait for each
+        reply, are timed by.
     @param reader_gone: told that C{out}'s reader has gone, so that nothing
         more written to C{out}, at exit included, fails; the command line
         points it at the null device.
+    @param timeout: seconds to wait for each reply; a server silent for
+        longer is hung up on, and the session ends with
+        L{ExitStatus.CONNECTION}.
     @param render: a server line as it is written: escaped, or as JSON
         (L{secmsg.client.jsonlines}).
     """
@@ -71,7 +76,7 @@ async def run_scripted(
     session.on_line = printed
     greeting = await session.greeted
     rate = wire.parse_greeting_rate(greeting.text)
-    feeder = _ScriptFeeder(session, err, clock, rate)
+    feeder = _ScriptFeeder(session, err, clock, rate, timeout)
     attach_stdin(feeder)
     ending = await session.ended
     if ending.status is not ExitStatus.OK:
@@ -106,6 +111,7 @@ class _ScriptFeeder(Protocol):
 
     @param rate: the greeting's commands a second, burst and commands left
         now, or L{None} for a server that gives none.
+    @param timeout: seconds to wait for each reply.
     @ivar status: the exit status of the first line that went wrong (not
         sent, or refused by the server), or L{ExitStatus.OK}.
     """
@@ -118,10 +124,12 @@ class _ScriptFeeder(Protocol):
         err: TextIO,
         clock: IReactorTime,
         rate: tuple[float, int, int] | None,
+        timeout: float,
     ) -> None:
         self._session = session
         self._err = err
         self._clock = clock
+        self._timeout = timeout
         # A little under the server's rate, from one token fewer than it
         # said were left: its bucket and ours refill at moments a network
         # apart.
@@ -171,7 +179,16 @@ class _ScriptFeeder(Protocol):
                 self._pacing = self._clock.callLater(wait, self._paced)
                 return
             number, frame = self._waiting.popleft()
-            self._session.command(frame).addBoth(self._answered, number, frame)
+            answering = self._session.command(frame)
+            answering.addTimeout(self._timeout, self._clock)
+            answering.addErrback(self._unanswered)
+            answering.addBoth(self._answered, number, frame)
+
+    def _unanswered(self, failure: Failure) -> None:
+        failure.trap(defer.TimeoutError)
+        self._session.abandon(
+            f"no reply from the server within {self._timeout:g} seconds"
+        )
 
     def _paced(self) -> None:
         self._pacing = None
