@@ -668,6 +668,13 @@ def memory(figures: dict[str, Any]) -> list[dict[str, Any]]:
         half = held[len(held) // 2 :]
         span = (half[-1]["t"] - half[0]["t"]) / 60
         growth = (half[-1]["rss_kib"] - half[0]["rss_kib"]) / 1024
+        ends = [e["t"] for e in figures["events"] if e["what"] in PLATEAU_ENDS]
+        ends.append(held[-1]["t"] + 1)
+        plateaus = []
+        for end in ends:
+            before = [s for s in held if s["t"] < end]
+            if before and before[-1]["rss_kib"] / 1024 not in plateaus[-1:]:
+                plateaus.append(before[-1]["rss_kib"] / 1024)
         lives.append(
             {
                 "life": life,
@@ -678,9 +685,15 @@ def memory(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 "last_mib": held[-1]["rss_kib"] / 1024,
                 "kib_per_session": (held[-1]["rss_kib"] - base) / held[-1]["held"],
                 "last_half_mib_per_minute": growth / span if span else 0.0,
+                "plateaus_mib": plateaus,
             }
         )
     return lives
+
+
+PLATEAU_ENDS = ("storm", "kill -9")
+"""What ends a stretch with every session held and the memory level: the
+memory a stretch ends at is read just before each of these."""
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -695,7 +708,7 @@ def main(arguments: list[str] | None = None) -> None:
     add("--say-rate", type=float, default=10, help="SAYs a second")
     add("--reload-every", type=float, default=30, help="seconds between RELOADs")
     add("--kill-every", type=float, default=200, help="seconds between kill -9s")
-    add("--storm-every", type=float, default=60, help="seconds between storms")
+    add("--storm-every", type=float, default=40, help="seconds between storms")
     add("--storm-size", type=int, default=1000, help="sessions cut in a storm")
     add("--load-processes", type=int, default=2, help="client processes")
     add("--concurrency", type=int, default=32, help="logins in flight a process")

@@ -149,8 +149,9 @@ def rows(document: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{life['to_s']:.0f} s), all sessions held",
                 f"{life['first_mib']:.0f} → {life['last_mib']:.0f} MiB "
                 f"(peak {life['peak_mib']:.0f}); {life['kib_per_session']:.1f} KiB a "
-                f"session; {life['last_half_mib_per_minute']:+.1f} MiB a minute "
-                "over its last half",
+                "session at the end; level between storms at "
+                + " → ".join(f"{m:.0f}" for m in life["plateaus_mib"])
+                + " MiB",
             )
         )
     log = f["daemon_log"]
