@@ -380,15 +380,18 @@ def _sweep(direct: dict[str, Any]) -> list[str]:
     )
 
 
-def replace_generated(path: Path, generated: str) -> None:
+def replace_generated(
+    path: Path, generated: str, begin: str = BEGIN, end: str = END
+) -> None:
     """
     Put the generated text between the markers in C{path}, or at its end if
-    it has none yet.
+    it has none yet: the benchmark's by default, the soak's (L{bench.soak})
+    another pair, so that neither overwrites the other.
     """
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + generated.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + generated

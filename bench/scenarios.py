@@ -27,6 +27,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from bench.clients import (
@@ -573,6 +574,18 @@ class Workers:
                 raise RuntimeError(f"a client worker failed:\n{answer['error']}")
             answers.append(answer)
         return answers
+
+    def cpu_seconds(self) -> float:
+        """
+        CPU time the client processes have used, user and system: on cores
+        shared with the server, what the load itself cost.
+        """
+        total = 0.0
+        for process in self._processes:
+            stat = Path(f"/proc/{process.pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def __enter__(self) -> Workers:
         return self

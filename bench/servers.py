@@ -93,12 +93,15 @@ class Credentials:
         return self.clients / f"{name}.pem", self.clients / f"{name}.key"
 
 
-def make_pki(directory: Path, names: list[str], known: list[str]) -> Credentials:
+def make_pki(
+    directory: Path, names: list[str], known: list[str], limits: str = LIFTED_LIMITS
+) -> Credentials:
     """
     A secmsg instance in C{directory} whose CA also issues a certificate for
     every client name, and whose policy lets them all in at an unbinding
     rate. C{known} are identities messages may be sent to while they are
-    offline (the policy lists them).
+    offline (the policy lists them). C{limits} are the settings added to
+    the instance's (L{LIFTED_LIMITS} unless the caller lifts its own).
 
     The client certificates are made here, in process, not with
     C{secmsg pki issue} a thousand times; they are the same kind of
@@ -110,7 +113,7 @@ def make_pki(directory: Path, names: list[str], known: list[str]) -> Credentials
         POLICY.format(known="\n".join(f'{name} = ["user"]' for name in known))
     )
     with config.open("a") as settings:
-        settings.write(LIFTED_LIMITS)
+        settings.write(limits)
     clients = instance / "clients"
     now = datetime.now(UTC)
     with open_authority(instance) as authority:
@@ -194,11 +197,12 @@ class Server:
     @classmethod
     def launch(cls, command: list[Any], port: int, log: Path, **options: Any) -> Self:
         """
-        Start a server's command with its output to C{log} (a pipe nobody
-        reads would stall it once full), and wait until it listens on
-        C{port}; stop it if it does not.
+        Start a server's command with its output added to C{log} (a pipe
+        nobody reads would stall it once full; a server started again, as
+        the soak does, adds to what the one before it wrote), and wait
+        until it listens on C{port}; stop it if it does not.
         """
-        with log.open("wb") as output:
+        with log.open("ab") as output:
             process = subprocess.Popen(
                 command, stdout=output, stderr=subprocess.STDOUT, **options
             )
@@ -225,9 +229,16 @@ class SecmsgServer(Server):
     name = "secmsg"
 
     @classmethod
-    def start(cls, credentials: Credentials, directory: Path) -> SecmsgServer:
+    def start(
+        cls, credentials: Credentials, directory: Path, port: int | None = None
+    ) -> SecmsgServer:
+        """
+        Start the daemon on C{port} (a free one if L{None}), with its store
+        in C{directory}: the soak starts it again on the same port and
+        store after killing it.
+        """
         log = directory / "secmsg.log"
-        port = free_port()
+        port = free_port() if port is None else port
         config = credentials.ca.parent / "secmsg.toml"
         return cls.launch(
             [

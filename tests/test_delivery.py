@@ -119,6 +119,32 @@ class StoreAndForwardTests(SynchronousTestCase):
         admin = self.network.connect("admin")
         self.assertEqual(admin.take()[1:], [])
 
+    def test_ack_upto_from_another_session_leaves_a_room_message_it_never_had(
+        self,
+    ) -> None:
+        """
+        A room's message goes only to the sessions in the room: another
+        session of the same identity that says ACK UPTO past it never had
+        it, so it is not acknowledged, and the one in the room, cut before
+        its client read it, gets it again at the next login.
+        """
+        in_room = self.network.connect("bob")
+        elsewhere = self.network.connect("bob")
+        in_room.send("JOIN #ops")
+        self.alice.send("JOIN #ops")
+        in_room.take()
+        elsewhere.take()
+        self.assertEqual(self.alice.send("SAY #ops deploy"), ["250 1"])
+        self.assertEqual(self.alice.send("MSG bob hi"), ["250 2"])
+        self.assertEqual(elsewhere.take(), [f"MSG 2 {STAMP} alice hi"])
+        leave(in_room)
+        self.assertEqual(elsewhere.send("ACK UPTO 2"), ["200 acknowledged 1"])
+        again = self.network.connect("bob")
+        self.assertEqual(
+            again.take()[1:], [f"REDELIVERED SAY 1 {STAMP} #ops alice deploy"]
+        )
+        self.assertEqual(again.send("ACK UPTO 2"), ["200 acknowledged 1"])
+
     def test_broadcast_reaches_known_identities_offline(self) -> None:
         """
         A broadcast is kept for every known identity but its sender.

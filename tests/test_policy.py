@@ -340,6 +340,14 @@ class RateTests(SynchronousTestCase):
         self.assertEqual(policy.role_rates["b"], Rate(5.0, 15))
         self.assertEqual(policy.role_rates["c"], DEFAULT_RATE)
 
+    def test_rate_past_the_ceiling_is_refused_naming_it(self) -> None:
+        """
+        A rate above the highest one allowed is refused in words that say
+        so, not as one that is not above 0.
+        """
+        refusal = self.assertRaises(PolicyError, parse, "[roles.a]\nrate = 2e9\n")
+        self.assertIn("above 0 and at most 1e9, not 2000000000.0", str(refusal))
+
     def test_bad_rates_are_refused(self) -> None:
         """
         A rate of zero, a fractional burst, or a burst alone is refused.

@@ -69,6 +69,23 @@ class StoreBehaviour:
         """
         self.assertTrue(verifyObject(IMessageStore, self.store))  # type: ignore[attr-defined]
 
+    def test_ack_up_to_takes_only_the_room_messages_the_session_had(self) -> None:
+        """
+        ACK up to an id takes the direct messages delivered up to it, and of
+        the room messages only those the acknowledging session was sent.
+        """
+        room_seen = self.accept(said("alice", "#ops", "seen"), "bob")
+        room_unseen = self.accept(said("alice", "#ops", "unseen"), "bob")
+        message = self.accept(direct("alice", "bob", "hi"), "bob")
+        deliveries = [("bob", i) for i in (room_seen, room_unseen, message)]
+        self.result(self.store.delivered(deliveries))
+        acknowledged = self.store.acknowledge(
+            "bob", message, True, frozenset({room_seen})
+        )
+        self.assertEqual(self.result(acknowledged), 2)  # type: ignore[attr-defined]
+        left = self.result(self.store.pending("bob", 0, 100))
+        self.assertEqual([p.message.id for p in left], [room_unseen])  # type: ignore[attr-defined]
+
     def test_ids_are_unique_and_grow(self) -> None:
         """
         Each accepted message gets a larger id than the one before.

@@ -28,6 +28,18 @@ from secmsg.errors import NotFound, NotPermitted
 from secmsg.messages import Kind, Stored, WaitingLimit
 
 
+class SentRoomMessages(Protocol):
+    """
+    What a session was sent of the rooms' messages, which its C{ACK UPTO}
+    may acknowledge (L{secmsg.daemon.outbox.Outbox} keeps it).
+    """
+
+    def room_messages_up_to(self, message_id: int) -> frozenset[int]:
+        """
+        The room messages up to C{message_id} sent to the session.
+        """
+
+
 class Session(Protocol):
     """
     What a handler needs of the session that sent the command; it is also
@@ -37,6 +49,7 @@ class Session(Protocol):
     avatar: ISessionAvatar
     certificate: x509.Certificate
     address: str
+    outbox: SentRoomMessages
 
     def finish(self) -> None:
         """
@@ -274,8 +287,12 @@ class Commands:
 
     def ack(self, session: Session, *words: str) -> Reply:
         up_to = words[0] == "UPTO"
+        message_id = int(words[-1])
         acknowledged = self._store.acknowledge(
-            session.avatar.identity, int(words[-1]), up_to
+            session.avatar.identity,
+            message_id,
+            up_to,
+            session.outbox.room_messages_up_to(message_id) if up_to else frozenset(),
         )
         acknowledged.addCallback(lambda count: wire.reply(200, f"acknowledged {count}"))
         return refuse_store_failure(acknowledged)

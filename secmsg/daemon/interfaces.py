@@ -269,11 +269,17 @@ class IMessageStore(Interface):
         that identity, so that a later delivery of it is marked as a repeat.
         """
 
-    def acknowledge(identity: str, message_id: int, up_to: bool) -> Deferred[int]:
+    def acknowledge(
+        identity: str, message_id: int, up_to: bool, rooms_seen: frozenset[int]
+    ) -> Deferred[int]:
         """
         Mark one message of C{identity}'s mailbox, or with C{up_to} every
-        one up to and including it, as received; fire with how many were
-        not acknowledged before.
+        one up to and including it that was sent to it, as received; fire
+        with how many were not acknowledged before.  With C{up_to}, a room
+        message is acknowledged only if it is one of C{rooms_seen}, those
+        sent to the session that acknowledges: a room's messages go only to
+        the sessions in the room, and another session's C{ACK UPTO} must
+        not acknowledge one that it never had.
 
         @raise secmsg.errors.NotFound: (as the Deferred's failure) the
             message is not in C{identity}'s mailbox.

@@ -93,6 +93,10 @@ ROOMS_REMEMBERED = 4096
 """Rooms whose deciding rule L{RoomRules} keeps at once: room names come
 from clients, so what is kept of them must be bounded."""
 
+MOST_RATE = 1e9
+"""The highest rate a role may set, in commands a second: already one that
+never binds."""
+
 
 @dataclass(frozen=True)
 class RoomRules:
@@ -342,9 +346,12 @@ def _rate(role: Mapping[str, Any], where: str, fail: _Fail) -> Rate | None:
     if (
         isinstance(per_second, bool)
         or not isinstance(per_second, int | float)
-        or not 0 < per_second <= 1e9
+        or not 0 < per_second <= MOST_RATE
     ):
-        raise fail(f"{where} rate must be a number of commands per second above 0")
+        raise fail(
+            f"{where} rate must be a number of commands per second above 0 "
+            f"and at most 1e9, not {per_second!r}"
+        )
     burst = role.get("burst", max(1, round(per_second * 3)))
     if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 10**9:
         raise fail(f"{where} burst must be a whole number of commands, 1 or more")

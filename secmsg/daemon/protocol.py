@@ -114,7 +114,6 @@ class SessionProtocol(Protocol):
         "_handshake",
         "_logout",
         "_lost",
-        "_outbox",
         "_pipeline",
         "_port",
         "_throttle",
@@ -124,6 +123,7 @@ class SessionProtocol(Protocol):
         "certificate_chain",
         "closing",
         "host",
+        "outbox",
     )
 
     def __init__(self, port: SessionPort) -> None:
@@ -135,7 +135,7 @@ class SessionProtocol(Protocol):
         self._logout = None
         # The parts of a logged-in session, made at login.
         self._throttle: Throttle | None = None
-        self._outbox: Outbox | None = None
+        self.outbox: Outbox | None = None
         self._pipeline: Pipeline | None = None
         self.closing = False
         self._lost = False
@@ -236,13 +236,13 @@ class SessionProtocol(Protocol):
         that connections that never log in cost none of it.
         """
         self._throttle = Throttle(self.transport)
-        self._outbox = Outbox(self, self._throttle, self._port.clock)
+        self.outbox = Outbox(self, self._throttle, self._port.clock)
         self._pipeline = Pipeline(
             self,
             self._port.commands,
             wire.LineFramer(self._port.max_line_length),
             Strikes(self, self._port.rate_limiter, self._port.metrics),
-            self._outbox,
+            self.outbox,
             self._port.metrics,
         )
 
@@ -283,7 +283,7 @@ class SessionProtocol(Protocol):
         The peer has caught up: answer what was read, then read on.
         """
         self._throttle.resume()
-        self._outbox.drained()
+        self.outbox.drained()
         self._pipeline.answer_waiting()
         if not self.closing:
             self._throttle.read_on()
@@ -296,17 +296,17 @@ class SessionProtocol(Protocol):
         self._pipeline.finishing = True
 
     def push(self, line: bytes, message_id: int) -> None:
-        self._outbox.push(line, message_id)
+        self.outbox.push(line, message_id)
 
     def send_waiting(self, lines: Sequence[tuple[int, bytes]]) -> defer.Deferred[bool]:
-        return self._outbox.send_waiting(lines)
+        return self.outbox.send_waiting(lines)
 
     def release(self) -> None:
-        self._outbox.release()
+        self.outbox.release()
         self._pipeline.answer_waiting()
 
     def announce(self, line: bytes) -> None:
-        self._outbox.announce(line)
+        self.outbox.announce(line)
 
     def close(self, reason: str) -> None:
         self._say_last(wire.push("CLOSED", reason))
@@ -367,8 +367,8 @@ class SessionProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = self._lost = True
-        if self._outbox is not None:
-            self._outbox.ended()
+        if self.outbox is not None:
+            self.outbox.ended()
         if self._cutoff is not None and self._cutoff.active():
             self._cutoff.cancel()
         if self._deadlines is not None:

@@ -33,6 +33,7 @@ from secmsg.daemon.tls import (
     VerifyingServerTLS,
     load_server_tls,
 )
+from secmsg.daemon.trust import Recheck
 from secmsg.errors import ConfigurationError
 
 log = Logger()
@@ -203,8 +204,9 @@ class Reloader:
         now = clock_time(self._clock)
         new = self._load(now, dry)
         report = ReloadReport(dry, warnings=new.tls.trust.stale_crls(now))
+        recheck = new.tls.trust.rechecker(now)
         judged = [
-            (avatar, peer, *self._judge(new, avatar, peer, now))
+            (avatar, peer, *self._judge(new, recheck, avatar, peer))
             for avatar, peer in self._hub.sessions()
         ]
         report.checked = len(judged)
@@ -234,23 +236,23 @@ class Reloader:
         force, as of now, and close those it refuses: for a CRL that went
         stale under C{stale-crl = "refuse"}.
         """
-        now = clock_time(self._clock)
+        recheck = self._tls.trust.rechecker(clock_time(self._clock))
         for avatar, peer in self._hub.sessions():
-            refusal = self._tls.trust.recheck(peer.certificate_chain, now)
+            refusal = recheck(peer.certificate_chain)
             if refusal is not None:
                 _close(avatar, peer, refusal.reason.value)
 
     def _judge(
         self,
         new: LiveConfiguration,
+        recheck: Recheck,
         avatar: ISessionAvatar,
         peer: IPeer,
-        now: datetime,
     ) -> tuple[SessionChange | None, Grant | None]:
         """
         How the new configuration would treat one live session.
         """
-        refusal = new.tls.trust.recheck(peer.certificate_chain, now)
+        refusal = recheck(peer.certificate_chain)
         grant = new.policy.grant_for(avatar.identity, peer.certificate_chain[0])
         if refusal is not None:
             return SessionChange(

@@ -79,7 +79,11 @@ class MemoryStore:
         return defer.succeed(None)
 
     def acknowledge(
-        self, identity: str, message_id: int, up_to: bool
+        self,
+        identity: str,
+        message_id: int,
+        up_to: bool,
+        rooms_seen: frozenset[int] = frozenset(),
     ) -> defer.Deferred[int]:
         mailbox = self._mailboxes.get(identity, {})
         if message_id not in mailbox and not up_to:
@@ -90,7 +94,15 @@ class MemoryStore:
             if not entry.acknowledged
             and (
                 (not up_to and entry_id == message_id)
-                or (up_to and entry_id <= message_id and entry.delivered)
+                or (
+                    up_to
+                    and entry_id <= message_id
+                    and entry.delivered
+                    and (
+                        self._messages[entry_id].kind is not Kind.ROOM
+                        or entry_id in rooms_seen
+                    )
+                )
             )
         ]
         for entry_id in fresh:

@@ -59,17 +59,12 @@ WHERE recipient = ? AND acknowledged = 0 AND message_id = ?
 """
 
 _DELIVERED_UP_TO = """
-SELECT count(*), coalesce(sum(length(CAST(m.body AS BLOB))), 0)
+SELECT b.message_id, m.kind, length(CAST(m.body AS BLOB))
 FROM mailbox b JOIN messages m ON m.id = b.message_id
 WHERE b.recipient = ? AND b.acknowledged = 0 AND b.delivered = 1
 AND b.message_id <= ?
 """
-"""What L{_ACKNOWLEDGE_UP_TO} is about to acknowledge, and its bytes."""
-
-_ACKNOWLEDGE_UP_TO = """
-UPDATE mailbox SET acknowledged = 1
-WHERE recipient = ? AND acknowledged = 0 AND delivered = 1 AND message_id <= ?
-"""
+"""What an C{ACK UPTO} may acknowledge, with each message's kind and bytes."""
 
 _ROOM_HISTORY = """
 SELECT id, kind, sender, target, body, created FROM messages
@@ -187,11 +182,15 @@ class SQLiteStore:
         return self._submit(job)
 
     def acknowledge(
-        self, identity: str, message_id: int, up_to: bool
+        self,
+        identity: str,
+        message_id: int,
+        up_to: bool,
+        rooms_seen: frozenset[int] = frozenset(),
     ) -> defer.Deferred[int]:
         def job(connection: sqlite3.Connection) -> tuple[int, int] | None:
             if up_to:
-                return _acknowledge_up_to(connection, identity, message_id)
+                return _acknowledge_up_to(connection, identity, message_id, rooms_seen)
             return _acknowledge_one(connection, identity, message_id)
 
         def found(acknowledged: tuple[int, int] | None) -> int:
@@ -354,18 +353,27 @@ def _acknowledge_one(
 
 
 def _acknowledge_up_to(
-    connection: sqlite3.Connection, identity: str, message_id: int
+    connection: sqlite3.Connection,
+    identity: str,
+    message_id: int,
+    rooms_seen: frozenset[int],
 ) -> tuple[int, int]:
     """
     Acknowledge every message of C{identity}'s mailbox sent to it up to
-    C{message_id}; how many that was and their bytes.
+    C{message_id}, but the room messages not among C{rooms_seen}; how many
+    that was and their bytes.
     """
-    count, size = connection.execute(
-        _DELIVERED_UP_TO, (identity, message_id)
-    ).fetchone()
-    if count:
-        connection.execute(_ACKNOWLEDGE_UP_TO, (identity, message_id))
-    return count, size
+    rows = [
+        (entry_id, size)
+        for entry_id, kind, size in connection.execute(
+            _DELIVERED_UP_TO, (identity, message_id)
+        )
+        if kind != Kind.ROOM.value or entry_id in rooms_seen
+    ]
+    connection.executemany(
+        _ACKNOWLEDGE_ONE, [(identity, entry_id) for entry_id, _ in rows]
+    )
+    return len(rows), sum(size for _, size in rows)
 
 
 def waiting_totals(connection: sqlite3.Connection) -> dict[str, tuple[int, int]]:
