@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from secmsg.files import install_file
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import open_authority
 from secmsg.pki.instance import create_instance
@@ -119,10 +120,10 @@ def make_pki(
     with open_authority(instance) as authority:
         for name in names:
             issued = pki.issue(authority.signer(), name, now, days=2)
-            pki.install_file(
+            install_file(
                 clients / f"{name}.key", pki.private_pem(issued.key), private=True
             )
-            pki.install_file(
+            install_file(
                 clients / f"{name}.pem", pki.pem(issued.certificate), private=False
             )
     return Credentials(
