@@ -148,6 +148,23 @@ class SettingsTests(SynchronousTestCase):
             f"{self.config}: port: '8000x' is not a whole number from 0 to 65535",
         )
 
+    def test_interface_in_file_must_be_a_string(self) -> None:
+        """
+        An interface the file gives as a number or a list is refused, not
+        turned into the text of its value for the daemon to listen on.
+        """
+        for key in ("interface", "admin-interface"):
+            for value in ("0", '["::1"]'):
+                self.config.write_text(f"{CONFIG}{key} = {value}\n")
+                error = self.assertRaises(
+                    ConfigurationError, load_settings, no_flags(), str(self.config)
+                )
+                self.assertEqual(
+                    str(error),
+                    f"{self.config}: {key}: must be an address string, "
+                    'such as "127.0.0.1" or "::"',
+                )
+
     def test_unknown_setting_and_bad_toml(self) -> None:
         """
         A misspelt setting and a file that is not TOML are both refused.

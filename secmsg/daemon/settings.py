@@ -151,7 +151,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         data_dir=merged["data-dir"],
         backup_dir=merged.get("backup-dir"),
         port=_integer(merged, origins, "port", 7443, 0, 65535),
-        interface=str(merged.get("interface", "127.0.0.1")),
+        interface=_address(merged, origins, "interface"),
         identity=_identity_field(merged, origins),
         max_line_length=_integer(
             merged, origins, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
@@ -175,7 +175,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             if "admin-port" in merged
             else None
         ),
-        admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
+        admin_interface=_address(merged, origins, "admin-interface"),
         listen=_listen(merged, origins, "listen", ("port", "interface")),
         admin_listen=_listen(
             merged, origins, "admin-listen", ("admin-port", "admin-interface")
@@ -407,6 +407,21 @@ def _integer(
             f"{value!r} is not a whole number from {low} to {high}",
         )
     return number
+
+
+def _address(merged: Mapping[str, Any], origins: Mapping[str, str], name: str) -> str:
+    """
+    An interface to listen on, as the operator wrote it: the file's value
+    must be a string, since the text of a number or a list would be an
+    address no one meant.
+    """
+    value = merged.get(name, "127.0.0.1")
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            _origin(origins, name),
+            'must be an address string, such as "127.0.0.1" or "::"',
+        )
+    return value
 
 
 def _identity_field(
