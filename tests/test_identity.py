@@ -8,11 +8,13 @@ import hashlib
 import re
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.identity import (
     SUBJECT_SHOWN,
+    AttributeMatch,
     IdentityField,
     IdentityRule,
     describe_subject,
@@ -101,6 +103,30 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(self.identity(IdentityField.SAN_EMAIL, names=names), fits)
         names = [x509.RFC822Name("a" + fits)]
         self.assertRefused(IdentityField.SAN_EMAIL, "san-email", names=names)
+
+    def test_malformed_san_extension_is_a_refusal(self) -> None:
+        """
+        A certificate whose SAN extension does not parse is refused for its
+        identity in words, for the SAN fields, and matches no policy rule
+        on SANs; its CN still names it.
+        """
+        certificate = self.ca.issue(
+            "mallory", names=[x509.RFC822Name("mallory@example.org")]
+        ).certificate
+        broken = x509.load_der_x509_certificate(
+            certificate.public_bytes(serialization.Encoding.DER).replace(
+                b"\x81\x13mallory@example.org", b"\x18\x13mallory@example.org"
+            )
+        )
+        for field in (IdentityField.SAN_EMAIL, IdentityField.SAN_URI):
+            error = self.assertRaises(
+                CertificateRefused, IdentityRule(field).identity_of, broken
+            )
+            self.assertEqual(error.reason, RefusalReason.BAD_IDENTITY)
+            self.assertEqual(error.detail, f"its {field.value} field does not parse")
+        self.assertEqual(IdentityRule(IdentityField.CN).identity_of(broken), "mallory")
+        match = AttributeMatch(san_email_domain="example.org")
+        self.assertFalse(match.matches(broken))
 
 
 class SubjectTests(SynchronousTestCase):
