@@ -14,9 +14,10 @@ from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.tls import TLSFiles, _PeerVerifier, load_server_tls
-from secmsg.daemon.trust import TrustAnchors, share_issuers
+from secmsg.daemon.trust import TrustAnchors, load_crls, share_issuers
+from secmsg.errors import ConfigurationError
 from tests.certs import CertificateAuthority, now
-from tests.harness import Instance
+from tests.harness import Instance, temporary_directory
 
 
 class ServerContextTests(SynchronousTestCase):
@@ -30,6 +31,29 @@ class ServerContextTests(SynchronousTestCase):
         context = load_server_tls(files, now(), False).context
         # Setting no bits changes nothing and answers the mode in force.
         self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+
+
+class CRLFileTests(SynchronousTestCase):
+    def test_unsigned_crl_issuer_is_named_escaped(self) -> None:
+        """
+        A CRL no CA of the bundle signed is refused naming its issuer
+        escaped, since whoever wrote the CRL chose that name and the words
+        go to the log, check-config and the RELOAD reply.
+        """
+        stranger = CertificateAuthority("evil\x1b]0;owned\x07\u200b")
+        path = temporary_directory(self) / "crl.pem"
+        path.write_bytes(stranger.crl_pem())
+        error = self.assertRaises(
+            ConfigurationError,
+            load_crls,
+            path,
+            [CertificateAuthority().pair.certificate],
+        )
+        self.assertEqual(
+            error.problem,
+            "CRL of CN=evil\\x1b]0\\;owned\\x07\\u200b is not signed by a CA in "
+            "the CA bundle",
+        )
 
 
 class SharedIssuersTests(SynchronousTestCase):

@@ -349,8 +349,7 @@ def load_crls(
         if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):
             raise ConfigurationError(
                 str(path),
-                f"CRL of {crl.issuer.rfc4514_string()} is not signed by a CA "
-                "in the CA bundle",
+                f"CRL of {describe_issuer(crl)} is not signed by a CA in the CA bundle",
             )
         crls.append(crl)
     return crls
