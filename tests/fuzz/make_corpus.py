@@ -81,6 +81,14 @@ read = []
 """,
     "cycle": b'[roles.a]\ninherits = ["b"]\n[roles.b]\ninherits = ["a"]\n',
     "unknown": b'[roles.a]\ncommands = ["FLY"]\n[identities]\n"b c" = ["a"]\n',
+    "escapes": b"""default_roles = ["\\u0075ser"]
+
+[roles."\\u0075ser"]
+commands = ["PIN\\u0047", "MSG"]
+
+[identities]
+"\\u0061lice" = ["\\u0075ser"]
+""",
     "empty": b"",
     "not_toml": b"[roles\n\xff",
 }
@@ -133,6 +141,14 @@ listen = ["tcp:7443:interface=127.0.0.1", "systemd:domain=INET:index=0"]
 admin-listen = "unix:/run/secmsg/admin.sock"
 """,
     "wrong": b'cert = 7\nport = "x"\nlisten = "ssl:443"\nfrobnicate = 1\n',
+    "escapes": b"""cert = "server\\u002epem"
+key = 'server.key'
+ca = "\\U00000063a.pem"
+policy = "policy.toml"
+"data-dir" = "da\\u0074a"
+interface = "\\u0031\\u0032\\u0037.0.0.1"
+"port" = 7443
+""",
 }
 
 

@@ -24,6 +24,8 @@ def main() -> None:
     Fuzz the target named first on the command line.
     """
     name, *arguments = sys.argv[1:]
+    if name not in TARGETS:
+        sys.exit(f"unknown fuzz target {name}; known: {', '.join(TARGETS)}")
     atheris.Setup([sys.argv[0], *arguments], TARGETS[name])
     atheris.Fuzz()
 
