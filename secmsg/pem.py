@@ -28,12 +28,22 @@ def certificates_in(
 
     @param what: what the file should hold, for the error.
     @raise ConfigurationError: naming C{path}: it holds none, or one of
-        them does not parse.
+        them does not parse, its public key included.
     """
     try:
-        return x509.load_pem_x509_certificates(data)
+        certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise ConfigurationError(str(path), f"no PEM {what} in it") from None
+    for number, certificate in enumerate(certificates, start=1):
+        # cryptography reads the key only when asked, and every use of a
+        # certificate here asks: a key that does not parse is a bad file.
+        try:
+            certificate.public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            raise ConfigurationError(
+                str(path), f"{what} {number} in it has a public key that does not parse"
+            ) from None
+    return certificates
 
 
 def private_key_in(data: bytes, path: Path) -> PrivateKeyTypes:

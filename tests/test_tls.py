@@ -9,6 +9,7 @@ import gc
 import types
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from secmsg.daemon.tls import TLSFiles, _PeerVerifier, load_server_tls
 from secmsg.daemon.trust import TrustAnchors, load_crls, share_issuers
 from secmsg.errors import ConfigurationError
+from secmsg.pem import certificates_in
 from tests.certs import CertificateAuthority, now
 from tests.harness import Instance, temporary_directory
 
@@ -33,7 +35,7 @@ class ServerContextTests(SynchronousTestCase):
         self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
 
 
-class CRLFileTests(SynchronousTestCase):
+class TrustFileTests(SynchronousTestCase):
     def test_unsigned_crl_issuer_is_named_escaped(self) -> None:
         """
         A CRL no CA of the bundle signed is refused naming its issuer
@@ -53,6 +55,32 @@ class CRLFileTests(SynchronousTestCase):
             error.problem,
             "CRL of CN=evil\\x1b]0\\;owned\\x07\\u200b is not signed by a CA in "
             "the CA bundle",
+        )
+
+    def test_ca_whose_public_key_does_not_parse_is_refused(self) -> None:
+        """
+        A CA bundle holding a certificate whose public key is no valid key
+        is refused as a bad file, not left to raise ValueError when a CRL
+        is checked against it.
+        """
+        ca = CertificateAuthority().pair
+        point = ca.key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
+        der = ca.certificate.public_bytes(serialization.Encoding.DER)
+        broken = x509.load_der_x509_certificate(der.replace(point, b"\x05" + point[1:]))
+        path = temporary_directory(self) / "ca.pem"
+        path.write_bytes(pem + broken.public_bytes(serialization.Encoding.PEM))
+        error = self.assertRaises(
+            ConfigurationError,
+            certificates_in,
+            path.read_bytes(),
+            path,
+            "CA certificate",
+        )
+        self.assertEqual(
+            error.problem, "CA certificate 2 in it has a public key that does not parse"
         )
 
 
