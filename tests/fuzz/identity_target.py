@@ -93,7 +93,8 @@ def _clean(text: str) -> bool:
 def _raw(der: bytes) -> x509.Certificate | None:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
+        # What is no certificate never reaches the identity mapping.
         return None
 
 
