@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
     PublicKeyTypes,
 )
+from OpenSSL.crypto import X509
+from OpenSSL.crypto import Error as OpenSSLError
 
 from secmsg.errors import ConfigurationError
 
@@ -35,15 +37,29 @@ def certificates_in(
     except ValueError:
         raise ConfigurationError(str(path), f"no PEM {what} in it") from None
     for number, certificate in enumerate(certificates, start=1):
-        # cryptography reads the key only when asked, and every use of a
-        # certificate here asks: a key that does not parse is a bad file.
-        try:
-            certificate.public_key()
-        except (ValueError, UnsupportedAlgorithm):
-            raise ConfigurationError(
-                str(path), f"{what} {number} in it has a public key that does not parse"
-            ) from None
+        problem = _unreadable(certificate)
+        if problem is not None:
+            raise ConfigurationError(str(path), f"{what} {number} in it {problem}")
     return certificates
+
+
+def _unreadable(certificate: x509.Certificate) -> str | None:
+    """
+    What keeps a certificate that cryptography loaded from being used, or
+    L{None}: cryptography reads the key only when asked, and every use of
+    a certificate here asks; and OpenSSL, which the TLS context is given
+    it through, refuses some encodings cryptography takes (a subject
+    string of a type OpenSSL does not allow there, say).
+    """
+    try:
+        certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "has a public key that does not parse"
+    try:
+        X509.from_cryptography(certificate)
+    except OpenSSLError:
+        return "is encoded in a way OpenSSL refuses to read"
+    return None
 
 
 def private_key_in(data: bytes, path: Path) -> PrivateKeyTypes:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import functools
 import gc
 import types
+from datetime import timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
@@ -81,6 +85,37 @@ class TrustFileTests(SynchronousTestCase):
         )
         self.assertEqual(
             error.problem, "CA certificate 2 in it has a public key that does not parse"
+        )
+
+    def test_ca_that_openssl_cannot_read_is_refused(self) -> None:
+        """
+        A CA certificate that cryptography loads but OpenSSL refuses (its
+        subject a VisibleString, which OpenSSL does not take in a name) is
+        refused as a bad file, not left to fail when the TLS context is
+        built at start or RELOAD.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, "CA", _ASN1Type.VisibleString)]
+        )
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now())
+            .not_valid_after(now() + timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        pem = ca.public_bytes(serialization.Encoding.PEM)
+        path = temporary_directory(self) / "ca.pem"
+        error = self.assertRaises(
+            ConfigurationError, certificates_in, pem, path, "CA certificate"
+        )
+        self.assertEqual(
+            error.problem,
+            "CA certificate 1 in it is encoded in a way OpenSSL refuses to read",
         )
 
 
