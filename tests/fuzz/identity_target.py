@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import FILETYPE_ASN1, load_certificate
+from OpenSSL.crypto import Error as OpenSSLError
 
 from secmsg import wire
 from secmsg.daemon.identity import (
@@ -91,17 +93,23 @@ def _clean(text: str) -> bool:
 
 
 def _raw(der: bytes) -> x509.Certificate | None:
+    """
+    The certificate C{der} is, if OpenSSL reads it: a peer's certificate
+    reaches the identity mapping through OpenSSL's handshake, and a file's
+    through L{secmsg.pem.certificates_in}, which has OpenSSL read it.
+    """
     try:
-        return x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion):
-        # What is no certificate never reaches the identity mapping.
+        certificate = x509.load_der_x509_certificate(der)
+        load_certificate(FILETYPE_ASN1, der)
+    except (ValueError, x509.InvalidVersion, OpenSSLError):
         return None
+    return certificate
 
 
 def _built(fields: Fields) -> x509.Certificate | None:
     """
     A certificate of fuzzed subject and SANs, parsed back from its DER as
-    the daemon would receive it; L{None} if the builders refuse the fields.
+    the daemon would receive it (L{_raw}); L{None} if the builders refuse the fields.
     """
     try:
         subject = name_of(fields)
@@ -109,9 +117,7 @@ def _built(fields: Fields) -> x509.Certificate | None:
         certificate = _signed(subject, sans)
     except ValueError:
         return None
-    return x509.load_der_x509_certificate(
-        certificate.public_bytes(serialization.Encoding.DER)
-    )
+    return _raw(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def name_of(fields: Fields) -> x509.Name:
