@@ -23,7 +23,7 @@ from secmsg.daemon.listen import plain_endpoint_problem
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.messages import Retention, WaitingLimit
-from secmsg.wire import MAX_LINE_LENGTH
+from secmsg.wire import MAX_LINE_LENGTH, escape_controls
 
 OPTIONS = (
     "port",
@@ -361,15 +361,21 @@ def _read_config(path: Path) -> dict[str, Any]:
     data = read_toml(path)
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:
+        # A quoted TOML key may hold any character; the words go to a terminal.
         raise ConfigurationError(
             str(path),
-            f"unknown setting {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+            f"unknown setting {escape_controls(', '.join(unknown))}; "
+            f"known: {', '.join(OPTIONS)}",
         )
     settings: dict[str, Any] = {}
     for name, value in data.items():
         if name in _PATHS:
             if not isinstance(value, str):
                 raise ConfigurationError(str(path), f"{name} must be a path string")
+            if "\x00" in value:
+                raise ConfigurationError(
+                    str(path), f"{name} holds a NUL character, which no path can"
+                )
             settings[name] = path.parent / value
         else:
             settings[name] = value
