@@ -118,6 +118,33 @@ class TrustFileTests(SynchronousTestCase):
             "CA certificate 1 in it is encoded in a way OpenSSL refuses to read",
         )
 
+    def test_crl_that_openssl_cannot_read_is_refused(self) -> None:
+        """
+        A CRL that cryptography loads and finds signed by a CA of the
+        bundle, but whose issuer is written as a VisibleString, which
+        OpenSSL refuses in a name, is refused as a bad file rather than
+        left to fail when the TLS context is built.
+        """
+        ca = CertificateAuthority("CA")
+        issuer = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, "CA", _ASN1Type.VisibleString)]
+        )
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer)
+            .last_update(now() - timedelta(hours=1))
+            .next_update(now() + timedelta(days=1))
+            .sign(ca.pair.key, hashes.SHA256())
+        )
+        path = temporary_directory(self) / "crl.pem"
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        error = self.assertRaises(
+            ConfigurationError, load_crls, path, [ca.pair.certificate]
+        )
+        self.assertEqual(
+            error.problem, "a CRL in it is encoded in a way OpenSSL refuses to read"
+        )
+
 
 class SharedIssuersTests(SynchronousTestCase):
     def test_chains_share_their_issuers_and_keep_their_leaves(self) -> None:

@@ -26,6 +26,9 @@ from OpenSSL.crypto import (
     X509StoreContextError,
     X509StoreFlags,
 )
+from OpenSSL.crypto import (
+    Error as OpenSSLError,
+)
 
 from secmsg.daemon.identity import describe_name, describe_subject
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
@@ -345,6 +348,10 @@ def load_crls(
             crl = x509.load_pem_x509_crl(block)
         except ValueError:
             raise ConfigurationError(str(path), "a CRL in it does not parse") from None
+        if not _openssl_reads(crl):
+            raise ConfigurationError(
+                str(path), "a CRL in it is encoded in a way OpenSSL refuses to read"
+            )
         issuers = [ca for ca in cas if ca.subject == crl.issuer]
         if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):
             raise ConfigurationError(
@@ -353,3 +360,17 @@ def load_crls(
             )
         crls.append(crl)
     return crls
+
+
+def _openssl_reads(crl: x509.CertificateRevocationList) -> bool:
+    """
+    Whether OpenSSL takes C{crl} into a store, as the server context does:
+    cryptography accepts encodings OpenSSL refuses (an issuer string of a
+    type OpenSSL does not allow in a name), which would otherwise fail only
+    when the context is built.
+    """
+    try:
+        X509Store().add_crl(crl)
+    except OpenSSLError:
+        return False
+    return True
