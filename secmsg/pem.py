@@ -46,15 +46,22 @@ def certificates_in(
 def _unreadable(certificate: x509.Certificate) -> str | None:
     """
     What keeps a certificate that cryptography loaded from being used, or
-    L{None}: cryptography reads the key only when asked, and every use of
-    a certificate here asks; and OpenSSL, which the TLS context is given
-    it through, refuses some encodings cryptography takes (a subject
-    string of a type OpenSSL does not allow there, say).
+    L{None}: cryptography reads the key, the names and the extensions
+    only when asked, and the uses of a certificate here ask; and OpenSSL,
+    which the TLS context is given it through, refuses some encodings
+    cryptography takes (a subject string of a type OpenSSL does not allow
+    there, say).
     """
     try:
         certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         return "has a public key that does not parse"
+    try:
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        len(certificate.extensions)
+    except (ValueError, x509.DuplicateExtension):
+        return "has a name or an extension that does not parse"
     try:
         X509.from_cryptography(certificate)
     except OpenSSLError:

@@ -118,6 +118,29 @@ class TrustFileTests(SynchronousTestCase):
             "CA certificate 1 in it is encoded in a way OpenSSL refuses to read",
         )
 
+    def test_ca_whose_names_do_not_parse_is_refused(self) -> None:
+        """
+        A CA certificate whose subject and issuer OpenSSL reads but
+        cryptography does not (a name string of an unexpected tag) is
+        refused as a bad file, not left to raise ValueError when a CRL's
+        issuer is compared with it.
+        """
+        der = CertificateAuthority("CA").pair.certificate.public_bytes(
+            serialization.Encoding.DER
+        )
+        broken = x509.load_der_x509_certificate(
+            der.replace(b"\x0c\x02CA", b"\x0e\x02CA")
+        )
+        pem = broken.public_bytes(serialization.Encoding.PEM)
+        path = temporary_directory(self) / "ca.pem"
+        error = self.assertRaises(
+            ConfigurationError, certificates_in, pem, path, "CA certificate"
+        )
+        self.assertEqual(
+            error.problem,
+            "CA certificate 1 in it has a name or an extension that does not parse",
+        )
+
     def test_crl_that_openssl_cannot_read_is_refused(self) -> None:
         """
         A CRL that cryptography loads and finds signed by a CA of the
