@@ -168,6 +168,23 @@ class TrustFileTests(SynchronousTestCase):
             error.problem, "a CRL in it is encoded in a way OpenSSL refuses to read"
         )
 
+    def test_crl_whose_issuer_does_not_parse_is_refused(self) -> None:
+        """
+        A CRL whose issuer OpenSSL reads but cryptography does not is
+        refused as a CRL that does not parse, not a ValueError.
+        """
+        ca = CertificateAuthority("CA")
+        der = x509.load_pem_x509_crl(ca.crl_pem()).public_bytes(
+            serialization.Encoding.DER
+        )
+        broken = x509.load_der_x509_crl(der.replace(b"\x0c\x02CA", b"\x0e\x02CA"))
+        path = temporary_directory(self) / "crl.pem"
+        path.write_bytes(broken.public_bytes(serialization.Encoding.PEM))
+        error = self.assertRaises(
+            ConfigurationError, load_crls, path, [ca.pair.certificate]
+        )
+        self.assertEqual(error.problem, "a CRL in it does not parse")
+
 
 class SharedIssuersTests(SynchronousTestCase):
     def test_chains_share_their_issuers_and_keep_their_leaves(self) -> None:

@@ -346,6 +346,8 @@ def load_crls(
     for block in blocks:
         try:
             crl = x509.load_pem_x509_crl(block)
+            # Parsed when first read, and compared with the CAs below.
+            crl.issuer.rfc4514_string()
         except ValueError:
             raise ConfigurationError(str(path), "a CRL in it does not parse") from None
         if not _openssl_reads(crl):
