@@ -34,7 +34,7 @@ def certificates_in(
     """
     try:
         certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise ConfigurationError(str(path), f"no PEM {what} in it") from None
     for number, certificate in enumerate(certificates, start=1):
         problem = _unreadable(certificate)

@@ -4,6 +4,7 @@ The server context itself: how it is built, apart from any handshake.
 
 from __future__ import annotations
 
+import base64
 import functools
 import gc
 import types
@@ -141,6 +142,24 @@ class TrustFileTests(SynchronousTestCase):
             "CA certificate 1 in it has a name or an extension that does not parse",
         )
 
+    def test_certificate_of_unknown_version_is_refused(self) -> None:
+        """
+        A CA bundle holding a certificate of an X.509 version that does
+        not exist is refused as not holding a CA certificate, not left to
+        raise cryptography's InvalidVersion.
+        """
+        der = CertificateAuthority().pair.certificate.public_bytes(
+            serialization.Encoding.DER
+        )
+        strange = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x26", 1)
+        body = base64.encodebytes(strange).decode("ascii")
+        pem = f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
+        path = temporary_directory(self) / "ca.pem"
+        error = self.assertRaises(
+            ConfigurationError, certificates_in, pem.encode(), path, "CA certificate"
+        )
+        self.assertEqual(error.problem, "no PEM CA certificate in it")
+
     def test_crl_that_openssl_cannot_read_is_refused(self) -> None:
         """
         A CRL that cryptography loads and finds signed by a CA of the
@@ -180,6 +199,24 @@ class TrustFileTests(SynchronousTestCase):
         broken = x509.load_der_x509_crl(der.replace(b"\x0c\x02CA", b"\x0e\x02CA"))
         path = temporary_directory(self) / "crl.pem"
         path.write_bytes(broken.public_bytes(serialization.Encoding.PEM))
+        error = self.assertRaises(
+            ConfigurationError, load_crls, path, [ca.pair.certificate]
+        )
+        self.assertEqual(error.problem, "a CRL in it does not parse")
+
+    def test_crl_of_unknown_version_is_refused(self) -> None:
+        """
+        A CRL of a version that does not exist is refused as a CRL that
+        does not parse, not left to raise cryptography's InvalidVersion.
+        """
+        ca = CertificateAuthority()
+        der = x509.load_pem_x509_crl(ca.crl_pem()).public_bytes(
+            serialization.Encoding.DER
+        )
+        strange = der.replace(b"\x02\x01\x01", b"\x02\x01\x26", 1)
+        body = base64.encodebytes(strange).decode("ascii")
+        path = temporary_directory(self) / "crl.pem"
+        path.write_text(f"-----BEGIN X509 CRL-----\n{body}-----END X509 CRL-----\n")
         error = self.assertRaises(
             ConfigurationError, load_crls, path, [ca.pair.certificate]
         )

@@ -348,7 +348,7 @@ def load_crls(
             crl = x509.load_pem_x509_crl(block)
             # Parsed when first read, and compared with the CAs below.
             crl.issuer.rfc4514_string()
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise ConfigurationError(str(path), "a CRL in it does not parse") from None
         if not _openssl_reads(crl):
             raise ConfigurationError(
