@@ -18,6 +18,7 @@ from secmsg.daemon.identity import (
     IdentityField,
     IdentityRule,
     describe_subject,
+    fingerprint,
 )
 from secmsg.errors import CertificateRefused, RefusalReason
 from secmsg.wire import escape_controls
@@ -127,6 +128,31 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(IdentityRule(IdentityField.CN).identity_of(broken), "mallory")
         match = AttributeMatch(san_email_domain="example.org")
         self.assertFalse(match.matches(broken))
+
+    def test_subject_that_does_not_parse_is_a_refusal(self) -> None:
+        """
+        A certificate whose subject OpenSSL reads but cryptography does not
+        (a string of an unexpected tag), as any peer may present, is refused
+        for its identity in words, and described by its fingerprint.
+        """
+        der = self.ca.issue("alice").certificate.public_bytes(
+            serialization.Encoding.DER
+        )
+        broken = x509.load_der_x509_certificate(
+            der.replace(b"\x0c\x05alice", b"\x0e\x05alice")
+        )
+        shown = describe_subject(broken)
+        self.assertEqual(
+            shown,
+            "(a subject that does not parse; certificate sha256 "
+            f"{fingerprint(broken)})",
+        )
+        error = self.assertRaises(
+            CertificateRefused, IdentityRule(IdentityField.CN).identity_of, broken
+        )
+        self.assertEqual(
+            (error.subject, error.detail), (shown, "its cn field does not parse")
+        )
 
 
 class SubjectTests(SynchronousTestCase):

@@ -55,8 +55,16 @@ def describe_subject(certificate: x509.Certificate) -> str:
     subject longer than L{SUBJECT_SHOWN} characters is shown by its first
     fields, then how long the whole was and the SHA-256 of the subject's
     DER, by which an operator can still tell which certificate it was.
+    A subject that OpenSSL read but cryptography cannot (any peer may send
+    one) is shown by the certificate's fingerprint instead.
     """
-    return describe_name(certificate.subject)
+    try:
+        return describe_name(certificate.subject)
+    except ValueError:
+        return (
+            "(a subject that does not parse; certificate sha256 "
+            f"{fingerprint(certificate)})"
+        )
 
 
 def describe_name(subject: x509.Name) -> str:
