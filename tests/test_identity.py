@@ -8,7 +8,7 @@ import hashlib
 import re
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -128,6 +128,39 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(IdentityRule(IdentityField.CN).identity_of(broken), "mallory")
         match = AttributeMatch(san_email_domain="example.org")
         self.assertFalse(match.matches(broken))
+
+    def test_duplicate_extension_is_a_refusal(self) -> None:
+        """
+        A certificate that holds one extension twice is refused for its
+        SAN identity in words, and matches no policy rule on SANs.
+        """
+        stand_in = x509.ObjectIdentifier("2.5.29.99")
+        pair = self.ca.issue("mallory", names=[x509.RFC822Name("mallory@example.org")])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(pair.certificate.subject)
+            .issuer_name(pair.certificate.issuer)
+            .public_key(pair.key.public_key())
+            .serial_number(1)
+            .not_valid_before(pair.certificate.not_valid_before_utc)
+            .not_valid_after(pair.certificate.not_valid_after_utc)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.RFC822Name("mallory@example.org")]),
+                False,
+            )
+            .add_extension(x509.UnrecognizedExtension(stand_in, b"\x30\x00"), False)
+        )
+        der = builder.sign(self.ca.pair.key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER
+        )
+        twice = x509.load_der_x509_certificate(
+            der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x11")
+        )
+        error = self.assertRaises(
+            CertificateRefused, IdentityRule(IdentityField.SAN_EMAIL).identity_of, twice
+        )
+        self.assertEqual(error.detail, "its san-email field does not parse")
+        self.assertFalse(AttributeMatch(san_email_domain="example.org").matches(twice))
 
     def test_subject_that_does_not_parse_is_a_refusal(self) -> None:
         """

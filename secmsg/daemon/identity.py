@@ -126,7 +126,7 @@ class IdentityRule:
         """
         try:
             values = self._values(certificate)
-        except ValueError:
+        except (ValueError, x509.DuplicateExtension):
             raise CertificateRefused(
                 RefusalReason.BAD_IDENTITY,
                 describe_subject(certificate),
@@ -196,7 +196,7 @@ class AttributeMatch:
         """
         try:
             return self._holds(certificate)
-        except ValueError:
+        except (ValueError, x509.DuplicateExtension):
             return False
 
     def _holds(self, certificate: x509.Certificate) -> bool:
@@ -238,6 +238,7 @@ def _san_values(
     when they are first read, so this is where a malformed one shows.
 
     @raise ValueError: the certificate's extensions do not parse.
+    @raise x509.DuplicateExtension: it holds an extension twice.
     """
     try:
         names = certificate.extensions.get_extension_for_oid(
