@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
     PublicKeyTypes,
 )
+from OpenSSL.crypto import X509
+from OpenSSL.crypto import Error as OpenSSLError
 
 from secmsg.errors import ConfigurationError
 
@@ -28,12 +30,43 @@ def certificates_in(
 
     @param what: what the file should hold, for the error.
     @raise ConfigurationError: naming C{path}: it holds none, or one of
-        them does not parse.
+        them does not parse, its public key included.
     """
     try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
+        certificates = x509.load_pem_x509_certificates(data)
+    except (ValueError, x509.InvalidVersion):
         raise ConfigurationError(str(path), f"no PEM {what} in it") from None
+    for number, certificate in enumerate(certificates, start=1):
+        problem = _unreadable(certificate)
+        if problem is not None:
+            raise ConfigurationError(str(path), f"{what} {number} in it {problem}")
+    return certificates
+
+
+def _unreadable(certificate: x509.Certificate) -> str | None:
+    """
+    What keeps a certificate that cryptography loaded from being used, or
+    L{None}: cryptography reads the key, the names and the extensions
+    only when asked, and the uses of a certificate here ask; and OpenSSL,
+    which the TLS context is given it through, refuses some encodings
+    cryptography takes (a subject string of a type OpenSSL does not allow
+    there, say).
+    """
+    try:
+        certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "has a public key that does not parse"
+    try:
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        len(certificate.extensions)
+    except (ValueError, x509.DuplicateExtension):
+        return "has a name or an extension that does not parse"
+    try:
+        X509.from_cryptography(certificate)
+    except OpenSSLError:
+        return "is encoded in a way OpenSSL refuses to read"
+    return None
 
 
 def private_key_in(data: bytes, path: Path) -> PrivateKeyTypes:

@@ -6,7 +6,7 @@ what it receives.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -268,6 +268,22 @@ class DisplayTests(SynchronousTestCase):
             show_push(wire.PushLine("KICKED", ("admin", "")), WHEN),
             "[09:30:05] kicked by admin: no reason",
         )
+
+    def test_time_beyond_local_calendar_shows_arrival(self) -> None:
+        """
+        A server's message time that has no local equivalent (the first or
+        last second of the calendar, in a zone either side of UTC) is shown
+        by its arrival time, not a crash of the client.
+        """
+        for sent, zone in [
+            ("0001-01-01T00:00:00Z", timezone(-timedelta(hours=5))),
+            ("9999-12-31T23:59:59Z", timezone(timedelta(hours=9))),
+        ]:
+            arrived = datetime(2026, 6, 1, 12, 0, 1, tzinfo=zone)
+            self.assertEqual(
+                show_push(wire.parse_server_line(f"MSG 7 {sent} bob hi"), arrived),
+                "[12:00:01] bob to you: hi",
+            )
 
     def test_escape_sequences_are_shown_escaped(self) -> None:
         """

@@ -8,14 +8,17 @@ import hashlib
 import re
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.identity import (
     SUBJECT_SHOWN,
+    AttributeMatch,
     IdentityField,
     IdentityRule,
     describe_subject,
+    fingerprint,
 )
 from secmsg.errors import CertificateRefused, RefusalReason
 from secmsg.wire import escape_controls
@@ -101,6 +104,88 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(self.identity(IdentityField.SAN_EMAIL, names=names), fits)
         names = [x509.RFC822Name("a" + fits)]
         self.assertRefused(IdentityField.SAN_EMAIL, "san-email", names=names)
+
+    def test_malformed_san_extension_is_a_refusal(self) -> None:
+        """
+        A certificate whose SAN extension does not parse is refused for its
+        identity in words, for the SAN fields, and matches no policy rule
+        on SANs; its CN still names it.
+        """
+        certificate = self.ca.issue(
+            "mallory", names=[x509.RFC822Name("mallory@example.org")]
+        ).certificate
+        broken = x509.load_der_x509_certificate(
+            certificate.public_bytes(serialization.Encoding.DER).replace(
+                b"\x81\x13mallory@example.org", b"\x18\x13mallory@example.org"
+            )
+        )
+        for field in (IdentityField.SAN_EMAIL, IdentityField.SAN_URI):
+            error = self.assertRaises(
+                CertificateRefused, IdentityRule(field).identity_of, broken
+            )
+            self.assertEqual(error.reason, RefusalReason.BAD_IDENTITY)
+            self.assertEqual(error.detail, f"its {field.value} field does not parse")
+        self.assertEqual(IdentityRule(IdentityField.CN).identity_of(broken), "mallory")
+        match = AttributeMatch(san_email_domain="example.org")
+        self.assertFalse(match.matches(broken))
+
+    def test_duplicate_extension_is_a_refusal(self) -> None:
+        """
+        A certificate that holds one extension twice is refused for its
+        SAN identity in words, and matches no policy rule on SANs.
+        """
+        stand_in = x509.ObjectIdentifier("2.5.29.99")
+        pair = self.ca.issue("mallory", names=[x509.RFC822Name("mallory@example.org")])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(pair.certificate.subject)
+            .issuer_name(pair.certificate.issuer)
+            .public_key(pair.key.public_key())
+            .serial_number(1)
+            .not_valid_before(pair.certificate.not_valid_before_utc)
+            .not_valid_after(pair.certificate.not_valid_after_utc)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.RFC822Name("mallory@example.org")]),
+                False,
+            )
+            .add_extension(x509.UnrecognizedExtension(stand_in, b"\x30\x00"), False)
+        )
+        der = builder.sign(self.ca.pair.key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER
+        )
+        twice = x509.load_der_x509_certificate(
+            der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x11")
+        )
+        error = self.assertRaises(
+            CertificateRefused, IdentityRule(IdentityField.SAN_EMAIL).identity_of, twice
+        )
+        self.assertEqual(error.detail, "its san-email field does not parse")
+        self.assertFalse(AttributeMatch(san_email_domain="example.org").matches(twice))
+
+    def test_subject_that_does_not_parse_is_a_refusal(self) -> None:
+        """
+        A certificate whose subject OpenSSL reads but cryptography does not
+        (a string of an unexpected tag), as any peer may present, is refused
+        for its identity in words, and described by its fingerprint.
+        """
+        der = self.ca.issue("alice").certificate.public_bytes(
+            serialization.Encoding.DER
+        )
+        broken = x509.load_der_x509_certificate(
+            der.replace(b"\x0c\x05alice", b"\x0e\x05alice")
+        )
+        shown = describe_subject(broken)
+        self.assertEqual(
+            shown,
+            "(a subject that does not parse; certificate sha256 "
+            f"{fingerprint(broken)})",
+        )
+        error = self.assertRaises(
+            CertificateRefused, IdentityRule(IdentityField.CN).identity_of, broken
+        )
+        self.assertEqual(
+            (error.subject, error.detail), (shown, "its cn field does not parse")
+        )
 
 
 class SubjectTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg import wire
 from secmsg.daemon import policy
 from secmsg.daemon.policy import (
     ROOMS_REMEMBERED,
@@ -197,6 +198,18 @@ class RefusalTests(SynchronousTestCase):
         An identity key that could never match a certificate is refused.
         """
         self.assertRefused('[roles.r]\n[identities]\n"a b" = ["r"]', "not a name token")
+
+    def test_names_in_a_refusal_are_escaped(self) -> None:
+        """
+        A role name that holds a control or invisible character is shown
+        escaped in the refusal, which goes to the log and to the RELOAD
+        reply, so that it cannot drive the reader's terminal.
+        """
+        error = self.assertRaises(
+            PolicyError, parse, '[roles."a\\u001b[2J\\u200b"]\ncommands = ["FLY"]'
+        )
+        self.assertIn("[roles.a\\x1b[2J\\u200b] grants unknown command", str(error))
+        self.assertEqual(wire.escape_controls(str(error)), str(error))
 
 
 class LoadTests(SynchronousTestCase):

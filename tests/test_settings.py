@@ -186,6 +186,48 @@ class SettingsTests(SynchronousTestCase):
             f"{self.config}: port: '8000x' is not a whole number from 0 to 65535",
         )
 
+    def test_interface_in_file_must_be_a_string(self) -> None:
+        """
+        An interface the file gives as a number or a list is refused, not
+        turned into the text of its value for the daemon to listen on.
+        """
+        for key in ("interface", "admin-interface"):
+            for value in ("0", '["::1"]'):
+                self.config.write_text(f"{CONFIG}{key} = {value}\n")
+                error = self.assertRaises(
+                    ConfigurationError, load_settings, no_flags(), str(self.config)
+                )
+                self.assertEqual(
+                    str(error),
+                    f"{self.config}: {key}: must be an address string, "
+                    'such as "127.0.0.1" or "::"',
+                )
+
+    def test_path_with_nul_is_refused(self) -> None:
+        """
+        A path the file writes with a NUL (through a TOML escape) is
+        refused naming the key, rather than accepted for the daemon to fail
+        on with a ValueError when it opens the file.
+        """
+        self.config.write_text(CONFIG.replace('"server.pem"', '"ser\\u0000ver.pem"'))
+        error = self.assertRaises(
+            ConfigurationError, load_settings, no_flags(), str(self.config)
+        )
+        self.assertEqual(
+            str(error), f"{self.config}: cert holds a NUL character, which no path can"
+        )
+
+    def test_unknown_setting_is_named_escaped(self) -> None:
+        """
+        A misspelt setting whose quoted key holds an escape sequence is
+        named escaped, so that the refusal cannot drive the terminal.
+        """
+        self.config.write_text(CONFIG + '"prot\\u001b[2J" = 1\n')
+        error = self.assertRaises(
+            ConfigurationError, load_settings, no_flags(), str(self.config)
+        )
+        self.assertIn("unknown setting prot\\x1b[2J; known: ", str(error))
+
     def test_unknown_setting_and_bad_toml(self) -> None:
         """
         A misspelt setting and a file that is not TOML are both refused.

@@ -77,9 +77,10 @@ def show_offer(offer: Offer | None) -> str:
 def _stamp(sent: str, arrived: datetime) -> str:
     try:
         moment = datetime.strptime(sent, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        # A time at the calendar's edge may not exist in the local zone.
         local = moment.astimezone(arrived.tzinfo)
     except (ValueError, OverflowError):
+        # Not a time, or one at an end of the calendar that the local zone
+        # would move past it (a hostile server's 0001-01-01 west of UTC).
         return f"[{arrived:%H:%M:%S}]"
     if local.date() == arrived.date():
         return f"[{local:%H:%M:%S}]"

@@ -55,8 +55,16 @@ def describe_subject(certificate: x509.Certificate) -> str:
     subject longer than L{SUBJECT_SHOWN} characters is shown by its first
     fields, then how long the whole was and the SHA-256 of the subject's
     DER, by which an operator can still tell which certificate it was.
+    A subject that OpenSSL read but cryptography cannot (any peer may send
+    one) is shown by the certificate's fingerprint instead.
     """
-    return describe_name(certificate.subject)
+    try:
+        return describe_name(certificate.subject)
+    except ValueError:
+        return (
+            "(a subject that does not parse; certificate sha256 "
+            f"{fingerprint(certificate)})"
+        )
 
 
 def describe_name(subject: x509.Name) -> str:
@@ -116,7 +124,14 @@ class IdentityRule:
             once (which would make the identity ambiguous), or its value is
             not a name token.
         """
-        values = self._values(certificate)
+        try:
+            values = self._values(certificate)
+        except (ValueError, x509.DuplicateExtension):
+            raise CertificateRefused(
+                RefusalReason.BAD_IDENTITY,
+                describe_subject(certificate),
+                f"its {self.field.value} field does not parse",
+            ) from None
         if len(values) == 1 and NAME_TOKEN.fullmatch(values[0]):
             return values[0]
         if len(values) != 1:
@@ -176,8 +191,15 @@ class AttributeMatch:
 
     def matches(self, certificate: x509.Certificate) -> bool:
         """
-        Whether C{certificate} satisfies every part of this match.
+        Whether C{certificate} satisfies every part of this match; one
+        whose fields do not parse satisfies none.
         """
+        try:
+            return self._holds(certificate)
+        except (ValueError, x509.DuplicateExtension):
+            return False
+
+    def _holds(self, certificate: x509.Certificate) -> bool:
         for name, value in self.subject:
             values = certificate.subject.get_attributes_for_oid(SUBJECT_FIELDS[name])
             if value not in (str(attribute.value) for attribute in values):
@@ -211,6 +233,13 @@ def _san_values(
     certificate: x509.Certificate,
     kind: type[x509.UniformResourceIdentifier] | type[x509.RFC822Name],
 ) -> list[str]:
+    """
+    The certificate's SANs of one kind.  cryptography parses extensions
+    when they are first read, so this is where a malformed one shows.
+
+    @raise ValueError: the certificate's extensions do not parse.
+    @raise x509.DuplicateExtension: it holds an extension twice.
+    """
     try:
         names = certificate.extensions.get_extension_for_oid(
             ExtensionOID.SUBJECT_ALTERNATIVE_NAME

@@ -33,7 +33,7 @@ from secmsg.daemon.identity import SUBJECT_FIELDS, AttributeMatch
 from secmsg.errors import PolicyError
 from secmsg.files import read_toml
 from secmsg.rate import DEFAULT_RATE, Rate
-from secmsg.wire import COMMAND_NAMES, NAME_TOKEN
+from secmsg.wire import COMMAND_NAMES, NAME_TOKEN, escape_controls
 
 _Fail = Callable[[str], PolicyError]
 """Makes the error for a problem found in the policy being parsed."""
@@ -267,7 +267,9 @@ def parse_policy(data: Mapping[str, Any], source: str) -> Policy:
     """
 
     def fail(problem: str) -> PolicyError:
-        return PolicyError(source, problem)
+        # Names in the problem are the file's own keys and strings, which
+        # TOML lets hold any character; the words go to logs and replies.
+        return PolicyError(source, escape_controls(problem))
 
     _only_keys(
         data,

@@ -23,7 +23,7 @@ from secmsg.daemon.listen import plain_endpoint_problem
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.messages import Retention, WaitingLimit
-from secmsg.wire import MAX_LINE_LENGTH
+from secmsg.wire import MAX_LINE_LENGTH, escape_controls
 
 OPTIONS = (
     "port",
@@ -158,7 +158,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         data_dir=merged["data-dir"],
         backup_dir=_absolute(merged.get("backup-dir")),
         port=_integer(merged, origins, "port", 7443, 0, 65535),
-        interface=str(merged.get("interface", "127.0.0.1")),
+        interface=_address(merged, origins, "interface"),
         identity=_identity_field(merged, origins),
         max_line_length=_integer(
             merged, origins, "max-line-length", MAX_LINE_LENGTH, 64, 1 << 20
@@ -182,7 +182,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             if "admin-port" in merged
             else None
         ),
-        admin_interface=str(merged.get("admin-interface", "127.0.0.1")),
+        admin_interface=_address(merged, origins, "admin-interface"),
         listen=_listen(merged, origins, "listen", ("port", "interface")),
         admin_listen=_listen(
             merged, origins, "admin-listen", ("admin-port", "admin-interface")
@@ -390,15 +390,21 @@ def _read_config(path: Path) -> dict[str, Any]:
     data = read_toml(path)
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:
+        # A quoted TOML key may hold any character; the words go to a terminal.
         raise ConfigurationError(
             str(path),
-            f"unknown setting {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+            f"unknown setting {escape_controls(', '.join(unknown))}; "
+            f"known: {', '.join(OPTIONS)}",
         )
     settings: dict[str, Any] = {}
     for name, value in data.items():
         if name in _PATHS:
             if not isinstance(value, str):
                 raise ConfigurationError(str(path), f"{name} must be a path string")
+            if "\x00" in value:
+                raise ConfigurationError(
+                    str(path), f"{name} holds a NUL character, which no path can"
+                )
             settings[name] = path.parent / value
         else:
             settings[name] = value
@@ -446,6 +452,21 @@ def _integer(
             f"{value!r} is not a whole number from {low} to {high}",
         )
     return number
+
+
+def _address(merged: Mapping[str, Any], origins: Mapping[str, str], name: str) -> str:
+    """
+    An interface to listen on, as the operator wrote it: the file's value
+    must be a string, since the text of a number or a list would be an
+    address no one meant.
+    """
+    value = merged.get(name, "127.0.0.1")
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            _origin(origins, name),
+            'must be an address string, such as "127.0.0.1" or "::"',
+        )
+    return value
 
 
 def _identity_field(

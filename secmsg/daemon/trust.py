@@ -26,6 +26,9 @@ from OpenSSL.crypto import (
     X509StoreContextError,
     X509StoreFlags,
 )
+from OpenSSL.crypto import (
+    Error as OpenSSLError,
+)
 
 from secmsg.daemon.identity import describe_name, describe_subject
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
@@ -383,14 +386,33 @@ def load_crls(
     for block in blocks:
         try:
             crl = x509.load_pem_x509_crl(block)
-        except ValueError:
+            # Parsed when first read, and compared with the CAs below.
+            crl.issuer.rfc4514_string()
+        except (ValueError, x509.InvalidVersion):
             raise ConfigurationError(str(path), "a CRL in it does not parse") from None
+        if not _openssl_reads(crl):
+            raise ConfigurationError(
+                str(path), "a CRL in it is encoded in a way OpenSSL refuses to read"
+            )
         issuers = [ca for ca in cas if ca.subject == crl.issuer]
         if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):
             raise ConfigurationError(
                 str(path),
-                f"CRL of {crl.issuer.rfc4514_string()} is not signed by a CA "
-                "in the CA bundle",
+                f"CRL of {describe_issuer(crl)} is not signed by a CA in the CA bundle",
             )
         crls.append(crl)
     return crls
+
+
+def _openssl_reads(crl: x509.CertificateRevocationList) -> bool:
+    """
+    Whether OpenSSL takes C{crl} into a store, as the server context does:
+    cryptography accepts encodings OpenSSL refuses (an issuer string of a
+    type OpenSSL does not allow in a name), which would otherwise fail only
+    when the context is built.
+    """
+    try:
+        X509Store().add_crl(crl)
+    except OpenSSLError:
+        return False
+    return True
