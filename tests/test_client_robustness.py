@@ -11,7 +11,6 @@ import io
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from twisted.internet import defer
@@ -28,7 +27,7 @@ from secmsg.cli.connection import is_host
 from secmsg.client import completion, protocol
 from secmsg.client.api import Client, start
 from secmsg.client.completion import Names
-from secmsg.client.display import show_push, show_reply
+from secmsg.client.display import show_reply
 from secmsg.client.profile_files import add_profile, read_profiles
 from secmsg.client.profiles import Profile, Settings, format_profile, parse_profiles
 from secmsg.client.protocol import (
@@ -141,18 +140,6 @@ class HostileGreetingTests(SynchronousTestCase):
             wire.parse_greeting_rate(greeting + "rate 5/s, burst 999999999, 999 left"),
             (5.0, wire.LARGEST_GREETING_BURST, 999),
         )
-
-
-class CalendarEdgeTests(SynchronousTestCase):
-    def test_a_time_past_the_local_calendar_shows_the_arrival(self) -> None:
-        """
-        Guards against a message sent at 9999-12-31T23:59:59Z, east of UTC,
-        raising OverflowError out of the console and the listener.
-        """
-        tokyo = timezone(timedelta(hours=9))
-        arrived = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC).astimezone(tokyo)
-        push = wire.parse_server_line("MSG 7 9999-12-31T23:59:59Z bob hi")
-        self.assertEqual(show_push(push, arrived), "[18:30:05] bob to you: hi")
 
 
 class HostileIdentityTests(_HostileServerCase):
