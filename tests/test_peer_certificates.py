@@ -181,6 +181,28 @@ class UnparsablePeerCertificateTests:
         )
         self.assertRefusedInWords(RawPair(pair.certificate, pair.key, pair.chain, der))
 
+    def test_reload_after_the_refusal_rechecks_only_good_sessions(self) -> None:
+        """
+        Such a certificate never becomes a session, so a reload's recheck
+        of the live sessions meets only certificates that parse: the
+        RELOAD succeeds, the good session lives on, and nothing is logged
+        as a traceback.
+        """
+        alice = self.instance.connect(self.ca.issue("alice"), self.tls_version)
+        self.assertTrue(alice.greeted)
+        pair = self.ca.issue("mallory", names=[x509.RFC822Name("a@example.org")])
+        self.assertRefusedInWords(
+            resigned(
+                self.ca, pair, b"\x81\x0da@example.org", b"\x81\x0d\xff@example.org"
+            )
+        )
+        admin = self.instance.connect(self.ca.issue("admin"), self.tls_version)
+        admin.send("RELOAD")
+        self.instance.flush()
+        self.assertTrue(admin.take()[-1].startswith("200 reloaded"))
+        self.assertIsNone(alice.lost)
+        self.assertFalse([line for line in self.log if "Traceback" in line])
+
 
 class TLS12UnparsablePeerCertificateTests(
     UnparsablePeerCertificateTests, SynchronousTestCase
