@@ -111,12 +111,13 @@ class CertificateAuthority:
         names: list[x509.GeneralName] | None = None,
         ca: bool = False,
         subject: tuple[x509.NameAttribute, ...] = (),
+        extensions: tuple[x509.ExtensionType, ...] = (),
     ) -> Pair:
         """
         A leaf certificate (or, with C{ca}, one that claims to be a CA);
         C{valid_from} is relative to now, C{usages} L{None} leaves the
         extended key usage out, C{subject} adds fields before the CN.  Its
-        chain holds this CA's own chain.
+        chain holds this CA's own chain; C{extensions} are added last.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         start = now() + valid_from
@@ -143,6 +144,8 @@ class CertificateAuthority:
             builder = builder.add_extension(
                 x509.BasicConstraints(ca=True, path_length=None), True
             )
+        for extension in extensions:
+            builder = builder.add_extension(extension, False)
         certificate = builder.sign(self.pair.key, hashes.SHA256())
         return Pair(certificate, key, self.chain)
 

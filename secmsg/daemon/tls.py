@@ -42,6 +42,7 @@ from secmsg.daemon.trust import (
     TrustAnchors,
     check_client_usage,
     load_crls,
+    parsed_peer_certificate,
     refusal_for_openssl_error,
 )
 from secmsg.errors import CertificateRefused, ConfigurationError, RefusalReason
@@ -199,7 +200,10 @@ class _PeerVerifier:
     def _judge(
         self, certificate: X509, error_number: int, depth: int, preverify_ok: int
     ) -> CertificateRefused | None:
-        crypto_certificate = certificate.to_cryptography()
+        try:
+            crypto_certificate = parsed_peer_certificate(certificate)
+        except CertificateRefused as refusal:
+            return refusal
         if not preverify_ok and error_number in self._trust.tolerated:
             # OpenSSL goes on to check the certificate against the CRL it
             # complained of, and calls again once the chain has verified.

@@ -151,6 +151,32 @@ def _may_sign_certificates(certificate: x509.Certificate) -> bool:
         return False
 
 
+def parsed_peer_certificate(certificate: X509) -> x509.Certificate:
+    """
+    A peer's certificate, as OpenSSL read it, in cryptography's terms with
+    its names and extensions parsed, so that every later check on it (its
+    issuer, its key usage, its identity, the audit record, a reload's
+    recheck) can rely on them.  OpenSSL reads some encodings cryptography
+    does not (a name string of tag 14, an extension held twice, a SAN that
+    does not parse, an unknown X.509 version), which a CA may issue.
+
+    @raise CertificateRefused: it does not parse, said in words.
+    """
+    try:
+        parsed = certificate.to_cryptography()
+        parsed.subject.rfc4514_string()
+        parsed.issuer.rfc4514_string()
+        len(parsed.extensions)
+    except (ValueError, x509.DuplicateExtension, x509.InvalidVersion):
+        digest = certificate.digest("sha256").decode("ascii").replace(":", "")
+        raise CertificateRefused(
+            RefusalReason.REJECTED,
+            f"(a certificate that does not parse; sha256 {digest.lower()})",
+            "its version, names or extensions do not parse",
+        ) from None
+    return parsed
+
+
 LeafCheck = Callable[[x509.Certificate], object]
 """Called on a leaf certificate that chains; raises L{CertificateRefused}."""
 
