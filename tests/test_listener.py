@@ -256,7 +256,8 @@ class ListenerTests(SynchronousTestCase):
         again.
         """
         self.refusals = [
-            SessionEnded(ExitStatus.CONNECTION, "cannot connect") for _ in range(3)
+            SessionEnded(ExitStatus.CONNECTION, "cannot connect: refused.")
+            for _ in range(3)
         ]
         self.listen(Writer(self.events))
         for wait, dials in [(0.5, 2), (1.0, 3), (2.0, 4)]:
@@ -269,7 +270,7 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(
             [report for report in self.reports if "again" in report],
             [
-                f"secmsg: cannot connect; connecting again in {wait} s"
+                f"secmsg: cannot connect: refused; connecting again in {wait} s"
                 for wait in ("0.5", "1.0", "2.0")
             ],
         )

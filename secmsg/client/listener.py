@@ -104,7 +104,9 @@ class Listener:
             if isinstance(outcome, ExitStatus):
                 return outcome
             wait = self._backoff.next_wait()
-            self._report(f"secmsg: {outcome.words}; connecting again in {wait:.1f} s")
+            # Twisted's words for a refused connection end in a full stop.
+            words = outcome.words.rstrip(".")
+            self._report(f"secmsg: {words}; connecting again in {wait:.1f} s")
             await task.deferLater(self._clock, wait)
         return ExitStatus.OK
 
