@@ -427,6 +427,18 @@ def _crashing_at(name: str) -> Callable[..., None]:
     return install_or_crash
 
 
+def run_cli(testcase: SynchronousTestCase, *argv: str) -> tuple[int, str, str]:
+    """
+    Run the secmsg command in this process, as the operator types it: its
+    exit status, and what it wrote to standard output and error.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    testcase.patch(sys, "stdout", out)
+    testcase.patch(sys, "stderr", err)
+    status = cli.main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
 class CommandLineTests(SynchronousTestCase):
     """
     C{secmsg pki} as the operator types it.
@@ -436,11 +448,7 @@ class CommandLineTests(SynchronousTestCase):
         self.directory = temporary_directory(self) / "ca"
 
     def secmsg(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        status = cli.main(list(argv))
-        return status, out.getvalue(), err.getvalue()
+        return run_cli(self, *argv)
 
     def test_round_trip(self) -> None:
         """

@@ -14,9 +14,9 @@ import sys
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.cli import main as cli
 from secmsg.cli import passphrase as passphrase_module
 from tests.harness import temporary_directory
+from tests.test_authority import run_cli
 from tests.test_signing_requests import snapshot
 
 SECRET = f"test {secrets.token_urlsafe(12)}"
@@ -40,13 +40,9 @@ class PassphraseTests(SynchronousTestCase):
         self.patch(sys, "stdin", io.StringIO())
 
     def secmsg(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        status = cli.main(list(argv))
-        output = out.getvalue() + err.getvalue()
-        self.assertNotIn(SECRET, output)
-        return status, out.getvalue(), err.getvalue()
+        status, out, err = run_cli(self, *argv)
+        self.assertNotIn(SECRET, out + err)
+        return status, out, err
 
     def descriptor(self, text: str) -> str:
         """

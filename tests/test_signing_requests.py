@@ -7,10 +7,8 @@ and changes nothing.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -19,14 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.cli import main as cli
 from secmsg.errors import AuthorityError
 from secmsg.pki import certificates as pki
 from secmsg.pki.authority import create_authority, open_authority
 from secmsg.pki.lifecycle import make_signing_request, sign_request
 from secmsg.pki.requests import Grant, load_signing_request
 from tests.harness import temporary_directory
-from tests.test_authority import NOW, SUBJECT
+from tests.test_authority import NOW, SUBJECT, run_cli
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -283,11 +280,7 @@ class SigningRequestCommandLineTests(SynchronousTestCase):
         self.user = temporary_directory(self) / "user"
 
     def secmsg(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        status = cli.main(list(argv))
-        return status, out.getvalue(), err.getvalue()
+        return run_cli(self, *argv)
 
     def test_request_then_sign_with_out(self) -> None:
         """
