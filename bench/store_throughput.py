@@ -32,6 +32,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from twisted.internet.task import Clock
+
 from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ThreadWorker
 from secmsg.messages import Draft, Kind
@@ -47,12 +49,13 @@ def store_rate(directory: Path, messages: int, batch_limit: int) -> float:
     store = SQLiteStore(
         directory / f"batch-{batch_limit}.db",
         lambda c: ThreadWorker(c, lambda *_: fired.release(), batch_limit),
+        Clock(),
     )
     store.open()
     now = datetime.now(UTC)
     start = time.perf_counter()
     for n in range(messages):
-        store.accept(Draft(Kind.DIRECT, "alice", "bob", f"message {n}", now), ["bob"])
+        store.accept(Draft(Kind.DIRECT, "alice", "bob", f"message {n}", now), {"bob"})
     for _ in range(messages):
         fired.acquire()
     elapsed = time.perf_counter() - start

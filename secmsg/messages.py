@@ -9,6 +9,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 
 class Kind(enum.Enum):
@@ -63,11 +64,49 @@ class Stored:
         )
 
 
+class Stream(NamedTuple):
+    """
+    Where a message is appended once, for every identity that reads it: an
+    identity's inbox (C{MSG}, the identity), a room's timeline (C{SAY}, the
+    room), or the broadcasts (C{BROADCAST}, C{""}).  What each reader has
+    had of a stream is a cursor, not a row per message.
+    """
+
+    kind: Kind
+    target: str
+
+
+def stream_of(message: Stored | Draft) -> Stream:
+    """
+    The stream a message is appended to: its kind and target name it.
+    """
+    return Stream(message.kind, message.target)
+
+
+def inbox(identity: str) -> Stream:
+    """
+    The stream of the direct messages to C{identity}.
+    """
+    return Stream(Kind.DIRECT, identity)
+
+
+def room_stream(room: str) -> Stream:
+    """
+    The stream of what is said in C{room}.
+    """
+    return Stream(Kind.ROOM, room)
+
+
+BROADCASTS = Stream(Kind.BROADCAST, "")
+"""The one stream of every broadcast."""
+
+
 @dataclass(frozen=True)
 class Pending:
     """
-    A message waiting in an identity's mailbox, and whether it was pushed
-    to one of its sessions before (so that this delivery is a repeat).
+    A message waiting for an identity, unacknowledged, and whether it was
+    pushed to one of its sessions before (so that this delivery is a
+    repeat).
     """
 
     message: Stored

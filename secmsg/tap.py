@@ -50,6 +50,7 @@ from secmsg.daemon.reload import (
     ReloadReport,
     load_live_configuration,
 )
+from secmsg.daemon.rooms import Rooms
 from secmsg.daemon.service import (
     AdminService,
     AuditService,
@@ -357,6 +358,7 @@ class LineParts:
 
     hub: IHub
     store: IMessageStore
+    rooms: Rooms
     realm: PolicyRealm
     portal: Portal
     clock: IReactorTime
@@ -398,7 +400,7 @@ def build_line_sessions(
         line.waiting_limit,
         line.limits.rooms.max_per_identity,
     )
-    commands = Commands(parts.hub, parts.store, delivery, reload, terms)
+    commands = Commands(parts.hub, parts.store, delivery, parts.rooms, reload, terms)
     sessions = SessionFactory(
         parts.portal,
         commands,
@@ -429,22 +431,24 @@ def build_daemon(
     )
     live = load_live_configuration(files, clock_time(clock))
     rule = IdentityRule(settings.identity)
-    hub = InProcessHub(settings.limits.rooms)
+    hub = InProcessHub()
+    rooms = Rooms(hub, store, settings.limits.rooms)
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
     metrics = Metrics()
     metrics.configuration_loaded(True, clock.seconds())
     metrics.registry.register(TLSExpiry(tls))
-    reloader = Reloader(files, clock, tls, realm, hub, metrics)
+    reloader = Reloader(files, clock, tls, realm, hub, rooms, metrics)
     line = build_line_sessions(
         settings.line,
-        LineParts(hub, store, realm, portal, clock, metrics),
+        LineParts(hub, store, rooms, realm, portal, clock, metrics),
         reloader.reload,
     )
     sessions = line.sessions
     admin = AdminApi(
         hub,
+        rooms,
         line.delivery,
         reloader.reload,
         metrics,
@@ -518,7 +522,9 @@ def assemble(
     path = settings.data_dir / DATABASE_NAME
     if path.exists():
         check_database(path)
-    store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
+    store = SQLiteStore(
+        path, lambda c: ThreadWorker(c, reactor.callFromThread), reactor
+    )
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(
         _endpoints(

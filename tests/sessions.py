@@ -28,6 +28,7 @@ from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import parse_policy
 from secmsg.daemon.protocol import SessionProtocol
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.rooms import Rooms
 from secmsg.daemon.settings import LineSettings
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.messages import WaitingLimit
@@ -104,8 +105,9 @@ class Network:
     ) -> None:
         limits = limits or Limits()
         self.ca = CertificateAuthority()
-        self.hub = InProcessHub(limits.rooms)
+        self.hub = InProcessHub()
         self.store = store or MemoryStore()
+        self.rooms = Rooms(self.hub, self.store, limits.rooms)
         self.realm = realm = PolicyRealm(
             parse_policy(tomllib.loads(policy), "test"), self.hub
         )
@@ -115,7 +117,15 @@ class Network:
         self.metrics = Metrics()
         line = build_line_sessions(
             LineSettings(limits, waiting_limit or WaitingLimit()),
-            LineParts(self.hub, self.store, realm, portal, self.clock, self.metrics),
+            LineParts(
+                self.hub,
+                self.store,
+                self.rooms,
+                realm,
+                portal,
+                self.clock,
+                self.metrics,
+            ),
             reload or (lambda dry: ReloadReport(dry)),
         )
         self.factory = line.sessions

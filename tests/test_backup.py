@@ -22,6 +22,7 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -53,7 +54,7 @@ class StoreBackupTests(SynchronousTestCase):
         self.directory = temporary_directory(self)
         (self.directory / "data").mkdir()
         self.path = self.directory / "data" / "secmsg.db"
-        self.store = SQLiteStore(self.path, ImmediateWorker)
+        self.store = SQLiteStore(self.path, ImmediateWorker, Clock())
         self.store.open()
         self.addCleanup(self.store.close)
 
@@ -169,7 +170,7 @@ class ThreadedBackupTests(SynchronousTestCase):
             workers.append(ThreadWorker(connection, lambda *c: self.calls.put(c)))
             return workers[0]
 
-        self.store = SQLiteStore(self.directory / "data" / "secmsg.db", start)
+        self.store = SQLiteStore(self.directory / "data" / "secmsg.db", start, Clock())
         self.store.open()
         self.worker = workers[0]
         self.addCleanup(lambda: self.run_until(self.store.close()))
@@ -245,7 +246,7 @@ class AdminBackupTests(SynchronousTestCase):
         self.instance = Instance(self)
         data = self.instance.directory / "data"
         data.mkdir()
-        store = SQLiteStore(data / "secmsg.db", ImmediateWorker)
+        store = SQLiteStore(data / "secmsg.db", ImmediateWorker, Clock())
         store.open()
         self.addCleanup(store.close)
         self.instance.store = store

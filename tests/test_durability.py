@@ -139,3 +139,41 @@ class CrashTests(SynchronousTestCase):
             received[int(match.group(1))] = match.group(2)
             line = lines.readline()
         return line
+
+
+class MembershipTests(SynchronousTestCase):
+    def test_membership_and_what_was_missed_outlive_a_kill(self) -> None:
+        """
+        Room membership is the identity's and lasts: bob joins #ops and
+        leaves; alice says three things there; the daemon is SIGKILLed and
+        restarted; bob's next session is in #ops, gets the three, in
+        order, before anything newer, and WHO #ops names both members.
+        """
+        directory = init_instance(self)
+        daemon = Daemon(self, directory)
+        with daemon.client("bob") as bob, bob.makefile("rb") as lines:
+            lines.readline()
+            bob.sendall(b"JOIN #ops\n")
+            self.assertEqual(lines.readline(), b"200 joined #ops\n")
+        with daemon.client("alice") as alice, alice.makefile("rb") as lines:
+            lines.readline()
+            alice.sendall(b"JOIN #ops\n")
+            self.assertEqual(lines.readline(), b"200 joined #ops\n")
+            for n in range(3):
+                alice.sendall(b"SAY #ops said %d\n" % n)
+                self.assertTrue(lines.readline().startswith(b"250 "))
+        daemon.process.kill()
+        daemon.process.wait()
+        daemon = Daemon(self, directory)
+        with daemon.client("bob") as bob, bob.makefile("rb") as lines:
+            self.assertIn(b"you are bob", lines.readline())
+            bob.sendall(b"WHO #ops\n")
+            said = [lines.readline().decode().split(" ", 5) for _ in range(3)]
+            self.assertEqual(
+                [(words[0], words[3], words[5]) for words in said],
+                [("SAY", "#ops", f"said {n}\n") for n in range(3)],
+            )
+            self.assertEqual(
+                [lines.readline() for _ in range(3)],
+                [b"211-alice\n", b"211-bob\n", b"211 2 in #ops\n"],
+            )

@@ -523,13 +523,13 @@ class RoomRuleTests(SynchronousTestCase):
 
     def test_member_without_read_gets_no_messages_nor_history(self) -> None:
         """
-        alice may sit in #sealed but not read it: its messages are neither
-        pushed nor kept for her, and HISTORY is refused.
+        alice may sit in #sealed but not read it: its messages are not
+        pushed to her, and HISTORY is refused.
         """
         self.alice.send("JOIN #sealed")
         self.admin.send("JOIN #sealed")
         self.admin.send("SAY #sealed secret plan")
         self.assertEqual(self.alice.take(), [])
-        pending = self.network.store.pending("alice", 0, 10)
+        pending = self.network.store.pending("alice", 0, 10, frozenset({"#sealed"}))
         self.assertEqual(self.successResultOf(pending), [])
         self.assertEqual(self.alice.send("HISTORY #sealed")[0][:3], "403")

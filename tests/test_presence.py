@@ -98,42 +98,39 @@ class RoomPresenceTests(PresenceCase):
         self.assertEqual(self.send(self.bob, "PART #ops"), ["200 left #ops"])
         self.assertEqual(self.alice.take(), ["PARTED #ops bob"])
 
-    def test_a_session_that_ends_leaves_its_rooms_aloud(self) -> None:
+    def test_a_session_that_ends_stays_in_its_rooms_quietly(self) -> None:
         """
-        A session whose connection ends is told to have left each room it
-        was in.
+        Membership is the identity's: bob's session ending, by a lost
+        connection or a KICK, leaves him in his rooms, and tells the room
+        nothing.
         """
         for room in ("#ops", "#dev"):
             self.send(self.alice, f"JOIN {room}")
             self.send(self.bob, f"JOIN {room}")
         self.alice.take()
         self.leave(self.bob)
-        self.assertEqual(self.alice.take(), ["PARTED #dev bob", "PARTED #ops bob"])
-
-    def test_a_kicked_session_leaves_its_rooms_aloud(self) -> None:
-        """
-        KICK ends bob's session, and alice hears him leave the room.
-        """
-        self.send(self.alice, "JOIN #ops")
-        self.send(self.bob, "JOIN #ops")
-        self.alice.take()
+        again = self.log_in("bob")
         self.send(self.admin, "KICK bob")
-        self.assertEqual(self.alice.take(), ["PARTED #ops bob"])
+        self.assertEqual(self.alice.take(), [])
+        self.assertEqual(again.take(), ["KICKED admin no reason given"])
+        self.assertEqual(
+            self.send(self.alice, "WHO #dev"), ["211-alice", "211-bob", "211 2 in #dev"]
+        )
 
     def test_a_second_session_neither_joins_nor_leaves_aloud(self) -> None:
         """
-        Presence in a room is the identity's: bob's second session joining
-        and then ending tells alice nothing; his last one ending does.
+        bob's second session is in his rooms already: its JOIN says so and
+        tells alice nothing, and its PART takes bob out, aloud, once.
         """
         self.send(self.alice, "JOIN #ops")
         self.send(self.bob, "JOIN #ops")
         self.alice.take()
         second = self.log_in("bob")
-        self.assertEqual(self.send(second, "JOIN #ops"), ["200 joined #ops"])
-        self.leave(second)
+        self.assertEqual(self.send(second, "JOIN #ops"), ["200 already in #ops"])
         self.assertEqual(self.alice.take(), [])
-        self.leave(self.bob)
+        self.assertEqual(self.send(second, "PART #ops"), ["200 left #ops"])
         self.assertEqual(self.alice.take(), ["PARTED #ops bob"])
+        self.assertEqual(self.send(self.bob, "PART #ops"), ["404 you are not in #ops"])
 
     def test_presence_in_rooms_is_not_stored(self) -> None:
         """
@@ -295,14 +292,13 @@ class PresenceCostTests(SynchronousTestCase):
         peers = [_Peer() for _ in range(1000)]
         for number, peer in enumerate(peers):
             hub.attach(_Avatar(f"user{number}", asked), peer)
-        for peer in peers[:-1]:
-            hub.join(peer, "#big")
-        asked.clear()
-        hub.join(peers[-1], "#big")
+        members = {f"user{number}" for number in range(1000)}
+        hub.joined("#big", "user999", members)
         self.assertEqual(len(asked), 999)
         lines = {id(peer.heard[-1]) for peer in peers[:-1]}
         self.assertEqual(len(lines), 1)
         self.assertEqual(peers[0].heard[-1], b"JOINED #big user999\n")
+        self.assertEqual(peers[-1].heard, [])
 
 
 class ClientPresenceTests(SynchronousTestCase):

@@ -343,18 +343,21 @@ class RoutingTests(SynchronousTestCase):
             self.alice.send("MSG carol hi"), ["404 no such identity carol"]
         )
 
-    def test_say_reaches_members_but_the_sender(self) -> None:
+    def test_say_reaches_members_but_the_sending_session(self) -> None:
         """
-        SAY goes to every member session but the sender's; membership is a
-        session's, so bob's second session hears nothing.
+        SAY goes to every session of every member but the sending one:
+        membership is the identity's, so bob's second session hears it
+        too, and alice's own copy goes to no one else of hers.
         """
         self.assertEqual(self.alice.send("JOIN #Ops"), ["200 joined #ops"])
         self.assertEqual(self.bob.send("JOIN #ops"), ["200 joined #ops"])
         self.assertEqual(self.alice.take(), ["JOINED #ops bob"])
+        self.assertEqual(self.bob2.send("JOIN #ops"), ["200 already in #ops"])
         self.assertEqual(self.alice.send("SAY #ops deploy at 5"), ["250 1"])
-        self.assertEqual(self.bob.take(), [f"SAY 1 {STAMP} #ops alice deploy at 5"])
+        line = f"SAY 1 {STAMP} #ops alice deploy at 5"
+        self.assertEqual(self.bob.take(), [line])
+        self.assertEqual(self.bob2.take(), [line])
         self.assertEqual(self.alice.take(), [])
-        self.assertEqual(self.bob2.take(), [])
 
     def test_say_by_non_member_is_403(self) -> None:
         """
@@ -386,14 +389,16 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(self.bob.send("PART #dev"), ["404 you are not in #dev"])
         self.assertEqual(self.alice.send("WHO #dev"), ["404 no room #dev"])
 
-    def test_disconnect_leaves_rooms_and_presence(self) -> None:
+    def test_disconnect_leaves_presence_but_not_rooms(self) -> None:
         """
-        A session that ends is no longer online nor in its rooms.
+        A session that ends is no longer online, but its identity stays in
+        its rooms: membership lasts until PART.
         """
         self.alice.send("JOIN #ops")
         self.alice.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.bob.send("WHO"), ["211-admin", "211-bob", "211 2 online"])
-        self.assertEqual(self.bob.send("ROOMS"), ["211 0 rooms"])
+        self.assertEqual(self.bob.send("ROOMS"), ["211-#ops 1", "211 1 rooms"])
+        self.assertEqual(self.bob.send("WHO #ops"), ["211-alice", "211 1 in #ops"])
 
     def test_kick_closes_every_session_of_the_identity(self) -> None:
         """

@@ -21,9 +21,11 @@ from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHandshakeObserver, IHub, IPeer, ISessionAvatar
+from secmsg.daemon.limits import RoomLimits
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import Grant, RoomRules
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.rooms import Rooms
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS, load_server_tls
 from secmsg.messages import WaitingLimit
@@ -126,5 +128,6 @@ class SeamTests(SynchronousTestCase):
         hub, store = InProcessHub(), MemoryStore()
         delivery = Delivery(hub, store, Clock(), frozenset, Metrics(), WaitingLimit())
         terms = Terms(200, 4096, 900.0, WaitingLimit(), 100)
-        commands = Commands(hub, store, delivery, ReloadReport, terms)
+        rooms = Rooms(hub, store, RoomLimits())
+        commands = Commands(hub, store, delivery, rooms, ReloadReport, terms)
         self.assertEqual(set(commands._handlers), wire.COMMAND_NAMES)

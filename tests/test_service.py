@@ -301,9 +301,14 @@ class RetentionServiceTests(SynchronousTestCase):
         retention = Retention(max_age=timedelta(minutes=30))
         service = RetentionService(store, clock, retention)
         old = Draft(Kind.DIRECT, "alice", "bob", "old", clock_time(clock))
-        store.accept(old, ["bob"])
+        store.remember("bob", clock_time(clock))
+        store.accept(old, {"bob"})
         service.startService()
         self.addCleanup(service.stopService)
-        self.assertEqual(len(self.successResultOf(store.pending("bob", 0, 100))), 1)
+        self.assertEqual(
+            len(self.successResultOf(store.pending("bob", 0, 100, frozenset()))), 1
+        )
         clock.advance(PURGE_INTERVAL)
-        self.assertEqual(self.successResultOf(store.pending("bob", 0, 100)), [])
+        self.assertEqual(
+            self.successResultOf(store.pending("bob", 0, 100, frozenset())), []
+        )

@@ -14,12 +14,15 @@ import sqlite3
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -33,10 +36,10 @@ from secmsg.daemon.store.database import (
     schema,
 )
 from secmsg.daemon.store.memory import MemoryStore
-from secmsg.daemon.store.sqlite import SQLiteStore, known_identities
+from secmsg.daemon.store.sqlite import SENT_WRITE_DELAY, SQLiteStore
 from secmsg.daemon.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
 from secmsg.errors import ConfigurationError, NotFound, StoreError
-from secmsg.messages import Draft, Kind, Retention
+from secmsg.messages import Draft, Kind, Retention, Stored
 from tests.harness import temporary_directory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -50,6 +53,14 @@ def said(sender: str, room: str, text: str, when: datetime = NOW) -> Draft:
     return Draft(Kind.ROOM, sender, room, text, when)
 
 
+def broadcast(sender: str, text: str) -> Draft:
+    return Draft(Kind.BROADCAST, sender, "", text, NOW)
+
+
+NOTHING = frozenset[str]()
+"""No rooms: a session that may read none of its identity's rooms."""
+
+
 class StoreBehaviour:
     """
     What every IMessageStore does; mixed into a test case per provider.
@@ -60,8 +71,25 @@ class StoreBehaviour:
     def result(self, deferred: defer.Deferred):  # type: ignore[no-untyped-def]
         return self.successResultOf(deferred)  # type: ignore[attr-defined]
 
-    def accept(self, draft: Draft, *recipients: str) -> int:
-        return self.result(self.store.accept(draft, recipients)).id
+    def know(self, *identities: str) -> None:
+        for identity in identities:
+            self.result(self.store.remember(identity, NOW))
+
+    def join(self, room: str, *identities: str) -> None:
+        for identity in identities:
+            self.result(self.store.join(identity, room, True))
+
+    def accept(self, draft: Draft) -> Stored:
+        audience = self.store.audience(draft.kind, draft.sender, draft.target)
+        return self.result(self.store.accept(draft, audience))
+
+    def pending(self, identity: str, rooms: frozenset[str] = NOTHING) -> list[int]:
+        found = self.result(self.store.pending(identity, 0, 100, rooms))
+        return [p.message.id for p in found]
+
+    def ack(self, identity: str, message_id: int, up_to: bool = False) -> int:
+        rooms = self.store.rooms_of(identity)
+        return self.result(self.store.acknowledge(identity, message_id, up_to, rooms))
 
     def test_provides_the_interface(self) -> None:
         """
@@ -69,63 +97,54 @@ class StoreBehaviour:
         """
         self.assertTrue(verifyObject(IMessageStore, self.store))  # type: ignore[attr-defined]
 
-    def test_ack_up_to_takes_only_the_room_messages_the_session_had(self) -> None:
-        """
-        ACK up to an id takes the direct messages delivered up to it, and of
-        the room messages only those the acknowledging session was sent.
-        """
-        room_seen = self.accept(said("alice", "#ops", "seen"), "bob")
-        room_unseen = self.accept(said("alice", "#ops", "unseen"), "bob")
-        message = self.accept(direct("alice", "bob", "hi"), "bob")
-        deliveries = [("bob", i) for i in (room_seen, room_unseen, message)]
-        self.result(self.store.delivered(deliveries))
-        acknowledged = self.store.acknowledge(
-            "bob", message, True, frozenset({room_seen})
-        )
-        self.assertEqual(self.result(acknowledged), 2)  # type: ignore[attr-defined]
-        left = self.result(self.store.pending("bob", 0, 100))
-        self.assertEqual([p.message.id for p in left], [room_unseen])  # type: ignore[attr-defined]
-
     def test_ids_are_unique_and_grow(self) -> None:
         """
         Each accepted message gets a larger id than the one before.
         """
-        ids = [self.accept(direct("alice", "bob", f"m{n}"), "bob") for n in range(5)]
+        ids = [self.accept(direct("alice", "bob", f"m{n}")).id for n in range(5)]
         self.assertEqual(ids, sorted(set(ids)))  # type: ignore[attr-defined]
 
-    def test_pending_in_order_until_acknowledged(self) -> None:
+    def test_inbox_in_order_until_acknowledged(self) -> None:
         """
-        A mailbox gives its unacknowledged messages oldest first, a page at
-        a time; an ACK takes one out; ACK up to an id takes every one up to
-        it that was delivered, and none that was not yet sent.
+        An inbox gives its unacknowledged messages oldest first, a page at
+        a time; an ACK takes one out, even out of order; ACK up to an id
+        takes every one up to it that was sent, and none that was not yet.
         """
-        first = self.accept(direct("alice", "bob", "one"), "bob")
-        self.accept(direct("carol", "dave", "not bob's"), "dave")
-        second = self.accept(direct("alice", "bob", "two"), "bob")
-        third = self.accept(direct("carol", "bob", "three"), "bob")
-        fourth = self.accept(direct("carol", "bob", "four"), "bob")
-        pending = self.result(self.store.pending("bob", 0, 100))
-        texts = [p.message.text for p in pending]
+        self.know("bob", "dave")
+        first = self.accept(direct("alice", "bob", "one"))
+        self.accept(direct("carol", "dave", "not bob's"))
+        second = self.accept(direct("alice", "bob", "two"))
+        third = self.accept(direct("carol", "bob", "three"))
+        fourth = self.accept(direct("carol", "bob", "four"))
+        found = self.result(self.store.pending("bob", 0, 100, NOTHING))
+        texts = [p.message.text for p in found]
         self.assertEqual(texts, ["one", "two", "three", "four"])  # type: ignore[attr-defined]
-        page = self.result(self.store.pending("bob", first, 2))
-        self.assertEqual([p.message.id for p in page], [second, third])  # type: ignore[attr-defined]
-        self.assertEqual(self.result(self.store.acknowledge("bob", second, False)), 1)  # type: ignore[attr-defined]
-        self.result(self.store.delivered([("bob", first), ("bob", third)]))
-        self.assertEqual(self.result(self.store.acknowledge("bob", fourth, True)), 2)  # type: ignore[attr-defined]
-        left = self.result(self.store.pending("bob", 0, 100))
-        self.assertEqual([p.message.id for p in left], [fourth])  # type: ignore[attr-defined]
+        page = self.result(self.store.pending("bob", first.id, 2, NOTHING))
+        self.assertEqual([p.message.id for p in page], [second.id, third.id])  # type: ignore[attr-defined]
+        self.assertEqual(self.ack("bob", second.id), 1)  # type: ignore[attr-defined]
+        self.store.sent([("bob", first), ("bob", third)])
+        self.assertEqual(self.ack("bob", fourth.id, up_to=True), 2)  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("bob"), [fourth.id])  # type: ignore[attr-defined]
 
     def test_acknowledging_is_idempotent_and_private(self) -> None:
         """
         Acknowledging again is harmless; acknowledging another identity's
-        message, or one that does not exist, is NotFound.
+        message, one of its own in a room, or one that does not exist, is
+        NotFound.
         """
-        message = self.accept(direct("alice", "bob", "hi"), "bob")
-        self.result(self.store.acknowledge("bob", message, False))
-        self.assertEqual(self.result(self.store.acknowledge("bob", message, False)), 0)  # type: ignore[attr-defined]
-        for identity, message_id in (("carol", message), ("bob", message + 100)):
+        self.know("bob", "carol")
+        self.join("#ops", "bob", "carol")
+        message = self.accept(direct("alice", "bob", "hi")).id
+        own = self.accept(said("bob", "#ops", "mine")).id
+        self.ack("bob", message)
+        self.assertEqual(self.ack("bob", message), 0)  # type: ignore[attr-defined]
+        for identity, message_id in (
+            ("carol", message),
+            ("bob", own),
+            ("bob", message + 100),
+        ):
             self.failureResultOf(  # type: ignore[attr-defined]
-                self.store.acknowledge(identity, message_id, False), NotFound
+                self.store.acknowledge(identity, message_id, False, NOTHING), NotFound
             )
 
     def test_redelivery_is_marked(self) -> None:
@@ -133,11 +152,93 @@ class StoreBehaviour:
         A message pushed once and not acknowledged comes back marked as a
         repeat; one never pushed does not.
         """
-        shown = self.accept(direct("alice", "bob", "shown"), "bob")
-        self.accept(direct("alice", "bob", "queued"), "bob")
-        self.result(self.store.delivered([("bob", shown)]))
-        pending = self.result(self.store.pending("bob", 0, 100))
-        self.assertEqual([p.redelivery for p in pending], [True, False])  # type: ignore[attr-defined]
+        self.know("bob")
+        shown = self.accept(direct("alice", "bob", "shown"))
+        self.accept(direct("alice", "bob", "queued"))
+        self.store.sent([("bob", shown)])
+        found = self.result(self.store.pending("bob", 0, 100, NOTHING))
+        self.assertEqual([p.redelivery for p in found], [True, False])  # type: ignore[attr-defined]
+
+    def test_a_member_reads_a_room_from_its_join_to_its_part(self) -> None:
+        """
+        What is said in a room is for its members, but the one who said it:
+        not what was said before a member joined, and nothing once it has
+        parted, when what waited for it there waits no more.
+        """
+        self.know("alice", "bob")
+        self.join("#ops", "alice")
+        before = self.accept(said("alice", "#ops", "before bob")).id
+        self.join("#ops", "bob")
+        self.assertEqual(self.store.members("#ops"), {"alice", "bob"})  # type: ignore[attr-defined]
+        self.assertEqual(self.store.rooms(), {"#ops": 2})  # type: ignore[attr-defined]
+        after = self.accept(said("alice", "#ops", "after")).id
+        own = self.accept(said("bob", "#ops", "bob's own")).id
+        self.assertEqual(self.pending("bob", frozenset({"#ops"})), [after])  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("bob"), [])  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("alice", frozenset({"#ops"})), [own])  # type: ignore[attr-defined]
+        self.assertEqual(self.store.waiting("bob"), (1, 5))  # type: ignore[attr-defined]
+        self.failureResultOf(  # type: ignore[attr-defined]
+            self.store.acknowledge("bob", before, False, NOTHING), NotFound
+        )
+        self.assertTrue(self.result(self.store.part("bob", "#ops")))  # type: ignore[attr-defined]
+        self.assertFalse(self.result(self.store.part("bob", "#ops")))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.rooms_of("bob"), frozenset())  # type: ignore[attr-defined]
+        self.accept(said("alice", "#ops", "gone"))
+        self.assertEqual(self.pending("bob", frozenset({"#ops"})), [])  # type: ignore[attr-defined]
+
+    def test_nothing_is_kept_for_a_member_that_may_not_read(self) -> None:
+        """
+        A member that joined by a session that may join a room but not read
+        it is one that nothing said there is kept for, so that it never
+        fills up with what it cannot be sent; once a session that may read
+        comes, what is said from then on is kept for it.
+        """
+        self.know("alice", "bob")
+        self.join("#ops", "alice")
+        self.result(self.store.join("bob", "#ops", False))
+        self.assertEqual(self.store.members("#ops"), {"alice", "bob"})  # type: ignore[attr-defined]
+        self.assertEqual(self.store.audience(Kind.ROOM, "alice", "#ops"), set())  # type: ignore[attr-defined]
+        self.accept(said("alice", "#ops", "unheard"))
+        self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
+        self.result(self.store.start_reading("bob", "#ops"))
+        heard = self.accept(said("alice", "#ops", "heard")).id
+        self.assertEqual(self.pending("bob", frozenset({"#ops"})), [heard])  # type: ignore[attr-defined]
+        self.result(self.store.start_reading("bob", "#ops"))
+        self.assertEqual(self.pending("bob", frozenset({"#ops"})), [heard])  # type: ignore[attr-defined]
+
+    def test_a_broadcast_is_for_the_identities_known_but_its_sender(self) -> None:
+        """
+        A broadcast waits for every identity known when it is sent, but
+        the sender; one known later does not get it.
+        """
+        self.know("admin", "bob")
+        message = self.accept(broadcast("admin", "maintenance"))
+        self.know("carol")
+        self.assertEqual(self.pending("bob"), [message.id])  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("admin"), [])  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("carol"), [])  # type: ignore[attr-defined]
+        self.assertEqual(
+            self.store.audience(Kind.BROADCAST, "admin", ""), {"bob", "carol"}
+        )  # type: ignore[attr-defined]
+
+    def test_ack_up_to_takes_only_the_rooms_the_session_reads(self) -> None:
+        """
+        ACK UPTO takes the inbox and the rooms named, those the session
+        may read and so was sent; a room it may not read keeps its own.
+        """
+        self.know("bob")
+        self.join("#ops", "bob")
+        self.join("#news", "bob")
+        news = self.accept(said("alice", "#news", "unread"))
+        ops = self.accept(said("alice", "#ops", "seen"))
+        message = self.accept(direct("alice", "bob", "hi"))
+        self.store.sent([("bob", news), ("bob", ops), ("bob", message)])
+        acknowledged = self.store.acknowledge(
+            "bob", message.id, True, frozenset({"#ops"})
+        )
+        self.assertEqual(self.result(acknowledged), 2)  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("bob", frozenset({"#ops", "#news"})), [news.id])  # type: ignore[attr-defined]
 
     def test_room_history_and_conversation(self) -> None:
         """
@@ -145,11 +246,11 @@ class StoreBehaviour:
         between two identities either way, oldest first.
         """
         for n in range(4):
-            self.accept(said("alice", "#ops", f"ops {n}"), "bob")
-        self.accept(said("alice", "#dev", "dev"), "bob")
-        self.accept(direct("alice", "bob", "to bob"), "bob")
-        self.accept(direct("bob", "alice", "to alice"), "alice")
-        self.accept(direct("alice", "carol", "to carol"), "carol")
+            self.accept(said("alice", "#ops", f"ops {n}"))
+        self.accept(said("alice", "#dev", "dev"))
+        self.accept(direct("alice", "bob", "to bob"))
+        self.accept(direct("bob", "alice", "to alice"))
+        self.accept(direct("alice", "carol", "to carol"))
         room = self.result(self.store.room_history("#ops", 2, 10_000))
         self.assertEqual([m.text for m in room], ["ops 2", "ops 3"])  # type: ignore[attr-defined]
         # A budget of 9 bytes: "ops 3" (5), then "ops 2" passes it, and is the
@@ -162,34 +263,38 @@ class StoreBehaviour:
 
     def test_known_identities(self) -> None:
         """
-        An identity is known once it has logged in.
+        An identity is known once remembered.
         """
         self.assertFalse(self.store.knows("alice"))  # type: ignore[attr-defined]
-        self.result(self.store.remember("alice", NOW))
+        self.know("alice")
         self.assertTrue(self.store.knows("alice"))  # type: ignore[attr-defined]
         self.assertEqual(self.store.identities(), {"alice"})  # type: ignore[attr-defined]
 
     def test_retention_by_age_and_count(self) -> None:
         """
         Past the maximum age everything goes; past the count only what
-        everyone has acknowledged.
+        every reader has acknowledged.
         """
         old = NOW - timedelta(days=40)
-        self.accept(direct("alice", "bob", "ancient"), "bob")
+        self.know("bob", "carol")
+        self.join("#ops", "bob")
+        self.accept(direct("alice", "bob", "ancient"))
         self.result(self.store.purge(NOW, Retention(max_age=timedelta(days=30))))
-        self.assertEqual(len(self.result(self.store.pending("bob", 0, 100))), 1)  # type: ignore[attr-defined]
-        self.accept(direct("alice", "bob", "old", old), "bob")
-        acked = [self.accept(said("alice", "#ops", f"{n}"), "bob") for n in range(3)]
-        unacked = self.accept(said("alice", "#ops", "unread"), "carol")
-        self.accept(said("alice", "#ops", "newest"), "bob")
+        self.assertEqual(len(self.pending("bob")), 1)  # type: ignore[attr-defined]
+        self.accept(direct("alice", "bob", "old", old))
+        acked = [self.accept(said("alice", "#ops", f"{n}")).id for n in range(3)]
         for message_id in acked:
-            self.result(self.store.acknowledge("bob", message_id, False))
+            self.ack("bob", message_id)
+        self.join("#ops", "carol")
+        unacked = self.accept(said("alice", "#ops", "unread")).id
+        self.ack("bob", unacked)
+        self.accept(said("alice", "#ops", "newest"))
         retention = Retention(max_age=timedelta(days=30), room_max=1)
         self.assertEqual(self.result(self.store.purge(NOW, retention)), 4)  # type: ignore[attr-defined]
-        kept = self.accept(direct("carol", "bob", "kept"), "bob")
-        self.result(self.store.acknowledge("bob", kept, False))
-        newest = self.accept(direct("carol", "bob", "newest"), "bob")
-        self.result(self.store.acknowledge("bob", newest, False))
+        kept = self.accept(direct("carol", "bob", "kept")).id
+        self.ack("bob", kept)
+        newest = self.accept(direct("carol", "bob", "newest")).id
+        self.ack("bob", newest)
         mailbox = Retention(max_age=timedelta(days=30), mailbox_max=1)
         self.result(self.store.purge(NOW, mailbox))
         talk = self.result(self.store.conversation("bob", "carol", 10, 10_000))
@@ -198,14 +303,8 @@ class StoreBehaviour:
             m.text for m in self.result(self.store.room_history("#ops", 10, 10_000))
         ]
         self.assertEqual(texts, ["unread", "newest"])  # type: ignore[attr-defined]
-        self.assertNotIn(
-            "old",
-            [p.message.text for p in self.result(self.store.pending("bob", 0, 100))],
-        )  # type: ignore[attr-defined]
-        self.assertEqual(
-            [p.message.id for p in self.result(self.store.pending("carol", 0, 100))],
-            [unacked],
-        )  # type: ignore[attr-defined]
+        self.assertEqual(len(self.pending("bob", frozenset({"#ops"}))), 2)  # type: ignore[attr-defined]
+        self.assertEqual(self.pending("carol", frozenset({"#ops"}))[0], unacked)  # type: ignore[attr-defined]
 
     def test_waiting_counts_what_is_unacknowledged_and_its_bytes(self) -> None:
         """
@@ -213,21 +312,23 @@ class StoreBehaviour:
         unacknowledged and how many UTF-8 bytes their texts hold; ACK and
         ACK UPTO take off what they acknowledged, and nothing else.
         """
+        self.know("bob", "carol")
+        self.join("#ops", "bob", "carol")
         self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
-        first = self.accept(direct("alice", "bob", "one"), "bob")
-        second = self.accept(said("alice", "#ops", "déjà"), "bob", "carol")
-        third = self.accept(direct("alice", "bob", "three"), "bob")
+        first = self.accept(direct("alice", "bob", "one"))
+        second = self.accept(said("alice", "#ops", "déjà")).id
+        third = self.accept(direct("alice", "bob", "three"))
         self.assertEqual(self.store.waiting("bob"), (3, 3 + 6 + 5))  # type: ignore[attr-defined]
         self.assertEqual(self.store.waiting("carol"), (1, 6))  # type: ignore[attr-defined]
-        self.result(self.store.acknowledge("bob", second, False))
-        self.result(self.store.acknowledge("bob", second, False))
+        self.ack("bob", second)
+        self.ack("bob", second)
         self.assertEqual(self.store.waiting("bob"), (2, 8))  # type: ignore[attr-defined]
         self.assertEqual(self.store.waiting("carol"), (1, 6))  # type: ignore[attr-defined]
-        self.result(self.store.delivered([("bob", first)]))
-        self.result(self.store.acknowledge("bob", third, True))
+        self.store.sent([("bob", first)])
+        self.ack("bob", third.id, up_to=True)
         self.assertEqual(self.store.waiting("bob"), (1, 5))  # type: ignore[attr-defined]
-        self.result(self.store.delivered([("bob", third)]))
-        self.result(self.store.acknowledge("bob", third, True))
+        self.store.sent([("bob", third)])
+        self.ack("bob", third.id, up_to=True)
         self.assertEqual(self.store.waiting("bob"), (0, 0))  # type: ignore[attr-defined]
 
     def test_waiting_falls_by_what_the_age_purge_removes(self) -> None:
@@ -236,10 +337,12 @@ class StoreBehaviour:
         who never acknowledged them; the count limits remove none of those.
         """
         old = NOW - timedelta(days=40)
-        self.accept(direct("alice", "bob", "ancient", old), "bob")
-        self.accept(said("alice", "#ops", "old room", old), "bob", "carol")
-        self.accept(direct("alice", "bob", "recent"), "bob")
-        self.accept(direct("alice", "bob", "newest"), "bob")
+        self.know("bob", "carol")
+        self.join("#ops", "bob", "carol")
+        self.accept(direct("alice", "bob", "ancient", old))
+        self.accept(said("alice", "#ops", "old room", old))
+        self.accept(direct("alice", "bob", "recent"))
+        self.accept(direct("alice", "bob", "newest"))
         retention = Retention(max_age=timedelta(days=30), room_max=1, mailbox_max=1)
         self.result(self.store.purge(NOW, retention))
         self.assertEqual(self.store.waiting("bob"), (2, 6 + 6))  # type: ignore[attr-defined]
@@ -256,7 +359,7 @@ class MemoryStoreTests(StoreBehaviour, SynchronousTestCase):
         """
         self.store.failing = True
         self.failureResultOf(
-            self.store.accept(direct("alice", "bob", "lost"), ["bob"]), StoreError
+            self.store.accept(direct("alice", "bob", "lost"), {"bob"}), StoreError
         )
         self.assertEqual(self.store.waiting("bob"), (0, 0))
 
@@ -264,34 +367,140 @@ class MemoryStoreTests(StoreBehaviour, SynchronousTestCase):
 class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
     def setUp(self) -> None:
         self.path = temporary_directory(self) / "secmsg.db"
-        self.store = SQLiteStore(self.path, ImmediateWorker)
-        self.store.open()
+        self.clock = Clock()
+        self.store = self.opened(ImmediateWorker)
         self.addCleanup(lambda: self.store.close())
 
-    def test_known_identities_survive_a_restart(self) -> None:
-        """
-        The identities that logged in are read back when the store opens.
-        """
-        self.result(self.store.remember("alice", NOW))
-        self.store.close()
-        self.store = SQLiteStore(self.path, ImmediateWorker)
-        self.store.open()
-        self.assertTrue(self.store.knows("alice"))
+    def opened(
+        self, start: Callable[[sqlite3.Connection], IStoreWorker]
+    ) -> SQLiteStore:
+        store = SQLiteStore(self.path, start, self.clock)
+        store.open()
+        return store
 
-    def test_waiting_totals_survive_a_reopen(self) -> None:
-        """
-        The totals of what waits unacknowledged are read back from the
-        database when the store opens, as they were when it closed.
-        """
-        for n in range(3):
-            self.accept(direct("alice", "bob", f"m{n}"), "bob")
-        acknowledged = self.accept(said("alice", "#ops", "seen"), "bob", "carol")
-        self.result(self.store.acknowledge("bob", acknowledged, False))
+    def reopen(self) -> None:
         self.store.close()
-        self.store = SQLiteStore(self.path, ImmediateWorker)
-        self.store.open()
+        self.store = self.opened(ImmediateWorker)
+
+    def test_what_the_store_knows_survives_a_restart(self) -> None:
+        """
+        The identities known, the rooms' members, what waits for each and
+        where each cursor stands are read back when the store opens.
+        """
+        self.know("alice", "bob", "carol")
+        self.join("#ops", "bob", "carol")
+        for n in range(3):
+            self.accept(direct("alice", "bob", f"m{n}"))
+        seen = self.accept(said("alice", "#ops", "seen")).id
+        self.ack("bob", seen)
+        self.reopen()
+        self.assertTrue(self.store.knows("alice"))
+        self.assertEqual(self.store.members("#ops"), {"bob", "carol"})
         self.assertEqual(self.store.waiting("bob"), (3, 6))
         self.assertEqual(self.store.waiting("carol"), (1, 4))
+        self.assertEqual(self.pending("bob", frozenset({"#ops"})), [1, 2, 3])
+
+    def test_what_was_pushed_rides_on_the_next_write(self) -> None:
+        """
+        A note of what was pushed costs no transaction of its own: it is
+        written in the next job's, or alone once no job has come for a
+        moment; either way a later delivery is marked as a repeat.
+        """
+        connection = self.connection_of_store()
+        self.know("bob")
+        shown = self.accept(direct("alice", "bob", "shown"))
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        self.store.sent([("bob", shown)])
+        self.assertEqual(statements, [])
+        self.accept(direct("alice", "bob", "next"))
+        self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
+        self.assertEqual(len([s for s in statements if "SET sent" in s]), 1)
+        self.reopen()
+        found = self.result(self.store.pending("bob", 0, 100, NOTHING))
+        self.assertEqual([p.redelivery for p in found], [True, False])
+        self.store.sent([("bob", found[1].message)])
+        self.clock.advance(SENT_WRITE_DELAY)
+        self.reopen()
+        found = self.result(self.store.pending("bob", 0, 100, NOTHING))
+        self.assertEqual([p.redelivery for p in found], [True, True])
+
+    def connection_of_store(self) -> sqlite3.Connection:
+        """
+        Reopen the store on a worker that hands the test its connection.
+        """
+        self.store.close()
+        connections: list[sqlite3.Connection] = []
+
+        def start(connection: sqlite3.Connection) -> ImmediateWorker:
+            connections.append(connection)
+            return ImmediateWorker(connection)
+
+        self.store = self.opened(start)
+        return connections[0]
+
+    def test_writes_for_a_message_do_not_grow_with_its_readers(self) -> None:
+        """
+        A SAY to a room of 1,000 members and a BROADCAST with 10,000 known
+        identities each cost one INSERT, as a MSG does: a message is
+        appended once to its stream, whoever reads it.
+        """
+        members = [f"user{n}" for n in range(10_000)]
+        for identity in members:
+            self.store.remember(identity, NOW)
+        for identity in members[:1000]:
+            self.store.join(identity, "#big", True)
+        connection = self.connection_of_store()
+        for draft in (
+            direct("alice", "user1", "one"),
+            said("user0", "#big", "to a thousand"),
+            broadcast("user0", "to ten thousand"),
+        ):
+            statements: list[str] = []
+            connection.set_trace_callback(statements.append)
+            self.accept(draft)
+            connection.set_trace_callback(None)
+            writes = [s for s in statements if s.split()[0] in WRITES]
+            self.assertEqual(
+                [s.split()[0] for s in writes], ["INSERT"], (draft.kind, writes)
+            )
+        self.assertEqual(self.store.waiting("user999"), (2, 13 + 15))
+
+    def test_acknowledging_costs_the_same_whatever_the_history(self) -> None:
+        """
+        ACK and ACK UPTO run the same SQLite instructions whether 10 or
+        5,000 messages are stored before them: they walk from a cursor,
+        never over the history.
+        """
+        small = self.instructions_to_acknowledge(history=10)
+        large = self.instructions_to_acknowledge(history=5000)
+        self.assertEqual(small, large)
+
+    def instructions_to_acknowledge(self, history: int) -> list[int]:
+        """
+        How many SQLite VM instructions an ACK and an ACK UPTO take, after
+        C{history} messages acknowledged in bob's inbox and a room.
+        """
+        self.path = temporary_directory(self) / "secmsg.db"
+        connection = self.connection_of_store()
+        self.know("bob")
+        self.join("#ops", "bob")
+        for n in range(history):
+            draft = direct("alice", "bob", "x") if n % 2 else said("alice", "#ops", "x")
+            self.store.sent([("bob", self.accept(draft))])
+        self.ack("bob", history, up_to=True)
+        fresh = [self.accept(direct("alice", "bob", "new")) for _ in range(3)]
+        self.store.sent([("bob", message) for message in fresh])
+        self.pending("bob")
+        counts = []
+        for message_id, up_to in ((fresh[1].id, False), (fresh[2].id, True)):
+            steps: list[None] = []
+            connection.set_progress_handler(partial(steps.append, None), 1)
+            self.ack("bob", message_id, up_to)
+            connection.set_progress_handler(None, 1)
+            counts.append(len(steps))
+        self.assertEqual(self.pending("bob"), [])
+        return counts
 
     def test_waiting_counts_a_message_in_flight_until_it_fails(self) -> None:
         """
@@ -306,14 +515,13 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
             workers.append(_HeldWorker(connection))
             return workers[0]
 
-        self.store = SQLiteStore(self.path, start)
-        self.store.open()
-        accepted = self.store.accept(direct("alice", "bob", "in flight"), ["bob"])
+        self.store = self.opened(start)
+        accepted = self.store.accept(direct("alice", "bob", "in flight"), {"bob"})
         self.assertEqual(self.store.waiting("bob"), (1, 9))
         workers[0].run(fail=True)
         self.failureResultOf(accepted, StoreError)
         self.assertEqual(self.store.waiting("bob"), (0, 0))
-        accepted = self.store.accept(direct("alice", "bob", "kept"), ["bob"])
+        accepted = self.store.accept(direct("alice", "bob", "kept"), {"bob"})
         workers[0].run()
         self.successResultOf(accepted)
         self.assertEqual(self.store.waiting("bob"), (1, 4))
@@ -322,7 +530,9 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
     @given(
         st.lists(
             st.tuples(
-                st.sampled_from(["accept", "deliver", "ack", "ack up to", "purge"]),
+                st.sampled_from(
+                    ["say", "msg", "deliver", "ack", "ack up to", "part", "purge"]
+                ),
                 st.sampled_from(["bob", "carol"]),
                 st.integers(min_value=1, max_value=8),
             ),
@@ -331,18 +541,21 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
     )
     def test_totals_in_memory_match_the_database(self, steps: list) -> None:
         """
-        After any run of accepts, deliveries, ACKs and purges, what the
-        store counts in memory is what the database holds: the totals
-        never drift from the mailboxes they stand for.
+        After any run of messages, deliveries, ACKs, parts and purges, what
+        the store counts in memory is what the database holds: the totals
+        never drift from the streams they stand for.
         """
         directory = Path(tempfile.mkdtemp(prefix="secmsg-test-"))
         try:
-            store = SQLiteStore(directory / "secmsg.db", ImmediateWorker)
+            store = SQLiteStore(directory / "secmsg.db", ImmediateWorker, Clock())
             store.open()
+            for identity in ("alice", "bob", "carol"):
+                store.remember(identity, NOW)
+                store.join(identity, "#ops", True)
             for action, identity, number in steps:
                 _apply(store, action, identity, number)
             store.close()
-            reopened = SQLiteStore(directory / "secmsg.db", ImmediateWorker)
+            reopened = SQLiteStore(directory / "secmsg.db", ImmediateWorker, Clock())
             reopened.open()
             for identity in ("bob", "carol"):
                 self.assertEqual(store.waiting(identity), reopened.waiting(identity))
@@ -355,9 +568,9 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         A store not open, or closed, fails at once rather than never.
         """
         self.store.close()
-        self.failureResultOf(self.store.pending("bob", 0, 1), StoreError)
-        unopened = SQLiteStore(self.path, ImmediateWorker)
-        self.failureResultOf(unopened.pending("bob", 0, 1), StoreError)
+        self.failureResultOf(self.store.pending("bob", 0, 1, NOTHING), StoreError)
+        unopened = SQLiteStore(self.path, ImmediateWorker, self.clock)
+        self.failureResultOf(unopened.pending("bob", 0, 1, NOTHING), StoreError)
 
     def test_database_is_private(self) -> None:
         """
@@ -366,22 +579,34 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
 
 
+WRITES = {"INSERT", "UPDATE", "DELETE", "REPLACE"}
+
+
 def _apply(store: SQLiteStore, action: str, identity: str, number: int) -> None:
     """
     One step of the store's life, as a session or retention would take it.
     """
-    if action == "accept":
-        when = NOW - timedelta(days=40 * (number % 2))
-        recipients = ["bob", "carol"][: 1 + number % 2]
-        store.accept(said("alice", "#ops", "é" * number, when), recipients)
+    when = NOW - timedelta(days=40 * (number % 2))
+    if action in ("say", "msg"):
+        draft = (
+            said("alice", "#ops", "é" * number, when)
+            if action == "say"
+            else direct("alice", identity, "é" * number, when)
+        )
+        store.accept(draft, store.audience(draft.kind, draft.sender, draft.target))
     elif action == "deliver":
-        store.delivered([(identity, number)])
+        # As a push does: of a message there is, waiting for the identity.
+        waiting = store.pending(identity, 0, number, frozenset({"#ops"}))
+        waiting.addCallback(lambda page: store.sent([(identity, page[-1].message)]))
+        waiting.addErrback(lambda failure: failure.trap(IndexError))
     elif action == "ack":
-        store.acknowledge(identity, number, False).addErrback(
+        store.acknowledge(identity, number, False, NOTHING).addErrback(
             lambda failure: failure.trap(NotFound)
         )
     elif action == "ack up to":
-        store.acknowledge(identity, number, True)
+        store.acknowledge(identity, number, True, frozenset({"#ops"}))
+    elif action == "part":
+        store.part(identity, "#ops")
     else:
         store.purge(NOW, Retention(max_age=timedelta(days=30), room_max=1))
 
@@ -464,6 +689,60 @@ def make_version_1(path: Path, wal: bool = False) -> None:
     connection.close()
 
 
+def names(connection: sqlite3.Connection) -> set[str]:
+    """
+    The names in a database's table of identities.
+    """
+    return {name for (name,) in connection.execute("SELECT name FROM identities")}
+
+
+def make_version_2(path: Path) -> None:
+    """
+    A version-2 database as a daemon of that version leaves it: mailbox
+    rows acknowledged, delivered or neither, and a room message said while
+    bob was out of the room.
+    """
+    connection = sqlite3.connect(path)
+    connection.executescript(schema("v2.sql"))
+    messages = [
+        ("MSG", "alice", "bob", "acknowledged"),
+        ("MSG", "alice", "bob", "pushed, not acknowledged"),
+        ("SAY", "alice", "#ops", "bob has not read"),
+        ("SAY", "alice", "#ops", "while bob was away"),
+        ("MSG", "carol", "bob", "acknowledged out of order"),
+        ("BROADCAST", "admin", "", "notice"),
+        ("MSG", "alice", "bob", "newest"),
+    ]
+    connection.executemany(
+        "INSERT INTO messages (kind, sender, target, body, created)"
+        " VALUES (?, ?, ?, ?, 0)",
+        messages,
+    )
+    mailbox = [
+        ("bob", 1, 1, 1),
+        ("bob", 2, 0, 1),
+        ("bob", 3, 0, 0),
+        ("carol", 3, 1, 1),
+        ("carol", 4, 0, 0),
+        ("bob", 5, 1, 1),
+        ("bob", 6, 0, 0),
+        ("carol", 6, 0, 0),
+        ("alice", 6, 1, 1),
+        ("bob", 7, 0, 0),
+    ]
+    connection.executemany(
+        "INSERT INTO mailbox (recipient, message_id, acknowledged, delivered)"
+        " VALUES (?, ?, ?, ?)",
+        mailbox,
+    )
+    connection.executemany(
+        "INSERT INTO identities (name, first_seen) VALUES (?, 0)",
+        [("alice",), ("bob",), ("carol",), ("admin",)],
+    )
+    connection.commit()
+    connection.close()
+
+
 def contents(directory: Path) -> dict[str, bytes]:
     """
     Every file in C{directory} by name, byte for byte.
@@ -489,12 +768,60 @@ class DatabaseTests(SynchronousTestCase):
         backup = self.directory / "secmsg.db.v1.backup"
         self.assertEqual(structure(backup)["version"], [(1,)])
         self.assertEqual(stat.S_IMODE(os.stat(backup).st_mode), 0o600)
-        store = SQLiteStore(self.path, ImmediateWorker)
+        store = SQLiteStore(self.path, ImmediateWorker, Clock())
         store.open()
-        pending = self.successResultOf(store.pending("bob", 0, 100))
+        pending = self.successResultOf(store.pending("bob", 0, 100, NOTHING))
         store.close()
         self.assertEqual(
             [(p.message.text, p.redelivery) for p in pending], [("kept", False)]
+        )
+
+    def test_upgrade_from_version_2_carries_every_unacknowledged_message(
+        self,
+    ) -> None:
+        """
+        A version-2 database upgrades to the structure a new one has, and
+        every message that waited unacknowledged waits still, for the same
+        identities, marked as a repeat where it had been pushed; what was
+        acknowledged, or said in a room while an identity was out of it,
+        does not come back.
+        """
+        make_version_2(self.path)
+        open_database(self.path).close()
+        fresh = self.directory / "fresh.db"
+        open_database(fresh).close()
+        self.assertEqual(structure(self.path), structure(fresh))
+        self.assertEqual(
+            structure(self.directory / "secmsg.db.v2.backup")["version"], [(2,)]
+        )
+        store = SQLiteStore(self.path, ImmediateWorker, Clock())
+        store.open()
+        self.addCleanup(store.close)
+        rooms = frozenset({"#ops"})
+        waiting = {
+            identity: [
+                (p.message.id, p.redelivery)
+                for p in self.successResultOf(store.pending(identity, 0, 100, rooms))
+            ]
+            for identity in ("alice", "bob", "carol", "admin")
+        }
+        self.assertEqual(
+            waiting,
+            {
+                "alice": [],
+                "bob": [(2, True), (3, False), (6, False), (7, False)],
+                "carol": [(4, False), (6, False)],
+                "admin": [],
+            },
+        )
+        self.assertEqual(store.members("#ops"), {"bob", "carol"})
+        self.assertEqual(store.identities(), {"alice", "bob", "carol", "admin"})
+        self.assertEqual(store.waiting("bob"), (4, 24 + 16 + 6 + 6))
+        self.assertEqual(
+            self.successResultOf(store.acknowledge("bob", 5, False, rooms)), 0
+        )
+        self.assertEqual(
+            self.successResultOf(store.acknowledge("bob", 7, True, rooms)), 1
         )
 
     def test_refusals_at_open(self) -> None:
@@ -671,7 +998,7 @@ class WorkerTests(SynchronousTestCase):
         outcomes = run_batch(connection, [insert("a"), fail, insert("b")])
         self.assertEqual([error is None for _, error in outcomes], [True, False, True])
         self.assertIsInstance(outcomes[1][1], NotFound)
-        self.assertEqual(known_identities(connection), {"a", "b"})
+        self.assertEqual(names(connection), {"a", "b"})
 
     def test_batch_that_succeeds_runs_once_without_savepoints(self) -> None:
         """
@@ -692,7 +1019,7 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(outcomes, [(1, None), (1, None)])
         self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
         self.assertEqual([s for s in statements if "SAVEPOINT" in s], [])
-        self.assertEqual(known_identities(connection), {"a", "b"})
+        self.assertEqual(names(connection), {"a", "b"})
 
     def test_acknowledging_an_unknown_message_runs_its_batch_once(self) -> None:
         """
@@ -703,7 +1030,7 @@ class WorkerTests(SynchronousTestCase):
         store, connection = self.immediate_store()
         statements: list[str] = []
         connection.set_trace_callback(statements.append)
-        self.failureResultOf(store.acknowledge("bob", 42, False), NotFound)
+        self.failureResultOf(store.acknowledge("bob", 42, False, NOTHING), NotFound)
         self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
 
     def test_full_disk_fails_every_job_of_the_batch(self) -> None:
@@ -733,7 +1060,7 @@ class WorkerTests(SynchronousTestCase):
             connections.append(connection)
             return ImmediateWorker(connection)
 
-        store = SQLiteStore(self.path, start)
+        store = SQLiteStore(self.path, start, Clock())
         store.open()
         self.addCleanup(store.close)
         return store, connections[0]
@@ -750,7 +1077,7 @@ class WorkerTests(SynchronousTestCase):
             workers.append(ThreadWorker(connection, lambda *c: calls.put(c)))
             return workers[0]
 
-        store = SQLiteStore(self.path, start)
+        store = SQLiteStore(self.path, start, Clock())
         store.open()
         return store, workers[0], calls
 
@@ -804,7 +1131,7 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(ids, list(range(1, 201)))
         # One commit for the job that held the thread, one for the 200.
         self.assertEqual(len(commits), 2)
-        self.failureResultOf(store.pending("bob", 0, 1), StoreError)
+        self.failureResultOf(store.pending("bob", 0, 1, NOTHING), StoreError)
 
     def test_thread_worker_hands_a_batch_back_in_one_call(self) -> None:
         """

@@ -24,20 +24,9 @@ from secmsg.daemon.interfaces import IHub, IMessageStore, ISessionAvatar
 from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
 from secmsg.daemon.policy import PRESENCE
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.rooms import Rooms
 from secmsg.errors import NotFound, NotPermitted
 from secmsg.messages import Kind, Stored, WaitingLimit
-
-
-class SentRoomMessages(Protocol):
-    """
-    What a session was sent of the rooms' messages, which its C{ACK UPTO}
-    may acknowledge (L{secmsg.daemon.outbox.Outbox} keeps it).
-    """
-
-    def room_messages_up_to(self, message_id: int) -> frozenset[int]:
-        """
-        The room messages up to C{message_id} sent to the session.
-        """
 
 
 class Session(Protocol):
@@ -49,7 +38,6 @@ class Session(Protocol):
     avatar: ISessionAvatar
     certificate: x509.Certificate
     address: str
-    outbox: SentRoomMessages
 
     def finish(self) -> None:
         """
@@ -129,12 +117,14 @@ class Commands:
         hub: IHub,
         store: IMessageStore,
         delivery: Delivery,
+        rooms: Rooms,
         reload: Callable[[bool], ReloadReport],
         terms: Terms,
     ) -> None:
         self._hub = hub
         self._store = store
         self._delivery = delivery
+        self._rooms = rooms
         self._reload = reload
         self._terms = terms
         self._handlers: dict[str, Handler] = {
@@ -172,6 +162,7 @@ class Commands:
         presence, and send it what waited for it.
         """
         self._hub.greeted(session)
+        self._rooms.follow_reads(session.avatar)
         return self._delivery.catch_up(session, session.avatar)
 
     def shutting_down(self) -> None:
@@ -227,9 +218,13 @@ class Commands:
         return wire.listing(211, lines, f"you are {avatar.identity}")
 
     def who(self, session: Session, room: str | None = None) -> bytes:
-        identities = self._hub.online(room)
-        where = f"in {room}" if room else "online"
-        return wire.listing(211, identities, f"{len(identities)} {where}")
+        if room is None:
+            online = self._hub.online()
+            return wire.listing(211, online, f"{len(online)} online")
+        members = sorted(self._store.members(room))
+        if not members:
+            raise NotFound(f"no room {room}")
+        return wire.listing(211, members, f"{len(members)} in {room}")
 
     def ping(self, session: Session) -> bytes:
         return wire.reply(200, "PONG")
@@ -247,27 +242,30 @@ class Commands:
             )
         )
 
-    def join(self, session: Session, room: str) -> bytes:
+    def join(self, session: Session, room: str) -> Reply:
         session.avatar.authorize_room("JOIN", "join", room)
-        if self._hub.join(session, room):
-            return wire.reply(200, f"joined {room}")
-        return wire.reply(200, f"already in {room}")
+        joined = self._rooms.join(session.avatar, room)
+        joined.addCallback(
+            lambda new: wire.reply(200, f"{'joined' if new else 'already in'} {room}")
+        )
+        return refuse_store_failure(joined)
 
-    def part(self, session: Session, room: str) -> bytes:
-        self._hub.part(session, room)
-        return wire.reply(200, f"left {room}")
+    def part(self, session: Session, room: str) -> Reply:
+        parted = self._rooms.part(session.avatar.identity, room)
+        parted.addCallback(lambda _: wire.reply(200, f"left {room}"))
+        return refuse_store_failure(parted)
 
     def say(self, session: Session, room: str, text: str) -> Reply:
         identity = session.avatar.identity
         session.avatar.authorize_room("SAY", "say", room)
-        if not self._hub.in_room(session, room):
+        if room not in self._store.rooms_of(identity):
             raise NotPermitted("SAY", identity, f"not a member of {room}")
         return self._accepted(
             self._delivery.send(Kind.ROOM, session, identity, room, text)
         )
 
     def rooms(self, session: Session) -> bytes:
-        rooms = self._hub.rooms()
+        rooms = self._store.rooms()
         lines = [f"{room} {count}" for room, count in rooms.items()]
         return wire.listing(211, lines, f"{len(lines)} rooms")
 
@@ -288,11 +286,14 @@ class Commands:
     def ack(self, session: Session, *words: str) -> Reply:
         up_to = words[0] == "UPTO"
         message_id = int(words[-1])
+        avatar = session.avatar
+        readable = frozenset(
+            room
+            for room in self._store.rooms_of(avatar.identity)
+            if avatar.may_read(room)
+        )
         acknowledged = self._store.acknowledge(
-            session.avatar.identity,
-            message_id,
-            up_to,
-            session.outbox.room_messages_up_to(message_id) if up_to else frozenset(),
+            avatar.identity, message_id, up_to, readable
         )
         acknowledged.addCallback(lambda count: wire.reply(200, f"acknowledged {count}"))
         return refuse_store_failure(acknowledged)
@@ -302,7 +303,7 @@ class Commands:
         limit = min(int(count or HISTORY_DEFAULT), self._terms.history_max)
         if target.startswith("#"):
             session.avatar.authorize_room("HISTORY", "read", target)
-            if not self._hub.in_room(session, target):
+            if target not in self._store.rooms_of(identity):
                 raise NotPermitted("HISTORY", identity, f"not a member of {target}")
             found = self._store.room_history(target, limit, HISTORY_BYTES)
         else:

@@ -2,19 +2,19 @@
 What happens to a message between its sender and its recipients: stored
 first, pushed after, and kept until acknowledged.
 
-A message is committed to the store before anyone is told of it: only
-then does the sender get its 250 and the online recipients their push.
-Each recipient has a mailbox entry until it acknowledges the message, so
-that an identity that was offline, or whose session ended before it said
-ACK, gets it at its next login, ahead of anything newer.  What may wait
-unacknowledged for one identity is bounded: a message that would pass the
-bound for any of its recipients is refused to its sender, whole, before
-anything is stored.
+A message is committed to the store, once, in its stream, before anyone is
+told of it: only then does the sender get its 250 and the online
+recipients their push.  It waits for each identity it is for until that
+identity acknowledges it, so that an identity that was offline, or whose
+session ended before it said ACK, gets it at its next login, ahead of
+anything newer.  What may wait unacknowledged for one identity is bounded:
+a message that would pass the bound for any of its recipients is refused
+to its sender, whole, before anything is stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -92,7 +92,7 @@ class Delivery:
         text: str,
     ) -> defer.Deferred[Stored]:
         """
-        Store a message with an entry for each recipient, then push it.
+        Store a message in its stream, then push it.
 
         @param sender: the sending session, which a room message skips;
             L{None} for a message sent through the admin interface.
@@ -100,76 +100,95 @@ class Delivery:
             fails with L{MailboxFull}, nothing stored, if it would take
             what waits for one of its recipients past the bound.
         """
-        recipients = self._recipients(kind, identity, target)
-        ordered = sorted(recipients)
-        full = self._first_full(ordered, text_size(text))
+        self._know_listed(kind, target)
+        recipients = self._store.audience(kind, identity, target)
+        full = self._first_full(recipients, text_size(text))
         if full is not None:
             return defer.fail(full)
         draft = Draft(kind, identity, target, text, clock_time(self._clock))
         started = self._clock.seconds()
-        accepted = self._store.accept(draft, ordered)
+        accepted = self._store.accept(draft, recipients)
         accepted.addCallback(self._committed, started)
         accepted.addCallback(self._push, sender, recipients)
         return accepted
 
-    def _first_full(self, recipients: list[str], size: int) -> MailboxFull | None:
+    def _know_listed(self, kind: Kind, target: str) -> None:
         """
-        The refusal for the first of C{recipients} for whom a message of
-        C{size} bytes would pass the bound, or L{None}: one lookup in the
-        store's memory each.
+        Make the identities the policy names, that a message is for, known
+        to the store before it is stored: they read their inbox and the
+        broadcasts before their first login.
+        """
+        if kind is Kind.ROOM:
+            return
+        listed = self._listed()
+        named = (target,) if kind is Kind.DIRECT else listed
+        when = clock_time(self._clock)
+        for identity in named:
+            if identity in listed and not self._store.knows(identity):
+                self._store.remember(identity, when).addErrback(
+                    self._log_failure, "remember", identity
+                )
+
+    def _first_full(self, recipients: Set[str], size: int) -> MailboxFull | None:
+        """
+        The refusal for the first (by name) of C{recipients} for whom a
+        message of C{size} bytes would pass the bound, or L{None}: one
+        lookup in the store's memory each.
         """
         limit = self._waiting_limit
         waiting = self._store.waiting
+        full = []
         for recipient in recipients:
             count, held = waiting(recipient)
-            if count >= limit.messages:
-                return MailboxFull(recipient, "messages", count, limit.messages, size)
-            if held + size > limit.text_bytes:
-                return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
-        return None
+            if count >= limit.messages or held + size > limit.text_bytes:
+                full.append(recipient)
+        if not full:
+            return None
+        recipient = min(full)
+        count, held = waiting(recipient)
+        if count >= limit.messages:
+            return MailboxFull(recipient, "messages", count, limit.messages, size)
+        return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
 
     def _committed(self, message: Stored, started: float) -> Stored:
         self._metrics.store_latency(self._clock.seconds() - started)
         return message
 
-    def _recipients(self, kind: Kind, identity: str, target: str) -> set[str]:
-        if kind is Kind.DIRECT:
-            return {target}
-        if kind is Kind.ROOM:
-            everyone = self._hub.room_identities(target)
-        else:
-            everyone = {
-                *self._listed(),
-                *self._store.identities(),
-                *self._hub.online(),
-            }
-        return everyone - {identity}
-
     def _push(
-        self, message: Stored, sender: IPeer | None, recipients: set[str]
+        self, message: Stored, sender: IPeer | None, recipients: Set[str]
     ) -> Stored:
-        exclude = sender if message.kind is Kind.ROOM else None
-        reached = self._hub.deliver(message, exclude) & recipients
-        self._metrics.message(len(reached), len(recipients - reached))
+        # A room message shows on its sender's other sessions, a broadcast
+        # on all of them, though neither waits for the sender in a stream.
+        if message.kind is Kind.DIRECT:
+            reached = self._hub.deliver(message, recipients)
+        else:
+            exclude = sender if message.kind is Kind.ROOM else None
+            audience = recipients | {message.sender}
+            reached = self._hub.deliver(message, audience, exclude) & recipients
+        self._metrics.message(len(reached), len(recipients) - len(reached))
         if reached:
-            self._note_delivered([(identity, message.id) for identity in reached])
+            self._store.sent([(identity, message) for identity in reached])
         return message
 
     def catch_up(self, peer: IPeer, avatar: ISessionAvatar) -> defer.Deferred[None]:
         """
-        Send a session that has just logged in what waits in its mailbox,
+        Send a session that has just logged in what waits for its identity,
         oldest first and before anything pushed meanwhile (the session holds
         those back until released), a page at a time as the peer takes them;
-        note that the identity is known from now on.
+        note that the identity is known from now on.  Nothing waiting costs
+        no query: the store counts what waits in memory.
 
-        The mailbox is the identity's, but room rights are the session's
+        The rooms are the identity's, but room rights are the session's
         (they follow its certificate and the policy in force): a message
-        of a room this session may not read stays in the mailbox, unsent.
+        of a room this session may not read stays waiting, unsent.
         """
         identity = avatar.identity
         self._store.remember(identity, clock_time(self._clock)).addErrback(
             self._log_failure, "remember", identity
         )
+        if not self._store.waiting(identity)[0]:
+            peer.release()
+            return defer.succeed(None)
         sending = defer.Deferred.fromCoroutine(self._send_pages(peer, avatar))
         sending.addCallbacks(
             lambda _: peer.release(),
@@ -180,24 +199,21 @@ class Delivery:
 
     async def _send_pages(self, peer: IPeer, avatar: ISessionAvatar) -> None:
         identity = avatar.identity
+        rooms = frozenset(
+            room for room in self._store.rooms_of(identity) if avatar.may_read(room)
+        )
         after = sent = 0
         while True:
-            page = await self._store.pending(identity, after, PAGE_SIZE)
+            page = await self._store.pending(identity, after, PAGE_SIZE, rooms)
             if not page:
                 break
-            readable = [
-                p
-                for p in page
-                if p.message.kind is not Kind.ROOM or avatar.may_read(p.message.target)
-            ]
             lines = [
-                (p.message.id, wire.message_push(p.message, p.redelivery))
-                for p in readable
+                (p.message.id, wire.message_push(p.message, p.redelivery)) for p in page
             ]
             taken = await peer.send_waiting(lines)
             if taken:
-                self._note_delivered([(identity, p.message.id) for p in readable])
-                sent += len(readable)
+                self._store.sent([(identity, p.message) for p in page])
+                sent += len(page)
             if not taken or len(page) < PAGE_SIZE:
                 break
             after = page[-1].message.id
@@ -215,11 +231,6 @@ class Delivery:
         """
         self._log_failure(failure, "read the mailbox of", identity)
         peer.close("message store failed; try again later")
-
-    def _note_delivered(self, deliveries: list[tuple[str, int]]) -> None:
-        self._store.delivered(deliveries).addErrback(
-            self._log_failure, "note deliveries to", f"{len(deliveries)} recipient(s)"
-        )
 
     def _log_failure(self, failure: Failure, doing: str, whom: str) -> None:
         log.error(

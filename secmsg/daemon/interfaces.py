@@ -9,7 +9,7 @@ it with C{verifyObject}.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Set
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from secmsg.errors import CertificateRefused
-from secmsg.messages import Draft, Pending, Retention, Stored
+from secmsg.messages import Draft, Kind, Pending, Retention, Stored
 
 if TYPE_CHECKING:
     # The daemon's modules that provide or use these seams import this one,
@@ -128,7 +128,8 @@ class IPeer(Interface):
 
 class IHub(Interface):
     """
-    Routing: who is online, who is in which room, and delivery between them.
+    Routing: who is online, and delivery and presence to their sessions.
+    Who reads what (a room's members) is the store's; the hub is told.
 
     The in-process provider keeps all of it in memory; a later backplane may
     spread it over several daemons behind the same methods.
@@ -148,10 +149,9 @@ class IHub(Interface):
 
     def detach(peer: IPeer) -> None:
         """
-        Forget a session that has ended, and its room memberships: a room
-        it was its identity's last session in is told C{PARTED}, and if it
-        was the identity's last greeted session, the sessions that hold
-        PRESENCE are told C{OFFLINE}.
+        Forget a session that has ended; if it was the identity's last
+        greeted session, the sessions that hold PRESENCE are told
+        C{OFFLINE}.  Its identity stays in its rooms.
         """
 
     def shutting_down() -> None:
@@ -173,52 +173,9 @@ class IHub(Interface):
         Every live session, for reload to re-check.
         """
 
-    def online(room: str | None = None) -> list[str]:
+    def online() -> list[str]:
         """
-        The sorted identities online, or those in C{room}.
-
-        @raise secmsg.errors.NotFound: C{room} has no members.
-        """
-
-    def rooms() -> dict[str, int]:
-        """
-        Each room with members, and how many distinct identities are in it.
-        """
-
-    def join(peer: IPeer, room: str) -> bool:
-        """
-        Add a session to a room; return whether it was not already in.  If
-        it is its identity's first session there, the room's members that
-        may read it (but that identity's) are told C{JOINED <room>
-        <identity>}.
-
-        @raise secmsg.errors.NotPermitted: the identity is in as many rooms
-            as it may be, or the room is new and the daemon holds as many
-            as it may; nothing changed.
-        """
-
-    def part(peer: IPeer, room: str) -> None:
-        """
-        Take a session out of a room; if it was its identity's last there,
-        the room's readers are told C{PARTED <room> <identity>}.
-
-        @raise secmsg.errors.NotFound: it was not in the room.
-        """
-
-    def rooms_of(peer: IPeer) -> list[str]:
-        """
-        The rooms C{peer}'s session is in, sorted.
-        """
-
-    def in_room(peer: IPeer, room: str) -> bool:
-        """
-        Whether a session is in a room.
-        """
-
-    def room_identities(room: str) -> set[str]:
-        """
-        The identities with a session in C{room} that may read it: those a
-        room message is stored for.
+        The sorted identities online.
         """
 
     def is_online(identity: str) -> bool:
@@ -226,13 +183,28 @@ class IHub(Interface):
         Whether C{identity} has a session.
         """
 
-    def deliver(message: Stored, exclude: IPeer | None = None) -> set[str]:
+    def deliver(
+        message: Stored, recipients: Set[str], exclude: IPeer | None = None
+    ) -> set[str]:
         """
-        Push a stored L{secmsg.messages.Stored} message to the sessions it
-        is for: the recipient's, the room's members' that may read it, or
-        every one, but C{exclude}.
+        Push a stored L{secmsg.messages.Stored} message to the sessions of
+        C{recipients}, the identities it is for, but C{exclude}; a room's
+        message only to the sessions that may read the room.
 
         @return: the identities whose sessions it was pushed to.
+        """
+
+    def joined(room: str, identity: str, members: Set[str]) -> None:
+        """
+        C{identity} has joined C{room}: tell the sessions of the room's
+        C{members} that may read it (but C{identity}'s own) C{JOINED <room>
+        <identity>}.
+        """
+
+    def parted(room: str, identity: str, members: Set[str]) -> None:
+        """
+        C{identity} has left C{room}: tell the sessions of C{members} that
+        may read it C{PARTED <room> <identity>}, as L{joined} does.
         """
 
     def kick(identity: str, by: str, reason: str) -> int:
@@ -243,46 +215,104 @@ class IHub(Interface):
 
 class IMessageStore(Interface):
     """
-    Where accepted messages are kept until their recipients have them, and
-    for history.  Every method answers with a Deferred, since a durable
-    store works off the reactor's thread; a write fires only once it is
-    committed, and fails with L{secmsg.errors.StoreError} if it could not
-    be.  Two providers: SQLite in the data directory, and memory for tests.
+    Where accepted messages are kept until their readers have them, and
+    for history.  A message is appended once to its stream (an identity's
+    inbox, a room, the broadcasts); what each identity has been sent and
+    has acknowledged of a stream is a cursor.  Room membership is such a
+    cursor, so it belongs to the identity and lasts until C{PART}.
+
+    Every method that reads or writes the data answers with a Deferred,
+    since a durable store works off the reactor's thread; a write fires
+    only once it is committed, and fails with L{secmsg.errors.StoreError}
+    if it could not be.  Who reads what, and how much waits for each, are
+    answered from memory.  Two providers: SQLite in the data directory,
+    and memory for tests.
     """
 
-    def accept(draft: Draft, recipients: Sequence[str]) -> Deferred[Stored]:
+    def accept(draft: Draft, recipients: Set[str]) -> Deferred[Stored]:
         """
-        Store a L{secmsg.messages.Draft} with a mailbox entry for each of
-        C{recipients}; fire with the L{secmsg.messages.Stored} message.
-        """
-
-    def pending(identity: str, after: int, limit: int) -> Deferred[list[Pending]]:
-        """
-        Fire with up to C{limit} L{secmsg.messages.Pending} messages of
-        C{identity}'s mailbox that it has not acknowledged and whose ids are
-        above C{after}, oldest first.
+        Append a L{secmsg.messages.Draft} to its stream; fire with the
+        L{secmsg.messages.Stored} message.  It waits, from now until each
+        acknowledges it, for C{recipients}: its L{audience}, which the
+        caller asked for to hold each to its bound on what may wait.
         """
 
-    def delivered(deliveries: Sequence[tuple[str, int]]) -> Deferred[None]:
+    def audience(kind: Kind, sender: str, target: str) -> frozenset[str]:
         """
-        Note that each C{(identity, message id)} was pushed to a session of
-        that identity, so that a later delivery of it is marked as a repeat.
+        The identities a message would be for: the recipient of a direct
+        message, the members of a room, or every identity known, but the
+        sender of a room message or a broadcast; answered from memory.
+        """
+
+    def pending(
+        identity: str, after: int, limit: int, rooms: frozenset[str]
+    ) -> Deferred[list[Pending]]:
+        """
+        Fire with up to C{limit} L{secmsg.messages.Pending} messages for
+        C{identity} that it has not acknowledged and whose ids are above
+        C{after}, oldest first: of its inbox, the broadcasts and those of
+        its rooms in C{rooms} (the ones the asking session may read).
+        """
+
+    def sent(deliveries: Iterable[tuple[str, Stored]]) -> None:
+        """
+        Note that each C{(identity, message)} was pushed to a session of
+        that identity, so that a later delivery of it is marked as a
+        repeat.  The note rides on the next write rather than costing a
+        transaction of its own.
         """
 
     def acknowledge(
-        identity: str, message_id: int, up_to: bool, rooms_seen: frozenset[int]
+        identity: str, message_id: int, up_to: bool, rooms: frozenset[str]
     ) -> Deferred[int]:
         """
-        Mark one message of C{identity}'s mailbox, or with C{up_to} every
-        one up to and including it that was sent to it, as received; fire
-        with how many were not acknowledged before.  With C{up_to}, a room
-        message is acknowledged only if it is one of C{rooms_seen}, those
-        sent to the session that acknowledges: a room's messages go only to
-        the sessions in the room, and another session's C{ACK UPTO} must
-        not acknowledge one that it never had.
+        Mark one message for C{identity}, or with C{up_to} every one up to
+        and including it that was sent to it, as received; fire with how
+        many were not acknowledged before.  With C{up_to}, only the
+        messages of C{identity}'s inbox, of the broadcasts and of the rooms
+        in C{rooms} (those the acknowledging session may read, and so was
+        sent) are taken.
 
         @raise secmsg.errors.NotFound: (as the Deferred's failure) the
-            message is not in C{identity}'s mailbox.
+            message is none of C{identity}'s.
+        """
+
+    def join(identity: str, room: str, reads: bool) -> Deferred[bool]:
+        """
+        Make C{identity} a member of C{room}, reading what is said there
+        from now on (unless C{reads} is false: its session may join but
+        not read the room, and nothing is kept for it); fire with whether
+        it was not one already.  It is a member, for L{audience} and
+        L{members}, from the call on.
+        """
+
+    def start_reading(identity: str, room: str) -> Deferred[None]:
+        """
+        Keep what is said in C{room} for C{identity}, a member that joined
+        it by a session that might not read it, from now on: a session of
+        it that may has come (a login, a reload).
+        """
+
+    def part(identity: str, room: str) -> Deferred[bool]:
+        """
+        Take C{identity} out of C{room}; what waited for it there no longer
+        does.  Fire with whether it was a member.
+        """
+
+    def rooms_of(identity: str) -> frozenset[str]:
+        """
+        The rooms C{identity} is a member of; answered from memory.
+        """
+
+    def members(room: str) -> frozenset[str]:
+        """
+        The members of C{room}; answered from memory.
+        """
+
+    def rooms() -> dict[str, int]:
+        """
+        Each room with members, sorted, and how many it has; answered from
+        memory.
         """
 
     def room_history(room: str, limit: int, budget: int) -> Deferred[list[Stored]]:
@@ -303,27 +333,30 @@ class IMessageStore(Interface):
 
     def remember(identity: str, when: datetime) -> Deferred[None]:
         """
-        Note that C{identity} logged in, so that messages to it are kept
-        while it is offline.
+        Know C{identity} from now on (it logged in, or the policy names it
+        and a message is sent to it): its inbox is kept while it is
+        offline, and it reads the broadcasts sent from now.  Nothing is
+        written for an identity already known.
         """
 
     def knows(identity: str) -> bool:
         """
-        Whether C{identity} has ever logged in; answered from memory.
+        Whether C{identity} is known; answered from memory.
         """
 
     def identities() -> frozenset[str]:
         """
-        Every identity that has ever logged in; answered from memory.
+        Every identity known; answered from memory.
         """
 
     def waiting(identity: str) -> tuple[int, int]:
         """
-        How many messages wait in C{identity}'s mailbox unacknowledged, and
-        how many bytes (UTF-8) their texts hold; answered from memory, so
-        that every send can be held to L{secmsg.messages.WaitingLimit}.  A
-        message counts from the moment L{accept} is called (unless that
-        fails) until it is acknowledged or removed by retention.
+        How many messages wait for C{identity} unacknowledged, and how many
+        bytes (UTF-8) their texts hold; answered from memory, so that every
+        send can be held to L{secmsg.messages.WaitingLimit}, and a login
+        with nothing waiting costs no query.  A message counts from the
+        moment L{accept} is called (unless that fails) until it is
+        acknowledged, its room parted, or removed by retention.
         """
 
     def purge(now: datetime, retention: Retention) -> Deferred[int]:

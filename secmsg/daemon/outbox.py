@@ -23,9 +23,6 @@ BACKLOG_LIMIT = 1 << 20
 """Bytes of messages pushed to a peer that has stopped reading before it is
 dropped: a reader that never reads must not make the daemon hold its mail."""
 
-ROOM_PUSHES = (b"SAY ", b"REDELIVERED SAY ")
-"""How the lines that deliver a room's message begin."""
-
 NOT_STORED = 0
 """The id a held line that delivers no stored message (a presence line) is
 kept under: no message has it, so L{Outbox.release} never takes the line
@@ -56,7 +53,6 @@ class Outbox:
         "_drain_waiters",
         "_dropping",
         "_held_bytes",
-        "_room_messages",
         "_sent_while_held",
         "_session",
         "held",
@@ -77,8 +73,6 @@ class Outbox:
         self._sent_while_held: set[int] | None = None
         self._drain_waiters: list[defer.Deferred[bool]] | None = None
         self._backlog = 0
-        # Made at the first room message, as the set above is.
-        self._room_messages: set[int] | None = None
 
     def push(self, line: bytes, message_id: int) -> None:
         """
@@ -115,7 +109,6 @@ class Outbox:
             self._sent_while_held = set()
         for message_id, line in lines:
             self._sent_while_held.add(message_id)
-            self._note_room_message(message_id, line)
             session.transport.write(line)
         if not self.throttle.paused:
             return defer.succeed(True)
@@ -163,33 +156,7 @@ class Outbox:
             return
         if self.throttle.paused and self.over_backlog(len(line), "messages"):
             return
-        self._note_room_message(message_id, line)
         self._session.transport.write(line)
-
-    def _note_room_message(self, message_id: int, line: bytes) -> None:
-        if line.startswith(ROOM_PUSHES):
-            if self._room_messages is None:
-                self._room_messages = set()
-            self._room_messages.add(message_id)
-
-    def room_messages_up_to(self, message_id: int) -> frozenset[int]:
-        """
-        The room messages up to C{message_id} sent to this session, which
-        its C{ACK UPTO} may acknowledge, forgotten here as it does.
-
-        A room's message goes only to the sessions in the room, so another
-        session of the same identity that says C{ACK UPTO} past it never
-        had it: acknowledged for it, a message pushed to a session that
-        was cut before its client read it would never be sent again.
-        Direct messages and broadcasts go to every session of the
-        identity, and need no such record.
-        """
-        sent = self._room_messages
-        if not sent:
-            return frozenset()
-        covered = frozenset(i for i in sent if i <= message_id)
-        sent -= covered
-        return covered
 
     def over_backlog(self, size: int, what: str) -> bool:
         """

@@ -159,6 +159,15 @@ class Grant:
     rooms: RoomRules
     granted_by: str
 
+    def may_join(self, room: str) -> bool:
+        """
+        Whether these roles may be in C{room}: JOIN, and the room rules.
+        """
+        return (
+            "JOIN" in self.commands
+            and self.rooms.refusal("join", room, self.lineage) is None
+        )
+
 
 ADMIN_ONLY_COMMANDS = frozenset({"METRICS", "BACKUP"})
 """Commands a policy may grant that have no line of their own: reading

@@ -27,6 +27,7 @@ from secmsg.daemon.auth import PolicyRealm
 from secmsg.daemon.interfaces import IHub, IPeer, ISessionAvatar
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import Grant, Policy, load_policy
+from secmsg.daemon.rooms import Rooms
 from secmsg.daemon.tls import (
     ServerTLS,
     TLSFiles,
@@ -184,13 +185,19 @@ class Reloader:
         tls: VerifyingServerTLS,
         realm: PolicyRealm,
         hub: IHub,
+        rooms: Rooms,
         metrics: Metrics,
     ) -> None:
+        """
+        @param rooms: the identities' rooms, which a reload parts those
+            the new policy no longer lets join.
+        """
         self._files = files
         self._clock = clock
         self._tls = tls
         self._realm = realm
         self._hub = hub
+        self._rooms = rooms
         self._metrics = metrics
 
     def reload(self, dry: bool = False) -> ReloadReport:
@@ -264,9 +271,8 @@ class Reloader:
             ), None
         parts = tuple(
             room
-            for room in self._hub.rooms_of(peer)
-            if "JOIN" not in grant.commands
-            or grant.rooms.refusal("join", room, grant.lineage) is not None
+            for room in sorted(self._rooms.of(avatar.identity))
+            if not grant.may_join(room)
         )
         old = avatar.grant
         roles = (",".join(old.roles), ",".join(grant.roles))
@@ -296,26 +302,23 @@ class Reloader:
             if grant is not None:
                 avatar.regrant(grant)
                 self._hub.regranted(peer)
+                self._rooms.follow_reads(avatar)
         for avatar, peer, change, grant in judged:
             if change is None:
                 continue
             if grant is None:
                 _close(avatar, peer, change.closed)
             else:
-                self._part(peer, change.parts)
+                self._part(avatar.identity, peer, change.parts)
 
-    def _part(self, peer: IPeer, rooms: tuple[str, ...]) -> None:
+    def _part(self, identity: str, peer: IPeer, rooms: tuple[str, ...]) -> None:
         """
-        Take C{peer} out of the rooms the new policy no longer lets it
-        join, and tell it so; a room it has left meanwhile (its session
-        ended while others were told something) is passed over.
+        Take C{identity} out of the rooms the new policy no longer lets
+        C{peer}, its session, join; a room it has left meanwhile is passed
+        over.
         """
         for room in rooms:
-            if self._hub.in_room(peer, room):
-                self._hub.part(peer, room)
-                peer.notice(
-                    f"you have left {room}: the policy no longer lets you join it"
-                )
+            self._rooms.leave_refused(identity, peer, room)
 
 
 def _close(avatar: ISessionAvatar, peer: IPeer, reason: str) -> None:

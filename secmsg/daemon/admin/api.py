@@ -50,6 +50,7 @@ from secmsg.daemon.operations import (
     reload_as,
 )
 from secmsg.daemon.reload import ReloadReport
+from secmsg.daemon.rooms import Rooms
 from secmsg.errors import (
     CommandError,
     Malformed,
@@ -117,6 +118,7 @@ class AdminApi:
     def __init__(
         self,
         hub: IHub,
+        rooms: Rooms,
         delivery: Delivery,
         reload: Callable[[bool], ReloadReport],
         metrics: Metrics,
@@ -125,9 +127,11 @@ class AdminApi:
         backups: Backups,
     ) -> None:
         """
+        @param rooms: whose the rooms are, which the sessions list shows.
         @param backups: where backups of the message store go.
         """
         self._hub = hub
+        self._rooms = rooms
         self._delivery = delivery
         self._reload = reload
         self.metrics = metrics
@@ -164,7 +168,7 @@ class AdminApi:
                 "identity": avatar.identity,
                 "rooms": [
                     room
-                    for room in self._hub.rooms_of(peer)
+                    for room in sorted(self._rooms.of(avatar.identity))
                     if call.avatar.may_read(room)
                 ],
             }

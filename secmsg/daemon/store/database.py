@@ -23,7 +23,7 @@ from secmsg.errors import ConfigurationError
 
 log = Logger()
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 DATABASE_NAME = "secmsg.db"
 
 

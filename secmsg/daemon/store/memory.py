@@ -5,7 +5,7 @@ store, answered at once and forgotten at exit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,103 +14,147 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.store.members import Memberships
 from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
+    BROADCASTS,
     Draft,
     Kind,
     Pending,
     Retention,
     Stored,
+    Stream,
+    inbox,
+    room_stream,
+    stream_of,
     text_size,
     within_budget,
 )
 
 
 @dataclass
-class _Entry:
-    acknowledged: bool = False
-    delivered: bool = False
+class _Cursor:
+    """
+    How far one identity has got in one stream: what is above C{since} is
+    for it, what is up to C{acknowledged} it has acknowledged, and what is
+    up to C{sent} was pushed to it.
+    """
+
+    since: int
+    acknowledged: int
+    sent: int
 
 
 @implementer(IMessageStore)
 @dataclass
 class MemoryStore:
     """
-    Messages, mailboxes and known identities in dictionaries.
+    Messages, cursors and known identities in dictionaries.
 
     @ivar failing: while true, every write fails as a full disk would.
     """
 
     failing: bool = False
     _messages: dict[int, Stored] = field(default_factory=dict)
-    _mailboxes: dict[str, dict[int, _Entry]] = field(default_factory=dict)
-    _known: set[str] = field(default_factory=set)
+    _cursors: dict[tuple[str, Stream], _Cursor] = field(default_factory=dict)
+    _acknowledged: set[tuple[str, int]] = field(default_factory=set)
+    _members: Memberships = field(default_factory=Memberships)
     _waiting: WaitingTotals = field(default_factory=WaitingTotals)
     _last_id: int = 0
 
-    def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
+    def accept(self, draft: Draft, recipients: Set[str]) -> defer.Deferred[Stored]:
         if self.failing:
             return defer.fail(StoreError("database or disk is full"))
         self._last_id += 1
         message = Stored.of(self._last_id, draft)
         self._messages[message.id] = message
-        for recipient in recipients:
-            self._mailboxes.setdefault(recipient, {})[message.id] = _Entry()
         self._waiting.add(recipients, text_size(draft.text))
         return defer.succeed(message)
 
+    def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
+        return self._members.audience(kind, sender, target)
+
     def pending(
-        self, identity: str, after: int, limit: int
+        self, identity: str, after: int, limit: int, rooms: frozenset[str]
     ) -> defer.Deferred[list[Pending]]:
-        mailbox = self._mailboxes.get(identity, {})
         waiting = [
-            Pending(self._messages[message_id], entry.delivered)
-            for message_id, entry in sorted(mailbox.items())
-            if not entry.acknowledged and message_id > after
+            Pending(message, message.id <= self._cursors[key].sent)
+            for message in sorted(self._messages.values(), key=lambda m: m.id)
+            if message.id > after
+            and self._unread_by(identity, message)
+            and (message.kind is not Kind.ROOM or message.target in rooms)
+            for key in ((identity, stream_of(message)),)
         ]
         return defer.succeed(waiting[:limit])
 
-    def delivered(self, deliveries: Sequence[tuple[str, int]]) -> defer.Deferred[None]:
-        for identity, message_id in deliveries:
-            entry = self._mailboxes.get(identity, {}).get(message_id)
-            if entry is not None:
-                entry.delivered = True
-        return defer.succeed(None)
+    def sent(self, deliveries: Iterable[tuple[str, Stored]]) -> None:
+        for identity, message in deliveries:
+            cursor = self._cursors.get((identity, stream_of(message)))
+            if cursor is not None:
+                cursor.sent = max(cursor.sent, message.id)
 
     def acknowledge(
-        self,
-        identity: str,
-        message_id: int,
-        up_to: bool,
-        rooms_seen: frozenset[int] = frozenset(),
+        self, identity: str, message_id: int, up_to: bool, rooms: frozenset[str]
     ) -> defer.Deferred[int]:
-        mailbox = self._mailboxes.get(identity, {})
-        if message_id not in mailbox and not up_to:
-            return defer.fail(NotFound(f"no message {message_id} for {identity}"))
-        fresh = [
-            entry_id
-            for entry_id, entry in mailbox.items()
-            if not entry.acknowledged
-            and (
-                (not up_to and entry_id == message_id)
-                or (
-                    up_to
-                    and entry_id <= message_id
-                    and entry.delivered
-                    and (
-                        self._messages[entry_id].kind is not Kind.ROOM
-                        or entry_id in rooms_seen
-                    )
-                )
-            )
+        if up_to:
+            taken = [
+                m
+                for m in self._messages.values()
+                if m.id <= message_id
+                and self._unread_by(identity, m)
+                and m.id <= self._cursors[(identity, stream_of(m))].sent
+                and (m.kind is not Kind.ROOM or m.target in rooms)
+            ]
+        else:
+            message = self._messages.get(message_id)
+            if message is None or not self._is_for(identity, message):
+                return defer.fail(NotFound(f"no message {message_id} for {identity}"))
+            taken = [message] if self._unread_by(identity, message) else []
+        for message in taken:
+            self._acknowledged.add((identity, message.id))
+        size = sum(text_size(m.text) for m in taken)
+        self._waiting.remove(identity, len(taken), size)
+        return defer.succeed(len(taken))
+
+    def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
+        if not self._members.join(identity, room, reads):
+            return defer.succeed(False)
+        self._open(identity, room_stream(room), self._last_id)
+        return defer.succeed(True)
+
+    def start_reading(self, identity: str, room: str) -> defer.Deferred[None]:
+        if self._members.start_reading(identity, room):
+            last = self._last_id
+            self._cursors[(identity, room_stream(room))] = _Cursor(last, last, last)
+        return defer.succeed(None)
+
+    def part(self, identity: str, room: str) -> defer.Deferred[bool]:
+        self._drop_unread(identity, room)
+        if not self._members.part(identity, room):
+            return defer.succeed(False)
+        del self._cursors[(identity, room_stream(room))]
+        return defer.succeed(True)
+
+    def _drop_unread(self, identity: str, room: str) -> None:
+        """
+        What waited for C{identity} in C{room} waits no more.
+        """
+        left = [
+            m
+            for m in self._messages.values()
+            if stream_of(m) == room_stream(room) and self._unread_by(identity, m)
         ]
-        for entry_id in fresh:
-            mailbox[entry_id].acknowledged = True
-            mailbox[entry_id].delivered = True
-        size = sum(text_size(self._messages[i].text) for i in fresh)
-        self._waiting.remove(identity, len(fresh), size)
-        return defer.succeed(len(fresh))
+        self._waiting.remove(identity, len(left), sum(text_size(m.text) for m in left))
+
+    def rooms_of(self, identity: str) -> frozenset[str]:
+        return self._members.rooms_of(identity)
+
+    def members(self, room: str) -> frozenset[str]:
+        return self._members.members(room)
+
+    def rooms(self) -> dict[str, int]:
+        return self._members.rooms()
 
     def room_history(
         self, room: str, limit: int, budget: int
@@ -134,14 +178,16 @@ class MemoryStore:
         )
 
     def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
-        self._known.add(identity)
+        if self._members.add_identity(identity):
+            self._open(identity, inbox(identity), 0)
+            self._open(identity, BROADCASTS, self._last_id)
         return defer.succeed(None)
 
     def knows(self, identity: str) -> bool:
-        return identity in self._known
+        return self._members.knows(identity)
 
     def identities(self) -> frozenset[str]:
-        return frozenset(self._known)
+        return self._members.identities()
 
     def waiting(self, identity: str) -> tuple[int, int]:
         return self._waiting.of(identity)
@@ -154,18 +200,20 @@ class MemoryStore:
             (Kind.ROOM, retention.room_max),
             (Kind.DIRECT, retention.mailbox_max),
         ):
-            by_target: dict[str, list[int]] = {}
+            by_target: dict[str, list[Stored]] = {}
             for m in sorted(self._messages.values(), key=lambda m: -m.id):
                 if m.kind is kind:
-                    by_target.setdefault(m.target, []).append(m.id)
-            for ids in by_target.values():
-                doomed.update(i for i in ids[limit:] if not self._unacknowledged(i))
-        for message_id in doomed:
-            size = text_size(self._messages.pop(message_id).text)
-            for identity, mailbox in self._mailboxes.items():
-                entry = mailbox.pop(message_id, None)
-                if entry is not None and not entry.acknowledged:
-                    self._waiting.remove(identity, 1, size)
+                    by_target.setdefault(m.target, []).append(m)
+            for newest_first in by_target.values():
+                doomed.update(
+                    m.id for m in newest_first[limit:] if not self._unread_by_anyone(m)
+                )
+        for message_id in sorted(doomed):
+            message = self._messages[message_id]
+            for identity, stream in list(self._cursors):
+                if stream == stream_of(message) and self._unread_by(identity, message):
+                    self._waiting.remove(identity, 1, text_size(message.text))
+            del self._messages[message_id]
         return defer.succeed(len(doomed))
 
     def backup(self, destination: Path, replace: bool) -> defer.Deferred[int]:
@@ -179,11 +227,34 @@ class MemoryStore:
     def close(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
-    def _unacknowledged(self, message_id: int) -> bool:
+    def _open(self, identity: str, stream: Stream, since: int) -> None:
+        self._cursors.setdefault((identity, stream), _Cursor(since, since, since))
+
+    def _is_for(self, identity: str, message: Stored) -> bool:
+        """
+        Whether C{message} is in a stream C{identity} reads, from after its
+        cursor began, and not of its own saying.
+        """
+        cursor = self._cursors.get((identity, stream_of(message)))
+        if cursor is None or message.id <= cursor.since:
+            return False
+        if message.kind is Kind.ROOM and not self._members.reads(
+            identity, message.target
+        ):
+            return False
+        return message.kind is Kind.DIRECT or message.sender != identity
+
+    def _unread_by(self, identity: str, message: Stored) -> bool:
+        return (
+            self._is_for(identity, message)
+            and (identity, message.id) not in self._acknowledged
+        )
+
+    def _unread_by_anyone(self, message: Stored) -> bool:
         return any(
-            not mailbox[message_id].acknowledged
-            for mailbox in self._mailboxes.values()
-            if message_id in mailbox
+            self._unread_by(identity, message)
+            for identity, stream in self._cursors
+            if stream == stream_of(message)
         )
 
     def _newest(

@@ -1,70 +1,63 @@
 """
 The message store in SQLite, in the daemon's data directory.
 
-Every method turns into a job for the store's worker
-(L{secmsg.daemon.store.worker}), which runs it off the reactor's thread and fires
-its Deferred once the transaction that holds it has committed.  The
-identities that have logged in, and what waits unacknowledged for each
-(L{secmsg.daemon.store.waiting}), are also kept in memory, so that the protocol
-can ask whether an identity is known, or its mailbox full, without waiting.
+Every method that touches the data turns into a job for the store's worker
+(L{secmsg.daemon.store.worker}), which runs it off the reactor's thread and
+fires its Deferred once the transaction that holds it has committed; the
+SQL is in L{secmsg.daemon.store.streams}.  Who reads which stream
+(L{secmsg.daemon.store.members}) and what waits unacknowledged for each
+identity (L{secmsg.daemon.store.waiting}) are also kept in memory, so that
+the protocol can ask whether an identity is known, who a message is for,
+or whether a mailbox is full, without waiting.
+
+What was pushed to whom is noted in memory and written with the next job,
+or after L{SENT_WRITE_DELAY} if none comes: a push costs no transaction of
+its own.  Should the daemon die before that write, a message pushed in the
+last moment before comes again unmarked as a repeat; it still comes.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Set
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
+from secmsg.daemon.store import streams
 from secmsg.daemon.store.backup import backup_job
 from secmsg.daemon.store.database import open_database
+from secmsg.daemon.store.members import Memberships
 from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.daemon.store.worker import Job
 from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
+    BROADCASTS,
     Draft,
     Kind,
     Pending,
     Retention,
     Stored,
-    from_microseconds,
+    Stream,
+    inbox,
+    room_stream,
+    stream_of,
     text_size,
     to_microseconds,
     within_budget,
 )
 
-_PENDING = """
-SELECT m.id, m.kind, m.sender, m.target, m.body, m.created, b.delivered
-FROM mailbox b JOIN messages m ON m.id = b.message_id
-WHERE b.recipient = ? AND b.acknowledged = 0 AND b.message_id > ?
-ORDER BY b.message_id LIMIT ?
-"""
+log = Logger()
 
-_ENTRY = """
-SELECT b.acknowledged, length(CAST(m.body AS BLOB))
-FROM mailbox b JOIN messages m ON m.id = b.message_id
-WHERE b.recipient = ? AND b.message_id = ?
-"""
-"""One mailbox entry: whether it is acknowledged, and its text's bytes."""
-
-_ACKNOWLEDGE_ONE = """
-UPDATE mailbox SET acknowledged = 1, delivered = 1
-WHERE recipient = ? AND acknowledged = 0 AND message_id = ?
-"""
-
-_DELIVERED_UP_TO = """
-SELECT b.message_id, m.kind, length(CAST(m.body AS BLOB))
-FROM mailbox b JOIN messages m ON m.id = b.message_id
-WHERE b.recipient = ? AND b.acknowledged = 0 AND b.delivered = 1
-AND b.message_id <= ?
-"""
-"""What an C{ACK UPTO} may acknowledge, with each message's kind and bytes."""
+SENT_WRITE_DELAY = 0.5
+"""Seconds a note of what was pushed waits for another job to ride on."""
 
 _ROOM_HISTORY = """
 SELECT id, kind, sender, target, body, created FROM messages
@@ -87,7 +80,7 @@ rather than a scan of every direct message."""
 @implementer(IMessageStore)
 class SQLiteStore:
     """
-    Messages and mailboxes in one SQLite database, through one worker.
+    Messages and cursors in one SQLite database, through one worker.
 
     The store is made closed and opened by L{open}: a daemon that forks into
     the background must open its database, take its lock and start its
@@ -95,17 +88,24 @@ class SQLiteStore:
     """
 
     def __init__(
-        self, path: Path, start_worker: Callable[[sqlite3.Connection], IStoreWorker]
+        self,
+        path: Path,
+        start_worker: Callable[[sqlite3.Connection], IStoreWorker],
+        clock: IReactorTime,
     ) -> None:
         """
         @param start_worker: given the open connection, the worker that
             will run the store's jobs with it.
+        @param clock: what times the write of what was pushed.
         """
         self._path = path
         self._start_worker = start_worker
+        self._clock = clock
         self._worker: IStoreWorker | None = None
-        self._known: set[str] = set()
+        self._members = Memberships()
         self._waiting = WaitingTotals()
+        self._sent: dict[tuple[str, Stream], int] = {}
+        self._sent_write: IDelayedCall | None = None
         self._backing_up = False
 
     def open(self) -> None:
@@ -115,44 +115,45 @@ class SQLiteStore:
         @raise secmsg.errors.ConfigurationError: the database cannot be used.
         """
         connection = open_database(self._path)
-        self._known = known_identities(connection)
-        self._waiting = WaitingTotals(waiting_totals(connection))
+        self._members = Memberships(
+            streams.known_identities(connection), streams.memberships(connection)
+        )
+        self._waiting = WaitingTotals(streams.waiting_totals(connection))
         self._worker = self._start_worker(connection)
 
     def _submit(self, job: Job) -> defer.Deferred[Any]:
         if self._worker is None:
             return defer.fail(StoreError("the message store is not open"))
+        if self._sent:
+            job = self._with_sent(job)
         return self._worker.submit(job)
 
-    def accept(self, draft: Draft, recipients: Sequence[str]) -> defer.Deferred[Stored]:
-        def job(connection: sqlite3.Connection) -> Stored:
-            cursor = connection.execute(
-                "INSERT INTO messages (kind, sender, target, body, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    draft.kind.value,
-                    draft.sender,
-                    draft.target,
-                    draft.text,
-                    to_microseconds(draft.created),
-                ),
-            )
-            message_id = cursor.lastrowid
-            connection.executemany(
-                "INSERT INTO mailbox (recipient, message_id) VALUES (?, ?)",
-                [(recipient, message_id) for recipient in recipients],
-            )
-            return Stored.of(message_id, draft)
+    def _with_sent(self, job: Job) -> Job:
+        """
+        C{job}, preceded by the write of what was pushed since the last.
+        """
+        marks = [(identity, stream, i) for (identity, stream), i in self._sent.items()]
+        self._sent = {}
+        if self._sent_write is not None and self._sent_write.active():
+            self._sent_write.cancel()
+        self._sent_write = None
 
+        def both(connection: sqlite3.Connection) -> Any:
+            streams.mark_sent(connection, marks)
+            return job(connection)
+
+        return both
+
+    def accept(self, draft: Draft, recipients: Set[str]) -> defer.Deferred[Stored]:
         # Counted before the commit, so that messages in flight count too.
         size = text_size(draft.text)
         self._waiting.add(recipients, size)
-        accepted = self._submit(job)
+        accepted = self._submit(lambda connection: streams.append(connection, draft))
         accepted.addErrback(self._not_accepted, recipients, size)
         return accepted
 
     def _not_accepted(
-        self, failure: Failure, recipients: Sequence[str], size: int
+        self, failure: Failure, recipients: Set[str], size: int
     ) -> Failure:
         """
         A message that was not kept waits for nobody: give back what its
@@ -162,36 +163,46 @@ class SQLiteStore:
             self._waiting.remove(recipient, 1, size)
         return failure
 
+    def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
+        return self._members.audience(kind, sender, target)
+
     def pending(
-        self, identity: str, after: int, limit: int
+        self, identity: str, after: int, limit: int, rooms: frozenset[str]
     ) -> defer.Deferred[list[Pending]]:
-        def job(connection: sqlite3.Connection) -> list[Pending]:
-            rows = connection.execute(_PENDING, (identity, after, limit))
-            return [Pending(_stored(row[:-1]), bool(row[-1])) for row in rows]
+        return self._submit(
+            lambda connection: streams.unread(connection, identity, after, limit, rooms)
+        )
 
-        return self._submit(job)
+    def sent(self, deliveries: Iterable[tuple[str, Stored]]) -> None:
+        marks = self._sent
+        for identity, message in deliveries:
+            key = (identity, stream_of(message))
+            if marks.get(key, 0) < message.id:
+                marks[key] = message.id
+        if marks and self._sent_write is None and self._worker is not None:
+            self._sent_write = self._clock.callLater(SENT_WRITE_DELAY, self._write_sent)
 
-    def delivered(self, deliveries: Sequence[tuple[str, int]]) -> defer.Deferred[None]:
-        def job(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "UPDATE mailbox SET delivered = 1"
-                " WHERE recipient = ? AND message_id = ?",
-                deliveries,
+    def _write_sent(self) -> None:
+        """
+        No job came to carry what was pushed (or the store closes): write
+        it alone.
+        """
+        self._submit(lambda _: None).addErrback(
+            lambda failure: log.error(
+                "message store: could not note what was pushed: {error}",
+                error=failure.getErrorMessage(),
             )
-
-        return self._submit(job)
+        )
 
     def acknowledge(
-        self,
-        identity: str,
-        message_id: int,
-        up_to: bool,
-        rooms_seen: frozenset[int] = frozenset(),
+        self, identity: str, message_id: int, up_to: bool, rooms: frozenset[str]
     ) -> defer.Deferred[int]:
         def job(connection: sqlite3.Connection) -> tuple[int, int] | None:
             if up_to:
-                return _acknowledge_up_to(connection, identity, message_id, rooms_seen)
-            return _acknowledge_one(connection, identity, message_id)
+                return streams.acknowledge_up_to(
+                    connection, identity, message_id, rooms
+                )
+            return streams.acknowledge_one(connection, identity, message_id)
 
         def found(acknowledged: tuple[int, int] | None) -> int:
             if acknowledged is None:
@@ -203,6 +214,66 @@ class SQLiteStore:
         # Refused here rather than in the job: a job that fails makes its
         # batch run again, and a client must not be able to cause that.
         return self._submit(job).addCallback(found)
+
+    def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
+        if not self._members.join(identity, room, reads):
+            return defer.succeed(False)
+        joined = self._submit(
+            lambda connection: streams.open_cursors(
+                connection, identity, [room_stream(room)], reads
+            )
+        )
+
+        def failed(failure: Failure) -> Failure:
+            self._members.part(identity, room)
+            return failure
+
+        return joined.addCallbacks(lambda _: True, failed)
+
+    def part(self, identity: str, room: str) -> defer.Deferred[bool]:
+        reads = self._members.reads(identity, room)
+        if not self._members.part(identity, room):
+            return defer.succeed(False)
+        parted = self._submit(
+            lambda connection: streams.close_cursor(
+                connection, identity, room_stream(room)
+            )
+        )
+
+        def done(left: tuple[int, int]) -> bool:
+            self._waiting.remove(identity, *left)
+            return True
+
+        def failed(failure: Failure) -> Failure:
+            self._members.join(identity, room, reads)
+            return failure
+
+        return parted.addCallbacks(done, failed)
+
+    def start_reading(self, identity: str, room: str) -> defer.Deferred[None]:
+        if not self._members.start_reading(identity, room):
+            return defer.succeed(None)
+        started = self._submit(
+            lambda connection: streams.start_reading(
+                connection, identity, room_stream(room)
+            )
+        )
+
+        def failed(failure: Failure) -> Failure:
+            self._members.part(identity, room)
+            self._members.join(identity, room, False)
+            return failure
+
+        return started.addErrback(failed)
+
+    def rooms_of(self, identity: str) -> frozenset[str]:
+        return self._members.rooms_of(identity)
+
+    def members(self, room: str) -> frozenset[str]:
+        return self._members.members(room)
+
+    def rooms(self) -> dict[str, int]:
+        return self._members.rooms()
 
     def room_history(
         self, room: str, limit: int, budget: int
@@ -216,7 +287,7 @@ class SQLiteStore:
         return self._newest(_CONVERSATION, parameters, limit, budget)
 
     def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
-        if identity in self._known:
+        if not self._members.add_identity(identity):
             return defer.succeed(None)
 
         def job(connection: sqlite3.Connection) -> None:
@@ -224,47 +295,36 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO identities (name, first_seen) VALUES (?, ?)",
                 (identity, to_microseconds(when)),
             )
+            streams.open_cursors(connection, identity, [inbox(identity), BROADCASTS])
 
-        # Known once it is on disk, so that a failed write is tried again at
-        # the next login instead of being believed.
-        remembered = self._submit(job)
-        remembered.addCallback(lambda _: self._known.add(identity))
-        return remembered
+        def failed(failure: Failure) -> Failure:
+            # Tried again at the next login, rather than believed.
+            self._members.forget_identity(identity)
+            return failure
+
+        return self._submit(job).addErrback(failed)
 
     def knows(self, identity: str) -> bool:
-        return identity in self._known
+        return self._members.knows(identity)
 
     def identities(self) -> frozenset[str]:
-        return frozenset(self._known)
+        return self._members.identities()
 
     def waiting(self, identity: str) -> tuple[int, int]:
         return self._waiting.of(identity)
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
-        def job(connection: sqlite3.Connection) -> tuple[int, list[Any]]:
-            oldest = to_microseconds(now - retention.max_age)
-            # Only age removes what someone has yet to acknowledge; the
-            # count limits below never do.
-            unread = connection.execute(_UNACKNOWLEDGED_BEFORE, (oldest,)).fetchall()
-            removed = connection.execute(
-                "DELETE FROM messages WHERE created < ?", (oldest,)
-            ).rowcount
-            for kind, keep in (
-                (Kind.ROOM, retention.room_max),
-                (Kind.DIRECT, retention.mailbox_max),
-            ):
-                removed += connection.execute(
-                    _PURGE_BEYOND_COUNT, (kind.value, keep)
-                ).rowcount
-            return removed, unread
+        oldest = to_microseconds(now - retention.max_age)
 
-        def purged(result: tuple[int, list[Any]]) -> int:
+        def purged(result: tuple[int, dict[str, tuple[int, int]]]) -> int:
             removed, unread = result
-            for recipient, count, size in unread:
-                self._waiting.remove(recipient, count, size)
+            for identity, (count, size) in unread.items():
+                self._waiting.remove(identity, count, size)
             return removed
 
-        return self._submit(job).addCallback(purged)
+        return self._submit(
+            lambda connection: streams.purge(connection, oldest, retention)
+        ).addCallback(purged)
 
     def backup(self, destination: Path, replace: bool) -> defer.Deferred[int]:
         if self._worker is None:
@@ -285,6 +345,8 @@ class SQLiteStore:
     def close(self) -> defer.Deferred[None]:
         if self._worker is None:
             return defer.succeed(None)
+        if self._sent:
+            self._write_sent()
         return self._worker.stop()
 
     def _newest(
@@ -298,103 +360,6 @@ class SQLiteStore:
 
         def job(connection: sqlite3.Connection) -> list[Stored]:
             rows = connection.execute(query, parameters)
-            return within_budget((_stored(row) for row in rows), limit, budget)
+            return within_budget((streams.stored(row) for row in rows), limit, budget)
 
         return self._submit(job)
-
-
-_PURGE_BEYOND_COUNT = """
-DELETE FROM messages WHERE id IN (
-    SELECT id FROM (
-        SELECT id, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS newer
-        FROM messages WHERE kind = ?
-    )
-    WHERE newer > ?
-    AND NOT EXISTS (
-        SELECT 1 FROM mailbox WHERE message_id = id AND acknowledged = 0
-    )
-)
-"""
-"""Messages of a kind beyond the newest N of their room or recipient, but
-none that someone has yet to acknowledge."""
-
-
-_UNACKNOWLEDGED_BEFORE = """
-SELECT b.recipient, count(*), sum(length(CAST(m.body AS BLOB)))
-FROM messages m JOIN mailbox b ON b.message_id = m.id
-WHERE m.created < ? AND b.acknowledged = 0
-GROUP BY b.recipient
-"""
-"""Per recipient, what the age limit is about to remove unacknowledged."""
-
-_WAITING = """
-SELECT b.recipient, count(*), sum(length(CAST(m.body AS BLOB)))
-FROM mailbox b JOIN messages m ON m.id = b.message_id
-WHERE b.acknowledged = 0
-GROUP BY b.recipient
-"""
-
-
-def _acknowledge_one(
-    connection: sqlite3.Connection, identity: str, message_id: int
-) -> tuple[int, int] | None:
-    """
-    Acknowledge one message of C{identity}'s mailbox; how many that was
-    (none if it was already) and its bytes, or L{None} if it is not there.
-    """
-    entry = connection.execute(_ENTRY, (identity, message_id)).fetchone()
-    if entry is None:
-        return None
-    acknowledged, size = entry
-    if acknowledged:
-        return 0, 0
-    connection.execute(_ACKNOWLEDGE_ONE, (identity, message_id))
-    return 1, size
-
-
-def _acknowledge_up_to(
-    connection: sqlite3.Connection,
-    identity: str,
-    message_id: int,
-    rooms_seen: frozenset[int],
-) -> tuple[int, int]:
-    """
-    Acknowledge every message of C{identity}'s mailbox sent to it up to
-    C{message_id}, but the room messages not among C{rooms_seen}; how many
-    that was and their bytes.
-    """
-    rows = [
-        (entry_id, size)
-        for entry_id, kind, size in connection.execute(
-            _DELIVERED_UP_TO, (identity, message_id)
-        )
-        if kind != Kind.ROOM.value or entry_id in rooms_seen
-    ]
-    connection.executemany(
-        _ACKNOWLEDGE_ONE, [(identity, entry_id) for entry_id, _ in rows]
-    )
-    return len(rows), sum(size for _, size in rows)
-
-
-def waiting_totals(connection: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """
-    What waits unacknowledged for each identity, read once at startup.
-    """
-    return {
-        recipient: (count, size)
-        for recipient, count, size in connection.execute(_WAITING)
-    }
-
-
-def known_identities(connection: sqlite3.Connection) -> set[str]:
-    """
-    The identities that have logged in, read once at startup.
-    """
-    return {name for (name,) in connection.execute("SELECT name FROM identities")}
-
-
-def _stored(row: Sequence[Any]) -> Stored:
-    message_id, kind, sender, target, body, created = row
-    return Stored(
-        message_id, Kind(kind), sender, target, body, from_microseconds(created)
-    )

@@ -1,0 +1,462 @@
+"""
+The SQL of streams and cursors: the jobs the SQLite store hands its worker,
+each a function of the connection, run inside the worker's transaction.
+
+A message is one row, whoever it is for; an identity's progress through a
+stream is one cursor row.  So what a message costs to store does not grow
+with its recipients, and what an acknowledgement costs grows with what it
+acknowledges, never with the history kept: each query here walks an index
+from a cursor's position, by (kind, target, id).
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from secmsg.messages import (
+    Draft,
+    Kind,
+    Pending,
+    Retention,
+    Stored,
+    Stream,
+    from_microseconds,
+    to_microseconds,
+)
+
+# A reader's stream holds what others sent to it, not what it said itself
+# to a room or to everyone; and what it acknowledged out of order is read.
+_UNREAD = """
+SELECT m.id, m.kind, m.sender, m.target, m.body, m.created FROM messages m
+WHERE m.kind = :kind AND m.target = :target AND m.id > :after
+AND (m.kind = 'MSG' OR m.sender != :identity)
+AND NOT EXISTS (
+    SELECT 1 FROM acknowledged a WHERE a.identity = :identity AND a.message_id = m.id
+)
+ORDER BY m.id LIMIT :limit
+"""
+
+_UNREAD_TOTAL = """
+SELECT count(*), coalesce(sum(length(CAST(m.body AS BLOB))), 0) FROM messages m
+WHERE m.kind = :kind AND m.target = :target AND m.id > :after AND m.id <= :up_to
+AND (m.kind = 'MSG' OR m.sender != :identity)
+AND NOT EXISTS (
+    SELECT 1 FROM acknowledged a WHERE a.identity = :identity AND a.message_id = m.id
+)
+"""
+
+_NEXT = """
+SELECT m.id FROM messages m
+WHERE m.kind = :kind AND m.target = :target AND m.id > :after
+AND (m.kind = 'MSG' OR m.sender != :identity)
+ORDER BY m.id LIMIT 1
+"""
+
+_CURSORS = """
+SELECT kind, target, since, acknowledged, sent FROM cursors
+WHERE identity = ? AND reads = 1
+"""
+"""The cursors of the streams an identity reads: a room member that may
+not read the room has one that nothing is kept for."""
+
+_CURSOR = """
+SELECT since, acknowledged FROM cursors
+WHERE identity = ? AND kind = ? AND target = ? AND reads = 1
+"""
+
+_HEAD = "SELECT coalesce(max(id), 0) FROM messages"
+
+_NEW_CURSOR = """
+INSERT OR IGNORE INTO cursors
+    (identity, kind, target, since, acknowledged, sent, reads)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+
+_WAITING = """
+SELECT c.identity, count(*), sum(length(CAST(m.body AS BLOB)))
+FROM cursors c JOIN messages m
+    ON m.kind = c.kind AND m.target = c.target AND m.id > c.acknowledged
+WHERE c.reads = 1 AND (m.kind = 'MSG' OR m.sender != c.identity)
+AND NOT EXISTS (
+    SELECT 1 FROM acknowledged a WHERE a.identity = c.identity AND a.message_id = m.id
+)
+{where}
+GROUP BY c.identity
+"""
+
+
+def _stream(kind: str, target: str) -> Stream:
+    return Stream(Kind(kind), target)
+
+
+def stored(row: Sequence[Any]) -> Stored:
+    message_id, kind, sender, target, body, created = row
+    return Stored(
+        message_id, Kind(kind), sender, target, body, from_microseconds(created)
+    )
+
+
+def append(connection: sqlite3.Connection, draft: Draft) -> Stored:
+    """
+    Append a message to its stream: one row, for however many readers.
+    """
+    (message_id,) = connection.execute(
+        "INSERT INTO messages (kind, sender, target, body, created)"
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (
+            draft.kind.value,
+            draft.sender,
+            draft.target,
+            draft.text,
+            to_microseconds(draft.created),
+        ),
+    ).fetchone()
+    return Stored.of(message_id, draft)
+
+
+def open_cursors(
+    connection: sqlite3.Connection,
+    identity: str,
+    streams: Iterable[Stream],
+    reads: bool = True,
+) -> None:
+    """
+    Start C{identity} reading C{streams} from what comes next: what was
+    appended before is not for it.  An inbox is read from its beginning,
+    since every message in it was for its identity.  A cursor it has
+    already is left as it is.
+
+    @param reads: whether what comes is kept for it: not for a room member
+        whose session may not read the room.
+    """
+    (head,) = connection.execute(_HEAD).fetchone()
+    connection.executemany(
+        _NEW_CURSOR,
+        [
+            (identity, kind.value, target, since, since, since, int(reads))
+            for kind, target in streams
+            for since in (0 if kind is Kind.DIRECT else head,)
+        ],
+    )
+
+
+def start_reading(
+    connection: sqlite3.Connection, identity: str, stream: Stream
+) -> None:
+    """
+    Keep what comes in C{stream} for C{identity} from now, if nothing was.
+    """
+    (head,) = connection.execute(_HEAD).fetchone()
+    connection.execute(
+        "UPDATE cursors SET reads = 1, since = ?, acknowledged = ?, sent = ?"
+        " WHERE identity = ? AND kind = ? AND target = ? AND reads = 0",
+        (head, head, head, identity, *_key(stream)),
+    )
+
+
+def close_cursor(
+    connection: sqlite3.Connection, identity: str, stream: Stream
+) -> tuple[int, int]:
+    """
+    Stop C{identity} reading C{stream} (a room it parts); return how many
+    messages, and bytes, it leaves unacknowledged there.
+    """
+    row = connection.execute(_CURSOR, (identity, *_key(stream))).fetchone()
+    left = (0, 0)
+    if row is not None:
+        left = _unread_total(connection, identity, stream, row[1], None)
+    key = (identity, *_key(stream))
+    connection.execute(
+        "DELETE FROM cursors WHERE identity = ? AND kind = ? AND target = ?", key
+    )
+    connection.execute(
+        "DELETE FROM acknowledged WHERE identity = ? AND kind = ? AND target = ?", key
+    )
+    return left
+
+
+def _key(stream: Stream) -> tuple[str, str]:
+    return stream.kind.value, stream.target
+
+
+def unread(
+    connection: sqlite3.Connection,
+    identity: str,
+    after: int,
+    limit: int,
+    readable: frozenset[str],
+) -> list[Pending]:
+    """
+    Up to C{limit} messages above C{after} that C{identity} has not
+    acknowledged, oldest first, from its inbox, the broadcasts and those of
+    its rooms in C{readable}: a page from each stream, merged.
+    """
+    pages = []
+    for kind, target, _, acknowledged, sent in connection.execute(
+        _CURSORS, (identity,)
+    ).fetchall():
+        if kind == Kind.ROOM.value and target not in readable:
+            continue
+        rows = connection.execute(
+            _UNREAD,
+            {
+                "identity": identity,
+                "kind": kind,
+                "target": target,
+                "after": max(after, acknowledged),
+                "limit": limit,
+            },
+        )
+        pages.append([Pending(stored(row), row[0] <= sent) for row in rows])
+    return list(heapq.merge(*pages, key=lambda p: p.message.id))[:limit]
+
+
+def mark_sent(
+    connection: sqlite3.Connection, marks: Iterable[tuple[str, Stream, int]]
+) -> None:
+    """
+    Move each C{(identity, stream, id)} cursor's sent position up to C{id}.
+    """
+    connection.executemany(
+        "UPDATE cursors SET sent = max(sent, ?)"
+        " WHERE identity = ? AND kind = ? AND target = ?",
+        [(sent, identity, *_key(stream)) for identity, stream, sent in marks],
+    )
+
+
+def acknowledge_up_to(
+    connection: sqlite3.Connection,
+    identity: str,
+    message_id: int,
+    readable: frozenset[str],
+) -> tuple[int, int]:
+    """
+    Acknowledge, in C{identity}'s inbox, the broadcasts and its rooms in
+    C{readable}, everything up to C{message_id} that was sent to it; return
+    how many messages that was and their bytes.
+    """
+    count = size = 0
+    for kind, target, _, acknowledged, sent in connection.execute(
+        _CURSORS, (identity,)
+    ).fetchall():
+        if kind == Kind.ROOM.value and target not in readable:
+            continue
+        up_to = min(message_id, sent)
+        if up_to <= acknowledged:
+            continue
+        stream = _stream(kind, target)
+        taken, bytes_taken = _unread_total(
+            connection, identity, stream, acknowledged, up_to
+        )
+        _move_to(connection, identity, stream, up_to)
+        count, size = count + taken, size + bytes_taken
+    return count, size
+
+
+def acknowledge_one(
+    connection: sqlite3.Connection, identity: str, message_id: int
+) -> tuple[int, int] | None:
+    """
+    Acknowledge one message of C{identity}'s; return 1 and its bytes, or 0
+    if it was already, or L{None} if it is none of its (or is gone).
+    """
+    row = connection.execute(
+        "SELECT kind, target, sender, length(CAST(body AS BLOB))"
+        " FROM messages WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    kind, target, sender, size = row
+    if kind != Kind.DIRECT.value and sender == identity:
+        return None
+    position = connection.execute(_CURSOR, (identity, kind, target)).fetchone()
+    if position is None or message_id <= position[0]:
+        return None
+    stream = _stream(kind, target)
+    if message_id <= position[1] or not _note_acknowledged(
+        connection, identity, stream, message_id
+    ):
+        return 0, 0
+    _compact(connection, identity, stream, position[1])
+    return 1, size
+
+
+def _note_acknowledged(
+    connection: sqlite3.Connection, identity: str, stream: Stream, message_id: int
+) -> bool:
+    """
+    Keep that C{message_id} is acknowledged out of order; return whether it
+    was not already.
+    """
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO acknowledged (identity, message_id, kind, target)"
+        " VALUES (?, ?, ?, ?)",
+        (identity, message_id, *_key(stream)),
+    )
+    return cursor.rowcount == 1
+
+
+def _compact(
+    connection: sqlite3.Connection, identity: str, stream: Stream, acknowledged: int
+) -> None:
+    """
+    Move the cursor past the messages acknowledged out of order that now
+    follow it without a gap: a step for each, however long the stream.
+    """
+    position = acknowledged
+    parameters = {"identity": identity, "kind": stream.kind.value}
+    parameters["target"] = stream.target
+    while True:
+        row = connection.execute(_NEXT, {**parameters, "after": position}).fetchone()
+        if row is None or not _is_noted(connection, identity, row[0]):
+            break
+        position = row[0]
+    if position != acknowledged:
+        _move_to(connection, identity, stream, position)
+
+
+def _is_noted(connection: sqlite3.Connection, identity: str, message_id: int) -> bool:
+    return (
+        connection.execute(
+            "SELECT 1 FROM acknowledged WHERE identity = ? AND message_id = ?",
+            (identity, message_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def _move_to(
+    connection: sqlite3.Connection, identity: str, stream: Stream, position: int
+) -> None:
+    """
+    Put a cursor's acknowledged position at C{position}, and forget what
+    was acknowledged out of order up to it.
+    """
+    connection.execute(
+        "UPDATE cursors SET acknowledged = ?, sent = max(sent, ?)"
+        " WHERE identity = ? AND kind = ? AND target = ?",
+        (position, position, identity, *_key(stream)),
+    )
+    connection.execute(
+        "DELETE FROM acknowledged WHERE identity = ? AND message_id <= ?"
+        " AND kind = ? AND target = ?",
+        (identity, position, *_key(stream)),
+    )
+
+
+def _unread_total(
+    connection: sqlite3.Connection,
+    identity: str,
+    stream: Stream,
+    after: int,
+    up_to: int | None,
+) -> tuple[int, int]:
+    """
+    How many messages of C{stream} above C{after} (up to C{up_to}, or all)
+    C{identity} has not acknowledged, and their bytes.
+    """
+    count, size = connection.execute(
+        _UNREAD_TOTAL,
+        {
+            "identity": identity,
+            "kind": stream.kind.value,
+            "target": stream.target,
+            "after": after,
+            "up_to": (1 << 62) if up_to is None else up_to,
+        },
+    ).fetchone()
+    return count, size
+
+
+def waiting_totals(
+    connection: sqlite3.Connection, created_before: int | None = None
+) -> dict[str, tuple[int, int]]:
+    """
+    What waits unacknowledged for each identity (or only what was created
+    before C{created_before}, in microseconds): read at startup, and by
+    the purge for what its age limit removes.
+    """
+    if created_before is None:
+        rows = connection.execute(_WAITING.format(where=""))
+    else:
+        rows = connection.execute(
+            _WAITING.format(where="AND m.created < ?"), (created_before,)
+        )
+    return {identity: (count, size) for identity, count, size in rows}
+
+
+_BEYOND_COUNT = """
+DELETE FROM messages WHERE id IN (
+    SELECT id FROM (
+        SELECT id, sender, target,
+            ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS newer
+        FROM messages WHERE kind = :kind
+    ) AS ranked
+    WHERE newer > :keep
+    AND NOT EXISTS (
+        SELECT 1 FROM cursors c
+        WHERE c.kind = :kind AND c.target = ranked.target AND c.reads = 1
+        AND ranked.id > c.acknowledged
+        AND (c.kind = 'MSG' OR ranked.sender != c.identity)
+        AND NOT EXISTS (
+            SELECT 1 FROM acknowledged a
+            WHERE a.identity = c.identity AND a.message_id = ranked.id
+        )
+    )
+)
+"""
+"""Messages of a kind beyond the newest N of their room or recipient, but
+none that a reader of their stream has yet to acknowledge."""
+
+
+def purge(
+    connection: sqlite3.Connection, oldest: int, retention: Retention
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """
+    Remove what retention no longer keeps; return how many messages went,
+    and for each identity what of it went unacknowledged.  Only age removes
+    what someone has yet to acknowledge; the count limits never do.
+    """
+    unread = waiting_totals(connection, oldest)
+    removed = connection.execute(
+        "DELETE FROM messages WHERE created < ?", (oldest,)
+    ).rowcount
+    for kind, keep in (
+        (Kind.ROOM, retention.room_max),
+        (Kind.DIRECT, retention.mailbox_max),
+    ):
+        removed += connection.execute(
+            _BEYOND_COUNT, {"kind": kind.value, "keep": keep}
+        ).rowcount
+    connection.execute(
+        "DELETE FROM acknowledged WHERE message_id NOT IN (SELECT id FROM messages)"
+    )
+    return removed, unread
+
+
+def memberships(connection: sqlite3.Connection) -> list[tuple[str, str, bool]]:
+    """
+    Each C{(identity, room, reads)} membership, read at startup.
+    """
+    return [
+        (identity, room, bool(reads))
+        for identity, room, reads in connection.execute(
+            "SELECT identity, target, reads FROM cursors WHERE kind = 'SAY'"
+        )
+    ]
+
+
+def known_identities(connection: sqlite3.Connection) -> set[str]:
+    """
+    The identities known: those with an inbox, read at startup.
+    """
+    return {
+        name
+        for (name,) in connection.execute(
+            "SELECT identity FROM cursors WHERE kind = 'MSG'"
+        )
+    }
