@@ -240,6 +240,13 @@ class Options(usage.Options):
             "The log, where twistd writes it: text, or json (an event a "
             "line). [default: text]",
         ],
+        [
+            "commit-delay",
+            None,
+            None,
+            "Milliseconds a commit of the message store may wait for more "
+            "messages under a steady stream; 0 for none. [default: 1]",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -518,7 +525,10 @@ def assemble(
     path = settings.data_dir / DATABASE_NAME
     if path.exists():
         check_database(path)
-    store = SQLiteStore(path, lambda c: ThreadWorker(c, reactor.callFromThread))
+    delay = settings.commit_delay.total_seconds()
+    store = SQLiteStore(
+        path, lambda c: ThreadWorker(c, reactor.callFromThread, commit_delay=delay)
+    )
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(
         _endpoints(
