@@ -18,8 +18,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -38,7 +37,7 @@ from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
-from secmsg.daemon.listen import server_endpoint
+from secmsg.daemon.listen import listen_endpoints
 from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.operations import Backups
@@ -76,10 +75,6 @@ from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
 from secmsg.errors import ConfigurationError
 
 log = Logger()
-
-LISTEN_BACKLOG = 511
-"""Pending connections the kernel holds; Twisted's default of 50 overflows
-under bursts of new connections and turns them into one-second stalls."""
 
 
 class Options(usage.Options):
@@ -240,6 +235,13 @@ class Options(usage.Options):
             None,
             "The log, where twistd writes it: text, or json (an event a "
             "line). [default: text]",
+        ],
+        [
+            "commit-delay",
+            None,
+            None,
+            "Milliseconds a commit of the message store may wait for more "
+            "messages under a steady stream; 0 for none. [default: 1]",
         ],
     ]
 
@@ -522,12 +524,15 @@ def assemble(
     path = settings.data_dir / DATABASE_NAME
     if path.exists():
         check_database(path)
+    delay = settings.commit_delay.total_seconds()
     store = SQLiteStore(
-        path, lambda c: ThreadWorker(c, reactor.callFromThread), reactor
+        path,
+        lambda c: ThreadWorker(c, reactor.callFromThread, commit_delay=delay),
+        reactor,
     )
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(
-        _endpoints(
+        listen_endpoints(
             reactor, "listen", settings.listen, settings.interface, settings.port
         ),
         daemon.factory,
@@ -567,7 +572,7 @@ def _admin_service(
     if settings.admin_port is None and not settings.admin_listen:
         return None
     return AdminService(
-        _endpoints(
+        listen_endpoints(
             reactor,
             "admin-listen",
             settings.admin_listen,
@@ -576,20 +581,3 @@ def _admin_service(
         ),
         gate,
     )
-
-
-def _endpoints(
-    reactor: Any, name: str, descriptions: tuple[str, ...], interface: str, port: int
-) -> list[IStreamServerEndpoint]:
-    """
-    The endpoints a listen setting names, or the one of the port and
-    interface settings when it names none.
-    """
-    if not descriptions:
-        return [_endpoint(reactor, interface, port)]
-    return [server_endpoint(reactor, text, name) for text in descriptions]
-
-
-def _endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
-    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-    return endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)

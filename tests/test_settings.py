@@ -139,6 +139,53 @@ class SettingsTests(SynchronousTestCase):
             )
             self.assertIn(f"secmsg.toml: {line.split()[0]}", str(error))
 
+    def test_commit_delay_setting(self) -> None:
+        """
+        The commit delay defaults to 1 ms, is set in milliseconds from the
+        file or a flag, fractions allowed, and 0 turns it off.
+        """
+        defaults = load_settings(no_flags(), str(self.config))
+        self.assertEqual(defaults.commit_delay, timedelta(milliseconds=1))
+        for line, expected in [
+            ("commit-delay = 0.5", timedelta(microseconds=500)),
+            ("commit-delay = 2", timedelta(milliseconds=2)),
+            ("commit-delay = 0", timedelta(0)),
+            ("commit-delay = 10", timedelta(milliseconds=10)),
+        ]:
+            self.config.write_text(CONFIG + line + "\n")
+            settings = load_settings(no_flags(), str(self.config))
+            self.assertEqual(settings.commit_delay, expected, line)
+        settings = load_settings(no_flags(commit_delay="0.25"), str(self.config))
+        self.assertEqual(settings.commit_delay, timedelta(microseconds=250))
+
+    def test_commit_delay_out_of_range_or_not_a_number(self) -> None:
+        """
+        A negative, too long or non-numeric commit delay is refused with
+        words naming the key, where it was set, and the range.
+        """
+        for line in [
+            "commit-delay = -1",
+            "commit-delay = 10.5",
+            "commit-delay = 1000",
+            'commit-delay = "1"',
+            "commit-delay = true",
+            "commit-delay = nan",
+            "commit-delay = inf",
+        ]:
+            self.config.write_text(CONFIG + line + "\n")
+            with self.assertRaises(ConfigurationError) as caught:
+                load_settings(no_flags(), str(self.config))
+            self.assertIn("secmsg.toml: commit-delay", str(caught.exception), line)
+            self.assertIn("milliseconds from 0", str(caught.exception), line)
+        self.config.write_text(CONFIG)
+        for text in ("-1", "11", "1ms", "nan", "1e3", ""):
+            with self.assertRaises(ConfigurationError) as caught:
+                load_settings(no_flags(commit_delay=text), str(self.config))
+            self.assertIn(
+                f"--commit-delay: {text!r} is not a number of milliseconds from 0",
+                str(caught.exception),
+            )
+
     def test_flags_override_the_file(self) -> None:
         """
         A flag wins over the same setting in the file.

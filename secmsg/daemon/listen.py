@@ -16,11 +16,20 @@ import os
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.endpoints import _parse, serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    _parse,
+    serverFromString,
+)
 from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
 
 from secmsg.daemon.limits import describe_address
 from secmsg.errors import ConfigurationError
+
+LISTEN_BACKLOG = 511
+"""Pending connections the kernel holds; Twisted's default of 50 overflows
+under bursts of new connections and turns them into one-second stalls."""
 
 TLS_TYPES = ("ssl", "tls")
 """Endpoint types that would do TLS themselves, in place of the daemon's."""
@@ -112,3 +121,18 @@ def describe_listening(address: IAddress) -> str:
     if isinstance(address, UNIXAddress) and address.name is not None:
         return f"unix:{os.fsdecode(address.name)}"
     return describe_address(address)
+
+
+def listen_endpoints(
+    reactor: Any, name: str, descriptions: tuple[str, ...], interface: str, port: int
+) -> list[IStreamServerEndpoint]:
+    """
+    The endpoints a listen setting names, or the one of the port and
+    interface settings when it names none.
+    """
+    if not descriptions:
+        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+        return [
+            endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
+        ]
+    return [server_endpoint(reactor, text, name) for text in descriptions]

@@ -462,6 +462,9 @@ class Pipeline:
             ):
                 return
             if ready.data:
+                # Twisted's TLS transport gathers the writes of a reactor
+                # turn, replies and pushes alike, into one TLS write at its
+                # end: one record and one send per peer per turn.
                 session.transport.write(ready.data)
                 self._metrics.command(ready.verb, ready.data[:3].decode("ascii"))
             if ready.finishes:

@@ -61,11 +61,22 @@ OPTIONS = (
     "audit-rotate-bytes",
     "log-format",
     "backup-dir",
+    "commit-delay",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
 HISTORY_MAX = 200
 """The most messages one HISTORY gives, unless the operator says."""
+
+COMMIT_DELAY_MS = 1.0
+"""The longest, in milliseconds, a commit of the message store waits for
+company under a steady stream, unless the operator says: about an fsync
+of a fast disk, small beside a client's round trip."""
+
+COMMIT_DELAY_MAX_MS = 10.0
+"""The longest commit delay an operator may set: about one fsync of a
+spinning disk.  Messages that come during a commit share the next one
+anyway, so waiting longer than a commit takes only adds latency."""
 
 MAX_ROOMS_CEILING = 50000
 """The most rooms an operator may let the daemon hold, or one identity be
@@ -118,6 +129,7 @@ class Settings:
     admin_listen: tuple[str, ...] = ()
     audit_rotate_bytes: int = ROTATE_BYTES
     log_format: str = "text"
+    commit_delay: timedelta = timedelta(milliseconds=COMMIT_DELAY_MS)
 
     @property
     def line(self) -> LineSettings:
@@ -191,6 +203,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             merged, origins, "audit-rotate-bytes", ROTATE_BYTES, 1024, 2**40
         ),
         log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
+        commit_delay=_commit_delay(merged, origins),
     )
 
 
@@ -452,6 +465,29 @@ def _integer(
             f"{value!r} is not a whole number from {low} to {high}",
         )
     return number
+
+
+def _commit_delay(merged: Mapping[str, Any], origins: Mapping[str, str]) -> timedelta:
+    """
+    The commit delay, in milliseconds, a fraction allowed (0.5): a TOML
+    number in the file, or a flag's text.
+    """
+    value = merged.get("commit-delay", COMMIT_DELAY_MS)
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and origins["commit-delay"].startswith("--"):
+        # float() would take "nan", "inf" and "1e3"; an operator means digits.
+        digits = value.replace(".", "", 1)
+        number = float(value) if digits.isascii() and digits.isdigit() else None
+    # NaN, which TOML allows, fails the comparison too.
+    if number is None or not 0 <= number <= COMMIT_DELAY_MAX_MS:
+        raise ConfigurationError(
+            _origin(origins, "commit-delay"),
+            f"{value!r} is not a number of milliseconds from 0 (no delay) "
+            f"to {COMMIT_DELAY_MAX_MS:g}",
+        )
+    return timedelta(milliseconds=number)
 
 
 def _address(merged: Mapping[str, Any], origins: Mapping[str, str], name: str) -> str:

@@ -131,6 +131,7 @@ logins-per-address = 20
 stale-crl = "refuse"
 audit-rotate-bytes = 1048576
 log-format = "json"
+commit-delay = 0.5
 """,
     "listen": b"""cert = "c"
 key = "k"
