@@ -1,5 +1,5 @@
 """
-The six scenarios as the parent runs them: start a server, hand each
+The scenarios as the parent runs them: start a server, hand each
 client worker its share of the load, measure, stop the server, and turn
 what the workers counted into figures.
 
@@ -11,16 +11,24 @@ what the workers counted into figures.
 5. durable: messages to offline identities, confirmed a second.
 6. flood: another session's PING and a fresh login, at rest and while
    sessions write blank lines as fast as they can (secmsg only).
+7. room-steady: one sender, a room of 100, at a steady 100 a second.
+8. broadcast: one sender, while secmsg knows 10,000 identities.
+9. history: direct messages and ACK on a store filled with a million
+   messages before the daemon starts, beside a fresh one (secmsg only).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.acks import AckPlan
+from bench.clients import EVERYONE
 from bench.flood import FloodPlan, ProbePlan
 from bench.scenarios import (
     FlowPlan,
@@ -31,23 +39,8 @@ from bench.scenarios import (
     measure,
     percentiles,
 )
-from bench.servers import (
-    Credentials,
-    FloorServer,
-    MosquittoServer,
-    OpensslServer,
-    SecmsgServer,
-    Server,
-    make_pki,
-)
-
-PROTOCOLS: dict[type[Server], str] = {
-    SecmsgServer: "secmsg",
-    MosquittoServer: "mqtt",
-    OpensslServer: "tls",
-    FloorServer: "secmsg",
-}
-"""What each server speaks, as the client workers know it."""
+from bench.servers import Credentials, SecmsgServer, Server, make_pki
+from secmsg.daemon.store.database import DATABASE_NAME
 
 HANDSHAKE_IDENTITIES = 8
 IDLE_IDENTITIES = 100
@@ -86,6 +79,19 @@ class Settings:
     flood_target_ms: float | None = 20.0
     """Another session's PING p99 during the blank-line flood, at most;
     L{None} judges nothing (a smoke run measures nothing)."""
+    room_steady_members: int = 100
+    room_steady_rate: float = 100.0
+    """The steady room: members, and messages a second said to it."""
+    known: int = 10_000
+    online: int = 8
+    """Identities the daemon knows when broadcasting, and how many of them
+    are online (each in a session of its own, besides the sender)."""
+    stored: int = 1_000_000
+    unacknowledged: int = 10_000
+    """Messages in the store before the daemon starts, and how many of
+    them wait unacknowledged (the rest are history, read)."""
+    acks: int = 5_000
+    """Messages acknowledged one by one to measure an ACK."""
 
 
 def identities(settings: Settings) -> tuple[list[str], list[str]]:
@@ -120,15 +126,55 @@ class Bench:
         names, offline = identities(settings)
         self.credentials: Credentials = make_pki(directory / "pki", names, offline)
         self._runs = 0
+        self._stores: dict[tuple[Any, ...], Path] = {}
 
-    def start(self, server_class: type[Server]) -> Server:
+    def start(self, server_class: type[Server], database: Path | None = None) -> Server:
+        """
+        A server started on a scratch directory of its own; for secmsg,
+        on a copy of C{database} if one is given.
+        """
         self._runs += 1
         scratch = self.directory / f"run{self._runs}"
         scratch.mkdir()
-        return server_class.start(self.credentials, scratch)
+        if database is None:
+            return server_class.start(self.credentials, scratch)
+        assert issubclass(server_class, SecmsgServer)  # noqa: S101 - caller's
+        return server_class.start(self.credentials, scratch, database=database)
+
+    def prefilled(
+        self,
+        server_class: type[SecmsgServer],
+        messages: int = 0,
+        unacknowledged: int = 0,
+        identities: int = 0,
+    ) -> Path:
+        """
+        A store filled before its daemon starts, by that daemon's own code
+        (L{bench.prefill}), made once a run and copied for each server
+        that starts on it.
+        """
+        key = (server_class.code, messages, unacknowledged, identities)
+        if key not in self._stores:
+            directory = self.directory / f"store{len(self._stores)}"
+            directory.mkdir()
+            database = directory / DATABASE_NAME
+            subprocess.run(
+                [
+                    sys.executable,
+                    Path(__file__).parent / "prefill.py",
+                    database,
+                    f"--messages={messages}",
+                    f"--unacknowledged={unacknowledged}",
+                    f"--identities={identities}",
+                ],
+                check=True,
+                **server_class.running(),
+            )
+            self._stores[key] = database
+        return self._stores[key]
 
     def target(self, server: Server, tls: str = "1.3") -> Target:
-        return Target(PROTOCOLS[type(server)], server.port, self.credentials, tls)
+        return Target(server.protocol, server.port, self.credentials, tls)
 
     def handshakes(self, server_class: type[Server], tls: str) -> dict[str, Any]:
         """
@@ -205,32 +251,34 @@ class Bench:
             if share
         ]
 
-    def room(self, server_class: type[Server], members: int) -> dict[str, Any]:
+    def room(
+        self, server_class: type[Server], members: int, rate: float | None = None
+    ) -> dict[str, Any]:
         """
-        One sender saying as fast as the closed loop allows to a room of
-        C{members} other sessions, each its own identity.
+        One sender saying to a room of C{members} other sessions, each its
+        own identity: as fast as the closed loop allows, or C{rate}
+        messages a second.
         """
         settings = self.settings
+        names = [f"m{n}" for n in range(members)]
         with self.start(server_class) as server:
-            target = self.target(server)
-            shares: list[list[str]] = [[] for _ in range(settings.workers)]
-            for n in range(members):
-                shares[n % settings.workers].append(f"m{n}")
             plans = [
                 FlowPlan(
-                    target,
+                    self.target(server),
                     senders=[("speaker", "bench")] if index == 0 else [],
                     receivers=share,
                     room=True,
+                    rate=rate,
                     in_flight=settings.room_in_flight,
                 )
-                for index, share in enumerate(shares)
+                for index, share in enumerate(_shares(names, settings.workers))
                 if share
             ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
                 figure = self._flow(server, workers)
             figure["members"] = members
+            figure["offered_per_second"] = rate
             figure["log_tracebacks"] = _tracebacks(server)
             return figure
 
@@ -264,6 +312,112 @@ class Bench:
             figure["log_tracebacks"] = _tracebacks(server)
             return figure
 
+    def broadcast(self, server_class: type[Server]) -> dict[str, Any]:
+        """
+        One sender broadcasting, C{room_in_flight} unconfirmed at a time,
+        while secmsg knows C{known} identities (remembered in its store
+        before it starts, as identities that logged in once), C{online} of
+        them in sessions that are sent every broadcast. Mosquitto's
+        counterpart is a QoS 1 publish to a topic every session reads; it
+        keeps nothing for identities that are away.
+        """
+        settings = self.settings
+        online = [f"m{n}" for n in range(settings.online)]
+        database = None
+        if issubclass(server_class, SecmsgServer):
+            known = settings.known - len(online)
+            database = self.prefilled(server_class, identities=known)
+        with self.start(server_class, database) as server:
+            plans = [
+                FlowPlan(
+                    self.target(server),
+                    senders=[("speaker", EVERYONE)] if index == 0 else [],
+                    receivers=share,
+                    broadcast=True,
+                    in_flight=settings.room_in_flight,
+                    qos=1,
+                )
+                for index, share in enumerate(_shares(online, settings.workers))
+            ]
+            with Workers(plans) as workers:
+                workers.ask("prepare")
+                figure = self._flow(server, workers)
+            figure["known"] = settings.known if database else None
+            figure["online"] = len(online)
+            figure["server_cpu_us_per_broadcast"] = _per(
+                figure["server_cpu_seconds"] * 1e6,
+                round(figure["confirmed_per_second"] * settings.seconds),
+            )
+            figure["log_tracebacks"] = _tracebacks(server)
+            return figure
+
+    def history(self, server_class: type[SecmsgServer]) -> dict[str, Any]:
+        """
+        Direct messages at saturation, then an ACK per message, on a fresh
+        store and on one that holds C{stored} messages before the daemon
+        starts (C{unacknowledged} of them waiting for identities that stay
+        away, the rest read), each on a server of its own; and the
+        second's figures as ratios to the first's.
+        """
+        settings = self.settings
+        fresh = self._direct_and_acks(server_class, None)
+        database = self.prefilled(
+            server_class, settings.stored, settings.unacknowledged
+        )
+        stored = self._direct_and_acks(server_class, database)
+        ratios = {
+            name: _ratio(stored[part][key], fresh[part][key])
+            for name, part, key in HISTORY_RATIOS
+        }
+        return {
+            "messages_stored": settings.stored,
+            "unacknowledged": settings.unacknowledged,
+            "fresh": fresh,
+            "stored": stored,
+            "ratio_to_fresh": ratios,
+            "log_tracebacks": fresh["log_tracebacks"] + stored["log_tracebacks"],
+        }
+
+    def _direct_and_acks(
+        self, server_class: type[SecmsgServer], database: Path | None
+    ) -> dict[str, Any]:
+        with self.start(server_class, database) as server:
+            settled = server.quiet()
+            with Workers(self._pair_plans(server, None)) as workers:
+                workers.ask("prepare")
+                saturation = self._flow(server, workers)
+            acks = self._acks(server)
+            return {
+                "settled_seconds": settled,
+                "saturation": saturation,
+                "acks": acks,
+                "log_tracebacks": _tracebacks(server),
+            }
+
+    def _acks(self, server: Server) -> dict[str, Any]:
+        """
+        C{acks} messages sent to one identity, all pushed to it, then
+        acknowledged one by one: the server's CPU time for the ACKs alone.
+        """
+        count = self.settings.acks
+        plan = AckPlan(self.target(server), "s0", "r0", count)
+        with Workers([plan]) as workers:
+            workers.ask("prepare")
+            workers.ask("deliver")
+            # What the pushes left to do (noting them delivered) is not
+            # the ACKs' to pay for.
+            server.quiet()
+            before = server.cpu_seconds()
+            (answer,) = workers.ask("acknowledge")
+            cpu = server.cpu_seconds() - before
+        return {
+            "count": count,
+            "per_second": round(count / answer["seconds"], 1),
+            "server_cpu_us_each": _per(cpu * 1e6, count),
+            "problems": answer["problems"],
+            "lost_sessions": answer["lost_sessions"],
+        }
+
     def _flow(self, server: Server, workers: Workers) -> dict[str, Any]:
         settings = self.settings
         results, cpu = measure(server, workers, settings.warmup, settings.seconds)
@@ -277,6 +431,7 @@ class Bench:
                 sum(r["sent"] for r in results) / settings.seconds, 1
             ),
             "server_cpu_us_each": _per(cpu * 1e6, counted),
+            "server_cpu_seconds": round(cpu, 3),
             "server_cpu_share": round(cpu / settings.seconds, 3),
             "clients_cpu_share": _clients_share(results, settings.seconds),
             **percentiles([x for r in results for x in r["latencies_us"]]),
@@ -385,6 +540,31 @@ class Bench:
                 "logins_refused": _merged(r["logins_refused"] for r in floods),
             }
         return figure
+
+
+HISTORY_RATIOS = [
+    ("delivered_per_second", "saturation", "delivered_per_second"),
+    ("server_cpu_us_per_message", "saturation", "server_cpu_us_each"),
+    ("p99_ms", "saturation", "p99_ms"),
+    ("acks_per_second", "acks", "per_second"),
+    ("server_cpu_us_per_ack", "acks", "server_cpu_us_each"),
+]
+"""The figures of a full store given as ratios to a fresh one's: what
+each is called, and where it is in a run's figures."""
+
+
+def _ratio(ours: float | None, base: float | None) -> float | None:
+    return round(ours / base, 3) if ours and base else None
+
+
+def _shares(names: list[str], workers: int) -> list[list[str]]:
+    """
+    NAMES dealt round the workers; a worker always has a share, if empty.
+    """
+    shares: list[list[str]] = [[] for _ in range(workers)]
+    for n, name in enumerate(names):
+        shares[n % workers].append(name)
+    return shares
 
 
 def _few(latencies_us: list[float]) -> dict[str, Any]:
