@@ -172,7 +172,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
         ]
         if plot is not None:
             lines += [f"![latency against offered load]({plot.name})", ""]
-    if "rooms" in results:
+    if "rooms" in results or "room-steady" in results:
         lines += [
             "### 3. Room fan-out",
             "",
@@ -182,7 +182,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
             "member identity; Mosquitto publishes at QoS 0.",
             "",
         ]
-        for members, by_server in results["rooms"].items():
+        for members, by_server in results.get("rooms", {}).items():
             lines += [
                 f"M = {members}:",
                 "",
@@ -197,6 +197,8 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
                     peers(by_server),
                 ),
             ]
+        if "room-steady" in results:
+            lines += paths.room_steady(results["room-steady"], parameters)
     if "idle" in results:
         idle = results["idle"]
         names = peers(idle)
@@ -241,7 +243,7 @@ def markdown(document: dict[str, Any], plot: Path | None) -> str:
             ),
         ]
     if "flood" in results:
-        lines += _flood(results["flood"]["secmsg"], parameters)
+        lines += _flood(results["flood"], parameters)
     lines += paths.sections(results, parameters)
     lines += paths.against_targets(results, parameters)
     lines.append(END)
@@ -259,16 +261,27 @@ FLOOD_ROWS = [
 ]
 
 
-def _flood(flood: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
+def _flood(by_server: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
     """
     The blank-line flood: the probes at rest beside the same during the
-    flood, then what the flooders did and what the server did to them.
+    flood (for each secmsg, when another checkout's is compared), then
+    what the flooders did and what this checkout's server did to them.
     """
-    rest, during = flood["rest"], flood["flood"]
+    names = peers(by_server)
+    phases = [(by_server[name]["rest"], by_server[name]["flood"]) for name in names]
     rows = [
-        [label, number(rest[part][key]), number(during[part][key])]
+        [label, *(number(phase[part][key]) for pair in phases for phase in pair)]
         for label, part, key in FLOOD_ROWS
-    ] + [[label, number(rest[key]), number(during[key])] for label, key in SHARE_ROWS]
+    ] + [
+        [label, *(number(phase[key]) for pair in phases for phase in pair)]
+        for label, key in SHARE_ROWS
+    ]
+    columns = [""]
+    for name in names:
+        prefix = "" if len(names) == 1 else f"{name}, "
+        columns += [f"{prefix}at rest", f"{prefix}during the flood"]
+    flood = by_server["secmsg"]
+    during = flood["flood"]
     closed = ", ".join(f'{n} for "{r}"' for r, n in during["closed_by_server"].items())
     refused = ", ".join(f"{n} ({r})" for r, n in during["logins_refused"].items())
     target = flood["target_p99_ms"]
@@ -292,7 +305,7 @@ def _flood(flood: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
             else ""
         ),
         "",
-        *table(["", "at rest", "during the flood"], rows),
+        *table(columns, rows),
         "During the flood: the flooders' sockets took "
         f"{number(during['blank_lines_per_second'])} blank lines a second in "
         "the window (not what the server read of them); "

@@ -90,7 +90,7 @@ class Settings:
     unacknowledged: int = 10_000
     """Messages in the store before the daemon starts, and how many of
     them wait unacknowledged (the rest are history, read)."""
-    acks: int = 5_000
+    acks: int = 20_000
     """Messages acknowledged one by one to measure an ACK."""
 
 

@@ -356,9 +356,9 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn("### 6. Blank-line flood", summary)
         self.assertIn("| PING p99 (ms) |", summary)
         for heading in (
-            "### 7. A room of 4 at a steady 50 messages a second",
-            "### 8. Broadcast, 200 known identities",
-            "### 9. Direct messages and ACK after 2,000 stored messages",
+            "M = 4 at a steady 50 messages a second",
+            "### 7. Broadcast, 200 known identities",
+            "### 8. Direct messages and ACK after 2,000 stored messages",
             "### Against the targets",
         ):
             self.assertIn(heading, summary)
