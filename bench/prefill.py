@@ -64,6 +64,10 @@ def away(n: int) -> str:
 
 
 def sender(n: int) -> str:
+    """
+    The sender of message C{n}: a pair's sender to its receiver, one of a
+    few other identities to the rest.
+    """
     return f"s{n % PAIRS}" if n % RECIPIENTS < PAIRS else f"h{n % 7}"
 
 

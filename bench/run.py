@@ -36,6 +36,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from bench import report
+from bench.filled import FilledBench
 from bench.servers import (
     FloorServer,
     MosquittoServer,
@@ -43,7 +44,7 @@ from bench.servers import (
     SecmsgServer,
     secmsg_from,
 )
-from bench.suite import Bench, Settings
+from bench.suite import Settings
 from secmsg.daemon.limits import raise_open_file_limit
 
 SCENARIOS = (
@@ -135,7 +136,7 @@ def run(
     secmsg daemons (another checkout's first, when compared), then
     Mosquitto.
     """
-    bench = Bench(directory, settings)
+    bench = FilledBench(directory, settings)
     peers = (*secmsgs, MosquittoServer)
     results: dict[str, Any] = {}
     if "handshakes" in scenarios:

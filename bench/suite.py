@@ -6,29 +6,25 @@ what the workers counted into figures.
 1. handshakes: new mutual-TLS sessions a second, each to the greeting.
 2. direct: N sender/receiver pairs, at fixed offered loads and at
    saturation.
-3. rooms: one sender, M members, at saturation.
+3. rooms: one sender, M members, at saturation; and room-steady, a room
+   of 100 at a steady 100 messages a second.
 4. idle: the server's resident memory per held session.
 5. durable: messages to offline identities, confirmed a second.
 6. flood: another session's PING and a fresh login, at rest and while
    sessions write blank lines as fast as they can (secmsg only).
-7. room-steady: one sender, a room of 100, at a steady 100 a second.
-8. broadcast: one sender, while secmsg knows 10,000 identities.
-9. history: direct messages and ACK on a store filled with a million
-   messages before the daemon starts, beside a fresh one (secmsg only).
+
+The scenarios on a store filled before the daemon starts (broadcast and
+history) are L{bench.filled}'s.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.acks import AckPlan
-from bench.clients import EVERYONE
 from bench.flood import FloodPlan, ProbePlan
 from bench.scenarios import (
     FlowPlan,
@@ -40,7 +36,6 @@ from bench.scenarios import (
     percentiles,
 )
 from bench.servers import Credentials, SecmsgServer, Server, make_pki
-from secmsg.daemon.store.database import DATABASE_NAME
 
 HANDSHAKE_IDENTITIES = 8
 IDLE_IDENTITIES = 100
@@ -104,7 +99,7 @@ def identities(settings: Settings) -> tuple[list[str], list[str]]:
         *(f"s{n}" for n in range(settings.pairs)),
         *(f"r{n}" for n in range(settings.pairs)),
         "speaker",
-        *(f"m{n}" for n in range(max(max(settings.members), IDLE_IDENTITIES))),
+        *(f"m{n}" for n in range(_members(settings))),
         *(f"hs{n}" for n in range(HANDSHAKE_IDENTITIES)),
         *(f"flood{n}" for n in range(settings.flooders)),
         PROBE,
@@ -112,6 +107,19 @@ def identities(settings: Settings) -> tuple[list[str], list[str]]:
         *offline,
     ]
     return names, offline
+
+
+def _members(settings: Settings) -> int:
+    """
+    How many m identities the run needs: the largest room's members, the
+    broadcast's online identities, or the idle sessions', whichever most.
+    """
+    return max(
+        *settings.members,
+        settings.room_steady_members,
+        settings.online,
+        IDLE_IDENTITIES,
+    )
 
 
 class Bench:
@@ -126,7 +134,6 @@ class Bench:
         names, offline = identities(settings)
         self.credentials: Credentials = make_pki(directory / "pki", names, offline)
         self._runs = 0
-        self._stores: dict[tuple[Any, ...], Path] = {}
 
     def start(self, server_class: type[Server], database: Path | None = None) -> Server:
         """
@@ -140,38 +147,6 @@ class Bench:
             return server_class.start(self.credentials, scratch)
         assert issubclass(server_class, SecmsgServer)  # noqa: S101 - caller's
         return server_class.start(self.credentials, scratch, database=database)
-
-    def prefilled(
-        self,
-        server_class: type[SecmsgServer],
-        messages: int = 0,
-        unacknowledged: int = 0,
-        identities: int = 0,
-    ) -> Path:
-        """
-        A store filled before its daemon starts, by that daemon's own code
-        (L{bench.prefill}), made once a run and copied for each server
-        that starts on it.
-        """
-        key = (server_class.code, messages, unacknowledged, identities)
-        if key not in self._stores:
-            directory = self.directory / f"store{len(self._stores)}"
-            directory.mkdir()
-            database = directory / DATABASE_NAME
-            subprocess.run(
-                [
-                    sys.executable,
-                    Path(__file__).parent / "prefill.py",
-                    database,
-                    f"--messages={messages}",
-                    f"--unacknowledged={unacknowledged}",
-                    f"--identities={identities}",
-                ],
-                check=True,
-                **server_class.running(),
-            )
-            self._stores[key] = database
-        return self._stores[key]
 
     def target(self, server: Server, tls: str = "1.3") -> Target:
         return Target(server.protocol, server.port, self.credentials, tls)
@@ -197,12 +172,12 @@ class Bench:
             completed = sum(r["completed"] for r in results)
             return {
                 "per_second": round(completed / settings.seconds, 1),
-                "server_cpu_ms_each": _per(cpu * 1e3, completed),
+                "server_cpu_ms_each": per(cpu * 1e3, completed),
                 "server_cpu_share": round(cpu / settings.seconds, 3),
                 "clients_cpu_share": _clients_share(results, settings.seconds),
                 **percentiles([x for r in results for x in r["latencies_us"]]),
                 "failures": _merged(r["failures"] for r in results),
-                "log_tracebacks": _tracebacks(server),
+                "log_tracebacks": tracebacks(server),
             }
 
     def direct(self, server_class: type[Server]) -> dict[str, Any]:
@@ -215,11 +190,11 @@ class Bench:
         figures: dict[str, Any] = {"sweep": [], "log_tracebacks": 0}
         for rate in [*settings.loads, None]:
             with self.start(server_class) as server:
-                plans = self._pair_plans(server, rate)
+                plans = self.pair_plans(server, rate)
                 with Workers(plans) as workers:
                     workers.ask("prepare")
-                    figure = self._flow(server, workers)
-                figures["log_tracebacks"] += _tracebacks(server)
+                    figure = self.flow(server, workers)
+                figures["log_tracebacks"] += tracebacks(server)
             figure["offered_per_second"] = rate
             if rate is None:
                 figures["saturation"] = figure
@@ -232,7 +207,7 @@ class Bench:
             figures["steady"] = steady[0]
         return figures
 
-    def _pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
+    def pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
         settings = self.settings
         target = self.target(server)
         shares: list[list[int]] = [[] for _ in range(settings.workers)]
@@ -271,15 +246,15 @@ class Bench:
                     rate=rate,
                     in_flight=settings.room_in_flight,
                 )
-                for index, share in enumerate(_shares(names, settings.workers))
+                for index, share in enumerate(dealt(names, settings.workers))
                 if share
             ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
-                figure = self._flow(server, workers)
+                figure = self.flow(server, workers)
             figure["members"] = members
             figure["offered_per_second"] = rate
-            figure["log_tracebacks"] = _tracebacks(server)
+            figure["log_tracebacks"] = tracebacks(server)
             return figure
 
     def durable(self, server_class: type[Server]) -> dict[str, Any]:
@@ -308,117 +283,11 @@ class Bench:
             ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
-                figure = self._flow(server, workers)
-            figure["log_tracebacks"] = _tracebacks(server)
+                figure = self.flow(server, workers)
+            figure["log_tracebacks"] = tracebacks(server)
             return figure
 
-    def broadcast(self, server_class: type[Server]) -> dict[str, Any]:
-        """
-        One sender broadcasting, C{room_in_flight} unconfirmed at a time,
-        while secmsg knows C{known} identities (remembered in its store
-        before it starts, as identities that logged in once), C{online} of
-        them in sessions that are sent every broadcast. Mosquitto's
-        counterpart is a QoS 1 publish to a topic every session reads; it
-        keeps nothing for identities that are away.
-        """
-        settings = self.settings
-        online = [f"m{n}" for n in range(settings.online)]
-        database = None
-        if issubclass(server_class, SecmsgServer):
-            known = settings.known - len(online)
-            database = self.prefilled(server_class, identities=known)
-        with self.start(server_class, database) as server:
-            plans = [
-                FlowPlan(
-                    self.target(server),
-                    senders=[("speaker", EVERYONE)] if index == 0 else [],
-                    receivers=share,
-                    broadcast=True,
-                    in_flight=settings.room_in_flight,
-                    qos=1,
-                )
-                for index, share in enumerate(_shares(online, settings.workers))
-            ]
-            with Workers(plans) as workers:
-                workers.ask("prepare")
-                figure = self._flow(server, workers)
-            figure["known"] = settings.known if database else None
-            figure["online"] = len(online)
-            figure["server_cpu_us_per_broadcast"] = _per(
-                figure["server_cpu_seconds"] * 1e6,
-                round(figure["confirmed_per_second"] * settings.seconds),
-            )
-            figure["log_tracebacks"] = _tracebacks(server)
-            return figure
-
-    def history(self, server_class: type[SecmsgServer]) -> dict[str, Any]:
-        """
-        Direct messages at saturation, then an ACK per message, on a fresh
-        store and on one that holds C{stored} messages before the daemon
-        starts (C{unacknowledged} of them waiting for identities that stay
-        away, the rest read), each on a server of its own; and the
-        second's figures as ratios to the first's.
-        """
-        settings = self.settings
-        fresh = self._direct_and_acks(server_class, None)
-        database = self.prefilled(
-            server_class, settings.stored, settings.unacknowledged
-        )
-        stored = self._direct_and_acks(server_class, database)
-        ratios = {
-            name: _ratio(stored[part][key], fresh[part][key])
-            for name, part, key in HISTORY_RATIOS
-        }
-        return {
-            "messages_stored": settings.stored,
-            "unacknowledged": settings.unacknowledged,
-            "fresh": fresh,
-            "stored": stored,
-            "ratio_to_fresh": ratios,
-            "log_tracebacks": fresh["log_tracebacks"] + stored["log_tracebacks"],
-        }
-
-    def _direct_and_acks(
-        self, server_class: type[SecmsgServer], database: Path | None
-    ) -> dict[str, Any]:
-        with self.start(server_class, database) as server:
-            settled = server.quiet()
-            with Workers(self._pair_plans(server, None)) as workers:
-                workers.ask("prepare")
-                saturation = self._flow(server, workers)
-            acks = self._acks(server)
-            return {
-                "settled_seconds": settled,
-                "saturation": saturation,
-                "acks": acks,
-                "log_tracebacks": _tracebacks(server),
-            }
-
-    def _acks(self, server: Server) -> dict[str, Any]:
-        """
-        C{acks} messages sent to one identity, all pushed to it, then
-        acknowledged one by one: the server's CPU time for the ACKs alone.
-        """
-        count = self.settings.acks
-        plan = AckPlan(self.target(server), "s0", "r0", count)
-        with Workers([plan]) as workers:
-            workers.ask("prepare")
-            workers.ask("deliver")
-            # What the pushes left to do (noting them delivered) is not
-            # the ACKs' to pay for.
-            server.quiet()
-            before = server.cpu_seconds()
-            (answer,) = workers.ask("acknowledge")
-            cpu = server.cpu_seconds() - before
-        return {
-            "count": count,
-            "per_second": round(count / answer["seconds"], 1),
-            "server_cpu_us_each": _per(cpu * 1e6, count),
-            "problems": answer["problems"],
-            "lost_sessions": answer["lost_sessions"],
-        }
-
-    def _flow(self, server: Server, workers: Workers) -> dict[str, Any]:
+    def flow(self, server: Server, workers: Workers) -> dict[str, Any]:
         settings = self.settings
         results, cpu = measure(server, workers, settings.warmup, settings.seconds)
         delivered = sum(r["delivered"] for r in results)
@@ -430,7 +299,7 @@ class Bench:
             "sent_per_second": round(
                 sum(r["sent"] for r in results) / settings.seconds, 1
             ),
-            "server_cpu_us_each": _per(cpu * 1e6, counted),
+            "server_cpu_us_each": per(cpu * 1e6, counted),
             "server_cpu_seconds": round(cpu, 3),
             "server_cpu_share": round(cpu / settings.seconds, 3),
             "clients_cpu_share": _clients_share(results, settings.seconds),
@@ -473,7 +342,7 @@ class Bench:
                         }
                     )
                 figures["lost_sessions"] = sum(r["lost"] for r in workers.ask("close"))
-            figures["log_tracebacks"] = _tracebacks(server)
+            figures["log_tracebacks"] = tracebacks(server)
         return figures
 
     def flood(self, server_class: type[Server]) -> dict[str, Any]:
@@ -496,7 +365,7 @@ class Bench:
                 "target_p99_ms": settings.flood_target_ms,
                 "rest": rest,
                 "flood": during,
-                "log_tracebacks": _tracebacks(server),
+                "log_tracebacks": tracebacks(server),
             }
 
     def _probed(self, server: Server, flooders: list[FloodPlan]) -> dict[str, Any]:
@@ -542,22 +411,7 @@ class Bench:
         return figure
 
 
-HISTORY_RATIOS = [
-    ("delivered_per_second", "saturation", "delivered_per_second"),
-    ("server_cpu_us_per_message", "saturation", "server_cpu_us_each"),
-    ("p99_ms", "saturation", "p99_ms"),
-    ("acks_per_second", "acks", "per_second"),
-    ("server_cpu_us_per_ack", "acks", "server_cpu_us_each"),
-]
-"""The figures of a full store given as ratios to a fresh one's: what
-each is called, and where it is in a run's figures."""
-
-
-def _ratio(ours: float | None, base: float | None) -> float | None:
-    return round(ours / base, 3) if ours and base else None
-
-
-def _shares(names: list[str], workers: int) -> list[list[str]]:
+def dealt(names: list[str], workers: int) -> list[list[str]]:
     """
     NAMES dealt round the workers; a worker always has a share, if empty.
     """
@@ -580,7 +434,7 @@ def _few(latencies_us: list[float]) -> dict[str, Any]:
     }
 
 
-def _per(total: float, count: int) -> float | None:
+def per(total: float, count: int) -> float | None:
     return round(total / count, 2) if count else None
 
 
@@ -599,5 +453,5 @@ def _merged(counts: Any) -> dict[str, int]:
     return dict(merged)
 
 
-def _tracebacks(server: Server) -> int:
+def tracebacks(server: Server) -> int:
     return server.log.read_text(errors="replace").count("Traceback")
