@@ -317,8 +317,8 @@ class SecmsgServer(Server):
     def version(cls) -> str:
         """
         The version of the secmsg this server runs, and where it is from
-        when that is another checkout, so that the record shows which code
-        was measured.
+        when that is another checkout (with its commit, if it is a git
+        checkout), so that the record shows which code was measured.
         """
         found = subprocess.run(
             [
@@ -333,7 +333,13 @@ class SecmsgServer(Server):
         ).stdout.split()
         if cls.code is None:
             return found[0]
-        return f"{found[0]} ({Path(found[1]).parent.parent})"
+        commit = subprocess.run(
+            ["git", "-C", cls.code, "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        where = Path(found[1]).parent.parent
+        return f"{found[0]} ({where}{', ' + commit if commit else ''})"
 
 
 def secmsg_from(tree: Path) -> type[SecmsgServer]:
