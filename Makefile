@@ -96,11 +96,17 @@ fuzz: $(VENV)/installed
 			"copy it to tests/fuzz/corpus/<target>/ to keep it as a test"; \
 	fi; exit $$status
 
-## Measure secmsg beside Mosquitto (about five minutes); the figures go to
+# Another checkout whose daemon the benchmark runs beside this one's.
+COMPARE :=
+
+## Measure secmsg beside Mosquitto (about nine minutes); the figures go to
 ## docs/benchmarks.md, docs/benchmarks.json and the plot in docs/.
+## COMPARE=../before also runs the daemon of that checkout (a worktree of
+## an older commit) in every scenario, beside this one's.
 bench: $(VENV)/bench-installed $(MOSQUITTO)
 	$(PYTHON) -m bench.run --json docs/benchmarks.json \
-		--markdown docs/benchmarks.md --plot docs/bench-latency.png
+		--markdown docs/benchmarks.md --plot docs/bench-latency.png \
+		$(if $(COMPARE),--compare $(COMPARE))
 
 ## The message store alone, with and without group commit.
 bench-store: $(VENV)/installed

@@ -31,6 +31,10 @@ a client that keeps its mailbox empty without an ACK per message."""
 PRESENCE_PUSHES = (b"JOINED ", b"PARTED ", b"ONLINE ", b"OFFLINE ")
 """The presence pushes a secmsg session may be sent, which are no problem."""
 
+EVERYONE = "everyone"
+"""The MQTT topic under rooms/ that stands for secmsg's BROADCAST: every
+session subscribes to it."""
+
 
 def payload(sent_ns: int) -> bytes:
     """
@@ -189,9 +193,9 @@ class SecmsgSession(Session):
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
         for line in lines:
-            if line[:4] in (b"MSG ", b"SAY "):
+            if line[:4] in (b"MSG ", b"SAY ") or line.startswith(b"BROADCAST "):
                 identifier, text = line.split(b" ", 2)[1], line.rsplit(b" ", 1)[1]
-                self._highest = max(self._highest, int(identifier))
+                self.pushed(int(identifier))
                 self.received += 1
                 self.recorder.arrived(now, sent_at(text))
             elif line[:1].isdigit():
@@ -205,6 +209,12 @@ class SecmsgSession(Session):
                     self.closed_reason = rest.decode(errors="replace")
                 self.problems[verb.decode(errors="replace")] += 1
         self.progressed.set()
+
+    def pushed(self, identifier: int) -> None:
+        """
+        A message was pushed: the next ACK UPTO covers it.
+        """
+        self._highest = max(self._highest, identifier)
 
     def _reply(self, line: bytes, now: int) -> None:
         if not self.ready.done():
@@ -275,6 +285,11 @@ class SecmsgSession(Session):
         if not reply.startswith(b"200"):
             raise ConnectionError(f"JOIN refused: {reply!r}")
 
+    async def hear_broadcasts(self) -> None:
+        """
+        Nothing to do: every secmsg session is sent every BROADCAST.
+        """
+
     @staticmethod
     def frame_direct(recipient: str, text: bytes) -> bytes:
         return b"MSG %s %s\n" % (recipient.encode(), text)
@@ -282,6 +297,10 @@ class SecmsgSession(Session):
     @staticmethod
     def frame_say(room: str, text: bytes) -> bytes:
         return b"SAY #%s %s\n" % (room.encode(), text)
+
+    @staticmethod
+    def frame_broadcast(_everyone: str, text: bytes) -> bytes:
+        return b"BROADCAST %s\n" % text
 
     def send(self, frames: list[bytes]) -> None:
         self._waiting.extend([None] * len(frames))
@@ -373,6 +392,9 @@ class MqttSession(Session):
     async def enter(self, room: str) -> None:
         await self._subscribe(f"rooms/{room}")
 
+    async def hear_broadcasts(self) -> None:
+        await self.enter(EVERYONE)
+
     def _publish(self, topic: str, text: bytes) -> bytes:
         packet_id = self._packet_id() if self._qos else 0
         return mqtt.publish(topic, text, self._qos, packet_id)
@@ -382,6 +404,9 @@ class MqttSession(Session):
 
     def frame_say(self, room: str, text: bytes) -> bytes:
         return self._publish(f"rooms/{room}", text)
+
+    def frame_broadcast(self, everyone: str, text: bytes) -> bytes:
+        return self._publish(f"rooms/{everyone}", text)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

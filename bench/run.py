@@ -5,14 +5,17 @@ run on this machine, with the results as JSON and as the generated part
 of docs/benchmarks.md.
 
     .venv/bin/python -m bench.run [--json PATH] [--markdown PATH]
-        [--plot PATH] [--only SCENARIO ...] [--smoke]
+        [--plot PATH] [--only SCENARIO ...] [--smoke] [--compare TREE]
 
 C{make bench} installs what this needs (Mosquitto from Debian's packages,
-matplotlib for the plot) and runs it with the defaults: about five minutes.
+matplotlib for the plot) and runs it with the defaults: about nine minutes.
 --smoke runs each scenario for a second with a handful of sessions, to
 check that the benchmark works, not to measure anything. --only runs the
 scenarios named, as `--only flood`; with --markdown, the generated part
-then holds only theirs.
+then holds only theirs. --compare TREE runs the daemon of another checkout
+(a worktree of an older commit) beside this one's in every scenario, each
+in turn, so that every figure of secmsg shows the code before a change
+beside the code after it, measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,16 +36,28 @@ from typing import Any
 from OpenSSL import SSL
 
 from bench import report
+from bench.filled import FilledBench
 from bench.servers import (
     FloorServer,
     MosquittoServer,
     OpensslServer,
     SecmsgServer,
+    secmsg_from,
 )
-from bench.suite import Bench, Settings
+from bench.suite import Settings
 from secmsg.daemon.limits import raise_open_file_limit
 
-SCENARIOS = ("handshakes", "direct", "rooms", "idle", "durable", "flood")
+SCENARIOS = (
+    "handshakes",
+    "direct",
+    "rooms",
+    "room-steady",
+    "broadcast",
+    "history",
+    "idle",
+    "durable",
+    "flood",
+)
 
 SMOKE = Settings(
     workers=2,
@@ -61,6 +76,13 @@ SMOKE = Settings(
     flooders=2,
     login_every=0.25,
     flood_target_ms=None,
+    room_steady_members=4,
+    room_steady_rate=50.0,
+    known=200,
+    online=2,
+    stored=2000,
+    unacknowledged=100,
+    acks=50,
 )
 """Tiny counts and a one-second window: whether every scenario works."""
 
@@ -86,12 +108,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
+def versions(secmsgs: tuple[type[SecmsgServer], ...]) -> dict[str, str]:
     """
     The versions of everything measured and of what measures it.
     """
     return {
-        "secmsg": SecmsgServer.version(),
+        **{server.name: server.version() for server in secmsgs},
         "mosquitto": MosquittoServer.version(),
         "openssl": OpensslServer.version(),
         "python": sys.version.split()[0],
@@ -103,12 +125,19 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, Any]:
+def run(
+    settings: Settings,
+    scenarios: list[str],
+    directory: Path,
+    secmsgs: tuple[type[SecmsgServer], ...],
+) -> dict[str, Any]:
     """
-    The chosen scenarios, each against each of its servers, in turn.
+    The chosen scenarios, each against each of its servers, in turn: the
+    secmsg daemons (another checkout's first, when compared), then
+    Mosquitto.
     """
-    bench = Bench(directory, settings)
-    peers = (SecmsgServer, MosquittoServer)
+    bench = FilledBench(directory, settings)
+    peers = (*secmsgs, MosquittoServer)
     results: dict[str, Any] = {}
     if "handshakes" in scenarios:
         results["handshakes"] = {
@@ -125,6 +154,20 @@ def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, 
             str(members): {server.name: bench.room(server, members) for server in peers}
             for members in settings.members
         }
+    if "room-steady" in scenarios:
+        results["room-steady"] = {
+            server.name: bench.room(
+                server, settings.room_steady_members, settings.room_steady_rate
+            )
+            for server in peers
+        }
+    if "broadcast" in scenarios:
+        results["broadcast"] = {
+            server.name: bench.broadcast(server) for server in peers
+        }
+    if "history" in scenarios:
+        # Mosquitto keeps no history to fill.
+        results["history"] = {server.name: bench.history(server) for server in secmsgs}
     if "idle" in scenarios:
         results["idle"] = {server.name: bench.idle(server) for server in peers}
     if "durable" in scenarios:
@@ -132,7 +175,7 @@ def run(settings: Settings, scenarios: list[str], directory: Path) -> dict[str, 
     if "flood" in scenarios:
         # Mosquitto has no lines to flood it with: MQTT's packets carry
         # their length.
-        results["flood"] = {SecmsgServer.name: bench.flood(SecmsgServer)}
+        results["flood"] = {server.name: bench.flood(server) for server in secmsgs}
     return results
 
 
@@ -156,6 +199,12 @@ def main(arguments: list[str] | None = None) -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="a second per scenario, tiny counts"
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="TREE",
+        help="also run the daemon of this checkout, beside this one's",
+    )
     options = parser.parse_args(arguments)
     if shutil.which("mosquitto") is None:
         parser.exit(
@@ -165,14 +214,19 @@ def main(arguments: list[str] | None = None) -> None:
         )
     raise_open_file_limit(65536)
     settings = SMOKE if options.smoke else Settings()
+    secmsgs: tuple[type[SecmsgServer], ...] = (SecmsgServer,)
+    if options.compare:
+        if not (options.compare / "secmsg" / "__init__.py").exists():
+            parser.exit(1, f"{options.compare} holds no secmsg checkout\n")
+        secmsgs = (secmsg_from(options.compare), SecmsgServer)
     document = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(secmsgs),
         "parameters": settings.__dict__,
     }
     with tempfile.TemporaryDirectory(prefix="secmsg-bench-") as scratch:
-        document["results"] = run(settings, list(options.only), Path(scratch))
+        document["results"] = run(settings, list(options.only), Path(scratch), secmsgs)
     if options.json:
         options.json.write_text(json.dumps(document, indent=1) + "\n")
     for warning in report.all_warnings(document["results"]):

@@ -102,15 +102,17 @@ async def open_session(
     *,
     qos: int = 0,
     clean: bool = True,
+    kind: type[SecmsgSession] = SecmsgSession,
 ) -> Session:
     """
-    A session logged in as NAME: secmsg's greeting read, MQTT's CONNACK
-    received, or the TLS handshake done for C{openssl s_server}.
+    A session logged in as NAME: secmsg's greeting read (on a session of
+    C{kind}), MQTT's CONNACK received, or the TLS handshake done for
+    C{openssl s_server}.
     """
     loop = asyncio.get_running_loop()
     _connections[name] += 1
     if target.protocol == "secmsg":
-        factory: Any = lambda: SecmsgSession(recorder)  # noqa: E731
+        factory: Any = lambda: kind(recorder)  # noqa: E731
     elif target.protocol == "mqtt":
         client_id = f"{name}-{os.getpid()}-{_connections[name]}" if clean else name
         factory = lambda: MqttSession(recorder, client_id, qos, clean)  # noqa: E731
@@ -204,12 +206,16 @@ class FlowPlan:
         the closed loop allows.
     @ivar in_flight: messages a sender may have in flight.
     @ivar qos: the MQTT QoS of its messages.
+    @ivar broadcast: the senders broadcast (secmsg's C{BROADCAST}, a
+        publish to a topic every session reads in MQTT), and are held back
+        by their own confirmations.
     """
 
     target: Target
     senders: list[tuple[str, str]]
     receivers: list[str]
     room: bool = False
+    broadcast: bool = False
     offline: list[str] = field(default_factory=list)
     rate: float | None = None
     in_flight: int = 100
@@ -240,7 +246,9 @@ class FlowWorker:
             session = await open_session(
                 plan.target, self._contexts, name, self._recorder, qos=plan.qos
             )
-            if plan.room:
+            if plan.broadcast:
+                await session.hear_broadcasts()
+            elif plan.room:
                 await session.enter(ROOM)
             else:
                 await session.listen(name)
@@ -249,7 +257,10 @@ class FlowWorker:
             session = await open_session(
                 plan.target, self._contexts, sender, self._recorder, qos=plan.qos
             )
-            if plan.room and plan.target.protocol == "secmsg":
+            if plan.broadcast:
+                # A broadcast's sender has its own copy, as secmsg sends it.
+                await session.hear_broadcasts()
+            elif plan.room and plan.target.protocol == "secmsg":
                 await session.enter(ROOM)
             watched = self._watched(session, destination)
             self._senders.append((session, destination, watched))
@@ -281,14 +292,22 @@ class FlowWorker:
         for offline recipients, else the session it sends to (for a room,
         the first member in this worker).
         """
-        if self._plan.offline:
+        if self._confirmed_only:
             return sender
         if self._plan.room:
             return next(iter(self._receivers.values()))
         return self._receivers[destination]
 
+    @property
+    def _confirmed_only(self) -> bool:
+        """
+        Whether a sender's progress is what the server has confirmed (for
+        offline recipients, or a broadcast's thousands), not what arrived.
+        """
+        return bool(self._plan.offline) or self._plan.broadcast
+
     def _progress(self, watched: Session) -> int:
-        return watched.confirmed if self._plan.offline else watched.received
+        return watched.confirmed if self._confirmed_only else watched.received
 
     async def run(self, timing: Timing) -> dict[str, Any]:
         self._recorder.window_start = timing.window_start
@@ -322,7 +341,11 @@ class FlowWorker:
     async def _send(
         self, session: Session, destination: str, watched: Session, timing: Timing
     ) -> None:
-        frame = session.frame_say if self._plan.room else session.frame_direct
+        frame = session.frame_direct
+        if self._plan.room:
+            frame = session.frame_say
+        elif self._plan.broadcast:
+            frame = session.frame_broadcast
         rate = self._plan.rate
         # At a fixed rate, up to a second's worth may be in flight.
         in_flight = self._plan.in_flight

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,12 @@ BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
 """Seconds a server may take to start listening."""
 
+QUIET_PERIOD = 0.5
+QUIET_SHARE = 0.05
+QUIET_TIMEOUT = 120.0
+"""A server is quiet once it uses at most 5% of a core over half a second;
+it may take two minutes to be."""
+
 ROOM = "bench"
 """The one room of the room scenario, in secmsg and as an MQTT topic."""
 
@@ -41,7 +48,7 @@ POLICY = """\
 default_roles = ["user"]
 
 [roles.user]
-commands = ["PING", "QUIT", "MSG", "JOIN", "PART", "SAY"]
+commands = ["PING", "QUIT", "MSG", "JOIN", "PART", "SAY", "BROADCAST"]
 rate = 1e9
 burst = 1000000000
 
@@ -59,11 +66,14 @@ logins-per-identity = 1000000
 logins-per-address = 1000000
 mailbox-max-waiting = 1000000000
 mailbox-max-waiting-bytes = 1099511627776
+room-max = 1000000000
+mailbox-max = 1000000000
 """
 """The session, login and mailbox limits lifted for the benchmark, which
 opens thousands of sessions from one address, measures logins a second,
 and stores for away recipients as fast as it can (as Mosquitto is run with
-no cap on its queues)."""
+no cap on its queues); and retention's counts lifted, so that a store
+filled with a million messages before the daemon starts keeps them."""
 
 MOSQUITTO_ACL = """\
 # Anyone may send to anyone's inbox and use the rooms; each identity reads
@@ -163,6 +173,8 @@ class Server:
     """
 
     name = ""
+    protocol = ""
+    """What the client workers speak to it: secmsg, mqtt or tls."""
 
     def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.process = process
@@ -183,6 +195,20 @@ class Server:
         """
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+    def quiet(self, most: float = QUIET_TIMEOUT) -> float:
+        """
+        Wait until the server uses almost no CPU (what it does once at
+        start, over a large store, would be charged to the load), at most
+        C{most} seconds; return how long that took.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < most:
+            before = self.cpu_seconds()
+            time.sleep(QUIET_PERIOD)
+            if self.cpu_seconds() - before <= QUIET_SHARE * QUIET_PERIOD:
+                break
+        return round(time.monotonic() - started, 1)
 
     def stop(self) -> None:
         """
@@ -224,23 +250,37 @@ class Server:
 
 class SecmsgServer(Server):
     """
-    The daemon, as C{twistd secmsg} runs it, on the bench instance.
+    The daemon, as C{twistd secmsg} runs it, on the bench instance, with
+    this checkout's code unless C{code} names another's.
     """
 
     name = "secmsg"
+    protocol = "secmsg"
+    code: Path | None = None
+    """Another checkout whose secmsg package the daemon runs (its
+    PYTHONPATH and working directory), or L{None} for this one."""
 
     @classmethod
     def start(
-        cls, credentials: Credentials, directory: Path, port: int | None = None
+        cls,
+        credentials: Credentials,
+        directory: Path,
+        port: int | None = None,
+        database: Path | None = None,
     ) -> SecmsgServer:
         """
         Start the daemon on C{port} (a free one if L{None}), with its store
         in C{directory}: the soak starts it again on the same port and
-        store after killing it.
+        store after killing it. C{database}, if given, is copied in as the
+        store before the daemon starts (a store filled beforehand).
         """
         log = directory / "secmsg.log"
         port = free_port() if port is None else port
         config = credentials.ca.parent / "secmsg.toml"
+        data = directory / "data"
+        if database is not None:
+            data.mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(database, data / database.name)
         return cls.launch(
             [
                 BIN / "twistd",
@@ -256,17 +296,63 @@ class SecmsgServer(Server):
                 # A store of its own: one left from an earlier scenario
                 # would make this one's figures depend on the order.
                 "--data-dir",
-                directory / "data",
+                data,
             ],
             port,
             log,
+            **cls.running(),
         )
 
-    @staticmethod
-    def version() -> str:
-        return subprocess.run(
-            [BIN / "secmsg", "--version"], capture_output=True, text=True, check=True
-        ).stdout.split()[-1]
+    @classmethod
+    def running(cls) -> dict[str, Any]:
+        """
+        The options of a child process that is to run C{code}'s secmsg:
+        ahead of this checkout's on the path, and from its directory.
+        """
+        if cls.code is None:
+            return {}
+        return {"env": {**os.environ, "PYTHONPATH": str(cls.code)}, "cwd": cls.code}
+
+    @classmethod
+    def version(cls) -> str:
+        """
+        The version of the secmsg this server runs, and where it is from
+        when that is another checkout (with its commit, if it is a git
+        checkout), so that the record shows which code was measured.
+        """
+        found = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import secmsg; print(secmsg.__version__, secmsg.__file__)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            **cls.running(),
+        ).stdout.split()
+        if cls.code is None:
+            return found[0]
+        commit = subprocess.run(
+            ["git", "-C", cls.code, "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        where = Path(found[1]).parent.parent
+        return f"{found[0]} ({where}{', ' + commit if commit else ''})"
+
+
+def secmsg_from(tree: Path) -> type[SecmsgServer]:
+    """
+    The daemon of another checkout (an older commit's worktree), named
+    for it in the results: C{secmsg (NAME)}.
+    """
+
+    class Other(SecmsgServer):
+        name = f"secmsg ({tree.name})"
+        code = tree.resolve()
+
+    return Other
 
 
 class MosquittoServer(Server):
@@ -280,6 +366,7 @@ class MosquittoServer(Server):
     """
 
     name = "mosquitto"
+    protocol = "mqtt"
 
     @classmethod
     def start(cls, credentials: Credentials, directory: Path) -> MosquittoServer:
@@ -334,6 +421,7 @@ class OpensslServer(Server):
     """
 
     name = "openssl s_server"
+    protocol = "tls"
 
     @classmethod
     def start(cls, credentials: Credentials, directory: Path) -> OpensslServer:
@@ -378,6 +466,7 @@ class FloorServer(Server):
     """
 
     name = "Twisted + pyOpenSSL"
+    protocol = "secmsg"
 
     @classmethod
     def start(cls, credentials: Credentials, directory: Path) -> FloorServer:

@@ -1,16 +1,20 @@
 """
-The six scenarios as the parent runs them: start a server, hand each
+The scenarios as the parent runs them: start a server, hand each
 client worker its share of the load, measure, stop the server, and turn
 what the workers counted into figures.
 
 1. handshakes: new mutual-TLS sessions a second, each to the greeting.
 2. direct: N sender/receiver pairs, at fixed offered loads and at
    saturation.
-3. rooms: one sender, M members, at saturation.
+3. rooms: one sender, M members, at saturation; and room-steady, a room
+   of 100 at a steady 100 messages a second.
 4. idle: the server's resident memory per held session.
 5. durable: messages to offline identities, confirmed a second.
 6. flood: another session's PING and a fresh login, at rest and while
    sessions write blank lines as fast as they can (secmsg only).
+
+The scenarios on a store filled before the daemon starts (broadcast and
+history) are L{bench.filled}'s.
 """
 
 from __future__ import annotations
@@ -31,23 +35,7 @@ from bench.scenarios import (
     measure,
     percentiles,
 )
-from bench.servers import (
-    Credentials,
-    FloorServer,
-    MosquittoServer,
-    OpensslServer,
-    SecmsgServer,
-    Server,
-    make_pki,
-)
-
-PROTOCOLS: dict[type[Server], str] = {
-    SecmsgServer: "secmsg",
-    MosquittoServer: "mqtt",
-    OpensslServer: "tls",
-    FloorServer: "secmsg",
-}
-"""What each server speaks, as the client workers know it."""
+from bench.servers import Credentials, SecmsgServer, Server, make_pki
 
 HANDSHAKE_IDENTITIES = 8
 IDLE_IDENTITIES = 100
@@ -86,6 +74,19 @@ class Settings:
     flood_target_ms: float | None = 20.0
     """Another session's PING p99 during the blank-line flood, at most;
     L{None} judges nothing (a smoke run measures nothing)."""
+    room_steady_members: int = 100
+    room_steady_rate: float = 100.0
+    """The steady room: members, and messages a second said to it."""
+    known: int = 10_000
+    online: int = 8
+    """Identities the daemon knows when broadcasting, and how many of them
+    are online (each in a session of its own, besides the sender)."""
+    stored: int = 1_000_000
+    unacknowledged: int = 10_000
+    """Messages in the store before the daemon starts, and how many of
+    them wait unacknowledged (the rest are history, read)."""
+    acks: int = 20_000
+    """Messages acknowledged one by one to measure an ACK."""
 
 
 def identities(settings: Settings) -> tuple[list[str], list[str]]:
@@ -98,7 +99,7 @@ def identities(settings: Settings) -> tuple[list[str], list[str]]:
         *(f"s{n}" for n in range(settings.pairs)),
         *(f"r{n}" for n in range(settings.pairs)),
         "speaker",
-        *(f"m{n}" for n in range(max(max(settings.members), IDLE_IDENTITIES))),
+        *(f"m{n}" for n in range(_members(settings))),
         *(f"hs{n}" for n in range(HANDSHAKE_IDENTITIES)),
         *(f"flood{n}" for n in range(settings.flooders)),
         PROBE,
@@ -106,6 +107,19 @@ def identities(settings: Settings) -> tuple[list[str], list[str]]:
         *offline,
     ]
     return names, offline
+
+
+def _members(settings: Settings) -> int:
+    """
+    How many m identities the run needs: the largest room's members, the
+    broadcast's online identities, or the idle sessions', whichever most.
+    """
+    return max(
+        *settings.members,
+        settings.room_steady_members,
+        settings.online,
+        IDLE_IDENTITIES,
+    )
 
 
 class Bench:
@@ -121,14 +135,21 @@ class Bench:
         self.credentials: Credentials = make_pki(directory / "pki", names, offline)
         self._runs = 0
 
-    def start(self, server_class: type[Server]) -> Server:
+    def start(self, server_class: type[Server], database: Path | None = None) -> Server:
+        """
+        A server started on a scratch directory of its own; for secmsg,
+        on a copy of C{database} if one is given.
+        """
         self._runs += 1
         scratch = self.directory / f"run{self._runs}"
         scratch.mkdir()
-        return server_class.start(self.credentials, scratch)
+        if database is None:
+            return server_class.start(self.credentials, scratch)
+        assert issubclass(server_class, SecmsgServer)  # noqa: S101 - caller's
+        return server_class.start(self.credentials, scratch, database=database)
 
     def target(self, server: Server, tls: str = "1.3") -> Target:
-        return Target(PROTOCOLS[type(server)], server.port, self.credentials, tls)
+        return Target(server.protocol, server.port, self.credentials, tls)
 
     def handshakes(self, server_class: type[Server], tls: str) -> dict[str, Any]:
         """
@@ -151,12 +172,12 @@ class Bench:
             completed = sum(r["completed"] for r in results)
             return {
                 "per_second": round(completed / settings.seconds, 1),
-                "server_cpu_ms_each": _per(cpu * 1e3, completed),
+                "server_cpu_ms_each": per(cpu * 1e3, completed),
                 "server_cpu_share": round(cpu / settings.seconds, 3),
                 "clients_cpu_share": _clients_share(results, settings.seconds),
                 **percentiles([x for r in results for x in r["latencies_us"]]),
                 "failures": _merged(r["failures"] for r in results),
-                "log_tracebacks": _tracebacks(server),
+                "log_tracebacks": tracebacks(server),
             }
 
     def direct(self, server_class: type[Server]) -> dict[str, Any]:
@@ -169,11 +190,11 @@ class Bench:
         figures: dict[str, Any] = {"sweep": [], "log_tracebacks": 0}
         for rate in [*settings.loads, None]:
             with self.start(server_class) as server:
-                plans = self._pair_plans(server, rate)
+                plans = self.pair_plans(server, rate)
                 with Workers(plans) as workers:
                     workers.ask("prepare")
-                    figure = self._flow(server, workers)
-                figures["log_tracebacks"] += _tracebacks(server)
+                    figure = self.flow(server, workers)
+                figures["log_tracebacks"] += tracebacks(server)
             figure["offered_per_second"] = rate
             if rate is None:
                 figures["saturation"] = figure
@@ -186,7 +207,7 @@ class Bench:
             figures["steady"] = steady[0]
         return figures
 
-    def _pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
+    def pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
         settings = self.settings
         target = self.target(server)
         shares: list[list[int]] = [[] for _ in range(settings.workers)]
@@ -205,33 +226,35 @@ class Bench:
             if share
         ]
 
-    def room(self, server_class: type[Server], members: int) -> dict[str, Any]:
+    def room(
+        self, server_class: type[Server], members: int, rate: float | None = None
+    ) -> dict[str, Any]:
         """
-        One sender saying as fast as the closed loop allows to a room of
-        C{members} other sessions, each its own identity.
+        One sender saying to a room of C{members} other sessions, each its
+        own identity: as fast as the closed loop allows, or C{rate}
+        messages a second.
         """
         settings = self.settings
+        names = [f"m{n}" for n in range(members)]
         with self.start(server_class) as server:
-            target = self.target(server)
-            shares: list[list[str]] = [[] for _ in range(settings.workers)]
-            for n in range(members):
-                shares[n % settings.workers].append(f"m{n}")
             plans = [
                 FlowPlan(
-                    target,
+                    self.target(server),
                     senders=[("speaker", "bench")] if index == 0 else [],
                     receivers=share,
                     room=True,
+                    rate=rate,
                     in_flight=settings.room_in_flight,
                 )
-                for index, share in enumerate(shares)
+                for index, share in enumerate(dealt(names, settings.workers))
                 if share
             ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
-                figure = self._flow(server, workers)
+                figure = self.flow(server, workers)
             figure["members"] = members
-            figure["log_tracebacks"] = _tracebacks(server)
+            figure["offered_per_second"] = rate
+            figure["log_tracebacks"] = tracebacks(server)
             return figure
 
     def durable(self, server_class: type[Server]) -> dict[str, Any]:
@@ -260,11 +283,11 @@ class Bench:
             ]
             with Workers(plans) as workers:
                 workers.ask("prepare")
-                figure = self._flow(server, workers)
-            figure["log_tracebacks"] = _tracebacks(server)
+                figure = self.flow(server, workers)
+            figure["log_tracebacks"] = tracebacks(server)
             return figure
 
-    def _flow(self, server: Server, workers: Workers) -> dict[str, Any]:
+    def flow(self, server: Server, workers: Workers) -> dict[str, Any]:
         settings = self.settings
         results, cpu = measure(server, workers, settings.warmup, settings.seconds)
         delivered = sum(r["delivered"] for r in results)
@@ -276,7 +299,8 @@ class Bench:
             "sent_per_second": round(
                 sum(r["sent"] for r in results) / settings.seconds, 1
             ),
-            "server_cpu_us_each": _per(cpu * 1e6, counted),
+            "server_cpu_us_each": per(cpu * 1e6, counted),
+            "server_cpu_seconds": round(cpu, 3),
             "server_cpu_share": round(cpu / settings.seconds, 3),
             "clients_cpu_share": _clients_share(results, settings.seconds),
             **percentiles([x for r in results for x in r["latencies_us"]]),
@@ -318,7 +342,7 @@ class Bench:
                         }
                     )
                 figures["lost_sessions"] = sum(r["lost"] for r in workers.ask("close"))
-            figures["log_tracebacks"] = _tracebacks(server)
+            figures["log_tracebacks"] = tracebacks(server)
         return figures
 
     def flood(self, server_class: type[Server]) -> dict[str, Any]:
@@ -341,7 +365,7 @@ class Bench:
                 "target_p99_ms": settings.flood_target_ms,
                 "rest": rest,
                 "flood": during,
-                "log_tracebacks": _tracebacks(server),
+                "log_tracebacks": tracebacks(server),
             }
 
     def _probed(self, server: Server, flooders: list[FloodPlan]) -> dict[str, Any]:
@@ -387,6 +411,16 @@ class Bench:
         return figure
 
 
+def dealt(names: list[str], workers: int) -> list[list[str]]:
+    """
+    NAMES dealt round the workers; a worker always has a share, if empty.
+    """
+    shares: list[list[str]] = [[] for _ in range(workers)]
+    for n, name in enumerate(names):
+        shares[n % workers].append(name)
+    return shares
+
+
 def _few(latencies_us: list[float]) -> dict[str, Any]:
     """
     A handful of times, in ms: how many, the median and the worst (a p99
@@ -400,7 +434,7 @@ def _few(latencies_us: list[float]) -> dict[str, Any]:
     }
 
 
-def _per(total: float, count: int) -> float | None:
+def per(total: float, count: int) -> float | None:
     return round(total / count, 2) if count else None
 
 
@@ -419,5 +453,5 @@ def _merged(counts: Any) -> dict[str, int]:
     return dict(merged)
 
 
-def _tracebacks(server: Server) -> int:
+def tracebacks(server: Server) -> int:
     return server.log.read_text(errors="replace").count("Traceback")

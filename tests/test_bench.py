@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import mqtt, report, scenarios
+from bench import mqtt, paths, report, scenarios, targets
+from bench.servers import SecmsgServer, secmsg_from
 from tests.harness import temporary_directory
 from tests.test_wire import chunked
 
@@ -178,6 +179,87 @@ class TargetTests(SynchronousTestCase):
         self.assertEqual(report.targets_missed({"direct": {}}), [])
 
 
+class GoalTests(SynchronousTestCase):
+    """
+    A target is judged against its bound, or against Mosquitto's figure of
+    the same run, and not at all where the run has no figure for it.
+    """
+
+    def test_absolute_bounds(self) -> None:
+        at_most = targets.Goal("cost", lambda *_: None, 35, at_least=False)
+        self.assertEqual(at_most.verdict(35.0, None), "met")
+        self.assertEqual(at_most.verdict(35.1, None), "missed")
+        at_least = targets.Goal("rate", lambda *_: None, 30_000, at_least=True)
+        self.assertEqual(at_least.verdict(29_999.0, 1.0), "missed")
+        self.assertEqual(at_least.stated(), "≥ 30,000")
+
+    def test_bound_of_mosquitto(self) -> None:
+        goal = targets.Goal(
+            "rate", lambda *_: None, 1, at_least=True, of_mosquitto=True
+        )
+        self.assertEqual(goal.verdict(500.0, 400.0), "met")
+        self.assertEqual(goal.verdict(300.0, 400.0), "missed")
+        self.assertIsNone(goal.verdict(300.0, None))
+        self.assertEqual(goal.stated(), "≥ Mosquitto's")
+
+    def test_not_measured(self) -> None:
+        """
+        A run whose parameters are not the target's (a smoke run's two
+        pairs) has no figure for it: "-", neither met nor missed.
+        """
+        results = {
+            "direct": {
+                server: {"saturation": {"delivered_per_second": 40_000.0}}
+                for server in ("secmsg", "mosquitto")
+            }
+        }
+        parameters = {"pairs": 2, "steady": 2000}
+        rows = paths.against_targets(results, parameters)
+        first = next(row for row in rows if row.startswith("| direct, 4 pairs"))
+        self.assertTrue(first.endswith("| - | - | - | - |"), first)
+        parameters["pairs"] = 4
+        rows = paths.against_targets(results, parameters)
+        first = next(row for row in rows if row.startswith("| direct, 4 pairs"))
+        self.assertTrue(first.endswith("| 40,000 | 40,000 | 1.00 | met |"), first)
+
+    def test_another_checkout_has_a_column(self) -> None:
+        """
+        With --compare, the other checkout's figure stands beside secmsg's.
+        """
+        results = {
+            "handshakes": {
+                "1.3": {
+                    name: {"server_cpu_ms_each": cost, "per_second": 300.0}
+                    for name, cost in (
+                        ("secmsg (old)", 3.0),
+                        ("secmsg", 1.5),
+                        ("mosquitto", 1.8),
+                    )
+                }
+            }
+        }
+        rows = paths.against_targets(results, {})
+        self.assertIn("| target | bound | secmsg (old) | secmsg | Mosquitto |", rows[4])
+        login = next(row for row in rows if "per login" in row)
+        self.assertIn("| ≤ 1.7 | 3 | 1.5 | 1.8 | 0.83 | met |", login)
+
+
+class CompareTests(SynchronousTestCase):
+    """
+    --compare runs another checkout's daemon: its code comes first on the
+    path of every process that runs it, and its figures carry its name.
+    """
+
+    def test_another_checkout_runs_its_own_code(self) -> None:
+        tree = temporary_directory(self) / "before"
+        other = secmsg_from(tree)
+        self.assertEqual(other.name, "secmsg (before)")
+        running = other.running()
+        self.assertEqual(running["env"]["PYTHONPATH"], str(tree.resolve()))
+        self.assertEqual(running["cwd"], tree.resolve())
+        self.assertEqual(SecmsgServer.running(), {})
+
+
 class GeneratedSectionTests(SynchronousTestCase):
     """
     A run's tables replace only what lies between the markers.
@@ -227,7 +309,18 @@ class SmokeTests(SynchronousTestCase):
         )
         results = document["results"]
         self.assertEqual(
-            set(results), {"handshakes", "direct", "rooms", "idle", "durable", "flood"}
+            set(results),
+            {
+                "handshakes",
+                "direct",
+                "rooms",
+                "room-steady",
+                "broadcast",
+                "history",
+                "idle",
+                "durable",
+                "flood",
+            },
         )
         for server in (
             "secmsg",
@@ -254,6 +347,7 @@ class SmokeTests(SynchronousTestCase):
             for scenario in ("direct", "idle", "durable"):
                 self.assertEqual(results[scenario][server]["log_tracebacks"], 0)
         self._check_flood(results["flood"])
+        self._check_message_paths(results)
         self.assertEqual(report.all_warnings(results), [])
         self.assertNotIn("Warning", summary)
         self.assertIn("### 1. Handshakes, TLS 1.3", summary)
@@ -261,6 +355,49 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn("### 5. Durable", summary)
         self.assertIn("### 6. Blank-line flood", summary)
         self.assertIn("| PING p99 (ms) |", summary)
+        for heading in (
+            "M = 4 at a steady 50 messages a second",
+            "### 7. Broadcast, 200 known identities",
+            "### 8. Direct messages and ACK after 2,000 stored messages",
+            "### Against the targets",
+        ):
+            self.assertIn(heading, summary)
+
+    def _check_message_paths(self, results: dict[str, Any]) -> None:
+        """
+        The steady room and the broadcast against both daemons; the full
+        store against secmsg alone, beside a fresh one, with the ratios.
+        """
+        for server in ("secmsg", "mosquitto"):
+            room = results["room-steady"][server]
+            self.assertEqual(room["offered_per_second"], 50.0, server)
+            self.assertGreater(room["delivered_per_second"], 0, server)
+            broadcast = results["broadcast"][server]
+            self.assertGreater(broadcast["confirmed_per_second"], 0, server)
+            self.assertGreater(broadcast["delivered_per_second"], 0, server)
+            self.assertGreater(broadcast["server_cpu_us_per_broadcast"], 0, server)
+        self.assertEqual(results["broadcast"]["secmsg"]["known"], 200)
+        self.assertIsNone(results["broadcast"]["mosquitto"]["known"])
+        self.assertEqual(set(results["history"]), {"secmsg"})
+        history = results["history"]["secmsg"]
+        self.assertEqual(history["messages_stored"], 2000)
+        for state in ("fresh", "stored"):
+            self.assertGreater(
+                history[state]["saturation"]["delivered_per_second"], 0, state
+            )
+            self.assertEqual(history[state]["acks"]["count"], 50, state)
+            self.assertGreater(history[state]["acks"]["per_second"], 0, state)
+        self.assertEqual(
+            set(history["ratio_to_fresh"]),
+            {
+                "delivered_per_second",
+                "server_cpu_us_per_message",
+                "p99_ms",
+                "acks_per_second",
+                "server_cpu_us_per_ack",
+            },
+        )
+        self.assertGreater(history["ratio_to_fresh"]["delivered_per_second"], 0)
 
     def _check_flood(self, flood: dict[str, Any]) -> None:
         """
