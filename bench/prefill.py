@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from secmsg.daemon.store.sqlite import SQLiteStore
@@ -41,6 +42,11 @@ RECIPIENTS = 100
 PAIRS = 4
 """The benchmark's own pairs, s0 to r0 and so on, have their share of the
 acknowledged history; the other recipients are h4 to h99."""
+
+STREAMS = hasattr(SQLiteStore, "sent")
+"""Whether the secmsg filled keeps streams and cursors (store version 3 on),
+whose store takes a clock and notes pushes with sent(); an older one keeps
+a mailbox row per recipient and notes them with delivered()."""
 
 TEXT = "history " + "x" * 56
 """A stored message's text: 64 bytes, which no benchmark client reads."""
@@ -81,7 +87,8 @@ class Filler:
     def __init__(self, path: Path) -> None:
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]]
         self._calls = queue.SimpleQueue()
-        self.store = SQLiteStore(path, self._worker)
+        clock = (Clock(),) if STREAMS else ()
+        self.store = SQLiteStore(path, self._worker, *clock)
         self.store.open()
 
     def _worker(self, connection: Any) -> ThreadWorker:
@@ -131,14 +138,22 @@ def read(filler: Filler, accepted: list[defer.Deferred[Stored]]) -> None:
     if not accepted:
         return
     store = filler.store
-    delivered = [(m.target, m.id) for m in filler.wait(accepted)]
+    stored = filler.wait(accepted)
     highest: dict[str, int] = {}
-    for target, message_id in delivered:
-        highest[target] = max(highest.get(target, 0), message_id)
-    filler.wait([store.delivered(delivered)])
-    filler.wait(
-        [store.acknowledge(who, upto, True) for who, upto in sorted(highest.items())]
-    )
+    for message in stored:
+        highest[message.target] = max(highest.get(message.target, 0), message.id)
+    if STREAMS:
+        store.sent([(m.target, m) for m in stored])
+        acknowledged = [
+            store.acknowledge(who, upto, True, frozenset())
+            for who, upto in sorted(highest.items())
+        ]
+    else:
+        filler.wait([store.delivered([(m.target, m.id) for m in stored])])
+        acknowledged = [
+            store.acknowledge(who, upto, True) for who, upto in sorted(highest.items())
+        ]
+    filler.wait(acknowledged)
 
 
 def prefill(path: Path, messages: int, unacknowledged: int, identities: int) -> None:
@@ -149,7 +164,13 @@ def prefill(path: Path, messages: int, unacknowledged: int, identities: int) -> 
     """
     filler = Filler(path)
     now = datetime.now(UTC)
-    filler.wait(filler.store.remember(f"known{n}", now) for n in range(identities))
+    # The recipients are known first, as identities that have logged in:
+    # a store of streams acknowledges only for those it knows.
+    names = {reader(n) for n in range(RECIPIENTS)} | {
+        away(n) for n in range(RECIPIENTS)
+    }
+    names |= {f"known{n}" for n in range(identities)}
+    filler.wait(filler.store.remember(name, now) for name in sorted(names))
     history = messages - unacknowledged
     previous: list[defer.Deferred[Stored]] = []
     for first in range(0, history, ROUND):
