@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
@@ -50,6 +51,16 @@ class VerifiedTransport(StringTransport):
 
     def __init__(self, port: int) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.verify_callback: object = "the verifier"
+
+    def getHandle(self) -> VerifiedTransport:
+        return self
+
+    def get_verify_mode(self) -> int:
+        return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+    def set_verify(self, mode: int, callback: object) -> None:
+        self.verify_callback = callback
 
 
 class UnchangedTrust:

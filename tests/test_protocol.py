@@ -66,6 +66,15 @@ class GreetingAndHelpTests(SynchronousTestCase):
             session.protocol.certificate_chain[0], session.protocol.certificate
         )
 
+    def test_handshake_done_lets_go_of_the_verify_callback(self) -> None:
+        """
+        Once its handshake is done, a session's TLS connection holds no
+        verify callback (nor the verifier and verdict behind it), which
+        pyOpenSSL would otherwise keep for as long as the session lasts.
+        """
+        session = Network().connect("alice")
+        self.assertIsNone(session.transport.verify_callback)
+
     def test_help_lists_exactly_the_permitted_commands(self) -> None:
         """
         HELP lists every line command of the avatar's set and nothing else,

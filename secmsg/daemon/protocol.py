@@ -47,7 +47,7 @@ from secmsg.daemon.limits import Limits, address_group, describe_address
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.outbox import Outbox
 from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle
-from secmsg.daemon.tls import TrustVerdict
+from secmsg.daemon.tls import TrustVerdict, release_verifier
 from secmsg.daemon.trust import kept_chain
 from secmsg.errors import CertificateRefused
 from secmsg.rate import RateLimiter
@@ -187,6 +187,7 @@ class SessionProtocol(Protocol):
         a reload since then no longer trusts it.
         """
         self._handshake.done = True
+        release_verifier(self.transport.getHandle())
         if self.closing:
             return
         self.certificate_chain = self._handshake.chain
