@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
@@ -45,19 +46,32 @@ STAMP = "2026-06-01T09:30:05Z"
 
 class VerifiedTransport(StringTransport):
     """
-    A string transport that also answers C{getHandle().get_verified_chain}
-    as a TLS transport does once the handshake has completed.
+    A string transport from a peer's address, standing in for the TLS
+    transport whose verify callback accepted the peer's chain.
     """
 
-    def __init__(self, chain: list[x509.Certificate], port: int) -> None:
+    def __init__(self, port: int) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
-        self._chain = chain
+        self.verify_callback: object = "the verifier"
 
     def getHandle(self) -> VerifiedTransport:
         return self
 
-    def get_verified_chain(self, as_cryptography: bool) -> list[x509.Certificate]:
-        return self._chain
+    def get_verify_mode(self) -> int:
+        return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+    def set_verify(self, mode: int, callback: object) -> None:
+        self.verify_callback = callback
+
+
+class UnchangedTrust:
+    """
+    Stands in for a L{secmsg.daemon.tls.TrustVerdict} whose trust has not
+    changed since the chain was accepted: it refuses nothing.
+    """
+
+    def again(self, chain: list[x509.Certificate]) -> None:
+        return None
 
 
 class Session:
@@ -142,9 +156,11 @@ class Network:
         greeting; C{early} is sent before the handshake completes.
         """
         certificate = certificate or self.ca.issue(identity).certificate
-        transport = VerifiedTransport([certificate], next(self._ports))
+        transport = VerifiedTransport(next(self._ports))
         protocol = self.factory.buildProtocol(transport.getPeer())
         protocol.makeConnection(transport)
+        # What the verify callback tells the session as the handshake ends.
+        protocol.certificate_accepted([certificate], UnchangedTrust())
         if early:
             protocol.dataReceived(early)
         protocol.handshakeCompleted()

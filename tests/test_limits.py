@@ -269,7 +269,7 @@ class TimeoutTests(SynchronousTestCase):
         """
         log = capture_log(self)
         network = Network(limits=Limits(handshake_timeout=10))
-        transport = VerifiedTransport([], 40000)
+        transport = VerifiedTransport(40000)
         protocol = network.factory.buildProtocol(transport.getPeer())
         protocol.makeConnection(transport)
         network.clock.advance(9)
@@ -401,7 +401,7 @@ class SessionLimitTests(SynchronousTestCase):
         network = Network(limits=Limits(max_handshakes=3))
         transports = []
         for port in range(40000, 40004):
-            transport = VerifiedTransport([], port)
+            transport = VerifiedTransport(port)
             network.factory.buildProtocol(None).makeConnection(transport)
             transports.append(transport)
         self.assertEqual([t.disconnected for t in transports], [True] + [False] * 3)
@@ -431,7 +431,7 @@ class SessionLimitTests(SynchronousTestCase):
         alice = network.connect("alice")
         transports = []
         for port in range(40000, 40005):
-            transport = VerifiedTransport([], port)
+            transport = VerifiedTransport(port)
             network.factory.buildProtocol(None).makeConnection(transport)
             transports.append(transport)
         self.assertEqual([t.disconnected for t in transports], [True] * 3 + [False] * 2)

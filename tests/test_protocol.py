@@ -49,6 +49,32 @@ class GreetingAndHelpTests(SynchronousTestCase):
             set(vars(session.protocol)), {"factory", "transport", "connected"}
         )
 
+    def test_logged_in_session_keeps_a_fresh_copy_of_its_leaf(self) -> None:
+        """
+        From login on, a session keeps its leaf as a copy of the same
+        certificate, not the one the verify callback parsed its names and
+        extensions on: an idle session must not hold what checking parsed.
+        """
+        network = Network()
+        verified = network.ca.issue("alice").certificate
+        self.assertTrue(verified.extensions)  # parsed, as the verify callback does
+        session = network.connect("alice", certificate=verified)
+        self.assertIn("you are alice", session.take()[0])
+        self.assertEqual(session.protocol.certificate, verified)
+        self.assertIsNot(session.protocol.certificate, verified)
+        self.assertIs(
+            session.protocol.certificate_chain[0], session.protocol.certificate
+        )
+
+    def test_handshake_done_lets_go_of_the_verify_callback(self) -> None:
+        """
+        Once its handshake is done, a session's TLS connection holds no
+        verify callback (nor the verifier and verdict behind it), which
+        pyOpenSSL would otherwise keep for as long as the session lasts.
+        """
+        session = Network().connect("alice")
+        self.assertIsNone(session.transport.verify_callback)
+
     def test_help_lists_exactly_the_permitted_commands(self) -> None:
         """
         HELP lists every line command of the avatar's set and nothing else,

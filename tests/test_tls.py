@@ -20,7 +20,7 @@ from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.tls import TLSFiles, _PeerVerifier, load_server_tls
-from secmsg.daemon.trust import TrustAnchors, load_crls, share_issuers
+from secmsg.daemon.trust import TrustAnchors, load_crls
 from secmsg.errors import ConfigurationError
 from secmsg.pem import certificates_in
 from tests.certs import CertificateAuthority, now
@@ -223,26 +223,55 @@ class TrustFileTests(SynchronousTestCase):
         self.assertEqual(error.problem, "a CRL in it does not parse")
 
 
-class SharedIssuersTests(SynchronousTestCase):
-    def test_chains_share_their_issuers_and_keep_their_leaves(self) -> None:
+class PeerVerifierTests(SynchronousTestCase):
+    def test_accepted_chains_share_their_issuers_and_keep_their_leaves(
+        self,
+    ) -> None:
         """
-        Two sessions' chains through the same CA hold one copy of it, equal
-        to the CA each was verified against, and each its own leaf.
+        The verify callback hands each accepted chain to its connection,
+        parsed once; two connections' chains through the same CA hold one
+        copy of it, equal to the CA each was verified against, and each its
+        own leaf, so that thousands of sessions do not keep a copy each.
         """
         root = CertificateAuthority()
+        trust = TrustAnchors((root.pair.certificate,), ())
         leaves = [root.issue(name).certificate for name in ("alice", "bob")]
-        chains = [
-            share_issuers(
-                [leaf, X509.from_cryptography(root.pair.certificate).to_cryptography()]
+        chains = []
+        for leaf in leaves:
+            observer = _RecordingObserver()
+            verifier = _PeerVerifier(
+                observer, lambda leaf: None, _AcceptingVerdict(), trust
             )
-            for leaf in leaves
-        ]
+            for depth, certificate in [(1, root.pair.certificate), (0, leaf)]:
+                self.assertTrue(
+                    verifier(None, X509.from_cryptography(certificate), 0, depth, 1)
+                )
+            self.assertEqual(observer.refused, [])
+            chains.extend(observer.accepted)
         self.assertEqual([chain[0] for chain in chains], leaves)
         self.assertIs(chains[0][1], chains[1][1])
         self.assertEqual(chains[0][1], root.pair.certificate)
 
+    def test_an_issuer_outside_the_bundle_is_checked_by_its_signature(
+        self,
+    ) -> None:
+        """
+        A chain whose leaf is issued by a certificate that only names a CA
+        of the bundle (same subject, another key) is refused: only a CA
+        certificate of the bundle itself lets the signature check go.
+        """
+        ca = CertificateAuthority("secmsg test CA")
+        impostor = CertificateAuthority("secmsg test CA")
+        trust = TrustAnchors((ca.pair.certificate,), ())
+        leaf = impostor.issue("alice").certificate
+        refusal = trust.chain_issuer_refusal([leaf, impostor.pair.certificate])
+        self.assertIsNotNone(refusal)
+        self.assertIsNone(
+            trust.chain_issuer_refusal(
+                [ca.issue("alice").certificate, ca.pair.certificate]
+            )
+        )
 
-class PeerVerifierTests(SynchronousTestCase):
     def test_each_pass_judges_only_its_own_chain(self) -> None:
         """
         A verifier keeps no certificate once a pass has reached the leaf: a
@@ -287,6 +316,24 @@ class PeerVerifierTests(SynchronousTestCase):
             certificate = X509.from_cryptography(chain[depth])
             self.assertTrue(callback(None, certificate, 0, depth, 1))
         self.assertEqual(_certificates_reachable(callback), list(trust.cas))
+
+
+class _RecordingObserver:
+    """
+    Keeps what a verifier tells its connection.
+    """
+
+    def __init__(self) -> None:
+        self.accepted: list[list[x509.Certificate]] = []
+        self.refused: list[object] = []
+
+    def certificate_accepted(
+        self, chain: list[x509.Certificate], verdict: object
+    ) -> None:
+        self.accepted.append(chain)
+
+    def certificate_refused(self, refusal: object) -> None:
+        self.refused.append(refusal)
 
 
 class _AcceptingVerdict:

@@ -103,6 +103,13 @@ def record_login(
     audit("login", text, **fields)
 
 
+def record_logout(identity: str, peer: str) -> None:
+    """
+    Record the end of a line session's login, whoever ended it.
+    """
+    audit("logout", "logout {identity} from {peer}", identity=identity, peer=peer)
+
+
 def record_denial(
     identity: str, peer: str, verb: str, rule: str, *, admin: bool = False
 ) -> None:

@@ -16,6 +16,7 @@ elsewhere.  docs/audit.md describes the format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -42,6 +43,10 @@ GENESIS = "0" * 64
 
 _MAC_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\Z')
 
+_RECORD_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+"""How a record is written: made once, since json.dumps with these options
+builds an encoder for every record, a fifth of what sealing one costs."""
+
 
 @dataclass(frozen=True)
 class ChainKey:
@@ -53,7 +58,7 @@ class ChainKey:
 
     secret: bytes = field(repr=False)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """
         What a record names its key by: the start of the key's SHA-256,
@@ -123,7 +128,7 @@ def seal(record: dict[str, Any], previous: str, key: ChainKey) -> bytes:
     C{mac} over everything before it.
     """
     sealed = {**record, "prev": previous, "key": key.id}
-    body = json.dumps(sealed, ensure_ascii=True, separators=(",", ":")).encode()
+    body = _RECORD_JSON.encode(sealed).encode()
     return body[:-1] + b',"mac":"' + key.mac(body).encode() + b'"}'
 
 

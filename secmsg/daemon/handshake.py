@@ -40,6 +40,7 @@ class Handshake:
         under way).
     @ivar displaced: it was dropped to make room for a newer connection,
         which is recorded apart.
+    @ivar chain: the chain the verify callback accepted, leaf first.
     @ivar verdict: which trust the verify callback judged its chain by.
     """
 
@@ -51,6 +52,7 @@ class Handshake:
         "_session",
         "_timeout",
         "_timer",
+        "chain",
         "displaced",
         "done",
         "verdict",
@@ -71,6 +73,7 @@ class Handshake:
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._too_slow)
         self._early = bytearray()
         self._refusal: CertificateRefused | None = None
+        self.chain: list[x509.Certificate] = []
         self.verdict: TrustVerdict | None = None
         self.displaced = self.done = False
 

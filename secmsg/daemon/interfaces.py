@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     # which comes first in the daemon's order: their types are named for
     # the type checker only, as a runtime import would make a cycle (tls,
     # the store's worker) or turn that order round (policy).
+    from cryptography import x509
+
     from secmsg.daemon.policy import Grant
     from secmsg.daemon.store.worker import Job, LongJob
     from secmsg.daemon.tls import TrustVerdict
@@ -425,8 +427,11 @@ class IHandshakeObserver(Interface):
         The verify callback refused the certificate, for this reason.
         """
 
-    def certificate_accepted(verdict: TrustVerdict) -> None:
+    def certificate_accepted(
+        chain: list[x509.Certificate], verdict: TrustVerdict
+    ) -> None:
         """
-        The verify callback accepted the chain; C{verdict} judges it again
-        by the trust in force when the handshake completes and at login.
+        The verify callback accepted C{chain} (leaf first, parsed there, so
+        that nothing parses it again); C{verdict} judges it again by the
+        trust in force when the handshake completes and at login.
         """

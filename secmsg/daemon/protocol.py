@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from secmsg import __version__, wire
 from secmsg.capabilities import CAPABILITIES, PROTOCOL_VERSION, format_offer
-from secmsg.daemon.audit import audit, record_login
+from secmsg.daemon.audit import record_login, record_logout
 from secmsg.daemon.auth import VerifiedCertificate
 from secmsg.daemon.commands import Commands
 from secmsg.daemon.deadlines import Deadlines
@@ -47,8 +47,8 @@ from secmsg.daemon.limits import Limits, address_group, describe_address
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.outbox import Outbox
 from secmsg.daemon.pipeline import Pipeline, Strikes, Throttle
-from secmsg.daemon.tls import TrustVerdict
-from secmsg.daemon.trust import share_issuers
+from secmsg.daemon.tls import TrustVerdict, release_verifier
+from secmsg.daemon.trust import kept_chain
 from secmsg.errors import CertificateRefused
 from secmsg.rate import RateLimiter
 from secmsg.transport import IConnection
@@ -172,8 +172,10 @@ class SessionProtocol(Protocol):
     def certificate_refused(self, refusal: CertificateRefused) -> None:
         self._handshake.refused(refusal)
 
-    def certificate_accepted(self, verdict: TrustVerdict) -> None:
-        self._handshake.verdict = verdict
+    def certificate_accepted(
+        self, chain: list[x509.Certificate], verdict: TrustVerdict
+    ) -> None:
+        self._handshake.chain, self._handshake.verdict = chain, verdict
 
     @property
     def _handshake_done(self) -> bool:
@@ -185,11 +187,10 @@ class SessionProtocol(Protocol):
         a reload since then no longer trusts it.
         """
         self._handshake.done = True
+        release_verifier(self.transport.getHandle())
         if self.closing:
             return
-        self.certificate_chain = share_issuers(
-            self.transport.getHandle().get_verified_chain(as_cryptography=True)
-        )
+        self.certificate_chain = self._handshake.chain
         self.certificate = self.certificate_chain[0]
         if not self._handshake.still_trusted(self.certificate_chain, "handshake"):
             return
@@ -216,6 +217,8 @@ class SessionProtocol(Protocol):
         self.avatar, self._logout = avatar, logout
         self._port.metrics.handshake("accepted")
         record_login(avatar.identity, avatar.grant, self.certificate, self.address)
+        self.certificate_chain = kept_chain(self.certificate_chain)
+        self.certificate = self.certificate_chain[0]
         self.transport.write(_greeting(avatar, self._port.rate_limiter))
         self._make_parts()
         self.transport.registerProducer(self, True)
@@ -358,12 +361,7 @@ class SessionProtocol(Protocol):
             return
         logout, self._logout = self._logout, None
         logout()
-        audit(
-            "logout",
-            "logout {identity} from {peer}",
-            identity=self.avatar.identity,
-            peer=self.address,
-        )
+        record_logout(self.avatar.identity, self.address)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = self._lost = True

@@ -62,9 +62,7 @@ class CertificateGuard(Resource):
         request.channel.persistent = False
         request.setHeader(b"connection", b"close")
         address = describe_address(request.getClientAddress())
-        chain = request.channel.transport.getHandle().get_verified_chain(
-            as_cryptography=True
-        )
+        chain = request.channel.chain
         if not chain:
             request.setHeader(b"www-authenticate", b'ClientCertificate realm="secmsg"')
             send_error(

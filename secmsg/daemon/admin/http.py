@@ -19,6 +19,7 @@ import json
 from http import HTTPStatus
 from typing import Any
 
+from cryptography import x509
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -112,6 +113,8 @@ class AdminChannel(http.HTTPChannel):
     is recorded as on the line port, and how to judge an accepted chain
     again, should a reload change the trust before its request is answered.
 
+    @ivar chain: the chain the verify callback accepted, leaf first; empty
+        without a certificate.
     @ivar verdict: the L{TrustVerdict} of the accepted chain, or L{None}
         without a certificate.
     """
@@ -119,6 +122,7 @@ class AdminChannel(http.HTTPChannel):
     transport: IConnection
 
     site: AdminSite
+    chain: list[x509.Certificate] = []
     verdict: TrustVerdict | None = None
     _refusal: CertificateRefused | None = None
     _handshake_done = False
@@ -127,8 +131,10 @@ class AdminChannel(http.HTTPChannel):
         if self._refusal is None:
             self._refusal = refusal
 
-    def certificate_accepted(self, verdict: TrustVerdict) -> None:
-        self.verdict = verdict
+    def certificate_accepted(
+        self, chain: list[x509.Certificate], verdict: TrustVerdict
+    ) -> None:
+        self.chain, self.verdict = chain, verdict
 
     def handshakeCompleted(self) -> None:
         """
@@ -148,9 +154,7 @@ class AdminChannel(http.HTTPChannel):
         """
         if self.verdict is None:
             return None
-        return self.verdict.again(
-            self.transport.getHandle().get_verified_chain(as_cryptography=True)
-        )
+        return self.verdict.again(self.chain)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._handshake_done:
