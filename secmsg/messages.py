@@ -133,10 +133,11 @@ class Retention:
 @dataclass(frozen=True)
 class WaitingLimit:
     """
-    How much may wait unacknowledged in one identity's mailbox, of every
-    kind of message, before a message for it is refused (507): without a
-    bound, an identity that never reads lets anyone who writes to it fill
-    the disk for as long as retention keeps messages.
+    How much may wait unacknowledged in one identity's inbox before a
+    direct message for it is refused (507): without a bound, an identity
+    that never reads lets anyone who writes to it fill the disk for as long
+    as retention keeps messages.  Room messages and broadcasts are kept
+    once for all their readers, and are not held to it.
 
     @ivar messages: the most messages that may wait.
     @ivar text_bytes: the most bytes (UTF-8) their texts may hold together.

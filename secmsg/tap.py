@@ -136,14 +136,14 @@ class Options(usage.Options):
             "mailbox-max-waiting",
             None,
             None,
-            "Unacknowledged messages that may wait per recipient; more are "
-            "refused (507). [default: 10000]",
+            "Direct messages that may wait unacknowledged per recipient; more "
+            "are refused (507). [default: 10000]",
         ],
         [
             "mailbox-max-waiting-bytes",
             None,
             None,
-            "Bytes of unacknowledged message text that may wait per "
+            "Bytes of direct message text that may wait unacknowledged per "
             "recipient; more are refused (507). [default: 16777216]",
         ],
         ["history-max", None, None, "Most messages HISTORY gives. [default: 200]"],

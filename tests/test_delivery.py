@@ -578,18 +578,19 @@ class WaitingLimitTests(SynchronousTestCase):
         self.successResultOf(self.send(Kind.DIRECT, "bob", "abc"))
         self.assertEqual(self.store.waiting("bob"), (2, 10))
 
-    def test_one_full_mailbox_refuses_a_broadcast_for_everyone(self) -> None:
+    def test_a_full_inbox_refuses_direct_messages_only(self) -> None:
         """
-        A broadcast is refused whole, naming the first recipient past the
-        bound, rather than stored for some and silently lost for others.
+        The bound is on an identity's inbox: with carol's full, a broadcast
+        and a room message, kept once for all their readers, are still
+        taken, and kept for her too.
         """
         for text in ("one", "two"):
             self.successResultOf(self.send(Kind.DIRECT, "carol", text))
-        failure = self.failureResultOf(
-            self.send(Kind.BROADCAST, "", "all"), MailboxFull
-        )
-        self.assertEqual(failure.value.recipient, "carol")
-        self.assertEqual(self.store.waiting("bob"), (0, 0))
+        self.successResultOf(self.network.rooms.join(Reader("carol"), "#ops"))
+        self.successResultOf(self.send(Kind.BROADCAST, "", "all"))
+        self.successResultOf(self.send(Kind.ROOM, "#ops", "hello"))
+        self.assertEqual(self.store.waiting("carol", Kind.DIRECT), (2, 6))
+        self.assertEqual(self.store.waiting("carol"), (4, 6 + 3 + 5))
 
     def test_acknowledging_makes_room_again(self) -> None:
         """
@@ -603,7 +604,7 @@ class WaitingLimitTests(SynchronousTestCase):
 
     def test_the_line_protocol_replies_507_and_the_session_goes_on(self) -> None:
         """
-        A MSG or SAY past a recipient's bound gets 507 with the words; the
+        A MSG past its recipient's bound gets 507 with the words; the
         recipient is sent nothing, and the sender's session goes on.
         """
         network = Network(waiting_limit=WaitingLimit(messages=1))
@@ -615,10 +616,6 @@ class WaitingLimitTests(SynchronousTestCase):
         bob.take()
         self.assertEqual(
             alice.send("MSG bob again"),
-            ["507 not sent: bob has 1 unacknowledged message waiting (limit 1)"],
-        )
-        self.assertEqual(
-            alice.send("SAY #ops hello"),
             ["507 not sent: bob has 1 unacknowledged message waiting (limit 1)"],
         )
         self.assertEqual(bob.take(), [])

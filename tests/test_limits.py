@@ -521,6 +521,36 @@ class RoomRuleTests(SynchronousTestCase):
             again.take()[1:], [f"REDELIVERED SAY 1 {STAMP} #ops-db admin secret plan"]
         )
 
+    def test_a_session_that_may_not_read_acknowledges_nothing_there(self) -> None:
+        """
+        A room message kept for dave is none of his plain certificate's
+        session's business: its ACK of it is 404, as for a message that is
+        not his, and it stays for his session that may read the room.
+        """
+        network = Network(
+            ROOMS.replace(
+                "[identities]",
+                '[[rules]]\nsubject = { OU = "ops" }\n'
+                'roles = ["admin"]\n\n[identities]',
+            )
+        )
+        ops = (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"),)
+        as_ops = network.ca.issue("dave", subject=ops).certificate
+        dave = network.connect("dave", certificate=as_ops)
+        dave.send("JOIN #ops-db")
+        admin = network.connect("admin")
+        admin.send("JOIN #ops-db")
+        admin.send("SAY #ops-db secret plan")
+        dave.protocol.connectionLost(None)
+        plain = network.connect("dave")
+        plain.take()
+        self.assertEqual(plain.send("ACK 1"), ["404 no message 1 for dave"])
+        self.assertEqual(plain.send("ACK UPTO 1"), ["200 acknowledged 0"])
+        again = network.connect("dave", certificate=as_ops)
+        self.assertEqual(
+            again.take()[1:], [f"REDELIVERED SAY 1 {STAMP} #ops-db admin secret plan"]
+        )
+
     def test_member_without_read_gets_no_messages_nor_history(self) -> None:
         """
         alice may sit in #sealed but not read it: its messages are not

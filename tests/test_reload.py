@@ -264,6 +264,29 @@ class DryRunTests(AdminAndBob):
         )
         self.assertEqual(self.ask("WHO #ops-db"), ["211-admin", "211 1 in #ops-db"])
 
+    def test_reload_parts_only_where_it_takes_a_right_away(self) -> None:
+        """
+        A reload takes an identity out of a room only through a session
+        that could join it before and may not now: bob, who joined while
+        he could and came back under a policy that shuts him out (another
+        certificate of his might still get in), stays a member through a
+        reload that changes nothing for his session.
+        """
+        self.bob.send("JOIN #ops-db")
+        self.instance.flush()
+        self.bob.transport.loseConnection()
+        self.instance.flush()
+        self.instance.write(
+            "policy.toml",
+            (POLICY + '[[rooms]]\npattern = "#ops-*"\njoin = ["admin"]\n').encode(),
+        )
+        self.assertNotIn("rights changed", self.reload()[-1])
+        again = self.instance.connect(self.bob_pair)
+        again.take()
+        self.assertNotIn("rights changed", self.reload()[-1])
+        self.assertEqual(again.take(), [])
+        self.assertEqual(self.ask("WHO #ops-db"), ["211-bob", "211 1 in #ops-db"])
+
     def test_reload_that_takes_away_reading_stops_pushes_at_once(self) -> None:
         """
         A room rule that lets bob stay in #news but no longer read it: the

@@ -7,9 +7,12 @@ told of it: only then does the sender get its 250 and the online
 recipients their push.  It waits for each identity it is for until that
 identity acknowledges it, so that an identity that was offline, or whose
 session ended before it said ACK, gets it at its next login, ahead of
-anything newer.  What may wait unacknowledged for one identity is bounded:
-a message that would pass the bound for any of its recipients is refused
-to its sender, whole, before anything is stored.
+anything newer.  What may wait unacknowledged in one identity's inbox is
+bounded: a direct message that would pass the bound is refused to its
+sender before anything is stored.  Room messages and broadcasts are kept
+once for all their readers, so no reader that never reads can make them
+cost more: retention bounds them, and they are never refused for a
+reader's sake.
 """
 
 from __future__ import annotations
@@ -102,9 +105,10 @@ class Delivery:
         """
         self._know_listed(kind, target)
         recipients = self._store.audience(kind, identity, target)
-        full = self._first_full(recipients, text_size(text))
-        if full is not None:
-            return defer.fail(full)
+        if kind is Kind.DIRECT:
+            full = self._past_the_bound(target, text_size(text))
+            if full is not None:
+                return defer.fail(full)
         draft = Draft(kind, identity, target, text, clock_time(self._clock))
         started = self._clock.seconds()
         accepted = self._store.accept(draft, recipients)
@@ -129,26 +133,19 @@ class Delivery:
                     self._log_failure, "remember", identity
                 )
 
-    def _first_full(self, recipients: Set[str], size: int) -> MailboxFull | None:
+    def _past_the_bound(self, recipient: str, size: int) -> MailboxFull | None:
         """
-        The refusal for the first (by name) of C{recipients} for whom a
-        message of C{size} bytes would pass the bound, or L{None}: one
-        lookup in the store's memory each.
+        The refusal of a direct message of C{size} bytes that would take
+        what waits in C{recipient}'s inbox past the bound, or L{None}: one
+        lookup in the store's memory.
         """
         limit = self._waiting_limit
-        waiting = self._store.waiting
-        full = []
-        for recipient in recipients:
-            count, held = waiting(recipient)
-            if count >= limit.messages or held + size > limit.text_bytes:
-                full.append(recipient)
-        if not full:
-            return None
-        recipient = min(full)
-        count, held = waiting(recipient)
+        count, held = self._store.waiting(recipient, Kind.DIRECT)
         if count >= limit.messages:
             return MailboxFull(recipient, "messages", count, limit.messages, size)
-        return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
+        if held + size > limit.text_bytes:
+            return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
+        return None
 
     def _committed(self, message: Stored, started: float) -> Stored:
         self._metrics.store_latency(self._clock.seconds() - started)

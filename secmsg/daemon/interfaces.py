@@ -351,14 +351,15 @@ class IMessageStore(Interface):
         Every identity known; answered from memory.
         """
 
-    def waiting(identity: str) -> tuple[int, int]:
+    def waiting(identity: str, kind: Kind | None = None) -> tuple[int, int]:
         """
-        How many messages wait for C{identity} unacknowledged, and how many
-        bytes (UTF-8) their texts hold; answered from memory, so that every
-        send can be held to L{secmsg.messages.WaitingLimit}, and a login
-        with nothing waiting costs no query.  A message counts from the
-        moment L{accept} is called (unless that fails) until it is
-        acknowledged, its room parted, or removed by retention.
+        How many messages of C{kind} (or of every kind) wait for
+        C{identity} unacknowledged, and how many bytes (UTF-8) their texts
+        hold; answered from memory, so that every direct message can be
+        held to L{secmsg.messages.WaitingLimit}, and a login with nothing
+        waiting costs no query.  A message counts from the moment L{accept}
+        is called (unless that fails) until it is acknowledged, its room
+        parted, or removed by retention.
         """
 
     def purge(now: datetime, retention: Retention) -> Deferred[int]:

@@ -269,12 +269,14 @@ class Reloader:
             return SessionChange(
                 avatar.identity, peer.address, closed="refused by the new policy"
             ), None
+        old = avatar.grant
+        # Only what this reload takes away: a session that never had the
+        # right (another certificate of the identity joined) parts nothing.
         parts = tuple(
             room
             for room in sorted(self._rooms.of(avatar.identity))
-            if not grant.may_join(room)
+            if old.may_join(room) and not grant.may_join(room)
         )
-        old = avatar.grant
         roles = (",".join(old.roles), ",".join(grant.roles))
         change = SessionChange(
             avatar.identity,

@@ -50,7 +50,12 @@ class Rooms:
         """
         identity = avatar.identity
         if room in self._store.rooms_of(identity):
-            return defer.succeed(False)
+            if not avatar.may_read(room):
+                return defer.succeed(False)
+            # A member that joined by a session that might not read the
+            # room has what is said there kept for it from now.
+            started = self._store.start_reading(identity, room)
+            return started.addCallback(lambda _: False)
         self._check_limits(identity, room)
         joined = self._store.join(identity, room, avatar.may_read(room))
 

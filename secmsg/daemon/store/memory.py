@@ -69,7 +69,7 @@ class MemoryStore:
         self._last_id += 1
         message = Stored.of(self._last_id, draft)
         self._messages[message.id] = message
-        self._waiting.add(recipients, text_size(draft.text))
+        self._waiting.add(recipients, draft.kind, text_size(draft.text))
         return defer.succeed(message)
 
     def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
@@ -108,13 +108,16 @@ class MemoryStore:
             ]
         else:
             message = self._messages.get(message_id)
-            if message is None or not self._is_for(identity, message):
+            if (
+                message is None
+                or not self._is_for(identity, message)
+                or (message.kind is Kind.ROOM and message.target not in rooms)
+            ):
                 return defer.fail(NotFound(f"no message {message_id} for {identity}"))
             taken = [message] if self._unread_by(identity, message) else []
         for message in taken:
             self._acknowledged.add((identity, message.id))
-        size = sum(text_size(m.text) for m in taken)
-        self._waiting.remove(identity, len(taken), size)
+        self._waiting.remove(identity, [(m.kind, 1, text_size(m.text)) for m in taken])
         return defer.succeed(len(taken))
 
     def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
@@ -145,7 +148,9 @@ class MemoryStore:
             for m in self._messages.values()
             if stream_of(m) == room_stream(room) and self._unread_by(identity, m)
         ]
-        self._waiting.remove(identity, len(left), sum(text_size(m.text) for m in left))
+        self._waiting.remove(
+            identity, [(Kind.ROOM, len(left), sum(text_size(m.text) for m in left))]
+        )
 
     def rooms_of(self, identity: str) -> frozenset[str]:
         return self._members.rooms_of(identity)
@@ -189,8 +194,8 @@ class MemoryStore:
     def identities(self) -> frozenset[str]:
         return self._members.identities()
 
-    def waiting(self, identity: str) -> tuple[int, int]:
-        return self._waiting.of(identity)
+    def waiting(self, identity: str, kind: Kind | None = None) -> tuple[int, int]:
+        return self._waiting.of(identity, kind)
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         doomed = {
@@ -212,7 +217,8 @@ class MemoryStore:
             message = self._messages[message_id]
             for identity, stream in list(self._cursors):
                 if stream == stream_of(message) and self._unread_by(identity, message):
-                    self._waiting.remove(identity, 1, text_size(message.text))
+                    taken = (message.kind, 1, text_size(message.text))
+                    self._waiting.remove(identity, [taken])
             del self._messages[message_id]
         return defer.succeed(len(doomed))
 

@@ -35,7 +35,7 @@ from secmsg.daemon.store import streams
 from secmsg.daemon.store.backup import backup_job
 from secmsg.daemon.store.database import open_database
 from secmsg.daemon.store.members import Memberships
-from secmsg.daemon.store.waiting import WaitingTotals
+from secmsg.daemon.store.waiting import Taken, WaitingTotals
 from secmsg.daemon.store.worker import Job
 from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
@@ -147,20 +147,20 @@ class SQLiteStore:
     def accept(self, draft: Draft, recipients: Set[str]) -> defer.Deferred[Stored]:
         # Counted before the commit, so that messages in flight count too.
         size = text_size(draft.text)
-        self._waiting.add(recipients, size)
+        self._waiting.add(recipients, draft.kind, size)
         accepted = self._submit(lambda connection: streams.append(connection, draft))
-        accepted.addErrback(self._not_accepted, recipients, size)
+        accepted.addErrback(self._not_accepted, recipients, (draft.kind, 1, size))
         return accepted
 
     def _not_accepted(
-        self, failure: Failure, recipients: Set[str], size: int
+        self, failure: Failure, recipients: Set[str], counted: Taken
     ) -> Failure:
         """
         A message that was not kept waits for nobody: give back what its
         accept counted.
         """
         for recipient in recipients:
-            self._waiting.remove(recipient, 1, size)
+            self._waiting.remove(recipient, [counted])
         return failure
 
     def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
@@ -197,19 +197,18 @@ class SQLiteStore:
     def acknowledge(
         self, identity: str, message_id: int, up_to: bool, rooms: frozenset[str]
     ) -> defer.Deferred[int]:
-        def job(connection: sqlite3.Connection) -> tuple[int, int] | None:
+        def job(connection: sqlite3.Connection) -> list[Taken] | None:
             if up_to:
                 return streams.acknowledge_up_to(
                     connection, identity, message_id, rooms
                 )
-            return streams.acknowledge_one(connection, identity, message_id)
+            return streams.acknowledge_one(connection, identity, message_id, rooms)
 
-        def found(acknowledged: tuple[int, int] | None) -> int:
+        def found(acknowledged: list[Taken] | None) -> int:
             if acknowledged is None:
                 raise NotFound(f"no message {message_id} for {identity}")
-            count, size = acknowledged
-            self._waiting.remove(identity, count, size)
-            return count
+            self._waiting.remove(identity, acknowledged)
+            return sum(count for _, count, _ in acknowledged)
 
         # Refused here rather than in the job: a job that fails makes its
         # batch run again, and a client must not be able to cause that.
@@ -241,7 +240,7 @@ class SQLiteStore:
         )
 
         def done(left: tuple[int, int]) -> bool:
-            self._waiting.remove(identity, *left)
+            self._waiting.remove(identity, [(Kind.ROOM, *left)])
             return True
 
         def failed(failure: Failure) -> Failure:
@@ -310,16 +309,16 @@ class SQLiteStore:
     def identities(self) -> frozenset[str]:
         return self._members.identities()
 
-    def waiting(self, identity: str) -> tuple[int, int]:
-        return self._waiting.of(identity)
+    def waiting(self, identity: str, kind: Kind | None = None) -> tuple[int, int]:
+        return self._waiting.of(identity, kind)
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         oldest = to_microseconds(now - retention.max_age)
 
-        def purged(result: tuple[int, dict[str, tuple[int, int]]]) -> int:
+        def purged(result: tuple[int, dict[tuple[str, Kind], tuple[int, int]]]) -> int:
             removed, unread = result
-            for identity, (count, size) in unread.items():
-                self._waiting.remove(identity, count, size)
+            for (identity, kind), (count, size) in unread.items():
+                self._waiting.remove(identity, [(kind, count, size)])
             return removed
 
         return self._submit(

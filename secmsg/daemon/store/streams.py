@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from secmsg.daemon.store.waiting import Taken
 from secmsg.messages import (
     Draft,
     Kind,
@@ -76,7 +77,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 
 _WAITING = """
-SELECT c.identity, count(*), sum(length(CAST(m.body AS BLOB)))
+SELECT c.identity, c.kind, count(*), sum(length(CAST(m.body AS BLOB)))
 FROM cursors c JOIN messages m
     ON m.kind = c.kind AND m.target = c.target AND m.id > c.acknowledged
 WHERE c.reads = 1 AND (m.kind = 'MSG' OR m.sender != c.identity)
@@ -84,7 +85,7 @@ AND NOT EXISTS (
     SELECT 1 FROM acknowledged a WHERE a.identity = c.identity AND a.message_id = m.id
 )
 {where}
-GROUP BY c.identity
+GROUP BY c.identity, c.kind
 """
 
 
@@ -232,13 +233,13 @@ def acknowledge_up_to(
     identity: str,
     message_id: int,
     readable: frozenset[str],
-) -> tuple[int, int]:
+) -> list[Taken]:
     """
     Acknowledge, in C{identity}'s inbox, the broadcasts and its rooms in
     C{readable}, everything up to C{message_id} that was sent to it; return
-    how many messages that was and their bytes.
+    how many messages of each kind that was and their bytes.
     """
-    count = size = 0
+    taken: list[Taken] = []
     for kind, target, _, acknowledged, sent in connection.execute(
         _CURSORS, (identity,)
     ).fetchall():
@@ -248,20 +249,22 @@ def acknowledge_up_to(
         if up_to <= acknowledged:
             continue
         stream = _stream(kind, target)
-        taken, bytes_taken = _unread_total(
-            connection, identity, stream, acknowledged, up_to
-        )
+        count, size = _unread_total(connection, identity, stream, acknowledged, up_to)
         _move_to(connection, identity, stream, up_to)
-        count, size = count + taken, size + bytes_taken
-    return count, size
+        taken.append((stream.kind, count, size))
+    return taken
 
 
 def acknowledge_one(
-    connection: sqlite3.Connection, identity: str, message_id: int
-) -> tuple[int, int] | None:
+    connection: sqlite3.Connection,
+    identity: str,
+    message_id: int,
+    readable: frozenset[str],
+) -> list[Taken] | None:
     """
-    Acknowledge one message of C{identity}'s; return 1 and its bytes, or 0
-    if it was already, or L{None} if it is none of its (or is gone).
+    Acknowledge one message of C{identity}'s (of a room, one of
+    C{readable}); return its kind, 1 and its bytes, or nothing if it was
+    acknowledged already, or L{None} if it is none of its (or is gone).
     """
     row = connection.execute(
         "SELECT kind, target, sender, length(CAST(body AS BLOB))"
@@ -273,6 +276,8 @@ def acknowledge_one(
     kind, target, sender, size = row
     if kind != Kind.DIRECT.value and sender == identity:
         return None
+    if kind == Kind.ROOM.value and target not in readable:
+        return None
     position = connection.execute(_CURSOR, (identity, kind, target)).fetchone()
     if position is None or message_id <= position[0]:
         return None
@@ -280,9 +285,9 @@ def acknowledge_one(
     if message_id <= position[1] or not _note_acknowledged(
         connection, identity, stream, message_id
     ):
-        return 0, 0
+        return []
     _compact(connection, identity, stream, position[1])
-    return 1, size
+    return [(stream.kind, 1, size)]
 
 
 def _note_acknowledged(
@@ -374,7 +379,7 @@ def _unread_total(
 
 def waiting_totals(
     connection: sqlite3.Connection, created_before: int | None = None
-) -> dict[str, tuple[int, int]]:
+) -> dict[tuple[str, Kind], tuple[int, int]]:
     """
     What waits unacknowledged for each identity (or only what was created
     before C{created_before}, in microseconds): read at startup, and by
@@ -386,7 +391,9 @@ def waiting_totals(
         rows = connection.execute(
             _WAITING.format(where="AND m.created < ?"), (created_before,)
         )
-    return {identity: (count, size) for identity, count, size in rows}
+    return {
+        (identity, Kind(kind)): (count, size) for identity, kind, count, size in rows
+    }
 
 
 _BEYOND_COUNT = """
@@ -415,7 +422,7 @@ none that a reader of their stream has yet to acknowledge."""
 
 def purge(
     connection: sqlite3.Connection, oldest: int, retention: Retention
-) -> tuple[int, dict[str, tuple[int, int]]]:
+) -> tuple[int, dict[tuple[str, Kind], tuple[int, int]]]:
     """
     Remove what retention no longer keeps; return how many messages went,
     and for each identity what of it went unacknowledged.  Only age removes
