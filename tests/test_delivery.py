@@ -7,6 +7,7 @@ store, and replies kept in order while commands wait for the store.
 from __future__ import annotations
 
 from collections.abc import Sequence, Set
+from datetime import datetime
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -278,6 +279,45 @@ class _UnreadableStore(MemoryStore):
         self, identity: str, after: int, limit: int, rooms: frozenset[str]
     ) -> defer.Deferred:
         return defer.fail(StoreError("disk I/O error"))
+
+
+class _CountingStore(MemoryStore):
+    """
+    A store that counts what logins ask of it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def pending(
+        self, identity: str, after: int, limit: int, rooms: frozenset[str]
+    ) -> defer.Deferred:
+        self.asked.append(f"pending {identity}")
+        return super().pending(identity, after, limit, rooms)
+
+    def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
+        if not self.knows(identity):
+            self.asked.append(f"remember {identity}")
+        return super().remember(identity, when)
+
+
+class LoginCostTests(SynchronousTestCase):
+    def test_a_login_with_nothing_waiting_asks_the_store_nothing(self) -> None:
+        """
+        An identity known already, with nothing waiting (the store counts
+        it in memory), logs in without a write or a query; one with a
+        message waiting has its mail read.
+        """
+        store = _CountingStore()
+        network = Network(store=store)
+        leave(network.connect("bob"))
+        self.assertEqual(store.asked, ["remember bob"])
+        leave(network.connect("bob"))
+        self.assertEqual(store.asked, ["remember bob"])
+        network.connect("alice").send("MSG bob hi")
+        network.connect("bob")
+        self.assertEqual(store.asked, ["remember bob", "remember alice", "pending bob"])
 
 
 class StoreFailureAndOrderTests(SynchronousTestCase):
