@@ -21,7 +21,12 @@ from secmsg.capabilities import CAPABILITIES, PROTOCOL_VERSION
 from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.identity import describe_subject
 from secmsg.daemon.interfaces import IHub, IMessageStore, ISessionAvatar
-from secmsg.daemon.operations import kick_identity, refuse_store_failure, reload_as
+from secmsg.daemon.operations import (
+    kick_identity,
+    refuse_store_failure,
+    reload_as,
+    store_refusal,
+)
 from secmsg.daemon.policy import PRESENCE
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.rooms import Rooms
@@ -98,6 +103,13 @@ class Terms:
     idle_timeout: float
     waiting_limit: WaitingLimit
     max_rooms_per_identity: int
+
+
+def _confirmation(message: Stored) -> bytes:
+    """
+    The 250 that confirms a stored message by its id.
+    """
+    return wire.reply(250, str(message.id))
 
 
 def _number(value: float) -> str:
@@ -312,8 +324,8 @@ class Commands:
         return refuse_store_failure(found)
 
     def _accepted(self, sent: defer.Deferred[Stored]) -> defer.Deferred[bytes]:
-        sent.addCallback(lambda message: wire.reply(250, str(message.id)))
-        return refuse_store_failure(sent)
+        # One step for the 250 and the 503 alike: the hot path of MSG.
+        return sent.addCallbacks(_confirmation, store_refusal)
 
     def reload(self, session: Session, mode: str = "") -> bytes:
         dry = mode == "DRY"

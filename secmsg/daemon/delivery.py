@@ -112,8 +112,7 @@ class Delivery:
         draft = Draft(kind, identity, target, text, clock_time(self._clock))
         started = self._clock.seconds()
         accepted = self._store.accept(draft, recipients)
-        accepted.addCallback(self._committed, started)
-        accepted.addCallback(self._push, sender, recipients)
+        accepted.addCallback(self._stored, started, sender, recipients)
         return accepted
 
     def _know_listed(self, kind: Kind, target: str) -> None:
@@ -147,13 +146,18 @@ class Delivery:
             return MailboxFull(recipient, "bytes", held, limit.text_bytes, size)
         return None
 
-    def _committed(self, message: Stored, started: float) -> Stored:
-        self._metrics.store_latency(self._clock.seconds() - started)
-        return message
-
-    def _push(
-        self, message: Stored, sender: IPeer | None, recipients: Set[str]
+    def _stored(
+        self,
+        message: Stored,
+        started: float,
+        sender: IPeer | None,
+        recipients: Set[str],
     ) -> Stored:
+        """
+        A message is committed: time it, and push it.  One callback, not
+        two: each costs its Deferred a step, thousands of times a second.
+        """
+        self._metrics.store_latency(self._clock.seconds() - started)
         # A room message shows on its sender's other sessions, a broadcast
         # on all of them, though neither waits for the sender in a stream.
         if message.kind is Kind.DIRECT:

@@ -45,13 +45,19 @@ def refuse_store_failure(result: defer.Deferred[T]) -> defer.Deferred[T]:
     on the line and at the admin interface: it must never take a failure
     for success.
     """
+    return result.addErrback(store_refusal)
 
-    def refused(failure: Failure) -> None:
-        failure.trap(StoreError)
-        log.error("message store failed: {error}", error=failure.getErrorMessage())
-        raise NotStored(f"not done, the message store failed: {failure.value}")
 
-    return result.addErrback(refused)
+def store_refusal(failure: Failure) -> None:
+    """
+    The errback of L{refuse_store_failure}, for a caller that adds it with
+    its own callback in one step.
+
+    @raise NotStored: for a store that failed; any other failure goes on.
+    """
+    failure.trap(StoreError)
+    log.error("message store failed: {error}", error=failure.getErrorMessage())
+    raise NotStored(f"not done, the message store failed: {failure.value}")
 
 
 def kick_identity(hub: IHub, by: str, peer: str, identity: str, reason: str) -> int:

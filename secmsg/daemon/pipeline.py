@@ -402,8 +402,12 @@ class Pipeline:
         entry = _Reply(verb, self.finishing, self.last_words)
         self._replies.append(entry)
         if isinstance(response, defer.Deferred):
-            response.addErrback(self._failed, verb)
-            response.addCallback(self._settle, entry)
+            response.addCallbacks(
+                self._settle,
+                self._settle_failed,
+                callbackArgs=(entry,),
+                errbackArgs=(verb, entry),
+            )
         else:
             self._settle(response, entry)
 
@@ -444,6 +448,13 @@ class Pipeline:
             return wire.reply(failure.value.code, failure.value.text)
         log.failure("internal error answering {verb}", failure, verb=verb)
         return wire.reply(500, "internal error")
+
+    def _settle_failed(self, failure: Failure, verb: str, entry: _Reply) -> None:
+        """
+        Settle a command whose Deferred failed with the reply L{_failed}
+        gives: one step of its Deferred for either outcome.
+        """
+        self._settle(self._failed(failure, verb), entry)
 
     def _settle(self, response: bytes, entry: _Reply) -> None:
         """
