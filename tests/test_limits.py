@@ -459,6 +459,21 @@ read = ["admin"]
 )
 
 
+def dave_with_two_certificates() -> tuple[Network, x509.Certificate]:
+    """
+    A network under the room rules where a certificate with OU=ops makes
+    dave an admin, and that certificate: his plain one makes him a user.
+    """
+    network = Network(
+        ROOMS.replace(
+            "[identities]",
+            '[[rules]]\nsubject = { OU = "ops" }\nroles = ["admin"]\n\n[identities]',
+        )
+    )
+    ops = (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"),)
+    return network, network.ca.issue("dave", subject=ops).certificate
+
+
 class RoomRuleTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.network = Network(ROOMS)
@@ -499,15 +514,7 @@ class RoomRuleTests(SynchronousTestCase):
         certificate, is not sent to his session with a plain certificate,
         which may not read the room; it waits for one that may.
         """
-        network = Network(
-            ROOMS.replace(
-                "[identities]",
-                '[[rules]]\nsubject = { OU = "ops" }\n'
-                'roles = ["admin"]\n\n[identities]',
-            )
-        )
-        ops = (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"),)
-        as_ops = network.ca.issue("dave", subject=ops).certificate
+        network, as_ops = dave_with_two_certificates()
         dave = network.connect("dave", certificate=as_ops)
         admin = network.connect("admin")
         dave.send("JOIN #ops-db")
@@ -527,15 +534,7 @@ class RoomRuleTests(SynchronousTestCase):
         session's business: its ACK of it is 404, as for a message that is
         not his, and it stays for his session that may read the room.
         """
-        network = Network(
-            ROOMS.replace(
-                "[identities]",
-                '[[rules]]\nsubject = { OU = "ops" }\n'
-                'roles = ["admin"]\n\n[identities]',
-            )
-        )
-        ops = (x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"),)
-        as_ops = network.ca.issue("dave", subject=ops).certificate
+        network, as_ops = dave_with_two_certificates()
         dave = network.connect("dave", certificate=as_ops)
         dave.send("JOIN #ops-db")
         admin = network.connect("admin")

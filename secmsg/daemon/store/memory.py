@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.store.members import Memberships
+from secmsg.daemon.store.views import AnsweredFromMemory
 from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.errors import BackupRefused, NotFound, StoreError
 from secmsg.messages import (
@@ -48,7 +49,7 @@ class _Cursor:
 
 @implementer(IMessageStore)
 @dataclass
-class MemoryStore:
+class MemoryStore(AnsweredFromMemory):
     """
     Messages, cursors and known identities in dictionaries.
 
@@ -71,9 +72,6 @@ class MemoryStore:
         self._messages[message.id] = message
         self._waiting.add(recipients, draft.kind, text_size(draft.text))
         return defer.succeed(message)
-
-    def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
-        return self._members.audience(kind, sender, target)
 
     def pending(
         self, identity: str, after: int, limit: int, rooms: frozenset[str]
@@ -152,15 +150,6 @@ class MemoryStore:
             identity, [(Kind.ROOM, len(left), sum(text_size(m.text) for m in left))]
         )
 
-    def rooms_of(self, identity: str) -> frozenset[str]:
-        return self._members.rooms_of(identity)
-
-    def members(self, room: str) -> frozenset[str]:
-        return self._members.members(room)
-
-    def rooms(self) -> dict[str, int]:
-        return self._members.rooms()
-
     def room_history(
         self, room: str, limit: int, budget: int
     ) -> defer.Deferred[list[Stored]]:
@@ -187,15 +176,6 @@ class MemoryStore:
             self._open(identity, inbox(identity), 0)
             self._open(identity, BROADCASTS, self._last_id)
         return defer.succeed(None)
-
-    def knows(self, identity: str) -> bool:
-        return self._members.knows(identity)
-
-    def identities(self) -> frozenset[str]:
-        return self._members.identities()
-
-    def waiting(self, identity: str, kind: Kind | None = None) -> tuple[int, int]:
-        return self._waiting.of(identity, kind)
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         doomed = {

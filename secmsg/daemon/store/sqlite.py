@@ -35,6 +35,7 @@ from secmsg.daemon.store import streams
 from secmsg.daemon.store.backup import backup_job
 from secmsg.daemon.store.database import open_database
 from secmsg.daemon.store.members import Memberships
+from secmsg.daemon.store.views import AnsweredFromMemory
 from secmsg.daemon.store.waiting import Taken, WaitingTotals
 from secmsg.daemon.store.worker import Job
 from secmsg.errors import BackupRefused, NotFound, StoreError
@@ -78,7 +79,7 @@ rather than a scan of every direct message."""
 
 
 @implementer(IMessageStore)
-class SQLiteStore:
+class SQLiteStore(AnsweredFromMemory):
     """
     Messages and cursors in one SQLite database, through one worker.
 
@@ -162,9 +163,6 @@ class SQLiteStore:
         for recipient in recipients:
             self._waiting.remove(recipient, [counted])
         return failure
-
-    def audience(self, kind: Kind, sender: str, target: str) -> frozenset[str]:
-        return self._members.audience(kind, sender, target)
 
     def pending(
         self, identity: str, after: int, limit: int, rooms: frozenset[str]
@@ -265,15 +263,6 @@ class SQLiteStore:
 
         return started.addErrback(failed)
 
-    def rooms_of(self, identity: str) -> frozenset[str]:
-        return self._members.rooms_of(identity)
-
-    def members(self, room: str) -> frozenset[str]:
-        return self._members.members(room)
-
-    def rooms(self) -> dict[str, int]:
-        return self._members.rooms()
-
     def room_history(
         self, room: str, limit: int, budget: int
     ) -> defer.Deferred[list[Stored]]:
@@ -302,15 +291,6 @@ class SQLiteStore:
             return failure
 
         return self._submit(job).addErrback(failed)
-
-    def knows(self, identity: str) -> bool:
-        return self._members.knows(identity)
-
-    def identities(self) -> frozenset[str]:
-        return self._members.identities()
-
-    def waiting(self, identity: str, kind: Kind | None = None) -> tuple[int, int]:
-        return self._waiting.of(identity, kind)
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         oldest = to_microseconds(now - retention.max_age)
