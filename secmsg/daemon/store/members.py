@@ -130,12 +130,6 @@ class Memberships:
         """
         return frozenset(self._members.get(room, ()))
 
-    def is_member(self, identity: str, room: str) -> bool:
-        """
-        Whether C{identity} is a member of C{room}.
-        """
-        return identity in self._members.get(room, ())
-
     def rooms(self) -> dict[str, int]:
         """
         Each room with members, sorted, and how many it has.
