@@ -8,7 +8,7 @@ INSTANCE := dev
 $(VENV)/installed: pyproject.toml setup.cfg
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PYTHON) -m pip install --quiet -e '.[test,cluster]'
 	touch $@
 
 # sslyze, the external TLS scanner of tests/test_tls_scan.py, pins an older
@@ -38,6 +38,22 @@ $(SOCKET_ACTIVATE):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
 
+# PostgreSQL and Redis, the store and the bus of the cluster's tests
+# (tests/servers.py runs them), from Debian's packages; no test uses the
+# services the packages may start.  Debian keeps PostgreSQL's programs off
+# PATH in /usr/lib/postgresql/<major>/bin: the target is whichever major is
+# there, so that no version is written here (none yet: a name no file has).
+POSTGRES := $(or $(lastword $(wildcard /usr/lib/postgresql/*/bin/postgres)),postgresql-server)
+REDIS := /usr/bin/redis-server
+
+$(POSTGRES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+$(REDIS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+
 # matplotlib draws the benchmark's plot; nothing else needs it.
 $(VENV)/bench-installed: $(VENV)/installed
 	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
@@ -60,10 +76,12 @@ $(INSTANCE)/secmsg.toml: | $(VENV)/installed
 run: $(VENV)/installed $(INSTANCE)/secmsg.toml
 	$(VENV)/bin/twistd --nodaemon --pidfile $(INSTANCE)/secmsg.pid secmsg --config $(INSTANCE)/secmsg.toml $(PORT_FLAGS) $(FLAGS)
 
-## Set up with the test extras (and sslyze for the TLS scan), check the code
+## Set up with the test and cluster extras (and sslyze for the TLS scan,
+## PostgreSQL and Redis for the cluster's tests), check the code
 ## with ruff and mypy, run the whole suite under pytest and again under trial, since
 ## both must find and pass it.
-test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) $(SOCKET_ACTIVATE) lint
+test: $(VENV)/installed $(SCAN_VENV)/installed $(MOSQUITTO) $(SOCKET_ACTIVATE) \
+		$(POSTGRES) $(REDIS) lint
 	$(PYTHON) -m pytest -q
 	$(PYTHON) -m twisted.trial tests
 
