@@ -7,12 +7,14 @@ them) on a free loopback port, in a temporary directory of its own, and can
 be halted or killed and started again on the same port, as the cluster's
 tests do to a store or bus that goes away mid-test.
 
-Starting PostgreSQL takes a second or two, so most tests share one server
-(``shared_postgres()``, started on first use and stopped when the
+initdb runs once a run, into a template that each new server copies (half
+a second, against initdb's one and a half); even so, most tests share one
+server (``shared_postgres()``, started on first use and stopped when the
 interpreter exits) and take a fresh database of it each
-(``shared_postgres().new_database()``); a test that stops or kills
-PostgreSQL starts a ``PostgresServer`` of its own.  Everything here blocks,
-so that both pytest and trial can call it from a test case's ``setUp``.
+(``shared_postgres().new_database()``, a tenth of a second); a test that
+halts or kills PostgreSQL starts a ``PostgresServer`` of its own.
+Everything here blocks, so that both pytest and trial can call it from a
+test case's ``setUp``.
 """
 
 from __future__ import annotations
