@@ -36,7 +36,8 @@ from secmsg.daemon.store.database import (
     schema,
 )
 from secmsg.daemon.store.memory import MemoryStore
-from secmsg.daemon.store.sqlite import SENT_WRITE_DELAY, SQLiteStore
+from secmsg.daemon.store.sql import SENT_WRITE_DELAY
+from secmsg.daemon.store.sqlite import SQLiteStore
 from secmsg.daemon.store.worker import ImmediateWorker, Job, ThreadWorker, run_batch
 from secmsg.errors import ConfigurationError, NotFound, StoreError
 from secmsg.messages import Draft, Kind, Retention, Stored

@@ -35,7 +35,7 @@ from secmsg.daemon.listen import describe_listening
 from secmsg.daemon.operations import reload_as
 from secmsg.daemon.reload import ReloadReport
 from secmsg.daemon.settings import prepare_data_dir
-from secmsg.daemon.store.sqlite import SQLiteStore
+from secmsg.daemon.store.sql import StreamStore
 from secmsg.daemon.tls import VerifyingServerTLS
 from secmsg.errors import ConfigurationError, ServerFault
 from secmsg.messages import Retention
@@ -353,7 +353,7 @@ class StoreService(Service):
     @ivar store: the store it opens.
     """
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: StreamStore) -> None:
         self.store = store
 
     def privilegedStartService(self) -> None:

@@ -1,6 +1,8 @@
 """
-The SQL of streams and cursors: the jobs the SQLite store hands its worker,
+The SQL of streams and cursors: the jobs the SQL stores hand their worker,
 each a function of the connection, run inside the worker's transaction.
+The statements are SQLite's, written to mean the same in PostgreSQL once
+their parameters are renamed (L{secmsg.daemon.store.postgresql}).
 
 A message is one row, whoever it is for; an identity's progress through a
 stream is one cursor row.  So what a message costs to store does not grow
@@ -12,12 +14,13 @@ from a cursor's position, by (kind, target, id).
 from __future__ import annotations
 
 import heapq
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from secmsg.daemon.store.waiting import Taken
+from secmsg.daemon.store.worker import Connection
 from secmsg.messages import (
+    BROADCASTS,
     Draft,
     Kind,
     Pending,
@@ -25,7 +28,9 @@ from secmsg.messages import (
     Stored,
     Stream,
     from_microseconds,
+    inbox,
     to_microseconds,
+    within_budget,
 )
 
 # A reader's stream holds what others sent to it, not what it said itself
@@ -71,10 +76,28 @@ WHERE identity = ? AND kind = ? AND target = ? AND reads = 1
 _HEAD = "SELECT coalesce(max(id), 0) FROM messages"
 
 _NEW_CURSOR = """
-INSERT OR IGNORE INTO cursors
+INSERT INTO cursors
     (identity, kind, target, since, acknowledged, sent, reads)
 VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
 """
+
+_ROOM_HISTORY = """
+SELECT id, kind, sender, target, body, created FROM messages
+WHERE kind = 'SAY' AND target = ? ORDER BY id DESC LIMIT ?
+"""
+
+_CONVERSATION = """
+SELECT * FROM (
+    SELECT id, kind, sender, target, body, created FROM messages
+    WHERE kind = 'MSG' AND sender = ? AND target = ?
+    UNION ALL
+    SELECT id, kind, sender, target, body, created FROM messages
+    WHERE kind = 'MSG' AND sender = ? AND target = ?
+) AS both_ways ORDER BY id DESC LIMIT ?
+"""
+"""Each way of a conversation by the index on (kind, sender, target, id),
+rather than a scan of every direct message."""
 
 _WAITING = """
 SELECT c.identity, c.kind, count(*), sum(length(CAST(m.body AS BLOB)))
@@ -100,7 +123,7 @@ def stored(row: Sequence[Any]) -> Stored:
     )
 
 
-def append(connection: sqlite3.Connection, draft: Draft) -> Stored:
+def append(connection: Connection, draft: Draft) -> Stored:
     """
     Append a message to its stream: one row, for however many readers.
     """
@@ -118,8 +141,56 @@ def append(connection: sqlite3.Connection, draft: Draft) -> Stored:
     return Stored.of(message_id, draft)
 
 
+def add_identity(connection: Connection, identity: str, first_seen: int) -> None:
+    """
+    Know C{identity} from now: keep it, with its inbox and the broadcasts
+    to read.
+    """
+    connection.execute(
+        "INSERT INTO identities (name, first_seen) VALUES (?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (identity, first_seen),
+    )
+    open_cursors(connection, identity, [inbox(identity), BROADCASTS])
+
+
+def room_history(
+    connection: Connection, room: str, limit: int, budget: int
+) -> list[Stored]:
+    """
+    The newest messages said in C{room}, oldest first, within the budget.
+    """
+    return _newest(connection, _ROOM_HISTORY, (room, limit), limit, budget)
+
+
+def conversation(
+    connection: Connection, identity: str, other: str, limit: int, budget: int
+) -> list[Stored]:
+    """
+    The newest direct messages between C{identity} and C{other}, each way,
+    oldest first, within the budget.
+    """
+    parameters = (identity, other, other, identity, limit)
+    return _newest(connection, _CONVERSATION, parameters, limit, budget)
+
+
+def _newest(
+    connection: Connection,
+    query: str,
+    parameters: tuple[str | int, ...],
+    limit: int,
+    budget: int,
+) -> list[Stored]:
+    """
+    Run a query for the newest messages (newest first, as LIMIT needs) and
+    give them oldest first, reading rows only until the budget is spent.
+    """
+    rows = connection.execute(query, parameters)
+    return within_budget((stored(row) for row in rows), limit, budget)
+
+
 def open_cursors(
-    connection: sqlite3.Connection,
+    connection: Connection,
     identity: str,
     streams: Iterable[Stream],
     reads: bool = True,
@@ -144,9 +215,7 @@ def open_cursors(
     )
 
 
-def start_reading(
-    connection: sqlite3.Connection, identity: str, stream: Stream
-) -> None:
+def start_reading(connection: Connection, identity: str, stream: Stream) -> None:
     """
     Keep what comes in C{stream} for C{identity} from now, if nothing was.
     """
@@ -159,7 +228,7 @@ def start_reading(
 
 
 def close_cursor(
-    connection: sqlite3.Connection, identity: str, stream: Stream
+    connection: Connection, identity: str, stream: Stream
 ) -> tuple[int, int]:
     """
     Stop C{identity} reading C{stream} (a room it parts); return how many
@@ -184,7 +253,7 @@ def _key(stream: Stream) -> tuple[str, str]:
 
 
 def unread(
-    connection: sqlite3.Connection,
+    connection: Connection,
     identity: str,
     after: int,
     limit: int,
@@ -215,9 +284,7 @@ def unread(
     return list(heapq.merge(*pages, key=lambda p: p.message.id))[:limit]
 
 
-def mark_sent(
-    connection: sqlite3.Connection, marks: Iterable[tuple[str, Stream, int]]
-) -> None:
+def mark_sent(connection: Connection, marks: Iterable[tuple[str, Stream, int]]) -> None:
     """
     Move each C{(identity, stream, id)} cursor's sent position up to C{id}.
     """
@@ -229,7 +296,7 @@ def mark_sent(
 
 
 def acknowledge_up_to(
-    connection: sqlite3.Connection,
+    connection: Connection,
     identity: str,
     message_id: int,
     readable: frozenset[str],
@@ -256,7 +323,7 @@ def acknowledge_up_to(
 
 
 def acknowledge_one(
-    connection: sqlite3.Connection,
+    connection: Connection,
     identity: str,
     message_id: int,
     readable: frozenset[str],
@@ -291,22 +358,22 @@ def acknowledge_one(
 
 
 def _note_acknowledged(
-    connection: sqlite3.Connection, identity: str, stream: Stream, message_id: int
+    connection: Connection, identity: str, stream: Stream, message_id: int
 ) -> bool:
     """
     Keep that C{message_id} is acknowledged out of order; return whether it
     was not already.
     """
     cursor = connection.execute(
-        "INSERT OR IGNORE INTO acknowledged (identity, message_id, kind, target)"
-        " VALUES (?, ?, ?, ?)",
+        "INSERT INTO acknowledged (identity, message_id, kind, target)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (identity, message_id, *_key(stream)),
     )
-    return cursor.rowcount == 1
+    return bool(cursor.rowcount == 1)
 
 
 def _compact(
-    connection: sqlite3.Connection, identity: str, stream: Stream, acknowledged: int
+    connection: Connection, identity: str, stream: Stream, acknowledged: int
 ) -> None:
     """
     Move the cursor past the messages acknowledged out of order that now
@@ -324,7 +391,7 @@ def _compact(
         _move_to(connection, identity, stream, position)
 
 
-def _is_noted(connection: sqlite3.Connection, identity: str, message_id: int) -> bool:
+def _is_noted(connection: Connection, identity: str, message_id: int) -> bool:
     return (
         connection.execute(
             "SELECT 1 FROM acknowledged WHERE identity = ? AND message_id = ?",
@@ -335,7 +402,7 @@ def _is_noted(connection: sqlite3.Connection, identity: str, message_id: int) ->
 
 
 def _move_to(
-    connection: sqlite3.Connection, identity: str, stream: Stream, position: int
+    connection: Connection, identity: str, stream: Stream, position: int
 ) -> None:
     """
     Put a cursor's acknowledged position at C{position}, and forget what
@@ -354,7 +421,7 @@ def _move_to(
 
 
 def _unread_total(
-    connection: sqlite3.Connection,
+    connection: Connection,
     identity: str,
     stream: Stream,
     after: int,
@@ -378,7 +445,7 @@ def _unread_total(
 
 
 def waiting_totals(
-    connection: sqlite3.Connection, created_before: int | None = None
+    connection: Connection, created_before: int | None = None
 ) -> dict[tuple[str, Kind], tuple[int, int]]:
     """
     What waits unacknowledged for each identity (or only what was created
@@ -421,7 +488,7 @@ none that a reader of their stream has yet to acknowledge."""
 
 
 def purge(
-    connection: sqlite3.Connection, oldest: int, retention: Retention
+    connection: Connection, oldest: int, retention: Retention
 ) -> tuple[int, dict[tuple[str, Kind], tuple[int, int]]]:
     """
     Remove what retention no longer keeps; return how many messages went,
@@ -445,7 +512,7 @@ def purge(
     return removed, unread
 
 
-def memberships(connection: sqlite3.Connection) -> list[tuple[str, str, bool]]:
+def memberships(connection: Connection) -> list[tuple[str, str, bool]]:
     """
     Each C{(identity, room, reads)} membership, read at startup.
     """
@@ -457,7 +524,7 @@ def memberships(connection: sqlite3.Connection) -> list[tuple[str, str, bool]]:
     ]
 
 
-def known_identities(connection: sqlite3.Connection) -> set[str]:
+def known_identities(connection: Connection) -> set[str]:
     """
     The identities known: those with an inbox, read at startup.
     """

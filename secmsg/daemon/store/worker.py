@@ -18,11 +18,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -42,15 +42,29 @@ ENOUGH_COMPANY = 32
 synchronous=FULL), which 32 jobs share at about 4 each, as much as a
 message's own work; waiting for more would add latency for little."""
 
-Job = Callable[[sqlite3.Connection], Any]
+
+class Connection(Protocol):
+    """
+    What a job needs of a database connection: SQLite's, or a PostgreSQL
+    connection that speaks SQLite's dialect
+    (L{secmsg.daemon.store.postgresql}).
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+Job = Callable[[Connection], Any]
 
 Pause = Callable[[], None]
 """Runs the jobs waiting now; a long job calls it between its steps."""
 
-LongJob = Callable[[sqlite3.Connection, Pause], Any]
+LongJob = Callable[[Any, Pause], Any]
 """A job that runs outside any transaction and in steps (a backup), calling
 the L{Pause} it is given between them so that other jobs need not wait for
-it to end."""
+it to end.  Its connection is the database's own (SQLite's, for its online
+backup), so it is typed by the job."""
 
 
 @dataclass
@@ -197,8 +211,90 @@ class _TransactionLost(Exception):
         return str(self.__cause__)
 
 
+class Transactions(Protocol):
+    """
+    How a worker begins, commits and undoes a transaction on its database:
+    SQLite's way (L{SQLiteTransactions}) or PostgreSQL's.
+    """
+
+    error: type[Exception]
+    """What the database's driver raises."""
+
+    def begin(self) -> None:
+        """
+        Begin a transaction.
+        """
+
+    def commit(self) -> None:
+        """
+        Commit the transaction, durably.
+        """
+
+    def rollback(self) -> None:
+        """
+        Undo the transaction, if there is one; never raise.
+        """
+
+    def lost(self) -> bool:
+        """
+        Whether the database undid the transaction on its own, with every
+        job's work in it, rather than just the failed statement's.
+        """
+
+    def close(self) -> None:
+        """
+        Close the connection.
+        """
+
+
+class SQLiteTransactions:
+    """
+    Transactions on a SQLite connection, each taking the write lock at
+    once.
+    """
+
+    error: type[Exception] = sqlite3.Error
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def begin(self) -> None:
+        self._connection.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        with suppress(sqlite3.Error):
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+
+    def lost(self) -> bool:
+        # SQLite undoes the whole transaction on some errors (a full disk).
+        return not self._connection.in_transaction
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class Database(Connection, Transactions, Protocol):
+    """
+    A connection that says itself how to run its transactions: what the
+    PostgreSQL store gives its worker.
+    """
+
+
+def transactions_of(connection: sqlite3.Connection | Database) -> Transactions:
+    """
+    How to run transactions on C{connection}.
+    """
+    if isinstance(connection, sqlite3.Connection):
+        return SQLiteTransactions(connection)
+    return connection
+
+
 def run_batch(
-    connection: sqlite3.Connection, jobs: list[Job]
+    connection: sqlite3.Connection | Database, jobs: list[Job]
 ) -> list[tuple[Any, Exception | None]]:
     """
     Run jobs in one transaction and commit it.
@@ -213,24 +309,23 @@ def run_batch(
         (a full disk, say) every job gets a L{StoreError}, since nothing of
         theirs was kept.
     """
+    transactions = transactions_of(connection)
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        transactions.begin()
         try:
             results = [job(connection) for job in jobs]
         except Exception:  # noqa: BLE001 -- the run apart says which job, and why
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            return _run_apart(connection, jobs)
-        connection.execute("COMMIT")
-    except sqlite3.Error as error:
-        with suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
+            transactions.rollback()
+            return _run_apart(connection, jobs, transactions)
+        transactions.commit()
+    except transactions.error as error:
+        transactions.rollback()
         return [(None, StoreError(str(error)))] * len(jobs)
     return [(result, None) for result in results]
 
 
 def _run_apart(
-    connection: sqlite3.Connection, jobs: list[Job]
+    connection: Connection, jobs: list[Job], transactions: Transactions
 ) -> list[tuple[Any, Exception | None]]:
     """
     Run jobs in one transaction, each in a savepoint of its own, and
@@ -238,30 +333,31 @@ def _run_apart(
     """
     outcomes: list[tuple[Any, Exception | None]] = []
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        transactions.begin()
         for job in jobs:
-            outcomes.append(_run_one(connection, job))
-        connection.execute("COMMIT")
-    except (sqlite3.Error, _TransactionLost) as error:
-        with suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
+            outcomes.append(_run_one(connection, job, transactions))
+        transactions.commit()
+    except (transactions.error, _TransactionLost) as error:
+        transactions.rollback()
         failure = StoreError(str(error))
         return [(None, failure)] * len(jobs)
     return outcomes
 
 
-def _run_one(connection: sqlite3.Connection, job: Job) -> tuple[Any, Exception | None]:
+def _run_one(
+    connection: Connection, job: Job, transactions: Transactions
+) -> tuple[Any, Exception | None]:
     connection.execute("SAVEPOINT job")
     try:
         result = job(connection)
     except Exception as error:  # one job's fault stays its own
-        if not connection.in_transaction:
-            # SQLite undid the whole transaction (a full disk does that), so
-            # the jobs before this one were lost with it.
+        if transactions.lost():
+            # The database undid the whole transaction, so the jobs before
+            # this one were lost with it.
             raise _TransactionLost(error) from error
         connection.execute("ROLLBACK TO job")
         connection.execute("RELEASE job")
-        if isinstance(error, sqlite3.Error):
+        if isinstance(error, transactions.error):
             error = StoreError(str(error))
         return None, error
     connection.execute("RELEASE job")
@@ -281,7 +377,7 @@ class ThreadWorker:
 
     def __init__(
         self,
-        connection: sqlite3.Connection,
+        connection: sqlite3.Connection | Database,
         call_from_thread: Callable[..., None],
         batch_limit: int = BATCH_LIMIT,
         commit_delay: float = 0.0,
@@ -327,7 +423,7 @@ class ThreadWorker:
             self._call_from_thread(self._died, error)
             raise
         finally:
-            self._connection.close()
+            transactions_of(self._connection).close()
             self._call_from_thread(self._stopped.callback, None)
 
     def _serve_batches(self) -> None:
@@ -375,10 +471,10 @@ class ThreadWorker:
 class ImmediateWorker:
     """
     Runs each job at once on the caller's thread, in a transaction of its
-    own: the SQLite store without a thread, for tests.
+    own: a store without a thread, for tests.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection | Database) -> None:
         self._connection = connection
 
     def submit(self, job: Job) -> defer.Deferred[Any]:
@@ -392,7 +488,7 @@ class ImmediateWorker:
         return defer.maybeDeferred(job, self._connection, lambda: None)
 
     def stop(self) -> defer.Deferred[None]:
-        self._connection.close()
+        transactions_of(self._connection).close()
         return defer.succeed(None)
 
 
