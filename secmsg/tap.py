@@ -68,9 +68,7 @@ from secmsg.daemon.settings import (
     check_data_dir,
     load_settings,
 )
-from secmsg.daemon.store.database import DATABASE_NAME, check_database
-from secmsg.daemon.store.sqlite import SQLiteStore
-from secmsg.daemon.store.worker import ThreadWorker
+from secmsg.daemon.store.chosen import message_store
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
 from secmsg.errors import ConfigurationError
 
@@ -242,6 +240,14 @@ class Options(usage.Options):
             None,
             "Milliseconds a commit of the message store may wait for more "
             "messages under a steady stream; 0 for none. [default: 1]",
+        ],
+        [
+            "database",
+            None,
+            None,
+            "Keep the messages in this PostgreSQL database "
+            "(postgresql://USER@HOST:PORT/DB) rather than SQLite in the data "
+            "directory; the password, if any, in ~/.pgpass.",
         ],
     ]
 
@@ -521,13 +527,10 @@ def assemble(
     shortfall = raise_open_file_limit(settings.limits.open_files)
     if shortfall is not None:
         log.warn("{shortfall}", shortfall=shortfall)
-    path = settings.data_dir / DATABASE_NAME
-    if path.exists():
-        check_database(path)
-    delay = settings.commit_delay.total_seconds()
-    store = SQLiteStore(
-        path,
-        lambda c: ThreadWorker(c, reactor.callFromThread, commit_delay=delay),
+    store = message_store(
+        settings.database,
+        settings.data_dir,
+        settings.commit_delay.total_seconds(),
         reactor,
     )
     daemon = build_daemon(settings, reactor, store)

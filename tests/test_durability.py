@@ -12,6 +12,7 @@ import re
 import select
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -72,6 +73,10 @@ def stream_until_killed(
 
 
 class CrashTests(SynchronousTestCase):
+    daemon_flags: tuple[str, ...] = ()
+    """What each daemon is started with besides its instance: none for
+    SQLite in the data directory."""
+
     def test_kill_9_loses_no_confirmed_message(self) -> None:
         """
         alice sends a burst of messages to bob, who is offline; the daemon
@@ -81,7 +86,7 @@ class CrashTests(SynchronousTestCase):
         """
         directory = init_instance(self)
         lift_rate(directory)
-        daemon = Daemon(self, directory)
+        daemon = self.start_daemon(directory)
         alice = daemon.client("alice")
         with alice:
             with alice.makefile("rb") as lines:
@@ -92,14 +97,17 @@ class CrashTests(SynchronousTestCase):
         self.assertGreaterEqual(len(confirmed), KILL_AFTER)
         self.assertLess(len(confirmed), SENT, "the kill came after the stream")
 
-        received = self.log_in_as_bob(Daemon(self, directory), confirmed)
+        received = self.log_in_as_bob(self.start_daemon(directory), confirmed)
         self.assertEqual(list(received), sorted(received))
         self.assertLessEqual(confirmed, set(received))
         # Each id carries the text sent with it: ids were given in order.
         for message_id, text in received.items():
             self.assertEqual(text, f"message {message_id - 1}")
 
-        self.assertEqual(self.log_in_as_bob(Daemon(self, directory), set()), {})
+        self.assertEqual(self.log_in_as_bob(self.start_daemon(directory), set()), {})
+
+    def start_daemon(self, directory: Path) -> Daemon:
+        return Daemon(self, directory, *self.daemon_flags)
 
     def log_in_as_bob(self, daemon: Daemon, expected: set[int]) -> dict[int, str]:
         """
@@ -142,6 +150,12 @@ class CrashTests(SynchronousTestCase):
 
 
 class MembershipTests(SynchronousTestCase):
+    daemon_flags: tuple[str, ...] = ()
+    """What each daemon is started with besides its instance."""
+
+    def start_daemon(self, directory: Path) -> Daemon:
+        return Daemon(self, directory, *self.daemon_flags)
+
     def test_membership_and_what_was_missed_outlive_a_kill(self) -> None:
         """
         Room membership is the identity's and lasts: bob joins #ops and
@@ -150,7 +164,7 @@ class MembershipTests(SynchronousTestCase):
         order, before anything newer, and WHO #ops names both members.
         """
         directory = init_instance(self)
-        daemon = Daemon(self, directory)
+        daemon = self.start_daemon(directory)
         with daemon.client("bob") as bob, bob.makefile("rb") as lines:
             lines.readline()
             bob.sendall(b"JOIN #ops\n")
@@ -164,7 +178,7 @@ class MembershipTests(SynchronousTestCase):
                 self.assertTrue(lines.readline().startswith(b"250 "))
         daemon.process.kill()
         daemon.process.wait()
-        daemon = Daemon(self, directory)
+        daemon = self.start_daemon(directory)
         with daemon.client("bob") as bob, bob.makefile("rb") as lines:
             self.assertIn(b"you are bob", lines.readline())
             bob.sendall(b"WHO #ops\n")

@@ -158,6 +158,44 @@ class SettingsTests(SynchronousTestCase):
         settings = load_settings(no_flags(commit_delay="0.25"), str(self.config))
         self.assertEqual(settings.commit_delay, timedelta(microseconds=250))
 
+    def test_database_setting(self) -> None:
+        """
+        No database means SQLite in the data directory; a PostgreSQL URL
+        is taken from the file or a flag, as written.
+        """
+        self.assertIsNone(load_settings(no_flags(), str(self.config)).database)
+        url = "postgresql://secmsg@db.example:5433/chat?sslmode=verify-full"
+        self.config.write_text(CONFIG + f'database = "{url}"\n')
+        self.assertEqual(load_settings(no_flags(), str(self.config)).database, url)
+        flag = "postgres://secmsg@127.0.0.1/secmsg"
+        settings = load_settings(no_flags(database=flag), str(self.config))
+        self.assertEqual(settings.database, flag)
+
+    def test_database_that_is_no_url_or_holds_a_password(self) -> None:
+        """
+        A database that is not a PostgreSQL URL naming a host and a
+        database is refused in words; so is one with a password, which
+        belongs in a file of the daemon's user alone.
+        """
+        for value, words in [
+            ("sqlite:///var/secmsg.db", "must be a URL such as"),
+            ("postgresql:///secmsg", "must be a URL such as"),
+            ("postgresql://db.example:99999/x", "must be a URL such as"),
+            ("postgresql://db.example", "names no database"),
+            ("postgresql://secmsg:hunter2@db.example/x", "holds a password"),
+            ("postgresql://db.example/x?password=hunter2", "holds a password"),
+            ("postgresql://db.example/x\x1b[2J", "must be a URL such as"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                load_settings(no_flags(database=value), str(self.config))
+            self.assertIn("--database", str(caught.exception), value)
+            self.assertIn(words, str(caught.exception), value)
+            self.assertNotIn("hunter2", str(caught.exception), value)
+        self.config.write_text(CONFIG + "database = 5432\n")
+        with self.assertRaises(ConfigurationError) as caught:
+            load_settings(no_flags(), str(self.config))
+        self.assertIn("secmsg.toml: database", str(caught.exception))
+
     def test_commit_delay_out_of_range_or_not_a_number(self) -> None:
         """
         A negative, too long or non-numeric commit delay is refused with

@@ -10,6 +10,7 @@ the command line are relative to the working directory.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -62,6 +63,7 @@ OPTIONS = (
     "log-format",
     "backup-dir",
     "commit-delay",
+    "database",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -130,6 +132,7 @@ class Settings:
     audit_rotate_bytes: int = ROTATE_BYTES
     log_format: str = "text"
     commit_delay: timedelta = timedelta(milliseconds=COMMIT_DELAY_MS)
+    database: str | None = None
 
     @property
     def line(self) -> LineSettings:
@@ -204,6 +207,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         ),
         log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
         commit_delay=_commit_delay(merged, origins),
+        database=_database(merged, origins),
     )
 
 
@@ -488,6 +492,41 @@ def _commit_delay(merged: Mapping[str, Any], origins: Mapping[str, str]) -> time
             f"to {COMMIT_DELAY_MAX_MS:g}",
         )
     return timedelta(milliseconds=number)
+
+
+def _database(merged: Mapping[str, Any], origins: Mapping[str, str]) -> str | None:
+    """
+    The PostgreSQL database to keep the messages in, as a
+    C{postgresql://USER@HOST:PORT/DB} URL; L{None} for SQLite in the data
+    directory.  A password is refused: the config file is no secret, and
+    libpq reads one from C{~/.pgpass} or C{PGPASSFILE}, a file of the
+    daemon's user alone.
+    """
+    value = merged.get("database")
+    if value is None:
+        return None
+    where = _origin(origins, "database")
+    example = "a URL such as postgresql://secmsg@127.0.0.1:5432/secmsg"
+    if not isinstance(value, str) or not value.isprintable():
+        raise ConfigurationError(where, f"must be {example}")
+    try:
+        url = urllib.parse.urlsplit(value)
+        url.port  # noqa: B018 -- read for the ValueError of a bad port
+    except ValueError:
+        raise ConfigurationError(where, f"must be {example}") from None
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname:
+        raise ConfigurationError(where, f"must be {example}")
+    if not url.path.strip("/"):
+        raise ConfigurationError(where, f"names no database; it must be {example}")
+    query = urllib.parse.parse_qs(url.query)
+    if url.password is not None or "password" in query:
+        raise ConfigurationError(
+            where,
+            "holds a password; put it in ~/.pgpass or the file PGPASSFILE "
+            "names, readable by the daemon's user alone, where PostgreSQL's "
+            "client reads it",
+        )
+    return value
 
 
 def _address(merged: Mapping[str, Any], origins: Mapping[str, str], name: str) -> str:

@@ -1,4 +1,5 @@
 """
-The message store: a SQLite provider for the daemon and a memory provider
-for tests, both of L{secmsg.daemon.interfaces.IMessageStore}.
+The message store: SQLite and PostgreSQL providers for the daemon (one
+body of SQL, L{secmsg.daemon.store.sql}) and a memory provider for tests,
+all of L{secmsg.daemon.interfaces.IMessageStore}.
 """

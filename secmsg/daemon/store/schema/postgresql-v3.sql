@@ -1,0 +1,48 @@
+-- secmsg message store on PostgreSQL, schema version 3: what a new
+-- database is made of.  The same tables as SQLite's v3.sql, in
+-- PostgreSQL's types; see there what each holds.
+--
+-- Message ids come from one sequence, and every transaction that appends
+-- takes the append lock (postgresql.py) before it takes an id, so ids
+-- commit in the order they are taken: a cursor that has read up to an id
+-- never passes one still to commit, whichever daemon appends it.
+CREATE TABLE version (version integer NOT NULL);
+
+CREATE TABLE messages (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('MSG', 'SAY', 'BROADCAST')),
+    sender text NOT NULL,
+    target text NOT NULL,
+    body text NOT NULL,
+    created bigint NOT NULL
+);
+CREATE INDEX messages_by_created ON messages (created);
+CREATE INDEX messages_by_target ON messages (kind, target, id);
+CREATE INDEX messages_by_pair ON messages (kind, sender, target, id);
+
+CREATE TABLE identities (
+    name text PRIMARY KEY,
+    first_seen bigint NOT NULL
+);
+
+CREATE TABLE cursors (
+    identity text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('MSG', 'SAY', 'BROADCAST')),
+    target text NOT NULL,
+    since bigint NOT NULL,
+    acknowledged bigint NOT NULL,
+    sent bigint NOT NULL,
+    reads integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (identity, kind, target)
+);
+CREATE INDEX cursors_by_stream ON cursors (kind, target);
+
+CREATE TABLE acknowledged (
+    identity text NOT NULL,
+    message_id bigint NOT NULL,
+    kind text NOT NULL,
+    target text NOT NULL,
+    PRIMARY KEY (identity, message_id)
+);
+
+INSERT INTO version (version) VALUES (3);
