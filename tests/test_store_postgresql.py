@@ -13,9 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.store import streams
-from secmsg.daemon.store.postgresql import (
+from secmsg.daemon.store.postgresql import PostgresStore
+from secmsg.daemon.store.shared_database import (
+    RETRY_AFTER,
     PostgresConnection,
-    PostgresStore,
     describe,
     open_shared_database,
     postgres_sql,
@@ -27,8 +28,8 @@ from tests.servers import PostgresServer, free_port, shared_postgres
 from tests.test_store import StoreBehaviour, direct
 
 
-def opened_store(url: str) -> PostgresStore:
-    store = PostgresStore(url, ImmediateWorker, Clock())
+def opened_store(url: str, clock: Clock | None = None) -> PostgresStore:
+    store = PostgresStore(url, ImmediateWorker, clock or Clock())
     store.open()
     return store
 
@@ -99,6 +100,16 @@ class SchemaTests(SynchronousTestCase):
         first.close()
         open_shared_database(self.url).close()
 
+    def test_a_database_not_in_utf8_is_refused(self) -> None:
+        server = shared_postgres()
+        with psycopg.connect(server.database_url("postgres"), autocommit=True) as admin:
+            admin.execute(
+                "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C'"
+                " LC_CTYPE 'C' TEMPLATE template0"
+            )
+        self.url = server.database_url("latin")
+        self.assertIn("is encoded in LATIN1", self.refusal())
+
     def test_an_unreachable_database_is_named_in_one_line(self) -> None:
         self.url = f"postgresql://secmsg@127.0.0.1:{free_port()}/secmsg"
         refusal = self.refusal()
@@ -138,8 +149,8 @@ class OrderTests(SynchronousTestCase):
         """
         url = shared_postgres().new_database()
         open_shared_database(url).close()
-        first = PostgresConnection(url, sole=False)
-        second = PostgresConnection(url, sole=False)
+        first = PostgresConnection(url, lambda _: None)
+        second = PostgresConnection(url, lambda _: None)
         self.addCleanup(first.close)
         self.addCleanup(second.close)
         # The wait for the append lock ends at once, as a refusal to see.
@@ -165,17 +176,25 @@ class OutageTests(SynchronousTestCase):
         server = PostgresServer()
         self.addCleanup(server.stop)
         server.start()
-        store = opened_store(server.url)
+        clock = Clock()
+        store = opened_store(server.url, clock)
         self.addCleanup(store.close)
         store.remember("bob", direct("x", "y", "z").created)
         kept = self.successResultOf(
             store.accept(direct("alice", "bob", "kept"), {"bob"})
         )
         server.halt()
-        self.failureResultOf(
+        refused = self.failureResultOf(
             store.accept(direct("alice", "bob", "refused"), {"bob"}), StoreError
         )
+        # The client hears what happened, not where the database is.
+        self.assertEqual(str(refused.value), "the database is out of reach")
         server.start()
+        # For a moment after a failed try, the store refuses at once.
+        self.failureResultOf(
+            store.accept(direct("alice", "bob", "too soon"), {"bob"}), StoreError
+        )
+        clock.advance(RETRY_AFTER)
         after = self.successResultOf(
             store.accept(direct("alice", "bob", "after"), {"bob"})
         )

@@ -519,7 +519,7 @@ def _database(merged: Mapping[str, Any], origins: Mapping[str, str]) -> str | No
     if not url.path.strip("/"):
         raise ConfigurationError(where, f"names no database; it must be {example}")
     query = urllib.parse.parse_qs(url.query)
-    if url.password is not None or "password" in query:
+    if url.password is not None or {"password", "sslpassword"} & query.keys():
         raise ConfigurationError(
             where,
             "holds a password; put it in ~/.pgpass or the file PGPASSFILE "

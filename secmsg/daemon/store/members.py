@@ -118,6 +118,23 @@ class Memberships:
             del self._rooms_of[identity]
         return True
 
+    def renew(
+        self, identity: str, known: bool, rooms: Iterable[tuple[str, bool]]
+    ) -> None:
+        """
+        Take what the store's data now says of C{identity}, which another
+        daemon of a cluster changed: whether it is known, and each C{(room,
+        reads)} membership of its.
+        """
+        for room in self.rooms_of(identity):
+            self.part(identity, room)
+        if known:
+            self.add_identity(identity)
+        else:
+            self.forget_identity(identity)
+        for room, reads in rooms:
+            self.join(identity, room, reads)
+
     def rooms_of(self, identity: str) -> frozenset[str]:
         """
         The rooms C{identity} is a member of.

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Set
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -50,6 +50,8 @@ from secmsg.messages import (
 )
 
 log = Logger()
+
+T = TypeVar("T")
 
 SENT_WRITE_DELAY = 0.5
 """Seconds a note of what was pushed waits for another job to ride on."""
@@ -131,9 +133,15 @@ class StreamStore(AnsweredFromMemory):
         # Counted before the commit, so that messages in flight count too.
         size = text_size(draft.text)
         self._waiting.add(recipients, draft.kind, size)
-        accepted = self._submit(lambda connection: streams.append(connection, draft))
+        accepted = self._submit(self._append_job(draft))
         accepted.addErrback(self._not_accepted, recipients, (draft.kind, 1, size))
         return accepted
+
+    def _append_job(self, draft: Draft) -> Job:
+        """
+        The job that appends C{draft} to its stream.
+        """
+        return lambda connection: streams.append(connection, draft)
 
     def _not_accepted(
         self, failure: Failure, recipients: Set[str], counted: Taken
@@ -192,7 +200,7 @@ class StreamStore(AnsweredFromMemory):
 
         # Refused here rather than in the job: a job that fails makes its
         # batch run again, and a client must not be able to cause that.
-        return self._submit(job).addCallback(found)
+        return self._told(self._submit(job).addCallback(found), identity)
 
     def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
         if not self._members.join(identity, room, reads):
@@ -207,7 +215,7 @@ class StreamStore(AnsweredFromMemory):
             self._members.part(identity, room)
             return failure
 
-        return joined.addCallbacks(lambda _: True, failed)
+        return self._told(joined.addCallbacks(lambda _: True, failed), identity)
 
     def part(self, identity: str, room: str) -> defer.Deferred[bool]:
         reads = self._members.reads(identity, room)
@@ -227,7 +235,7 @@ class StreamStore(AnsweredFromMemory):
             self._members.join(identity, room, reads)
             return failure
 
-        return parted.addCallbacks(done, failed)
+        return self._told(parted.addCallbacks(done, failed), identity)
 
     def start_reading(self, identity: str, room: str) -> defer.Deferred[None]:
         if not self._members.start_reading(identity, room):
@@ -243,7 +251,7 @@ class StreamStore(AnsweredFromMemory):
             self._members.join(identity, room, False)
             return failure
 
-        return started.addErrback(failed)
+        return self._told(started.addErrback(failed), identity)
 
     def room_history(
         self, room: str, limit: int, budget: int
@@ -273,7 +281,26 @@ class StreamStore(AnsweredFromMemory):
             self._members.forget_identity(identity)
             return failure
 
-        return self._submit(job).addErrback(failed)
+        return self._told(self._submit(job).addErrback(failed), identity)
+
+    def _told(self, done: defer.Deferred[T], identity: str) -> defer.Deferred[T]:
+        """
+        C{done}, which tells L{changed} of C{identity} once it has
+        succeeded.
+        """
+
+        def tell(result: T) -> T:
+            self.changed(identity)
+            return result
+
+        return done.addCallback(tell)
+
+    def changed(self, identity: str) -> None:
+        """
+        What the store keeps of C{identity} (its rooms, what waits for it,
+        whether it is known) has changed, durably: for a store that other
+        daemons share, to tell them.
+        """
 
     def purge(self, now: datetime, retention: Retention) -> defer.Deferred[int]:
         oldest = to_microseconds(now - retention.max_age)

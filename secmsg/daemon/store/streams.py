@@ -189,6 +189,20 @@ def _newest(
     return within_budget((stored(row) for row in rows), limit, budget)
 
 
+def between(connection: Connection, after: int, up_to: int, limit: int) -> list[Stored]:
+    """
+    Up to C{limit} messages of every stream with ids above C{after} and at
+    most C{up_to}, oldest first: a segment of the cluster's messages that a
+    daemon missed.
+    """
+    rows = connection.execute(
+        "SELECT id, kind, sender, target, body, created FROM messages"
+        " WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+        (after, up_to, limit),
+    )
+    return [stored(row) for row in rows]
+
+
 def open_cursors(
     connection: Connection,
     identity: str,
@@ -507,7 +521,8 @@ def purge(
             _BEYOND_COUNT, {"kind": kind.value, "keep": keep}
         ).rowcount
     connection.execute(
-        "DELETE FROM acknowledged WHERE message_id NOT IN (SELECT id FROM messages)"
+        "DELETE FROM acknowledged WHERE NOT EXISTS"
+        " (SELECT 1 FROM messages m WHERE m.id = acknowledged.message_id)"
     )
     return removed, unread
 
@@ -522,6 +537,25 @@ def memberships(connection: Connection) -> list[tuple[str, str, bool]]:
             "SELECT identity, target, reads FROM cursors WHERE kind = 'SAY'"
         )
     ]
+
+
+def identity_now(
+    connection: Connection, identity: str
+) -> tuple[bool, list[tuple[str, bool]], dict[Kind, tuple[int, int]]]:
+    """
+    What the data says of C{identity}: whether it is known, its rooms and
+    whether it reads each, and what waits for it of each kind.
+    """
+    rows = connection.execute(
+        "SELECT kind, target, reads FROM cursors WHERE identity = ?", (identity,)
+    ).fetchall()
+    known = any(kind == Kind.DIRECT.value for kind, _, _ in rows)
+    rooms = [(room, bool(reads)) for kind, room, reads in rows if kind == "SAY"]
+    waiting = connection.execute(
+        _WAITING.format(where="AND c.identity = ?"), (identity,)
+    )
+    totals = {Kind(kind): (count, size) for _, kind, count, size in waiting}
+    return known, rooms, totals
 
 
 def known_identities(connection: Connection) -> set[str]:

@@ -75,3 +75,14 @@ class WaitingTotals:
             else:
                 # An identity with nothing waiting costs no memory.
                 self._totals.pop((identity, kind), None)
+
+    def renew(self, identity: str, totals: Mapping[Kind, tuple[int, int]]) -> None:
+        """
+        Take what the store's data now says waits for C{identity}, which
+        another daemon of a cluster changed.
+        """
+        for kind in Kind:
+            self._totals.pop((identity, kind), None)
+        for kind, held in totals.items():
+            if held[0]:
+                self._totals[identity, kind] = held

@@ -207,8 +207,9 @@ class _TransactionLost(Exception):
     A job failed and took its whole transaction with it.
     """
 
-    def __str__(self) -> str:
-        return str(self.__cause__)
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(cause)
+        self.cause = cause
 
 
 class Transactions(Protocol):
@@ -239,6 +240,11 @@ class Transactions(Protocol):
         """
         Whether the database undid the transaction on its own, with every
         job's work in it, rather than just the failed statement's.
+        """
+
+    def refusal(self, error: Exception) -> str:
+        """
+        What a client is told of C{error}, the driver's, in one line.
         """
 
     def close(self) -> None:
@@ -272,6 +278,11 @@ class SQLiteTransactions:
     def lost(self) -> bool:
         # SQLite undoes the whole transaction on some errors (a full disk).
         return not self._connection.in_transaction
+
+    def refusal(self, error: Exception) -> str:
+        # SQLite's words are one line, and say what the operator must fix
+        # (a full disk) without naming anything of the host's.
+        return str(error)
 
     def close(self) -> None:
         self._connection.close()
@@ -320,7 +331,7 @@ def run_batch(
         transactions.commit()
     except transactions.error as error:
         transactions.rollback()
-        return [(None, StoreError(str(error)))] * len(jobs)
+        return [(None, StoreError(transactions.refusal(error)))] * len(jobs)
     return [(result, None) for result in results]
 
 
@@ -337,9 +348,12 @@ def _run_apart(
         for job in jobs:
             outcomes.append(_run_one(connection, job, transactions))
         transactions.commit()
-    except (transactions.error, _TransactionLost) as error:
+    except transactions.error as error:
         transactions.rollback()
-        failure = StoreError(str(error))
+        return [(None, StoreError(transactions.refusal(error)))] * len(jobs)
+    except _TransactionLost as lost:
+        transactions.rollback()
+        failure = StoreError(transactions.refusal(lost.cause))
         return [(None, failure)] * len(jobs)
     return outcomes
 
@@ -358,7 +372,7 @@ def _run_one(
         connection.execute("ROLLBACK TO job")
         connection.execute("RELEASE job")
         if isinstance(error, transactions.error):
-            error = StoreError(str(error))
+            error = StoreError(transactions.refusal(error))
         return None, error
     connection.execute("RELEASE job")
     return result, None

@@ -2,11 +2,19 @@
 -- database is made of.  The same tables as SQLite's v3.sql, in
 -- PostgreSQL's types; see there what each holds.
 --
--- Message ids come from one sequence, and every transaction that appends
--- takes the append lock (postgresql.py) before it takes an id, so ids
--- commit in the order they are taken: a cursor that has read up to an id
--- never passes one still to commit, whichever daemon appends it.
+-- Message ids come from one sequence, and every transaction takes the
+-- append lock (postgresql.py) before it takes an id, so ids commit in the
+-- order they are taken: a cursor that has read up to an id never passes
+-- one still to commit, whichever daemon appends it.
+--
+-- head holds the id of the last message appended: each transaction that
+-- appends moves it, under the same lock, so that what it appended is the
+-- segment (head before, head after], which the daemons of a cluster tell
+-- each other and by which each finds a segment it has missed.
 CREATE TABLE version (version integer NOT NULL);
+
+CREATE TABLE head (position bigint NOT NULL);
+INSERT INTO head (position) VALUES (0);
 
 CREATE TABLE messages (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
