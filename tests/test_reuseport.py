@@ -1,6 +1,6 @@
 """
-Several daemons on one port: the endpoint that binds its socket with
-SO_REUSEPORT for the reactor to adopt.
+Several daemons on one port: the reuse-port setting, and the endpoint that
+binds its socket with SO_REUSEPORT for the reactor to adopt.
 """
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -19,8 +21,21 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from secmsg.daemon.listen import LISTEN_BACKLOG
+from secmsg.daemon import listen as listen_module
+from secmsg.daemon.listen import LISTEN_BACKLOG, listen_endpoints
 from secmsg.daemon.reuseport import ReusePortEndpoint
+from secmsg.daemon.settings import Settings, load_settings
+from secmsg.errors import ConfigurationError
+from secmsg.tap import Options
+from tests.harness import temporary_directory
+
+REQUIRED = {
+    "cert": "c.pem",
+    "key": "k.pem",
+    "ca": "ca.pem",
+    "policy": "p.toml",
+    "data-dir": "data",
+}
 
 
 class AdoptingReactor(MemoryReactorClock):
@@ -152,3 +167,110 @@ class ReusePortEndpointTests(SynchronousTestCase):
             (failure.value.interface, failure.value.port), ("127.0.0.1", number)
         )
         self.assertEqual(failure.value.socketError.errno, errno.EADDRINUSE)
+
+    def test_reuse_port_makes_the_port_settings_endpoint_share(self) -> None:
+        """
+        listen_endpoints gives the sharing endpoint for port and interface
+        when reuse-port is set, and Twisted's own when it is not.
+        """
+        shared = listen_endpoints(self.reactor, "listen", (), "127.0.0.1", 0, True)
+        alone = listen_endpoints(self.reactor, "listen", (), "127.0.0.1", 0, False)
+        self.assertEqual(
+            [type(shared[0]), type(alone[0])], [ReusePortEndpoint, TCP4ServerEndpoint]
+        )
+
+
+class ReusePortSettingTests(SynchronousTestCase):
+    """
+    reuse-port: off unless asked for, a TOML boolean or the flag, and
+    refused where the daemon does not make the socket itself.
+    """
+
+    def settings(self, config: str | None = None, **flags: object) -> Settings:
+        path = None
+        if config is not None:
+            file = temporary_directory(self) / "secmsg.toml"
+            file.write_text(config)
+            path = str(file)
+        given = {**REQUIRED, **{k.replace("_", "-"): v for k, v in flags.items()}}
+        return load_settings(given, path)
+
+    def refusal(self, config: str | None = None, **flags: object) -> str:
+        error = self.assertRaises(ConfigurationError, self.settings, config, **flags)
+        return str(error)
+
+    def test_off_unless_asked_for(self) -> None:
+        """
+        A daemon shares its port only when told to, in the file or by flag.
+        """
+        self.assertEqual(
+            [
+                self.settings().reuse_port,
+                self.settings("reuse-port = false\n").reuse_port,
+                self.settings("reuse-port = true\n").reuse_port,
+                self.settings(reuse_port=True).reuse_port,
+            ],
+            [False, False, True, True],
+        )
+
+    def test_flag_is_unset_until_given(self) -> None:
+        """
+        Without --reuse-port the option is None, so the file's setting
+        stands; with it, the setting is on.
+        """
+        absent, given = Options(), Options()
+        absent.parseOptions([])
+        given.parseOptions(["--reuse-port"])
+        self.assertEqual((absent["reuse-port"], given["reuse-port"]), (None, True))
+
+    def test_values_other_than_true_or_false_are_refused(self) -> None:
+        """
+        A string or number in the file is refused naming the file and the
+        key, not read as Python would read it ("false" is truthy).
+        """
+        for value, shown in (('"false"', "'false'"), ('"yes"', "'yes'"), ("1", "1")):
+            with self.subTest(value=value):
+                refusal = self.refusal(f"reuse-port = {value}\n")
+                self.assertTrue(
+                    refusal.endswith(f": reuse-port: {shown} is not true or false"),
+                    refusal,
+                )
+
+    def test_refused_beside_endpoint_strings(self) -> None:
+        """
+        Endpoint strings name sockets made by Twisted's parser or systemd,
+        which reuse-port cannot reach: refused, naming the setting and the
+        one it clashes with.
+        """
+        why = (
+            "reuse-port shares only the ports the daemon binds itself, so "
+            "give port and interface (admin-port and admin-interface) in "
+            "place of endpoint strings"
+        )
+        line = self.refusal(reuse_port=True, listen=["tcp:7443"])
+        admin = self.refusal('admin-listen = "tcp:7445"\nreuse-port = true\n')
+        self.assertEqual(line, f"--reuse-port: set together with listen; {why}")
+        self.assertTrue(
+            admin.endswith(f": reuse-port: set together with admin-listen; {why}"),
+            admin,
+        )
+
+    def test_taken_where_a_port_flag_replaces_the_files_listen(self) -> None:
+        """
+        A --port flag replaces the file's listen, and then the daemon binds
+        the port itself: reuse-port applies.
+        """
+        settings = self.settings('listen = ["tcp:1"]\nreuse-port = true\n', port="7443")
+        self.assertEqual((settings.listen, settings.reuse_port), ((), True))
+
+    def test_refused_where_the_system_has_no_so_reuseport(self) -> None:
+        """
+        A system without SO_REUSEPORT is told at start, not at the first
+        bind of a port that would not be shared.
+        """
+        self.patch(listen_module, "socket", SimpleNamespace())
+        self.assertEqual(
+            self.refusal(reuse_port=True),
+            "--reuse-port: this system has no SO_REUSEPORT, by which daemons "
+            "share a port",
+        )
