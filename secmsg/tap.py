@@ -254,6 +254,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = None
+        self["reuse-port"] = None  # not optFlags' 0: the file's setting stands
 
     def opt_listen(self, description: str) -> None:
         """
@@ -263,6 +264,13 @@ class Options(usage.Options):
         puts its own TLS on each, so ssl: and tls: are refused.
         """
         self["listen"] = [*(self["listen"] or ()), description]
+
+    def opt_reuse_port(self) -> None:
+        """
+        Share the port and admin-port with other daemons of this user
+        (SO_REUSEPORT); the kernel spreads new connections over them.
+        """
+        self["reuse-port"] = True
 
     def postOptions(self) -> None:
         """
@@ -536,7 +544,12 @@ def assemble(
     daemon = build_daemon(settings, reactor, store)
     line = SecmsgService(
         listen_endpoints(
-            reactor, "listen", settings.listen, settings.interface, settings.port
+            reactor,
+            "listen",
+            settings.listen,
+            settings.interface,
+            settings.port,
+            settings.reuse_port,
         ),
         daemon.factory,
         daemon.sessions,
@@ -581,6 +594,7 @@ def _admin_service(
             settings.admin_listen,
             settings.admin_interface,
             settings.admin_port or 0,
+            settings.reuse_port,
         ),
         gate,
     )

@@ -13,6 +13,7 @@ refused rather than quietly layered.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
@@ -25,6 +26,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
 
 from secmsg.daemon.limits import describe_address
+from secmsg.daemon.reuseport import ReusePortEndpoint
 from secmsg.errors import ConfigurationError
 
 LISTEN_BACKLOG = 511
@@ -84,6 +86,27 @@ def plain_endpoint_problem(description: str) -> str | None:
     return None
 
 
+def reuse_port_problem(
+    listen: tuple[str, ...], admin_listen: tuple[str, ...]
+) -> str | None:
+    """
+    Why the daemon's ports cannot be shared with SO_REUSEPORT; L{None} if
+    they can.  Only the sockets the daemon makes itself, for port and
+    admin-port, can have it: an endpoint string's socket is made by
+    Twisted's parser or by systemd.
+    """
+    strings = "listen" if listen else "admin-listen" if admin_listen else None
+    if strings is not None:
+        return (
+            f"set together with {strings}; reuse-port shares only the "
+            "ports the daemon binds itself, so give port and interface "
+            "(admin-port and admin-interface) in place of endpoint strings"
+        )
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return "this system has no SO_REUSEPORT, by which daemons share a port"
+    return None
+
+
 def server_endpoint(
     reactor: Any, description: str, where: str
 ) -> IStreamServerEndpoint:
@@ -124,15 +147,23 @@ def describe_listening(address: IAddress) -> str:
 
 
 def listen_endpoints(
-    reactor: Any, name: str, descriptions: tuple[str, ...], interface: str, port: int
+    reactor: Any,
+    name: str,
+    descriptions: tuple[str, ...],
+    interface: str,
+    port: int,
+    reuse_port: bool,
 ) -> list[IStreamServerEndpoint]:
     """
     The endpoints a listen setting names, or the one of the port and
     interface settings when it names none.
+
+    @param reuse_port: let other daemons listen on the port and interface
+        too (the settings refuse it beside endpoint strings).
     """
-    if not descriptions:
-        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-        return [
-            endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)
-        ]
-    return [server_endpoint(reactor, text, name) for text in descriptions]
+    if descriptions:
+        return [server_endpoint(reactor, text, name) for text in descriptions]
+    if reuse_port:
+        return [ReusePortEndpoint(reactor, port, interface, LISTEN_BACKLOG)]
+    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+    return [endpoint_type(reactor, port, backlog=LISTEN_BACKLOG, interface=interface)]

@@ -20,7 +20,7 @@ from typing import Any
 from secmsg.daemon.audit import ROTATE_BYTES
 from secmsg.daemon.identity import IdentityField
 from secmsg.daemon.limits import Limits, RoomLimits
-from secmsg.daemon.listen import plain_endpoint_problem
+from secmsg.daemon.listen import plain_endpoint_problem, reuse_port_problem
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.messages import Retention, WaitingLimit
@@ -64,6 +64,7 @@ OPTIONS = (
     "backup-dir",
     "commit-delay",
     "database",
+    "reuse-port",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -133,6 +134,7 @@ class Settings:
     log_format: str = "text"
     commit_delay: timedelta = timedelta(milliseconds=COMMIT_DELAY_MS)
     database: str | None = None
+    reuse_port: bool = False
 
     @property
     def line(self) -> LineSettings:
@@ -164,7 +166,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             raise ConfigurationError(
                 f"--{name}", f"not set; give --{name} or set {name} in the config file"
             )
-    return Settings(
+    settings = Settings(
         cert=merged["cert"],
         key=merged["key"],
         ca=merged["ca"],
@@ -208,7 +210,10 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
         commit_delay=_commit_delay(merged, origins),
         database=_database(merged, origins),
+        reuse_port=_boolean(merged, origins, "reuse-port", False),
     )
+    _check_reuse_port(settings, origins)
+    return settings
 
 
 STALE_CRL_CHOICES = ("serve", "refuse")
@@ -361,6 +366,16 @@ def _listen(
         if problem is not None:
             raise ConfigurationError(_origin(origins, name), problem)
     return tuple(descriptions)
+
+
+def _check_reuse_port(settings: Settings, origins: Mapping[str, str]) -> None:
+    """
+    Refuse C{reuse-port} where it cannot be had, before anything listens.
+    """
+    if settings.reuse_port:
+        problem = reuse_port_problem(settings.listen, settings.admin_listen)
+        if problem is not None:
+            raise ConfigurationError(_origin(origins, "reuse-port"), problem)
 
 
 def prepare_data_dir(path: Path) -> None:
@@ -551,6 +566,21 @@ def _identity_field(
     return IdentityField(
         _choice(merged, origins, "identity", choices, IdentityField.CN.value)
     )
+
+
+def _boolean(
+    merged: Mapping[str, Any], origins: Mapping[str, str], name: str, default: bool
+) -> bool:
+    """
+    A switch: a TOML boolean in the file, or True from its flag; a string
+    or number in the file is refused, not guessed at ("false" is truthy).
+    """
+    value = merged.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            _origin(origins, name), f"{value!r} is not true or false"
+        )
+    return value
 
 
 def _choice(
