@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pwd
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,24 +29,23 @@ from secmsg.daemon.admin.api import AdminApi
 from secmsg.daemon.admin.guard import CertificateGuard
 from secmsg.daemon.admin.http import AdminGate, AdminSite
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
-from secmsg.daemon.commands import Commands, Terms
-from secmsg.daemon.delivery import Delivery
 from secmsg.daemon.expiry import TLSExpiry
 from secmsg.daemon.factory import SessionFactory
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import raise_open_file_limit
+from secmsg.daemon.line import LineParts, build_line_sessions
 from secmsg.daemon.listen import listen_endpoints
 from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.pidfile import pidfile_problem
+from secmsg.daemon.placement import Places, placement
 from secmsg.daemon.reload import (
     ReloadableFiles,
     Reloader,
-    ReloadReport,
     load_live_configuration,
 )
 from secmsg.daemon.rooms import Rooms
@@ -63,12 +62,10 @@ from secmsg.daemon.service import (
 )
 from secmsg.daemon.settings import (
     OPTIONS,
-    LineSettings,
     Settings,
     check_data_dir,
     load_settings,
 )
-from secmsg.daemon.store.chosen import message_store
 from secmsg.daemon.tls import TLSFiles, VerifyingServerTLS
 from secmsg.errors import ConfigurationError
 
@@ -249,6 +246,14 @@ class Options(usage.Options):
             "(postgresql://USER@HOST:PORT/DB) rather than SQLite in the data "
             "directory; the password, if any, in ~/.pgpass.",
         ],
+        [
+            "bus",
+            None,
+            None,
+            "Be one of a cluster of daemons that share the database and tell "
+            "each other through this Redis (redis://HOST:PORT/N).",
+        ],
+        ["node", None, None, "This daemon's name in its cluster. [default: HOST-PORT]"],
     ]
 
     def __init__(self) -> None:
@@ -364,80 +369,18 @@ class Daemon:
     portal: Portal
 
 
-@dataclass(frozen=True)
-class LineParts:
-    """
-    What the line sessions are built on: the hub and store they share with
-    the admin interface, the realm and portal they log in through, the
-    clock and the metrics.
-    """
-
-    hub: IHub
-    store: IMessageStore
-    rooms: Rooms
-    realm: PolicyRealm
-    portal: Portal
-    clock: IReactorTime
-    metrics: Metrics
-
-
-@dataclass(frozen=True)
-class LineSessions:
-    """
-    The line protocol's side of the daemon: delivery, which the admin
-    interface sends through too, and the factory of sessions.
-    """
-
-    delivery: Delivery
-    sessions: SessionFactory
-
-
-def build_line_sessions(
-    line: LineSettings, parts: LineParts, reload: Callable[[bool], ReloadReport]
-) -> LineSessions:
-    """
-    Wire delivery, the commands and the session factory, as the daemon
-    runs them and as the tests' sessions do.
-
-    @param reload: what RELOAD does, given whether it is a dry run.
-    """
-    delivery = Delivery(
-        parts.hub,
-        parts.store,
-        parts.clock,
-        lambda: parts.realm.policy.identities,
-        parts.metrics,
-        line.waiting_limit,
-    )
-    terms = Terms(
-        line.history_max,
-        line.max_line_length,
-        line.limits.idle_timeout,
-        line.waiting_limit,
-        line.limits.rooms.max_per_identity,
-    )
-    commands = Commands(parts.hub, parts.store, delivery, parts.rooms, reload, terms)
-    sessions = SessionFactory(
-        parts.portal,
-        commands,
-        parts.clock,
-        line.limits,
-        parts.metrics,
-        line.max_line_length,
-    )
-    parts.metrics.count_sessions(lambda: sessions.session_count)
-    parts.metrics.count_waiting(delivery.waiting)
-    return LineSessions(delivery, sessions)
-
-
 def build_daemon(
-    settings: Settings, clock: IReactorTime, store: IMessageStore
+    settings: Settings,
+    clock: IReactorTime,
+    store: IMessageStore,
+    hub: IHub | None = None,
 ) -> Daemon:
     """
     Load the configuration and wire the daemon's pieces together.
 
     @param clock: the time source for certificate checks and TLS writes.
     @param store: where messages are kept until their recipients have them.
+    @param hub: how sessions are reached: by default, in this process.
     @raise ConfigurationError: a file is missing or invalid.
     """
     files = ReloadableFiles(
@@ -447,7 +390,7 @@ def build_daemon(
     )
     live = load_live_configuration(files, clock_time(clock))
     rule = IdentityRule(settings.identity)
-    hub = InProcessHub()
+    hub = InProcessHub() if hub is None else hub
     rooms = Rooms(hub, store, settings.limits.rooms)
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
@@ -535,13 +478,10 @@ def assemble(
     shortfall = raise_open_file_limit(settings.limits.open_files)
     if shortfall is not None:
         log.warn("{shortfall}", shortfall=shortfall)
-    store = message_store(
-        settings.database,
-        settings.data_dir,
-        settings.commit_delay.total_seconds(),
-        reactor,
-    )
-    daemon = build_daemon(settings, reactor, store)
+    places = Places(settings.database, settings.bus, settings.node, settings.data_dir)
+    placed = placement(places, settings.commit_delay.total_seconds(), reactor)
+    store = placed.store
+    daemon = build_daemon(settings, reactor, store, placed.hub)
     line = SecmsgService(
         listen_endpoints(
             reactor,
@@ -566,6 +506,8 @@ def assemble(
         settings.data_dir, globalLogPublisher, reactor, settings.audit_rotate_bytes
     ).setServiceParent(service)
     StoreService(store).setServiceParent(service)
+    if placed.cluster is not None:
+        placed.cluster.setServiceParent(service)
     line.setServiceParent(service)
     RetentionService(store, reactor, settings.retention).setServiceParent(service)
     CRLFreshnessService(daemon.tls, reactor, daemon.reloader.recheck).setServiceParent(

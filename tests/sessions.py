@@ -25,6 +25,7 @@ from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
 from secmsg.daemon.interfaces import IMessageStore
 from secmsg.daemon.limits import Limits
+from secmsg.daemon.line import LineParts, build_line_sessions
 from secmsg.daemon.metrics import Metrics
 from secmsg.daemon.policy import parse_policy
 from secmsg.daemon.protocol import SessionProtocol
@@ -33,7 +34,6 @@ from secmsg.daemon.rooms import Rooms
 from secmsg.daemon.settings import LineSettings
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.messages import WaitingLimit
-from secmsg.tap import LineParts, build_line_sessions
 from tests.certs import CertificateAuthority
 from tests.harness import POLICY
 

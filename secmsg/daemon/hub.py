@@ -23,7 +23,7 @@ that it left.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 from zope.interface import implementer
 
@@ -37,9 +37,14 @@ from secmsg.messages import Kind, Stored
 class InProcessHub:
     """
     Routing for one daemon, held in memory.
+
+    @param elsewhere: for one of the daemons of a cluster, whether an
+        identity has a session on another daemon, so that its coming and
+        going here is not told as its coming online or going offline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, elsewhere: Callable[[str], bool] | None = None) -> None:
+        self._elsewhere = elsewhere
         self._avatars: dict[IPeer, ISessionAvatar] = {}
         self._by_identity: dict[str, list[IPeer]] = {}
         # Sessions greeted, and those of them that hold PRESENCE, with
@@ -60,8 +65,8 @@ class InProcessHub:
         identity = avatar.identity
         first = not any(p in self._greeted for p in self._by_identity[identity])
         self._greeted.add(peer)
-        if first:
-            self._tell_watchers(wire.push("ONLINE", identity), identity)
+        if first and not self._is_elsewhere(identity):
+            self.tell_watchers(wire.push("ONLINE", identity), identity)
         self._watch(peer, avatar)
 
     def detach(self, peer: IPeer) -> None:
@@ -78,8 +83,12 @@ class InProcessHub:
         self._greeted.discard(peer)
         # Out of every table before anyone is told: whatever the
         # announcement leads to finds the hub already without this session.
-        if was_greeted and not any(p in self._greeted for p in peers):
-            self._tell_watchers(wire.push("OFFLINE", identity), identity)
+        last = was_greeted and not any(p in self._greeted for p in peers)
+        if last and not self._is_elsewhere(identity):
+            self.tell_watchers(wire.push("OFFLINE", identity), identity)
+
+    def _is_elsewhere(self, identity: str) -> bool:
+        return self._elsewhere is not None and self._elsewhere(identity)
 
     def shutting_down(self) -> None:
         self._quiet = True
@@ -139,10 +148,17 @@ class InProcessHub:
         ]
 
     def joined(self, room: str, identity: str, members: Set[str]) -> None:
-        self._tell_room(room, members, wire.push("JOINED", room, identity), identity)
+        self.tell_room(room, members, wire.push("JOINED", room, identity), identity)
 
     def parted(self, room: str, identity: str, members: Set[str]) -> None:
-        self._tell_room(room, members, wire.push("PARTED", room, identity), identity)
+        self.tell_room(room, members, wire.push("PARTED", room, identity), identity)
+
+    def counts(self) -> dict[str, int]:
+        """
+        How many sessions each identity online has here: what a daemon of
+        a cluster tells the others on each beat.
+        """
+        return {identity: len(peers) for identity, peers in self._by_identity.items()}
 
     def kick(self, identity: str, by: str, reason: str) -> int:
         peers = list(self._by_identity.get(identity, ()))
@@ -157,7 +173,7 @@ class InProcessHub:
         avatar = self._avatars.get(peer)
         return avatar is not None and avatar.may_read(room)
 
-    def _tell_room(
+    def tell_room(
         self, room: str, members: Set[str], line: bytes, identity: str
     ) -> None:
         """
@@ -176,7 +192,7 @@ class InProcessHub:
         for peer in hearers:
             peer.announce(line)
 
-    def _tell_watchers(self, line: bytes, identity: str) -> None:
+    def tell_watchers(self, line: bytes, identity: str) -> None:
         """
         Announce C{line}, about C{identity}, to the sessions that hold
         PRESENCE, but C{identity}'s own.

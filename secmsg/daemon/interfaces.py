@@ -9,7 +9,7 @@ it with C{verifyObject}.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Sequence, Set
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,6 +212,33 @@ class IHub(Interface):
     def kick(identity: str, by: str, reason: str) -> int:
         """
         Kick every session of C{identity}; return how many there were.
+        """
+
+
+class IBus(Interface):
+    """
+    What carries the events of a cluster's daemons to each other: Redis
+    pub/sub in the daemon, memory in tests.  It is unreliable: what it
+    loses, a daemon reads from the shared database.
+    """
+
+    def start(receive: Callable[[str], None], reached: Callable[[], None]) -> None:
+        """
+        Subscribe: from now on C{receive} each bus message (this daemon's
+        own too), and be told C{reached} each time the subscription is
+        made, the first time and each time the bus comes back after it
+        was lost.
+        """
+
+    def publish(text: str) -> None:
+        """
+        Send C{text} to every daemon subscribed; dropped while the bus is
+        out of reach.
+        """
+
+    def stop() -> Deferred[None]:
+        """
+        Unsubscribe and disconnect.
         """
 
 

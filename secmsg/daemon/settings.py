@@ -10,7 +10,6 @@ the command line are relative to the working directory.
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +20,7 @@ from secmsg.daemon.audit import ROTATE_BYTES
 from secmsg.daemon.identity import IdentityField
 from secmsg.daemon.limits import Limits, RoomLimits
 from secmsg.daemon.listen import plain_endpoint_problem, reuse_port_problem
+from secmsg.daemon.sharing import bus_url, database_url, node_name
 from secmsg.errors import ConfigurationError
 from secmsg.files import read_toml
 from secmsg.messages import Retention, WaitingLimit
@@ -65,6 +65,8 @@ OPTIONS = (
     "commit-delay",
     "database",
     "reuse-port",
+    "bus",
+    "node",
 )
 """Every setting, by the name it has both as a flag and in the file."""
 
@@ -134,6 +136,8 @@ class Settings:
     log_format: str = "text"
     commit_delay: timedelta = timedelta(milliseconds=COMMIT_DELAY_MS)
     database: str | None = None
+    bus: str | None = None
+    node: str = ""
     reuse_port: bool = False
 
     @property
@@ -166,6 +170,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
             raise ConfigurationError(
                 f"--{name}", f"not set; give --{name} or set {name} in the config file"
             )
+    port = _integer(merged, origins, "port", 7443, 0, 65535)
     settings = Settings(
         cert=merged["cert"],
         key=merged["key"],
@@ -174,7 +179,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         policy=merged["policy"],
         data_dir=merged["data-dir"],
         backup_dir=_absolute(merged.get("backup-dir")),
-        port=_integer(merged, origins, "port", 7443, 0, 65535),
+        port=port,
         interface=_address(merged, origins, "interface"),
         identity=_identity_field(merged, origins),
         max_line_length=_integer(
@@ -210,6 +215,8 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         log_format=_choice(merged, origins, "log-format", LOG_FORMATS, "text"),
         commit_delay=_commit_delay(merged, origins),
         database=_database(merged, origins),
+        bus=_bus(merged, origins),
+        node=node_name(merged.get("node"), _origin(origins, "node"), port),
         reuse_port=_boolean(merged, origins, "reuse-port", False),
     )
     _check_reuse_port(settings, origins)
@@ -511,37 +518,28 @@ def _commit_delay(merged: Mapping[str, Any], origins: Mapping[str, str]) -> time
 
 def _database(merged: Mapping[str, Any], origins: Mapping[str, str]) -> str | None:
     """
-    The PostgreSQL database to keep the messages in, as a
-    C{postgresql://USER@HOST:PORT/DB} URL; L{None} for SQLite in the data
-    directory.  A password is refused: the config file is no secret, and
-    libpq reads one from C{~/.pgpass} or C{PGPASSFILE}, a file of the
-    daemon's user alone.
+    The PostgreSQL database of C{database}, or L{None} for SQLite in the
+    data directory.
     """
-    value = merged.get("database")
-    if value is None:
+    if "database" not in merged:
         return None
-    where = _origin(origins, "database")
-    example = "a URL such as postgresql://secmsg@127.0.0.1:5432/secmsg"
-    if not isinstance(value, str) or not value.isprintable():
-        raise ConfigurationError(where, f"must be {example}")
-    try:
-        url = urllib.parse.urlsplit(value)
-        url.port  # noqa: B018 -- read for the ValueError of a bad port
-    except ValueError:
-        raise ConfigurationError(where, f"must be {example}") from None
-    if url.scheme not in ("postgresql", "postgres") or not url.hostname:
-        raise ConfigurationError(where, f"must be {example}")
-    if not url.path.strip("/"):
-        raise ConfigurationError(where, f"names no database; it must be {example}")
-    query = urllib.parse.parse_qs(url.query)
-    if url.password is not None or {"password", "sslpassword"} & query.keys():
+    return database_url(merged["database"], _origin(origins, "database"))
+
+
+def _bus(merged: Mapping[str, Any], origins: Mapping[str, str]) -> str | None:
+    """
+    The Redis bus of C{bus}, or L{None} for a daemon alone; a bus needs a
+    database the daemons share.
+    """
+    if "bus" not in merged:
+        return None
+    where = _origin(origins, "bus")
+    if "database" not in merged:
         raise ConfigurationError(
             where,
-            "holds a password; put it in ~/.pgpass or the file PGPASSFILE "
-            "names, readable by the daemon's user alone, where PostgreSQL's "
-            "client reads it",
+            'needs a database the daemons share: set database = "postgresql://..." too',
         )
-    return value
+    return bus_url(merged["bus"], where)
 
 
 def _address(merged: Mapping[str, Any], origins: Mapping[str, str], name: str) -> str:

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
 from secmsg.daemon.store import streams
+from secmsg.daemon.store.members import Memberships
 from secmsg.daemon.store.shared_database import (
     PostgresConnection,
     Segment,
@@ -24,7 +25,8 @@ from secmsg.daemon.store.shared_database import (
     first_line,
     open_shared_database,
 )
-from secmsg.daemon.store.sql import StreamStore
+from secmsg.daemon.store.sql import StreamStore, read_tables
+from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.daemon.store.worker import Job
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Stored, text_size
@@ -131,6 +133,17 @@ class PostgresStore(StreamStore):
         return self._submit(
             lambda connection: streams.identity_now(connection, identity)
         ).addCallback(renewed)
+
+    def renew_all(self) -> Deferred[None]:
+        """
+        Read again who reads what and what waits for whom, for every
+        identity: what the other daemons said of them may have been lost.
+        """
+
+        def renewed(tables: tuple[Memberships, WaitingTotals]) -> None:
+            self._members, self._waiting = tables
+
+        return self._submit(read_tables).addCallback(renewed)
 
     def count_elsewhere(self, message: Stored, recipients: Set[str]) -> None:
         """

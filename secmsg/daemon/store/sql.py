@@ -57,6 +57,17 @@ SENT_WRITE_DELAY = 0.5
 """Seconds a note of what was pushed waits for another job to ride on."""
 
 
+def read_tables(connection: Connection) -> tuple[Memberships, WaitingTotals]:
+    """
+    What the store keeps in memory, as the data says: who reads what, and
+    what waits for whom.
+    """
+    members = Memberships(
+        streams.known_identities(connection), streams.memberships(connection)
+    )
+    return members, WaitingTotals(streams.waiting_totals(connection))
+
+
 class StreamStore(AnsweredFromMemory):
     """
     Messages and cursors in one SQL database, through one worker: all of
@@ -100,10 +111,7 @@ class StreamStore(AnsweredFromMemory):
         @raise secmsg.errors.ConfigurationError: the database cannot be used.
         """
         connection = self.open_connection()
-        self._members = Memberships(
-            streams.known_identities(connection), streams.memberships(connection)
-        )
-        self._waiting = WaitingTotals(streams.waiting_totals(connection))
+        self._members, self._waiting = read_tables(connection)
         self._worker = self._start_worker(connection)
 
     def _submit(self, job: Job) -> defer.Deferred[Any]:
