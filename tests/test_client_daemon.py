@@ -236,7 +236,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
     def test_terminal_client_reports_kick(self) -> None:
         """
         A KICK arriving while the prompt waits is shown in words at once,
-        and the client exits non-zero.
+        and the client exits non-zero without connecting again.
         """
         console = self.console("bob")
         console.expect("bob>")
@@ -246,6 +246,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         self.assertIn("200 kicked bob", kick.stdout)
         console.expect("kicked by admin: bye now")
         console.expect(pexpect.EOF)
+        self.assertNotIn("connecting again", console.before)
         console.close()
         self.assertEqual(console.exitstatus, 1)
 
