@@ -16,6 +16,7 @@ from secmsg.client.display import help_commands
 from secmsg.client.protocol import ClientProtocol, ExitStatus, Greeting, SessionEnded
 from secmsg.client.reconnecting import BYE, NotConnected, ReconnectingSession
 from secmsg.client.tls import client_tls_options
+from secmsg.errors import ConfigurationError
 from secmsg.wire import PushLine
 from tests.harness import Instance
 
@@ -26,7 +27,7 @@ class ReconnectingSessionTests(SynchronousTestCase):
         self.clock = self.instance.clock
         self.bob = self.instance.ca.issue("bob")
         self.sessions: list[ClientProtocol] = []
-        self.refusals: list[SessionEnded] = []
+        self.refusals: list[SessionEnded | ConfigurationError] = []
         self.shown: list[PushLine] = []
         self.reports: list[str] = []
         self.on_show = lambda push: None
@@ -44,7 +45,10 @@ class ReconnectingSessionTests(SynchronousTestCase):
         Connect as bob over TLS in memory, unless a refusal is queued.
         """
         if self.refusals:
-            return defer.fail(self.refusals.pop(0))
+            refusal = self.refusals.pop(0)
+            if isinstance(refusal, ConfigurationError):
+                raise refusal
+            return defer.fail(refusal)
         session = ClientProtocol(self.clock, "localhost")
         options = client_tls_options(
             "localhost",
@@ -199,6 +203,23 @@ class ReconnectingSessionTests(SynchronousTestCase):
         self.assertEqual(
             self.reports[-1], "the server refused our certificate: revoked"
         )
+        self.advance(120)
+        self.assertEqual(len(self.sessions), 1)
+
+    def test_a_key_file_unusable_at_the_next_dial_ends_it(self) -> None:
+        """
+        Our files are read again at each dial: one now unusable ends the
+        terminal with status 1 and the words naming it, trying no more.
+        """
+        self.start()
+        self.refusals = [ConfigurationError("bob.key", "no such file")]
+        self.instance.daemon.sessions.close_all("server shutting down")
+        self.instance.flush()
+        self.advance(0.5)
+        self.assertEqual(
+            self.successResultOf(self.terminal.over).status, ExitStatus.FAILED
+        )
+        self.assertEqual(self.reports[-1], "bob.key: no such file")
         self.advance(120)
         self.assertEqual(len(self.sessions), 1)
 

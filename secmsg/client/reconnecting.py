@@ -37,6 +37,7 @@ from secmsg.client.protocol import (
     Reply,
     SessionEnded,
 )
+from secmsg.errors import ConfigurationError
 from secmsg.wire import PushLine, escape_controls
 
 Begin = Callable[[ClientProtocol, Greeting], Awaitable[list[str]]]
@@ -77,7 +78,9 @@ class ReconnectingSession:
         reconnection: Reconnection | None = None,
     ) -> None:
         """
-        @param dial: connects again; fails with L{SessionEnded} if it cannot.
+        @param dial: connects again, reading our files again; fails with
+            L{SessionEnded} if it cannot, or raises L{ConfigurationError}
+            if a file is now unusable, which ends the terminal.
         @param show: shows a push on the terminal (escaping it).
         @param report: shows a line of ours on the terminal.
         """
@@ -172,24 +175,34 @@ class ReconnectingSession:
     async def _again(self, ending: SessionEnded) -> None:
         """
         Wait, dial, and wait longer after each failure, until a session
-        is greeted or an attempt ends in a way that would not mend.
+        has begun or an attempt ends in a way that would not mend.
         """
         while not self._leaving:
             wait = self._reconnection.next_wait()
             self._report(escape_controls(connecting_again(ending, wait)))
             await task.deferLater(self._clock, wait)
             try:
-                session = await self._dial()
-                greeting = await session.greeted
-                self._report(f"connected again as {greeting.identity}")
-                await self.attach(session, greeting)
+                await self._attempt()
+                return
+            except ConfigurationError as unusable:
+                # Our certificate or key, read again at each dial, is unusable.
+                self._give_up(SessionEnded(ExitStatus.FAILED, str(unusable)))
                 return
             except SessionEnded as failed:
                 if ends_for_good(failed, kicked=False):
-                    self._report(escape_controls(failed.words))
-                    self._finish(failed)
+                    self._give_up(failed)
                     return
                 ending = failed
+
+    async def _attempt(self) -> None:
+        session = await self._dial()
+        greeting = await session.greeted
+        self._report(f"connected again as {greeting.identity}")
+        await self.attach(session, greeting)
+
+    def _give_up(self, ending: SessionEnded) -> None:
+        self._report(escape_controls(ending.words))
+        self._finish(ending)
 
     def _cancelled(self, failure: Failure) -> None:
         failure.trap(defer.CancelledError)
