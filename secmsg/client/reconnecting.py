@@ -6,7 +6,11 @@ When the server closes the session for its shutdown, or the connection is
 lost, L{ReconnectingSession} says so, waits as C{secmsg listen} does
 (L{Reconnection}), and dials again until a session is greeted; the server
 then sends what waited.  It does not come back after the user's QUIT, a
-KICK, or a refusal of our certificate or identity (L{ends_for_good}).
+KICK, or a refusal of our certificate or identity (L{ends_for_good}); QUIT
+or Ctrl-C while it waits end it (L{ReconnectingSession.stop}).  Only a
+session that has begun is mended: a first connection that fails ends
+C{secmsg connect} with words at once, so that a mistyped host or a
+refused certificate is told, not tried again and again.
 
 A message is shown once.  Each is acknowledged, on the session that
 delivered it, once shown; one whose ACK the server had not answered when
