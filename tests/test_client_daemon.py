@@ -236,7 +236,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
     def test_terminal_client_reports_kick(self) -> None:
         """
         A KICK arriving while the prompt waits is shown in words at once,
-        and the client exits non-zero.
+        and the client exits non-zero without connecting again.
         """
         console = self.console("bob")
         console.expect("bob>")
@@ -246,6 +246,7 @@ class ClientAgainstDaemonTests(SynchronousTestCase):
         self.assertIn("200 kicked bob", kick.stdout)
         console.expect("kicked by admin: bye now")
         console.expect(pexpect.EOF)
+        self.assertNotIn("connecting again", console.before)
         console.close()
         self.assertEqual(console.exitstatus, 1)
 
@@ -350,7 +351,8 @@ class HostileServerTests(SynchronousTestCase):
         """
         The terminal client leaves out of its command list a HELP word that
         is an escape sequence, and shows the push (after that list) escaped:
-        the title is not set and the screen is not cleared.
+        the title is not set and the screen is not cleared; /quit leaves
+        once the server has hung up.
         """
         console = pexpect.spawn(
             str(BIN / "secmsg"),
@@ -365,6 +367,10 @@ class HostileServerTests(SynchronousTestCase):
         console.expect_exact("eve to you: \\x1b]0;owned\\x07\\x1b[2Jcleared \\u202e")
         seen += console.before + console.after
         console.send("PING\r")
+        # The server hangs up after the reply; leave rather than wait.
+        console.expect_exact("connecting again in ")
+        seen += console.before + console.after
+        console.send("/quit\r")
         console.expect(pexpect.EOF)
         seen += console.before
         for raw in ("\x1b]0;owned", "\x1b]0;PWNED", "\u202e", "\x1b[31m", "\x9b"):

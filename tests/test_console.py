@@ -3,12 +3,13 @@ The console's completion, driven without a terminal, and the console
 itself through a pseudo-terminal against a real daemon: Tab completes a
 command in the first word, an identity or a room where the grammar has
 one and nothing in free text; a message that waited at login prints after
-the banner.
+the banner; a daemon stopped and started again is connected to again.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from datetime import UTC, datetime
 
 import pexpect
@@ -174,16 +175,10 @@ class ConsoleAgainstDaemonTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         return result.stdout
 
-    def test_waiting_message_after_the_banner_and_tab_in_free_text(self) -> None:
-        """
-        A message that waited for bob prints after the commands line; Tab
-        completes its sender after MSG and adds nothing after the name, so
-        the text bob types is the text alice gets.
-        """
-        self.secmsg("send", self.address, *self.as_user("alice"), "--to", "bob", "hi")
+    def console(self, name: str) -> pexpect.spawn:
         console = pexpect.spawn(
             str(BIN / "secmsg"),
-            ["connect", self.address, *self.as_user("bob")],
+            ["connect", self.address, *self.as_user(name)],
             encoding="utf-8",
             timeout=STARTUP_DEADLINE,
             dimensions=(24, 100),
@@ -191,6 +186,48 @@ class ConsoleAgainstDaemonTests(SynchronousTestCase):
             env={**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
         )
         self.addCleanup(console.close, force=True)
+        return console
+
+    def test_a_daemon_started_again_is_connected_to_again(self) -> None:
+        """
+        At the daemon's shutdown the terminal says it is connecting again,
+        refuses a line typed meanwhile, and once the daemon is started
+        again on the same port, connects and shows the message sent while
+        it was away; stopped again, Ctrl-C while it waits ends it (130).
+        """
+        bob = self.console("bob")
+        bob.expect("commands: ")
+        bob.expect("bob>")
+        self.daemon.stop()
+        bob.expect("server shutting down; connecting again in ")
+        bob.send("PING\r")
+        bob.expect("not sent: connecting again")
+        # Held still, so that it cannot log in before the message waits.
+        os.kill(bob.pid, signal.SIGSTOP)
+        try:
+            self.daemon = Daemon(self, self.directory, "--port", str(self.daemon.port))
+            self.secmsg(
+                "send", self.address, *self.as_user("alice"), "--to", "bob", "back"
+            )
+        finally:
+            os.kill(bob.pid, signal.SIGCONT)
+        bob.expect("connected again as bob")
+        bob.expect(r"\] alice to you: back")
+        self.daemon.stop()
+        bob.expect("connecting again in ")
+        bob.sendcontrol("c")
+        bob.expect(pexpect.EOF)
+        bob.close()
+        self.assertEqual(bob.exitstatus, 130)
+
+    def test_waiting_message_after_the_banner_and_tab_in_free_text(self) -> None:
+        """
+        A message that waited for bob prints after the commands line; Tab
+        completes its sender after MSG and adds nothing after the name, so
+        the text bob types is the text alice gets.
+        """
+        self.secmsg("send", self.address, *self.as_user("alice"), "--to", "bob", "hi")
+        console = self.console("bob")
         console.expect("you are bob")
         console.expect("commands: ")
         console.expect(r"\] alice to you: hi")

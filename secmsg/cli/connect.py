@@ -95,7 +95,12 @@ def run_connect(options: ConnectOptions) -> int:
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["json"]
     talk = connect_talk(
-        sys.stdout, interactive, stop_writing, options["timeout"], options["json"]
+        sys.stdout,
+        interactive,
+        stop_writing,
+        options["timeout"],
+        options.dial,
+        options["json"],
     )
     return run_client(options.dial, talk, complain)
 

@@ -1,13 +1,19 @@
 """
-How long C{secmsg listen} waits before connecting again: exponentially
-longer after each failure, up to a cap, with jitter, so that many bots cut
-off by one daemon restart neither hammer it nor come back all at once.
+Whether, and how long after, C{secmsg listen} and C{secmsg connect} on a
+terminal connect again when a session ends: not after an ending that
+coming back would not mend; otherwise after a wait exponentially longer
+after each failure, up to a cap, with jitter, so that many clients cut off
+by one daemon restart neither hammer it nor come back all at once.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+
+from secmsg.client.protocol import ExitStatus, SessionEnded
 
 FIRST_WAIT = 1.0
 """Seconds before the first attempt again."""
@@ -55,3 +61,50 @@ class Backoff:
         Start again from the shortest wait: the last attempt succeeded.
         """
         self._failures = 0
+
+
+def ends_for_good(ending: SessionEnded, kicked: bool) -> bool:
+    """
+    Whether an ending is one that connecting again would not mend: the
+    server refused our certificate or identity (at login, or a reload's
+    new policy or CRL), or an operator kicked us.  Coming back would be
+    against their word; anything else (a shutdown, a lost connection, a
+    limit) may pass.
+    """
+    return kicked or ending.status is ExitStatus.CERTIFICATE_REFUSED
+
+
+def connecting_again(ending: SessionEnded, wait: float) -> str:
+    """
+    The words that say why a session ended and when the next attempt is.
+    """
+    # Twisted's words for a refused connection end in a full stop.
+    return f"{ending.words.rstrip('.')}; connecting again in {wait:.1f} s"
+
+
+class Reconnection:
+    """
+    The waits of one client's attempts to connect again: a L{Backoff} that
+    starts again from the shortest after a session that lasted L{STEADY}.
+    """
+
+    def __init__(self, clock: IReactorTime, backoff: Backoff | None = None) -> None:
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._logged_in: float | None = None
+
+    def logged_in(self) -> None:
+        """
+        Note that a session has begun, to know later whether it lasted.
+        """
+        self._logged_in = self._clock.seconds()
+
+    def next_wait(self) -> float:
+        """
+        Seconds to wait before the next attempt, now that a session or an
+        attempt has ended.
+        """
+        began, self._logged_in = self._logged_in, None
+        if began is not None and self._clock.seconds() - began >= STEADY:
+            self._backoff.reset()
+        return self._backoff.next_wait()

@@ -247,11 +247,14 @@ def connect_talk(
     interactive: bool,
     reader_gone: Callable[[TextIO], None],
     timeout: float,
+    dial: Dial,
     as_json: bool = False,
 ) -> Talk:
     """
     What C{secmsg connect} does with its session: the console on a
     terminal, the scripted mode otherwise.
+
+    @param dial: how the console connects again when the session drops.
 
     @param reader_gone: told that C{out}'s reader has gone (the scripted
         mode's L{run_scripted}).
@@ -273,7 +276,13 @@ def connect_talk(
                 render,
             )
         greeting = await session.greeted
-        console = run_console(session, greeting, lambda: local_now(reactor))
+        console = run_console(
+            session,
+            greeting,
+            lambda: dial(reactor),
+            reactor,
+            lambda: local_now(reactor),
+        )
         # The console awaits prompt_toolkit's asyncio futures, so it runs as
         # an asyncio task, not as a Twisted coroutine.
         return await defer.Deferred.fromFuture(asyncio.ensure_future(console))

@@ -5,7 +5,9 @@ prompt_toolkit keeps the input line usable while messages arrive: anything
 printed while a prompt is open goes above it.  It runs on asyncio's loop,
 which is why C{secmsg connect} runs Twisted on the asyncio reactor.  What
 is printed comes from L{secmsg.client.display}, escaped; what the user types is
-sent as a command line, and C{/quit} or Ctrl-D leaves.
+sent as a command line, and C{/quit} or Ctrl-D leaves.  When the server
+shuts down or the connection drops, the prompt stays and says it is
+connecting again (L{secmsg.client.reconnecting}); Ctrl-C then leaves.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from typing import TypeVar
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from secmsg import wire
 from secmsg.client.completion import IDENTITY, ROOM, CommandCompleter, Names
 from secmsg.client.display import (
-    acknowledgeable,
     help_commands,
     show_offer,
     show_push,
     show_reply,
 )
 from secmsg.client.protocol import ClientProtocol, ExitStatus, Greeting, SessionEnded
+from secmsg.client.reconnecting import NotConnected, ReconnectingSession
 from secmsg.errors import CommandError
 from secmsg.wire import PushLine, escape_controls
 
@@ -43,78 +46,125 @@ NAMES_REFRESH = 30.0
 """Seconds that a WHO or ROOMS answer serves completion before Tab asks
 again: who is online changes, but not with every key pressed."""
 
+INTERRUPTED = SessionEnded(ExitStatus.INTERRUPTED, "interrupted")
+
 T = TypeVar("T")
 
 
 async def run_console(
-    session: ClientProtocol, greeting: Greeting, now: Callable[[], datetime]
+    session: ClientProtocol,
+    greeting: Greeting,
+    dial: Callable[[], defer.Deferred[ClientProtocol]],
+    clock: IReactorTime,
+    now: Callable[[], datetime],
 ) -> ExitStatus:
     """
-    Talk to the server until the user leaves or the session ends.
+    Talk to the server until the user leaves or the session ends in a way
+    that connecting again would not mend (L{ReconnectingSession}).
 
+    @param dial: connects again, after a shutdown or a lost connection.
     @param now: the local time, to stamp what arrives.
     @return: how the session ended, for the exit status.
     """
     loop = asyncio.get_running_loop()
     print(escape_controls(greeting.text))
     print(show_offer(greeting.offer))
-    announced: list[PushLine] = []
-    names = Names()
+    console = _Console(dial, clock, now)
     try:
-        helped = await _wait(session.command(b"HELP"), loop)
-        commands = help_commands(helped)
+        began = console.session.attach(session, greeting)
+        await _wait(defer.Deferred.fromCoroutine(began), loop)
     except SessionEnded as early:
         print(escape_controls(early.words))
         return early.status
+    return await console.run(greeting.identity, loop)
 
-    def shown(push: PushLine) -> None:
-        if push.kind in ("KICKED", "CLOSED"):
-            announced.append(push)
-        names.saw(push)
-        print(show_push(push, now()))
-        message_id = acknowledgeable(push)
-        if message_id is not None and "ACK" in commands:
-            _acknowledge(session, message_id)
 
-    if "PING" in commands:
-        session.keep_alive(KEEPALIVE_INTERVAL)
-    refresher = _Refresher(session, names, commands, now)
-    prompt: PromptSession[str] = PromptSession(
-        completer=CommandCompleter([*commands, *QUIT_WORDS], names, refresher),
-        complete_while_typing=False,
-    )
-    print(
-        escape_controls(" ".join(["commands:", *commands]))
-        + "; /quit or Ctrl-D to leave"
-    )
-    # Messages that waited for us follow the banner, not split it; the
-    # session holds them until there is a listener.
-    session.listen(shown)
-    refresher(frozenset([IDENTITY, ROOM]))
-    session.ended.addCallback(lambda ending: _leave_prompt(prompt, ending))
-    with patch_stdout(raw=True):
-        while not session.ended.called:
-            try:
-                line = await prompt.prompt_async(f"{greeting.identity}> ")
-            except EOFError:
-                line = QUIT_WORDS[0]
-            except KeyboardInterrupt:
-                continue
-            if session.ended.called or await _one_command(session, line, names, loop):
-                break
-    ending = await _wait(session.ended, loop)
-    if ending.status is not ExitStatus.OK and not announced:
-        print(escape_controls(ending.words))
-    return ending.status
+class _Console:
+    """
+    The prompt and what it knows (the commands HELP granted, the names to
+    complete) over a L{ReconnectingSession}.
+    """
+
+    def __init__(
+        self,
+        dial: Callable[[], defer.Deferred[ClientProtocol]],
+        clock: IReactorTime,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.session = ReconnectingSession(
+            dial, clock, self._greeted, self._shown, print
+        )
+        self._now = now
+        self._names = Names()
+        self._commands: list[str] = []
+
+    async def _greeted(self, session: ClientProtocol, _: Greeting) -> list[str]:
+        """
+        Ask what the session may use, keep it open, and say what it may
+        use before what waited for us follows.
+        """
+        self._commands = help_commands(await session.command(b"HELP"))
+        if "PING" in self._commands:
+            session.keep_alive(KEEPALIVE_INTERVAL)
+        print(
+            escape_controls(" ".join(["commands:", *self._commands]))
+            + "; /quit or Ctrl-D to leave"
+        )
+        return self._commands
+
+    def _shown(self, push: PushLine) -> None:
+        self._names.saw(push)
+        print(show_push(push, self._now()))
+
+    async def run(self, identity: str, loop: asyncio.AbstractEventLoop) -> ExitStatus:
+        """
+        Read and send what the user types until the terminal's session is
+        over; Ctrl-C while connecting again ends it too.
+        """
+        refresher = _Refresher(self.session, self._names, self._commands, self._now)
+        prompt: PromptSession[str] = PromptSession(
+            completer=CommandCompleter(
+                [*self._commands, *QUIT_WORDS], self._names, refresher
+            ),
+            complete_while_typing=False,
+        )
+        refresher(frozenset([IDENTITY, ROOM]))
+        over = self.session.over
+        over.addCallback(lambda ending: _leave_prompt(prompt, ending))
+        with patch_stdout(raw=True):
+            while not over.called:
+                try:
+                    line = await prompt.prompt_async(lambda: self._label(identity))
+                except EOFError:
+                    line = QUIT_WORDS[0]
+                except KeyboardInterrupt:
+                    if not self.session.connected:
+                        self.session.stop(INTERRUPTED)
+                    continue
+                if over.called or await _one_command(
+                    self.session, line, self._names, loop
+                ):
+                    break
+        ending = await _wait(over, loop)
+        return ending.status
+
+    def _label(self, identity: str) -> str:
+        if self.session.connected:
+            return f"{identity}> "
+        return f"{identity} (connecting again)> "
 
 
 async def _one_command(
-    session: ClientProtocol, line: str, names: Names, loop: asyncio.AbstractEventLoop
+    session: ReconnectingSession,
+    line: str,
+    names: Names,
+    loop: asyncio.AbstractEventLoop,
 ) -> bool:
     """
-    Send what the user typed and show the reply.
+    Send what the user typed and show the reply; a line typed while
+    connecting again is refused in words.
 
-    @return: whether the session is over (the user quit).
+    @return: whether the user quit.
     """
     if line.strip().lower() in QUIT_WORDS:
         line = "QUIT"
@@ -129,8 +179,12 @@ async def _one_command(
         return False
     try:
         replies = await _wait(session.command(raw), loop)
+    except NotConnected as refused:
+        print(refused.words)
+        return False
     except SessionEnded:
-        return True
+        # Whether it is over, or connecting again, the session says.
+        return False
     for shown in show_reply(replies, replies.cut):
         print(shown)
     _learn(names, line, replies)
@@ -163,7 +217,7 @@ class _Refresher:
 
     def __init__(
         self,
-        session: ClientProtocol,
+        session: ReconnectingSession,
         names: Names,
         commands: list[str],
         now: Callable[[], datetime],
@@ -201,21 +255,11 @@ class _Refresher:
             self._names.take_rooms(replies)
 
 
-def _acknowledge(session: ClientProtocol, message_id: str) -> None:
-    """
-    Say ACK for a message once it has been shown, so that a person at a
-    terminal never has to: the server keeps a message until then, and
-    sends it again at the next login if the session ends first.
-    """
-    session.command(b"ACK " + message_id.encode()).addErrback(
-        lambda failure: failure.trap(SessionEnded)
-    )
-
-
 def _leave_prompt(prompt: PromptSession[str], ending: SessionEnded) -> SessionEnded:
     """
-    End an open prompt when the session ends under it (KICKED, CLOSED, a
-    lost connection), so that the user is told at once, not at next Enter.
+    End an open prompt when the terminal's session is over under it
+    (KICKED, a refused certificate), so that the user is told at once, not
+    at next Enter.
     """
     if prompt.app.is_running:
         prompt.app.exit(result="")

@@ -16,9 +16,10 @@ ours was sent (in a room this one is not in, say) that this listener never
 handed on.  C{ACK} draws on a bucket ten times the size of the others.
 
 When a session ends the listener connects again, after a wait that grows
-(L{Backoff}) and starts again from the shortest after a session that
-lasted (L{STEADY}), unless the server refused our certificate or an operator
-kicked us: coming back would be against their word.
+and starts again from the shortest after a session that lasted
+(L{Reconnection}), unless the server refused our certificate or an
+operator kicked us (L{ends_for_good}): coming back would be against their
+word.  C{secmsg connect} on a terminal follows the same rule.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from secmsg.client.api import Client, Refused
-from secmsg.client.backoff import STEADY, Backoff
+from secmsg.client.backoff import (
+    Backoff,
+    Reconnection,
+    connecting_again,
+    ends_for_good,
+)
 from secmsg.client.protocol import ExitStatus, SessionEnded
 from secmsg.client.received import Message
 
@@ -89,7 +95,7 @@ class Listener:
         self._clock = clock
         self._report = report
         self._rooms = rooms
-        self._backoff = backoff or Backoff()
+        self._reconnection = Reconnection(clock, backoff)
         self._client: Client | None = None
         self._stopping = False
         self._unconfirmed: set[int] = set()
@@ -103,10 +109,8 @@ class Listener:
             outcome = await self._one_session()
             if isinstance(outcome, ExitStatus):
                 return outcome
-            wait = self._backoff.next_wait()
-            # Twisted's words for a refused connection end in a full stop.
-            words = outcome.words.rstrip(".")
-            self._report(f"secmsg: {words}; connecting again in {wait:.1f} s")
+            wait = self._reconnection.next_wait()
+            self._report(f"secmsg: {connecting_again(outcome, wait)}")
             await task.deferLater(self._clock, wait)
         return ExitStatus.OK
 
@@ -130,7 +134,7 @@ class Listener:
         except SessionEnded as refused:
             return self._unless_final(refused, kicked=False)
         self._client = client
-        logged_in = self._clock.seconds()
+        self._reconnection.logged_in()
         self._report(f"secmsg: listening as {client.identity}")
         try:
             for room in self._rooms:
@@ -151,8 +155,6 @@ class Listener:
         ending = await client.ended()
         if self._stopping:
             return ExitStatus.OK
-        if self._clock.seconds() - logged_in >= STEADY:
-            self._backoff.reset()
         return self._unless_final(ending, client.kicked)
 
     def _unless_final(
@@ -163,7 +165,7 @@ class Listener:
         said in words: the server refused our certificate or identity, or
         an operator kicked us.  Any other ending, to connect again after.
         """
-        if kicked or ending.status is ExitStatus.CERTIFICATE_REFUSED:
+        if ends_for_good(ending, kicked):
             self._report(f"secmsg: {ending.words}")
             return ending.status
         return ending
