@@ -395,7 +395,7 @@ def build_daemon(
     tls = VerifyingServerTLS(live.tls, rule.identity_of, clock)
     realm = PolicyRealm(live.policy, hub)
     portal = Portal(realm, [CertificateChecker(rule)])
-    metrics = Metrics()
+    metrics = Metrics(settings.node)
     metrics.configuration_loaded(True, clock.seconds())
     metrics.registry.register(TLSExpiry(tls))
     reloader = Reloader(files, clock, tls, realm, hub, rooms, metrics)
@@ -414,6 +414,7 @@ def build_daemon(
         sessions.rate_limiter,
         settings.max_line_length,
         Backups(settings.backup_dir, store.backup),
+        settings.node,
     )
     # The admin interface's operations need the reloader, which needs the
     # realm: they are registered with the realm once they exist.

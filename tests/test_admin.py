@@ -560,7 +560,7 @@ class OpenApiTests(SynchronousTestCase):
         validate_spec(document)
         instance = Instance(self)
         web = AdminClient(instance)
-        served = AdminApi(None, None, None, None, None, None, 0, None).routes
+        served = AdminApi(None, None, None, None, None, None, 0, None, "").routes
         self.assertEqual(set(document["paths"]), {path.decode() for path in served})
         for path, methods in served.items():
             self.assertEqual(

@@ -52,7 +52,13 @@ class Metrics:
     The daemon's counters, and their text for a scrape.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
+        """
+        @param node: the daemon's name in its cluster, which every scrape
+            gives (C{secmsg_node_info}), so that the figures of several
+            daemons behind one name can be told apart.
+        """
+        self._node = node
         self._sessions: Callable[[], int] = lambda: 0
         self._waiting: Callable[[], int] = lambda: 0
         self._handshakes: Counter[str] = Counter()
@@ -207,6 +213,11 @@ class Metrics:
         )
         build.add_metric([__version__], 1)
         yield build
+        node = GaugeMetricFamily(
+            "secmsg_node_info", "The daemon's name in its cluster.", labels=["node"]
+        )
+        node.add_metric([self._node], 1)
+        yield node
         yield _gauge(
             "secmsg_config_last_reload_successful",
             "Whether the last reload went through (1) or failed and left the "

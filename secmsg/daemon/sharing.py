@@ -21,16 +21,22 @@ _BUS_EXAMPLE = "a URL such as redis://127.0.0.1:6379/0"
 def database_url(value: Any, where: str) -> str:
     """
     The PostgreSQL database to keep the messages in, as a
-    C{postgresql://USER@HOST:PORT/DB} URL.  A password is refused: the
+    C{postgresql://USER@HOST:PORT/DB} URL, or C{postgresql:///DB?host=DIR}
+    for the server's socket in DIR (peer authentication, as the daemon's
+    user, with no password at all).  A password is refused: the
     config file is no secret, and libpq reads one from C{~/.pgpass} or
     C{PGPASSFILE}, a file of the daemon's user alone.
     """
     url = _split(value, where, ("postgresql", "postgres"), _DATABASE_EXAMPLE)
+    query = urllib.parse.parse_qs(url.query)
+    if not url.hostname and not query.get("host", [""])[0].startswith("/"):
+        raise ConfigurationError(
+            where, f"names no host; it must be {_DATABASE_EXAMPLE}"
+        )
     if not url.path.strip("/"):
         raise ConfigurationError(
             where, f"names no database; it must be {_DATABASE_EXAMPLE}"
         )
-    query = urllib.parse.parse_qs(url.query)
     if url.password is not None or {"password", "sslpassword"} & query.keys():
         raise ConfigurationError(
             where,
@@ -49,6 +55,8 @@ def bus_url(value: Any, where: str) -> str:
     Redis on a network of the cluster's own.
     """
     url = _split(value, where, ("redis",), _BUS_EXAMPLE)
+    if not url.hostname:
+        raise ConfigurationError(where, f"names no host; it must be {_BUS_EXAMPLE}")
     number = url.path[1:]
     if url.username or url.password or url.query or url.fragment:
         raise ConfigurationError(
@@ -91,6 +99,6 @@ def _split(
         url.port  # noqa: B018 -- read for the ValueError of a bad port
     except ValueError:
         raise ConfigurationError(where, f"must be {example}") from None
-    if url.scheme not in schemes or not url.hostname:
+    if url.scheme not in schemes:
         raise ConfigurationError(where, f"must be {example}")
     return url

@@ -125,11 +125,15 @@ class AdminApi:
         rate_limiter: RateLimiter,
         max_text: int,
         backups: Backups,
+        node: str,
     ) -> None:
         """
         @param rooms: whose the rooms are, which the sessions list shows.
         @param backups: where backups of the message store go.
+        @param node: the daemon's name, which the sessions list and the
+            health check give: behind one name, the daemon that answered.
         """
+        self._node = node
         self._hub = hub
         self._rooms = rooms
         self._delivery = delivery
@@ -176,7 +180,7 @@ class AdminApi:
                 entry.update(roles=list(avatar.roles), address=peer.address)
             listed.append(entry)
         listed.sort(key=lambda entry: (entry["identity"], entry.get("address", "")))
-        return {"sessions": listed}
+        return {"node": self._node, "sessions": listed}
 
     def kick(self, call: Call) -> dict[str, Any]:
         identity = _identity(call.body, "identity")
@@ -245,7 +249,7 @@ class AdminApi:
         return self.metrics.exposition()
 
     def health(self, call: Call) -> dict[str, str]:
-        return {"status": "ok", "identity": call.avatar.identity}
+        return {"status": "ok", "identity": call.avatar.identity, "node": self._node}
 
     def _sent(self, sent: defer.Deferred[Stored]) -> defer.Deferred[dict[str, int]]:
         refuse_store_failure(sent)

@@ -191,11 +191,21 @@ class MemoryBus:
         self._clock = clock
         self._subscribers = subscribers
         self._receive: Receive | None = None
+        self._reached: Reached | None = None
 
     def start(self, receive: Receive, reached: Reached) -> None:
         self._receive = receive
+        self._reached = reached
         self._subscribers.append(receive)
         reached()
+
+    def come_back(self) -> None:
+        """
+        Be reached again, as a Redis that was lost comes back: what was
+        published meanwhile never came.
+        """
+        if self._reached is not None:
+            self._reached()
 
     def publish(self, text: str) -> None:
         for receive in list(self._subscribers):

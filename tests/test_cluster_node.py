@@ -1,0 +1,142 @@
+"""
+One daemon of a cluster against the bus in memory and a real PostgreSQL
+store: what it reads from the database when the bus comes back, what it
+refuses off the bus, and who it tells comes and goes elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from secmsg.daemon.cluster import events
+from secmsg.daemon.cluster.bus import MemoryBus
+from secmsg.daemon.cluster.node import ClusterNode
+from secmsg.daemon.cluster.presence import EXPIRY, Elsewhere
+from secmsg.daemon.hub import InProcessHub
+from secmsg.daemon.interfaces import IBus, IPeer
+from secmsg.daemon.policy import PRESENCE
+from secmsg.daemon.store.postgresql import PostgresStore
+from secmsg.daemon.store.shared_database import Segment
+from secmsg.daemon.store.worker import ImmediateWorker
+from secmsg.messages import Stored
+from tests.servers import shared_postgres
+from tests.test_store import NOW, direct
+
+
+@implementer(IPeer)
+class Peer:
+    """
+    A session as the hub sees it, keeping what it is sent.
+    """
+
+    certificate_chain: list[Any] = []
+    address = "127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def push(self, line: bytes, message_id: int) -> None:
+        self.lines.append(line)
+
+    def announce(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def kick(self, by: str, reason: str) -> None:
+        self.lines.append(f"KICKED {by} {reason}\n".encode())
+
+
+class Avatar:
+    """
+    What the hub asks of a session's avatar.
+    """
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.commands = frozenset({PRESENCE})
+
+    def may_read(self, room: str) -> bool:
+        return True
+
+
+class NodeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.url = shared_postgres().new_database()
+        self.subscribers: list[Any] = []
+        self.bus = MemoryBus(self.clock, self.subscribers)
+        self.store = PostgresStore(self.url, ImmediateWorker, self.clock, shared=True)
+        self.store.open()
+        self.addCleanup(self.store.close)
+        self.elsewhere = Elsewhere(self.clock)
+        self.local = InProcessHub(self.elsewhere.is_online)
+        self.node = ClusterNode(
+            "b",
+            self.bus,
+            self.store,
+            self.local,
+            self.elsewhere,
+            self.clock,
+            lambda f, *a: f(*a),
+        )
+        self.node.start()
+        self.addCleanup(self.node.stop)
+        self.bob = self.attach("bob")
+
+    def attach(self, identity: str) -> Peer:
+        peer = Peer()
+        self.local.attach(Avatar(identity), peer)  # type: ignore[arg-type]
+        self.local.greeted(peer)
+        return peer
+
+    def test_provides_the_bus_interface(self) -> None:
+        self.assertTrue(IBus.providedBy(self.bus))
+
+    def test_what_the_bus_missed_is_read_when_it_comes_back(self) -> None:
+        """
+        Another daemon commits a message while the bus is lost: none of
+        its segment comes; once the bus is back, this daemon reads it from
+        the database and pushes it.
+        """
+        other = PostgresStore(self.url, ImmediateWorker, Clock(), shared=True)
+        other.open()
+        self.addCleanup(other.close)
+        self.successResultOf(other.remember("bob", NOW))
+        self.successResultOf(other.accept(direct("alice", "bob", "missed"), {"bob"}))
+        self.assertEqual(self.bob.lines, [])
+        self.bus.come_back()
+        self.assertEqual(len(self.bob.lines), 1)
+        self.assertIn(b"alice missed", self.bob.lines[0])
+
+    def test_a_bad_bus_message_changes_nothing(self) -> None:
+        """
+        A segment whose text holds an escape sequence, or whose sender is
+        no name, is refused; so is what is no event at all.
+        """
+        hostile = events.encode(
+            events.Committed(
+                "a",
+                Segment(0, 1, (Stored.of(1, direct("alice", "bob", "\x1b[2Jx")),)),
+            )
+        )
+        for text in (hostile, hostile.replace('"alice"', '"al ice"'), "{", "[]"):
+            self.bus.publish(text)
+        self.clock.advance(0)
+        self.assertEqual(self.bob.lines, [])
+        self.assertEqual(self.node.sequencer.head, 0)
+
+    def test_who_comes_and_goes_on_another_daemon(self) -> None:
+        """
+        A beat from daemon a with carol on it: ONLINE carol here, and WHO
+        lists her; a stops beating: OFFLINE carol, and she is gone.
+        """
+        self.bus.publish(events.encode(events.Present("a", {"carol": 1}, 0)))
+        self.clock.advance(0)
+        self.assertEqual(self.bob.lines, [b"ONLINE carol\n"])
+        self.assertTrue(self.elsewhere.is_online("carol"))
+        self.clock.pump([0.25] * int(EXPIRY / 0.25 + 2))
+        self.assertEqual(self.bob.lines[-1], b"OFFLINE carol\n")
+        self.assertFalse(self.elsewhere.is_online("carol"))
