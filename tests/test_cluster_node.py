@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from secmsg.daemon.cluster import events
 from secmsg.daemon.cluster.bus import MemoryBus
+from secmsg.daemon.cluster.envelope import FRESH, Envelope
 from secmsg.daemon.cluster.node import ClusterNode
 from secmsg.daemon.cluster.presence import EXPIRY, Elsewhere
 from secmsg.daemon.hub import InProcessHub
@@ -85,6 +86,8 @@ class NodeTests(SynchronousTestCase):
         self.node.start()
         self.addCleanup(self.node.stop)
         self.bob = self.attach("bob")
+        # Another daemon of the cluster, sealing with the key the store made.
+        self.seal = Envelope(self.store.bus_key, "elsewhere", self.clock.seconds).seal
 
     def attach(self, identity: str) -> Peer:
         peer = Peer()
@@ -113,27 +116,50 @@ class NodeTests(SynchronousTestCase):
 
     def test_a_bad_bus_message_changes_nothing(self) -> None:
         """
-        A segment whose text holds an escape sequence, or whose sender is
-        no name, is refused; so is what is no event at all.
+        A segment, sealed, whose text holds an escape sequence, or whose
+        sender is no name, is refused.
         """
-        hostile = events.encode(
+        hostile = self.seal(
             events.Committed(
                 "a",
                 Segment(0, 1, (Stored.of(1, direct("alice", "bob", "\x1b[2Jx")),)),
             )
         )
-        for text in (hostile, hostile.replace('"alice"', '"al ice"'), "{", "[]"):
+        unnamed = self.seal(
+            events.Committed(
+                "a", Segment(0, 1, (Stored.of(1, direct("al ice", "bob", "hi")),))
+            )
+        )
+        for text in (hostile, unnamed):
             self.bus.publish(text)
         self.clock.advance(0)
         self.assertEqual(self.bob.lines, [])
         self.assertEqual(self.node.sequencer.head, 0)
+
+    def test_only_the_cluster_speaks_on_the_bus(self) -> None:
+        """
+        A bus message not sealed with the cluster's key (a stranger on
+        Redis), or sealed long ago (a replay), is refused: no KICK, no
+        message pushed.
+        """
+        kick = events.Kicked("a", "bob", "admin", "forged")
+        stranger = Envelope(b"not the key", "elsewhere", self.clock.seconds)
+        self.bus.publish(stranger.seal(kick))
+        sealed_long_ago = self.seal(kick)
+        self.clock.advance(FRESH + 1)
+        self.bus.publish(sealed_long_ago)
+        self.clock.advance(0)
+        self.assertEqual(self.bob.lines, [])
+        self.bus.publish(self.seal(kick))
+        self.clock.advance(0)
+        self.assertEqual(self.bob.lines, [b"KICKED admin forged\n"])
 
     def test_who_comes_and_goes_on_another_daemon(self) -> None:
         """
         A beat from daemon a with carol on it: ONLINE carol here, and WHO
         lists her; a stops beating: OFFLINE carol, and she is gone.
         """
-        self.bus.publish(events.encode(events.Present("a", {"carol": 1}, 0)))
+        self.bus.publish(self.seal(events.Present("a", {"carol": 1}, 0)))
         self.clock.advance(0)
         self.assertEqual(self.bob.lines, [b"ONLINE carol\n"])
         self.assertTrue(self.elsewhere.is_online("carol"))

@@ -41,18 +41,21 @@ class Sequence(SynchronousTestCase):
         self.clock = Clock()
         self.pushed: list[tuple[int, object]] = []
         self.database = {i: message(i) for i in range(1, 100)}
+        self.head = 99
         self.reads: list[tuple[int, int]] = []
         self.failing = False
         self.sequencer = Sequencer(
             0, lambda m, skip: self.pushed.append((m.id, skip)), self.fetch, self.clock
         )
 
-    def fetch(self, after: int, up_to: int, limit: int) -> defer.Deferred[list[Stored]]:
+    def fetch(
+        self, after: int, up_to: int, limit: int
+    ) -> defer.Deferred[tuple[list[Stored], int]]:
         self.reads.append((after, up_to))
         if self.failing:
             return defer.fail(StoreError("the database is out of reach"))
         ids = sorted(i for i in self.database if after < i <= up_to)[:limit]
-        return defer.succeed([self.database[i] for i in ids])
+        return defer.succeed(([self.database[i] for i in ids], self.head))
 
     def ids(self) -> list[int]:
         return [message_id for message_id, _ in self.pushed]
@@ -129,4 +132,22 @@ class Sequence(SynchronousTestCase):
         self.failing = False
         self.clock.advance(GAP_WAIT)
         self.assertEqual(self.ids()[:3], [1, 2, 3])
+        self.flushLoggedErrors()
+
+    def test_a_head_beyond_the_database_is_not_believed(self) -> None:
+        """
+        A daemon's word that it has had more than the database holds (a
+        forged beat, or a segment beyond its head) does not move the head:
+        what really comes next is still pushed.
+        """
+        self.sequencer.heard_of(10**15)
+        self.sequencer.offer(Segment(10**15, 10**15 + 1, ()), own=False)
+        self.clock.advance(GAP_WAIT)
+        self.assertEqual(self.sequencer.head, 99)
+        self.database[100] = message(100)
+        self.head = 100
+        self.sequencer.offer(segment(99, 100), own=False)
+        self.assertEqual(self.ids()[-1], 100)
+        self.clock.advance(GAP_WAIT * 4)
+        self.assertEqual(len(self.reads), 1)
         self.flushLoggedErrors()

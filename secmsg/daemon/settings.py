@@ -171,6 +171,7 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
                 f"--{name}", f"not set; give --{name} or set {name} in the config file"
             )
     port = _integer(merged, origins, "port", 7443, 0, 65535)
+    reuse_port = _boolean(merged, origins, "reuse-port", False)
     settings = Settings(
         cert=merged["cert"],
         key=merged["key"],
@@ -216,8 +217,8 @@ def load_settings(flags: Mapping[str, str | None], config: str | None) -> Settin
         commit_delay=_commit_delay(merged, origins),
         database=_database(merged, origins),
         bus=_bus(merged, origins),
-        node=node_name(merged.get("node"), _origin(origins, "node"), port),
-        reuse_port=_boolean(merged, origins, "reuse-port", False),
+        node=node_name(merged.get("node"), _origin(origins, "node"), port, reuse_port),
+        reuse_port=reuse_port,
     )
     _check_reuse_port(settings, origins)
     return settings

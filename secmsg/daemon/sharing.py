@@ -7,6 +7,7 @@ where it was set, and refuses it in words that say what to write.
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.parse
 from typing import Any
@@ -67,18 +68,17 @@ def bus_url(value: Any, where: str) -> str:
     return str(value)
 
 
-def node_name(value: Any, where: str, port: int) -> str:
+def node_name(value: Any, where: str, port: int, port_shared: bool) -> str:
     """
     The daemon's name in its cluster's logs, metrics and admin interface:
-    the operator's, or the host's name and the port.
+    the operator's, or the host's name and the port, and the process's id
+    if several daemons share the port (C{reuse-port}), since they share
+    the host and the port too.
     """
     if value is None:
         host = socket.gethostname().split(".")[0]
-        return (
-            f"{host}-{port}"
-            if NAME_TOKEN.fullmatch(f"{host}-{port}")
-            else f"node-{port}"
-        )
+        named = f"{host}-{port}-{os.getpid()}" if port_shared else f"{host}-{port}"
+        return named if NAME_TOKEN.fullmatch(named) else f"node-{port}"
     if not isinstance(value, str) or not NAME_TOKEN.fullmatch(value):
         raise ConfigurationError(
             where, "must be a name of letters, digits and ._@+- (64 at most)"

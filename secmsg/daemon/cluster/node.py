@@ -14,6 +14,7 @@ first time too, it reads from the database whatever it may have missed.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -23,6 +24,7 @@ from twisted.python.failure import Failure
 
 from secmsg import wire
 from secmsg.daemon.cluster import events
+from secmsg.daemon.cluster.envelope import Envelope
 from secmsg.daemon.cluster.presence import BEAT, CHECK, Elsewhere
 from secmsg.daemon.cluster.sequence import Sequencer
 from secmsg.daemon.hub import InProcessHub
@@ -60,9 +62,11 @@ class ClusterNode:
         self._local = local
         self._clock = clock
         self._call_from_thread = call_from_thread
+        # Both made again at start, from the open store's head and key.
         self.sequencer = Sequencer(0, self._push, store.between, clock)
+        self._envelope = Envelope(b"", "", clock.seconds)
         self._loops = [LoopingCall(self._beat), LoopingCall(self._check)]
-        self._reached_before = False
+        self._twins_told = False
 
     def start(self) -> None:
         """
@@ -71,6 +75,9 @@ class ClusterNode:
         """
         store = self._store
         self.sequencer = Sequencer(store.head, self._push, store.between, self._clock)
+        self._envelope = Envelope(
+            store.bus_key, secrets.token_hex(8), self._clock.seconds
+        )
         store.share_with(self)
         self._bus.start(self._received, self._reached)
         for loop, interval in zip(self._loops, (BEAT, CHECK), strict=True):
@@ -90,7 +97,7 @@ class ClusterNode:
         """
         Publish C{event} on the bus.
         """
-        self._bus.publish(events.encode(event))
+        self._bus.publish(self._envelope.seal(event))
 
     def committed(self, segment: Segment) -> None:
         self._call_from_thread(self._committed_here, segment)
@@ -119,21 +126,39 @@ class ClusterNode:
 
     def _reached(self) -> None:
         """
-        The bus is reached: read what may have been missed before it.
+        The bus is reached, the first time or again: read what may have
+        been missed before, the messages and what the others changed.
         """
         self.sequencer.catch_up()
-        if self._reached_before:
-            self._store.renew_all().addErrback(self._failed, "read the store again")
-        self._reached_before = True
+        self._store.renew_all().addErrback(self._failed, "read the store again")
 
     def _received(self, text: str) -> None:
         try:
-            event = events.decode(text)
+            opened = self._envelope.open(text)
         except events.BadEvent as refused:
             log.warn("cluster: refused a bus message: {why}", why=str(refused))
             return
-        if event.node != self.name:
-            self._handle(event)
+        except Exception as error:  # noqa: BLE001 -- no bus message may end the subscription
+            log.warn("cluster: refused a bus message: {error!r}", error=error)
+            return
+        if opened.instance == self._envelope.instance:
+            return
+        if opened.event.node == self.name:
+            self._tell_twins()
+        self._handle(opened.event)
+
+    def _tell_twins(self) -> None:
+        """
+        Another daemon goes by this one's name: the others cannot tell the
+        two apart in WHO, and the operator must name each.
+        """
+        if not self._twins_told:
+            self._twins_told = True
+            log.error(
+                "cluster: another daemon is named {node} too; give each its "
+                "own name with --node",
+                node=self.name,
+            )
 
     def _handle(self, event: events.Event) -> None:
         if isinstance(event, events.Committed):
@@ -149,7 +174,16 @@ class ClusterNode:
         elif isinstance(event, events.Announced):
             self._announced(event)
         elif isinstance(event, events.Kicked):
-            self._local.kick(event.identity, event.by, event.reason)
+            kicked = self._local.kick(event.identity, event.by, event.reason)
+            if kicked:
+                log.info(
+                    "cluster: kicked {count} sessions of {identity} here, as "
+                    "{by} asked on {node}",
+                    count=kicked,
+                    identity=event.identity,
+                    by=event.by,
+                    node=event.node,
+                )
         else:
             self._tell_presence(set(), self.elsewhere.gone(event.node))
 

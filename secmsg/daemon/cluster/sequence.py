@@ -45,8 +45,9 @@ PAGE = 500
 Push = Callable[[Stored, IPeer | None], None]
 """Pushes a message to this daemon's sessions, but the one given."""
 
-Fetch = Callable[[int, int, int], "defer.Deferred[list[Stored]]"]
-"""Reads up to a number of messages with ids above one and up to another."""
+Fetch = Callable[[int, int, int], "defer.Deferred[tuple[list[Stored], int]]"]
+"""Reads up to a number of messages with ids above one and up to another,
+and the database's head."""
 
 _UNKNOWN = object()
 """A message of our own not handed over yet."""
@@ -82,6 +83,8 @@ class Sequencer:
         self._behind = False
         # The furthest head another daemon has said it has had.
         self._heard = head
+        # Where the segments waiting when the last read began begin.
+        self._waiting_before_read: set[int] = set()
 
     @property
     def head(self) -> int:
@@ -227,24 +230,47 @@ class Sequencer:
         everything (L{END}).
         """
         self._reading = True
+        self._waiting_before_read = set(self._waiting)
         self._fetch(self._head, up_to, PAGE).addCallbacks(
             self._read_page, self._read_failed, (up_to,)
         )
 
-    def _read_page(self, messages: Sequence[Stored], up_to: int) -> None:
+    def _read_page(self, read: tuple[Sequence[Stored], int], up_to: int) -> None:
         self._reading = False
+        messages, database_head = read
         for message in messages:
             if message.id > self._head:
                 self._head = message.id
-                self._push(message, None)
+                skip = self._handed.pop(message.id, None)
+                self._push(message, skip if IPeer.providedBy(skip) else None)
         if len(messages) == PAGE:
             self._read(up_to)
             return
         if up_to != END:
             # Everything up to where the segment begins was committed
-            # before it, and has been read whole.
-            self._head = max(self._head, up_to)
+            # before it, and has been read whole; but no segment begins
+            # beyond the database's head.
+            self._head = max(self._head, min(up_to, database_head))
+        self._forget_impossible(database_head)
         self._advance()
+
+    def _forget_impossible(self, database_head: int) -> None:
+        """
+        Drop what no daemon of the cluster can have said: a segment that
+        begins, or a head heard of, beyond the database's head (every
+        segment is told after its commit).  Only a segment that was waiting
+        before the read began: one told since may have committed since.
+        """
+        self._heard = min(self._heard, max(database_head, self._head))
+        beyond = [p for p in self._waiting_before_read if p > database_head]
+        for previous in [p for p in beyond if p in self._waiting]:
+            log.warn(
+                "cluster: dropped a segment beyond the database's head "
+                "({previous} > {head})",
+                previous=previous,
+                head=database_head,
+            )
+            del self._waiting[previous]
 
     def _read_failed(self, failure: Failure) -> None:
         self._reading = False

@@ -27,7 +27,7 @@ from secmsg.daemon.store.shared_database import (
 )
 from secmsg.daemon.store.sql import StreamStore, read_tables
 from secmsg.daemon.store.waiting import WaitingTotals
-from secmsg.daemon.store.worker import Job
+from secmsg.daemon.store.worker import Connection, Job
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Stored, text_size
 
@@ -73,6 +73,8 @@ class PostgresStore(StreamStore):
         self._database: PostgresConnection | None = None
         self.head = 0
         """The id of the last message appended when the store opened."""
+        self.bus_key = b""
+        """The key the daemons of a cluster seal their bus messages with."""
 
     def share_with(self, sharers: Sharers) -> None:
         """
@@ -82,17 +84,22 @@ class PostgresStore(StreamStore):
 
     def open_connection(self) -> PostgresConnection:
         committed = self._segment_committed if self._shared else None
-        self._database = open_shared_database(self._url, committed, self._clock.seconds)
+        database = open_shared_database(self._url, committed, self._clock.seconds)
+        where = f"database {describe(self._url)}"
         try:
-            (self.head,) = self._database.execute(
-                "SELECT position FROM head"
-            ).fetchone()
+            head = database.execute("SELECT position FROM head").fetchone()
+            key = database.execute("SELECT secret FROM bus_key").fetchone()
         except psycopg.Error as error:
-            self._database.close()
+            database.close()
+            raise ConfigurationError(where, first_line(error)) from None
+        if head is None or key is None:
+            database.close()
             raise ConfigurationError(
-                f"database {describe(self._url)}", first_line(error)
-            ) from None
-        return self._database
+                where, "holds a secmsg store without its head or its bus key"
+            )
+        self.head, self.bus_key = head[0], bytes(key[0])
+        self._database = database
+        return database
 
     def _segment_committed(self, segment: Segment) -> None:
         if self._sharers is not None:
@@ -108,14 +115,20 @@ class PostgresStore(StreamStore):
             return super()._append_job(draft)
         return lambda connection: database.appended(streams.append(connection, draft))
 
-    def between(self, after: int, up_to: int, limit: int) -> Deferred[list[Stored]]:
+    def between(
+        self, after: int, up_to: int, limit: int
+    ) -> Deferred[tuple[list[Stored], int]]:
         """
         Up to C{limit} messages of every stream above C{after} and up to
-        C{up_to}, oldest first: what a daemon of a cluster missed.
+        C{up_to}, oldest first: what a daemon of a cluster missed; and the
+        head, beyond which no segment can yet begin.
         """
-        return self._submit(
-            lambda connection: streams.between(connection, after, up_to, limit)
-        )
+
+        def read(connection: Connection) -> tuple[list[Stored], int]:
+            (head,) = connection.execute("SELECT position FROM head").fetchone()
+            return streams.between(connection, after, up_to, limit), head
+
+        return self._submit(read)
 
     def renew(self, identity: str) -> Deferred[None]:
         """

@@ -35,6 +35,7 @@ C{synchronous_commit} on, whatever the server's default.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -262,7 +263,10 @@ class PostgresConnection:
         """
         Move the head past what this transaction appended: its segment.
         """
-        (previous,) = self.execute("SELECT position FROM head").fetchone()
+        row = self.execute("SELECT position FROM head").fetchone()
+        if row is None:
+            raise psycopg.DataError("the store's head row is missing")
+        (previous,) = row
         last = max(message.id for message in self._appended)
         self._connection.execute("UPDATE head SET position = %s", (last,))
         return Segment(previous, last, tuple(self._appended))
@@ -411,3 +415,6 @@ def _make_schema(connection: PostgresConnection, where: str) -> None:
             f"database of its own",
         )
     connection.execute(schema(f"postgresql-v{CURRENT_VERSION}.sql"))
+    connection.execute(
+        "INSERT INTO bus_key (secret) VALUES (?)", (secrets.token_bytes(32),)
+    )

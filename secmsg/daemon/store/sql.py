@@ -317,6 +317,8 @@ class StreamStore(AnsweredFromMemory):
             removed, unread = result
             for (identity, kind), (count, size) in unread.items():
                 self._waiting.remove(identity, [(kind, count, size)])
+            for identity in {identity for identity, _ in unread}:
+                self.changed(identity)
             return removed
 
         return self._submit(

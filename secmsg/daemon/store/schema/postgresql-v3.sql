@@ -16,6 +16,11 @@ CREATE TABLE version (version integer NOT NULL);
 CREATE TABLE head (position bigint NOT NULL);
 INSERT INTO head (position) VALUES (0);
 
+-- bus_key holds the key the daemons of a cluster seal their bus messages
+-- with (cluster/envelope.py): made at random with the schema, so that only
+-- who can read this database can speak on the bus.
+CREATE TABLE bus_key (secret bytea NOT NULL);
+
 CREATE TABLE messages (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind text NOT NULL CHECK (kind IN ('MSG', 'SAY', 'BROADCAST')),
