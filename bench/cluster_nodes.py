@@ -146,6 +146,8 @@ class LineSession:
         raw = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
         self.connection = context.wrap_socket(raw, server_hostname=SERVER_NAME)
         self._buffer = b""
+        self.ended = False
+        """Whether the server has closed the session (or it broke)."""
         greeting = self.readline()
         if greeting is None or f"you are {name}" not in greeting:
             self.close()
@@ -153,19 +155,22 @@ class LineSession:
 
     def readline(self, deadline: float | None = None) -> str | None:
         """
-        The next line, or L{None} once the session has ended or
-        C{deadline} (CLOCK_MONOTONIC) has passed with none.
+        The next line, or L{None} once the session has ended (see
+        L{ended}) or C{deadline} (CLOCK_MONOTONIC) has passed with none.
         """
         while b"\n" not in self._buffer:
             left = READ_TIMEOUT if deadline is None else deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.ended:
                 return None
             self.connection.settimeout(left)
             try:
                 chunk = self.connection.recv(65536)
-            except OSError:  # a timeout, or the session's end
+            except TimeoutError:
                 return None
+            except OSError:
+                chunk = b""
             if not chunk:
+                self.ended = True
                 return None
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
