@@ -3,7 +3,8 @@ The cluster's figures: what a message costs when it crosses daemons, and
 how soon the others hear that one has died.
 
     .venv/bin/python -m bench.cluster [--json PATH] [--markdown PATH]
-        [--seconds S] [--warmup S] [--repeats N] [--smoke]
+        [--seconds S] [--warmup S] [--steady RATE] [--repeats N]
+        [--smoke]
 
 On one PostgreSQL and one Redis (L{bench.cluster_nodes}), with the direct
 scenario's pairs and client workers (L{bench.suite.pair_plans}):
@@ -270,6 +271,7 @@ def main(arguments: list[str] | None = None) -> None:
     )
     parser.add_argument("--seconds", type=float, help="the measured window")
     parser.add_argument("--warmup", type=float, help="seconds before it")
+    parser.add_argument("--steady", type=int, help="messages/s across nodes")
     parser.add_argument("--repeats", type=int, default=3, help="kills of B")
     parser.add_argument("--smoke", action="store_true", help="short windows")
     options = parser.parse_args(arguments)
@@ -279,6 +281,8 @@ def main(arguments: list[str] | None = None) -> None:
         settings = replace(settings, seconds=options.seconds)
     if options.warmup is not None:
         settings = replace(settings, warmup=options.warmup)
+    if options.steady is not None:
+        settings = replace(settings, steady=options.steady)
     document: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
