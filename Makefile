@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTANCE := dev
 
-.PHONY: run test lint fuzz bench bench-store soak clean
+.PHONY: run test lint fuzz bench bench-store bench-cluster cluster-trials soak clean
 
 $(VENV)/installed: pyproject.toml setup.cfg
 	python3 -m venv $(VENV)
@@ -129,6 +129,25 @@ bench: $(VENV)/bench-installed $(MOSQUITTO)
 ## The message store alone, with and without group commit.
 bench-store: $(VENV)/installed
 	$(PYTHON) bench/store_throughput.py
+
+## The cluster (docs/cluster.md) on a PostgreSQL and a Redis it starts on
+## loopback: one node and two at saturation, 2,000 messages a second across
+## nodes, and OFFLINE after a kill -9 (about a minute); its figures go to
+## their own section of docs/benchmarks.md and to docs/cluster.json.
+bench-cluster: $(VENV)/installed $(POSTGRES) $(REDIS)
+	$(PYTHON) -m bench.cluster --json docs/cluster.json --markdown docs/benchmarks.md
+
+# How many trials of each fault make cluster-trials runs.
+TRIALS_KILL ?= 20
+TRIALS_REDIS ?= 5
+TRIALS_POSTGRES ?= 5
+
+## The cluster's faults mid-stream, each trial on two daemons: kill -9 of
+## one, a Redis restart, a PostgreSQL restart; fails if a message confirmed
+## with 250 never reached its recipient.
+cluster-trials: $(VENV)/installed $(POSTGRES) $(REDIS)
+	$(PYTHON) -m bench.cluster_trials --kills $(TRIALS_KILL) \
+		--redis $(TRIALS_REDIS) --postgres $(TRIALS_POSTGRES)
 
 # The soak's size: sessions held, and seconds of traffic after they are in.
 SOAK_SESSIONS ?= 10000

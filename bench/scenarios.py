@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.clients import (
     SERVER_NAME,
@@ -40,7 +40,7 @@ from bench.clients import (
     client_context,
     payload,
 )
-from bench.servers import ROOM, Credentials, Server
+from bench.servers import ROOM, Credentials
 from secmsg.daemon.limits import raise_open_file_limit
 
 TICK = 0.002
@@ -206,6 +206,8 @@ class FlowPlan:
         the closed loop allows.
     @ivar in_flight: messages a sender may have in flight.
     @ivar qos: the MQTT QoS of its messages.
+    @ivar receiving: where the receivers' sessions are, if not at
+        C{target} (another daemon of a cluster, L{bench.cluster}).
     @ivar broadcast: the senders broadcast (secmsg's C{BROADCAST}, a
         publish to a topic every session reads in MQTT), and are held back
         by their own confirmations.
@@ -220,6 +222,7 @@ class FlowPlan:
     rate: float | None = None
     in_flight: int = 100
     qos: int = 0
+    receiving: Target | None = None
 
     def worker(self) -> FlowWorker:
         return FlowWorker(self)
@@ -244,7 +247,11 @@ class FlowWorker:
             await self._register_offline(name)
         for name in plan.receivers:
             session = await open_session(
-                plan.target, self._contexts, name, self._recorder, qos=plan.qos
+                plan.receiving or plan.target,
+                self._contexts,
+                name,
+                self._recorder,
+                qos=plan.qos,
             )
             if plan.broadcast:
                 await session.hear_broadcasts()
@@ -638,17 +645,38 @@ def percentiles(latencies_us: list[float]) -> dict[str, float | None]:
     return {"p50_ms": rank(0.50), "p99_ms": rank(0.99), "p999_ms": rank(0.999)}
 
 
+class Metered(Protocol):
+    """
+    Whatever the parent reads CPU time of over the window: a server, or a
+    cluster's daemons or its PostgreSQL (L{bench.cluster}).
+    """
+
+    def cpu_seconds(self) -> float: ...
+
+
 def measure(
-    server: Server, workers: Workers, warmup: float, seconds: float
+    server: Metered, workers: Workers, warmup: float, seconds: float
 ) -> tuple[list[dict[str, Any]], float]:
     """
     Start every worker's run together and read the server's CPU time over
     the measured window; return the workers' results and that CPU time.
     """
+    results, (cpu,) = measure_each([server], workers, warmup, seconds)
+    return results, cpu
+
+
+def measure_each(
+    meters: list[Metered], workers: Workers, warmup: float, seconds: float
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """
+    As L{measure}, reading the CPU time of each of C{meters} over the window.
+    """
     timing = Timing(time.monotonic_ns() + int(START_MARGIN * 1e9), warmup, seconds)
     workers.send("run", timing=timing)
     time.sleep(max(0.0, (timing.window_start - time.monotonic_ns()) / 1e9))
-    cpu_start = server.cpu_seconds()
+    starts = [meter.cpu_seconds() for meter in meters]
     time.sleep(max(0.0, (timing.window_end - time.monotonic_ns()) / 1e9))
-    cpu = server.cpu_seconds() - cpu_start
-    return workers.answers(), cpu
+    ends = [meter.cpu_seconds() for meter in meters]
+    return workers.answers(), [
+        end - start for start, end in zip(starts, ends, strict=True)
+    ]

@@ -52,6 +52,10 @@ commands = ["PING", "QUIT", "MSG", "JOIN", "PART", "SAY", "BROADCAST"]
 rate = 1e9
 burst = 1000000000
 
+# The cluster's presence watcher (bench/cluster.py): told ONLINE and OFFLINE.
+[roles.watcher]
+commands = ["PING", "QUIT", "PRESENCE"]
+
 [identities]
 {known}
 """
@@ -105,7 +109,11 @@ class Credentials:
 
 
 def make_pki(
-    directory: Path, names: list[str], known: list[str], limits: str = LIFTED_LIMITS
+    directory: Path,
+    names: list[str],
+    known: list[str],
+    limits: str = LIFTED_LIMITS,
+    watchers: tuple[str, ...] = (),
 ) -> Credentials:
     """
     A secmsg instance in C{directory} whose CA also issues a certificate for
@@ -113,6 +121,8 @@ def make_pki(
     rate. C{known} are identities messages may be sent to while they are
     offline (the policy lists them). C{limits} are the settings added to
     the instance's (L{LIFTED_LIMITS} unless the caller lifts its own).
+    C{watchers} hold the watcher role too, and so are told who comes and
+    goes (C{PRESENCE}).
 
     The client certificates are made here, in process, not with
     C{secmsg pki issue} a thousand times; they are the same kind of
@@ -121,7 +131,14 @@ def make_pki(
     config = create_instance(directory, datetime.now(UTC))
     instance = config.parent
     (instance / "policy.toml").write_text(
-        POLICY.format(known="\n".join(f'{name} = ["user"]' for name in known))
+        POLICY.format(
+            known="\n".join(
+                [
+                    *(f'{name} = ["user"]' for name in known),
+                    *(f'{name} = ["user", "watcher"]' for name in watchers),
+                ]
+            )
+        )
     )
     with config.open("a") as settings:
         settings.write(limits)
@@ -267,12 +284,15 @@ class SecmsgServer(Server):
         directory: Path,
         port: int | None = None,
         database: Path | None = None,
+        flags: tuple[str, ...] = (),
     ) -> SecmsgServer:
         """
         Start the daemon on C{port} (a free one if L{None}), with its store
         in C{directory}: the soak starts it again on the same port and
         store after killing it. C{database}, if given, is copied in as the
         store before the daemon starts (a store filled beforehand).
+        C{flags} are added to its command line (the cluster's
+        C{--database}, C{--bus} and C{--node}).
         """
         log = directory / "secmsg.log"
         port = free_port() if port is None else port
@@ -297,6 +317,7 @@ class SecmsgServer(Server):
                 # would make this one's figures depend on the order.
                 "--data-dir",
                 data,
+                *flags,
             ],
             port,
             log,

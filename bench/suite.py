@@ -208,23 +208,7 @@ class Bench:
         return figures
 
     def pair_plans(self, server: Server, rate: float | None) -> list[FlowPlan]:
-        settings = self.settings
-        target = self.target(server)
-        shares: list[list[int]] = [[] for _ in range(settings.workers)]
-        for n in range(settings.pairs):
-            shares[n % settings.workers].append(n)
-        per_sender = None if rate is None else rate / settings.pairs
-        return [
-            FlowPlan(
-                target,
-                senders=[(f"s{n}", f"r{n}") for n in share],
-                receivers=[f"r{n}" for n in share],
-                rate=per_sender,
-                in_flight=settings.in_flight,
-            )
-            for share in shares
-            if share
-        ]
+        return pair_plans(self.settings, self.target(server), rate)
 
     def room(
         self, server_class: type[Server], members: int, rate: float | None = None
@@ -290,23 +274,7 @@ class Bench:
     def flow(self, server: Server, workers: Workers) -> dict[str, Any]:
         settings = self.settings
         results, cpu = measure(server, workers, settings.warmup, settings.seconds)
-        delivered = sum(r["delivered"] for r in results)
-        confirmed = sum(r["confirmed"] for r in results)
-        counted = delivered or confirmed
-        return {
-            "delivered_per_second": round(delivered / settings.seconds, 1),
-            "confirmed_per_second": round(confirmed / settings.seconds, 1),
-            "sent_per_second": round(
-                sum(r["sent"] for r in results) / settings.seconds, 1
-            ),
-            "server_cpu_us_each": per(cpu * 1e6, counted),
-            "server_cpu_seconds": round(cpu, 3),
-            "server_cpu_share": round(cpu / settings.seconds, 3),
-            "clients_cpu_share": _clients_share(results, settings.seconds),
-            **percentiles([x for r in results for x in r["latencies_us"]]),
-            "problems": _merged(r["problems"] for r in results),
-            "lost_sessions": sum(r["lost_sessions"] for r in results),
-        }
+        return flow_figures(results, cpu, settings.seconds)
 
     def idle(self, server_class: type[Server]) -> dict[str, Any]:
         """
@@ -409,6 +377,59 @@ class Bench:
                 "logins_refused": _merged(r["logins_refused"] for r in floods),
             }
         return figure
+
+
+def pair_plans(
+    settings: Settings,
+    target: Target,
+    rate: float | None,
+    receiving: Target | None = None,
+) -> list[FlowPlan]:
+    """
+    The direct scenario's pairs dealt round the workers, at C{rate}
+    messages a second in all (L{None}: saturation); the receivers at
+    C{receiving} if given (another daemon of a cluster).
+    """
+    shares: list[list[int]] = [[] for _ in range(settings.workers)]
+    for n in range(settings.pairs):
+        shares[n % settings.workers].append(n)
+    per_sender = None if rate is None else rate / settings.pairs
+    return [
+        FlowPlan(
+            target,
+            senders=[(f"s{n}", f"r{n}") for n in share],
+            receivers=[f"r{n}" for n in share],
+            rate=per_sender,
+            in_flight=settings.in_flight,
+            receiving=receiving,
+        )
+        for share in shares
+        if share
+    ]
+
+
+def flow_figures(
+    results: list[dict[str, Any]], cpu: float, seconds: float
+) -> dict[str, Any]:
+    """
+    A flow's figures from what its workers counted and the server's CPU
+    time over a window of C{seconds}.
+    """
+    delivered = sum(r["delivered"] for r in results)
+    confirmed = sum(r["confirmed"] for r in results)
+    counted = delivered or confirmed
+    return {
+        "delivered_per_second": round(delivered / seconds, 1),
+        "confirmed_per_second": round(confirmed / seconds, 1),
+        "sent_per_second": round(sum(r["sent"] for r in results) / seconds, 1),
+        "server_cpu_us_each": per(cpu * 1e6, counted),
+        "server_cpu_seconds": round(cpu, 3),
+        "server_cpu_share": round(cpu / seconds, 3),
+        "clients_cpu_share": _clients_share(results, seconds),
+        **percentiles([x for r in results for x in r["latencies_us"]]),
+        "problems": _merged(r["problems"] for r in results),
+        "lost_sessions": sum(r["lost_sessions"] for r in results),
+    }
 
 
 def dealt(names: list[str], workers: int) -> list[list[str]]:
