@@ -37,6 +37,9 @@ REACH_TIMEOUT = 5.0
 """Seconds the bus may take to answer at startup before it counts as out
 of reach."""
 
+STOP_TIMEOUT = 2.0
+"""Seconds the bus waits at shutdown for what was last published to go."""
+
 Receive = Callable[[str], None]
 Reached = Callable[[], None]
 
@@ -108,6 +111,8 @@ class RedisBus:
         self._publisher: Any = None
         self._services: list[ClientService] = []
         self._lost = False
+        self._stopping = False
+        self._last_sent: defer.Deferred[Any] = defer.succeed(None)
 
     def start(self, receive: Receive, reached: Reached) -> None:
         subscriber = Factory.forProtocol(
@@ -142,17 +147,21 @@ class RedisBus:
         return subscribed
 
     def _publishing(self, protocol: Any) -> None:
+        """
+        Publish on C{protocol}, each new connection's, until it is lost.
+        """
         self._publisher = protocol
-        done = protocol.whenDisconnected()
-        done.addCallback(self._publisher_lost)
+        protocol.whenDisconnected().addCallback(self._publisher_lost, protocol)
 
-    def _publisher_lost(self, _: object) -> None:
+    def _publisher_lost(self, _: object, protocol: Any) -> None:
+        if self._publisher is not protocol:
+            return
         self._publisher = None
-        log.warn(
-            "cluster: lost the bus {url}; what it misses is read from the database",
-            url=self._url,
-        )
-        self._services[1].whenConnected().addCallback(self._publishing)
+        if not self._stopping:
+            log.warn(
+                "cluster: lost the bus {url}; what it misses comes from the database",
+                url=self._url,
+            )
 
     def publish(self, text: str) -> None:
         publisher = self._publisher
@@ -163,7 +172,7 @@ class RedisBus:
         except txredisapi.ConnectionError:
             # Lost a moment ago, and not yet told: dropped, as while lost.
             return
-        sent.addErrback(self._not_published)
+        self._last_sent = sent.addErrback(self._not_published)
 
     def _not_published(self, failure: Failure) -> None:
         log.warn(
@@ -172,6 +181,17 @@ class RedisBus:
         )
 
     def stop(self) -> defer.Deferred[None]:
+        """
+        Once what was last published has gone (a daemon's leaving, say),
+        disconnect, quietly.
+        """
+        self._stopping = True
+        sent, self._last_sent = self._last_sent, defer.succeed(None)
+        # A Redis that hangs must not hold the daemon's shutdown.
+        sent.addTimeout(STOP_TIMEOUT, self._reactor)
+        return sent.addBoth(lambda _: self._disconnect())
+
+    def _disconnect(self) -> defer.Deferred[None]:
         stopped = [service.stopService() for service in self._services]
         return defer.gatherResults(stopped).addCallback(lambda _: None)
 

@@ -67,6 +67,7 @@ class ClusterNode:
         self._envelope = Envelope(b"", "", clock.seconds)
         self._loops = [LoopingCall(self._beat), LoopingCall(self._check)]
         self._twins_told = False
+        self._left = False
 
     def start(self) -> None:
         """
@@ -86,8 +87,12 @@ class ClusterNode:
 
     def stop(self) -> None:
         """
-        Leave the cluster: tell the others this daemon's sessions are gone.
+        Leave the cluster, once: tell the others this daemon's sessions
+        are gone.
         """
+        if self._left:
+            return
+        self._left = True
         for loop in self._loops:
             if loop.running:
                 loop.stop()
