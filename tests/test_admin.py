@@ -180,7 +180,7 @@ class AdminTests(SynchronousTestCase):
         (denied,) = [r for r in records(trail) if r["event"] == "denied"]
         self.assertEqual((denied["identity"], denied["verb"]), ("zoe", "KICK"))
         health = self.web.request(self.zoe, "GET", "/healthz")
-        self.assertEqual(health.json(), {"status": "ok", "identity": "zoe"})
+        self.assertEqual(health.json(), {"status": "ok", "identity": "zoe", "node": ""})
 
     def test_admin_lists_and_kicks_a_line_session(self) -> None:
         """
@@ -490,7 +490,7 @@ class AdminTests(SynchronousTestCase):
         self.instance.flush()
         self.assertEqual(
             self.web.request(self.alice, "GET", "/v1/sessions").json(),
-            {"sessions": [{"identity": "alice", "rooms": ["#lobby"]}]},
+            {"node": "", "sessions": [{"identity": "alice", "rooms": ["#lobby"]}]},
         )
         (detailed,) = self.web.request(self.admin, "GET", "/v1/sessions").json()[
             "sessions"
