@@ -25,7 +25,7 @@ from secmsg.daemon.store.worker import ImmediateWorker
 from secmsg.errors import ConfigurationError, StoreError
 from tests import test_durability
 from tests.servers import PostgresServer, free_port, shared_postgres
-from tests.test_store import StoreBehaviour, direct
+from tests.test_store import StoreBehaviour, _HeldWorker, direct
 
 
 def opened_store(url: str, clock: Clock | None = None) -> PostgresStore:
@@ -56,6 +56,36 @@ class PostgresStoreTests(StoreBehaviour, SynchronousTestCase):
         self.assertEqual(self.store.members("#ops"), {"alice", "bob"})
         self.assertEqual(self.pending("bob"), [second.id])
         self.assertEqual(self.store.waiting("bob"), (1, 3))
+
+
+class BatchTests(SynchronousTestCase):
+    def test_messages_accepted_together_are_appended_by_one_job(self) -> None:
+        """
+        Every message accepted before the store's thread comes to the job
+        appending them is in that one job, one statement, with ids in the
+        order accepted; one that comes after goes to the next job.
+        """
+        url = shared_postgres().new_database()
+        workers: list[_HeldWorker] = []
+
+        def held(connection: PostgresConnection) -> _HeldWorker:
+            workers.append(_HeldWorker(connection))  # type: ignore[arg-type]
+            return workers[0]
+
+        store = PostgresStore(url, held, Clock())
+        store.open()
+        self.addCleanup(store.close)
+        accepted = [
+            store.accept(direct("alice", "bob", f"text {n}"), {"bob"}) for n in range(3)
+        ]
+        self.assertEqual(len(workers[0]._held), 1)
+        workers[0].run()
+        ids = [self.successResultOf(d).id for d in accepted]
+        self.assertEqual(ids, [ids[0], ids[0] + 1, ids[0] + 2])
+        later = store.accept(direct("alice", "bob", "later"), {"bob"})
+        self.assertEqual(len(workers[0]._held), 1)
+        workers[0].run()
+        self.assertEqual(self.successResultOf(later).id, ids[2] + 1)
 
 
 class SchemaTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IMessageStore, IStoreWorker
 from secmsg.daemon.store import streams
+from secmsg.daemon.store.appends import Appends
 from secmsg.daemon.store.members import Memberships
 from secmsg.daemon.store.shared_database import (
     PostgresConnection,
@@ -27,7 +28,7 @@ from secmsg.daemon.store.shared_database import (
 )
 from secmsg.daemon.store.sql import StreamStore, read_tables
 from secmsg.daemon.store.waiting import WaitingTotals
-from secmsg.daemon.store.worker import Connection, Job
+from secmsg.daemon.store.worker import Connection
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Stored, text_size
 
@@ -71,6 +72,7 @@ class PostgresStore(StreamStore):
         self._shared = shared
         self._sharers: Sharers | None = None
         self._database: PostgresConnection | None = None
+        self._appends: Appends | None = None
         self.head = 0
         """The id of the last message appended when the store opened."""
         self.bus_key = b""
@@ -109,11 +111,23 @@ class PostgresStore(StreamStore):
         if self._sharers is not None:
             self._sharers.changed(identity)
 
-    def _append_job(self, draft: Draft) -> Job:
+    def _append(self, draft: Draft) -> Deferred[Stored]:
+        """
+        Append C{draft} with every other accepted until the store's thread
+        comes to their job: one statement for them all
+        (L{secmsg.daemon.store.appends}).
+        """
         database = self._database
         if database is None:
-            return super()._append_job(draft)
-        return lambda connection: database.appended(streams.append(connection, draft))
+            return super()._append(draft)
+        added = None if self._appends is None else self._appends.add(draft)
+        if added is not None:
+            return added
+        appends = self._appends = Appends(draft)
+        self._submit(lambda _: database.append_all(appends.take())).addBoth(
+            appends.settle
+        )
+        return appends.first
 
     def between(
         self, after: int, up_to: int, limit: int

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,7 +50,7 @@ from twisted.logger import Logger
 
 from secmsg.daemon.store.database import CURRENT_VERSION, schema
 from secmsg.errors import ConfigurationError
-from secmsg.messages import Stored
+from secmsg.messages import Draft, Stored, to_microseconds
 from secmsg.wire import escape_controls
 
 log = Logger()
@@ -135,6 +135,13 @@ def first_line(error: Exception) -> str:
     return escape_controls(text.splitlines()[0] if text else type(error).__name__)
 
 
+_APPEND_ALL = """
+INSERT INTO messages (kind, sender, target, body, created)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+RETURNING id
+"""
+
+
 @dataclass(frozen=True)
 class Segment:
     """
@@ -194,6 +201,26 @@ class PostgresConnection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         return self._connection.execute(postgres_sql(sql), parameters or None)
+
+    def append_all(self, drafts: Sequence[Draft]) -> list[Stored]:
+        """
+        Append C{drafts} to their streams in one statement, for this
+        transaction's segment: one round trip to the server for them all.
+        Their ids are taken in the order of the rows, one after another,
+        since every transaction that takes ids holds the append lock.
+        """
+        columns = (
+            [draft.kind.value for draft in drafts],
+            [draft.sender for draft in drafts],
+            [draft.target for draft in drafts],
+            [draft.text for draft in drafts],
+            [to_microseconds(draft.created) for draft in drafts],
+        )
+        rows = self._connection.execute(_APPEND_ALL, columns).fetchall()
+        ids = sorted(message_id for (message_id,) in rows)
+        stored = [Stored.of(i, draft) for i, draft in zip(ids, drafts, strict=True)]
+        self._appended.extend(stored)
+        return stored
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
         with self._connection.cursor() as cursor:

@@ -141,15 +141,15 @@ class StreamStore(AnsweredFromMemory):
         # Counted before the commit, so that messages in flight count too.
         size = text_size(draft.text)
         self._waiting.add(recipients, draft.kind, size)
-        accepted = self._submit(self._append_job(draft))
+        accepted = self._append(draft)
         accepted.addErrback(self._not_accepted, recipients, (draft.kind, 1, size))
         return accepted
 
-    def _append_job(self, draft: Draft) -> Job:
+    def _append(self, draft: Draft) -> defer.Deferred[Stored]:
         """
-        The job that appends C{draft} to its stream.
+        Append C{draft} to its stream, in a job of its own.
         """
-        return lambda connection: streams.append(connection, draft)
+        return self._submit(lambda connection: streams.append(connection, draft))
 
     def _not_accepted(
         self, failure: Failure, recipients: Set[str], counted: Taken
