@@ -120,7 +120,12 @@ class ClusterCase(SynchronousTestCase):
 
 class AcrossNodesTests(ClusterCase):
     def test_messages_rooms_broadcasts_and_history_cross_daemons(self) -> None:
-        a, b = self.node("a"), self.node("b")
+        """
+        Three daemons: alice on a, bob on b, the admin on c.  A direct
+        message, a room's and a broadcast each reach the daemons of their
+        recipients, and HISTORY on b reads what was said on a.
+        """
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
         alice, bob = self.session(a, "alice"), self.session(b, "bob")
         self.assertTrue(alice.ask("MSG bob from a").startswith("250 "))
         self.assertIn("alice from a", bob.until(lambda line: "MSG" in line))
@@ -128,9 +133,11 @@ class AcrossNodesTests(ClusterCase):
         self.assertTrue(alice.ask("JOIN #ops").startswith("200"))
         self.assertTrue(alice.ask("SAY #ops said on a").startswith("250 "))
         self.assertIn("said on a", bob.until(lambda line: line.startswith("SAY")))
-        admin = self.session(a, "admin")
+        admin = self.session(c, "admin")
         self.assertTrue(admin.ask("BROADCAST to all").startswith("250 "))
-        self.assertIn("to all", bob.until(lambda line: line.startswith("BROADCAST")))
+        for session in (alice, bob):
+            line = session.until(lambda line: line.startswith("BROADCAST"))
+            self.assertIn("to all", line)
         bob.send("HISTORY #ops 5")
         listed: list[str] = []
         bob.until(lambda line: listed.append(line) or line.startswith("211"))
