@@ -87,6 +87,30 @@ class BatchTests(SynchronousTestCase):
         workers[0].run()
         self.assertEqual(self.successResultOf(later).id, ids[2] + 1)
 
+    def test_a_read_of_the_data_never_undoes_a_change_in_flight(self) -> None:
+        """
+        What another daemon changed is read again from the database; a
+        JOIN made here after that read began, and not yet committed, is
+        not undone in memory by it: the read is made again.
+        """
+        url = shared_postgres().new_database()
+        workers: list[_HeldWorker] = []
+
+        def held(connection: PostgresConnection) -> _HeldWorker:
+            workers.append(_HeldWorker(connection))  # type: ignore[arg-type]
+            return workers[0]
+
+        store = PostgresStore(url, held, Clock(), shared=True)
+        store.open()
+        self.addCleanup(store.close)
+        renewed = store.renew_all()
+        joined = store.join("bob", "#ops", True)
+        while workers[0]._held:
+            workers[0].run()
+        self.successResultOf(renewed)
+        self.assertTrue(self.successResultOf(joined))
+        self.assertEqual(store.members("#ops"), {"bob"})
+
 
 class SchemaTests(SynchronousTestCase):
     def setUp(self) -> None:

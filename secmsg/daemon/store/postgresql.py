@@ -8,7 +8,7 @@ others what it changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Set
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import psycopg
 from twisted.internet.defer import Deferred
@@ -31,6 +31,8 @@ from secmsg.daemon.store.waiting import WaitingTotals
 from secmsg.daemon.store.worker import Connection
 from secmsg.errors import ConfigurationError
 from secmsg.messages import Draft, Kind, Stored, text_size
+
+T = TypeVar("T")
 
 
 class Sharers(Protocol):
@@ -157,9 +159,9 @@ class PostgresStore(StreamStore):
             self._members.renew(identity, known, rooms)
             self._waiting.renew(identity, totals)
 
-        return self._submit(
-            lambda connection: streams.identity_now(connection, identity)
-        ).addCallback(renewed)
+        return self._read_settled(
+            lambda connection: streams.identity_now(connection, identity), renewed
+        )
 
     def renew_all(self) -> Deferred[None]:
         """
@@ -170,7 +172,26 @@ class PostgresStore(StreamStore):
         def renewed(tables: tuple[Memberships, WaitingTotals]) -> None:
             self._members, self._waiting = tables
 
-        return self._submit(read_tables).addCallback(renewed)
+        return self._read_settled(read_tables, renewed)
+
+    def _read_settled(
+        self, read: Callable[[Connection], T], take: Callable[[T], None]
+    ) -> Deferred[None]:
+        """
+        Read the data with C{read} and C{take} what it says, unless this
+        daemon changed who reads what meanwhile, ahead of its commit: the
+        read may not have seen that change, and would undo it in memory.
+        Then read again, after the change's job.
+        """
+        changes = self.changes
+
+        def settled(found: T) -> Deferred[None] | None:
+            if self.changes != changes:
+                return self._read_settled(read, take)
+            take(found)
+            return None
+
+        return self._submit(read).addCallback(settled)
 
     def count_elsewhere(self, message: Stored, recipients: Set[str]) -> None:
         """

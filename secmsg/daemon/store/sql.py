@@ -94,6 +94,10 @@ class StreamStore(AnsweredFromMemory):
         self._members = Memberships()
         self._waiting = WaitingTotals()
         self._sent: dict[tuple[str, Stream], int] = {}
+        self.changes = 0
+        """How many times this daemon has changed who reads what, in memory,
+        ahead of the commit: what a read of the data begun before it may
+        not have seen."""
         self._sent_write: IDelayedCall | None = None
 
     def open_connection(self) -> Connection:
@@ -213,6 +217,7 @@ class StreamStore(AnsweredFromMemory):
     def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
         if not self._members.join(identity, room, reads):
             return defer.succeed(False)
+        self.changes += 1
         joined = self._submit(
             lambda connection: streams.open_cursors(
                 connection, identity, [room_stream(room)], reads
@@ -229,6 +234,7 @@ class StreamStore(AnsweredFromMemory):
         reads = self._members.reads(identity, room)
         if not self._members.part(identity, room):
             return defer.succeed(False)
+        self.changes += 1
         parted = self._submit(
             lambda connection: streams.close_cursor(
                 connection, identity, room_stream(room)
@@ -248,6 +254,7 @@ class StreamStore(AnsweredFromMemory):
     def start_reading(self, identity: str, room: str) -> defer.Deferred[None]:
         if not self._members.start_reading(identity, room):
             return defer.succeed(None)
+        self.changes += 1
         started = self._submit(
             lambda connection: streams.start_reading(
                 connection, identity, room_stream(room)
@@ -280,6 +287,7 @@ class StreamStore(AnsweredFromMemory):
     def remember(self, identity: str, when: datetime) -> defer.Deferred[None]:
         if not self._members.add_identity(identity):
             return defer.succeed(None)
+        self.changes += 1
 
         def job(connection: Connection) -> None:
             streams.add_identity(connection, identity, to_microseconds(when))
