@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
+from secmsg.client.protocol import ClientProtocol
 from secmsg.client.tls import client_tls_options
 from secmsg.daemon.settings import Settings
 from secmsg.daemon.store.memory import MemoryStore
@@ -224,6 +225,18 @@ class Instance:
         if complete:
             self.flush()
         return client
+
+    def connect_client(self, clock: Clock, pair: Pair) -> ClientProtocol:
+        """
+        A session of secmsg's own client protocol as C{pair}'s identity,
+        connected over TLS in memory, verifying the daemon as localhost.
+        """
+        session = ClientProtocol(clock, "localhost")
+        options = client_tls_options(
+            "localhost", self.ca.pem, pair.certificate_pem, pair.key_pem
+        )
+        self.connect_protocol(session, options)
+        return session
 
     def connect_protocol(
         self,

@@ -33,7 +33,12 @@ REQUIRED = {
 }
 
 
-class ListenSettingTests(SynchronousTestCase):
+class SettingsFromText(SynchronousTestCase):
+    """
+    Settings loaded from a config file's text and flags, beside the
+    settings every daemon needs.
+    """
+
     def settings(self, config: str | None = None, **flags: object) -> Settings:
         path = None
         if config is not None:
@@ -43,6 +48,8 @@ class ListenSettingTests(SynchronousTestCase):
         given = {**REQUIRED, **{k.replace("_", "-"): v for k, v in flags.items()}}
         return load_settings(given, path)
 
+
+class ListenSettingTests(SettingsFromText):
     def test_listen_flags_are_kept_in_order(self) -> None:
         """
         Repeated --listen flags are all listened on, in the order given.

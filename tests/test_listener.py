@@ -30,7 +30,6 @@ from secmsg.client.protocol import (
     SessionEnded,
 )
 from secmsg.client.received import Message, show_message
-from secmsg.client.tls import client_tls_options
 from tests.harness import Instance
 
 WHEN = datetime(2026, 6, 1, 9, 30, 5, tzinfo=UTC)
@@ -105,14 +104,7 @@ class ListenerTests(SynchronousTestCase):
         self.dials += 1
         if self.refusals:
             raise self.refusals.pop(0)
-        session = ClientProtocol(self.clock, "localhost")
-        options = client_tls_options(
-            "localhost",
-            self.instance.ca.pem,
-            self.bob.certificate_pem,
-            self.bob.key_pem,
-        )
-        self.instance.connect_protocol(session, options)
+        session = self.instance.connect_client(self.clock, self.bob)
         self.sessions.append(session)
         # As api.start does, with a client that notes its acknowledgements.
         greeting = await session.greeted

@@ -15,7 +15,6 @@ from secmsg.client.backoff import Backoff, Reconnection
 from secmsg.client.display import help_commands
 from secmsg.client.protocol import ClientProtocol, ExitStatus, Greeting, SessionEnded
 from secmsg.client.reconnecting import BYE, NotConnected, ReconnectingSession
-from secmsg.client.tls import client_tls_options
 from secmsg.errors import ConfigurationError
 from secmsg.wire import PushLine
 from tests.harness import Instance
@@ -49,14 +48,7 @@ class ReconnectingSessionTests(SynchronousTestCase):
             if isinstance(refusal, ConfigurationError):
                 raise refusal
             return defer.fail(refusal)
-        session = ClientProtocol(self.clock, "localhost")
-        options = client_tls_options(
-            "localhost",
-            self.instance.ca.pem,
-            self.bob.certificate_pem,
-            self.bob.key_pem,
-        )
-        self.instance.connect_protocol(session, options)
+        session = self.instance.connect_client(self.clock, self.bob)
         self.sessions.append(session)
         return defer.succeed(session)
 

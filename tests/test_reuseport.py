@@ -24,18 +24,9 @@ from zope.interface.verify import verifyObject
 from secmsg.daemon import listen as listen_module
 from secmsg.daemon.listen import LISTEN_BACKLOG, listen_endpoints
 from secmsg.daemon.reuseport import ReusePortEndpoint
-from secmsg.daemon.settings import Settings, load_settings
 from secmsg.errors import ConfigurationError
 from secmsg.tap import Options
-from tests.harness import temporary_directory
-
-REQUIRED = {
-    "cert": "c.pem",
-    "key": "k.pem",
-    "ca": "ca.pem",
-    "policy": "p.toml",
-    "data-dir": "data",
-}
+from tests.test_listen import SettingsFromText
 
 
 class AdoptingReactor(MemoryReactorClock):
@@ -180,20 +171,11 @@ class ReusePortEndpointTests(SynchronousTestCase):
         )
 
 
-class ReusePortSettingTests(SynchronousTestCase):
+class ReusePortSettingTests(SettingsFromText):
     """
     reuse-port: off unless asked for, a TOML boolean or the flag, and
     refused where the daemon does not make the socket itself.
     """
-
-    def settings(self, config: str | None = None, **flags: object) -> Settings:
-        path = None
-        if config is not None:
-            file = temporary_directory(self) / "secmsg.toml"
-            file.write_text(config)
-            path = str(file)
-        given = {**REQUIRED, **{k.replace("_", "-"): v for k, v in flags.items()}}
-        return load_settings(given, path)
 
     def refusal(self, config: str | None = None, **flags: object) -> str:
         error = self.assertRaises(ConfigurationError, self.settings, config, **flags)
