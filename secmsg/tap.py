@@ -39,6 +39,7 @@ from secmsg.daemon.line import LineParts, build_line_sessions
 from secmsg.daemon.listen import listen_endpoints
 from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
+from secmsg.daemon.nodelay import NoDelayTLSFactory
 from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.pidfile import pidfile_problem
@@ -421,13 +422,13 @@ def build_daemon(
     realm.register(IResource, admin.resource_for)
     site = AdminSite(CertificateGuard(portal), metrics, sessions.refusal_records)
     return Daemon(
-        TLSMemoryBIOFactory(tls, False, sessions, clock),
+        NoDelayTLSFactory(tls, False, sessions, clock),
         sessions,
         reloader,
         tls,
         metrics,
         AdminGate(
-            TLSMemoryBIOFactory(tls.optional_certificate(), False, site, clock),
+            NoDelayTLSFactory(tls.optional_certificate(), False, site, clock),
             clock,
             settings.limits,
             sessions.refusal_records.anonymous,

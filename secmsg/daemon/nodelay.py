@@ -1,0 +1,32 @@
+"""
+TLS over TCP sockets that send at once.
+
+Twisted leaves Nagle's algorithm on, and under it a small TLS record
+written while an earlier one is unacknowledged waits for the peer's
+delayed ACK, up to 40 ms on Linux.  A daemon that writes a reply or a
+push as soon as it has one pays that wait on a steady stream of small
+messages, not under saturation, where there is always something in
+flight to carry the ACK.  Writes of one turn of the reactor already
+leave as one record, so turning Nagle off sends no more packets for
+the same work.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+
+
+class NoDelayTLSProtocol(BufferingTLSTransport):
+    """TLS whose TCP socket, if it is one, has TCP_NODELAY."""
+
+    def makeConnection(self, transport: ITransport) -> None:
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        super().makeConnection(transport)
+
+
+class NoDelayTLSFactory(TLSMemoryBIOFactory):
+    """Twisted's TLS wrapping factory, with sockets that send at once."""
+
+    protocol = NoDelayTLSProtocol

@@ -1,0 +1,66 @@
+"""
+The daemon's TLS sockets send at once: TCP_NODELAY on every TCP
+connection its line and admin ports accept, so that a small reply or push
+never waits behind an unacknowledged one for the peer's delayed ACK.
+That the writes of a turn still leave as one TLS record is pinned by
+L{tests.test_reply_writes}.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import ssl, tcp
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from secmsg.daemon.nodelay import NoDelayTLSFactory
+from tests.harness import Instance
+
+
+class NoDelayTests(SynchronousTestCase):
+    def accepted(self, factory: IProtocolFactory) -> socket.socket:
+        """
+        The daemon side of a real loopback connection that C{factory}'s
+        port accepts.
+        """
+        reactor = MemoryReactorClock()
+        port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        port.doRead()
+        [server] = [r for r in reactor.readers if isinstance(r, tcp.Server)]
+        self.addCleanup(server.socket.close)
+        return server.socket
+
+    def assertNoDelay(self, accepted: socket.socket) -> None:
+        self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_the_line_port(self) -> None:
+        """
+        A connection to the line port has TCP_NODELAY; Twisted would leave
+        Nagle's algorithm on.
+        """
+        self.assertNoDelay(self.accepted(Instance(self).daemon.factory))
+
+    def test_the_admin_port(self) -> None:
+        """
+        So does a connection to the admin port.
+        """
+        self.assertNoDelay(self.accepted(Instance(self).daemon.admin))
+
+    def test_a_transport_that_is_not_tcp_is_left_alone(self) -> None:
+        """
+        Over a transport without TCP (a UNIX socket, a test's string
+        transport) the connection is made as before.
+        """
+        inner = Protocol()
+        factory = NoDelayTLSFactory(
+            ssl.CertificateOptions(), False, Factory.forProtocol(lambda: inner)
+        )
+        factory.buildProtocol(None).makeConnection(StringTransport())
+        self.assertIsNotNone(inner.transport)
