@@ -117,14 +117,16 @@ fuzz: $(VENV)/installed
 # Another checkout whose daemon the benchmark runs beside this one's.
 COMPARE :=
 
-## Measure secmsg beside Mosquitto (about nine minutes); the figures go to
-## docs/benchmarks.md, docs/benchmarks.json and the plot in docs/.
-## COMPARE=../before also runs the daemon of that checkout (a worktree of
-## an older commit) in every scenario, beside this one's.
-bench: $(VENV)/bench-installed $(MOSQUITTO)
+## Measure secmsg beside Mosquitto (about nine minutes), then the cluster
+## (bench-cluster, about a minute more); the figures go to
+## docs/benchmarks.md, docs/benchmarks.json, docs/cluster.json and the plot
+## in docs/. COMPARE=../before also runs the daemon of that checkout (a
+## worktree of an older commit) beside this one's, in every scenario.
+bench: $(VENV)/bench-installed $(MOSQUITTO) $(POSTGRES) $(REDIS)
 	$(PYTHON) -m bench.run --json docs/benchmarks.json \
 		--markdown docs/benchmarks.md --plot docs/bench-latency.png \
 		$(if $(COMPARE),--compare $(COMPARE))
+	$(PYTHON) -m bench.cluster --json docs/cluster.json --markdown docs/benchmarks.md
 
 ## The message store alone, with and without group commit.
 bench-store: $(VENV)/installed

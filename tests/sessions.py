@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from secmsg.daemon.auth import CertificateChecker, PolicyRealm
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.identity import IdentityRule
-from secmsg.daemon.interfaces import IMessageStore
+from secmsg.daemon.interfaces import IHub, IMessageStore
 from secmsg.daemon.limits import Limits
 from secmsg.daemon.line import LineParts, build_line_sessions
 from secmsg.daemon.metrics import Metrics
@@ -116,10 +116,11 @@ class Network:
         store: IMessageStore | None = None,
         limits: Limits | None = None,
         waiting_limit: WaitingLimit | None = None,
+        hub: IHub | None = None,
     ) -> None:
         limits = limits or Limits()
         self.ca = CertificateAuthority()
-        self.hub = InProcessHub()
+        self.hub = hub or InProcessHub()
         self.store = store or MemoryStore()
         self.rooms = Rooms(self.hub, self.store, limits.rooms)
         self.realm = realm = PolicyRealm(

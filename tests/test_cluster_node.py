@@ -1,7 +1,8 @@
 """
 One daemon of a cluster against the bus in memory and a real PostgreSQL
 store: what it reads from the database when the bus comes back, what it
-refuses off the bus, and who it tells comes and goes elsewhere.
+refuses off the bus, who it tells comes and goes elsewhere, and the
+sessions there that count against a limit here.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from zope.interface import implementer
 from secmsg.daemon.cluster import events
 from secmsg.daemon.cluster.bus import MemoryBus
 from secmsg.daemon.cluster.envelope import FRESH, Envelope
+from secmsg.daemon.cluster.hub import ClusterHub
 from secmsg.daemon.cluster.node import ClusterNode
 from secmsg.daemon.cluster.presence import EXPIRY, Elsewhere
 from secmsg.daemon.hub import InProcessHub
 from secmsg.daemon.interfaces import IBus, IPeer
+from secmsg.daemon.limits import Limits
 from secmsg.daemon.policy import PRESENCE
 from secmsg.daemon.store.postgresql import PostgresStore
 from secmsg.daemon.store.shared_database import Segment
 from secmsg.daemon.store.worker import ImmediateWorker
 from secmsg.messages import Stored
 from tests.servers import shared_postgres
+from tests.sessions import Network
 from tests.test_store import NOW, direct
 
 
@@ -166,3 +170,21 @@ class NodeTests(SynchronousTestCase):
         self.clock.pump([0.25] * int(EXPIRY / 0.25 + 2))
         self.assertEqual(self.bob.lines[-1], b"OFFLINE carol\n")
         self.assertFalse(self.elsewhere.is_online("carol"))
+
+    def test_sessions_on_another_daemon_count_against_the_limit(self) -> None:
+        """
+        Daemon a says alice holds two sessions there: with a limit of two
+        sessions an identity, her login here is refused in words; once a
+        stops beating, she is let in.
+        """
+        network = Network(
+            limits=Limits(max_per_identity=2),
+            store=self.store,
+            hub=ClusterHub(self.local, self.node),
+        )
+        self.bus.publish(self.seal(events.Present("a", {"alice": 2}, 0)))
+        self.clock.advance(0)
+        refused = network.connect("alice")
+        self.assertEqual(refused.take(), ["503 too many sessions for alice (limit 2)"])
+        self.clock.pump([0.25] * int(EXPIRY / 0.25 + 2))
+        self.assertIn("you are alice", network.connect("alice").take()[0])

@@ -7,6 +7,8 @@ connections with too) and the rate of logins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -58,8 +60,13 @@ class SessionFactory(Factory):
         clock: IReactorTime,
         limits: Limits,
         metrics: Metrics,
+        sessions_elsewhere: Callable[[str], int],
         max_line_length: int = wire.MAX_LINE_LENGTH,
     ) -> None:
+        """
+        @param sessions_elsewhere: how many sessions an identity holds on
+            the cluster's other daemons, which count against its limit.
+        """
         self._limits = limits
         self._metrics = metrics
         self.rate_limiter = RateLimiter(clock)
@@ -73,7 +80,9 @@ class SessionFactory(Factory):
         self.login_records = RepeatBudget(clock, "login_rate_limited")
         self._logins = LoginLimiter(clock, limits)
         self._sessions: set[SessionProtocol] = set()
-        self._admissions: Admissions[SessionProtocol] = session_admissions(limits)
+        self._admissions: Admissions[SessionProtocol] = session_admissions(
+            limits, sessions_elsewhere
+        )
         self._waiting: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> SessionProtocol:
@@ -181,11 +190,15 @@ class SessionFactory(Factory):
         return waiter
 
 
-def session_admissions(limits: Limits) -> Admissions[SessionProtocol]:
+def session_admissions(
+    limits: Limits, sessions_elsewhere: Callable[[str], int]
+) -> Admissions[SessionProtocol]:
     """
     The line port's admissions: connections not logged in per address and
     in all, and sessions in all, per identity and per address, keyed
-    C{("", identity, address)}.
+    C{("", identity, address)}.  An identity's sessions on a cluster's
+    other daemons count against its limit; the limits per address and in
+    all are this daemon's, since they bound what it holds.
     """
     return Admissions(
         limits.max_handshakes_per_address,
@@ -196,7 +209,9 @@ def session_admissions(limits: Limits) -> Admissions[SessionProtocol]:
                 "too many sessions on this server (limit {limit})",
             ),
             Quota(
-                limits.max_per_identity, "too many sessions for {key} (limit {limit})"
+                limits.max_per_identity,
+                "too many sessions for {key} (limit {limit})",
+                sessions_elsewhere,
             ),
             Quota(
                 limits.max_per_address, "too many sessions from {key} (limit {limit})"

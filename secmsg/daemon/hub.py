@@ -116,6 +116,11 @@ class InProcessHub:
     def is_online(self, identity: str) -> bool:
         return identity in self._by_identity
 
+    def sessions_elsewhere(self, identity: str) -> int:
+        # This hub knows only its own sessions: a cluster's hub, around
+        # it, counts the other daemons'.
+        return 0
+
     def deliver(
         self, message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:

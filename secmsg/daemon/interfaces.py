@@ -185,6 +185,13 @@ class IHub(Interface):
         Whether C{identity} has a session.
         """
 
+    def sessions_elsewhere(identity: str) -> int:
+        """
+        How many sessions C{identity} holds on the cluster's other daemons,
+        as of their last beat: what a session limit per identity counts
+        besides this daemon's own.  None for a daemon alone.
+        """
+
     def deliver(
         message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:

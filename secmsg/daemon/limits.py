@@ -15,7 +15,7 @@ import ipaddress
 import math
 import resource
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -183,6 +183,13 @@ class OldestMakesRoom(Generic[Connection]):
             del self._by_address[address]
 
 
+def held_nowhere(key: str) -> int:
+    """
+    What a daemon alone knows of the connections other daemons hold.
+    """
+    return 0
+
+
 @dataclass(frozen=True)
 class Quota:
     """
@@ -191,10 +198,13 @@ class Quota:
 
     @ivar refusal: the refusal's text, with C{{key}} and C{{limit}} in it
         filled in.
+    @ivar elsewhere: how many connections with a key the other daemons of
+        a cluster hold, which count against the limit too.
     """
 
     limit: int
     refusal: str
+    elsewhere: Callable[[str], int] = held_nowhere
 
 
 class Admissions(Generic[Connection]):
@@ -247,7 +257,7 @@ class Admissions(Generic[Connection]):
             waits, until L{leave}.
         """
         for quota, counts, key in zip(self._quotas, self._counts, keys, strict=True):
-            if counts[key] >= quota.limit:
+            if counts[key] + quota.elsewhere(key) >= quota.limit:
                 return quota.refusal.format(key=key, limit=quota.limit)
         self._waiting.discard(connection)
         self._admitted[connection] = keys

@@ -82,6 +82,7 @@ def build_line_sessions(
         parts.clock,
         line.limits,
         parts.metrics,
+        parts.hub.sessions_elsewhere,
         line.max_line_length,
     )
     parts.metrics.count_sessions(lambda: sessions.session_count)

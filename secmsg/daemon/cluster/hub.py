@@ -62,6 +62,9 @@ class ClusterHub:
             identity
         )
 
+    def sessions_elsewhere(self, identity: str) -> int:
+        return self._node.elsewhere.sessions(identity)
+
     def deliver(
         self, message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:
