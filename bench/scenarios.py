@@ -670,7 +670,14 @@ def measure_each(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """
     As L{measure}, reading the CPU time of each of C{meters} over the window.
+
+    What earlier scenarios wrote is put on disk first: the kernel writes
+    dirty pages back some 30 s after they were written, and that writeback
+    (a million-message store, a saturation run's WAL) would otherwise land
+    in a later window and stall its fsyncs, charging one scenario's disk
+    traffic to another's latency.
     """
+    os.sync()
     timing = Timing(time.monotonic_ns() + int(START_MARGIN * 1e9), warmup, seconds)
     workers.send("run", timing=timing)
     time.sleep(max(0.0, (timing.window_start - time.monotonic_ns()) / 1e9))
