@@ -189,7 +189,7 @@ class IHub(Interface):
         """
         How many sessions C{identity} holds on the cluster's other daemons,
         as of their last beat: what a session limit per identity counts
-        besides this daemon's own.  None for a daemon alone.
+        besides this daemon's own.  0 for a daemon alone.
         """
 
     def deliver(
