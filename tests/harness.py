@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.client.protocol import ClientProtocol
 from secmsg.client.tls import client_tls_options
+from secmsg.daemon.interfaces import IHub
 from secmsg.daemon.settings import Settings
 from secmsg.daemon.store.memory import MemoryStore
 from secmsg.tap import Daemon, build_daemon
@@ -151,9 +152,14 @@ class Instance:
     """
 
     def __init__(
-        self, testcase: SynchronousTestCase, policy: str = POLICY, **settings: Any
+        self,
+        testcase: SynchronousTestCase,
+        policy: str = POLICY,
+        hub: IHub | None = None,
+        **settings: Any,
     ) -> None:
         """
+        @param hub: the daemon's hub, if not one in-process.
         @param settings: L{Settings} fields to set other than by default.
         """
         self.directory = temporary_directory(testcase)
@@ -168,7 +174,7 @@ class Instance:
         self.clock.advance(now().timestamp())
         self.store = MemoryStore()
         self._overrides = settings
-        self.daemon: Daemon = build_daemon(self.settings(), self.clock, self.store)
+        self.daemon: Daemon = build_daemon(self.settings(), self.clock, self.store, hub)
         self._pumps: list[IOPump] = []
         self._ports = iter(range(40000, 50000))
 

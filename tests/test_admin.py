@@ -490,7 +490,11 @@ class AdminTests(SynchronousTestCase):
         self.instance.flush()
         self.assertEqual(
             self.web.request(self.alice, "GET", "/v1/sessions").json(),
-            {"node": "", "sessions": [{"identity": "alice", "rooms": ["#lobby"]}]},
+            {
+                "node": "",
+                "sessions": [{"identity": "alice", "rooms": ["#lobby"]}],
+                "elsewhere": [],
+            },
         )
         (detailed,) = self.web.request(self.admin, "GET", "/v1/sessions").json()[
             "sessions"

@@ -2,7 +2,8 @@
 One daemon of a cluster against the bus in memory and a real PostgreSQL
 store: what it reads from the database when the bus comes back, what it
 refuses off the bus, who it tells comes and goes elsewhere, and the
-sessions there that count against a limit here.
+sessions there that count against a limit here and that the admin
+interface lists.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from secmsg.daemon.store.postgresql import PostgresStore
 from secmsg.daemon.store.shared_database import Segment
 from secmsg.daemon.store.worker import ImmediateWorker
 from secmsg.messages import Stored
+from tests.harness import Instance
 from tests.servers import shared_postgres
 from tests.sessions import Network
+from tests.test_admin import AdminClient
 from tests.test_store import NOW, direct
 
 
@@ -173,18 +176,55 @@ class NodeTests(SynchronousTestCase):
 
     def test_sessions_on_another_daemon_count_against_the_limit(self) -> None:
         """
-        Daemon a says alice holds two sessions there: with a limit of two
-        sessions an identity, her login here is refused in words; once a
-        stops beating, she is let in.
+        With a limit of two sessions an identity, alice holds one here and
+        daemon a says she holds one there: a second login here is refused
+        in words; once a stops beating, it is let in.
         """
         network = Network(
             limits=Limits(max_per_identity=2),
             store=self.store,
             hub=ClusterHub(self.local, self.node),
         )
-        self.bus.publish(self.seal(events.Present("a", {"alice": 2}, 0)))
+        self.assertIn("you are alice", network.connect("alice").take()[0])
+        self.bus.publish(self.seal(events.Present("a", {"alice": 1}, 0)))
         self.clock.advance(0)
         refused = network.connect("alice")
         self.assertEqual(refused.take(), ["503 too many sessions for alice (limit 2)"])
         self.clock.pump([0.25] * int(EXPIRY / 0.25 + 2))
         self.assertIn("you are alice", network.connect("alice").take()[0])
+
+    def test_a_replayed_beat_is_refused(self) -> None:
+        """
+        Someone on Redis sends again an older beat of daemon a's, which
+        held carol's sessions, after a newer one without her: it is
+        refused, and carol is not counted.
+        """
+        old = self.seal(events.Present("a", {"carol": 16}, 0))
+        self.clock.advance(1)
+        self.bus.publish(self.seal(events.Present("a", {}, 0)))
+        self.bus.publish(old)
+        self.clock.advance(0)
+        self.assertEqual(self.elsewhere.sessions("carol"), 0)
+        self.assertEqual(self.bob.lines, [])
+
+    def test_the_admin_interface_lists_the_sessions_on_another_daemon(self) -> None:
+        """
+        Daemon a says carol holds two sessions there: GET /v1/sessions
+        here lists them under C{elsewhere}, with daemon a's name, and no
+        longer once a stops beating.
+        """
+        # Only daemon a's sessions: bob's fake avatar has no roles to list.
+        self.local.detach(self.bob)
+        instance = Instance(self, hub=ClusterHub(self.local, self.node))
+        web, admin = AdminClient(instance), instance.ca.issue("admin")
+        self.bus.publish(self.seal(events.Present("a", {"carol": 2}, 0)))
+        self.clock.advance(0)
+        listed = web.request(admin, "GET", "/v1/sessions").json()
+        self.assertEqual(
+            listed["elsewhere"],
+            [{"node": "a", "identity": "carol", "sessions": 2, "rooms": []}],
+        )
+        self.clock.pump([0.25] * int(EXPIRY / 0.25 + 2))
+        self.assertEqual(
+            web.request(admin, "GET", "/v1/sessions").json()["elsewhere"], []
+        )

@@ -121,6 +121,9 @@ class InProcessHub:
         # it, counts the other daemons'.
         return 0
 
+    def held_elsewhere(self) -> list[tuple[str, str, int]]:
+        return []
+
     def deliver(
         self, message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:

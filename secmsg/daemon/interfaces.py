@@ -192,6 +192,13 @@ class IHub(Interface):
         besides this daemon's own.  0 for a daemon alone.
         """
 
+    def held_elsewhere() -> list[tuple[str, str, int]]:
+        """
+        The sessions of the cluster's other daemons, as their last beats
+        said: C{(daemon, identity, sessions)}, sorted, for the admin
+        interface's list.  Empty for a daemon alone.
+        """
+
     def deliver(
         message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:

@@ -161,26 +161,43 @@ class AdminApi:
 
     def sessions(self, call: Call) -> dict[str, Any]:
         """
-        Every session, and the rooms it is in that the asker may read;
-        where it connects from and its roles only for an asker who may
-        also KICK, as WHO on the line shows names alone.
+        Every session of this daemon, and the rooms it is in that the
+        asker may read; where it connects from and its roles only for an
+        asker who may also KICK, as WHO on the line shows names alone.
+        In a cluster, also how many sessions each identity holds on each
+        other daemon, as its last beat said (which carries no more).
         """
         detailed = "KICK" in call.avatar.commands
         listed = []
         for avatar, peer in self._hub.sessions():
             entry: dict[str, Any] = {
                 "identity": avatar.identity,
-                "rooms": [
-                    room
-                    for room in sorted(self._rooms.of(avatar.identity))
-                    if call.avatar.may_read(room)
-                ],
+                "rooms": self._rooms_for(call, avatar.identity),
             }
             if detailed:
                 entry.update(roles=list(avatar.roles), address=peer.address)
             listed.append(entry)
         listed.sort(key=lambda entry: (entry["identity"], entry.get("address", "")))
-        return {"node": self._node, "sessions": listed}
+        elsewhere = [
+            {
+                "node": node,
+                "identity": identity,
+                "sessions": count,
+                "rooms": self._rooms_for(call, identity),
+            }
+            for node, identity, count in self._hub.held_elsewhere()
+        ]
+        return {"node": self._node, "sessions": listed, "elsewhere": elsewhere}
+
+    def _rooms_for(self, call: Call, identity: str) -> list[str]:
+        """
+        The rooms C{identity} is in that the asker may read.
+        """
+        return [
+            room
+            for room in sorted(self._rooms.of(identity))
+            if call.avatar.may_read(room)
+        ]
 
     def kick(self, call: Call) -> dict[str, Any]:
         identity = _identity(call.body, "identity")

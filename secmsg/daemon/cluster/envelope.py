@@ -59,6 +59,7 @@ class Envelope:
         self._key = key
         self.instance = instance
         self._now = now
+        self._latest: dict[str, float] = {}
 
     def seal(self, event: events.Event) -> str:
         """
@@ -69,10 +70,18 @@ class Envelope:
 
     def open(self, message: str) -> Opened:
         """
-        What a bus message says, if its seal holds and it is fresh.
+        What a bus message says, if its seal holds, it is fresh, and it
+        was not sealed before the last one taken from its daemon process.
+
+        Redis hands on one publisher's messages in the order it sent them,
+        so an older one after a newer is a replay: someone on Redis sending
+        again what a daemon said (a beat that held an identity's sessions,
+        say, to refuse its logins elsewhere).  A daemon whose clock steps
+        back is not heard until it passes its last message's time again;
+        what it committed meanwhile is read from the database.
 
         @raise events.BadEvent: it is too long, its seal does not hold, it
-            is stale, or it holds no event.
+            is stale or replayed, or it holds no event.
         """
         if len(message) > MAX_BYTES:
             raise events.BadEvent("longer than any bus message")
@@ -80,9 +89,22 @@ class Envelope:
         if not hmac.compare_digest(mac.encode(), self._mac(text).encode()):
             raise events.BadEvent("its seal does not hold: not from this cluster")
         instance, sent, event = _fields(text)
-        if abs(self._now() - sent) > FRESH:
+        now = self._now()
+        if abs(now - sent) > FRESH:
             raise events.BadEvent("sealed too long ago, or the clocks differ")
+        if sent < self._latest.get(instance, sent):
+            raise events.BadEvent("sealed before its daemon's last: a replay")
+        self._remember(instance, sent, now)
         return Opened(instance, events.decode(event))
+
+    def _remember(self, instance: str, sent: float, now: float) -> None:
+        """
+        Keep C{instance}'s latest time, and forget those no message fresh
+        enough to be taken could come before.
+        """
+        self._latest[instance] = sent
+        for stale in [i for i, t in self._latest.items() if t < now - FRESH]:
+            del self._latest[stale]
 
     def _mac(self, text: str) -> str:
         return hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()

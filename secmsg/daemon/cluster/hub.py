@@ -65,6 +65,9 @@ class ClusterHub:
     def sessions_elsewhere(self, identity: str) -> int:
         return self._node.elsewhere.sessions(identity)
 
+    def held_elsewhere(self) -> list[tuple[str, str, int]]:
+        return self._node.elsewhere.held()
+
     def deliver(
         self, message: Stored, recipients: Set[str], exclude: IPeer | None = None
     ) -> set[str]:

@@ -79,6 +79,18 @@ class Elsewhere:
             del self._nodes[node]
         return before - self.identities()
 
+    def held(self) -> list[tuple[str, str, int]]:
+        """
+        What each daemon alive said it holds: C{(daemon, identity,
+        sessions)}, sorted.
+        """
+        return sorted(
+            (node, identity, count)
+            for node, (sessions, _) in self._nodes.items()
+            for identity, count in sessions.items()
+            if count
+        )
+
     def nodes(self) -> list[str]:
         """
         The other daemons alive, sorted.
