@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import ssl, tcp
+from twisted.internet import ssl, tcp, unix
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from secmsg.daemon.nodelay import NoDelayTLSFactory
-from tests.harness import Instance
+from tests.harness import Instance, temporary_directory
 
 
 class NoDelayTests(SynchronousTestCase):
@@ -53,14 +53,24 @@ class NoDelayTests(SynchronousTestCase):
         """
         self.assertNoDelay(self.accepted(Instance(self).daemon.admin))
 
-    def test_a_transport_that_is_not_tcp_is_left_alone(self) -> None:
+    def test_a_unix_socket_is_accepted_as_before(self) -> None:
         """
-        Over a transport without TCP (a UNIX socket, a test's string
-        transport) the connection is made as before.
+        A connection to a UNIX socket, where there is no Nagle's algorithm
+        to turn off, is made as before.
         """
+        reactor = MemoryReactorClock()
         inner = Protocol()
         factory = NoDelayTLSFactory(
             ssl.CertificateOptions(), False, Factory.forProtocol(lambda: inner)
         )
-        factory.buildProtocol(None).makeConnection(StringTransport())
-        self.assertIsNotNone(inner.transport)
+        path = str(temporary_directory(self) / "line.sock")
+        port = unix.Port(path, factory, reactor=reactor)
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        client = socket.socket(socket.AF_UNIX)
+        self.addCleanup(client.close)
+        client.connect(path)
+        port.doRead()
+        [server] = [r for r in reactor.readers if isinstance(r, unix.Server)]
+        self.addCleanup(server.socket.close)
+        self.assertIs(inner.transport.transport, server)  # type: ignore[union-attr]

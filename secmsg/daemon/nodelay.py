@@ -18,7 +18,10 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 
 
 class NoDelayTLSProtocol(BufferingTLSTransport):
-    """TLS whose TCP socket, if it is one, has TCP_NODELAY."""
+    """
+    TLS whose TCP socket has TCP_NODELAY.  Twisted's UNIX transport is a
+    TCP transport too, whose C{setTcpNoDelay} does nothing.
+    """
 
     def makeConnection(self, transport: ITransport) -> None:
         if ITCPTransport.providedBy(transport):
