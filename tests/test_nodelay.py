@@ -9,6 +9,7 @@ L{tests.test_reply_writes}.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet import ssl, tcp, unix
 from twisted.internet.interfaces import IProtocolFactory
@@ -21,21 +22,33 @@ from tests.harness import Instance, temporary_directory
 
 
 class NoDelayTests(SynchronousTestCase):
-    def accepted(self, factory: IProtocolFactory) -> socket.socket:
+    def accepted(self, port: tcp.Port | unix.Port) -> Any:
         """
-        The daemon side of a real loopback connection that C{factory}'s
-        port accepts.
+        The daemon side (its Twisted transport) of a real connection that
+        C{port}, on a memory reactor, accepts.
+        """
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        host = port.getHost()
+        if isinstance(port, unix.Port):
+            client, address = socket.socket(socket.AF_UNIX), host.name
+        else:
+            client, address = socket.socket(), (host.host, host.port)
+        self.addCleanup(client.close)
+        client.connect(address)
+        port.doRead()
+        [server] = [r for r in port.reactor.readers if r is not port]
+        self.addCleanup(server.socket.close)
+        return server
+
+    def accepted_tcp(self, factory: IProtocolFactory) -> socket.socket:
+        """
+        The daemon side of a loopback TCP connection to C{factory}.
         """
         reactor = MemoryReactorClock()
         port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
-        port.startListening()
-        self.addCleanup(port.socket.close)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        port.doRead()
-        [server] = [r for r in reactor.readers if isinstance(r, tcp.Server)]
-        self.addCleanup(server.socket.close)
-        return server.socket
+        server: socket.socket = self.accepted(port).socket
+        return server
 
     def assertNoDelay(self, accepted: socket.socket) -> None:
         self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
@@ -45,32 +58,24 @@ class NoDelayTests(SynchronousTestCase):
         A connection to the line port has TCP_NODELAY; Twisted would leave
         Nagle's algorithm on.
         """
-        self.assertNoDelay(self.accepted(Instance(self).daemon.factory))
+        self.assertNoDelay(self.accepted_tcp(Instance(self).daemon.factory))
 
     def test_the_admin_port(self) -> None:
         """
         So does a connection to the admin port.
         """
-        self.assertNoDelay(self.accepted(Instance(self).daemon.admin))
+        self.assertNoDelay(self.accepted_tcp(Instance(self).daemon.admin))
 
     def test_a_unix_socket_is_accepted_as_before(self) -> None:
         """
         A connection to a UNIX socket, where there is no Nagle's algorithm
         to turn off, is made as before.
         """
-        reactor = MemoryReactorClock()
         inner = Protocol()
         factory = NoDelayTLSFactory(
             ssl.CertificateOptions(), False, Factory.forProtocol(lambda: inner)
         )
         path = str(temporary_directory(self) / "line.sock")
-        port = unix.Port(path, factory, reactor=reactor)
-        port.startListening()
-        self.addCleanup(port.socket.close)
-        client = socket.socket(socket.AF_UNIX)
-        self.addCleanup(client.close)
-        client.connect(path)
-        port.doRead()
-        [server] = [r for r in reactor.readers if isinstance(r, unix.Server)]
-        self.addCleanup(server.socket.close)
+        server = self.accepted(unix.Port(path, factory, reactor=MemoryReactorClock()))
+        self.assertIsInstance(server, unix.Server)
         self.assertIs(inner.transport.transport, server)  # type: ignore[union-attr]

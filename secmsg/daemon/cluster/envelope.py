@@ -94,16 +94,18 @@ class Envelope:
             raise events.BadEvent("sealed too long ago, or the clocks differ")
         if sent < self._latest.get(instance, sent):
             raise events.BadEvent("sealed before its daemon's last: a replay")
-        self._remember(instance, sent, now)
+        if instance not in self._latest:
+            self._forget_before(now - FRESH)
+        self._latest[instance] = sent
         return Opened(instance, events.decode(event))
 
-    def _remember(self, instance: str, sent: float, now: float) -> None:
+    def _forget_before(self, oldest: float) -> None:
         """
-        Keep C{instance}'s latest time, and forget those no message fresh
-        enough to be taken could come before.
+        Forget the daemon processes last heard before C{oldest}: nothing
+        sealed before their last could be fresh now.  Done as a new one is
+        first heard, since only then does the record grow.
         """
-        self._latest[instance] = sent
-        for stale in [i for i, t in self._latest.items() if t < now - FRESH]:
+        for stale in [i for i, t in self._latest.items() if t < oldest]:
             del self._latest[stale]
 
     def _mac(self, text: str) -> str:
