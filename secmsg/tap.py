@@ -39,7 +39,6 @@ from secmsg.daemon.line import LineParts, build_line_sessions
 from secmsg.daemon.listen import listen_endpoints
 from secmsg.daemon.logs import JSONLogRoot, LogDestination
 from secmsg.daemon.metrics import Metrics
-from secmsg.daemon.nodelay import NoDelayTLSFactory
 from secmsg.daemon.operations import Backups
 from secmsg.daemon.ownership import HandOverService, Owner
 from secmsg.daemon.pidfile import pidfile_problem
@@ -50,6 +49,7 @@ from secmsg.daemon.reload import (
     load_live_configuration,
 )
 from secmsg.daemon.rooms import Rooms
+from secmsg.daemon.sending import PromptTLSFactory
 from secmsg.daemon.service import (
     AdminService,
     AuditService,
@@ -422,13 +422,13 @@ def build_daemon(
     realm.register(IResource, admin.resource_for)
     site = AdminSite(CertificateGuard(portal), metrics, sessions.refusal_records)
     return Daemon(
-        NoDelayTLSFactory(tls, False, sessions, clock),
+        PromptTLSFactory(tls, sessions, clock),
         sessions,
         reloader,
         tls,
         metrics,
         AdminGate(
-            NoDelayTLSFactory(tls.optional_certificate(), False, site, clock),
+            PromptTLSFactory(tls.optional_certificate(), site, clock),
             clock,
             settings.limits,
             sessions.refusal_records.anonymous,

@@ -121,6 +121,26 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(len(self.bob.lines), 1)
         self.assertIn(b"alice missed", self.bob.lines[0])
 
+    def test_what_a_dead_daemon_did_not_announce_is_read(self) -> None:
+        """
+        Daemon a beats, commits a message (and may have confirmed it), and
+        dies before its segment reaches the bus: once a's beats are known
+        to have stopped, this daemon reads the message from the database
+        and pushes it.
+        """
+        self.bus.publish(self.seal(events.Present("a", {}, 0)))
+        self.clock.advance(0)
+        other = PostgresStore(self.url, ImmediateWorker, Clock(), shared=True)
+        other.open()
+        self.addCleanup(other.close)
+        self.successResultOf(other.remember("bob", NOW))
+        self.successResultOf(other.accept(direct("alice", "bob", "unsaid"), {"bob"}))
+        self.clock.pump([0.25] * int(EXPIRY / 0.25 - 2))
+        self.assertEqual(self.bob.lines, [])
+        self.clock.pump([0.25] * 4)
+        self.assertEqual(len(self.bob.lines), 1)
+        self.assertIn(b"alice unsaid", self.bob.lines[0])
+
     def test_a_bad_bus_message_changes_nothing(self) -> None:
         """
         A segment, sealed, whose text holds an escape sequence, or whose

@@ -14,31 +14,39 @@ from typing import Any
 from twisted.internet import ssl, tcp, unix
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from secmsg.daemon.nodelay import NoDelayTLSFactory
+from secmsg.daemon.sending import PromptTLSFactory
 from tests.harness import Instance, temporary_directory
+
+
+def accept(
+    case: SynchronousTestCase, port: tcp.Port | unix.Port
+) -> tuple[Any, socket.socket]:
+    """
+    The daemon side (its Twisted transport) of a real connection that
+    C{port}, on a memory reactor, accepts, and the client's socket.
+    """
+    port.startListening()
+    case.addCleanup(port.socket.close)
+    host = port.getHost()
+    if isinstance(port, unix.Port):
+        client, address = socket.socket(socket.AF_UNIX), host.name
+    else:
+        client, address = socket.socket(), (host.host, host.port)
+    case.addCleanup(client.close)
+    client.connect(address)
+    port.doRead()
+    [server] = [r for r in port.reactor.readers if r is not port]
+    case.addCleanup(server.socket.close)
+    return server, client
 
 
 class NoDelayTests(SynchronousTestCase):
     def accepted(self, port: tcp.Port | unix.Port) -> Any:
-        """
-        The daemon side (its Twisted transport) of a real connection that
-        C{port}, on a memory reactor, accepts.
-        """
-        port.startListening()
-        self.addCleanup(port.socket.close)
-        host = port.getHost()
-        if isinstance(port, unix.Port):
-            client, address = socket.socket(socket.AF_UNIX), host.name
-        else:
-            client, address = socket.socket(), (host.host, host.port)
-        self.addCleanup(client.close)
-        client.connect(address)
-        port.doRead()
-        [server] = [r for r in port.reactor.readers if r is not port]
-        self.addCleanup(server.socket.close)
+        server, _ = accept(self, port)
         return server
 
     def accepted_tcp(self, factory: IProtocolFactory) -> socket.socket:
@@ -72,8 +80,8 @@ class NoDelayTests(SynchronousTestCase):
         to turn off, is made as before.
         """
         inner = Protocol()
-        factory = NoDelayTLSFactory(
-            ssl.CertificateOptions(), False, Factory.forProtocol(lambda: inner)
+        factory = PromptTLSFactory(
+            ssl.CertificateOptions(), Factory.forProtocol(lambda: inner), Clock()
         )
         path = str(temporary_directory(self) / "line.sock")
         server = self.accepted(unix.Port(path, factory, reactor=MemoryReactorClock()))

@@ -3,10 +3,8 @@ One write per peer per reactor turn: the replies to the lines of one read,
 and the pushes of one turn, leave a session in one TLS write.
 
 The session writes each reply and push to its transport as it is ready;
-that transport is Twisted's buffering TLS transport (what
-C{TLSMemoryBIOFactory} builds, and L{secmsg.daemon.nodelay} keeps beneath
-its TCP_NODELAY), which gathers the writes of a turn and
-hands them to OpenSSL, and so to the socket, once at the turn's end.
+that transport (L{secmsg.daemon.sending}) gathers the writes of a turn
+and hands them to OpenSSL, and so to the socket, once at the turn's end.
 These tests count what reaches the connection beneath TLS, so that a
 change of transport that wrote a TLS record (and made a system call) a
 reply would fail them.

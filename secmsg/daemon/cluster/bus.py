@@ -22,13 +22,14 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from secmsg.daemon.interfaces import IBus
+from secmsg.daemon.sending import PromptTransport
 from secmsg.errors import ConfigurationError
 
 log = Logger()
@@ -95,6 +96,18 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self._receive(message)
 
 
+class _Publisher(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """
+    Redis's protocol with each command sent at once, not when the reactor
+    next polls: a segment published on a commit is in the socket before
+    the 250s of its messages are sent, so that a daemon killed after a
+    250 has told the others of its message.
+    """
+
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(PromptTransport(transport))
+
+
 @implementer(IBus)
 class RedisBus:
     """
@@ -118,7 +131,7 @@ class RedisBus:
         subscriber = Factory.forProtocol(
             lambda: _Subscriber(self._channel, receive, self._subscribed(reached))
         )
-        publisher = Factory.forProtocol(txredisapi.RedisProtocol)
+        publisher = Factory.forProtocol(_Publisher)
         subscriber.noisy = publisher.noisy = False
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         for factory, prepare in ((subscriber, None), (publisher, self._publishing)):

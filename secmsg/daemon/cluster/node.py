@@ -226,7 +226,20 @@ class ClusterNode:
         self.tell(events.Present(self.name, counts, self.sequencer.head))
 
     def _check(self) -> None:
+        alive = len(self.elsewhere.nodes())
         self._tell_presence(set(), self.elsewhere.expire())
+        if len(self.elsewhere.nodes()) < alive:
+            self._another_died()
+
+    def _another_died(self) -> None:
+        """
+        A daemon stopped beating.  It may have committed, and confirmed,
+        messages whose segment it died before publishing, and no segment
+        of its will follow to show them missing: read what was committed
+        after the head, as when the bus comes back.
+        """
+        self.sequencer.catch_up()
+        self._store.renew_all().addErrback(self._failed, "read the store again")
 
     def _failed(self, failure: Failure, doing: str) -> None:
         log.error(
