@@ -401,11 +401,12 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.assertEqual(self.store.waiting("carol"), (1, 4))
         self.assertEqual(self.pending("bob", frozenset({"#ops"})), [1, 2, 3])
 
-    def test_what_was_pushed_rides_on_the_next_write(self) -> None:
+    def test_what_was_pushed_rides_on_the_next_read(self) -> None:
         """
-        A note of what was pushed costs no transaction of its own: it is
-        written in the next job's, or alone once no job has come for a
-        moment; either way a later delivery is marked as a repeat.
+        A note of what was pushed costs no transaction of its own, and no
+        statement in an append's: it is written in the next job that reads
+        cursors, or alone once no such job has come for a moment; either
+        way a later delivery is marked as a repeat.
         """
         connection = self.connection_of_store()
         self.know("bob")
@@ -415,16 +416,42 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.store.sent([("bob", shown)])
         self.assertEqual(statements, [])
         self.accept(direct("alice", "bob", "next"))
-        self.assertEqual(statements.count("BEGIN IMMEDIATE"), 1)
-        self.assertEqual(len([s for s in statements if "SET sent" in s]), 1)
-        self.reopen()
+        self.assertEqual([s for s in statements if "SET sent" in s], [])
         found = self.result(self.store.pending("bob", 0, 100, NOTHING))
+        self.assertEqual(statements.count("BEGIN IMMEDIATE"), 2)
+        self.assertEqual(len([s for s in statements if "SET sent" in s]), 1)
         self.assertEqual([p.redelivery for p in found], [True, False])
         self.store.sent([("bob", found[1].message)])
+        self.accept(direct("alice", "bob", "third"))
         self.clock.advance(SENT_WRITE_DELAY)
+        self.assertEqual(len([s for s in statements if "SET sent" in s]), 2)
         self.reopen()
         found = self.result(self.store.pending("bob", 0, 100, NOTHING))
-        self.assertEqual([p.redelivery for p in found], [True, True])
+        self.assertEqual([p.redelivery for p in found], [True, True, False])
+
+    def test_a_room_s_pushes_move_each_cursor_once(self) -> None:
+        """
+        The marks of many room messages pushed to many members are written
+        as one statement per member's cursor, not one per message: a
+        member's ACK carries its own marks alone, and the rest are written
+        together a moment later.  A steady room's marks cost the store per
+        member, not per delivery.
+        """
+        members = [f"user{n}" for n in range(10)]
+        for identity in members:
+            self.store.remember(identity, NOW)
+            self.store.join(identity, "#big", True)
+        connection = self.connection_of_store()
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        for n in range(5):
+            last = self.accept(said("user0", "#big", f"note {n}"))
+            self.store.sent([(member, last) for member in members])
+        self.assertEqual([s for s in statements if "SET sent" in s], [])
+        self.assertEqual(self.ack("user3", last.id, up_to=True), 5)
+        self.assertEqual(len([s for s in statements if "SET sent" in s]), 1)
+        self.clock.advance(SENT_WRITE_DELAY)
+        self.assertEqual(len([s for s in statements if "SET sent" in s]), 10)
 
     def connection_of_store(self) -> sqlite3.Connection:
         """

@@ -126,7 +126,7 @@ class PostgresStore(StreamStore):
         if added is not None:
             return added
         appends = self._appends = Appends(draft)
-        self._submit(lambda _: database.append_all(appends.take())).addBoth(
+        self._submit_alone(lambda _: database.append_all(appends.take())).addBoth(
             appends.settle
         )
         return appends.first

@@ -11,10 +11,15 @@ identity (L{secmsg.daemon.store.waiting}) are also kept in memory, so that
 the protocol can ask whether an identity is known, who a message is for,
 or whether a mailbox is full, without waiting.
 
-What was pushed to whom is noted in memory and written with the next job,
-or after L{SENT_WRITE_DELAY} if none comes: a push costs no transaction of
-its own.  Should the daemon die before that write, a message pushed in the
-last moment before comes again unmarked as a repeat; it still comes.
+What was pushed to whom is noted in memory and written with the next job
+that reads it, or after L{SENT_WRITE_DELAY} if none comes: a push costs no
+transaction of its own, and the marks of a steady room (one per member
+and message) are written once per L{SENT_WRITE_DELAY}, each cursor moved
+once, not with each message that follows.  An append reads no cursor and
+carries none; a job that reads one identity's cursors (its ACK, what
+waits for it, its join) carries that identity's; any other, everyone's.
+Should the daemon die before that write, a message pushed in the last
+moment before comes again unmarked as a repeat; it still comes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.python.failure import Failure
 from secmsg.daemon.interfaces import IStoreWorker
 from secmsg.daemon.store import streams
 from secmsg.daemon.store.members import Memberships
+from secmsg.daemon.store.pushed import PushedMarks
 from secmsg.daemon.store.views import AnsweredFromMemory
 from secmsg.daemon.store.waiting import Taken, WaitingTotals
 from secmsg.daemon.store.worker import Connection, Job
@@ -42,9 +48,7 @@ from secmsg.messages import (
     Pending,
     Retention,
     Stored,
-    Stream,
     room_stream,
-    stream_of,
     text_size,
     to_microseconds,
 )
@@ -93,7 +97,7 @@ class StreamStore(AnsweredFromMemory):
         self._worker: IStoreWorker | None = None
         self._members = Memberships()
         self._waiting = WaitingTotals()
-        self._sent: dict[tuple[str, Stream], int] = {}
+        self._sent = PushedMarks()
         self.changes = 0
         """How many times this daemon has changed who reads what, in memory,
         ahead of the commit: what a read of the data begun before it may
@@ -118,22 +122,36 @@ class StreamStore(AnsweredFromMemory):
         self._members, self._waiting = read_tables(connection)
         self._worker = self._start_worker(connection)
 
-    def _submit(self, job: Job) -> defer.Deferred[Any]:
+    def _submit(self, job: Job, reader: str | None = None) -> defer.Deferred[Any]:
+        """
+        Submit C{job} with the marks of what was pushed that it may read:
+        C{reader}'s alone, for a job that reads only that identity's
+        cursors, or everyone's.
+        """
+        if self._sent:
+            job = self._with_sent(job, reader)
+        return self._submit_alone(job)
+
+    def _submit_alone(self, job: Job) -> defer.Deferred[Any]:
+        """
+        Submit C{job} without the marks of what was pushed.
+        """
         if self._worker is None:
             return defer.fail(StoreError("the message store is not open"))
-        if self._sent:
-            job = self._with_sent(job)
         return self._worker.submit(job)
 
-    def _with_sent(self, job: Job) -> Job:
+    def _with_sent(self, job: Job, reader: str | None) -> Job:
         """
-        C{job}, preceded by the write of what was pushed since the last.
+        C{job}, preceded by the write of what was pushed since the last
+        (to C{reader} alone, unless L{None}).
         """
-        marks = [(identity, stream, i) for (identity, stream), i in self._sent.items()]
-        self._sent = {}
-        if self._sent_write is not None and self._sent_write.active():
-            self._sent_write.cancel()
-        self._sent_write = None
+        marks = self._sent.take(reader)
+        if not marks:
+            return job
+        if not self._sent and self._sent_write is not None:
+            if self._sent_write.active():
+                self._sent_write.cancel()
+            self._sent_write = None
 
         def both(connection: Connection) -> Any:
             streams.mark_sent(connection, marks)
@@ -151,9 +169,10 @@ class StreamStore(AnsweredFromMemory):
 
     def _append(self, draft: Draft) -> defer.Deferred[Stored]:
         """
-        Append C{draft} to its stream, in a job of its own.
+        Append C{draft} to its stream, in a job of its own: an append reads
+        no cursor, so it leaves the marks of what was pushed to wait.
         """
-        return self._submit(lambda connection: streams.append(connection, draft))
+        return self._submit_alone(lambda connection: streams.append(connection, draft))
 
     def _not_accepted(
         self, failure: Failure, recipients: Set[str], counted: Taken
@@ -170,16 +189,15 @@ class StreamStore(AnsweredFromMemory):
         self, identity: str, after: int, limit: int, rooms: frozenset[str]
     ) -> defer.Deferred[list[Pending]]:
         return self._submit(
-            lambda connection: streams.unread(connection, identity, after, limit, rooms)
+            lambda connection: streams.unread(
+                connection, identity, after, limit, rooms
+            ),
+            identity,
         )
 
     def sent(self, deliveries: Iterable[tuple[str, Stored]]) -> None:
-        marks = self._sent
-        for identity, message in deliveries:
-            key = (identity, stream_of(message))
-            if marks.get(key, 0) < message.id:
-                marks[key] = message.id
-        if marks and self._sent_write is None and self._worker is not None:
+        self._sent.note(deliveries)
+        if self._sent and self._sent_write is None and self._worker is not None:
             self._sent_write = self._clock.callLater(SENT_WRITE_DELAY, self._write_sent)
 
     def _write_sent(self) -> None:
@@ -212,7 +230,7 @@ class StreamStore(AnsweredFromMemory):
 
         # Refused here rather than in the job: a job that fails makes its
         # batch run again, and a client must not be able to cause that.
-        return self._told(self._submit(job).addCallback(found), identity)
+        return self._told(self._submit(job, identity).addCallback(found), identity)
 
     def join(self, identity: str, room: str, reads: bool) -> defer.Deferred[bool]:
         if not self._members.join(identity, room, reads):
@@ -221,7 +239,8 @@ class StreamStore(AnsweredFromMemory):
         joined = self._submit(
             lambda connection: streams.open_cursors(
                 connection, identity, [room_stream(room)], reads
-            )
+            ),
+            identity,
         )
 
         def failed(failure: Failure) -> Failure:
@@ -238,7 +257,8 @@ class StreamStore(AnsweredFromMemory):
         parted = self._submit(
             lambda connection: streams.close_cursor(
                 connection, identity, room_stream(room)
-            )
+            ),
+            identity,
         )
 
         def done(left: tuple[int, int]) -> bool:
@@ -258,7 +278,8 @@ class StreamStore(AnsweredFromMemory):
         started = self._submit(
             lambda connection: streams.start_reading(
                 connection, identity, room_stream(room)
-            )
+            ),
+            identity,
         )
 
         def failed(failure: Failure) -> Failure:
